@@ -1,0 +1,53 @@
+/* labmq — the acquisition daemon as a library object.
+ *
+ * A daemon binds a control endpoint (ROUTER) and a data endpoint (XPUB), runs
+ * a broker thread and one thread per device. A lab app can run one in-process
+ * on inproc:// endpoints and use the same proxies and subscriptions as a remote
+ * client; only the endpoint strings differ. The workers/labmqd program is a thin
+ * main() around this object. */
+#ifndef LABMQ_DAEMON_H
+#define LABMQ_DAEMON_H
+
+#include "labmq/driver.h"
+#include "labmq/export.h"
+#include "labmq/log.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct lmq_daemon lmq_daemon_t;
+
+/* zctx: a ZeroMQ context the caller owns and keeps alive until destroy.
+ * log: borrowed, may be NULL. Endpoints are bound by lmq_daemon_start. */
+LMQ_EXPORT lmq_daemon_t *lmq_daemon_new(void *zctx, const char *control_endpoint, const char *data_endpoint,
+                                        lmq_log_t *log);
+
+/* Declares a device before start. options: NULL-terminated list of
+ * alternating names and values ({"load_ohms", "100", NULL}), checked against
+ * the driver's option table. Returns 0 or LMQ_EARG / LMQ_ECONFIG with the
+ * reason in lmq_daemon_last_error. */
+LMQ_EXPORT int lmq_daemon_add(lmq_daemon_t *d, const char *name, const lmq_driver_t *driver,
+                              const char *connection, const char *const *options);
+
+/* Binds the endpoints, starts the device threads (each opens its driver) and
+ * the broker; returns when all are ready. A device whose open fails does not
+ * stop the daemon: it is reported as not open and retried. Returns LMQ_EBUSY
+ * when another daemon already serves the control endpoint. */
+LMQ_EXPORT int lmq_daemon_start(lmq_daemon_t *d);
+
+/* Stops (joins all threads, closes sockets with bounded linger) and frees. */
+LMQ_EXPORT void lmq_daemon_destroy(lmq_daemon_t **d);
+
+LMQ_EXPORT const char *lmq_daemon_last_error(const lmq_daemon_t *d);
+
+/* Default endpoints: ipc:// under $XDG_RUNTIME_DIR/labmq/ or /tmp/labmq-$UID/.
+ * Writes "ipc://DIR/control" / "ipc://DIR/data" into buf. When `create` is true the
+ * directory is created with mode 0700 (and an existing one must be ours and
+ * not group/world-accessible). Returns 0 or a negative status. */
+LMQ_EXPORT int lmq_default_endpoint(char *buf, size_t size, const char *which, bool create);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

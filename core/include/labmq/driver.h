@@ -1,0 +1,160 @@
+/* labmq — the device model, as a driver sees it.
+ *
+ * A driver is a `static const lmq_driver_t` with designated initialisers. Its
+ * method, property, stream and option tables make every device self-describing:
+ * `describe`, argument checking and the CLI are generated from them.
+ *
+ * Threading: every device runs on a thread of its own inside the daemon; that
+ * thread alone calls the driver's functions for that device, so drivers need no
+ * locks. A slow driver delays only its own device.
+ *
+ * Tables end with an entry whose name is NULL. */
+#ifndef LABMQ_DRIVER_H
+#define LABMQ_DRIVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "labmq/export.h"
+#include "labmq/log.h"
+#include "labmq/value.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The running device, handed to every driver callback. Borrowed. */
+typedef struct lmq_dev lmq_dev_t;
+
+typedef struct lmq_arg {
+    const char *name;
+    lmq_type_t type; /* an LMQ_INT argument is accepted for LMQ_FLOAT */
+    const char *unit; /* "V", "A", "" */
+    const char *doc;
+} lmq_arg_t;
+
+/* args are already checked against the table (count, type, limits);
+ * set *result (left LMQ_NONE for no result). Return 0 or a negative status,
+ * preferably via lmq_dev_fail() so the caller learns why. */
+typedef int (*lmq_method_fn)(lmq_dev_t *dev, void *state, const lmq_value_t *args, lmq_value_t *result);
+
+typedef struct lmq_method {
+    const char *name;
+    const char *doc;        /* one line */
+    const lmq_arg_t *args;  /* NULL-name terminated; NULL = no arguments */
+    lmq_type_t ret;         /* LMQ_NONE = returns nothing */
+    const char *ret_unit;
+    lmq_method_fn fn;
+} lmq_method_t;
+
+typedef struct lmq_property {
+    const char *name;
+    const char *doc;
+    lmq_type_t type;
+    const char *unit;
+    bool limited; /* when true, numeric writes outside [min, max] get LMQ_ERANGE */
+    double min, max;
+    int (*get)(lmq_dev_t *dev, void *state, lmq_value_t *out);
+    int (*set)(lmq_dev_t *dev, void *state, const lmq_value_t *in); /* NULL = read-only */
+} lmq_property_t;
+
+typedef struct lmq_stream {
+    const char *name;
+    const char *doc;
+    lmq_dtype_t dtype;
+    const char *unit;
+    /* Called on the device thread when a block is due (see lmq_dev_stream_rate);
+     * publishes with lmq_dev_publish. now_ns is CLOCK_MONOTONIC. */
+    int (*poll)(lmq_dev_t *dev, void *state, int64_t now_ns);
+} lmq_stream_t;
+
+/* Configuration options a driver accepts (the `options:` of a device in the
+ * YAML config). Values are checked against `type` before open(). */
+typedef struct lmq_option {
+    const char *name;
+    lmq_type_t type; /* LMQ_BOOL, LMQ_INT, LMQ_FLOAT or LMQ_STRING */
+    const char *def; /* default as text; NULL = required */
+    const char *doc;
+} lmq_option_t;
+
+typedef struct lmq_driver {
+    const char *name;        /* "sim-psu" */
+    const char *description; /* one line */
+    const lmq_option_t *options;
+    /* Opens the instrument (on the device thread). Set *state. Return 0 or a
+     * negative status with lmq_dev_fail(); the daemon keeps running, reports
+     * the device as not open and retries. */
+    int (*open)(lmq_dev_t *dev, void **state);
+    void (*close)(lmq_dev_t *dev, void *state);
+    /* Optional: runs before every call/get/set with its method or property
+     * name; a non-zero return fails that request. Simulated devices hang their
+     * fault knob here; a real driver can check its link. */
+    int (*before)(lmq_dev_t *dev, void *state, const char *name);
+    const lmq_method_t *methods;
+    const lmq_property_t *properties;
+    const lmq_stream_t *streams;
+} lmq_driver_t;
+
+/* ---- services the daemon gives drivers (device thread only) ---- */
+
+LMQ_EXPORT const char *lmq_dev_name(const lmq_dev_t *dev);
+/* Connection string from the config ("serial:/dev/ttyUSB0?baud=9600"); "" when none. */
+LMQ_EXPORT const char *lmq_dev_connection(const lmq_dev_t *dev);
+LMQ_EXPORT lmq_log_t *lmq_dev_log(const lmq_dev_t *dev);
+
+/* Option values, already validated and defaulted. Unknown names are a driver
+ * bug (assert). */
+LMQ_EXPORT double lmq_dev_opt_float(const lmq_dev_t *dev, const char *name);
+LMQ_EXPORT int64_t lmq_dev_opt_int(const lmq_dev_t *dev, const char *name);
+LMQ_EXPORT bool lmq_dev_opt_bool(const lmq_dev_t *dev, const char *name);
+LMQ_EXPORT const char *lmq_dev_opt_str(const lmq_dev_t *dev, const char *name);
+
+/* Records why the current request failed and returns `status`, so a handler
+ * can write `return lmq_dev_fail(dev, LMQ_ERANGE, "%.3f V exceeds ...", v);` */
+LMQ_EXPORT int lmq_dev_fail(lmq_dev_t *dev, int status, const char *fmt, ...) LMQ_PRINTF(3, 4);
+
+/* Sleeps up to ns nanoseconds; returns LMQ_ECLOSED early when the device is
+ * being stopped, else 0. Use it for every long wait so shutdown stays prompt. */
+LMQ_EXPORT int lmq_dev_sleep(lmq_dev_t *dev, int64_t ns);
+LMQ_EXPORT bool lmq_dev_stopping(const lmq_dev_t *dev);
+
+/* Sets how often stream `index` is polled (0 = paused), and its block shape. */
+LMQ_EXPORT int lmq_dev_stream_rate(lmq_dev_t *dev, size_t index, double hz);
+LMQ_EXPORT int lmq_dev_stream_shape(lmq_dev_t *dev, size_t index, unsigned ndim, const size_t *shape);
+
+/* Publishes one block of stream `index`: nbytes must match the stream's shape
+ * and dtype. The data is copied once into the outgoing message. t_ns is the
+ * acquisition time (CLOCK_REALTIME ns). */
+LMQ_EXPORT int lmq_dev_publish(lmq_dev_t *dev, size_t index, int64_t t_ns, const void *data, size_t nbytes);
+
+/* Same, handing over a malloc'd buffer (zero-copy); the daemon frees it. */
+LMQ_EXPORT int lmq_dev_publish_take(lmq_dev_t *dev, size_t index, int64_t t_ns, void **data, size_t nbytes);
+
+/* Simulated wiring: named analog signals shared by the devices of one daemon,
+ * so simulated instruments on different threads can be connected (the
+ * supply's output current read by the DAQ's input, the DAQ's analog output
+ * driving the load). Thread-safe; the values live in the daemon. Wire names
+ * are "device.signal" by convention. get returns LMQ_ENOTFOUND until the wire
+ * was first set. */
+LMQ_EXPORT int lmq_dev_wire_set(lmq_dev_t *dev, const char *wire, double value);
+LMQ_EXPORT int lmq_dev_wire_get(lmq_dev_t *dev, const char *wire, double *value);
+
+/* Clocks, in nanoseconds. */
+LMQ_EXPORT int64_t lmq_clock_mono_ns(void);
+LMQ_EXPORT int64_t lmq_clock_real_ns(void);
+
+/* ---- the built-in drivers ---- */
+
+/* Looks up a driver compiled into liblabmq by name; NULL when unknown. */
+LMQ_EXPORT const lmq_driver_t *lmq_driver_find(const char *name);
+/* The NULL-terminated list of built-in drivers. */
+LMQ_EXPORT const lmq_driver_t *const *lmq_driver_list(void);
+
+/* describe: the JSON text of a driver's tables for a device (caller frees),
+ * as sent by the `describe` op. NULL on allocation failure. */
+LMQ_EXPORT char *lmq_driver_describe(const lmq_driver_t *drv, const char *device_name);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
