@@ -1,0 +1,927 @@
+/* labmq — lab configuration files, loaded with libcyaml.
+ *
+ * The YAML goes straight into the raw_* structs below through a libcyaml
+ * schema. Driver options are the one dynamic part: their keys depend on the
+ * driver, and libcyaml 1.3 has neither unions nor free-form maps. So the
+ * `options:` mapping schema is built at load time from the union of the
+ * option names of all built-in drivers, one optional string slot each (YAML
+ * scalars like 100 or true load fine as strings). An option no driver knows is
+ * then a libcyaml error with a position; whether an option belongs to *this*
+ * device's driver, and whether its value parses as the option's type, is
+ * checked afterwards.
+ *
+ * libcyaml reports errors through its log callback: a message plus a
+ * backtrace of enclosing nodes whose positions are those of the last event
+ * read, which may be a line or two before the culprit. When a load fails we
+ * therefore re-read the text with libyaml's document loader and follow the
+ * backtrace's path to the exact node (and for syntax errors take libyaml's
+ * own problem mark), falling back to libcyaml's position. The same document
+ * tree gives positions for our own semantic errors. */
+#include <cyaml/cyaml.h>
+#include <yaml.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "labmq/config.h"
+#include "labmq/log.h"
+#include "labmq/status.h"
+#include "labmq/value.h"
+
+/* A lab config is a page of text; the cap keeps a wrong path (a disk image,
+ * /dev/zero) from eating memory. */
+#define CFG_MAX_BYTES (1u << 20)
+/* One thread per device: far more than any bench, few enough to be sane. */
+#define CFG_MAX_DEVICES 1024u
+#define CFG_MAX_BACKTRACE 16
+
+/* ---- the YAML as libcyaml loads it ---- */
+
+struct raw_device {
+    char *name;
+    char *driver;
+    char *connection; /* NULL when absent */
+    char **options;   /* NULL when absent; else one slot per union option name */
+};
+
+struct raw_config {
+    char *control;
+    char *data;
+    char *log_level;
+    struct raw_device *devices;
+    unsigned devices_count;
+};
+
+struct lmq_config {
+    /* libcyaml needs the same schema again for cyaml_free, and the schema
+     * points into itself, so it lives (unmoved) inside the object. */
+    cyaml_config_t cy;
+    const char **opt_names; /* union of driver option names; borrowed from the static driver tables */
+    size_t n_opts;
+    cyaml_schema_field_t *opt_fields; /* n_opts + terminator */
+    cyaml_schema_field_t dev_fields[5];
+    cyaml_schema_value_t dev_entry;
+    cyaml_schema_field_t top_fields[5];
+    cyaml_schema_value_t top;
+
+    struct raw_config *raw;       /* owned, freed with cyaml_free */
+    lmq_config_device_t *devices; /* owned; strings borrowed from raw */
+    const char **optv;            /* owned; every device's option list in one block */
+    size_t n_devices;
+};
+
+/* ---- a small growable string for messages ---- */
+
+typedef struct strbuf {
+    char *p;
+    size_t len, cap;
+    bool oom;
+} strbuf_t;
+
+static void sb_vprintf(strbuf_t *sb, const char *fmt, va_list ap)
+{
+    if (sb->oom)
+        return;
+    va_list ap2;
+    va_copy(ap2, ap);
+    int n = vsnprintf(NULL, 0, fmt, ap2);
+    va_end(ap2);
+    if (n < 0) {
+        sb->oom = true;
+        return;
+    }
+    if (sb->len + (size_t)n + 1 > sb->cap) {
+        size_t cap = sb->cap ? sb->cap : 128;
+        while (cap < sb->len + (size_t)n + 1)
+            cap *= 2;
+        char *p = realloc(sb->p, cap);
+        if (!p) {
+            sb->oom = true;
+            return;
+        }
+        sb->p = p;
+        sb->cap = cap;
+    }
+    vsnprintf(sb->p + sb->len, (size_t)n + 1, fmt, ap);
+    sb->len += (size_t)n;
+}
+
+static void sb_printf(strbuf_t *sb, const char *fmt, ...) LMQ_PRINTF(2, 3);
+static void sb_printf(strbuf_t *sb, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    sb_vprintf(sb, fmt, ap);
+    va_end(ap);
+}
+
+/* Hands the text over (caller frees); NULL when an allocation failed. */
+static char *sb_take(strbuf_t *sb)
+{
+    if (sb->oom || !sb->p) {
+        free(sb->p);
+        sb->p = NULL;
+        return NULL;
+    }
+    char *p = sb->p;
+    sb->p = NULL;
+    return p;
+}
+
+/* ---- the load in progress: origin, captured libcyaml log, document tree ---- */
+
+enum bt_kind { BT_FIELD, BT_ENTRY, BT_MAPPING, BT_OTHER };
+
+typedef struct bt_step {
+    enum bt_kind kind;
+    char name[128]; /* field name for BT_FIELD */
+    long entry;     /* 1-based entry for BT_ENTRY */
+    int line, col;  /* 1-based, as libcyaml prints them; 0 = unknown */
+} bt_step_t;
+
+typedef struct loader {
+    lmq_config_t *cfg;
+    const char *origin; /* file path or "<config>" */
+    const unsigned char *text;
+    size_t len;
+    char msg[512]; /* libcyaml's first error message, without "Load: " */
+    bool have_msg, in_backtrace;
+    bt_step_t bt[CFG_MAX_BACKTRACE]; /* innermost first */
+    size_t n_bt;
+    yaml_document_t doc;
+    int doc_state; /* 0 = not tried, 1 = loaded, -1 = syntax error (see syn_*) */
+    char syn_msg[256];
+    int syn_line, syn_col;
+    char *err; /* the first error, formatted; owned */
+} loader_t;
+
+static void capture_log(cyaml_log_t level, void *ctx, const char *fmt, va_list args)
+{
+    loader_t *L = ctx;
+    if (level < CYAML_LOG_ERROR)
+        return;
+    char line[512];
+    vsnprintf(line, sizeof line, fmt, args);
+    line[strcspn(line, "\n")] = '\0';
+    if (strncmp(line, "Load: Backtrace", 15) == 0) {
+        L->in_backtrace = true;
+        return;
+    }
+    if (L->in_backtrace && strncmp(line, "  in ", 5) == 0) {
+        if (L->n_bt >= CFG_MAX_BACKTRACE)
+            return;
+        bt_step_t *s = &L->bt[L->n_bt];
+        memset(s, 0, sizeof *s);
+        if (sscanf(line, "  in mapping field '%127[^']' (line: %d, column: %d)", s->name, &s->line, &s->col) == 3)
+            s->kind = BT_FIELD;
+        else if (sscanf(line, "  in sequence entry '%ld' (line: %d, column: %d)", &s->entry, &s->line, &s->col) == 3)
+            s->kind = BT_ENTRY;
+        else if (sscanf(line, "  in mapping (line: %d, column: %d)", &s->line, &s->col) == 2)
+            s->kind = BT_MAPPING;
+        else {
+            s->kind = BT_OTHER;
+            const char *p = strstr(line, "(line: ");
+            if (!p || sscanf(p, "(line: %d, column: %d)", &s->line, &s->col) != 2)
+                s->line = s->col = 0;
+        }
+        L->n_bt++;
+        return;
+    }
+    if (!L->have_msg) {
+        const char *m = strncmp(line, "Load: ", 6) == 0 ? line + 6 : line;
+        snprintf(L->msg, sizeof L->msg, "%s", m);
+        L->have_msg = true;
+    }
+}
+
+/* Loads the document tree once (for positions); on a syntax error records
+ * libyaml's own message and mark instead. */
+static bool doc_load(loader_t *L)
+{
+    if (L->doc_state)
+        return L->doc_state > 0;
+    yaml_parser_t p;
+    L->doc_state = -1;
+    if (!yaml_parser_initialize(&p))
+        return false;
+    yaml_parser_set_input_string(&p, L->text, L->len);
+    if (yaml_parser_load(&p, &L->doc)) {
+        L->doc_state = 1;
+    } else {
+        const char *problem = p.problem ? p.problem : "invalid YAML";
+        if (p.context)
+            snprintf(L->syn_msg, sizeof L->syn_msg, "syntax error: %s (%s at line %zu, column %zu)", problem,
+                     p.context, p.context_mark.line + 1, p.context_mark.column + 1);
+        else
+            snprintf(L->syn_msg, sizeof L->syn_msg, "syntax error: %s", problem);
+        L->syn_line = (int)p.problem_mark.line + 1;
+        L->syn_col = (int)p.problem_mark.column + 1;
+    }
+    yaml_parser_delete(&p);
+    return L->doc_state > 0;
+}
+
+static yaml_node_t *doc_root(loader_t *L)
+{
+    return doc_load(L) ? yaml_document_get_root_node(&L->doc) : NULL;
+}
+
+static bool scalar_is(const yaml_node_t *n, const char *s)
+{
+    size_t len = strlen(s);
+    return n && n->type == YAML_SCALAR_NODE && n->data.scalar.length == len &&
+           memcmp(n->data.scalar.value, s, len) == 0;
+}
+
+/* The nth (0-based) occurrence of key in a mapping node: its key node or its
+ * value node. */
+static yaml_node_t *map_get(loader_t *L, yaml_node_t *map, const char *key, int nth, bool want_key)
+{
+    if (!map || map->type != YAML_MAPPING_NODE)
+        return NULL;
+    for (yaml_node_pair_t *pr = map->data.mapping.pairs.start; pr < map->data.mapping.pairs.top; pr++) {
+        yaml_node_t *k = yaml_document_get_node(&L->doc, pr->key);
+        if (scalar_is(k, key) && nth-- == 0)
+            return want_key ? k : yaml_document_get_node(&L->doc, pr->value);
+    }
+    return NULL;
+}
+
+static yaml_node_t *seq_item(loader_t *L, yaml_node_t *seq, size_t i)
+{
+    if (!seq || seq->type != YAML_SEQUENCE_NODE)
+        return NULL;
+    if (i >= (size_t)(seq->data.sequence.items.top - seq->data.sequence.items.start))
+        return NULL;
+    return yaml_document_get_node(&L->doc, seq->data.sequence.items.start[i]);
+}
+
+static void node_pos(const yaml_node_t *n, int *line, int *col)
+{
+    *line = (int)n->start_mark.line + 1;
+    *col = (int)n->start_mark.column + 1;
+}
+
+/* The node of device i, or of one of its fields, or of one of its options
+ * (the key, or the value when opt_value). Returns the position of the deepest
+ * node found; false when not even the document root was found. */
+static bool device_pos(loader_t *L, size_t i, const char *field, const char *opt, bool opt_value, int *line,
+                       int *col)
+{
+    yaml_node_t *n = doc_root(L), *m;
+    if (!n)
+        return false;
+    node_pos(n, line, col);
+    if (!(m = map_get(L, n, "devices", 0, false)))
+        return true;
+    node_pos(n = m, line, col);
+    if (!(m = seq_item(L, n, i)))
+        return true;
+    node_pos(n = m, line, col);
+    if (!field || !(m = map_get(L, n, field, 0, false)))
+        return true;
+    node_pos(n = m, line, col);
+    if (opt && (m = map_get(L, n, opt, 0, !opt_value)))
+        node_pos(m, line, col);
+    return true;
+}
+
+static void fail(loader_t *L, int line, int col, const char *fmt, ...) LMQ_PRINTF(4, 5);
+/* Records the first error as "ORIGIN:LINE:COL: message" (line 0 = no
+ * position known); later ones would only be consequences of it. */
+static void fail(loader_t *L, int line, int col, const char *fmt, ...)
+{
+    if (L->err)
+        return;
+    strbuf_t sb = {0};
+    if (line > 0)
+        sb_printf(&sb, "%s:%d:%d: ", L->origin, line, col);
+    else
+        sb_printf(&sb, "%s: ", L->origin);
+    va_list ap;
+    va_start(ap, fmt);
+    sb_vprintf(&sb, fmt, ap);
+    va_end(ap);
+    L->err = sb_take(&sb);
+}
+
+/* ---- drivers and their options ---- */
+
+static const lmq_option_t *driver_option(const lmq_driver_t *drv, const char *name)
+{
+    for (const lmq_option_t *o = drv->options; o && o->name; o++)
+        if (strcmp(o->name, name) == 0)
+            return o;
+    return NULL;
+}
+
+static void list_drivers(strbuf_t *sb)
+{
+    const lmq_driver_t *const *list = lmq_driver_list();
+    size_t n = 0;
+    for (size_t i = 0; list && list[i]; i++)
+        sb_printf(sb, "%s%s", n++ ? ", " : "", list[i]->name);
+    if (!n)
+        sb_printf(sb, "none");
+}
+
+static void list_options(strbuf_t *sb, const lmq_driver_t *drv)
+{
+    size_t n = 0;
+    for (const lmq_option_t *o = drv->options; o && o->name; o++)
+        sb_printf(sb, "%s%s", n++ ? ", " : "its options: ", o->name);
+    if (!n)
+        sb_printf(sb, "it takes no options");
+}
+
+static void fail_unknown_driver(loader_t *L, int line, int col, const char *dev, const char *driver)
+{
+    strbuf_t sb = {0};
+    list_drivers(&sb);
+    fail(L, line, col, "device '%s': unknown driver '%s' (built-in drivers: %s)", dev, driver,
+         sb.oom || !sb.p ? "?" : sb.p);
+    free(sb.p);
+}
+
+static void fail_foreign_option(loader_t *L, int line, int col, const char *dev, const lmq_driver_t *drv,
+                                const char *opt)
+{
+    strbuf_t sb = {0};
+    list_options(&sb, drv);
+    fail(L, line, col, "device '%s': option '%s' is not an option of driver %s (%s)", dev, opt, drv->name,
+         sb.oom || !sb.p ? "?" : sb.p);
+    free(sb.p);
+}
+
+static const char *type_wanted(lmq_type_t t)
+{
+    switch (t) {
+    case LMQ_BOOL: return "a bool (true or false)";
+    case LMQ_INT: return "an integer";
+    case LMQ_FLOAT: return "a number";
+    case LMQ_STRING: return "UTF-8 text";
+    default: return "a value of an unsupported type (driver bug)";
+    }
+}
+
+/* ---- the schema ---- */
+
+static int build_schema(lmq_config_t *c)
+{
+    const lmq_driver_t *const *list = lmq_driver_list();
+    size_t max = 0;
+    for (size_t i = 0; list && list[i]; i++)
+        for (const lmq_option_t *o = list[i]->options; o && o->name; o++)
+            max++;
+    c->opt_names = calloc(max ? max : 1, sizeof *c->opt_names);
+    c->opt_fields = calloc(max + 1, sizeof *c->opt_fields);
+    if (!c->opt_names || !c->opt_fields)
+        return LMQ_EMEM;
+    for (size_t i = 0; list && list[i]; i++)
+        for (const lmq_option_t *o = list[i]->options; o && o->name; o++) {
+            size_t k = 0;
+            while (k < c->n_opts && strcmp(c->opt_names[k], o->name) != 0)
+                k++;
+            if (k < c->n_opts)
+                continue; /* shared by several drivers: one slot */
+            c->opt_names[k] = o->name;
+            c->opt_fields[k] = (cyaml_schema_field_t){
+                .key = o->name,
+                .data_offset = (uint32_t)(k * sizeof(char *)),
+                .value = {CYAML_VALUE_STRING(CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, char *, 0, CYAML_UNLIMITED)},
+            };
+            c->n_opts++;
+        }
+    c->opt_fields[c->n_opts] = (cyaml_schema_field_t)CYAML_FIELD_END;
+
+    c->dev_fields[0] = (cyaml_schema_field_t)CYAML_FIELD_STRING_PTR("name", CYAML_FLAG_POINTER, struct raw_device,
+                                                                    name, 0, CYAML_UNLIMITED);
+    c->dev_fields[1] = (cyaml_schema_field_t)CYAML_FIELD_STRING_PTR("driver", CYAML_FLAG_POINTER, struct raw_device,
+                                                                    driver, 0, CYAML_UNLIMITED);
+    c->dev_fields[2] = (cyaml_schema_field_t)CYAML_FIELD_STRING_PTR("connection", CYAML_FLAG_OPTIONAL,
+                                                                    struct raw_device, connection, 0, CYAML_UNLIMITED);
+    /* `options:` with nothing after it is an empty option list, not an error. */
+    c->dev_fields[3] = (cyaml_schema_field_t){
+        .key = "options",
+        .data_offset = offsetof(struct raw_device, options),
+        .value = {.type = CYAML_MAPPING,
+                  .flags = (enum cyaml_flag)(CYAML_FLAG_POINTER_NULL | CYAML_FLAG_OPTIONAL),
+                  .data_size = (uint32_t)((c->n_opts ? c->n_opts : 1) * sizeof(char *)),
+                  .mapping = {.fields = c->opt_fields}},
+    };
+    c->dev_fields[4] = (cyaml_schema_field_t)CYAML_FIELD_END;
+    c->dev_entry = (cyaml_schema_value_t){CYAML_VALUE_MAPPING(CYAML_FLAG_DEFAULT, struct raw_device, c->dev_fields)};
+
+    c->top_fields[0] = (cyaml_schema_field_t)CYAML_FIELD_STRING_PTR("control", CYAML_FLAG_OPTIONAL,
+                                                                    struct raw_config, control, 0, CYAML_UNLIMITED);
+    c->top_fields[1] = (cyaml_schema_field_t)CYAML_FIELD_STRING_PTR("data", CYAML_FLAG_OPTIONAL, struct raw_config,
+                                                                    data, 0, CYAML_UNLIMITED);
+    c->top_fields[2] = (cyaml_schema_field_t)CYAML_FIELD_STRING_PTR("log_level", CYAML_FLAG_OPTIONAL,
+                                                                    struct raw_config, log_level, 0, CYAML_UNLIMITED);
+    c->top_fields[3] = (cyaml_schema_field_t)CYAML_FIELD_SEQUENCE("devices", CYAML_FLAG_POINTER, struct raw_config,
+                                                                  devices, &c->dev_entry, 0, CFG_MAX_DEVICES);
+    c->top_fields[4] = (cyaml_schema_field_t)CYAML_FIELD_END;
+    c->top = (cyaml_schema_value_t){CYAML_VALUE_MAPPING(CYAML_FLAG_POINTER, struct raw_config, c->top_fields)};
+    return 0;
+}
+
+/* ---- turning a libcyaml failure into a message with an exact position ---- */
+
+enum ctx { CTX_UNKNOWN, CTX_TOP, CTX_DEVICE, CTX_OPTIONS };
+
+static const char *event_words(const char *ev)
+{
+    if (!strcmp(ev, "SCALAR"))
+        return "a scalar";
+    if (!strcmp(ev, "SEQUENCE_START"))
+        return "a list";
+    if (!strcmp(ev, "MAPPING_START"))
+        return "a mapping";
+    if (!strcmp(ev, "ALIAS"))
+        return "an alias";
+    return "something else";
+}
+
+static const char *expect_words(const char *what)
+{
+    if (!strcmp(what, "STRING"))
+        return "a scalar value";
+    if (!strcmp(what, "SEQUENCE"))
+        return "a list";
+    if (!strcmp(what, "MAPPING"))
+        return "a mapping (key: value)";
+    return "another kind of value";
+}
+
+/* "psu1" from the document, for messages about a device libcyaml rejected. */
+static void device_label(loader_t *L, yaml_node_t *entry, long index, char *buf, size_t size)
+{
+    yaml_node_t *n = map_get(L, entry, "name", 0, false);
+    if (n && n->type == YAML_SCALAR_NODE)
+        snprintf(buf, size, "device '%.*s'", (int)(n->data.scalar.length < 64 ? n->data.scalar.length : 64),
+                 (const char *)n->data.scalar.value);
+    else
+        snprintf(buf, size, "devices[%ld]", index - 1);
+}
+
+static void cyaml_failure(loader_t *L, cyaml_err_t e)
+{
+    if (!doc_load(L) && L->syn_line > 0) {
+        fail(L, L->syn_line, L->syn_col, "%s", L->syn_msg);
+        return;
+    }
+    const char *m = L->have_msg ? L->msg : cyaml_strerror(e);
+    char key[128] = "", want[32], got[32];
+    enum { K_OTHER, K_UNKNOWN, K_DUP, K_MISSING } kind = K_OTHER;
+    if (sscanf(m, "Unexpected key: %127[^\n]", key) == 1)
+        kind = K_UNKNOWN;
+    else if (sscanf(m, "Mapping field already seen: %127[^\n]", key) == 1)
+        kind = K_DUP;
+    else if (sscanf(m, "Missing required mapping field: %127[^\n]", key) == 1)
+        kind = K_MISSING;
+
+    /* For key errors the innermost "mapping field" step is the last field
+     * libcyaml saw in that mapping, not where the problem is: the mapping
+     * itself is the place. */
+    size_t first = (kind != K_OTHER && L->n_bt && L->bt[0].kind == BT_FIELD) ? 1 : 0;
+    yaml_node_t *n = doc_root(L), *entry = NULL;
+    bool ok = n != NULL;
+    strbuf_t path = {0};
+    enum ctx ctx = CTX_TOP;
+    long dev_index = 0;
+    size_t depth = 0;
+    for (size_t j = L->n_bt; ok && j-- > first;) {
+        const bt_step_t *s = &L->bt[j];
+        switch (s->kind) {
+        case BT_FIELD:
+            n = map_get(L, n, s->name, 0, false);
+            sb_printf(&path, "%s%s", path.len ? "." : "", s->name);
+            if (depth == 0 && !strcmp(s->name, "devices"))
+                ctx = CTX_UNKNOWN;
+            else if (depth == 2 && ctx == CTX_DEVICE && !strcmp(s->name, "options"))
+                ctx = CTX_OPTIONS;
+            else
+                ctx = CTX_UNKNOWN;
+            depth++;
+            break;
+        case BT_ENTRY:
+            n = s->entry >= 1 ? seq_item(L, n, (size_t)(s->entry - 1)) : NULL;
+            sb_printf(&path, "[%ld]", s->entry - 1);
+            if (depth == 1 && path.p && !strncmp(path.p, "devices[", 8)) {
+                ctx = CTX_DEVICE;
+                entry = n;
+                dev_index = s->entry;
+            } else
+                ctx = CTX_UNKNOWN;
+            depth++;
+            break;
+        case BT_MAPPING:
+            ok = n->type == YAML_MAPPING_NODE;
+            break;
+        default:
+            ok = false;
+        }
+        ok = ok && n;
+    }
+    int line = 0, col = 0;
+    if (ok) {
+        yaml_node_t *t = n;
+        if (kind == K_UNKNOWN || kind == K_DUP)
+            t = map_get(L, n, key, kind == K_DUP ? 1 : 0, true);
+        node_pos(t ? t : n, &line, &col);
+    } else if (L->n_bt) {
+        line = L->bt[0].line;
+        col = L->bt[0].col;
+        ctx = CTX_UNKNOWN;
+    }
+    char dev[96] = "device";
+    if ((ctx == CTX_DEVICE || ctx == CTX_OPTIONS) && entry)
+        device_label(L, entry, dev_index, dev, sizeof dev);
+    const char *where = path.p && !path.oom ? path.p : "";
+
+    if (kind == K_UNKNOWN && ctx == CTX_OPTIONS && entry) {
+        /* Not an option of any driver: say what the device's driver takes,
+         * or that the driver itself is the problem. */
+        yaml_node_t *dn = map_get(L, entry, "driver", 0, false), *nn = map_get(L, entry, "name", 0, false);
+        char drvname[128] = "", devname[128] = "?";
+        if (dn && dn->type == YAML_SCALAR_NODE)
+            snprintf(drvname, sizeof drvname, "%.*s", (int)dn->data.scalar.length, (const char *)dn->data.scalar.value);
+        if (nn && nn->type == YAML_SCALAR_NODE)
+            snprintf(devname, sizeof devname, "%.*s", (int)nn->data.scalar.length, (const char *)nn->data.scalar.value);
+        const lmq_driver_t *drv = drvname[0] ? lmq_driver_find(drvname) : NULL;
+        if (drv) {
+            fail_foreign_option(L, line, col, devname, drv, key);
+        } else if (drvname[0]) {
+            int dl, dc;
+            node_pos(dn, &dl, &dc);
+            fail_unknown_driver(L, dl, dc, devname, drvname);
+        } else {
+            fail(L, line, col, "%s: unknown option '%s'", dev, key);
+        }
+    } else if (kind == K_UNKNOWN && ctx == CTX_TOP) {
+        fail(L, line, col, "unknown key '%s' (valid keys: control, data, log_level, devices)", key);
+    } else if (kind == K_UNKNOWN && ctx == CTX_DEVICE) {
+        fail(L, line, col, "%s: unknown key '%s' (valid keys: name, driver, connection, options)", dev, key);
+    } else if (kind == K_UNKNOWN) {
+        fail(L, line, col, "%s%sunknown key '%s'", where, *where ? ": " : "", key);
+    } else if (kind == K_DUP) {
+        fail(L, line, col, "%s%sduplicate key '%s'", ctx == CTX_DEVICE ? dev : where,
+             (ctx == CTX_DEVICE || *where) ? ": " : "", key);
+    } else if (kind == K_MISSING) {
+        fail(L, line, col, "%s%smissing required key '%s'", ctx == CTX_DEVICE ? dev : where,
+             (ctx == CTX_DEVICE || *where) ? ": " : "", key);
+    } else if (sscanf(m, "Expecting %31[A-Z_], got event: %31[A-Z_]", want, got) == 2) {
+        fail(L, line, col, "%s%sexpected %s, found %s", where, *where ? ": " : "", expect_words(want),
+             event_words(got));
+    } else {
+        fail(L, line, col, "%s%s%s", where, *where ? ": " : "", m);
+    }
+    free(path.p);
+}
+
+/* ---- checks libcyaml cannot make ---- */
+
+static bool name_ok(const char *s)
+{
+    if (!*s)
+        return false;
+    for (; *s; s++) {
+        char ch = *s;
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_' ||
+              ch == '-' || ch == '.'))
+            return false;
+    }
+    return true;
+}
+
+/* Only the shape: ZeroMQ itself judges the rest when the daemon binds. */
+static bool endpoint_ok(const char *ep)
+{
+    const char *sep = strstr(ep, "://");
+    if (!sep || sep == ep || !sep[3])
+        return false;
+    for (const char *p = ep; p < sep; p++)
+        if (!(*p >= 'a' && *p <= 'z'))
+            return false;
+    return true;
+}
+
+static void top_pos(loader_t *L, const char *key, int *line, int *col)
+{
+    yaml_node_t *n = map_get(L, doc_root(L), key, 0, false);
+    if (n)
+        node_pos(n, line, col);
+}
+
+static void validate(loader_t *L)
+{
+    const struct raw_config *r = L->cfg->raw;
+    int line = 0, col = 0;
+    if (r->log_level && lmq_log_level_parse(r->log_level) < 0) {
+        top_pos(L, "log_level", &line, &col);
+        fail(L, line, col, "log_level '%s' is not one of error, warn, info, debug, trace", r->log_level);
+        return;
+    }
+    const char *eps[2] = {r->control, r->data}, *keys[2] = {"control", "data"};
+    for (int k = 0; k < 2; k++)
+        if (eps[k] && !endpoint_ok(eps[k])) {
+            top_pos(L, keys[k], &line, &col);
+            fail(L, line, col,
+                 "%s endpoint '%s' is not a ZeroMQ endpoint (like ipc:///path/to/socket, tcp://host:port or "
+                 "inproc://name)",
+                 keys[k], eps[k]);
+            return;
+        }
+    for (size_t i = 0; i < r->devices_count; i++) {
+        const struct raw_device *d = &r->devices[i];
+        line = col = 0;
+        if (!name_ok(d->name)) {
+            device_pos(L, i, "name", NULL, false, &line, &col);
+            fail(L, line, col, "device name '%s' is invalid (use letters, digits, '_', '-' and '.')", d->name);
+            return;
+        }
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(r->devices[j].name, d->name) == 0) {
+                int fl = 0, fc = 0;
+                device_pos(L, j, "name", NULL, false, &fl, &fc);
+                device_pos(L, i, "name", NULL, false, &line, &col);
+                fail(L, line, col, "device '%s': duplicate name (first used on line %d)", d->name, fl);
+                return;
+            }
+        const lmq_driver_t *drv = lmq_driver_find(d->driver);
+        if (!drv) {
+            device_pos(L, i, "driver", NULL, false, &line, &col);
+            fail_unknown_driver(L, line, col, d->name, d->driver);
+            return;
+        }
+        for (size_t k = 0; d->options && k < L->cfg->n_opts; k++) {
+            const char *val = d->options[k], *oname = L->cfg->opt_names[k];
+            if (!val)
+                continue;
+            const lmq_option_t *opt = driver_option(drv, oname);
+            if (!opt) {
+                device_pos(L, i, "options", oname, false, &line, &col);
+                fail_foreign_option(L, line, col, d->name, drv, oname);
+                return;
+            }
+            /* The same parser lmq_daemon_add uses, so a file that passes here
+             * is not rejected later. */
+            lmq_value_t v = {0};
+            int rc = lmq_value_parse(&v, val, opt->type);
+            lmq_value_clear(&v);
+            if (rc != 0) {
+                device_pos(L, i, "options", oname, true, &line, &col);
+                fail(L, line, col, "device '%s': option '%s' must be %s, not '%s'", d->name, oname,
+                     type_wanted(opt->type), val);
+                return;
+            }
+        }
+        for (const lmq_option_t *o = drv->options; o && o->name; o++) {
+            bool given = false;
+            for (size_t k = 0; d->options && k < L->cfg->n_opts; k++)
+                if (d->options[k] && strcmp(L->cfg->opt_names[k], o->name) == 0)
+                    given = true;
+            if (!o->def && !given) {
+                device_pos(L, i, NULL, NULL, false, &line, &col);
+                fail(L, line, col, "device '%s': driver %s requires option '%s' (%s)", d->name, drv->name, o->name,
+                     o->doc ? o->doc : type_wanted(o->type));
+                return;
+            }
+        }
+    }
+}
+
+static int build_devices(lmq_config_t *c)
+{
+    const struct raw_config *r = c->raw;
+    size_t slots = 0;
+    for (size_t i = 0; i < r->devices_count; i++) {
+        slots++;
+        for (size_t k = 0; r->devices[i].options && k < c->n_opts; k++)
+            slots += r->devices[i].options[k] ? 2 : 0;
+    }
+    c->devices = calloc(r->devices_count ? r->devices_count : 1, sizeof *c->devices);
+    c->optv = calloc(slots ? slots : 1, sizeof *c->optv);
+    if (!c->devices || !c->optv)
+        return LMQ_EMEM;
+    const char **o = c->optv;
+    for (size_t i = 0; i < r->devices_count; i++) {
+        const struct raw_device *d = &r->devices[i];
+        c->devices[i] = (lmq_config_device_t){
+            .name = d->name,
+            .driver = d->driver,
+            .connection = d->connection ? d->connection : "",
+            .options = o,
+        };
+        for (size_t k = 0; d->options && k < c->n_opts; k++)
+            if (d->options[k]) {
+                *o++ = c->opt_names[k];
+                *o++ = d->options[k];
+            }
+        *o++ = NULL;
+    }
+    c->n_devices = r->devices_count;
+    return 0;
+}
+
+/* ---- public API ---- */
+
+static void set_err(char **err, const char *fmt, ...) LMQ_PRINTF(2, 3);
+static void set_err(char **err, const char *fmt, ...)
+{
+    if (!err)
+        return;
+    strbuf_t sb = {0};
+    va_list ap;
+    va_start(ap, fmt);
+    sb_vprintf(&sb, fmt, ap);
+    va_end(ap);
+    *err = sb_take(&sb);
+}
+
+static lmq_config_t *parse_text(const char *text, size_t len, const char *origin, char **err)
+{
+    lmq_config_t *c = calloc(1, sizeof *c);
+    if (!c || build_schema(c) != 0) {
+        lmq_config_destroy(&c);
+        set_err(err, "%s: out of memory", origin);
+        return NULL;
+    }
+    loader_t L = {.cfg = c, .origin = origin, .text = (const unsigned char *)text, .len = len};
+    bool failed = false;
+    c->cy = (cyaml_config_t){
+        .log_fn = capture_log,
+        .log_ctx = &L,
+        .mem_fn = cyaml_mem,
+        .log_level = CYAML_LOG_ERROR,
+        /* Aliases can expand exponentially ("billion laughs"); a lab config
+         * does not need them. */
+        .flags = CYAML_CFG_NO_ALIAS,
+    };
+    struct raw_config *raw = NULL;
+    cyaml_err_t e = cyaml_load_data((const uint8_t *)text, len, &c->cy, &c->top, (cyaml_data_t **)&raw, NULL);
+    c->cy.log_fn = NULL; /* L dies with this frame; cyaml_free must not log into it */
+    c->cy.log_ctx = NULL;
+    if (e != CYAML_OK) {
+        failed = true;
+        if (e == CYAML_ERR_OOM)
+            fail(&L, 0, 0, "out of memory");
+        else
+            cyaml_failure(&L, e);
+    } else if (!raw) {
+        failed = true;
+        fail(&L, 0, 0, "the configuration is empty (it needs at least a 'devices:' list)");
+    } else {
+        c->raw = raw;
+        validate(&L);
+        failed = L.err != NULL;
+        if (!failed && build_devices(c) != 0) {
+            failed = true;
+            fail(&L, 0, 0, "out of memory");
+        }
+    }
+    if (L.doc_state > 0)
+        yaml_document_delete(&L.doc);
+    if (failed) {
+        if (err)
+            *err = L.err;
+        else
+            free(L.err);
+        lmq_config_destroy(&c);
+        return NULL;
+    }
+    return c;
+}
+
+lmq_config_t *lmq_config_parse(const char *yaml, size_t len, char **err)
+{
+    if (err)
+        *err = NULL;
+    if (!yaml) {
+        set_err(err, "no configuration text");
+        return NULL;
+    }
+    if (len > CFG_MAX_BYTES) {
+        set_err(err, "<config>: larger than %u bytes", CFG_MAX_BYTES);
+        return NULL;
+    }
+    return parse_text(yaml, len, "<config>", err);
+}
+
+lmq_config_t *lmq_config_load(const char *path, char **err)
+{
+    if (err)
+        *err = NULL;
+    if (!path) {
+        set_err(err, "no configuration file given");
+        return NULL;
+    }
+    FILE *f = fopen(path, "rbe");
+    if (!f) {
+        set_err(err, "cannot open %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = 4096, len = 0;
+    char *buf = malloc(cap);
+    bool too_big = false;
+    while (buf) {
+        if (len == cap) {
+            if (cap > CFG_MAX_BYTES) {
+                too_big = true;
+                break;
+            }
+            char *nb = realloc(buf, cap * 2);
+            if (!nb) {
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            buf = nb;
+            cap *= 2;
+        }
+        size_t n = fread(buf + len, 1, cap - len, f);
+        len += n;
+        if (n == 0)
+            break;
+    }
+    int read_errno = ferror(f) ? errno : 0;
+    fclose(f);
+    lmq_config_t *c = NULL;
+    if (!buf)
+        set_err(err, "%s: out of memory", path);
+    else if (too_big || len > CFG_MAX_BYTES)
+        set_err(err, "%s: larger than %u bytes; is this a labmq configuration?", path, CFG_MAX_BYTES);
+    else if (read_errno)
+        set_err(err, "cannot read %s: %s", path, strerror(read_errno));
+    else
+        c = parse_text(buf, len, path, err);
+    free(buf);
+    return c;
+}
+
+void lmq_config_destroy(lmq_config_t **cfg)
+{
+    if (!cfg || !*cfg)
+        return;
+    lmq_config_t *c = *cfg;
+    if (c->raw)
+        cyaml_free(&c->cy, &c->top, c->raw, 0);
+    free(c->devices);
+    free(c->optv);
+    free(c->opt_fields);
+    free(c->opt_names);
+    free(c);
+    *cfg = NULL;
+}
+
+const char *lmq_config_control(const lmq_config_t *cfg)
+{
+    return cfg && cfg->raw ? cfg->raw->control : NULL;
+}
+
+const char *lmq_config_data(const lmq_config_t *cfg)
+{
+    return cfg && cfg->raw ? cfg->raw->data : NULL;
+}
+
+const char *lmq_config_log_level(const lmq_config_t *cfg)
+{
+    return cfg && cfg->raw ? cfg->raw->log_level : NULL;
+}
+
+size_t lmq_config_device_count(const lmq_config_t *cfg)
+{
+    return cfg ? cfg->n_devices : 0;
+}
+
+const lmq_config_device_t *lmq_config_device(const lmq_config_t *cfg, size_t i)
+{
+    return cfg && i < cfg->n_devices ? &cfg->devices[i] : NULL;
+}
+
+int lmq_config_apply(const lmq_config_t *cfg, lmq_daemon_t *d, char **err)
+{
+    if (err)
+        *err = NULL;
+    if (!cfg || !d) {
+        set_err(err, "lmq_config_apply: no configuration or daemon");
+        return LMQ_EARG;
+    }
+    for (size_t i = 0; i < cfg->n_devices; i++) {
+        const lmq_config_device_t *dev = &cfg->devices[i];
+        const lmq_driver_t *drv = lmq_driver_find(dev->driver);
+        if (!drv) {
+            set_err(err, "device '%s': unknown driver '%s'", dev->name, dev->driver);
+            return LMQ_ECONFIG;
+        }
+        int rc = lmq_daemon_add(d, dev->name, drv, dev->connection, dev->options);
+        if (rc != 0) {
+            const char *why = lmq_daemon_last_error(d);
+            set_err(err, "device '%s': %s", dev->name, why && *why ? why : lmq_strerror(rc));
+            return rc;
+        }
+    }
+    return 0;
+}

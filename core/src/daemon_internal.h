@@ -1,0 +1,36 @@
+/* The daemon object, shared by daemon.c (lifecycle, caller's thread) and
+ * broker.c (the broker thread). Internal to liblabmq. */
+#ifndef LMQ_DAEMON_INTERNAL_H
+#define LMQ_DAEMON_INTERNAL_H
+
+#include <pthread.h>
+#include "device_internal.h"
+#include "labmq/daemon.h"
+
+struct lmq_daemon {
+    void *zctx;
+    char *control, *data;
+    lmq_log_t *log;
+    lmq_dev_t **devs;
+    size_t ndev, cap;
+    lmq__wires_t *wires;
+    uint64_t epoch;
+    char pipe_endpoint[96];
+    char err[512];
+
+    /* caller's thread */
+    void *pipe;
+    pthread_t broker;
+    bool running;
+
+    /* broker thread */
+    int64_t started_ns;
+    uint64_t requests, errors;
+    lmq__job_t *jobs; /* in flight: freed at shutdown if a device never answered */
+};
+
+/* The broker thread; arg is the daemon. Reports 'Y' (ready) or 'E'+message on
+ * its pipe, then serves until it receives LMQ__MSG_TERM. */
+void *lmq__broker_main(void *arg);
+
+#endif

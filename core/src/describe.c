@@ -1,0 +1,89 @@
+/* Self-description generated from a driver's tables, and the registry of
+ * built-in drivers. */
+#include <stdlib.h>
+#include <string.h>
+#include "device_internal.h"
+
+extern const lmq_driver_t lmq__sim_psu, lmq__sim_daq, lmq__sim_camera;
+
+static const lmq_driver_t *const builtin[] = {&lmq__sim_psu, &lmq__sim_daq, &lmq__sim_camera, NULL};
+
+const lmq_driver_t *const *lmq_driver_list(void) { return builtin; }
+
+const lmq_driver_t *lmq_driver_find(const char *name)
+{
+    for (size_t i = 0; name && builtin[i]; i++)
+        if (strcmp(builtin[i]->name, name) == 0)
+            return builtin[i];
+    return NULL;
+}
+
+static json_t *str(const char *s) { return json_string(s ? s : ""); }
+
+static json_t *describe_tables(const lmq_driver_t *drv, const char *name)
+{
+    json_t *methods = json_array(), *props = json_array(), *streams = json_array();
+    for (const lmq_method_t *m = drv->methods; m && m->name; m++) {
+        json_t *args = json_array();
+        for (const lmq_arg_t *a = m->args; a && a->name; a++)
+            json_array_append_new(args, json_pack("{s:s, s:s, s:o, s:o}", "name", a->name, "type",
+                                                  lmq_type_name(a->type), "unit", str(a->unit), "doc", str(a->doc)));
+        json_t *ret = m->ret == LMQ_NONE ? json_null()
+                                         : json_pack("{s:s, s:o}", "type", lmq_type_name(m->ret), "unit",
+                                                     str(m->ret_unit));
+        json_array_append_new(methods, json_pack("{s:s, s:o, s:o, s:o}", "name", m->name, "doc", str(m->doc),
+                                                 "args", args, "returns", ret));
+    }
+    for (const lmq_property_t *p = drv->properties; p && p->name; p++) {
+        json_t *jp = json_pack("{s:s, s:o, s:s, s:o, s:s}", "name", p->name, "doc", str(p->doc), "type",
+                               lmq_type_name(p->type), "unit", str(p->unit), "access", p->set ? "rw" : "ro");
+        if (p->limited) {
+            json_object_set_new(jp, "min", json_real(p->min));
+            json_object_set_new(jp, "max", json_real(p->max));
+        }
+        json_array_append_new(props, jp);
+    }
+    for (const lmq_stream_t *s = drv->streams; s && s->name; s++) {
+        size_t len = strlen(name) + strlen(s->name) + 2;
+        char *topic = malloc(len);
+        if (topic)
+            snprintf(topic, len, "%s/%s", name, s->name);
+        json_array_append_new(streams, json_pack("{s:s, s:o, s:o, s:s, s:[], s:f, s:o}", "name", s->name, "topic",
+                                                 str(topic), "doc", str(s->doc), "dtype", lmq_dtype_name(s->dtype),
+                                                 "shape", "rate_hz", 0.0, "units", str(s->unit)));
+        free(topic);
+    }
+    return json_pack("{s:s, s:s, s:o, s:b, s:o, s:o, s:o}", "device", name, "driver", drv->name, "description",
+                     str(drv->description), "open", 0, "methods", methods, "properties", props, "streams", streams);
+}
+
+json_t *lmq__describe_driver(const lmq_driver_t *drv, const char *name) { return describe_tables(drv, name); }
+
+json_t *lmq__describe(lmq_dev_t *dev)
+{
+    json_t *j = describe_tables(dev->drv, dev->name);
+    if (!j)
+        return NULL;
+    json_t *streams = json_object_get(j, "streams");
+    pthread_mutex_lock(&dev->mu);
+    json_object_set_new(j, "open", json_boolean(dev->is_open));
+    json_object_set_new(j, "error", dev->is_open ? json_null() : json_string(dev->open_error));
+    for (size_t i = 0; i < dev->nstreams; i++) {
+        json_t *js = json_array_get(streams, i), *shape = json_object_get(js, "shape");
+        for (unsigned d = 0; d < dev->streams[i].ndim; d++)
+            json_array_append_new(shape, json_integer((json_int_t)dev->streams[i].shape[d]));
+        json_object_set_new(js, "rate_hz", json_real(dev->streams[i].rate_hz));
+    }
+    pthread_mutex_unlock(&dev->mu);
+    return j;
+}
+
+char *lmq_driver_describe(const lmq_driver_t *drv, const char *device_name)
+{
+    if (!drv || !device_name)
+        return NULL;
+    json_t *j = describe_tables(drv, device_name);
+    char *text = j ? json_dumps(j, JSON_INDENT(2)) : NULL;
+    json_decref(j);
+    return text;
+}

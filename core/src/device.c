@@ -1,0 +1,668 @@
+/* The device thread: the only code that touches a driver's handle. */
+#include <assert.h>
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include "device_internal.h"
+#include "labmq/status.h"
+#include "value_internal.h"
+
+#define REOPEN_INTERVAL_NS (2LL * 1000000000)
+
+/* ---- wires ---- */
+
+typedef struct wire {
+    char *name;
+    double value;
+} wire_t;
+
+struct lmq__wires {
+    pthread_mutex_t mu;
+    wire_t *v;
+    size_t n, cap;
+};
+
+lmq__wires_t *lmq__wires_new(void)
+{
+    lmq__wires_t *w = calloc(1, sizeof *w);
+    if (w)
+        pthread_mutex_init(&w->mu, NULL);
+    return w;
+}
+
+void lmq__wires_destroy(lmq__wires_t **pw)
+{
+    if (!pw || !*pw)
+        return;
+    lmq__wires_t *w = *pw;
+    for (size_t i = 0; i < w->n; i++)
+        free(w->v[i].name);
+    free(w->v);
+    pthread_mutex_destroy(&w->mu);
+    free(w);
+    *pw = NULL;
+}
+
+int lmq_dev_wire_set(lmq_dev_t *dev, const char *name, double value)
+{
+    if (!dev || !name || !dev->wires)
+        return LMQ_EARG;
+    lmq__wires_t *w = dev->wires;
+    int rc = 0;
+    pthread_mutex_lock(&w->mu);
+    size_t i = 0;
+    while (i < w->n && strcmp(w->v[i].name, name) != 0)
+        i++;
+    if (i == w->n) {
+        if (w->n == w->cap) {
+            size_t cap = w->cap ? 2 * w->cap : 16;
+            wire_t *nv = realloc(w->v, cap * sizeof *nv);
+            if (!nv) {
+                rc = LMQ_EMEM;
+                goto out;
+            }
+            w->v = nv;
+            w->cap = cap;
+        }
+        if (!(w->v[i].name = strdup(name))) {
+            rc = LMQ_EMEM;
+            goto out;
+        }
+        w->n++;
+    }
+    w->v[i].value = value;
+out:
+    pthread_mutex_unlock(&w->mu);
+    return rc;
+}
+
+int lmq_dev_wire_get(lmq_dev_t *dev, const char *name, double *value)
+{
+    if (!dev || !name || !value || !dev->wires)
+        return LMQ_EARG;
+    lmq__wires_t *w = dev->wires;
+    int rc = LMQ_ENOTFOUND;
+    pthread_mutex_lock(&w->mu);
+    for (size_t i = 0; i < w->n; i++)
+        if (strcmp(w->v[i].name, name) == 0) {
+            *value = w->v[i].value;
+            rc = 0;
+            break;
+        }
+    pthread_mutex_unlock(&w->mu);
+    return rc;
+}
+
+/* ---- construction ---- */
+
+static size_t count_named(const void *table, size_t stride)
+{
+    size_t n = 0;
+    if (table)
+        while (*(const char *const *)((const char *)table + n * stride))
+            n++;
+    return n;
+}
+
+lmq_dev_t *lmq__dev_new(const char *name, const lmq_driver_t *drv, const char *connection,
+                        const char *const *options, char *err, size_t errlen)
+{
+    lmq_dev_t *dev = calloc(1, sizeof *dev);
+    if (!dev) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&dev->mu, NULL);
+    dev->drv = drv;
+    dev->name = strdup(name);
+    dev->connection = strdup(connection ? connection : "");
+    /* The name of each table entry is its first member. */
+    dev->nmethods = count_named(drv->methods, sizeof(lmq_method_t));
+    dev->nprops = count_named(drv->properties, sizeof(lmq_property_t));
+    dev->nstreams = count_named(drv->streams, sizeof(lmq_stream_t));
+    dev->nopts = count_named(drv->options, sizeof(lmq_option_t));
+    dev->opts = calloc(dev->nopts + 1, sizeof *dev->opts);
+    dev->streams = calloc(dev->nstreams + 1, sizeof *dev->streams);
+    if (!dev->name || !dev->connection || !dev->opts || !dev->streams) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    for (size_t i = 0; i < dev->nstreams; i++) {
+        size_t len = strlen(name) + strlen(drv->streams[i].name) + 2;
+        if (!(dev->streams[i].topic = malloc(len))) {
+            snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
+        snprintf(dev->streams[i].topic, len, "%s/%s", name, drv->streams[i].name);
+    }
+    /* Reject option names the driver does not know before anything runs. */
+    for (const char *const *o = options; o && o[0]; o += 2) {
+        size_t k = 0;
+        while (k < dev->nopts && strcmp(drv->options[k].name, o[0]) != 0)
+            k++;
+        if (k == dev->nopts) {
+            int n = snprintf(err, errlen, "device '%s': driver %s has no option '%s' (options:", name, drv->name,
+                             o[0]);
+            for (size_t j = 0; j < dev->nopts && n > 0 && (size_t)n < errlen; j++)
+                n += snprintf(err + n, errlen - n, "%s %s", j ? "," : "", drv->options[j].name);
+            if (n > 0 && (size_t)n < errlen)
+                snprintf(err + n, errlen - n, "%s)", dev->nopts ? "" : " none");
+            goto fail;
+        }
+        if (!o[1]) {
+            snprintf(err, errlen, "device '%s': option '%s' has no value", name, o[0]);
+            goto fail;
+        }
+    }
+    for (size_t k = 0; k < dev->nopts; k++) {
+        const lmq_option_t *opt = &drv->options[k];
+        const char *text = opt->def;
+        for (const char *const *o = options; o && o[0]; o += 2)
+            if (strcmp(o[0], opt->name) == 0)
+                text = o[1];
+        dev->opts[k].opt = opt;
+        if (!text) {
+            snprintf(err, errlen, "device '%s': driver %s needs option '%s' (%s)", name, drv->name, opt->name,
+                     opt->doc ? opt->doc : lmq_type_name(opt->type));
+            goto fail;
+        }
+        if (lmq_value_parse(&dev->opts[k].val, text, opt->type) != 0) {
+            snprintf(err, errlen, "device '%s': option '%s' = '%s' is not a valid %s", name, opt->name, text,
+                     lmq_type_name(opt->type));
+            goto fail;
+        }
+    }
+    return dev;
+fail:
+    lmq__dev_destroy(&dev);
+    return NULL;
+}
+
+void lmq__dev_destroy(lmq_dev_t **pdev)
+{
+    if (!pdev || !*pdev)
+        return;
+    lmq_dev_t *dev = *pdev;
+    for (size_t k = 0; dev->opts && k < dev->nopts; k++)
+        lmq_value_clear(&dev->opts[k].val);
+    for (size_t i = 0; dev->streams && i < dev->nstreams; i++)
+        free(dev->streams[i].topic);
+    free(dev->opts);
+    free(dev->streams);
+    free(dev->name);
+    free(dev->connection);
+    pthread_mutex_destroy(&dev->mu);
+    free(dev);
+    *pdev = NULL;
+}
+
+const lmq_method_t *lmq__dev_method(const lmq_dev_t *dev, const char *name)
+{
+    for (size_t i = 0; i < dev->nmethods; i++)
+        if (strcmp(dev->drv->methods[i].name, name) == 0)
+            return &dev->drv->methods[i];
+    return NULL;
+}
+
+const lmq_property_t *lmq__dev_property(const lmq_dev_t *dev, const char *name)
+{
+    for (size_t i = 0; i < dev->nprops; i++)
+        if (strcmp(dev->drv->properties[i].name, name) == 0)
+            return &dev->drv->properties[i];
+    return NULL;
+}
+
+/* ---- services for drivers ---- */
+
+const char *lmq_dev_name(const lmq_dev_t *dev) { return dev->name; }
+const char *lmq_dev_connection(const lmq_dev_t *dev) { return dev->connection; }
+lmq_log_t *lmq_dev_log(const lmq_dev_t *dev) { return dev->log; }
+bool lmq_dev_stopping(const lmq_dev_t *dev) { return atomic_load(&dev->stopping); }
+
+static const lmq_value_t *opt_value(const lmq_dev_t *dev, const char *name)
+{
+    for (size_t k = 0; k < dev->nopts; k++)
+        if (strcmp(dev->opts[k].opt->name, name) == 0)
+            return &dev->opts[k].val;
+    /* Asking for an option the driver's own table lacks is a driver bug. */
+    assert(!"driver asked for an option missing from its table");
+    return NULL;
+}
+
+double lmq_dev_opt_float(const lmq_dev_t *dev, const char *name)
+{
+    double d = 0;
+    const lmq_value_t *v = opt_value(dev, name);
+    return v && lmq_value_to_double(v, &d) == 0 ? d : 0.0;
+}
+
+int64_t lmq_dev_opt_int(const lmq_dev_t *dev, const char *name)
+{
+    const lmq_value_t *v = opt_value(dev, name);
+    return v && v->type == LMQ_INT ? v->u.i : 0;
+}
+
+bool lmq_dev_opt_bool(const lmq_dev_t *dev, const char *name)
+{
+    const lmq_value_t *v = opt_value(dev, name);
+    return v && v->type == LMQ_BOOL ? v->u.b : false;
+}
+
+const char *lmq_dev_opt_str(const lmq_dev_t *dev, const char *name)
+{
+    const lmq_value_t *v = opt_value(dev, name);
+    return v && v->type == LMQ_STRING ? v->u.s : "";
+}
+
+int lmq_dev_fail(lmq_dev_t *dev, int status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(dev->fail_msg, sizeof dev->fail_msg, fmt, ap);
+    va_end(ap);
+    dev->fail_status = status;
+    return status;
+}
+
+int lmq_dev_sleep(lmq_dev_t *dev, int64_t ns)
+{
+    /* Short naps so that a stop request is noticed within ~10 ms. */
+    int64_t end = lmq_clock_mono_ns() + ns;
+    for (;;) {
+        if (atomic_load(&dev->stopping))
+            return LMQ_ECLOSED;
+        int64_t left = end - lmq_clock_mono_ns();
+        if (left <= 0)
+            return 0;
+        if (left > 10000000)
+            left = 10000000;
+        struct timespec ts = {0, (long)left};
+        nanosleep(&ts, NULL);
+    }
+}
+
+int lmq_dev_stream_rate(lmq_dev_t *dev, size_t index, double hz)
+{
+    if (index >= dev->nstreams || !(hz >= 0) || !isfinite(hz))
+        return LMQ_EARG;
+    pthread_mutex_lock(&dev->mu);
+    lmq__stream_rt_t *s = &dev->streams[index];
+    if (s->rate_hz == 0 && hz > 0)
+        s->next_due = lmq_clock_mono_ns() + (int64_t)(1e9 / hz);
+    s->rate_hz = hz;
+    pthread_mutex_unlock(&dev->mu);
+    return 0;
+}
+
+int lmq_dev_stream_shape(lmq_dev_t *dev, size_t index, unsigned ndim, const size_t *shape)
+{
+    if (index >= dev->nstreams || ndim > LMQ_MAX_DIMS || (ndim && !shape))
+        return LMQ_EARG;
+    pthread_mutex_lock(&dev->mu);
+    dev->streams[index].ndim = ndim;
+    for (unsigned i = 0; i < ndim; i++)
+        dev->streams[index].shape[i] = shape[i];
+    pthread_mutex_unlock(&dev->mu);
+    return 0;
+}
+
+static void free_data(void *data, void *hint)
+{
+    (void)hint;
+    free(data);
+}
+
+static int publish_msg(lmq_dev_t *dev, size_t index, int64_t t_ns, zmq_msg_t *payload)
+{
+    lmq__stream_rt_t *s = &dev->streams[index];
+    const lmq_stream_t *st = &dev->drv->streams[index];
+    size_t need = 0;
+    pthread_mutex_lock(&dev->mu);
+    unsigned ndim = s->ndim;
+    size_t shape[LMQ_MAX_DIMS];
+    memcpy(shape, s->shape, sizeof shape);
+    pthread_mutex_unlock(&dev->mu);
+    if (lmq__array_nbytes(st->dtype, ndim, shape, &need) != 0 || need != zmq_msg_size(payload)) {
+        zmq_msg_close(payload);
+        return lmq_dev_fail(dev, LMQ_EARG, "stream %s: %zu bytes do not match its shape and dtype (%zu)", s->topic,
+                            zmq_msg_size(payload), need);
+    }
+    uint64_t seq = s->seq++;
+    zmq_msg_t kind, topic, header;
+    zmq_msg_init_size(&kind, 1);
+    *(char *)zmq_msg_data(&kind) = LMQ__MSG_PUBLISH;
+    zmq_msg_init_size(&topic, strlen(s->topic));
+    memcpy(zmq_msg_data(&topic), s->topic, strlen(s->topic));
+    int rc = lmq__data_header(&header, seq, dev->epoch, t_ns, st->dtype, ndim, shape, st->unit);
+    if (rc != 0) {
+        zmq_msg_close(&kind);
+        zmq_msg_close(&topic);
+        zmq_msg_close(payload);
+        return rc;
+    }
+    /* Never block acquisition on a slow broker: a refused block is dropped,
+     * but its seq is spent, so subscribers see the gap. The first part is
+     * the one that can be refused; once it is accepted, the rest follow. */
+    if (zmq_msg_send(&kind, dev->pipe, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+        s->dropped++;
+        zmq_msg_close(&kind);
+        zmq_msg_close(&topic);
+        zmq_msg_close(&header);
+        zmq_msg_close(payload);
+        return 0;
+    }
+    zmq_msg_send(&topic, dev->pipe, ZMQ_SNDMORE);
+    zmq_msg_send(&header, dev->pipe, ZMQ_SNDMORE);
+    zmq_msg_send(payload, dev->pipe, 0);
+    return 0;
+}
+
+int lmq_dev_publish(lmq_dev_t *dev, size_t index, int64_t t_ns, const void *data, size_t nbytes)
+{
+    if (!dev || index >= dev->nstreams || (!data && nbytes))
+        return LMQ_EARG;
+    zmq_msg_t payload;
+    if (zmq_msg_init_size(&payload, nbytes) != 0)
+        return LMQ_EMEM;
+    if (nbytes)
+        memcpy(zmq_msg_data(&payload), data, nbytes);
+    return publish_msg(dev, index, t_ns, &payload);
+}
+
+int lmq_dev_publish_take(lmq_dev_t *dev, size_t index, int64_t t_ns, void **data, size_t nbytes)
+{
+    if (!dev || index >= dev->nstreams || !data || !*data)
+        return LMQ_EARG;
+    zmq_msg_t payload;
+    if (zmq_msg_init_data(&payload, *data, nbytes, free_data, NULL) != 0)
+        return LMQ_EMEM;
+    *data = NULL;
+    return publish_msg(dev, index, t_ns, &payload);
+}
+
+/* ---- the device thread ---- */
+
+int lmq__send_ptr(void *sock, char kind, void *ptr, int flags)
+{
+    char buf[1 + sizeof ptr];
+    buf[0] = kind;
+    memcpy(buf + 1, &ptr, sizeof ptr);
+    return zmq_send(sock, buf, sizeof buf, flags) < 0 ? -1 : 0;
+}
+
+void lmq__job_destroy(lmq__job_t **pjob)
+{
+    if (!pjob || !*pjob)
+        return;
+    lmq__job_t *job = *pjob;
+    for (size_t i = 0; i < job->nenvelope; i++)
+        zmq_msg_close(&job->envelope[i]);
+    lmq__request_clear(&job->req);
+    lmq__frames_close(&job->bin);
+    zmq_msg_close(&job->reply);
+    lmq__frames_close(&job->reply_bin);
+    free(job);
+    *pjob = NULL;
+}
+
+static void try_open(lmq_dev_t *dev)
+{
+    dev->last_open_try = lmq_clock_mono_ns();
+    dev->fail_status = 0;
+    dev->fail_msg[0] = 0;
+    void *state = NULL;
+    int rc = dev->drv->open ? dev->drv->open(dev, &state) : 0;
+    pthread_mutex_lock(&dev->mu);
+    dev->is_open = rc == 0;
+    if (rc == 0)
+        dev->open_error[0] = 0;
+    else
+        snprintf(dev->open_error, sizeof dev->open_error, "%.255s",
+                 dev->fail_status ? dev->fail_msg : lmq_strerror(rc));
+    pthread_mutex_unlock(&dev->mu);
+    if (rc == 0) {
+        dev->state = state;
+        lmq_log(dev->log, LMQ_LOG_INFO, dev->name, "opened (%s)", dev->drv->name);
+    } else
+        lmq_log(dev->log, LMQ_LOG_WARN, dev->name, "cannot open: %s", dev->open_error);
+}
+
+static bool dev_is_open(lmq_dev_t *dev)
+{
+    pthread_mutex_lock(&dev->mu);
+    bool open = dev->is_open;
+    pthread_mutex_unlock(&dev->mu);
+    return open;
+}
+
+/* Checks one argument or property value against its declared type; an int
+ * is promoted where a float is wanted. */
+static int check_type(lmq_dev_t *dev, lmq_value_t *v, lmq_type_t want, const char *what)
+{
+    if (want == LMQ_NONE || v->type == want)
+        return 0;
+    if (want == LMQ_FLOAT && v->type == LMQ_INT) {
+        *v = lmq_float((double)v->u.i);
+        return 0;
+    }
+    return lmq_dev_fail(dev, LMQ_EARG, "%s must be %s, got %s", what, lmq_type_name(want), lmq_type_name(v->type));
+}
+
+static int run_job(lmq_dev_t *dev, lmq__job_t *job, lmq_value_t *result)
+{
+    const lmq__request_t *req = &job->req;
+    if (!dev_is_open(dev) && lmq_clock_mono_ns() - dev->last_open_try > REOPEN_INTERVAL_NS / 2)
+        try_open(dev);
+    if (!dev_is_open(dev)) {
+        pthread_mutex_lock(&dev->mu);
+        lmq_dev_fail(dev, LMQ_EDEVICE, "device '%s' is not open: %s", dev->name, dev->open_error);
+        pthread_mutex_unlock(&dev->mu);
+        return LMQ_EDEVICE;
+    }
+    if (dev->drv->before) {
+        int rc = dev->drv->before(dev, dev->state, req->name);
+        if (rc != 0)
+            return rc;
+    }
+    char what[160];
+    if (req->op == LMQ__OP_CALL) {
+        const lmq_method_t *m = job->method;
+        size_t want = count_named(m->args, sizeof(lmq_arg_t));
+        size_t got = req->args ? json_array_size(req->args) : 0;
+        if (got != want)
+            return lmq_dev_fail(dev, LMQ_EARG, "%s.%s takes %zu argument%s, got %zu", dev->name, m->name, want,
+                                want == 1 ? "" : "s", got);
+        lmq_value_t args[LMQ__MAX_ARGS + 1];
+        memset(args, 0, sizeof args);
+        int rc = 0;
+        for (size_t i = 0; i < got && rc == 0; i++) {
+            char err[256];
+            rc = lmq__value_from_json(json_array_get(req->args, i), &job->bin, &args[i], err, sizeof err);
+            if (rc == LMQ_EPROTO)
+                rc = lmq_dev_fail(dev, LMQ_EARG, "argument %zu '%s': %s", i + 1, m->args[i].name, err);
+            else if (rc == 0) {
+                snprintf(what, sizeof what, "argument %zu '%s' of %s.%s", i + 1, m->args[i].name, dev->name,
+                         m->name);
+                rc = check_type(dev, &args[i], m->args[i].type, what);
+            }
+        }
+        if (rc == 0)
+            rc = m->fn(dev, dev->state, args, result);
+        for (size_t i = 0; i < got; i++)
+            lmq_value_clear(&args[i]);
+        return rc;
+    }
+    const lmq_property_t *p = job->prop;
+    if (req->op == LMQ__OP_GET)
+        return p->get(dev, dev->state, result);
+    /* set */
+    lmq_value_t v = {0};
+    char err[256];
+    int rc = lmq__value_from_json(req->value, &job->bin, &v, err, sizeof err);
+    if (rc == LMQ_EPROTO)
+        rc = lmq_dev_fail(dev, LMQ_EARG, "value for %s.%s: %s", dev->name, p->name, err);
+    if (rc == 0) {
+        snprintf(what, sizeof what, "%s.%s", dev->name, p->name);
+        rc = check_type(dev, &v, p->type, what);
+    }
+    double d;
+    if (rc == 0 && p->limited && lmq_value_to_double(&v, &d) == 0 && !(d >= p->min && d <= p->max))
+        rc = lmq_dev_fail(dev, LMQ_ERANGE, "%s.%s = %g %s is outside %g..%g %s", dev->name, p->name, d,
+                          p->unit ? p->unit : "", p->min, p->max, p->unit ? p->unit : "");
+    if (rc == 0)
+        rc = p->set(dev, dev->state, &v);
+    lmq_value_clear(&v);
+    return rc;
+}
+
+static void handle_job(lmq_dev_t *dev, lmq__job_t *job)
+{
+    dev->fail_status = 0;
+    dev->fail_msg[0] = 0;
+    lmq_value_t result = {0};
+    int rc = run_job(dev, job, &result);
+    int enc = 0;
+    if (rc == 0) {
+        json_t *j = lmq__value_to_json(&result, &job->reply_bin);
+        if (!j && result.type == LMQ_FLOAT) {
+            rc = lmq_dev_fail(dev, LMQ_EDEVICE, "%s.%s returned %g, which JSON cannot carry", dev->name,
+                              job->req.name, result.u.f);
+        } else if (!j)
+            rc = LMQ_EMEM;
+        else
+            enc = lmq__reply_ok(&job->reply, true, job->req.id, j);
+    }
+    lmq_value_clear(&result);
+    if (rc != 0) {
+        lmq__frames_close(&job->reply_bin);
+        char msg[600];
+        if (!dev->fail_msg[0] || dev->fail_status != rc)
+            snprintf(msg, sizeof msg, "%s %s.%s: %s%s%s", lmq__op_name(job->req.op), dev->name, job->req.name,
+                     lmq_strerror(rc), dev->fail_msg[0] ? ": " : "", dev->fail_msg);
+        else
+            snprintf(msg, sizeof msg, "%s", dev->fail_msg);
+        enc = lmq__reply_error(&job->reply, true, job->req.id, rc, msg);
+        job->failed = true;
+        lmq_log(dev->log, LMQ_LOG_DEBUG, dev->name, "%s failed: %s", lmq__op_name(job->req.op), msg);
+    }
+    if (enc != 0) /* out of memory while encoding: an empty reply frame the broker turns into MEM */
+        zmq_msg_init(&job->reply);
+}
+
+static void poll_streams(lmq_dev_t *dev, int64_t now)
+{
+    for (size_t i = 0; i < dev->nstreams; i++) {
+        lmq__stream_rt_t *s = &dev->streams[i];
+        pthread_mutex_lock(&dev->mu);
+        double hz = s->rate_hz;
+        pthread_mutex_unlock(&dev->mu);
+        if (hz <= 0 || now < s->next_due || !dev->drv->streams[i].poll)
+            continue;
+        int64_t period = (int64_t)(1e9 / hz);
+        dev->fail_status = 0;
+        int rc = dev->drv->streams[i].poll(dev, dev->state, now);
+        if (rc != 0)
+            lmq_log(dev->log, LMQ_LOG_DEBUG, dev->name, "stream %s: %s", s->topic,
+                    dev->fail_msg[0] ? dev->fail_msg : lmq_strerror(rc));
+        s->next_due += period;
+        /* After a stall (a hung request), resume the rhythm instead of bursting
+         * out every missed block at once. */
+        if (now - s->next_due > 2 * period)
+            s->next_due = now + period;
+    }
+}
+
+static int64_t next_stream_due(lmq_dev_t *dev)
+{
+    int64_t due = INT64_MAX;
+    pthread_mutex_lock(&dev->mu);
+    for (size_t i = 0; i < dev->nstreams; i++)
+        if (dev->streams[i].rate_hz > 0 && dev->streams[i].next_due < due)
+            due = dev->streams[i].next_due;
+    pthread_mutex_unlock(&dev->mu);
+    return due;
+}
+
+static void *device_thread(void *arg)
+{
+    lmq_dev_t *dev = arg;
+    dev->pipe = zmq_socket(dev->zctx, ZMQ_PAIR);
+    int linger = 0, hwm = 10000;
+    zmq_setsockopt(dev->pipe, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(dev->pipe, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(dev->pipe, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    zmq_connect(dev->pipe, dev->pipe_endpoint);
+    try_open(dev);
+    char ready = LMQ__MSG_READY;
+    zmq_send(dev->pipe, &ready, 1, 0);
+
+    while (!atomic_load(&dev->stopping)) {
+        int64_t now = lmq_clock_mono_ns();
+        int64_t due = next_stream_due(dev);
+        if (!dev_is_open(dev) && dev->last_open_try + REOPEN_INTERVAL_NS < due)
+            due = dev->last_open_try + REOPEN_INTERVAL_NS;
+        long timeout = due == INT64_MAX ? 100 : (long)((due - now + 999999) / 1000000);
+        if (timeout < 0)
+            timeout = 0;
+        if (timeout > 100) /* wake now and then to notice `stopping` */
+            timeout = 100;
+        zmq_pollitem_t item = {dev->pipe, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&item, 1, timeout) < 0 && zmq_errno() == ETERM)
+            break;
+        for (int burst = 0; burst < 64 && !atomic_load(&dev->stopping); burst++) {
+            zmq_msg_t msg;
+            zmq_msg_init(&msg);
+            if (zmq_msg_recv(&msg, dev->pipe, ZMQ_DONTWAIT) < 0) {
+                zmq_msg_close(&msg);
+                break;
+            }
+            const char *d = zmq_msg_data(&msg);
+            size_t n = zmq_msg_size(&msg);
+            if (n == 1 + sizeof(void *) && d[0] == LMQ__MSG_JOB) {
+                lmq__job_t *job;
+                memcpy(&job, d + 1, sizeof job);
+                handle_job(dev, job);
+                lmq__send_ptr(dev->pipe, LMQ__MSG_DONE, job, 0);
+            } else if (n >= 1 && d[0] == LMQ__MSG_TERM)
+                atomic_store(&dev->stopping, true);
+            zmq_msg_close(&msg);
+        }
+        now = lmq_clock_mono_ns();
+        if (dev_is_open(dev))
+            poll_streams(dev, now);
+        else if (now - dev->last_open_try >= REOPEN_INTERVAL_NS)
+            try_open(dev);
+    }
+    if (dev_is_open(dev) && dev->drv->close)
+        dev->drv->close(dev, dev->state);
+    dev->state = NULL;
+    zmq_close(dev->pipe);
+    dev->pipe = NULL;
+    return NULL;
+}
+
+int lmq__dev_start(lmq_dev_t *dev, void *zctx, lmq_log_t *log, lmq__wires_t *wires, uint64_t epoch)
+{
+    dev->zctx = zctx;
+    dev->log = log;
+    dev->wires = wires;
+    dev->epoch = epoch;
+    atomic_store(&dev->stopping, false);
+    if (pthread_create(&dev->thread, NULL, device_thread, dev) != 0)
+        return LMQ_EMEM;
+    dev->thread_started = true;
+    return 0;
+}
+
+void lmq__dev_join(lmq_dev_t *dev)
+{
+    if (dev->thread_started) {
+        atomic_store(&dev->stopping, true);
+        pthread_join(dev->thread, NULL);
+        dev->thread_started = false;
+    }
+}

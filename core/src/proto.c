@@ -1,0 +1,405 @@
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "labmq/status.h"
+#include "proto.h"
+#include "value_internal.h"
+
+static const char *const op_names[LMQ__OP_COUNT] = {"ping", "list", "describe", "call", "get", "set", "stats"};
+
+/* Which keys each op takes: bit 0 device, 1 name, 2 args, 3 value; high nibble = required. */
+enum { K_DEVICE = 1, K_NAME = 2, K_ARGS = 4, K_VALUE = 8 };
+static const struct {
+    unsigned allowed, required;
+} op_keys[LMQ__OP_COUNT] = {
+    [LMQ__OP_PING] = {0, 0},
+    [LMQ__OP_LIST] = {0, 0},
+    [LMQ__OP_DESCRIBE] = {K_DEVICE, K_DEVICE},
+    [LMQ__OP_CALL] = {K_DEVICE | K_NAME | K_ARGS, K_DEVICE | K_NAME},
+    [LMQ__OP_GET] = {K_DEVICE | K_NAME, K_DEVICE | K_NAME},
+    [LMQ__OP_SET] = {K_DEVICE | K_NAME | K_VALUE, K_DEVICE | K_NAME | K_VALUE},
+    [LMQ__OP_STATS] = {K_DEVICE, 0},
+};
+
+const char *lmq__op_name(lmq__op_t op) { return (unsigned)op < LMQ__OP_COUNT ? op_names[op] : "?"; }
+
+void lmq__frames_init(lmq__frames_t *f) { f->n = 0; }
+
+void lmq__frames_close(lmq__frames_t *f)
+{
+    for (size_t i = 0; i < f->n; i++)
+        zmq_msg_close(&f->msg[i]);
+    f->n = 0;
+}
+
+static int fail(char *err, size_t errlen, const char *fmt, ...) LMQ_PRINTF(3, 4);
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return LMQ_EPROTO;
+}
+
+static bool read_id(const json_t *j, uint64_t *id)
+{
+    if (!json_is_integer(j))
+        return false;
+    json_int_t v = json_integer_value(j);
+    if (v < 0 || (uint64_t)v >= LMQ__MAX_ID)
+        return false;
+    *id = (uint64_t)v;
+    return true;
+}
+
+int lmq__request_parse(const void *data, size_t len, size_t nbin, lmq__request_t *req, char *err, size_t errlen)
+{
+    memset(req, 0, sizeof *req);
+    if (len > LMQ__MAX_HEADER)
+        return fail(err, errlen, "header is %zu bytes; the limit is %d", len, LMQ__MAX_HEADER);
+    if (len == 0)
+        return fail(err, errlen, "empty header frame (expected a JSON object)");
+    if (!lmq__utf8_valid(data, len))
+        return fail(err, errlen, "header is not valid UTF-8");
+    json_error_t jerr;
+    json_t *j = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!j)
+        return fail(err, errlen, "header is not valid JSON: %s (column %d)", jerr.text, jerr.column);
+    req->json = j;
+    if (!json_is_object(j))
+        return fail(err, errlen, "header must be a JSON object");
+
+    /* Read the id first so that every later error can be matched by the client. */
+    json_t *jid = json_object_get(j, "id");
+    if (jid && read_id(jid, &req->id))
+        req->has_id = true;
+
+    unsigned seen = 0;
+    const char *key;
+    json_t *val;
+    json_t *jv = NULL, *jop = NULL;
+    json_object_foreach(j, key, val)
+    {
+        if (!strcmp(key, "v"))
+            jv = val;
+        else if (!strcmp(key, "id"))
+            ;
+        else if (!strcmp(key, "op"))
+            jop = val;
+        else if (!strcmp(key, "device")) {
+            if (!json_is_string(val))
+                return fail(err, errlen, "'device' must be a string");
+            req->device = json_string_value(val);
+            seen |= K_DEVICE;
+        } else if (!strcmp(key, "name")) {
+            if (!json_is_string(val))
+                return fail(err, errlen, "'name' must be a string");
+            req->name = json_string_value(val);
+            seen |= K_NAME;
+        } else if (!strcmp(key, "args")) {
+            if (!json_is_array(val))
+                return fail(err, errlen, "'args' must be an array");
+            if (json_array_size(val) > LMQ__MAX_ARGS)
+                return fail(err, errlen, "%zu arguments; the limit is %d", json_array_size(val), LMQ__MAX_ARGS);
+            req->args = val;
+            seen |= K_ARGS;
+        } else if (!strcmp(key, "value")) {
+            req->value = val;
+            seen |= K_VALUE;
+        } else
+            return fail(err, errlen, "unknown key '%s' (keys: v, id, op, device, name, args, value)", key);
+    }
+    if (!jv)
+        return fail(err, errlen, "missing key 'v' (protocol version, 1)");
+    if (!json_is_integer(jv) || json_integer_value(jv) != LMQ__PROTOCOL)
+        return fail(err, errlen, "unsupported protocol version (this daemon speaks v=%d)", LMQ__PROTOCOL);
+    if (!jid)
+        return fail(err, errlen, "missing key 'id'");
+    if (!req->has_id)
+        return fail(err, errlen, "'id' must be an integer from 0 to 2^53-1");
+    if (!jop)
+        return fail(err, errlen, "missing key 'op'");
+    if (!json_is_string(jop))
+        return fail(err, errlen, "'op' must be a string");
+    const char *op = json_string_value(jop);
+    int found = -1;
+    for (int i = 0; i < LMQ__OP_COUNT; i++)
+        if (!strcmp(op, op_names[i]))
+            found = i;
+    if (found < 0)
+        return fail(err, errlen, "unknown op '%.64s' (ops: ping, list, describe, call, get, set, stats)", op);
+    req->op = (lmq__op_t)found;
+    static const char *const key_names[] = {"device", "name", "args", "value"};
+    for (int b = 0; b < 4; b++) {
+        unsigned bit = 1u << b;
+        if ((seen & bit) && !(op_keys[found].allowed & bit))
+            return fail(err, errlen, "op '%s' takes no '%s'", op, key_names[b]);
+        if (!(seen & bit) && (op_keys[found].required & bit))
+            return fail(err, errlen, "op '%s' needs '%s'", op, key_names[b]);
+    }
+    if (nbin > LMQ__MAX_BINFRAMES)
+        return fail(err, errlen, "%zu binary frames; the limit is %d", nbin, LMQ__MAX_BINFRAMES);
+    return 0;
+}
+
+void lmq__request_clear(lmq__request_t *req)
+{
+    if (req->json)
+        json_decref(req->json);
+    memset(req, 0, sizeof *req);
+}
+
+int lmq__json_to_msg(const json_t *json, zmq_msg_t *msg)
+{
+    char stack[512];
+    size_t n = json_dumpb(json, stack, sizeof stack, JSON_COMPACT);
+    if (n == 0)
+        return LMQ_EMEM;
+    if (n <= sizeof stack) {
+        if (zmq_msg_init_size(msg, n) != 0)
+            return LMQ_EMEM;
+        memcpy(zmq_msg_data(msg), stack, n);
+        return 0;
+    }
+    if (zmq_msg_init_size(msg, n) != 0)
+        return LMQ_EMEM;
+    json_dumpb(json, zmq_msg_data(msg), n, JSON_COMPACT);
+    return 0;
+}
+
+static void free_data(void *data, void *hint)
+{
+    (void)hint;
+    free(data);
+}
+
+json_t *lmq__value_to_json(lmq_value_t *v, lmq__frames_t *bin)
+{
+    switch (v->type) {
+    case LMQ_NONE:
+        return json_null();
+    case LMQ_BOOL:
+        return json_boolean(v->u.b);
+    case LMQ_INT:
+        return json_integer(v->u.i);
+    case LMQ_FLOAT:
+        return json_real(v->u.f); /* NaN/inf have no JSON form: jansson refuses them */
+    case LMQ_STRING:
+        return json_string(v->u.s);
+    case LMQ_ARRAY: {
+        if (!bin || bin->n >= LMQ__MAX_BINFRAMES)
+            return NULL;
+        json_t *shape = json_array();
+        for (unsigned i = 0; i < v->u.a.ndim; i++)
+            json_array_append_new(shape, json_integer((json_int_t)v->u.a.shape[i]));
+        json_t *j = json_pack("{s:I, s:s, s:o}", "$frame", (json_int_t)(bin->n + 1), "dtype",
+                              lmq_dtype_name(v->u.a.dtype), "shape", shape);
+        if (!j)
+            return NULL;
+        zmq_msg_t *m = &bin->msg[bin->n];
+        /* Hand the buffer to ZeroMQ: large arrays are never copied. */
+        if (zmq_msg_init_data(m, v->u.a.data, v->u.a.nbytes, free_data, NULL) != 0) {
+            json_decref(j);
+            return NULL;
+        }
+        bin->n++;
+        v->u.a.data = NULL;
+        memset(v, 0, sizeof *v);
+        return j;
+    }
+    }
+    return NULL;
+}
+
+int lmq__value_from_json(const json_t *j, const lmq__frames_t *bin, lmq_value_t *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    switch (json_typeof(j)) {
+    case JSON_NULL:
+        return 0;
+    case JSON_TRUE:
+    case JSON_FALSE:
+        *out = lmq_bool(json_is_true(j));
+        return 0;
+    case JSON_INTEGER:
+        *out = lmq_int(json_integer_value(j));
+        return 0;
+    case JSON_REAL:
+        *out = lmq_float(json_real_value(j));
+        return 0;
+    case JSON_STRING:
+        return lmq_value_set_string(out, json_string_value(j)) == 0 ? 0 : LMQ_EMEM;
+    case JSON_OBJECT: {
+        json_t *jf = json_object_get(j, "$frame"), *jd = json_object_get(j, "dtype"),
+               *js = json_object_get(j, "shape");
+        if (!jf || !jd || !js || json_object_size(j) != 3)
+            return fail(err, errlen, "an object value must be an array reference {\"$frame\",\"dtype\",\"shape\"}");
+        if (!json_is_integer(jf) || json_integer_value(jf) < 1 || !bin ||
+            (size_t)json_integer_value(jf) > bin->n)
+            return fail(err, errlen, "'$frame' must name one of the %zu binary frames (from 1)", bin ? bin->n : 0);
+        lmq_dtype_t dt = lmq_dtype_parse(json_is_string(jd) ? json_string_value(jd) : NULL);
+        if (dt == LMQ_DT_INVALID)
+            return fail(err, errlen, "unknown dtype (use one of |u1 |i1 <u2 <i2 <u4 <i4 <u8 <i8 <f4 <f8)");
+        if (!json_is_array(js) || json_array_size(js) > LMQ_MAX_DIMS)
+            return fail(err, errlen, "'shape' must be an array of at most %d sizes", LMQ_MAX_DIMS);
+        size_t shape[LMQ_MAX_DIMS];
+        unsigned ndim = (unsigned)json_array_size(js);
+        for (unsigned i = 0; i < ndim; i++) {
+            json_t *d = json_array_get(js, i);
+            if (!json_is_integer(d) || json_integer_value(d) < 0)
+                return fail(err, errlen, "'shape' entries must be non-negative integers");
+            shape[i] = (size_t)json_integer_value(d);
+        }
+        size_t nbytes;
+        if (lmq__array_nbytes(dt, ndim, shape, &nbytes) != 0)
+            return fail(err, errlen, "array too large");
+        zmq_msg_t *m = (zmq_msg_t *)&bin->msg[json_integer_value(jf) - 1];
+        if (zmq_msg_size(m) != nbytes)
+            return fail(err, errlen, "binary frame %d has %zu bytes; dtype and shape need %zu",
+                        (int)json_integer_value(jf), zmq_msg_size(m), nbytes);
+        return lmq_value_set_array(out, dt, ndim, shape, zmq_msg_data(m)) == 0 ? 0 : LMQ_EMEM;
+    }
+    case JSON_ARRAY:
+        return fail(err, errlen, "arrays travel as binary frames, not JSON lists (see docs/protocol.md 2.2)");
+    }
+    return fail(err, errlen, "unsupported value");
+}
+
+int lmq__request_encode(zmq_msg_t *msg, uint64_t id, lmq__op_t op, const char *device, const char *name,
+                        const lmq_value_t *args, size_t nargs, const lmq_value_t *value, lmq__frames_t *bin)
+{
+    json_t *j = json_pack("{s:i, s:I, s:s}", "v", LMQ__PROTOCOL, "id", (json_int_t)id, "op", lmq__op_name(op));
+    if (!j)
+        return LMQ_EMEM;
+    int rc = 0;
+    if (device)
+        json_object_set_new(j, "device", json_string(device));
+    if (name)
+        json_object_set_new(j, "name", json_string(name));
+    /* The codec moves array data into frames; work on copies so the caller's
+     * values stay untouched. */
+    if (op == LMQ__OP_CALL) {
+        json_t *ja = json_array();
+        for (size_t i = 0; i < nargs && rc == 0; i++) {
+            lmq_value_t tmp = {0};
+            if (lmq_value_copy(&tmp, &args[i]) != 0) {
+                rc = LMQ_EMEM;
+                break;
+            }
+            json_t *jv = lmq__value_to_json(&tmp, bin);
+            lmq_value_clear(&tmp);
+            if (!jv)
+                rc = LMQ_EARG;
+            else
+                json_array_append_new(ja, jv);
+        }
+        json_object_set_new(j, "args", ja);
+    }
+    if (op == LMQ__OP_SET && rc == 0) {
+        lmq_value_t tmp = {0};
+        rc = lmq_value_copy(&tmp, value);
+        json_t *jv = rc == 0 ? lmq__value_to_json(&tmp, bin) : NULL;
+        lmq_value_clear(&tmp);
+        if (!jv)
+            rc = rc ? rc : LMQ_EARG;
+        else
+            json_object_set_new(j, "value", jv);
+    }
+    if (rc == 0)
+        rc = lmq__json_to_msg(j, msg);
+    json_decref(j);
+    return rc;
+}
+
+int lmq__reply_parse(const void *data, size_t len, lmq__reply_t *rep, char *err, size_t errlen)
+{
+    memset(rep, 0, sizeof *rep);
+    rep->message = "";
+    json_error_t jerr;
+    json_t *j = json_loadb(data, len, 0, &jerr);
+    if (!j)
+        return fail(err, errlen, "reply is not valid JSON: %s", jerr.text);
+    rep->json = j;
+    json_t *jid = json_object_get(j, "id"), *jok = json_object_get(j, "ok");
+    if (!json_is_object(j) || !json_is_boolean(jok))
+        return fail(err, errlen, "reply lacks 'ok'");
+    rep->has_id = jid && read_id(jid, &rep->id);
+    rep->ok = json_is_true(jok);
+    if (rep->ok) {
+        rep->result = json_object_get(j, "result");
+        return 0;
+    }
+    json_t *je = json_object_get(j, "error");
+    const char *code = json_string_value(json_object_get(je, "code"));
+    const char *message = json_string_value(json_object_get(je, "message"));
+    rep->status = lmq_status_from_name(code);
+    if (rep->status == 0)
+        rep->status = LMQ_EPROTO;
+    rep->message = message ? message : "(no message)";
+    return 0;
+}
+
+void lmq__reply_clear(lmq__reply_t *rep)
+{
+    if (rep->json)
+        json_decref(rep->json);
+    memset(rep, 0, sizeof *rep);
+}
+
+int lmq__reply_ok(zmq_msg_t *msg, bool has_id, uint64_t id, json_t *result)
+{
+    json_t *j = json_object();
+    if (!j) {
+        json_decref(result);
+        return LMQ_EMEM;
+    }
+    json_object_set_new(j, "v", json_integer(LMQ__PROTOCOL));
+    json_object_set_new(j, "id", has_id ? json_integer((json_int_t)id) : json_null());
+    json_object_set_new(j, "ok", json_true());
+    json_object_set_new(j, "result", result ? result : json_null());
+    int rc = lmq__json_to_msg(j, msg);
+    json_decref(j);
+    return rc;
+}
+
+int lmq__reply_error(zmq_msg_t *msg, bool has_id, uint64_t id, int status, const char *message)
+{
+    json_t *j = json_object();
+    if (!j)
+        return LMQ_EMEM;
+    json_object_set_new(j, "v", json_integer(LMQ__PROTOCOL));
+    json_object_set_new(j, "id", has_id ? json_integer((json_int_t)id) : json_null());
+    json_object_set_new(j, "ok", json_false());
+    /* Messages can quote client bytes; json_string refuses invalid UTF-8. */
+    json_t *jm = json_string(message);
+    json_object_set_new(j, "error",
+                        json_pack("{s:s, s:o}", "code", lmq_status_name(status), "message",
+                                  jm ? jm : json_string("(message not valid UTF-8)")));
+    int rc = lmq__json_to_msg(j, msg);
+    json_decref(j);
+    return rc;
+}
+
+int lmq__data_header(zmq_msg_t *msg, uint64_t seq, uint64_t epoch, int64_t t_ns, lmq_dtype_t dtype, unsigned ndim,
+                     const size_t *shape, const char *units)
+{
+    /* Hot path for fast streams: printf straight into the frame, no JSON tree. */
+    char buf[256];
+    int n = snprintf(buf, sizeof buf, "{\"v\":1,\"seq\":%llu,\"epoch\":%llu,\"t_ns\":%lld,\"dtype\":\"%s\",\"shape\":[",
+                     (unsigned long long)seq, (unsigned long long)epoch, (long long)t_ns, lmq_dtype_name(dtype));
+    for (unsigned i = 0; i < ndim; i++)
+        n += snprintf(buf + n, sizeof buf - n, "%s%zu", i ? "," : "", shape[i]);
+    json_t *ju = json_string(units ? units : "");
+    char *u = ju ? json_dumps(ju, JSON_ENCODE_ANY) : NULL;
+    json_decref(ju);
+    n += snprintf(buf + n, sizeof buf - n, "],\"units\":%s}", u ? u : "\"\"");
+    free(u);
+    if (n < 0 || (size_t)n >= sizeof buf)
+        return LMQ_EARG;
+    if (zmq_msg_init_size(msg, (size_t)n) != 0)
+        return LMQ_EMEM;
+    memcpy(zmq_msg_data(msg), buf, (size_t)n);
+    return 0;
+}

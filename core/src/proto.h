@@ -1,0 +1,93 @@
+/* Wire protocol v1 codec (docs/protocol.md): JSON header frames via jansson,
+ * arrays as raw binary frames. Internal to liblabmq. */
+#ifndef LMQ_PROTO_H
+#define LMQ_PROTO_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <zmq.h>
+#include "labmq/value.h"
+
+#define LMQ__PROTOCOL 1
+#define LMQ__MAX_HEADER 65536
+#define LMQ__MAX_BINFRAMES 16
+#define LMQ__MAX_ARGS 32
+#define LMQ__MAX_FRAME ((int64_t)64 << 20)
+#define LMQ__MAX_ID ((uint64_t)1 << 53)
+
+typedef enum lmq__op {
+    LMQ__OP_PING,
+    LMQ__OP_LIST,
+    LMQ__OP_DESCRIBE,
+    LMQ__OP_CALL,
+    LMQ__OP_GET,
+    LMQ__OP_SET,
+    LMQ__OP_STATS,
+    LMQ__OP_COUNT
+} lmq__op_t;
+
+const char *lmq__op_name(lmq__op_t op);
+
+/* Binary frames following a header. */
+typedef struct lmq__frames {
+    zmq_msg_t msg[LMQ__MAX_BINFRAMES];
+    size_t n;
+} lmq__frames_t;
+
+void lmq__frames_init(lmq__frames_t *f);
+void lmq__frames_close(lmq__frames_t *f);
+
+/* A validated request header. Strings and json pointers borrow from json. */
+typedef struct lmq__request {
+    json_t *json;
+    bool has_id;
+    uint64_t id;
+    lmq__op_t op;
+    const char *device;
+    const char *name;
+    json_t *args;
+    json_t *value;
+} lmq__request_t;
+
+/* Parses and validates a request header frame followed by nbin binary
+ * frames. Returns 0, or LMQ_EPROTO with a message for people in err; on error
+ * req->has_id tells whether the id could still be read (for the reply). */
+int lmq__request_parse(const void *data, size_t len, size_t nbin, lmq__request_t *req, char *err, size_t errlen);
+void lmq__request_clear(lmq__request_t *req);
+
+/* Encodes a request header into msg; array arguments are appended to bin. */
+int lmq__request_encode(zmq_msg_t *msg, uint64_t id, lmq__op_t op, const char *device, const char *name,
+                        const lmq_value_t *args, size_t nargs, const lmq_value_t *value, lmq__frames_t *bin);
+
+/* A parsed reply header. */
+typedef struct lmq__reply {
+    json_t *json;
+    bool has_id;
+    uint64_t id;
+    bool ok;
+    json_t *result;      /* borrowed */
+    int status;          /* 0 when ok */
+    const char *message; /* borrowed; "" when ok */
+} lmq__reply_t;
+
+int lmq__reply_parse(const void *data, size_t len, lmq__reply_t *rep, char *err, size_t errlen);
+void lmq__reply_clear(lmq__reply_t *rep);
+
+/* Encodes reply headers. result is stolen (may be NULL for null). */
+int lmq__reply_ok(zmq_msg_t *msg, bool has_id, uint64_t id, json_t *result);
+int lmq__reply_error(zmq_msg_t *msg, bool has_id, uint64_t id, int status, const char *message);
+
+/* Value <-> JSON. Arrays reference binary frames ({"$frame":K,...}, K from 1). */
+int lmq__value_from_json(const json_t *j, const lmq__frames_t *bin, lmq_value_t *out, char *err, size_t errlen);
+/* Moves an array's data into a new frame of `bin` (v is left LMQ_NONE then). */
+json_t *lmq__value_to_json(lmq_value_t *v, lmq__frames_t *bin);
+
+/* Serialises json into a new message (compact). Returns 0 or LMQ_EMEM. */
+int lmq__json_to_msg(const json_t *json, zmq_msg_t *msg);
+
+/* Data header for a stream block. */
+int lmq__data_header(zmq_msg_t *msg, uint64_t seq, uint64_t epoch, int64_t t_ns, lmq_dtype_t dtype, unsigned ndim,
+                     const size_t *shape, const char *units);
+
+#endif

@@ -1,0 +1,351 @@
+/* Device proxies: a DEALER socket per proxy, request ids to match replies,
+ * and a fresh socket after any timeout so that a stale request can never
+ * reach a daemon later (the "lazy pirate" pattern of the ZeroMQ guide). */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "labmq/labmq.h"
+#include "proto.h"
+
+struct lmq_proxy {
+    void *zctx;
+    void *sock;
+    char *endpoint;
+    char *device;
+    int timeout_ms;
+    uint64_t next_id;
+    char err[600];
+};
+
+static int set_error(lmq_proxy_t *p, int status, const char *fmt, ...) LMQ_PRINTF(3, 4);
+static int set_error(lmq_proxy_t *p, int status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(p->err, sizeof p->err, fmt, ap);
+    va_end(ap);
+    return status;
+}
+
+static int open_socket(lmq_proxy_t *p)
+{
+    if (p->sock)
+        zmq_close(p->sock);
+    p->sock = zmq_socket(p->zctx, ZMQ_DEALER);
+    if (!p->sock)
+        return set_error(p, LMQ_EMEM, "cannot create a socket: %s", zmq_strerror(zmq_errno()));
+    /* IMMEDIATE: a request is queued only on a live connection, so with no
+     * daemon the send times out (UNREACHABLE) instead of waiting in a queue
+     * to surprise a daemon that starts an hour later. */
+    int linger = 0, immediate = 1, ivl = 100, ivl_max = 500;
+    zmq_setsockopt(p->sock, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(p->sock, ZMQ_IMMEDIATE, &immediate, sizeof immediate);
+    zmq_setsockopt(p->sock, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl);
+    zmq_setsockopt(p->sock, ZMQ_RECONNECT_IVL_MAX, &ivl_max, sizeof ivl_max);
+    if (zmq_connect(p->sock, p->endpoint) != 0) {
+        int e = zmq_errno();
+        zmq_close(p->sock);
+        p->sock = NULL;
+        return set_error(p, LMQ_EARG, "cannot connect to '%s': %s", p->endpoint, zmq_strerror(e));
+    }
+    return 0;
+}
+
+lmq_proxy_t *lmq_proxy_new(void *zctx, const char *endpoint, const char *device)
+{
+    if (!zctx || !endpoint || !*endpoint || (device && !*device))
+        return NULL;
+    lmq_proxy_t *p = calloc(1, sizeof *p);
+    if (!p)
+        return NULL;
+    p->zctx = zctx;
+    p->timeout_ms = LMQ_PROXY_DEFAULT_TIMEOUT_MS;
+    p->endpoint = strdup(endpoint);
+    p->device = device ? strdup(device) : NULL;
+    /* Ids start at a random-ish point so replies meant for an earlier proxy
+     * on a reused connection can't be mistaken for ours. */
+    p->next_id = ((uint64_t)lmq_clock_real_ns() / 1000) % (LMQ__MAX_ID / 2);
+    if (!p->endpoint || (device && !p->device) || open_socket(p) != 0) {
+        lmq_proxy_destroy(&p);
+        return NULL;
+    }
+    return p;
+}
+
+lmq_proxy_t *lmq_proxy_open(void *zctx, const char *uri)
+{
+    if (!uri)
+        return NULL;
+    const char *hash = strrchr(uri, '#');
+    if (!hash)
+        return lmq_proxy_new(zctx, uri, NULL);
+    size_t len = (size_t)(hash - uri);
+    char *endpoint = malloc(len + 1);
+    if (!endpoint)
+        return NULL;
+    memcpy(endpoint, uri, len);
+    endpoint[len] = 0;
+    lmq_proxy_t *p = lmq_proxy_new(zctx, endpoint, hash[1] ? hash + 1 : NULL);
+    free(endpoint);
+    return p;
+}
+
+void lmq_proxy_destroy(lmq_proxy_t **pp)
+{
+    if (!pp || !*pp)
+        return;
+    lmq_proxy_t *p = *pp;
+    if (p->sock)
+        zmq_close(p->sock);
+    free(p->endpoint);
+    free(p->device);
+    free(p);
+    *pp = NULL;
+}
+
+char *lmq_proxy_uri(const lmq_proxy_t *p)
+{
+    if (!p)
+        return NULL;
+    size_t len = strlen(p->endpoint) + (p->device ? strlen(p->device) + 1 : 0) + 1;
+    char *uri = malloc(len);
+    if (uri)
+        snprintf(uri, len, "%s%s%s", p->endpoint, p->device ? "#" : "", p->device ? p->device : "");
+    return uri;
+}
+
+const char *lmq_proxy_device(const lmq_proxy_t *p) { return p ? p->device : NULL; }
+
+void lmq_proxy_set_timeout(lmq_proxy_t *p, int timeout_ms)
+{
+    if (p)
+        p->timeout_ms = timeout_ms < 0 ? LMQ_PROXY_DEFAULT_TIMEOUT_MS : timeout_ms;
+}
+
+const char *lmq_proxy_last_error(const lmq_proxy_t *p) { return p ? p->err : "no proxy"; }
+
+static int send_request(lmq_proxy_t *p, lmq__op_t op, const char *name, const lmq_value_t *args, size_t nargs,
+                        const lmq_value_t *value, uint64_t *id)
+{
+    if (!p->sock && open_socket(p) != 0)
+        return LMQ_EMEM;
+    bool needs_device = op == LMQ__OP_CALL || op == LMQ__OP_GET || op == LMQ__OP_SET || op == LMQ__OP_DESCRIBE;
+    if (needs_device && !p->device)
+        return set_error(p, LMQ_EARG, "this proxy names no device (open it as ENDPOINT#DEVICE)");
+    if (nargs > LMQ__MAX_ARGS)
+        return set_error(p, LMQ_EARG, "%zu arguments; the limit is %d", nargs, LMQ__MAX_ARGS);
+    zmq_msg_t hdr;
+    lmq__frames_t bin;
+    lmq__frames_init(&bin);
+    *id = p->next_id++ % LMQ__MAX_ID;
+    int rc = lmq__request_encode(&hdr, *id, op, (needs_device || op == LMQ__OP_STATS) ? p->device : NULL, name,
+                                 args, nargs, value, &bin);
+    if (rc != 0) {
+        lmq__frames_close(&bin);
+        return set_error(p, rc, "cannot encode the request (%s; arrays: at most %d, floats must be finite)",
+                         lmq_strerror(rc), LMQ__MAX_BINFRAMES);
+    }
+    zmq_setsockopt(p->sock, ZMQ_SNDTIMEO, &p->timeout_ms, sizeof p->timeout_ms);
+    rc = zmq_msg_send(&hdr, p->sock, bin.n ? ZMQ_SNDMORE : 0);
+    for (size_t i = 0; rc >= 0 && i < bin.n; i++)
+        rc = zmq_msg_send(&bin.msg[i], p->sock, i + 1 < bin.n ? ZMQ_SNDMORE : 0);
+    zmq_msg_close(&hdr);
+    lmq__frames_close(&bin);
+    if (rc < 0) {
+        int e = zmq_errno();
+        if (e == EAGAIN)
+            return set_error(p, LMQ_EUNREACH, "no daemon answers at %s within %d ms (is labmqd running?)",
+                             p->endpoint, p->timeout_ms);
+        return set_error(p, LMQ_EIO, "cannot send to %s: %s", p->endpoint, zmq_strerror(e));
+    }
+    return 0;
+}
+
+/* Receives one reply into rep (+ its binary frames). */
+static int recv_reply(lmq_proxy_t *p, int timeout_ms, lmq__reply_t *rep, lmq__frames_t *bin)
+{
+    zmq_pollitem_t item = {p->sock, 0, ZMQ_POLLIN, 0};
+    int n = zmq_poll(&item, 1, timeout_ms);
+    if (n < 0)
+        return set_error(p, zmq_errno() == ETERM ? LMQ_ECLOSED : LMQ_EIO, "poll: %s", zmq_strerror(zmq_errno()));
+    if (n == 0)
+        return LMQ_ETIMEOUT;
+    zmq_msg_t hdr;
+    zmq_msg_init(&hdr);
+    zmq_msg_recv(&hdr, p->sock, 0);
+    while (zmq_msg_more(bin->n ? &bin->msg[bin->n - 1] : &hdr)) {
+        zmq_msg_t *m = bin->n < LMQ__MAX_BINFRAMES ? &bin->msg[bin->n] : NULL;
+        zmq_msg_t extra;
+        if (!m)
+            m = &extra;
+        zmq_msg_init(m);
+        zmq_msg_recv(m, p->sock, 0);
+        if (m == &extra) { /* more frames than the protocol allows: drop them */
+            bool more = zmq_msg_more(&extra);
+            zmq_msg_close(&extra);
+            if (!more)
+                break;
+            continue;
+        }
+        bin->n++;
+    }
+    /* A REQ-style empty delimiter never comes back to a DEALER, but be lenient. */
+    int rc = lmq__reply_parse(zmq_msg_data(&hdr), zmq_msg_size(&hdr), rep, p->err, sizeof p->err);
+    zmq_msg_close(&hdr);
+    return rc;
+}
+
+static int elapsed_ms(int64_t since) { return (int)((lmq_clock_mono_ns() - since) / 1000000); }
+
+/* One synchronous round trip. On success, exactly one of result/json is
+ * filled (when not NULL). */
+static int roundtrip(lmq_proxy_t *p, lmq__op_t op, const char *name, const lmq_value_t *args, size_t nargs,
+                     const lmq_value_t *value, lmq_value_t *result, char **json)
+{
+    if (!p)
+        return LMQ_EARG;
+    p->err[0] = 0;
+    int64_t start = lmq_clock_mono_ns();
+    uint64_t id;
+    int rc = send_request(p, op, name, args, nargs, value, &id);
+    if (rc != 0)
+        return rc;
+    for (;;) {
+        int left = p->timeout_ms - elapsed_ms(start);
+        lmq__reply_t rep = {0};
+        lmq__frames_t bin;
+        lmq__frames_init(&bin);
+        rc = recv_reply(p, left > 0 ? left : 0, &rep, &bin);
+        if (rc == LMQ_ETIMEOUT) {
+            /* The request may still be queued at a hung device or lost with a
+             * dead daemon; a new socket guarantees its late reply is never
+             * read as the answer to a later call. */
+            open_socket(p);
+            return set_error(p, LMQ_ETIMEOUT, "%s%s%s %s: no reply within %d ms", p->device ? p->device : "",
+                             p->device ? ": " : "", lmq__op_name(op), name ? name : "", p->timeout_ms);
+        }
+        if (rc != 0) {
+            lmq__reply_clear(&rep);
+            lmq__frames_close(&bin);
+            return rc;
+        }
+        if (!rep.has_id || rep.id != id) { /* a late reply to an earlier request */
+            lmq__reply_clear(&rep);
+            lmq__frames_close(&bin);
+            continue;
+        }
+        if (!rep.ok) {
+            rc = set_error(p, rep.status, "%s", rep.message);
+        } else if (json) {
+            *json = json_dumps(rep.result ? rep.result : json_null(), JSON_ENCODE_ANY | JSON_INDENT(2));
+            rc = *json ? 0 : set_error(p, LMQ_EMEM, "out of memory");
+        } else if (result) {
+            char err[300];
+            rc = lmq__value_from_json(rep.result ? rep.result : json_null(), &bin, result, err, sizeof err);
+            if (rc != 0)
+                set_error(p, rc, "malformed result: %s", err);
+        }
+        lmq__reply_clear(&rep);
+        lmq__frames_close(&bin);
+        return rc;
+    }
+}
+
+int lmq_proxy_call(lmq_proxy_t *p, const char *method, const lmq_value_t *args, size_t nargs, lmq_value_t *result)
+{
+    if (!method || (nargs && !args))
+        return p ? set_error(p, LMQ_EARG, "no method name, or NULL args") : LMQ_EARG;
+    lmq_value_t ignored = {0};
+    int rc = roundtrip(p, LMQ__OP_CALL, method, args, nargs, NULL, result ? result : &ignored, NULL);
+    lmq_value_clear(&ignored);
+    return rc;
+}
+
+int lmq_proxy_get(lmq_proxy_t *p, const char *property, lmq_value_t *out)
+{
+    if (!property || !out)
+        return p ? set_error(p, LMQ_EARG, "no property name or output") : LMQ_EARG;
+    return roundtrip(p, LMQ__OP_GET, property, NULL, 0, NULL, out, NULL);
+}
+
+int lmq_proxy_get_double(lmq_proxy_t *p, const char *property, double *out)
+{
+    lmq_value_t v = {0};
+    int rc = lmq_proxy_get(p, property, &v);
+    if (rc == 0 && lmq_value_to_double(&v, out) != 0)
+        rc = set_error(p, LMQ_EARG, "%s is a %s, not a number", property, lmq_type_name(v.type));
+    lmq_value_clear(&v);
+    return rc;
+}
+
+int lmq_proxy_set(lmq_proxy_t *p, const char *property, const lmq_value_t *value)
+{
+    if (!property || !value)
+        return p ? set_error(p, LMQ_EARG, "no property name or value") : LMQ_EARG;
+    lmq_value_t ignored = {0};
+    int rc = roundtrip(p, LMQ__OP_SET, property, NULL, 0, value, &ignored, NULL);
+    lmq_value_clear(&ignored);
+    return rc;
+}
+
+int lmq_proxy_describe(lmq_proxy_t *p, char **json)
+{
+    return json ? roundtrip(p, LMQ__OP_DESCRIBE, NULL, NULL, 0, NULL, NULL, json) : LMQ_EARG;
+}
+int lmq_proxy_list(lmq_proxy_t *p, char **json)
+{
+    return json ? roundtrip(p, LMQ__OP_LIST, NULL, NULL, 0, NULL, NULL, json) : LMQ_EARG;
+}
+int lmq_proxy_ping(lmq_proxy_t *p, char **json)
+{
+    return json ? roundtrip(p, LMQ__OP_PING, NULL, NULL, 0, NULL, NULL, json) : LMQ_EARG;
+}
+int lmq_proxy_stats(lmq_proxy_t *p, char **json)
+{
+    return json ? roundtrip(p, LMQ__OP_STATS, NULL, NULL, 0, NULL, NULL, json) : LMQ_EARG;
+}
+
+int lmq_proxy_send_get(lmq_proxy_t *p, const char *property, uint64_t *id)
+{
+    if (!p || !property || !id)
+        return LMQ_EARG;
+    return send_request(p, LMQ__OP_GET, property, NULL, 0, NULL, id);
+}
+
+int lmq_proxy_send_call(lmq_proxy_t *p, const char *method, const lmq_value_t *args, size_t nargs, uint64_t *id)
+{
+    if (!p || !method || !id || (nargs && !args))
+        return LMQ_EARG;
+    return send_request(p, LMQ__OP_CALL, method, args, nargs, NULL, id);
+}
+
+int lmq_proxy_recv(lmq_proxy_t *p, uint64_t *id, lmq_value_t *result)
+{
+    if (!p || !id)
+        return LMQ_EARG;
+    lmq__reply_t rep = {0};
+    lmq__frames_t bin;
+    lmq__frames_init(&bin);
+    int rc = recv_reply(p, p->timeout_ms, &rep, &bin);
+    if (rc == LMQ_ETIMEOUT)
+        return set_error(p, rc, "no reply within %d ms", p->timeout_ms);
+    if (rc != 0) {
+        lmq__reply_clear(&rep);
+        lmq__frames_close(&bin);
+        return rc;
+    }
+    *id = rep.id;
+    if (!rep.ok)
+        rc = set_error(p, rep.status, "%s", rep.message);
+    else if (result) {
+        char err[300];
+        rc = lmq__value_from_json(rep.result ? rep.result : json_null(), &bin, result, err, sizeof err);
+        if (rc != 0)
+            set_error(p, rc, "malformed result: %s", err);
+    }
+    lmq__reply_clear(&rep);
+    lmq__frames_close(&bin);
+    return rc;
+}
