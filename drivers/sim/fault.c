@@ -1,0 +1,125 @@
+/* labmq — the fault knob shared by the simulated instruments. See fault.h. */
+#include "fault.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "labmq/status.h"
+#include "labmq/value.h"
+
+#define ACCEPTED "none, delay:MS, hang, hang:MS, error or disconnect (MS: integer milliseconds, 0..3600000)"
+
+static int parse_ms(const char *text, int64_t *ms)
+{
+    /* strtoll alone accepts signs, spaces and trailing junk; a knob that
+     * silently reads "delay:5x" as 5 ms would hide typos in test setups. */
+    if (*text < '0' || *text > '9')
+        return -1;
+    errno = 0;
+    char *end = NULL;
+    long long v = strtoll(text, &end, 10);
+    if (errno || *end != '\0' || v > LMQ__FAULT_MAX_MS)
+        return -1;
+    *ms = v;
+    return 0;
+}
+
+int lmq__fault_parse(lmq_dev_t *dev, const char *text, lmq__fault_t *f)
+{
+    lmq__fault_t nf = {LMQ__FAULT_NONE, 0};
+    if (!text)
+        text = "";
+    if (strcmp(text, "none") == 0) {
+        nf.kind = LMQ__FAULT_NONE;
+    } else if (strcmp(text, "error") == 0) {
+        nf.kind = LMQ__FAULT_ERROR;
+    } else if (strcmp(text, "disconnect") == 0) {
+        nf.kind = LMQ__FAULT_DISCONNECT;
+    } else if (strcmp(text, "hang") == 0) {
+        nf.kind = LMQ__FAULT_HANG;
+        nf.ms = -1;
+    } else if (strncmp(text, "hang:", 5) == 0 && parse_ms(text + 5, &nf.ms) == 0) {
+        nf.kind = LMQ__FAULT_HANG;
+    } else if (strncmp(text, "delay:", 6) == 0 && parse_ms(text + 6, &nf.ms) == 0) {
+        nf.kind = LMQ__FAULT_DELAY;
+    } else {
+        if (dev)
+            return lmq_dev_fail(dev, LMQ_EARG, "invalid fault '%.64s': expected " ACCEPTED, text);
+        return LMQ_EARG;
+    }
+    *f = nf;
+    return 0;
+}
+
+void lmq__fault_format(const lmq__fault_t *f, char *buf, size_t size)
+{
+    switch (f->kind) {
+    case LMQ__FAULT_DELAY:
+        snprintf(buf, size, "delay:%lld", (long long)f->ms);
+        break;
+    case LMQ__FAULT_HANG:
+        if (f->ms < 0)
+            snprintf(buf, size, "hang");
+        else
+            snprintf(buf, size, "hang:%lld", (long long)f->ms);
+        break;
+    case LMQ__FAULT_ERROR:
+        snprintf(buf, size, "error");
+        break;
+    case LMQ__FAULT_DISCONNECT:
+        snprintf(buf, size, "disconnect");
+        break;
+    default:
+        snprintf(buf, size, "none");
+        break;
+    }
+}
+
+int lmq__fault_before(lmq_dev_t *dev, void *state, const char *name)
+{
+    const lmq__fault_t *f = state;
+    /* The knob itself must always answer, or a fault could never be cleared. */
+    if (name && strcmp(name, LMQ__FAULT_PROPERTY_NAME) == 0)
+        return 0;
+    switch (f->kind) {
+    case LMQ__FAULT_DELAY:
+        return lmq_dev_sleep(dev, f->ms * 1000000);
+    case LMQ__FAULT_HANG:
+        if (f->ms >= 0) {
+            int rc = lmq_dev_sleep(dev, f->ms * 1000000);
+            if (rc)
+                return rc;
+            return lmq_dev_fail(dev, LMQ_ETIMEOUT, "no answer from the instrument within %lld ms (simulated hang)",
+                                (long long)f->ms);
+        }
+        /* Sleep in slices rather than one huge interval: the daemon's deadline
+         * arithmetic need not survive INT64_MAX. */
+        while (!lmq_dev_stopping(dev)) {
+            if (lmq_dev_sleep(dev, 1000000000) != 0)
+                break;
+        }
+        return lmq_dev_fail(dev, LMQ_ECLOSED, "instrument hung (simulated) until shutdown");
+    case LMQ__FAULT_ERROR:
+        return lmq_dev_fail(dev, LMQ_EDEVICE, "simulated instrument error");
+    case LMQ__FAULT_DISCONNECT:
+        return lmq_dev_fail(dev, LMQ_EIO, "device disconnected (simulated)");
+    default:
+        return 0;
+    }
+}
+
+int lmq__fault_get(lmq_dev_t *dev, void *state, lmq_value_t *out)
+{
+    (void)dev;
+    char buf[32];
+    lmq__fault_format(state, buf, sizeof buf);
+    return lmq_value_set_string(out, buf);
+}
+
+int lmq__fault_set(lmq_dev_t *dev, void *state, const lmq_value_t *in)
+{
+    if (in->type != LMQ_STRING)
+        return lmq_dev_fail(dev, LMQ_EARG, "fault must be a string: " ACCEPTED);
+    return lmq__fault_parse(dev, in->u.s, state);
+}

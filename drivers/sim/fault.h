@@ -1,0 +1,72 @@
+/* labmq — the fault knob shared by the simulated instruments (internal).
+ *
+ * Every simulated device has a read-write string property `fault` that makes
+ * it misbehave the way real instruments do, so clients, the daemon and tests
+ * can exercise their error paths without hardware:
+ *
+ *   none        normal operation
+ *   delay:MS    every request takes MS ms longer, then succeeds
+ *   hang        every request blocks until the daemon shuts down
+ *   hang:MS     every request blocks MS ms, then fails with LMQ_ETIMEOUT
+ *   error       every request fails with LMQ_EDEVICE
+ *   disconnect  every request fails with LMQ_EIO and streams stop publishing
+ *
+ * Requests to a device are served one at a time, so while a request hangs the
+ * device also cannot take `fault=none`: a queued clear takes effect after
+ * hang:MS expires; a plain `hang` lasts until shutdown, like a wedged
+ * instrument that needs a power cycle.
+ *
+ * Convention: a simulated device's state struct begins with an lmq__fault_t,
+ * so the shared property callbacks and before hook below work on any of them. */
+#ifndef LABMQ_SIM_FAULT_H
+#define LABMQ_SIM_FAULT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include "labmq/driver.h"
+
+typedef enum lmq__fault_kind {
+    LMQ__FAULT_NONE = 0,
+    LMQ__FAULT_DELAY,
+    LMQ__FAULT_HANG,
+    LMQ__FAULT_ERROR,
+    LMQ__FAULT_DISCONNECT
+} lmq__fault_kind_t;
+
+typedef struct lmq__fault {
+    lmq__fault_kind_t kind;
+    int64_t ms; /* delay / hang duration; -1 = hang until shutdown */
+} lmq__fault_t;
+
+/* Longest delay or timed hang accepted, so a typo cannot wedge a device for days. */
+#define LMQ__FAULT_MAX_MS 3600000
+
+/* Parses fault text into *f (unchanged on failure). Returns 0 or LMQ_EARG
+ * with the reason recorded through lmq_dev_fail (dev may be NULL: no message). */
+int lmq__fault_parse(lmq_dev_t *dev, const char *text, lmq__fault_t *f);
+/* Canonical text of a fault ("none", "delay:250", "hang"); always NUL-terminates. */
+void lmq__fault_format(const lmq__fault_t *f, char *buf, size_t size);
+
+/* Applies the fault to the request `name`; 0 = go on with it. Usable as a
+ * driver's `before` hook when the state begins with an lmq__fault_t. */
+int lmq__fault_before(lmq_dev_t *dev, void *state, const char *name);
+/* Property callbacks for `fault` (state begins with an lmq__fault_t). */
+int lmq__fault_get(lmq_dev_t *dev, void *state, lmq_value_t *out);
+int lmq__fault_set(lmq_dev_t *dev, void *state, const lmq_value_t *in);
+
+/* True while stream polls must not publish (the instrument is "unplugged"). */
+static inline bool lmq__fault_streams_down(const void *state)
+{
+    return ((const lmq__fault_t *)state)->kind == LMQ__FAULT_DISCONNECT;
+}
+
+#define LMQ__FAULT_PROPERTY_NAME "fault"
+#define LMQ__FAULT_PROPERTY                                                                                   \
+    {.name = LMQ__FAULT_PROPERTY_NAME,                                                                        \
+     .doc = "simulated fault: none, delay:MS, hang, hang:MS, error or disconnect",                            \
+     .type = LMQ_STRING,                                                                                      \
+     .unit = "",                                                                                              \
+     .get = lmq__fault_get,                                                                                   \
+     .set = lmq__fault_set}
+
+#endif
