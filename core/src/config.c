@@ -498,6 +498,8 @@ static void cyaml_failure(loader_t *L, cyaml_err_t e)
         case BT_FIELD:
             n = map_get(L, n, s->name, 0, false);
             sb_printf(&path, "%s%s", path.len ? "." : "", s->name);
+            /* "devices" alone is no context we phrase messages for; its
+             * entries are (next step). */
             if (depth == 0 && !strcmp(s->name, "devices"))
                 ctx = CTX_UNKNOWN;
             else if (depth == 2 && ctx == CTX_DEVICE && !strcmp(s->name, "options"))
@@ -583,9 +585,10 @@ static void cyaml_failure(loader_t *L, cyaml_err_t e)
 
 /* ---- checks libcyaml cannot make ---- */
 
+/* Same rule as lmq_daemon_add, so what passes here is not refused there. */
 static bool name_ok(const char *s)
 {
-    if (!*s)
+    if (!*s || strlen(s) > 64)
         return false;
     for (; *s; s++) {
         char ch = *s;
@@ -639,7 +642,8 @@ static void validate(loader_t *L)
         line = col = 0;
         if (!name_ok(d->name)) {
             device_pos(L, i, "name", NULL, false, &line, &col);
-            fail(L, line, col, "device name '%s' is invalid (use letters, digits, '_', '-' and '.')", d->name);
+            fail(L, line, col, "device name '%s' is invalid (use 1 to 64 letters, digits, '_', '-' and '.')",
+                 d->name);
             return;
         }
         for (size_t j = 0; j < i; j++)
@@ -919,7 +923,10 @@ int lmq_config_apply(const lmq_config_t *cfg, lmq_daemon_t *d, char **err)
         int rc = lmq_daemon_add(d, dev->name, drv, dev->connection, dev->options);
         if (rc != 0) {
             const char *why = lmq_daemon_last_error(d);
-            set_err(err, "device '%s': %s", dev->name, why && *why ? why : lmq_strerror(rc));
+            if (why && strncmp(why, "device '", 8) == 0)
+                set_err(err, "%s", why); /* already names the device */
+            else
+                set_err(err, "device '%s': %s", dev->name, why && *why ? why : lmq_strerror(rc));
             return rc;
         }
     }

@@ -1,0 +1,247 @@
+/* labmqd — the labmq acquisition daemon.
+ *
+ * A thin main() around lmq_daemon_t: read the YAML config, bind the control
+ * and data endpoints, run until SIGINT or SIGTERM. It never forks (a process
+ * must not fork once it has a ZeroMQ context); supervisors such as systemd
+ * keep it in the foreground. Signals are blocked in every thread and taken
+ * synchronously in main with sigwait, so no handler runs inside a ZeroMQ or
+ * driver call and shutdown happens on an ordinary thread. */
+#include <errno.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+#include "labmq/labmq.h"
+
+enum exit_code { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2 };
+
+static void usage(FILE *out)
+{
+    fputs("Usage: labmqd --config FILE [OPTIONS]\n"
+          "\n"
+          "The labmq acquisition daemon: owns the instruments named in FILE (one thread\n"
+          "per device) and serves them to clients over ZeroMQ. It stays in the\n"
+          "foreground and stops cleanly on SIGINT (Ctrl-C), SIGTERM or SIGHUP.\n"
+          "\n"
+          "Options:\n"
+          "  -c, --config FILE      YAML lab configuration (required)\n"
+          "  -n, --check-config     parse and validate FILE, print the devices and\n"
+          "                         endpoints, and exit without starting anything\n"
+          "      --control EP       control endpoint (ROUTER), overrides the config\n"
+          "      --data EP          data endpoint (XPUB), overrides the config\n"
+          "  -l, --log-level LEVEL  error, warn, info, debug or trace (trace adds a hex\n"
+          "                         dump of instrument I/O); overrides the config\n"
+          "  -h, --help             show this help and exit\n"
+          "  -V, --version          show the version and exit\n"
+          "\n"
+          "Defaults:\n"
+          "  control  ipc://$XDG_RUNTIME_DIR/labmq/control\n"
+          "  data     ipc://$XDG_RUNTIME_DIR/labmq/data\n"
+          "           (/tmp/labmq-$UID/ when XDG_RUNTIME_DIR is unset; the directory is\n"
+          "           created with mode 0700 and must not be open to other users)\n"
+          "  log level info\n"
+          "\n"
+          "Example configuration:\n"
+          "  # lab.yaml\n"
+          "  log_level: info                 # optional\n"
+          "  # control: tcp://*:5555         # optional, see Defaults\n"
+          "  # data: tcp://*:5556\n"
+          "  devices:\n"
+          "    - name: psu1                  # letters, digits, _ - .\n"
+          "      driver: sim-psu\n"
+          "      options: {load_ohms: 100}\n"
+          "    - name: daq1\n"
+          "      driver: sim-daq\n"
+          "      connection: \"\"              # e.g. serial:/dev/ttyUSB0?baud=9600\n"
+          "\n"
+          "Built-in drivers:\n",
+          out);
+    const lmq_driver_t *const *list = lmq_driver_list();
+    for (size_t i = 0; list && list[i]; i++)
+        fprintf(out, "  %-12s %s\n", list[i]->name, list[i]->description ? list[i]->description : "");
+    fputs("\n"
+          "Exit status:\n"
+          "  0  stopped by a signal, or --check-config found no error\n"
+          "  1  invalid configuration, endpoint already served by another labmqd,\n"
+          "     or another failure to start\n"
+          "  2  invalid command line\n",
+          out);
+}
+
+static void print_summary(const char *path, const lmq_config_t *cfg, const char *control, const char *data,
+                          const char *level)
+{
+    size_t n = lmq_config_device_count(cfg);
+    printf("%s: configuration OK\n", path);
+    printf("control:   %s\n", control);
+    printf("data:      %s\n", data);
+    printf("log level: %s\n", level);
+    printf("devices:   %zu\n", n);
+    for (size_t i = 0; i < n; i++) {
+        const lmq_config_device_t *d = lmq_config_device(cfg, i);
+        printf("  %-16s %s", d->name, d->driver);
+        if (d->connection[0])
+            printf("  connection=%s", d->connection);
+        for (const char *const *o = d->options; o && o[0]; o += 2)
+            printf("  %s=%s", o[0], o[1]);
+        putchar('\n');
+    }
+    fflush(stdout);
+}
+
+/* Fills ep with the default endpoint, explaining a failure on stderr. */
+static int default_endpoint(char *ep, size_t size, const char *which, bool create)
+{
+    int rc = lmq_default_endpoint(ep, size, which, create);
+    if (rc == 0)
+        return 0;
+    int e = errno;
+    char shown[512];
+    if (lmq_default_endpoint(shown, sizeof shown, which, false) != 0)
+        snprintf(shown, sizeof shown, "(the default %s endpoint)", which);
+    fprintf(stderr, "labmqd: cannot use %s: %s%s\n", shown, strerror(e),
+            e == EPERM ? " (its directory must belong to you and have mode 0700)" : "");
+    fprintf(stderr, "labmqd: fix the directory, or pass --control and --data\n");
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    enum { OPT_CONTROL = 256, OPT_DATA };
+    static const struct option longopts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"check-config", no_argument, NULL, 'n'},
+        {"control", required_argument, NULL, OPT_CONTROL},
+        {"data", required_argument, NULL, OPT_DATA},
+        {"log-level", required_argument, NULL, 'l'},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *config_path = NULL, *control_arg = NULL, *data_arg = NULL, *level_arg = NULL;
+    bool check_only = false;
+    int ch;
+    while ((ch = getopt_long(argc, argv, "c:nl:hV", longopts, NULL)) != -1) {
+        switch (ch) {
+        case 'c': config_path = optarg; break;
+        case 'n': check_only = true; break;
+        case OPT_CONTROL: control_arg = optarg; break;
+        case OPT_DATA: data_arg = optarg; break;
+        case 'l': level_arg = optarg; break;
+        case 'h': usage(stdout); return EXIT_OK;
+        case 'V':
+            printf("labmqd %s (labmq protocol %d)\n", LMQ_VERSION_STRING, LMQ_PROTOCOL_VERSION);
+            return EXIT_OK;
+        default:
+            fprintf(stderr, "Try 'labmqd --help' for more information.\n");
+            return EXIT_USAGE;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "labmqd: unexpected argument '%s'\nTry 'labmqd --help' for more information.\n",
+                argv[optind]);
+        return EXIT_USAGE;
+    }
+    if (!config_path) {
+        fprintf(stderr, "labmqd: no configuration: pass --config FILE (see labmqd --help for an example)\n");
+        return EXIT_USAGE;
+    }
+    if (level_arg && lmq_log_level_parse(level_arg) < 0) {
+        fprintf(stderr, "labmqd: --log-level '%s' is not one of error, warn, info, debug, trace\n", level_arg);
+        return EXIT_USAGE;
+    }
+
+    char *err = NULL;
+    lmq_config_t *cfg = lmq_config_load(config_path, &err);
+    if (!cfg) {
+        fprintf(stderr, "labmqd: %s\n", err ? err : "cannot load the configuration (out of memory)");
+        free(err);
+        return EXIT_FAIL;
+    }
+    const char *level_name = level_arg ? level_arg : lmq_config_log_level(cfg) ? lmq_config_log_level(cfg) : "info";
+    lmq_log_level_t level = (lmq_log_level_t)lmq_log_level_parse(level_name); /* both validated above */
+
+    /* Command line over config file over default. --check-config only looks,
+     * so it computes the default without creating the directory. */
+    char control_buf[512], data_buf[512];
+    const char *control = control_arg ? control_arg : lmq_config_control(cfg);
+    const char *data = data_arg ? data_arg : lmq_config_data(cfg);
+    if (!control) {
+        if (default_endpoint(control_buf, sizeof control_buf, "control", !check_only) != 0)
+            goto fail_config;
+        control = control_buf;
+    }
+    if (!data) {
+        if (default_endpoint(data_buf, sizeof data_buf, "data", !check_only) != 0)
+            goto fail_config;
+        data = data_buf;
+    }
+    if (check_only) {
+        print_summary(config_path, cfg, control, data, lmq_log_level_name(level));
+        lmq_config_destroy(&cfg);
+        return EXIT_OK;
+    }
+
+    /* Before any thread exists, so ZeroMQ's and the devices' threads inherit
+     * the mask and the signals queue for sigwait below. */
+    sigset_t stop;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGINT);
+    sigaddset(&stop, SIGTERM);
+    sigaddset(&stop, SIGHUP);
+    int rc = pthread_sigmask(SIG_BLOCK, &stop, NULL);
+    if (rc != 0) {
+        fprintf(stderr, "labmqd: pthread_sigmask: %s\n", strerror(rc));
+        goto fail_config;
+    }
+
+    int status = EXIT_FAIL;
+    void *zctx = zmq_ctx_new();
+    lmq_log_t *log = lmq_log_new(level, NULL, NULL);
+    lmq_daemon_t *d = zctx && log ? lmq_daemon_new(zctx, control, data, log) : NULL;
+    if (!d) {
+        fprintf(stderr, "labmqd: cannot create the daemon: %s\n", zctx ? "out of memory" : zmq_strerror(errno));
+        goto out;
+    }
+    if (lmq_config_apply(cfg, d, &err) != 0) {
+        fprintf(stderr, "labmqd: %s: %s\n", config_path, err ? err : "out of memory");
+        free(err);
+        goto out;
+    }
+    rc = lmq_daemon_start(d);
+    if (rc == LMQ_EBUSY) {
+        fprintf(stderr, "labmqd: another labmqd already serves %s\n", control);
+        goto out;
+    }
+    if (rc != 0) {
+        const char *why = lmq_daemon_last_error(d);
+        fprintf(stderr, "labmqd: cannot start: %s\n", why && *why ? why : lmq_strerror(rc));
+        goto out;
+    }
+    fprintf(stderr, "labmqd: serving %zu device%s on control=%s data=%s\n", lmq_config_device_count(cfg),
+            lmq_config_device_count(cfg) == 1 ? "" : "s", control, data);
+    fflush(stderr);
+
+    int sig = 0;
+    while ((rc = sigwait(&stop, &sig)) != 0 && rc == EINTR)
+        ;
+    lmq_log(log, LMQ_LOG_INFO, "labmqd", "%s received, shutting down",
+            rc != 0 ? "sigwait error" : sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "SIGHUP");
+    status = EXIT_OK;
+
+out:
+    lmq_daemon_destroy(&d);
+    if (zctx)
+        zmq_ctx_term(zctx);
+    lmq_log_destroy(&log);
+    lmq_config_destroy(&cfg);
+    return status;
+
+fail_config:
+    lmq_config_destroy(&cfg);
+    return EXIT_FAIL;
+}
