@@ -94,11 +94,22 @@ static json_t *device_stats(lmq_dev_t *dev)
                      "latency_us", "mean", mean, "p50", p50, "p99", p99, "max", s->latency_max_us);
 }
 
+static void reply_no_device(broker_t *b, zmq_msg_t *env, size_t nenv, const lmq__request_t *req)
+{
+    lmq_daemon_t *d = b->d;
+    char names[512], msg[700];
+    size_t len = 0;
+    names[0] = 0;
+    for (size_t i = 0; i < d->ndev && len < sizeof names; i++)
+        len += (size_t)snprintf(names + len, sizeof names - len, "%s%s", i ? ", " : "", d->devs[i]->name);
+    snprintf(msg, sizeof msg, "no device '%.64s' (devices: %s)", req->device, d->ndev ? names : "none");
+    reply_error(b, env, nenv, req, LMQ_ENOTFOUND, msg);
+}
+
 static void handle_local(broker_t *b, zmq_msg_t *env, size_t nenv, lmq__request_t *req)
 {
     lmq_daemon_t *d = b->d;
     json_t *result = NULL;
-    char names[512];
     switch (req->op) {
     case LMQ__OP_PING:
         result = json_pack("{s:s, s:s, s:i, s:s, s:s, s:f}", "daemon", "labmqd", "version", LMQ_VERSION_STRING,
@@ -144,15 +155,7 @@ static void handle_local(broker_t *b, zmq_msg_t *env, size_t nenv, lmq__request_
     reply_ok(b, env, nenv, req, result);
     return;
 no_device:
-    {
-        size_t len = 0;
-        names[0] = 0;
-        for (size_t i = 0; i < d->ndev && len < sizeof names; i++)
-            len += (size_t)snprintf(names + len, sizeof names - len, "%s%s", i ? ", " : "", d->devs[i]->name);
-        char msg[700];
-        snprintf(msg, sizeof msg, "no device '%.64s' (devices: %s)", req->device, d->ndev ? names : "none");
-        reply_error(b, env, nenv, req, LMQ_ENOTFOUND, msg);
-    }
+    reply_no_device(b, env, nenv, req);
 }
 
 static void job_link(lmq_daemon_t *d, lmq__job_t *job)
@@ -212,7 +215,8 @@ static void handle_request(broker_t *b)
         goto done;
     }
     if (n <= nenv) {
-        reply_error(b, parts, nenv, NULL, LMQ_EPROTO, "message has no header frame");
+        /* Only an empty frame: answer as to a DEALER, whose header it was. */
+        reply_error(b, parts, 1, NULL, LMQ_EPROTO, "empty header frame (expected a JSON object)");
         goto done;
     }
     zmq_msg_t *hdr = &parts[nenv];
@@ -232,7 +236,7 @@ static void handle_request(broker_t *b)
     }
     lmq_dev_t *dev = find_device(d, req.device);
     if (!dev) {
-        handle_local(b, parts, nenv, &req); /* reuses the NOTFOUND reply */
+        reply_no_device(b, parts, nenv, &req);
         goto done;
     }
     const lmq_method_t *method = NULL;

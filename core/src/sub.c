@@ -165,21 +165,25 @@ int lmq_sub_recv(lmq_sub_t *s, lmq_frame_t **frame, int timeout_ms)
         lmq_frame_t *f = calloc(1, sizeof *f);
         zmq_msg_t hdr;
         zmq_msg_init(&hdr);
-        zmq_msg_init(f ? &f->payload : &hdr);
+        zmq_msg_t *last = &topic; /* the last part received: drain from there */
         int rc = 0;
-        if (!zmq_msg_more(&topic))
+        if (f)
+            zmq_msg_init(&f->payload);
+        if (!f)
+            rc = LMQ_EMEM;
+        else if (!zmq_msg_more(&topic))
             rc = bad(s, "block without header");
         else {
             zmq_msg_recv(&hdr, s->sock, 0);
+            last = &hdr;
             if (!zmq_msg_more(&hdr))
                 rc = bad(s, "block without payload");
-            else if (!f) {
-                rc = LMQ_EMEM;
-            } else {
+            else {
                 zmq_msg_recv(&f->payload, s->sock, 0);
-                if (zmq_msg_more(&f->payload)) {
+                last = &f->payload;
+                if (zmq_msg_more(&f->payload))
                     rc = bad(s, "block with extra frames");
-                } else if ((rc = parse_header(s, &hdr, f)) == 0) {
+                else if ((rc = parse_header(s, &hdr, f)) == 0) {
                     size_t need;
                     if (lmq__array_nbytes(f->dtype, f->ndim, f->shape, &need) != 0 ||
                         need != zmq_msg_size(&f->payload))
@@ -188,7 +192,8 @@ int lmq_sub_recv(lmq_sub_t *s, lmq_frame_t **frame, int timeout_ms)
                 }
             }
         }
-        drain(s->sock, f && zmq_msg_more(&f->payload) ? &f->payload : &hdr);
+        if (rc != 0)
+            drain(s->sock, last);
         zmq_msg_close(&topic);
         zmq_msg_close(&hdr);
         if (rc != 0) {

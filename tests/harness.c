@@ -1,0 +1,139 @@
+#include "harness.h"
+#include <check.h>
+#include <dirent.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include "labmq/labmq.h"
+
+double th_now_ms(void) { return (double)lmq_clock_mono_ns() / 1e6; }
+
+void th_tempdir(char *buf, size_t size)
+{
+    snprintf(buf, size, "/tmp/lmqtest-XXXXXX");
+    ck_assert_msg(mkdtemp(buf) != NULL, "mkdtemp: %s", strerror(errno));
+}
+
+void th_write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    ck_assert_msg(f != NULL, "cannot write %s", path);
+    fputs(text, f);
+    fclose(f);
+}
+
+char *th_read_file(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return NULL;
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    size_t got;
+    while (buf && (got = fread(buf + n, 1, cap - n - 1, f)) > 0) {
+        n += got;
+        if (cap - n < 2) {
+            char *nb = realloc(buf, cap *= 2);
+            if (!nb) {
+                free(buf);
+                buf = NULL;
+            }
+            buf = nb;
+        }
+    }
+    fclose(f);
+    if (buf)
+        buf[n] = 0;
+    return buf;
+}
+
+void th_rmtree(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    char path[512];
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+            continue;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        struct stat st;
+        if (lstat(path, &st) == 0 && S_ISDIR(st.st_mode))
+            th_rmtree(path);
+        else
+            unlink(path);
+    }
+    closedir(d);
+    rmdir(dir);
+}
+
+bool th_ipc_ready(const char *endpoint)
+{
+    if (strncmp(endpoint, "ipc://", 6) != 0)
+        return false;
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", endpoint + 6);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    bool ok = fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+    if (fd >= 0)
+        close(fd);
+    return ok;
+}
+
+void th_daemon_restart(th_daemon_t *d)
+{
+    char *argv[] = {LMQ_BUILD_DIR "/workers/labmqd/labmqd", "--config", d->config, "--control", d->control,
+                    "--data", d->data, "--log-level", "warn", NULL};
+    ck_assert_int_eq(lmq_spawn(argv, &d->pid), 0);
+    for (int i = 0; i < 500; i++) {
+        /* The data endpoint is bound after the control one: wait for both. */
+        if (th_ipc_ready(d->control) && th_ipc_ready(d->data))
+            return;
+        int st;
+        ck_assert_msg(waitpid(d->pid, &st, WNOHANG) == 0, "labmqd exited early (status %d)", st);
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    ck_abort_msg("labmqd did not come up within 5 s");
+}
+
+void th_daemon_start(th_daemon_t *d, const char *yaml)
+{
+    memset(d, 0, sizeof *d);
+    th_tempdir(d->dir, sizeof d->dir);
+    snprintf(d->config, sizeof d->config, "%s/lab.yaml", d->dir);
+    snprintf(d->control, sizeof d->control, "ipc://%s/control", d->dir);
+    snprintf(d->data, sizeof d->data, "ipc://%s/data", d->dir);
+    th_write_file(d->config, yaml);
+    th_daemon_restart(d);
+}
+
+int th_daemon_stop(th_daemon_t *d, int sig)
+{
+    if (d->pid <= 0)
+        return -1;
+    kill(d->pid, sig);
+    int st = -1;
+    if (lmq_spawn_wait(d->pid, &st, 10000) != 0) {
+        kill(d->pid, SIGKILL);
+        waitpid(d->pid, &st, 0);
+        st = -1;
+    }
+    d->pid = 0;
+    return st;
+}
+
+void th_daemon_cleanup(th_daemon_t *d)
+{
+    th_daemon_stop(d, SIGTERM);
+    th_rmtree(d->dir);
+}

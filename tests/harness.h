@@ -1,0 +1,39 @@
+/* Test harness: temp dirs and a real labmqd process for multi-process tests.
+ * Nothing here creates a ZeroMQ context (Check forks each test). */
+#ifndef LMQ_TEST_HARNESS_H
+#define LMQ_TEST_HARNESS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+typedef struct th_daemon {
+    char dir[128];
+    char config[192];
+    char control[200];
+    char data[200];
+    pid_t pid;
+} th_daemon_t;
+
+/* Makes a private temp dir under /tmp; aborts the test on failure. */
+void th_tempdir(char *buf, size_t size);
+void th_write_file(const char *path, const char *text);
+/* Reads a whole file (caller frees); NULL when missing. */
+char *th_read_file(const char *path);
+void th_rmtree(const char *dir);
+
+/* Writes `yaml` as the config in a new temp dir and starts labmqd on ipc
+ * endpoints inside it; returns once the control socket accepts connections. */
+void th_daemon_start(th_daemon_t *d, const char *yaml);
+/* (Re)starts labmqd with the same config and endpoints. */
+void th_daemon_restart(th_daemon_t *d);
+/* Sends sig and waits; returns the wait status. */
+int th_daemon_stop(th_daemon_t *d, int sig);
+/* Stops (if running) and removes the temp dir. */
+void th_daemon_cleanup(th_daemon_t *d);
+/* True once something accepts connections on the ipc endpoint. */
+bool th_ipc_ready(const char *endpoint);
+
+double th_now_ms(void);
+
+#endif

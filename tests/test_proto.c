@@ -1,0 +1,321 @@
+/* Wire protocol v1: the codec itself, and a real labmqd answering a table of
+ * malformed requests, each with its specific error, while it keeps serving. */
+#include <check.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+#include "harness.h"
+#include "labmq/labmq.h"
+#include "proto.h"
+
+/* ---- codec, no sockets ---- */
+
+START_TEST(parse_valid_request)
+{
+    const char *h = "{\"v\":1,\"id\":42,\"op\":\"call\",\"device\":\"psu1\",\"name\":\"sweep\",\"args\":[1,2.5,\"x\"]}";
+    lmq__request_t req;
+    char err[256];
+    ck_assert_int_eq(lmq__request_parse(h, strlen(h), 0, &req, err, sizeof err), 0);
+    ck_assert(req.has_id);
+    ck_assert_uint_eq(req.id, 42);
+    ck_assert_int_eq(req.op, LMQ__OP_CALL);
+    ck_assert_str_eq(req.device, "psu1");
+    ck_assert_str_eq(req.name, "sweep");
+    ck_assert_uint_eq(json_array_size(req.args), 3);
+    lmq__request_clear(&req);
+}
+END_TEST
+
+START_TEST(parse_keeps_id_on_error)
+{
+    const char *h = "{\"v\":1,\"id\":7,\"op\":\"nope\"}";
+    lmq__request_t req;
+    char err[256];
+    ck_assert_int_eq(lmq__request_parse(h, strlen(h), 0, &req, err, sizeof err), LMQ_EPROTO);
+    ck_assert(req.has_id);
+    ck_assert_uint_eq(req.id, 7);
+    ck_assert_ptr_nonnull(strstr(err, "unknown op 'nope'"));
+    lmq__request_clear(&req);
+}
+END_TEST
+
+START_TEST(array_value_round_trip)
+{
+    double data[6] = {1, 2, 3, 4, 5, 6.5};
+    size_t shape[2] = {2, 3};
+    lmq_value_t v = {0}, back = {0};
+    ck_assert_int_eq(lmq_value_set_array(&v, LMQ_F64, 2, shape, data), 0);
+    lmq__frames_t bin;
+    lmq__frames_init(&bin);
+    json_t *j = lmq__value_to_json(&v, &bin);
+    ck_assert_ptr_nonnull(j);
+    ck_assert_int_eq(v.type, LMQ_NONE); /* data moved into the frame, not copied */
+    ck_assert_uint_eq(bin.n, 1);
+    ck_assert_uint_eq(zmq_msg_size(&bin.msg[0]), sizeof data);
+    ck_assert_int_eq(json_integer_value(json_object_get(j, "$frame")), 1);
+    ck_assert_str_eq(json_string_value(json_object_get(j, "dtype")), "<f8");
+    char err[256];
+    ck_assert_int_eq(lmq__value_from_json(j, &bin, &back, err, sizeof err), 0);
+    ck_assert_int_eq(back.type, LMQ_ARRAY);
+    ck_assert_uint_eq(back.u.a.shape[1], 3);
+    ck_assert_double_eq(((double *)back.u.a.data)[5], 6.5);
+    lmq_value_clear(&back);
+    /* A frame whose size does not match the announced shape is refused. */
+    json_object_set_new(j, "shape", json_pack("[i]", 5));
+    ck_assert_int_eq(lmq__value_from_json(j, &bin, &back, err, sizeof err), LMQ_EPROTO);
+    ck_assert_ptr_nonnull(strstr(err, "bytes"));
+    json_decref(j);
+    lmq__frames_close(&bin);
+}
+END_TEST
+
+START_TEST(scalar_values_encode_as_json)
+{
+    lmq__frames_t bin;
+    lmq__frames_init(&bin);
+    lmq_value_t v = lmq_float(2.5);
+    json_t *j = lmq__value_to_json(&v, &bin);
+    ck_assert(json_is_real(j) && json_real_value(j) == 2.5);
+    json_decref(j);
+    v = lmq_int(-3);
+    j = lmq__value_to_json(&v, &bin);
+    ck_assert(json_is_integer(j) && json_integer_value(j) == -3);
+    json_decref(j);
+    ck_assert_uint_eq(bin.n, 0);
+}
+END_TEST
+
+START_TEST(data_header_is_valid_json)
+{
+    zmq_msg_t m;
+    size_t shape[2] = {480, 640};
+    ck_assert_int_eq(lmq__data_header(&m, 12, 99, 1700000000000000000LL, LMQ_U16, 2, shape, "counts \"raw\""), 0);
+    json_error_t e;
+    json_t *j = json_loadb(zmq_msg_data(&m), zmq_msg_size(&m), 0, &e);
+    ck_assert_msg(j != NULL, "%s", e.text);
+    ck_assert_int_eq(json_integer_value(json_object_get(j, "seq")), 12);
+    ck_assert_str_eq(json_string_value(json_object_get(j, "dtype")), "<u2");
+    ck_assert_str_eq(json_string_value(json_object_get(j, "units")), "counts \"raw\"");
+    ck_assert_int_eq(json_integer_value(json_array_get(json_object_get(j, "shape"), 1)), 640);
+    json_decref(j);
+    zmq_msg_close(&m);
+}
+END_TEST
+
+/* ---- a real daemon and a raw DEALER ---- */
+
+static const char *lab_yaml = "devices:\n  - name: psu1\n    driver: sim-psu\n";
+
+/* Sends the frames, returns the reply header parsed (caller decrefs). */
+static json_t *raw_request(void *sock, const char *const *frames, const size_t *lens, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        ck_assert_int_ge(zmq_send(sock, frames[i], lens[i], i + 1 < n ? ZMQ_SNDMORE : 0), 0);
+    zmq_msg_t m;
+    zmq_msg_init(&m);
+    ck_assert_msg(zmq_msg_recv(&m, sock, 0) >= 0, "no reply within the receive timeout");
+    json_error_t e;
+    json_t *j = json_loadb(zmq_msg_data(&m), zmq_msg_size(&m), 0, &e);
+    ck_assert_msg(j != NULL, "reply is not JSON: %s", e.text);
+    while (zmq_msg_more(&m)) {
+        zmq_msg_close(&m);
+        zmq_msg_init(&m);
+        zmq_msg_recv(&m, sock, 0);
+    }
+    zmq_msg_close(&m);
+    return j;
+}
+
+static json_t *raw1(void *sock, const char *header)
+{
+    size_t len = strlen(header);
+    return raw_request(sock, &header, &len, 1);
+}
+
+static void expect_ping_ok(void *sock)
+{
+    json_t *r = raw1(sock, "{\"v\":1,\"id\":999,\"op\":\"ping\"}");
+    ck_assert_msg(json_is_true(json_object_get(r, "ok")), "daemon stopped serving after a bad request");
+    ck_assert_int_eq(json_integer_value(json_object_get(r, "id")), 999);
+    json_decref(r);
+}
+
+static const struct {
+    const char *header;
+    const char *code;
+    const char *text; /* must appear in the message */
+} malformed[] = {
+    {"this is not json", "PROTO", "not valid JSON"},
+    {"\xff\xfe{\"v\":1}", "PROTO", "UTF-8"},
+    {"[1,2,3]", "PROTO", "must be a JSON object"},
+    {"{\"v\":1,\"id\":1,\"v\":1,\"op\":\"ping\"}", "PROTO", "duplicate"},
+    {"{\"id\":1,\"op\":\"ping\"}", "PROTO", "missing key 'v'"},
+    {"{\"v\":2,\"id\":1,\"op\":\"ping\"}", "PROTO", "protocol version"},
+    {"{\"v\":1,\"op\":\"ping\"}", "PROTO", "missing key 'id'"},
+    {"{\"v\":1,\"id\":-4,\"op\":\"ping\"}", "PROTO", "'id' must be"},
+    {"{\"v\":1,\"id\":\"x\",\"op\":\"ping\"}", "PROTO", "'id' must be"},
+    {"{\"v\":1,\"id\":1}", "PROTO", "missing key 'op'"},
+    {"{\"v\":1,\"id\":1,\"op\":7}", "PROTO", "'op' must be a string"},
+    {"{\"v\":1,\"id\":1,\"op\":\"explode\"}", "PROTO", "unknown op 'explode'"},
+    {"{\"v\":1,\"id\":1,\"op\":\"ping\",\"bogus\":1}", "PROTO", "unknown key 'bogus'"},
+    {"{\"v\":1,\"id\":1,\"op\":\"ping\",\"device\":\"psu1\"}", "PROTO", "takes no 'device'"},
+    {"{\"v\":1,\"id\":1,\"op\":\"get\",\"device\":\"psu1\"}", "PROTO", "needs 'name'"},
+    {"{\"v\":1,\"id\":1,\"op\":\"get\",\"device\":5,\"name\":\"voltage\"}", "PROTO", "'device' must be a string"},
+    {"{\"v\":1,\"id\":1,\"op\":\"call\",\"device\":\"psu1\",\"name\":\"reset\",\"args\":{}}", "PROTO",
+     "'args' must be an array"},
+    {"{\"v\":1,\"id\":1,\"op\":\"get\",\"device\":\"psu9\",\"name\":\"voltage\"}", "NOTFOUND", "no device 'psu9'"},
+    {"{\"v\":1,\"id\":1,\"op\":\"describe\",\"device\":\"psu9\"}", "NOTFOUND", "no device 'psu9'"},
+    {"{\"v\":1,\"id\":1,\"op\":\"get\",\"device\":\"psu1\",\"name\":\"volts\"}", "NOTFOUND", "no property 'volts'"},
+    {"{\"v\":1,\"id\":1,\"op\":\"call\",\"device\":\"psu1\",\"name\":\"fly\"}", "NOTFOUND", "no method 'fly'"},
+    {"{\"v\":1,\"id\":1,\"op\":\"set\",\"device\":\"psu1\",\"name\":\"measured_voltage\",\"value\":1}", "READONLY",
+     "read-only"},
+    {"{\"v\":1,\"id\":1,\"op\":\"set\",\"device\":\"psu1\",\"name\":\"voltage\",\"value\":\"high\"}", "ARG",
+     "must be float, got string"},
+    {"{\"v\":1,\"id\":1,\"op\":\"set\",\"device\":\"psu1\",\"name\":\"voltage\",\"value\":-5}", "RANGE", "outside"},
+    {"{\"v\":1,\"id\":1,\"op\":\"set\",\"device\":\"psu1\",\"name\":\"voltage\",\"value\":[1,2]}", "ARG",
+     "binary frames"},
+    {"{\"v\":1,\"id\":1,\"op\":\"set\",\"device\":\"psu1\",\"name\":\"voltage\",\"value\":"
+     "{\"$frame\":1,\"dtype\":\"<f8\",\"shape\":[1]}}",
+     "ARG", "$frame"},
+    {"{\"v\":1,\"id\":1,\"op\":\"call\",\"device\":\"psu1\",\"name\":\"reset\",\"args\":[1]}", "ARG",
+     "takes 0 arguments"},
+};
+
+START_TEST(malformed_requests_get_specific_errors)
+{
+    th_daemon_t d;
+    th_daemon_start(&d, lab_yaml);
+    void *ctx = zmq_ctx_new();
+    void *sock = zmq_socket(ctx, ZMQ_DEALER);
+    int timeout = 5000, linger = 0;
+    zmq_setsockopt(sock, ZMQ_RCVTIMEO, &timeout, sizeof timeout);
+    zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
+    ck_assert_int_eq(zmq_connect(sock, d.control), 0);
+    expect_ping_ok(sock);
+    for (size_t i = 0; i < sizeof malformed / sizeof malformed[0]; i++) {
+        json_t *r = raw1(sock, malformed[i].header);
+        json_t *err = json_object_get(r, "error");
+        const char *code = json_string_value(json_object_get(err, "code"));
+        const char *msg = json_string_value(json_object_get(err, "message"));
+        ck_assert_msg(json_is_false(json_object_get(r, "ok")), "case %zu: not an error", i);
+        ck_assert_msg(code && !strcmp(code, malformed[i].code), "case %zu (%s): code %s, want %s", i,
+                      malformed[i].header, code, malformed[i].code);
+        ck_assert_msg(msg && strstr(msg, malformed[i].text), "case %zu: message '%s' lacks '%s'", i, msg,
+                      malformed[i].text);
+        json_decref(r);
+        expect_ping_ok(sock);
+    }
+    zmq_close(sock);
+    zmq_ctx_term(ctx);
+    ck_assert_int_eq(th_daemon_stop(&d, SIGTERM), 0);
+    th_daemon_cleanup(&d);
+}
+END_TEST
+
+START_TEST(malformed_framing_and_limits)
+{
+    th_daemon_t d;
+    th_daemon_start(&d, lab_yaml);
+    void *ctx = zmq_ctx_new();
+    void *sock = zmq_socket(ctx, ZMQ_DEALER);
+    int timeout = 5000, linger = 0;
+    zmq_setsockopt(sock, ZMQ_RCVTIMEO, &timeout, sizeof timeout);
+    zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
+    ck_assert_int_eq(zmq_connect(sock, d.control), 0);
+
+    /* oversize header */
+    size_t big = 70000;
+    char *huge = malloc(big + 1);
+    memset(huge, ' ', big);
+    huge[big] = 0;
+    memcpy(huge, "{\"v\":1,\"id\":3,\"op\":\"ping\"}", 26);
+    json_t *r = raw1(sock, huge);
+    ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(json_object_get(r, "error"), "message")), "65536"));
+    json_decref(r);
+    free(huge);
+    expect_ping_ok(sock);
+
+    /* empty header frame */
+    const char *empty[] = {""};
+    size_t zero[] = {0};
+    /* An empty first frame is the REQ delimiter; with nothing after it there is no header. */
+    r = raw_request(sock, empty, zero, 1);
+    ck_assert_str_eq(json_string_value(json_object_get(json_object_get(r, "error"), "code")), "PROTO");
+    json_decref(r);
+    expect_ping_ok(sock);
+
+    /* 17 binary frames */
+    const char *frames[18];
+    size_t lens[18];
+    frames[0] = "{\"v\":1,\"id\":5,\"op\":\"get\",\"device\":\"psu1\",\"name\":\"voltage\"}";
+    lens[0] = strlen(frames[0]);
+    for (int i = 1; i < 18; i++)
+        frames[i] = "xxxxxxxx", lens[i] = 8;
+    r = raw_request(sock, frames, lens, 18);
+    ck_assert_str_eq(json_string_value(json_object_get(json_object_get(r, "error"), "code")), "PROTO");
+    json_decref(r);
+    expect_ping_ok(sock);
+
+    /* An error reply still carries the request's id. */
+    r = raw1(sock, "{\"v\":1,\"id\":77,\"op\":\"get\",\"device\":\"psu9\",\"name\":\"x\"}");
+    ck_assert_int_eq(json_integer_value(json_object_get(r, "id")), 77);
+    json_decref(r);
+    r = raw1(sock, "garbage");
+    ck_assert(json_is_null(json_object_get(r, "id")));
+    json_decref(r);
+
+    zmq_close(sock);
+    zmq_ctx_term(ctx);
+    ck_assert_int_eq(th_daemon_stop(&d, SIGTERM), 0);
+    th_daemon_cleanup(&d);
+}
+END_TEST
+
+START_TEST(req_clients_are_served_too)
+{
+    th_daemon_t d;
+    th_daemon_start(&d, lab_yaml);
+    void *ctx = zmq_ctx_new();
+    void *sock = zmq_socket(ctx, ZMQ_REQ);
+    int timeout = 5000, linger = 0;
+    zmq_setsockopt(sock, ZMQ_RCVTIMEO, &timeout, sizeof timeout);
+    zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
+    ck_assert_int_eq(zmq_connect(sock, d.control), 0);
+    json_t *r = raw1(sock, "{\"v\":1,\"id\":1,\"op\":\"set\",\"device\":\"psu1\",\"name\":\"voltage\",\"value\":2}");
+    ck_assert(json_is_true(json_object_get(r, "ok")));
+    json_decref(r);
+    r = raw1(sock, "{\"v\":1,\"id\":2,\"op\":\"get\",\"device\":\"psu1\",\"name\":\"voltage\"}");
+    ck_assert(json_is_true(json_object_get(r, "ok")));
+    ck_assert_double_eq(json_number_value(json_object_get(r, "result")), 2.0);
+    json_decref(r);
+    zmq_close(sock);
+    zmq_ctx_term(ctx);
+    th_daemon_cleanup(&d);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("proto");
+    TCase *codec = tcase_create("codec");
+    tcase_add_test(codec, parse_valid_request);
+    tcase_add_test(codec, parse_keeps_id_on_error);
+    tcase_add_test(codec, array_value_round_trip);
+    tcase_add_test(codec, scalar_values_encode_as_json);
+    tcase_add_test(codec, data_header_is_valid_json);
+    suite_add_tcase(s, codec);
+    TCase *daemon = tcase_create("daemon");
+    tcase_set_timeout(daemon, 60);
+    tcase_add_test(daemon, malformed_requests_get_specific_errors);
+    tcase_add_test(daemon, malformed_framing_and_limits);
+    tcase_add_test(daemon, req_clients_are_served_too);
+    suite_add_tcase(s, daemon);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
