@@ -1,0 +1,138 @@
+/* The problem labmq exists for: a device handle cannot be shared with
+ * another process (fork inherits it half-alive, spawn cannot pass it, Python
+ * cannot pickle it). Here the daemon holds the handle, and a worker started
+ * with posix_spawn uses the device through a proxy URI alone, born with
+ * nothing but stdio. */
+#include <check.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <zmq.h>
+#include "harness.h"
+#include "labmq/labmq.h"
+
+#define CHILD LMQ_BUILD_DIR "/tests/spawn_child"
+
+extern char **environ;
+
+/* Does process pid hold an open descriptor on path? */
+static bool holds_file(pid_t pid, const char *path)
+{
+    char dir[64], link[PATH_MAX + 64], target[PATH_MAX];
+    snprintf(dir, sizeof dir, "/proc/%d/fd", (int)pid);
+    DIR *d = opendir(dir);
+    bool found = false;
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        snprintf(link, sizeof link, "%s/%s", dir, e->d_name);
+        ssize_t n = readlink(link, target, sizeof target - 1);
+        if (n > 0) {
+            target[n] = 0;
+            found |= strcmp(target, path) == 0;
+        }
+    }
+    if (d)
+        closedir(d);
+    return found;
+}
+
+START_TEST(spawned_worker_uses_device_by_uri_only)
+{
+    th_daemon_t d;
+    char yaml[512], transcript[256], report[256];
+    char dir[128];
+    th_tempdir(dir, sizeof dir);
+    snprintf(transcript, sizeof transcript, "%s/psu1-transcript.log", dir);
+    snprintf(report, sizeof report, "%s/report.txt", dir);
+    snprintf(yaml, sizeof yaml, "devices:\n  - name: psu1\n    driver: sim-psu\n    options: {transcript: %s}\n",
+             transcript);
+    th_daemon_start(&d, yaml);
+    /* The handle lives in the daemon, on psu1's thread. */
+    ck_assert(holds_file(d.pid, transcript));
+
+    /* The parent is a typical lab app: a context, a proxy, and a file it
+     * opened carelessly without O_CLOEXEC. */
+    void *ctx = zmq_ctx_new();
+    lmq_proxy_t *p = lmq_proxy_new(ctx, d.control, "psu1");
+    double v;
+    ck_assert_int_eq(lmq_proxy_get_double(p, "voltage", &v), 0);
+    int leaky = open(transcript, O_RDONLY);
+    ck_assert_int_ge(leaky, 3);
+
+    char *uri = lmq_proxy_uri(p);
+    char *argv[] = {CHILD, uri, report, NULL};
+    pid_t pid;
+    ck_assert_int_eq(lmq_spawn(argv, &pid), 0);
+    int st;
+    ck_assert_int_eq(lmq_spawn_wait(pid, &st, 20000), 0);
+    char *text = th_read_file(report);
+    ck_assert_ptr_nonnull(text);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child failed: %s", text);
+    /* Born with stdio only: not the careless file, not the parent's sockets. */
+    ck_assert_msg(strncmp(text, "fds: 0 1 2\n", 11) == 0, "child inherited descriptors: %s", text);
+    ck_assert_ptr_nonnull(strstr(text, "voltage 2.500"));
+    free(text);
+
+    /* The child's request reached the instrument owned by the daemon. */
+    ck_assert_int_eq(lmq_proxy_get_double(p, "voltage", &v), 0);
+    ck_assert_double_eq_tol(v, 2.5, 1e-12);
+    text = th_read_file(transcript);
+    ck_assert_ptr_nonnull(text);
+    ck_assert_ptr_nonnull(strstr(text, "voltage"));
+    free(text);
+
+    close(leaky);
+    free(uri);
+    lmq_proxy_destroy(&p);
+    zmq_ctx_term(ctx);
+    th_daemon_cleanup(&d);
+    th_rmtree(dir);
+}
+END_TEST
+
+/* The control experiment: a plain posix_spawn hands the careless descriptor
+ * to the child, which is exactly what lmq_spawn prevents. */
+START_TEST(plain_spawn_leaks_what_lmq_spawn_does_not)
+{
+    char dir[128], report[256];
+    th_tempdir(dir, sizeof dir);
+    snprintf(report, sizeof report, "%s/report.txt", dir);
+    int leaky = open("/proc/self/status", O_RDONLY);
+    ck_assert_int_ge(leaky, 3);
+    char *argv[] = {CHILD, "ipc:///nonexistent/control#psu1", report, NULL};
+    pid_t pid;
+    ck_assert_int_eq(posix_spawn(&pid, CHILD, NULL, NULL, argv, environ), 0);
+    int st;
+    waitpid(pid, &st, 0);
+    char *text = th_read_file(report);
+    char want[32];
+    snprintf(want, sizeof want, " %d", leaky);
+    ck_assert_ptr_nonnull(text);
+    ck_assert_msg(strstr(text, want) != NULL, "expected the plain spawn to leak fd %d: %s", leaky, text);
+    free(text);
+    close(leaky);
+    th_rmtree(dir);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("spawn");
+    TCase *tc = tcase_create("spawn");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, spawned_worker_uses_device_by_uri_only);
+    tcase_add_test(tc, plain_spawn_leaks_what_lmq_spawn_does_not);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

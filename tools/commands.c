@@ -1,0 +1,676 @@
+/* labmq CLI — the request/reply commands: ping, ls, describe, call, get, set, stats. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "cli.h"
+
+/* ---- daemon access ---- */
+
+static const char *jstr(json_t *obj, const char *key)
+{
+    const char *s = json_string_value(json_object_get(obj, key));
+    return s ? s : "";
+}
+
+lmq_proxy_t *cli_proxy(cli_t *c, const char *device)
+{
+    lmq_proxy_t *p = lmq_proxy_new(c->zctx, c->control, device);
+    if (!p) {
+        cli_failf(c, LMQ_EARG, "cannot connect to '%s' (not a ZeroMQ endpoint such as ipc:///path or tcp://host:port?)",
+                  c->control);
+        return NULL;
+    }
+    lmq_proxy_set_timeout(p, c->timeout_ms);
+    return p;
+}
+
+/* Parses JSON text the daemon sent; frees it. NULL with a reported error. */
+static json_t *parse_reply(cli_t *c, char *txt, const char *what)
+{
+    json_error_t jerr;
+    bool empty = !txt;
+    json_t *j = empty ? NULL : json_loads(txt, JSON_DECODE_ANY, &jerr);
+    free(txt);
+    if (!j)
+        cli_failf(c, LMQ_EPROTO, "the daemon's %s reply is not valid JSON (%s)", what, empty ? "empty" : jerr.text);
+    return j;
+}
+
+int cli_describe(cli_t *c, lmq_proxy_t *p, json_t **desc)
+{
+    char *txt = NULL;
+    int rc = lmq_proxy_describe(p, &txt);
+    if (rc != 0)
+        return cli_fail_proxy(c, p, rc);
+    json_t *j = parse_reply(c, txt, "describe");
+    if (!j)
+        return CLI_FAILED;
+    if (!json_is_object(j)) {
+        json_decref(j);
+        return cli_failf(c, LMQ_EPROTO, "the daemon's describe reply is not a JSON object");
+    }
+    *desc = j;
+    return CLI_OK;
+}
+
+json_t *cli_desc_find(json_t *desc, const char *section, const char *name)
+{
+    size_t i;
+    json_t *e;
+    json_array_foreach(json_object_get(desc, section), i, e)
+    {
+        const char *n = json_string_value(json_object_get(e, "name"));
+        if (n && strcmp(n, name) == 0)
+            return e;
+    }
+    return NULL;
+}
+
+char *cli_desc_names(json_t *desc, const char *section)
+{
+    size_t len = 1, i;
+    json_t *e, *arr = json_object_get(desc, section);
+    json_array_foreach(arr, i, e) len += strlen(jstr(e, "name")) + 2;
+    char *s = malloc(len < 8 ? 8 : len);
+    if (!s)
+        return NULL;
+    s[0] = '\0';
+    json_array_foreach(arr, i, e)
+    {
+        if (i)
+            strcat(s, ", ");
+        strcat(s, jstr(e, "name"));
+    }
+    if (!s[0])
+        strcpy(s, "none");
+    return s;
+}
+
+/* A missing entry, with the ones that exist, so a typo is fixed at once. */
+static int fail_notfound(cli_t *c, json_t *desc, const char *dev, const char *section, const char *kind,
+                         const char *name)
+{
+    char *names = cli_desc_names(desc, section);
+    cli_failf(c, LMQ_ENOTFOUND, "device '%s' has no %s '%s' (%s: %s)", dev, kind, name, section,
+              names ? names : "?");
+    free(names);
+    return CLI_FAILED;
+}
+
+/* A daemon bound to all interfaces (host "*" or 0.0.0.0) reports that address; a client connects
+ * to the host it already reaches the control endpoint on. */
+static void make_reachable(cli_t *c, const char *reported)
+{
+    static const char *const wild[] = {"tcp://*:", "tcp://0.0.0.0:", "tcp://[::]:"};
+    for (size_t k = 0; k < sizeof wild / sizeof wild[0]; k++) {
+        size_t wl = strlen(wild[k]);
+        if (strncmp(reported, wild[k], wl) != 0)
+            continue;
+        const char *port = reported + wl;
+        const char *host = "localhost";
+        size_t hlen = strlen(host);
+        if (strncmp(c->control, "tcp://", 6) == 0) {
+            host = c->control + 6;
+            const char *colon = strrchr(host, ':');
+            hlen = colon ? (size_t)(colon - host) : strlen(host);
+        }
+        snprintf(c->data, sizeof c->data, "tcp://%.*s:%s", (int)hlen, host, port);
+        return;
+    }
+    snprintf(c->data, sizeof c->data, "%s", reported);
+}
+
+int cli_resolve_data(cli_t *c)
+{
+    if (c->data[0])
+        return CLI_OK;
+    lmq_proxy_t *p = cli_proxy(c, NULL);
+    if (!p)
+        return CLI_FAILED;
+    char *txt = NULL;
+    int rc = lmq_proxy_ping(p, &txt);
+    if (rc != 0) {
+        rc = cli_fail_proxy(c, p, rc);
+        lmq_proxy_destroy(&p);
+        return rc;
+    }
+    lmq_proxy_destroy(&p);
+    json_t *j = parse_reply(c, txt, "ping");
+    if (!j)
+        return CLI_FAILED;
+    const char *data = json_string_value(json_object_get(j, "data"));
+    if (data && *data && strlen(data) < sizeof c->data)
+        make_reachable(c, data);
+    else if (lmq_default_endpoint(c->data, sizeof c->data, "data", false) != 0)
+        rc = cli_failf(c, LMQ_ECONFIG, "the daemon did not say where it publishes data; give --data");
+    json_decref(j);
+    return rc;
+}
+
+/* ---- helpers for describe-driven typing ---- */
+
+static const char *type_phrase(lmq_type_t t)
+{
+    switch (t) {
+    case LMQ_BOOL: return "a bool (true or false)";
+    case LMQ_INT: return "an int";
+    case LMQ_FLOAT: return "a float";
+    case LMQ_STRING: return "a string";
+    case LMQ_ARRAY: return "an array of numbers (e.g. 1,2.5,3)";
+    default: return "a value";
+    }
+}
+
+/* Command-line text to a value of the type describe gave. Arrays come as
+ * "1,2,3" (or "[1,2,3]") and travel as <f8: the description names no dtype,
+ * and the daemon converts what it accepts. */
+static int parse_typed(lmq_value_t *v, const char *text, lmq_type_t type)
+{
+    if (type != LMQ_ARRAY)
+        return lmq_value_parse(v, text, type);
+    size_t n = 1, len = strlen(text);
+    for (const char *p = text; *p; p++)
+        n += *p == ',';
+    const char *s = text;
+    if (len >= 2 && s[0] == '[' && s[len - 1] == ']')
+        s++;
+    double *xs = malloc(n * sizeof *xs);
+    if (!xs)
+        return LMQ_EMEM;
+    size_t k = 0;
+    int rc = 0;
+    while (k < n) {
+        char *end = NULL;
+        xs[k++] = strtod(s, &end);
+        while (end && (*end == ' '))
+            end++;
+        if (end == s || (*end != ',' && *end != ']' && *end != '\0')) {
+            rc = LMQ_EARG;
+            break;
+        }
+        if (*end != ',')
+            break;
+        s = end + 1;
+    }
+    if (rc == 0 && k != n)
+        rc = LMQ_EARG;
+    if (rc == 0) {
+        size_t shape[1] = {n};
+        rc = lmq_value_set_array(v, LMQ_F64, 1, shape, xs);
+    }
+    free(xs);
+    return rc;
+}
+
+/* "channel: int, volts: float V" into buf. */
+static void fmt_args(char *buf, size_t size, json_t *args)
+{
+    size_t i, n = 0;
+    json_t *a;
+    buf[0] = '\0';
+    json_array_foreach(args, i, a)
+    {
+        if (n >= size)
+            break;
+        const char *unit = jstr(a, "unit");
+        n += (size_t)snprintf(buf + n, size - n, "%s%s: %s%s%s", i ? ", " : "", jstr(a, "name"), jstr(a, "type"),
+                              *unit ? " " : "", unit);
+    }
+}
+
+static void fmt_returns(char *buf, size_t size, json_t *ret)
+{
+    if (!json_is_object(ret) || strcmp(jstr(ret, "type"), "none") == 0 || !*jstr(ret, "type")) {
+        snprintf(buf, size, "-");
+        return;
+    }
+    const char *unit = jstr(ret, "unit");
+    snprintf(buf, size, "%s%s%s", jstr(ret, "type"), *unit ? " " : "", unit);
+}
+
+static void fmt_number(char *buf, size_t size, json_t *n)
+{
+    if (json_is_integer(n))
+        snprintf(buf, size, "%" JSON_INTEGER_FORMAT, json_integer_value(n));
+    else if (json_is_number(n))
+        cli_fmt_double(buf, size, json_number_value(n));
+    else
+        snprintf(buf, size, "?");
+}
+
+/* ---- ping ---- */
+
+static void fmt_uptime(char *buf, size_t size, double s)
+{
+    if (!isfinite(s) || s < 0)
+        snprintf(buf, size, "?");
+    else if (s < 60)
+        snprintf(buf, size, "%.1f s", s);
+    else if (s < 3600)
+        snprintf(buf, size, "%dm %02ds", (int)(s / 60), (int)fmod(s, 60));
+    else if (s < 86400)
+        snprintf(buf, size, "%dh %02dm", (int)(s / 3600), (int)fmod(s / 60, 60));
+    else
+        snprintf(buf, size, "%dd %02dh", (int)(s / 86400), (int)fmod(s / 3600, 24));
+}
+
+int cli_cmd_ping(cli_t *c, int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    lmq_proxy_t *p = cli_proxy(c, NULL);
+    if (!p)
+        return CLI_FAILED;
+    char *txt = NULL;
+    int64_t t0 = lmq_clock_mono_ns();
+    int rc = lmq_proxy_ping(p, &txt);
+    double rtt_ms = (double)(lmq_clock_mono_ns() - t0) / 1e6;
+    if (rc != 0) {
+        rc = cli_fail_proxy(c, p, rc);
+        lmq_proxy_destroy(&p);
+        return rc;
+    }
+    lmq_proxy_destroy(&p);
+    if (c->json) {
+        fprintf(c->out, "%s\n", txt);
+        free(txt);
+        return CLI_OK;
+    }
+    json_t *j = parse_reply(c, txt, "ping");
+    if (!j)
+        return CLI_FAILED;
+    char up[32], proto[32];
+    fmt_uptime(up, sizeof up, json_number_value(json_object_get(j, "uptime_s")));
+    fmt_number(proto, sizeof proto, json_object_get(j, "protocol"));
+    fprintf(c->out, "%s %s (protocol %s), up %s, answered in %.2f ms\n", *jstr(j, "daemon") ? jstr(j, "daemon") : "daemon",
+            jstr(j, "version"), proto, up, rtt_ms);
+    fprintf(c->out, "  control  %s\n  data     %s\n", *jstr(j, "control") ? jstr(j, "control") : c->control,
+            jstr(j, "data"));
+    json_decref(j);
+    return CLI_OK;
+}
+
+/* ---- ls ---- */
+
+int cli_cmd_ls(cli_t *c, int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    lmq_proxy_t *p = cli_proxy(c, NULL);
+    if (!p)
+        return CLI_FAILED;
+    char *txt = NULL;
+    int rc = lmq_proxy_list(p, &txt);
+    if (rc != 0) {
+        rc = cli_fail_proxy(c, p, rc);
+        lmq_proxy_destroy(&p);
+        return rc;
+    }
+    lmq_proxy_destroy(&p);
+    if (c->json) {
+        fprintf(c->out, "%s\n", txt);
+        free(txt);
+        return CLI_OK;
+    }
+    json_t *j = parse_reply(c, txt, "list");
+    if (!j)
+        return CLI_FAILED;
+    if (json_array_size(j) == 0) {
+        fprintf(c->out, "no devices (the daemon at %s serves none: check its configuration)\n", c->control);
+        json_decref(j);
+        return CLI_OK;
+    }
+    cli_table_t *t = cli_table_new(4);
+    cli_table_row(t, "NAME", "DRIVER", "STATE", "DESCRIPTION");
+    size_t i, nerr = 0;
+    json_t *d;
+    json_array_foreach(j, i, d)
+    {
+        bool open = json_is_true(json_object_get(d, "open"));
+        nerr += !open;
+        cli_table_row(t, jstr(d, "name"), jstr(d, "driver"), open ? "open" : "ERROR", jstr(d, "description"));
+    }
+    rc = cli_table_print(t, c->out, "") == 0 ? CLI_OK : cli_failf(c, LMQ_EMEM, "out of memory");
+    cli_table_destroy(&t);
+    /* Error texts are long and would stretch the table; they go below it. */
+    if (rc == CLI_OK && nerr) {
+        fputc('\n', c->out);
+        json_array_foreach(j, i, d) if (!json_is_true(json_object_get(d, "open")))
+            fprintf(c->out, "%s: %s\n", jstr(d, "name"), *jstr(d, "error") ? jstr(d, "error") : "not open");
+    }
+    json_decref(j);
+    return rc;
+}
+
+/* ---- describe ---- */
+
+static void describe_methods(json_t *desc, cli_table_t *t)
+{
+    size_t i;
+    json_t *m;
+    char sig[512], ret[96];
+    cli_table_row(t, "METHOD", "RETURNS", "DESCRIPTION");
+    json_array_foreach(json_object_get(desc, "methods"), i, m)
+    {
+        char args[400];
+        fmt_args(args, sizeof args, json_object_get(m, "args"));
+        snprintf(sig, sizeof sig, "%s(%s)", jstr(m, "name"), args);
+        fmt_returns(ret, sizeof ret, json_object_get(m, "returns"));
+        cli_table_row(t, sig, ret, jstr(m, "doc"));
+    }
+}
+
+static void describe_properties(json_t *desc, cli_table_t *t)
+{
+    size_t i;
+    json_t *pr;
+    cli_table_row(t, "PROPERTY", "TYPE", "UNIT", "ACCESS", "LIMITS", "DESCRIPTION");
+    json_array_foreach(json_object_get(desc, "properties"), i, pr)
+    {
+        char lim[96] = "", lo[40], hi[40];
+        json_t *min = json_object_get(pr, "min"), *max = json_object_get(pr, "max");
+        if (min || max) {
+            fmt_number(lo, sizeof lo, min);
+            fmt_number(hi, sizeof hi, max);
+            snprintf(lim, sizeof lim, "%s .. %s", min ? lo : "", max ? hi : "");
+        }
+        cli_table_row(t, jstr(pr, "name"), jstr(pr, "type"), jstr(pr, "unit"), jstr(pr, "access"), lim,
+                      jstr(pr, "doc"));
+    }
+}
+
+static void describe_streams(json_t *desc, cli_table_t *t)
+{
+    size_t i, k;
+    json_t *s, *dim;
+    cli_table_row(t, "STREAM", "DTYPE", "SHAPE", "RATE", "UNITS", "DESCRIPTION");
+    json_array_foreach(json_object_get(desc, "streams"), i, s)
+    {
+        size_t shape[LMQ_MAX_DIMS];
+        unsigned ndim = 0;
+        json_array_foreach(json_object_get(s, "shape"), k, dim) if (ndim < LMQ_MAX_DIMS) shape[ndim++] =
+            (size_t)json_integer_value(dim);
+        char sh[128], rate[48], hz[32];
+        cli_fmt_shape(sh, sizeof sh, ndim, shape);
+        json_t *r = json_object_get(s, "rate_hz");
+        if (json_is_number(r)) {
+            fmt_number(hz, sizeof hz, r);
+            snprintf(rate, sizeof rate, "%s Hz", hz);
+        } else {
+            snprintf(rate, sizeof rate, "-");
+        }
+        cli_table_row(t, jstr(s, "name"), jstr(s, "dtype"), sh, rate, jstr(s, "units"), jstr(s, "doc"));
+    }
+}
+
+int cli_cmd_describe(cli_t *c, int argc, char **argv)
+{
+    (void)argc;
+    const char *dev = argv[0];
+    lmq_proxy_t *p = cli_proxy(c, dev);
+    if (!p)
+        return CLI_FAILED;
+    if (c->json) {
+        /* As the daemon sent it: scripts and other tools read the same JSON. */
+        char *txt = NULL;
+        int rc = lmq_proxy_describe(p, &txt);
+        if (rc != 0)
+            rc = cli_fail_proxy(c, p, rc);
+        else
+            fprintf(c->out, "%s\n", txt);
+        free(txt);
+        lmq_proxy_destroy(&p);
+        return rc;
+    }
+    json_t *desc = NULL;
+    int rc = cli_describe(c, p, &desc);
+    lmq_proxy_destroy(&p);
+    if (rc != CLI_OK)
+        return rc;
+
+    bool open = json_is_true(json_object_get(desc, "open"));
+    fprintf(c->out, "%s  (driver %s, %s)\n", dev, jstr(desc, "driver"), open ? "open" : "NOT OPEN");
+    if (*jstr(desc, "description"))
+        fprintf(c->out, "%s\n", jstr(desc, "description"));
+
+    cli_table_t *tm = cli_table_new(3), *tp = cli_table_new(6), *ts = cli_table_new(6);
+    describe_methods(desc, tm);
+    describe_properties(desc, tp);
+    describe_streams(desc, ts);
+    size_t nm = json_array_size(json_object_get(desc, "methods"));
+    size_t np = json_array_size(json_object_get(desc, "properties"));
+    size_t ns = json_array_size(json_object_get(desc, "streams"));
+    int prc = 0;
+    if (nm) {
+        fputc('\n', c->out);
+        prc |= cli_table_print(tm, c->out, "  ");
+    }
+    if (np) {
+        fputc('\n', c->out);
+        prc |= cli_table_print(tp, c->out, "  ");
+    }
+    if (ns) {
+        fputc('\n', c->out);
+        prc |= cli_table_print(ts, c->out, "  ");
+    }
+    if (!nm && !np && !ns)
+        fprintf(c->out, "\n  (no methods, properties or streams)\n");
+    cli_table_destroy(&tm);
+    cli_table_destroy(&tp);
+    cli_table_destroy(&ts);
+    json_decref(desc);
+    return prc ? cli_failf(c, LMQ_EMEM, "out of memory") : CLI_OK;
+}
+
+/* ---- call ---- */
+
+int cli_cmd_call(cli_t *c, int argc, char **argv)
+{
+    const char *dev = argv[0], *method = argv[1];
+    size_t nargs = (size_t)argc - 2;
+    lmq_proxy_t *p = cli_proxy(c, dev);
+    if (!p)
+        return CLI_FAILED;
+    json_t *desc = NULL;
+    lmq_value_t *vals = NULL;
+    lmq_value_t result = {0};
+    int rc = cli_describe(c, p, &desc);
+    if (rc != CLI_OK)
+        goto out;
+    json_t *m = cli_desc_find(desc, "methods", method);
+    if (!m) {
+        rc = fail_notfound(c, desc, dev, "methods", "method", method);
+        goto out;
+    }
+    json_t *margs = json_object_get(m, "args");
+    char sig[400];
+    fmt_args(sig, sizeof sig, margs);
+    if (json_array_size(margs) != nargs) {
+        size_t want = json_array_size(margs);
+        rc = cli_failf(c, LMQ_EARG, "%s.%s takes %zu argument%s%s%s%s, %zu given", dev, method, want,
+                       want == 1 ? "" : "s", want ? " (" : "", sig, want ? ")" : "", nargs);
+        goto out;
+    }
+    vals = calloc(nargs ? nargs : 1, sizeof *vals);
+    if (!vals) {
+        rc = cli_failf(c, LMQ_EMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < nargs; i++) {
+        json_t *a = json_array_get(margs, i);
+        lmq_type_t type = lmq_type_parse(jstr(a, "type"));
+        if (parse_typed(&vals[i], argv[2 + i], type) != 0) {
+            rc = cli_failf(c, LMQ_EARG, "argument '%s' of %s.%s must be %s, not '%s'", jstr(a, "name"), dev, method,
+                           type_phrase(type), argv[2 + i]);
+            goto out;
+        }
+    }
+    int st = lmq_proxy_call(p, method, vals, nargs, &result);
+    if (st != 0) {
+        rc = cli_fail_proxy(c, p, st);
+        goto out;
+    }
+    if (c->json)
+        cli_print_value_json(c->out, &result);
+    else
+        cli_print_value(c->out, &result, jstr(json_object_get(m, "returns"), "unit"));
+out:
+    for (size_t i = 0; vals && i < nargs; i++)
+        lmq_value_clear(&vals[i]);
+    free(vals);
+    lmq_value_clear(&result);
+    json_decref(desc);
+    lmq_proxy_destroy(&p);
+    return rc;
+}
+
+/* ---- get / set ---- */
+
+/* Common start of get and set: the proxy, its description and the property. */
+static int find_property(cli_t *c, const char *dev, const char *prop, lmq_proxy_t **p, json_t **desc, json_t **pr)
+{
+    *p = cli_proxy(c, dev);
+    if (!*p)
+        return CLI_FAILED;
+    int rc = cli_describe(c, *p, desc);
+    if (rc != CLI_OK)
+        return rc;
+    *pr = cli_desc_find(*desc, "properties", prop);
+    if (!*pr)
+        return fail_notfound(c, *desc, dev, "properties", "property", prop);
+    return CLI_OK;
+}
+
+int cli_cmd_get(cli_t *c, int argc, char **argv)
+{
+    (void)argc;
+    const char *dev = argv[0], *prop = argv[1];
+    lmq_proxy_t *p = NULL;
+    json_t *desc = NULL, *pr = NULL;
+    lmq_value_t v = {0};
+    int rc = find_property(c, dev, prop, &p, &desc, &pr);
+    if (rc == CLI_OK) {
+        int st = lmq_proxy_get(p, prop, &v);
+        if (st != 0)
+            rc = cli_fail_proxy(c, p, st);
+        else if (c->json)
+            cli_print_value_json(c->out, &v);
+        else
+            cli_print_value(c->out, &v, jstr(pr, "unit"));
+    }
+    lmq_value_clear(&v);
+    json_decref(desc);
+    lmq_proxy_destroy(&p);
+    return rc;
+}
+
+int cli_cmd_set(cli_t *c, int argc, char **argv)
+{
+    (void)argc;
+    const char *dev = argv[0], *prop = argv[1], *text = argv[2];
+    lmq_proxy_t *p = NULL;
+    json_t *desc = NULL, *pr = NULL;
+    lmq_value_t v = {0};
+    int rc = find_property(c, dev, prop, &p, &desc, &pr);
+    if (rc != CLI_OK)
+        goto out;
+    if (strcmp(jstr(pr, "access"), "ro") == 0) {
+        rc = cli_failf(c, LMQ_EREADONLY, "%s.%s is read-only", dev, prop);
+        goto out;
+    }
+    lmq_type_t type = lmq_type_parse(jstr(pr, "type"));
+    if (parse_typed(&v, text, type) != 0) {
+        rc = cli_failf(c, LMQ_EARG, "%s.%s must be %s, not '%s'", dev, prop, type_phrase(type), text);
+        goto out;
+    }
+    int st = lmq_proxy_set(p, prop, &v);
+    if (st != 0) {
+        rc = cli_fail_proxy(c, p, st);
+        goto out;
+    }
+    if (c->json) {
+        fputs("null\n", c->out);
+    } else {
+        fprintf(c->out, "%s.%s = ", dev, prop);
+        cli_print_value(c->out, &v, jstr(pr, "unit"));
+    }
+out:
+    lmq_value_clear(&v);
+    json_decref(desc);
+    lmq_proxy_destroy(&p);
+    return rc;
+}
+
+/* ---- stats ---- */
+
+static void fmt_count(char *buf, size_t size, json_t *n)
+{
+    if (json_is_integer(n))
+        snprintf(buf, size, "%" JSON_INTEGER_FORMAT, json_integer_value(n));
+    else if (json_is_number(n))
+        snprintf(buf, size, "%.0f", json_number_value(n));
+    else
+        snprintf(buf, size, "-");
+}
+
+static void fmt_us(char *buf, size_t size, json_t *n)
+{
+    if (!json_is_number(n)) {
+        snprintf(buf, size, "-");
+        return;
+    }
+    double us = json_number_value(n);
+    /* A decimal only where it carries information. */
+    snprintf(buf, size, us < 100 ? "%.1f" : "%.0f", us);
+}
+
+int cli_cmd_stats(cli_t *c, int argc, char **argv)
+{
+    lmq_proxy_t *p = cli_proxy(c, argc > 0 ? argv[0] : NULL);
+    if (!p)
+        return CLI_FAILED;
+    char *txt = NULL;
+    int rc = lmq_proxy_stats(p, &txt);
+    if (rc != 0) {
+        rc = cli_fail_proxy(c, p, rc);
+        lmq_proxy_destroy(&p);
+        return rc;
+    }
+    lmq_proxy_destroy(&p);
+    if (c->json) {
+        fprintf(c->out, "%s\n", txt);
+        free(txt);
+        return CLI_OK;
+    }
+    json_t *j = parse_reply(c, txt, "stats");
+    if (!j)
+        return CLI_FAILED;
+    char up[32], req[32], err[32];
+    fmt_uptime(up, sizeof up, json_number_value(json_object_get(j, "uptime_s")));
+    fmt_count(req, sizeof req, json_object_get(j, "requests"));
+    fmt_count(err, sizeof err, json_object_get(j, "errors"));
+    fprintf(c->out, "daemon up %s, %s requests, %s errors\n\n", up, req, err);
+
+    cli_table_t *t = cli_table_new(7);
+    for (size_t col = 1; col < 7; col++)
+        cli_table_align_right(t, col);
+    cli_table_row(t, "DEVICE", "CALLS", "ERRORS", "IN FLIGHT", "P50 µs", "P99 µs", "MAX µs");
+    size_t i;
+    json_t *d;
+    json_array_foreach(json_object_get(j, "devices"), i, d)
+    {
+        char calls[32], errs[32], fl[32], p50[32], p99[32], mx[32];
+        json_t *lat = json_object_get(d, "latency_us");
+        fmt_count(calls, sizeof calls, json_object_get(d, "calls"));
+        fmt_count(errs, sizeof errs, json_object_get(d, "errors"));
+        fmt_count(fl, sizeof fl, json_object_get(d, "in_flight"));
+        fmt_us(p50, sizeof p50, json_object_get(lat, "p50"));
+        fmt_us(p99, sizeof p99, json_object_get(lat, "p99"));
+        fmt_us(mx, sizeof mx, json_object_get(lat, "max"));
+        cli_table_row(t, jstr(d, "name"), calls, errs, fl, p50, p99, mx);
+    }
+    rc = cli_table_print(t, c->out, "") == 0 ? CLI_OK : cli_failf(c, LMQ_EMEM, "out of memory");
+    cli_table_destroy(&t);
+    json_decref(j);
+    return rc;
+}
