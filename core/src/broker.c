@@ -12,11 +12,51 @@
 #define MAX_PARTS (2 + 1 + LMQ__MAX_BINFRAMES)
 #define DEVICE_QUEUE_LIMIT 1000
 
+#define JOB_CACHE 64
+
 typedef struct broker {
     lmq_daemon_t *d;
     void *pipe, *router, *xpub;
     zmq_pollitem_t *items;
+    /* Finished jobs kept for reuse: a job is ~2 KB, too big for malloc's
+     * per-thread cache, and one is needed per request. */
+    lmq__job_t *cache[JOB_CACHE];
+    size_t ncache;
 } broker_t;
+
+static lmq__job_t *job_get(broker_t *b)
+{
+    lmq__job_t *job = b->ncache ? b->cache[--b->ncache] : malloc(sizeof *job);
+    if (!job)
+        return NULL;
+    job->prev = job->next = NULL;
+    job->method = NULL;
+    job->prop = NULL;
+    job->failed = false;
+    job->nenvelope = 0;
+    memset(&job->req, 0, sizeof job->req);
+    lmq__frames_init(&job->bin);
+    lmq__frames_init(&job->reply_bin);
+    zmq_msg_init(&job->reply);
+    return job;
+}
+
+/* Releases what the job holds and keeps the memory for the next request. */
+static void job_put(broker_t *b, lmq__job_t *job)
+{
+    if (b->ncache == JOB_CACHE) {
+        lmq__job_destroy(&job);
+        return;
+    }
+    for (size_t i = 0; i < job->nenvelope; i++)
+        zmq_msg_close(&job->envelope[i]);
+    job->nenvelope = 0;
+    lmq__request_clear(&job->req);
+    lmq__frames_close(&job->bin);
+    zmq_msg_close(&job->reply);
+    lmq__frames_close(&job->reply_bin);
+    b->cache[b->ncache++] = job;
+}
 
 static void send_reply(broker_t *b, zmq_msg_t *env, size_t nenv, zmq_msg_t *hdr, lmq__frames_t *bin)
 {
@@ -178,8 +218,9 @@ static void job_unlink(lmq_daemon_t *d, lmq__job_t *job)
     job->prev = job->next = NULL;
 }
 
-/* Reads one whole multipart message from the ROUTER and acts on it. */
-static void handle_request(broker_t *b)
+/* Reads one whole multipart message from the ROUTER and acts on it; false
+ * when none was waiting. */
+static bool handle_request(broker_t *b)
 {
     lmq_daemon_t *d = b->d;
     zmq_msg_t parts[MAX_PARTS];
@@ -203,7 +244,7 @@ static void handle_request(broker_t *b)
             break;
     }
     if (n == 0)
-        return;
+        return false;
     d->requests++;
     /* parts[0] is the client's routing id; REQ clients add an empty delimiter. */
     size_t nenv = (n >= 2 && zmq_msg_size(&parts[1]) == 0) ? 2 : 1;
@@ -264,7 +305,7 @@ static void handle_request(broker_t *b)
         reply_error(b, parts, nenv, &req, LMQ_ETIMEOUT, err);
         goto done;
     }
-    lmq__job_t *job = calloc(1, sizeof *job);
+    lmq__job_t *job = job_get(b);
     if (!job) {
         reply_error(b, parts, nenv, &req, LMQ_EMEM, "out of memory");
         goto done;
@@ -273,8 +314,6 @@ static void handle_request(broker_t *b)
     job->method = method;
     job->prop = prop;
     job->t_start = lmq_clock_mono_ns();
-    zmq_msg_init(&job->reply);
-    lmq__frames_init(&job->reply_bin);
     job->nenvelope = nenv;
     for (size_t i = 0; i < nenv; i++) {
         zmq_msg_init(&job->envelope[i]);
@@ -282,7 +321,6 @@ static void handle_request(broker_t *b)
     }
     job->req = req;
     memset(&req, 0, sizeof req);
-    lmq__frames_init(&job->bin);
     for (size_t i = 0; i < nbin; i++) {
         zmq_msg_init(&job->bin.msg[i]);
         zmq_msg_move(&job->bin.msg[i], &parts[nenv + 1 + i]);
@@ -291,7 +329,7 @@ static void handle_request(broker_t *b)
     if (lmq__send_ptr(dev->broker_pipe, LMQ__MSG_JOB, job, ZMQ_DONTWAIT) != 0) {
         snprintf(err, sizeof err, "%s: request queue full", dev->name);
         reply_error(b, job->envelope, job->nenvelope, &job->req, LMQ_ETIMEOUT, err);
-        lmq__job_destroy(&job);
+        job_put(b, job);
         goto done;
     }
     job_link(d, job);
@@ -300,6 +338,7 @@ done:
     lmq__request_clear(&req);
     for (size_t i = 0; i < n; i++)
         zmq_msg_close(&parts[i]);
+    return true;
 }
 
 static void finish_job(broker_t *b, lmq__job_t *job)
@@ -321,17 +360,18 @@ static void finish_job(broker_t *b, lmq__job_t *job)
         reply_error(b, job->envelope, job->nenvelope, &job->req, LMQ_EMEM, "out of memory encoding the reply");
     else
         send_reply(b, job->envelope, job->nenvelope, &job->reply, &job->reply_bin);
-    lmq__job_destroy(&job);
+    job_put(b, job);
 }
 
-/* Reads one message from a device pipe: a finished job or a stream block. */
-static void handle_device(broker_t *b, lmq_dev_t *dev, int flags)
+/* Reads one message from a device pipe: a finished job or a stream block;
+ * false when none was waiting. */
+static bool handle_device(broker_t *b, lmq_dev_t *dev)
 {
     zmq_msg_t m;
     zmq_msg_init(&m);
-    if (zmq_msg_recv(&m, dev->broker_pipe, flags) < 0) {
+    if (zmq_msg_recv(&m, dev->broker_pipe, ZMQ_DONTWAIT) < 0) {
         zmq_msg_close(&m);
-        return;
+        return false;
     }
     const char *p = zmq_msg_data(&m);
     size_t n = zmq_msg_size(&m);
@@ -350,6 +390,7 @@ static void handle_device(broker_t *b, lmq_dev_t *dev, int flags)
         }
     }
     zmq_msg_close(&m);
+    return true;
 }
 
 static void report(broker_t *b, int status, const char *msg)
@@ -384,12 +425,8 @@ static void shutdown_devices(broker_t *b)
         lmq_dev_t *dev = d->devs[i];
         if (!dev->broker_pipe)
             continue;
-        for (;;) {
-            zmq_pollitem_t it = {dev->broker_pipe, 0, ZMQ_POLLIN, 0};
-            if (zmq_poll(&it, 1, 0) <= 0)
-                break;
-            handle_device(b, dev, ZMQ_DONTWAIT);
-        }
+        while (handle_device(b, dev))
+            ;
     }
     while (d->jobs) {
         lmq__job_t *job = d->jobs;
@@ -474,22 +511,14 @@ void *lmq__broker_main(void *arg)
         if (b.items[0].revents & ZMQ_POLLIN)
             break; /* the only message on this pipe is TERM */
         /* Replies first: they finish work already accepted. */
+        /* Bounded batches keep one busy client or device from starving the rest. */
         for (size_t i = 0; i < d->ndev; i++)
             if (b.items[3 + i].revents & ZMQ_POLLIN)
-                for (int k = 0; k < 64; k++) {
-                    zmq_pollitem_t it = {d->devs[i]->broker_pipe, 0, ZMQ_POLLIN, 0};
-                    if (k && zmq_poll(&it, 1, 0) <= 0)
-                        break;
-                    handle_device(&b, d->devs[i], ZMQ_DONTWAIT);
-                }
+                for (int k = 0; k < 64 && handle_device(&b, d->devs[i]); k++)
+                    ;
         if (b.items[1].revents & ZMQ_POLLIN)
-            for (int k = 0; k < 64; k++) {
-                int events = 0;
-                size_t sz = sizeof events;
-                if (k && (zmq_getsockopt(b.router, ZMQ_EVENTS, &events, &sz) != 0 || !(events & ZMQ_POLLIN)))
-                    break;
-                handle_request(&b);
-            }
+            for (int k = 0; k < 64 && handle_request(&b); k++)
+                ;
         if (b.items[2].revents & ZMQ_POLLIN) {
             /* Subscriptions: logged only; XPUB filters by itself. */
             char sub[256];
@@ -503,6 +532,8 @@ void *lmq__broker_main(void *arg)
 out:
     shutdown_devices(&b);
     free(b.items);
+    while (b.ncache)
+        free(b.cache[--b.ncache]);
     if (b.router)
         zmq_close(b.router);
     if (b.xpub)

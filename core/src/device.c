@@ -527,14 +527,12 @@ static void handle_job(lmq_dev_t *dev, lmq__job_t *job)
     int rc = run_job(dev, job, &result);
     int enc = 0;
     if (rc == 0) {
-        json_t *j = lmq__value_to_json(&result, &job->reply_bin);
-        if (!j && result.type == LMQ_FLOAT) {
+        enc = lmq__reply_value(&job->reply, job->req.id, &result, &job->reply_bin);
+        if (enc == LMQ_ERANGE) {
+            enc = 0;
             rc = lmq_dev_fail(dev, LMQ_EDEVICE, "%s.%s returned %g, which JSON cannot carry", dev->name,
                               job->req.name, result.u.f);
-        } else if (!j)
-            rc = LMQ_EMEM;
-        else
-            enc = lmq__reply_ok(&job->reply, true, job->req.id, j);
+        }
     }
     lmq_value_clear(&result);
     if (rc != 0) {

@@ -78,6 +78,14 @@ void lmq__reply_clear(lmq__reply_t *rep);
 int lmq__reply_ok(zmq_msg_t *msg, bool has_id, uint64_t id, json_t *result);
 int lmq__reply_error(zmq_msg_t *msg, bool has_id, uint64_t id, int status, const char *message);
 
+/* Fast paths writing the JSON directly. reply_value: like reply_ok with the
+ * value converted (arrays move into bin); LMQ_ERANGE for a non-finite float.
+ * request_encode_fast: scalar arguments and plain names only; returns 1 when
+ * the request needs the general encoder. */
+int lmq__reply_value(zmq_msg_t *msg, uint64_t id, lmq_value_t *result, lmq__frames_t *bin);
+int lmq__request_encode_fast(zmq_msg_t *msg, uint64_t id, lmq__op_t op, const char *device, const char *name,
+                             const lmq_value_t *args, size_t nargs, const lmq_value_t *value);
+
 /* Value <-> JSON. Arrays reference binary frames ({"$frame":K,...}, K from 1). */
 int lmq__value_from_json(const json_t *j, const lmq__frames_t *bin, lmq_value_t *out, char *err, size_t errlen);
 /* Moves an array's data into a new frame of `bin` (v is left LMQ_NONE then). */

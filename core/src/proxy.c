@@ -15,6 +15,7 @@ struct lmq_proxy {
     char *endpoint;
     char *device;
     int timeout_ms;
+    int sock_timeout; /* ZMQ_SNDTIMEO set on sock; -2 = not yet */
     uint64_t next_id;
     char err[600];
 };
@@ -34,6 +35,7 @@ static int open_socket(lmq_proxy_t *p)
     if (p->sock)
         zmq_close(p->sock);
     p->sock = zmq_socket(p->zctx, ZMQ_DEALER);
+    p->sock_timeout = -2;
     if (!p->sock)
         return set_error(p, LMQ_EMEM, "cannot create a socket: %s", zmq_strerror(zmq_errno()));
     /* IMMEDIATE: a request is queued only on a live connection, so with no
@@ -140,14 +142,19 @@ static int send_request(lmq_proxy_t *p, lmq__op_t op, const char *name, const lm
     lmq__frames_t bin;
     lmq__frames_init(&bin);
     *id = p->next_id++ % LMQ__MAX_ID;
-    int rc = lmq__request_encode(&hdr, *id, op, (needs_device || op == LMQ__OP_STATS) ? p->device : NULL, name,
-                                 args, nargs, value, &bin);
+    const char *device = (needs_device || op == LMQ__OP_STATS) ? p->device : NULL;
+    int rc = lmq__request_encode_fast(&hdr, *id, op, device, name, args, nargs, value);
+    if (rc == 1)
+        rc = lmq__request_encode(&hdr, *id, op, device, name, args, nargs, value, &bin);
     if (rc != 0) {
         lmq__frames_close(&bin);
         return set_error(p, rc, "cannot encode the request (%s; arrays: at most %d, floats must be finite)",
                          lmq_strerror(rc), LMQ__MAX_BINFRAMES);
     }
-    zmq_setsockopt(p->sock, ZMQ_SNDTIMEO, &p->timeout_ms, sizeof p->timeout_ms);
+    if (p->sock_timeout != p->timeout_ms) {
+        zmq_setsockopt(p->sock, ZMQ_SNDTIMEO, &p->timeout_ms, sizeof p->timeout_ms);
+        p->sock_timeout = p->timeout_ms;
+    }
     rc = zmq_msg_send(&hdr, p->sock, bin.n ? ZMQ_SNDMORE : 0);
     for (size_t i = 0; rc >= 0 && i < bin.n; i++)
         rc = zmq_msg_send(&bin.msg[i], p->sock, i + 1 < bin.n ? ZMQ_SNDMORE : 0);
