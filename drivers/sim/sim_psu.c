@@ -169,6 +169,23 @@ static int measure(lmq_dev_t *dev, psu_t *p, double *v, double *i)
     return 0;
 }
 
+/* A setpoint change returns once the output has slewed to it (like a
+ * supply answering *OPC? after the ramp), and refreshes the wires then, so
+ * an instrument wired to the output never reads the value from before the
+ * change. */
+static int settle(lmq_dev_t *dev, psu_t *p)
+{
+    int64_t now = lmq_clock_mono_ns();
+    if (p->output && p->slew > 0.0) {
+        double left = fabs(p->v_set - ramp_voltage(p, now)) / p->slew;
+        if (left > 0 && lmq_dev_sleep(dev, (int64_t)(left * 1e9)) != 0)
+            return lmq_dev_fail(dev, LMQ_ECLOSED, "interrupted by shutdown while the output slewed");
+    }
+    double vo, io;
+    operate(dev, p, lmq_clock_mono_ns(), &vo, &io);
+    return 0;
+}
+
 /* ---- properties ---- */
 
 static int get_voltage(lmq_dev_t *dev, void *state, lmq_value_t *out)
@@ -188,11 +205,8 @@ static int set_voltage(lmq_dev_t *dev, void *state, const lmq_value_t *in)
         return lmq_dev_fail(dev, LMQ_ERANGE, "voltage %.3f V exceeds the %.3f V maximum", v, p->max_v);
     if (v < 0.0)
         return lmq_dev_fail(dev, LMQ_ERANGE, "voltage %.3f V is negative: this supply only sources", v);
-    int64_t now = lmq_clock_mono_ns();
-    retarget(p, v, now);
-    double vo, io;
-    operate(dev, p, now, &vo, &io);
-    return 0;
+    retarget(p, v, lmq_clock_mono_ns());
+    return settle(dev, p);
 }
 
 static int get_current_limit(lmq_dev_t *dev, void *state, lmq_value_t *out)
@@ -237,14 +251,12 @@ static int set_output(lmq_dev_t *dev, void *state, const lmq_value_t *in)
         p->ramp_t0 = now;
     }
     p->output = in->u.b;
-    double vo, io;
-    operate(dev, p, now, &vo, &io);
-    return 0;
+    return settle(dev, p);
 }
 
 static int get_measured_voltage(lmq_dev_t *dev, void *state, lmq_value_t *out)
 {
-    double v, i;
+    double v = 0.0, i = 0.0;
     int rc = measure(dev, state, &v, &i);
     if (rc == 0)
         *out = lmq_float(v);
@@ -253,7 +265,7 @@ static int get_measured_voltage(lmq_dev_t *dev, void *state, lmq_value_t *out)
 
 static int get_measured_current(lmq_dev_t *dev, void *state, lmq_value_t *out)
 {
-    double v, i;
+    double v = 0.0, i = 0.0;
     int rc = measure(dev, state, &v, &i);
     if (rc == 0)
         *out = lmq_float(i);
@@ -262,7 +274,7 @@ static int get_measured_current(lmq_dev_t *dev, void *state, lmq_value_t *out)
 
 static int get_mode(lmq_dev_t *dev, void *state, lmq_value_t *out)
 {
-    double v, i;
+    double v = 0.0, i = 0.0;
     psu_mode_t m = operate(dev, state, lmq_clock_mono_ns(), &v, &i);
     return lmq_value_set_string(out, mode_names[m]);
 }
