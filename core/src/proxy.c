@@ -204,6 +204,18 @@ static int recv_reply(lmq_proxy_t *p, int timeout_ms, lmq__reply_t *rep, lmq__fr
     return rc;
 }
 
+/* Turns a reply into the caller's status and result value. */
+static int take_result(lmq_proxy_t *p, const lmq__reply_t *rep, const lmq__frames_t *bin, lmq_value_t *result)
+{
+    if (!rep->ok)
+        return set_error(p, rep->status, "%s", rep->message);
+    if (!result)
+        return 0;
+    char err[300];
+    int rc = lmq__value_from_json(rep->result ? rep->result : json_null(), bin, result, err, sizeof err);
+    return rc == 0 ? 0 : set_error(p, rc, "malformed result: %s", err);
+}
+
 static int elapsed_ms(int64_t since) { return (int)((lmq_clock_mono_ns() - since) / 1000000); }
 
 /* One synchronous round trip. On success, exactly one of result/json is
@@ -243,17 +255,11 @@ static int roundtrip(lmq_proxy_t *p, lmq__op_t op, const char *name, const lmq_v
             lmq__frames_close(&bin);
             continue;
         }
-        if (!rep.ok) {
-            rc = set_error(p, rep.status, "%s", rep.message);
-        } else if (json) {
+        if (rep.ok && json) {
             *json = json_dumps(rep.result ? rep.result : json_null(), JSON_ENCODE_ANY | JSON_INDENT(2));
             rc = *json ? 0 : set_error(p, LMQ_EMEM, "out of memory");
-        } else if (result) {
-            char err[300];
-            rc = lmq__value_from_json(rep.result ? rep.result : json_null(), &bin, result, err, sizeof err);
-            if (rc != 0)
-                set_error(p, rc, "malformed result: %s", err);
-        }
+        } else
+            rc = take_result(p, &rep, &bin, result);
         lmq__reply_clear(&rep);
         lmq__frames_close(&bin);
         return rc;
@@ -344,14 +350,7 @@ int lmq_proxy_recv(lmq_proxy_t *p, uint64_t *id, lmq_value_t *result)
         return rc;
     }
     *id = rep.id;
-    if (!rep.ok)
-        rc = set_error(p, rep.status, "%s", rep.message);
-    else if (result) {
-        char err[300];
-        rc = lmq__value_from_json(rep.result ? rep.result : json_null(), &bin, result, err, sizeof err);
-        if (rc != 0)
-            set_error(p, rc, "malformed result: %s", err);
-    }
+    rc = take_result(p, &rep, &bin, result);
     lmq__reply_clear(&rep);
     lmq__frames_close(&bin);
     return rc;
