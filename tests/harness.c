@@ -2,7 +2,9 @@
 #include <check.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +15,8 @@
 #include <time.h>
 #include <unistd.h>
 #include "labmq/labmq.h"
+
+extern char **environ;
 
 double th_now_ms(void) { return (double)lmq_clock_mono_ns() / 1e6; }
 
@@ -55,6 +59,13 @@ char *th_read_file(const char *path)
     return buf;
 }
 
+char *th_slurp(const char *path)
+{
+    char *text = th_read_file(path);
+    ck_assert_msg(text != NULL, "cannot read %s: %s", path, strerror(errno));
+    return text;
+}
+
 void th_rmtree(const char *dir)
 {
     DIR *d = opendir(dir);
@@ -74,6 +85,35 @@ void th_rmtree(const char *dir)
     }
     closedir(d);
     rmdir(dir);
+}
+
+pid_t th_spawn_to_files(char *const argv[], const char *out_path, const char *err_path)
+{
+    const int wr = O_WRONLY | O_CREAT | O_TRUNC;
+    posix_spawn_file_actions_t fa;
+    ck_assert_int_eq(posix_spawn_file_actions_init(&fa), 0);
+    ck_assert_int_eq(posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0), 0);
+    ck_assert_int_eq(posix_spawn_file_actions_addopen(&fa, 1, out_path, wr, 0600), 0);
+    if (err_path)
+        ck_assert_int_eq(posix_spawn_file_actions_addopen(&fa, 2, err_path, wr, 0600), 0);
+    else
+        ck_assert_int_eq(posix_spawn_file_actions_adddup2(&fa, 1, 2), 0);
+    pid_t pid;
+    int rc = posix_spawn(&pid, argv[0], &fa, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    ck_assert_msg(rc == 0, "posix_spawn %s: %s", argv[0], strerror(rc));
+    return pid;
+}
+
+int th_wait_exit(pid_t pid, int timeout_ms, int *status)
+{
+    int rc = lmq_spawn_wait(pid, status, timeout_ms);
+    ck_assert_msg(rc != LMQ_EARG, "waitpid %d: %s", (int)pid, strerror(errno));
+    if (rc == 0)
+        return 0;
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    return -1;
 }
 
 bool th_ipc_ready(const char *endpoint)
@@ -123,11 +163,8 @@ int th_daemon_stop(th_daemon_t *d, int sig)
         return -1;
     kill(d->pid, sig);
     int st = -1;
-    if (lmq_spawn_wait(d->pid, &st, 10000) != 0) {
-        kill(d->pid, SIGKILL);
-        waitpid(d->pid, &st, 0);
+    if (th_wait_exit(d->pid, 10000, &st) != 0)
         st = -1;
-    }
     d->pid = 0;
     return st;
 }

@@ -20,7 +20,19 @@ void th_tempdir(char *buf, size_t size);
 void th_write_file(const char *path, const char *text);
 /* Reads a whole file (caller frees); NULL when missing. */
 char *th_read_file(const char *path);
+/* Reads a whole file (caller frees); aborts the test when it cannot. */
+char *th_slurp(const char *path);
 void th_rmtree(const char *dir);
+
+/* Starts argv[0] (a path) with posix_spawn, never fork: stdin from /dev/null,
+ * stdout into out_path and stderr into err_path (NULL: into out_path too), so
+ * a large output cannot block the child on a full pipe. Aborts the test when
+ * it cannot start. */
+pid_t th_spawn_to_files(char *const argv[], const char *out_path, const char *err_path);
+/* Waits up to timeout_ms for pid. Returns 0 with the wait status in *status,
+ * or -1 when pid overran (it is then killed and reaped). Aborts the test when
+ * pid is not a child. */
+int th_wait_exit(pid_t pid, int timeout_ms, int *status);
 
 /* Writes `yaml` as the config in a new temp dir and starts labmqd on ipc
  * endpoints inside it; returns once the control socket accepts connections. */

@@ -5,24 +5,18 @@
  * with posix_spawn (never fork: this process has a ZeroMQ context and daemon
  * threads) and checks its exit code, stdout and stderr. */
 #include <check.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <ftw.h>
 #include <jansson.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <zmq.h>
+#include "harness.h"
 #include "labmq/labmq.h"
-
-extern char **environ;
 
 #define CLI_PATH LMQ_BUILD_DIR "/tools/labmq"
 #define MAX_ARGS 32
@@ -49,13 +43,6 @@ typedef struct result {
     char *err;
     double secs;
 } result_t;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static void fx_init(fixture_t *f, bool with_daemon)
 {
@@ -86,14 +73,7 @@ static void fx_fini(fixture_t *f)
 {
     lmq_daemon_destroy(&f->daemon);
     zmq_ctx_term(f->zctx);
-    unlink(f->out_path);
-    unlink(f->err_path);
-    char path[192];
-    snprintf(path, sizeof path, "%s/control", f->dir);
-    unlink(path);
-    snprintf(path, sizeof path, "%s/data", f->dir);
-    unlink(path);
-    rmdir(f->dir);
+    th_rmtree(f->dir);
 }
 
 static void result_free(result_t *r)
@@ -101,21 +81,6 @@ static void result_free(result_t *r)
     free(r->out);
     free(r->err);
     memset(r, 0, sizeof *r);
-}
-
-static char *slurp(const char *path)
-{
-    FILE *fp = fopen(path, "rb");
-    ck_assert_ptr_nonnull(fp);
-    fseek(fp, 0, SEEK_END);
-    long n = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    ck_assert_ptr_nonnull(s);
-    size_t got = fread(s, 1, (size_t)n, fp);
-    s[got] = '\0';
-    fclose(fp);
-    return s;
 }
 
 /* Starts the CLI with "--endpoint CONTROL" and the NULL-terminated words in
@@ -132,17 +97,7 @@ static pid_t spawn_cli_v(fixture_t *f, const char *first, va_list ap)
         argv[n++] = (char *)a;
     }
     argv[n] = NULL;
-
-    posix_spawn_file_actions_t fa;
-    ck_assert_int_eq(posix_spawn_file_actions_init(&fa), 0);
-    ck_assert_int_eq(posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0), 0);
-    ck_assert_int_eq(posix_spawn_file_actions_addopen(&fa, 1, f->out_path, O_WRONLY | O_CREAT | O_TRUNC, 0600), 0);
-    ck_assert_int_eq(posix_spawn_file_actions_addopen(&fa, 2, f->err_path, O_WRONLY | O_CREAT | O_TRUNC, 0600), 0);
-    pid_t pid;
-    int rc = posix_spawn(&pid, CLI_PATH, &fa, NULL, argv, environ);
-    posix_spawn_file_actions_destroy(&fa);
-    ck_assert_msg(rc == 0, "posix_spawn %s: %s", CLI_PATH, strerror(rc));
-    return pid;
+    return th_spawn_to_files(argv, f->out_path, f->err_path);
 }
 
 static pid_t spawn_cli(fixture_t *f, const char *first, ...)
@@ -154,34 +109,25 @@ static pid_t spawn_cli(fixture_t *f, const char *first, ...)
     return pid;
 }
 
+/* Waits for the CLI started at t0 (th_now_ms) and collects its output. */
 static result_t wait_cli(fixture_t *f, pid_t pid, double t0)
 {
     result_t r = {0};
     int status = 0;
-    for (;;) {
-        pid_t w = waitpid(pid, &status, WNOHANG);
-        if (w == pid)
-            break;
-        ck_assert_msg(w == 0 || errno == EINTR, "waitpid: %s", strerror(errno));
-        if (now_s() - t0 > RUN_LIMIT_MS / 1000.0) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &status, 0);
-            ck_abort_msg("the CLI did not finish within %d ms", RUN_LIMIT_MS);
-        }
-        struct timespec ts = {0, 5 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
-    r.secs = now_s() - t0;
+    double left = RUN_LIMIT_MS - (th_now_ms() - t0);
+    if (th_wait_exit(pid, left > 0 ? (int)left : 0, &status) != 0)
+        ck_abort_msg("the CLI did not finish within %d ms", RUN_LIMIT_MS);
+    r.secs = (th_now_ms() - t0) / 1000;
     r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    r.out = slurp(f->out_path);
-    r.err = slurp(f->err_path);
+    r.out = th_slurp(f->out_path);
+    r.err = th_slurp(f->err_path);
     return r;
 }
 
 /* Runs the CLI to completion: run(&f, "get", "psu1", "voltage", NULL). */
 static result_t run(fixture_t *f, const char *first, ...)
 {
-    double t0 = now_s();
+    double t0 = th_now_ms();
     va_list ap;
     va_start(ap, first);
     pid_t pid = spawn_cli_v(f, first, ap);
@@ -514,15 +460,15 @@ START_TEST(test_watch_sigint_summarises)
 {
     fixture_t f;
     fx_init(&f, true);
-    double t0 = now_s();
+    double t0 = th_now_ms();
     pid_t pid = spawn_cli(&f, "watch", "daq1/wave", "--duration", "15", NULL);
     /* Interrupt only once blocks flow: into a file watch prints a line per
      * second, and before its first line it may not yet catch the signal. */
     for (bool flowing = false; !flowing;) {
-        ck_assert_msg(now_s() - t0 < 10, "watch printed no live line within 10 s");
+        ck_assert_msg(th_now_ms() - t0 < 10000, "watch printed no live line within 10 s");
         struct timespec ts = {0, 50 * 1000 * 1000};
         nanosleep(&ts, NULL);
-        char *out = slurp(f.out_path);
+        char *out = th_slurp(f.out_path);
         flowing = strstr(out, "blocks/s") != NULL;
         free(out);
     }
@@ -577,15 +523,6 @@ static Suite *cli_suite(void)
     return s;
 }
 
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    remove(path);
-    return 0;
-}
-
 int main(void)
 {
     char base[] = "/tmp/labmq-test-cli-XXXXXX";
@@ -598,6 +535,6 @@ int main(void)
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
-    nftw(base, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    th_rmtree(base);
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

@@ -6,7 +6,6 @@
  * setenv stays inside the test). */
 #include <check.h>
 #include <errno.h>
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +13,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "harness.h"
 #include "labmq/labmq.h"
 
 static const char *opt_value(const lmq_config_device_t *d, const char *name)
@@ -166,48 +166,20 @@ END_TEST
 
 /* ---- files ---- */
 
-static char tmpdir[64];
-
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st, (void)flag, (void)ftw;
-    remove(path);
-    return 0;
-}
-
-static void make_tmpdir(void)
-{
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/lmq-test-config-XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
-}
-
-static void remove_tmpdir(void)
-{
-    if (tmpdir[0])
-        nftw(tmpdir, rm_one, 8, FTW_DEPTH | FTW_PHYS);
-    tmpdir[0] = '\0';
-}
-
-static void write_file(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    ck_assert_ptr_nonnull(f);
-    fputs(text, f);
-    ck_assert_int_eq(fclose(f), 0);
-}
-
 START_TEST(test_load_file)
 {
+    char tmpdir[64];
+    th_tempdir(tmpdir, sizeof tmpdir);
     char path[128], *err = NULL;
     snprintf(path, sizeof path, "%s/lab.yaml", tmpdir);
-    write_file(path, good_yaml);
+    th_write_file(path, good_yaml);
     lmq_config_t *cfg = lmq_config_load(path, &err);
     ck_assert_msg(cfg != NULL, "%s", err ? err : "");
     ck_assert_uint_eq(lmq_config_device_count(cfg), 3);
     lmq_config_destroy(&cfg);
 
     /* Messages name the file. */
-    write_file(path, "devices:\n  - name: p\n    driver: sim-psu\n    options: {fps: 1}\n");
+    th_write_file(path, "devices:\n  - name: p\n    driver: sim-psu\n    options: {fps: 1}\n");
     ck_assert_ptr_null(lmq_config_load(path, &err));
     char want[160];
     snprintf(want, sizeof want, "%s:4:15: device 'p': option 'fps'", path);
@@ -226,6 +198,7 @@ START_TEST(test_load_file)
     ck_assert_ptr_null(lmq_config_load(NULL, &err));
     ck_assert_ptr_nonnull(err);
     free(err);
+    th_rmtree(tmpdir);
 }
 END_TEST
 
@@ -265,6 +238,8 @@ END_TEST
 
 START_TEST(test_endpoint_create)
 {
+    char tmpdir[64];
+    th_tempdir(tmpdir, sizeof tmpdir);
     char xdg[128], dir[160], want[200], ep[256];
     snprintf(xdg, sizeof xdg, "%s/run", tmpdir);
     ck_assert_int_eq(mkdir(xdg, 0700), 0);
@@ -296,11 +271,14 @@ START_TEST(test_endpoint_create)
     ck_assert_int_eq(lmq_default_endpoint(ep, sizeof ep, "control", false), 0);
     snprintf(want, sizeof want, "ipc:///tmp/labmq-%lu/control", (unsigned long)getuid());
     ck_assert_str_eq(ep, want);
+    th_rmtree(tmpdir);
 }
 END_TEST
 
 START_TEST(test_endpoint_refuse)
 {
+    char tmpdir[64];
+    th_tempdir(tmpdir, sizeof tmpdir);
     char xdg[128], dir[160], ep[256];
     snprintf(xdg, sizeof xdg, "%s/run", tmpdir);
     ck_assert_int_eq(mkdir(xdg, 0700), 0);
@@ -328,7 +306,7 @@ START_TEST(test_endpoint_refuse)
 
     /* A file in its place. */
     ck_assert_int_eq(unlink(dir), 0);
-    write_file(dir, "");
+    th_write_file(dir, "");
     ck_assert_int_eq(lmq_default_endpoint(ep, sizeof ep, "data", true), LMQ_ECONFIG);
 
     /* Missing parent: not created behind the user's back. */
@@ -344,6 +322,7 @@ START_TEST(test_endpoint_refuse)
     longdir[sizeof longdir - 1] = '\0';
     setenv("XDG_RUNTIME_DIR", longdir, 1);
     ck_assert_int_eq(lmq_default_endpoint(ep, sizeof ep, "control", false), LMQ_ECONFIG);
+    th_rmtree(tmpdir);
 }
 END_TEST
 
@@ -357,7 +336,6 @@ static Suite *config_suite(void)
     suite_add_tcase(s, tc);
 
     tc = tcase_create("files");
-    tcase_add_checked_fixture(tc, make_tmpdir, remove_tmpdir);
     tcase_add_test(tc, test_load_file);
     tcase_add_test(tc, test_endpoint_create);
     tcase_add_test(tc, test_endpoint_refuse);

@@ -6,23 +6,17 @@
  * Children are started with posix_spawn: a test creates its ZeroMQ context
  * (for the readiness ping) before spawning, and fork after that is unsafe. */
 #include <check.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 #include <zmq.h>
 
+#include "harness.h"
 #include "labmq/labmq.h"
-
-extern char **environ;
 
 #define LABMQD LMQ_BUILD_DIR "/workers/labmqd/labmqd"
 #define IV_SCAN LMQ_BUILD_DIR "/examples/iv_scan"
@@ -34,114 +28,56 @@ extern char **environ;
 #define START_TIMEOUT_MS 20000
 #define RUN_TIMEOUT_MS 60000
 
-static struct lab {
+typedef struct lab {
     char dir[64];
     char control[128], data[128], log[128];
     pid_t daemon;
-} lab;
+} lab_t;
 
-/* Check exits the test process on a failed assertion; this makes sure the
- * daemon does not outlive it. */
-static void kill_daemon(void)
+/* Runs argv to completion with its output into out_path; returns the wait
+ * status. An overrun is a failure (the child is killed first). */
+static int run_to_file(char *const argv[], const char *out_path, const char *what)
 {
-    if (lab.daemon > 0) {
-        kill(lab.daemon, SIGKILL);
-        waitpid(lab.daemon, NULL, 0);
-        lab.daemon = 0;
-    }
-}
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Starts argv with stdout and stderr into out_path (so a large output cannot
- * block the child on a full pipe) and stdin from /dev/null. */
-static pid_t spawn_to_file(char *const argv[], const char *out_path)
-{
-    posix_spawn_file_actions_t fa;
-    ck_assert_int_eq(posix_spawn_file_actions_init(&fa), 0);
-    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&fa, 1, out_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    pid_t pid;
-    int rc = posix_spawn(&pid, argv[0], &fa, NULL, argv, environ);
-    posix_spawn_file_actions_destroy(&fa);
-    ck_assert_msg(rc == 0, "posix_spawn %s: %s", argv[0], strerror(rc));
-    return pid;
-}
-
-/* Waits for pid up to timeout_ms; kills it when it overruns. Returns the wait status. */
-static int wait_for(pid_t pid, int timeout_ms, const char *what)
-{
-    int64_t deadline = now_ms() + timeout_ms;
     int status;
-    for (;;) {
-        pid_t r = waitpid(pid, &status, WNOHANG);
-        if (r == pid)
-            return status;
-        ck_assert_msg(r == 0, "waitpid %s: %s", what, strerror(errno));
-        if (now_ms() > deadline) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &status, 0);
-            ck_abort_msg("%s did not finish within %d ms", what, timeout_ms);
-        }
-        usleep(20000);
-    }
+    if (th_wait_exit(th_spawn_to_files(argv, out_path, NULL), RUN_TIMEOUT_MS, &status) != 0)
+        ck_abort_msg("%s did not finish within %d ms", what, RUN_TIMEOUT_MS);
+    return status;
 }
 
-/* The whole file as a string (caller frees). */
-static char *slurp(const char *path)
+static void lab_start(lab_t *lab)
 {
-    FILE *f = fopen(path, "rb");
-    ck_assert_msg(f != NULL, "open %s: %s", path, strerror(errno));
-    size_t cap = 4096, len = 0;
-    char *buf = malloc(cap);
-    size_t n;
-    while (buf && (n = fread(buf + len, 1, cap - len - 1, f)) > 0) {
-        len += n;
-        if (cap - len < 2)
-            buf = realloc(buf, cap *= 2);
-    }
-    fclose(f);
-    ck_assert_ptr_nonnull(buf);
-    buf[len] = '\0';
-    return buf;
-}
+    memset(lab, 0, sizeof *lab);
+    th_tempdir(lab->dir, sizeof lab->dir);
+    snprintf(lab->control, sizeof lab->control, "ipc://%s/control", lab->dir);
+    snprintf(lab->data, sizeof lab->data, "ipc://%s/data", lab->dir);
+    snprintf(lab->log, sizeof lab->log, "%s/labmqd.log", lab->dir);
 
-static void lab_start(void)
-{
-    snprintf(lab.dir, sizeof lab.dir, "/tmp/lmq-test-ex.XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(lab.dir));
-    snprintf(lab.control, sizeof lab.control, "ipc://%s/control", lab.dir);
-    snprintf(lab.data, sizeof lab.data, "ipc://%s/data", lab.dir);
-    snprintf(lab.log, sizeof lab.log, "%s/labmqd.log", lab.dir);
-    atexit(kill_daemon);
-
-    char *argv[] = {LABMQD, "--config", SIM_LAB, "--control", lab.control, "--data", lab.data, NULL};
-    lab.daemon = spawn_to_file(argv, lab.log);
+    char *argv[] = {LABMQD, "--config", SIM_LAB, "--control", lab->control, "--data", lab->data, NULL};
+    lab->daemon = th_spawn_to_files(argv, lab->log, NULL);
 
     /* Ready = answers a ping. */
     void *zctx = zmq_ctx_new();
     ck_assert_ptr_nonnull(zctx);
-    lmq_proxy_t *p = lmq_proxy_new(zctx, lab.control, NULL);
+    lmq_proxy_t *p = lmq_proxy_new(zctx, lab->control, NULL);
     ck_assert_ptr_nonnull(p);
     lmq_proxy_set_timeout(p, 500);
-    int64_t deadline = now_ms() + START_TIMEOUT_MS;
+    double deadline = th_now_ms() + START_TIMEOUT_MS;
     int rc;
     char *json = NULL;
     while ((rc = lmq_proxy_ping(p, &json)) != 0) {
         int status;
-        if (waitpid(lab.daemon, &status, WNOHANG) == lab.daemon) {
-            lab.daemon = 0;
-            char *log = slurp(lab.log);
+        if (waitpid(lab->daemon, &status, WNOHANG) == lab->daemon) {
+            lab->daemon = 0;
+            char *log = th_slurp(lab->log);
             ck_abort_msg("labmqd exited (status 0x%x) before answering:\n%s", (unsigned)status, log);
         }
-        ck_assert_msg(now_ms() < deadline, "labmqd did not answer a ping within %d ms: %s", START_TIMEOUT_MS,
-                      lmq_proxy_last_error(p));
+        if (th_now_ms() >= deadline) {
+            /* The daemon must not outlive the test. */
+            kill(lab->daemon, SIGKILL);
+            waitpid(lab->daemon, NULL, 0);
+            ck_abort_msg("labmqd did not answer a ping within %d ms: %s", START_TIMEOUT_MS,
+                         lmq_proxy_last_error(p));
+        }
     }
     free(json);
     lmq_proxy_destroy(&p);
@@ -149,20 +85,18 @@ static void lab_start(void)
 }
 
 /* SIGTERM is how scripts and service managers stop the daemon: it must exit 0. */
-static void lab_stop(void)
+static void lab_stop(lab_t *lab)
 {
-    ck_assert_int_eq(kill(lab.daemon, SIGTERM), 0);
-    int status = wait_for(lab.daemon, START_TIMEOUT_MS, "labmqd after SIGTERM");
-    lab.daemon = 0;
+    ck_assert_int_eq(kill(lab->daemon, SIGTERM), 0);
+    int status;
+    int rc = th_wait_exit(lab->daemon, START_TIMEOUT_MS, &status);
+    lab->daemon = 0;
+    ck_assert_msg(rc == 0, "labmqd after SIGTERM did not finish within %d ms", START_TIMEOUT_MS);
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        char *log = slurp(lab.log);
+        char *log = th_slurp(lab->log);
         ck_abort_msg("labmqd ended with status 0x%x after SIGTERM:\n%s", (unsigned)status, log);
     }
-    /* posix_spawn rather than system(): system() forks this (ZeroMQ) process. */
-    char *argv[] = {"/bin/rm", "-rf", lab.dir, NULL};
-    pid_t pid;
-    if (posix_spawn(&pid, argv[0], NULL, NULL, argv, environ) == 0)
-        waitpid(pid, NULL, 0);
+    th_rmtree(lab->dir);
 }
 
 /* Checks an iv_scan transcript: a table of "V_set V_meas I" rows whose
@@ -214,45 +148,51 @@ static void check_output(const char *what, const char *out)
     ck_assert_msg(lost == 0, "%s: %llu stream blocks lost:\n%s", what, lost, out);
 }
 
+/* Runs one example (cmd: program and script, NULL-terminated) against a fresh
+ * lab: it must exit 0 and print a rising I-V curve with no block lost. */
+static void check_example(const char *what, char *const cmd[])
+{
+    lab_t lab;
+    lab_start(&lab);
+    char out_path[128];
+    snprintf(out_path, sizeof out_path, "%s/%s.out", lab.dir, what);
+    char *argv[8];
+    int n = 0;
+    while (*cmd)
+        argv[n++] = *cmd++;
+    argv[n++] = "--endpoint";
+    argv[n++] = lab.control;
+    argv[n] = NULL;
+    int status = run_to_file(argv, out_path, what);
+    char *out = th_slurp(out_path);
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s failed (status 0x%x):\n%s", what,
+                  (unsigned)status, out);
+    check_output(what, out);
+    free(out);
+    lab_stop(&lab);
+}
+
 START_TEST(c_example)
 {
-    lab_start();
-    char out_path[128];
-    snprintf(out_path, sizeof out_path, "%s/iv_scan.out", lab.dir);
-    char *argv[] = {IV_SCAN, "--endpoint", lab.control, NULL};
-    int status = wait_for(spawn_to_file(argv, out_path), RUN_TIMEOUT_MS, "iv_scan");
-    char *out = slurp(out_path);
-    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "iv_scan failed (status 0x%x):\n%s",
-                  (unsigned)status, out);
-    check_output("iv_scan", out);
-    free(out);
-    lab_stop();
+    char *const cmd[] = {IV_SCAN, NULL};
+    check_example("iv_scan", cmd);
 }
 END_TEST
 
 START_TEST(python_example)
 {
     ck_assert_msg(access(PYTHON, X_OK) == 0, PYTHON " is missing: run scripts/setup-deps.sh");
-    lab_start();
-    char out_path[128];
-    snprintf(out_path, sizeof out_path, "%s/iv_scan_py.out", lab.dir);
     /* The data endpoint is left to the script: it asks the daemon (ping). */
-    char *argv[] = {PYTHON, IV_SCAN_PY, "--endpoint", lab.control, NULL};
-    int status = wait_for(spawn_to_file(argv, out_path), RUN_TIMEOUT_MS, "iv_scan.py");
-    char *out = slurp(out_path);
-    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "iv_scan.py failed (status 0x%x):\n%s",
-                  (unsigned)status, out);
-    check_output("iv_scan.py", out);
-    free(out);
-    lab_stop();
+    char *const cmd[] = {PYTHON, IV_SCAN_PY, NULL};
+    check_example("iv_scan.py", cmd);
 }
 END_TEST
 
 /* No daemon: both examples must say so and exit 1 promptly, not hang. */
 START_TEST(no_daemon)
 {
-    char dir[] = "/tmp/lmq-test-ex.XXXXXX";
-    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char dir[64];
+    th_tempdir(dir, sizeof dir);
     char ep[128], out_path[128];
     snprintf(ep, sizeof ep, "ipc://%s/control", dir);
     snprintf(out_path, sizeof out_path, "%s/out", dir);
@@ -261,15 +201,14 @@ START_TEST(no_daemon)
     char *py_argv[] = {PYTHON, IV_SCAN_PY, "--endpoint", ep, NULL};
     char *const *argvs[] = {c_argv, py_argv};
     for (int k = 0; k < 2; k++) {
-        int status = wait_for(spawn_to_file(argvs[k], out_path), RUN_TIMEOUT_MS, argvs[k][0]);
-        char *out = slurp(out_path);
+        int status = run_to_file(argvs[k], out_path, argvs[k][0]);
+        char *out = th_slurp(out_path);
         ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 1, "%s: expected exit 1, got 0x%x:\n%s",
                       argvs[k][0], (unsigned)status, out);
         ck_assert_msg(strstr(out, "no labmqd answers") != NULL, "%s: unclear message:\n%s", argvs[k][0], out);
         free(out);
     }
-    unlink(out_path);
-    rmdir(dir);
+    th_rmtree(dir);
 }
 END_TEST
 

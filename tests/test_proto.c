@@ -109,6 +109,19 @@ END_TEST
 
 static const char *lab_yaml = "devices:\n  - name: psu1\n    driver: sim-psu\n";
 
+/* A raw socket of `type` connected to the daemon's control endpoint; a
+ * receive gives up after 5 s. */
+static void *raw_socket(void *ctx, int type, const th_daemon_t *d)
+{
+    void *sock = zmq_socket(ctx, type);
+    ck_assert_ptr_nonnull(sock);
+    int timeout = 5000, linger = 0;
+    zmq_setsockopt(sock, ZMQ_RCVTIMEO, &timeout, sizeof timeout);
+    zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
+    ck_assert_int_eq(zmq_connect(sock, d->control), 0);
+    return sock;
+}
+
 /* Sends the frames, returns the reply header parsed (caller decrefs). */
 static json_t *raw_request(void *sock, const char *const *frames, const size_t *lens, size_t n)
 {
@@ -189,11 +202,7 @@ START_TEST(malformed_requests_get_specific_errors)
     th_daemon_t d;
     th_daemon_start(&d, lab_yaml);
     void *ctx = zmq_ctx_new();
-    void *sock = zmq_socket(ctx, ZMQ_DEALER);
-    int timeout = 5000, linger = 0;
-    zmq_setsockopt(sock, ZMQ_RCVTIMEO, &timeout, sizeof timeout);
-    zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
-    ck_assert_int_eq(zmq_connect(sock, d.control), 0);
+    void *sock = raw_socket(ctx, ZMQ_DEALER, &d);
     expect_ping_ok(sock);
     for (size_t i = 0; i < sizeof malformed / sizeof malformed[0]; i++) {
         json_t *r = raw1(sock, malformed[i].header);
@@ -220,11 +229,7 @@ START_TEST(malformed_framing_and_limits)
     th_daemon_t d;
     th_daemon_start(&d, lab_yaml);
     void *ctx = zmq_ctx_new();
-    void *sock = zmq_socket(ctx, ZMQ_DEALER);
-    int timeout = 5000, linger = 0;
-    zmq_setsockopt(sock, ZMQ_RCVTIMEO, &timeout, sizeof timeout);
-    zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
-    ck_assert_int_eq(zmq_connect(sock, d.control), 0);
+    void *sock = raw_socket(ctx, ZMQ_DEALER, &d);
 
     /* oversize header */
     size_t big = 70000;
@@ -279,11 +284,7 @@ START_TEST(req_clients_are_served_too)
     th_daemon_t d;
     th_daemon_start(&d, lab_yaml);
     void *ctx = zmq_ctx_new();
-    void *sock = zmq_socket(ctx, ZMQ_REQ);
-    int timeout = 5000, linger = 0;
-    zmq_setsockopt(sock, ZMQ_RCVTIMEO, &timeout, sizeof timeout);
-    zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
-    ck_assert_int_eq(zmq_connect(sock, d.control), 0);
+    void *sock = raw_socket(ctx, ZMQ_REQ, &d);
     json_t *r = raw1(sock, "{\"v\":1,\"id\":1,\"op\":\"set\",\"device\":\"psu1\",\"name\":\"voltage\",\"value\":2}");
     ck_assert(json_is_true(json_object_get(r, "ok")));
     json_decref(r);

@@ -16,6 +16,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "harness.h"
 #include "labmq/labmq.h"
 
 #define CTL "inproc://t-ctl"
@@ -32,13 +33,6 @@ typedef struct lab {
     void *zctx;
     lmq_daemon_t *daemon;
 } lab_t;
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void lab_start(lab_t *lab, const devspec_t *devs, size_t n)
 {
@@ -254,14 +248,14 @@ START_TEST(psu_slew_is_paced)
     lmq_proxy_t *psu = proxy(&lab, "psu1");
     set_d(psu, "current_limit", 1.0);
     set_b(psu, "output", true);
-    int64_t t0 = now_ms();
+    double t0 = th_now_ms();
     set_d(psu, "voltage", 10.0); /* 0.5 s at 20 V/s */
     double v_early = get_d(psu, "measured_voltage");
-    int64_t t_early = now_ms() - t0;
+    double t_early = th_now_ms() - t0;
     if (t_early < 400)
-        ck_assert_msg(v_early < 9.9, "%g V after %lld ms", v_early, (long long)t_early);
-    ck_assert_msg(v_early <= 20.0 * (double)(t_early + 5) / 1000.0, "%g V after %lld ms", v_early,
-                  (long long)t_early);
+        ck_assert_msg(v_early < 9.9, "%g V after %.0f ms", v_early, t_early);
+    ck_assert_msg(v_early <= 20.0 * (double)(t_early + 5) / 1000.0, "%g V after %.0f ms", v_early,
+                  t_early);
     usleep(600000);
     ck_assert_double_eq_tol(get_d(psu, "measured_voltage"), 10.0, 1e-9);
     lmq_proxy_destroy(&psu);
@@ -410,15 +404,15 @@ START_TEST(daq_wave_stream)
 
     enum { N = 12 };
     lmq_frame_t *f[N];
-    int64_t t_first = 0;
+    double t_first = 0;
     for (int k = 0; k < N; k++) {
         int rc = lmq_sub_recv(sub, &f[k], 5000);
         ck_assert_msg(rc == 0, "block %d: %s", k, lmq_status_name(rc));
         if (k == 0)
-            t_first = now_ms();
+            t_first = th_now_ms();
     }
-    int64_t elapsed = now_ms() - t_first; /* 11 periods of 50 ms */
-    ck_assert_msg(elapsed > 300 && elapsed < 3000, "%d blocks took %lld ms", N - 1, (long long)elapsed);
+    double elapsed = th_now_ms() - t_first; /* 11 periods of 50 ms */
+    ck_assert_msg(elapsed > 300 && elapsed < 3000, "%d blocks took %.0f ms", N - 1, elapsed);
     ck_assert_uint_eq(lmq_sub_lost(sub), 0);
     double step = 2 * M_PI * 50.0 / 10000.0 * 1.0; /* largest change between samples, amplitude 1 V */
     for (int k = 0; k < N; k++) {
@@ -555,15 +549,15 @@ START_TEST(fault_delay)
     assert_get_s(psu, "fault", "none");
     set_s(psu, "fault", "delay:250");
     assert_get_s(psu, "fault", "delay:250"); /* the knob itself is never delayed */
-    int64_t t0 = now_ms();
+    double t0 = th_now_ms();
     get_d(psu, "voltage");
-    int64_t dt = now_ms() - t0;
-    ck_assert_msg(dt >= 240, "delayed get took %lld ms", (long long)dt);
+    double dt = th_now_ms() - t0;
+    ck_assert_msg(dt >= 240, "delayed get took %.0f ms", dt);
     set_s(psu, "fault", "none");
-    t0 = now_ms();
+    t0 = th_now_ms();
     get_d(psu, "voltage");
-    dt = now_ms() - t0;
-    ck_assert_msg(dt < 240, "cleared get took %lld ms", (long long)dt);
+    dt = th_now_ms() - t0;
+    ck_assert_msg(dt < 240, "cleared get took %.0f ms", dt);
     lmq_proxy_destroy(&psu);
     lab_stop(&lab);
 }
@@ -620,9 +614,9 @@ START_TEST(fault_hang)
 
     set_s(psu, "fault", "hang:1500");
     lmq_proxy_set_timeout(psu, 200);
-    int64_t t0 = now_ms();
+    double t0 = th_now_ms();
     assert_error(psu, lmq_proxy_get_double(psu, "voltage", &v), LMQ_ETIMEOUT, NULL);
-    ck_assert_msg(now_ms() - t0 < 1000, "the client waited %lld ms", (long long)(now_ms() - t0));
+    ck_assert_msg(th_now_ms() - t0 < 1000, "the client waited %.0f ms", th_now_ms() - t0);
     /* Other devices are not held up by the hung one. */
     get_d(daq, "sample_rate");
     /* The clear queues behind the hung request and lands when it expires. */
@@ -636,9 +630,9 @@ START_TEST(fault_hang)
     assert_error(psu, lmq_proxy_get_double(psu, "voltage", &v), LMQ_ETIMEOUT, NULL);
     lmq_proxy_destroy(&psu);
     lmq_proxy_destroy(&daq);
-    t0 = now_ms();
+    t0 = th_now_ms();
     lab_stop(&lab);
-    ck_assert_msg(now_ms() - t0 < 5000, "shutdown took %lld ms", (long long)(now_ms() - t0));
+    ck_assert_msg(th_now_ms() - t0 < 5000, "shutdown took %.0f ms", th_now_ms() - t0);
 }
 END_TEST
 

@@ -36,13 +36,56 @@ static json_t *parse_reply(cli_t *c, char *txt, const char *what)
     return j;
 }
 
-int cli_describe(cli_t *c, lmq_proxy_t *p, json_t **desc)
+/* A request answered with JSON text: lmq_proxy_ping, _list, _stats, _describe. */
+typedef int (*cli_op_t)(lmq_proxy_t *p, char **json);
+
+/* Runs op on a new proxy for `device` (NULL: daemon-wide). Returns the exit
+ * code; on CLI_OK *txt is the reply (caller frees) and, when rtt_ms is given,
+ * the round trip in ms. */
+static int ask(cli_t *c, const char *device, cli_op_t op, char **txt, double *rtt_ms)
+{
+    lmq_proxy_t *p = cli_proxy(c, device);
+    if (!p)
+        return CLI_FAILED;
+    *txt = NULL;
+    int64_t t0 = lmq_clock_mono_ns();
+    int rc = op(p, txt);
+    if (rtt_ms)
+        *rtt_ms = (double)(lmq_clock_mono_ns() - t0) / 1e6;
+    if (rc != 0) {
+        rc = cli_fail_proxy(c, p, rc);
+        free(*txt);
+        *txt = NULL;
+    }
+    lmq_proxy_destroy(&p);
+    return rc;
+}
+
+/* The common part of the commands that show one such reply: ask, then with
+ * --json print the text as the daemon sent it (scripts and other tools read
+ * the same JSON) and return NULL with *rc = CLI_OK; otherwise return the
+ * parsed reply for the command to format. NULL with *rc the exit code on
+ * failure (reported). */
+static json_t *fetch(cli_t *c, const char *device, cli_op_t op, const char *what, double *rtt_ms, int *rc)
 {
     char *txt = NULL;
-    int rc = lmq_proxy_describe(p, &txt);
-    if (rc != 0)
-        return cli_fail_proxy(c, p, rc);
-    json_t *j = parse_reply(c, txt, "describe");
+    *rc = ask(c, device, op, &txt, rtt_ms);
+    if (*rc != CLI_OK)
+        return NULL;
+    if (c->json) {
+        fprintf(c->out, "%s\n", txt);
+        free(txt);
+        return NULL;
+    }
+    json_t *j = parse_reply(c, txt, what);
+    if (!j)
+        *rc = CLI_FAILED;
+    return j;
+}
+
+/* A parsed describe reply must be an object; takes j. Returns the exit code. */
+static int take_description(cli_t *c, json_t *j, json_t **desc)
+{
     if (!j)
         return CLI_FAILED;
     if (!json_is_object(j)) {
@@ -51,6 +94,15 @@ int cli_describe(cli_t *c, lmq_proxy_t *p, json_t **desc)
     }
     *desc = j;
     return CLI_OK;
+}
+
+int cli_describe(cli_t *c, lmq_proxy_t *p, json_t **desc)
+{
+    char *txt = NULL;
+    int rc = lmq_proxy_describe(p, &txt);
+    if (rc != 0)
+        return cli_fail_proxy(c, p, rc);
+    return take_description(c, parse_reply(c, txt, "describe"), desc);
 }
 
 json_t *cli_desc_find(json_t *desc, const char *section, const char *name)
@@ -124,17 +176,10 @@ int cli_resolve_data(cli_t *c)
 {
     if (c->data[0])
         return CLI_OK;
-    lmq_proxy_t *p = cli_proxy(c, NULL);
-    if (!p)
-        return CLI_FAILED;
     char *txt = NULL;
-    int rc = lmq_proxy_ping(p, &txt);
-    if (rc != 0) {
-        rc = cli_fail_proxy(c, p, rc);
-        lmq_proxy_destroy(&p);
+    int rc = ask(c, NULL, lmq_proxy_ping, &txt, NULL);
+    if (rc != CLI_OK)
         return rc;
-    }
-    lmq_proxy_destroy(&p);
     json_t *j = parse_reply(c, txt, "ping");
     if (!j)
         return CLI_FAILED;
@@ -258,27 +303,11 @@ int cli_cmd_ping(cli_t *c, int argc, char **argv)
 {
     (void)argc;
     (void)argv;
-    lmq_proxy_t *p = cli_proxy(c, NULL);
-    if (!p)
-        return CLI_FAILED;
-    char *txt = NULL;
-    int64_t t0 = lmq_clock_mono_ns();
-    int rc = lmq_proxy_ping(p, &txt);
-    double rtt_ms = (double)(lmq_clock_mono_ns() - t0) / 1e6;
-    if (rc != 0) {
-        rc = cli_fail_proxy(c, p, rc);
-        lmq_proxy_destroy(&p);
-        return rc;
-    }
-    lmq_proxy_destroy(&p);
-    if (c->json) {
-        fprintf(c->out, "%s\n", txt);
-        free(txt);
-        return CLI_OK;
-    }
-    json_t *j = parse_reply(c, txt, "ping");
+    double rtt_ms = 0;
+    int rc;
+    json_t *j = fetch(c, NULL, lmq_proxy_ping, "ping", &rtt_ms, &rc);
     if (!j)
-        return CLI_FAILED;
+        return rc;
     char up[32], proto[32];
     fmt_uptime(up, sizeof up, json_number_value(json_object_get(j, "uptime_s")));
     fmt_number(proto, sizeof proto, json_object_get(j, "protocol"));
@@ -296,25 +325,10 @@ int cli_cmd_ls(cli_t *c, int argc, char **argv)
 {
     (void)argc;
     (void)argv;
-    lmq_proxy_t *p = cli_proxy(c, NULL);
-    if (!p)
-        return CLI_FAILED;
-    char *txt = NULL;
-    int rc = lmq_proxy_list(p, &txt);
-    if (rc != 0) {
-        rc = cli_fail_proxy(c, p, rc);
-        lmq_proxy_destroy(&p);
-        return rc;
-    }
-    lmq_proxy_destroy(&p);
-    if (c->json) {
-        fprintf(c->out, "%s\n", txt);
-        free(txt);
-        return CLI_OK;
-    }
-    json_t *j = parse_reply(c, txt, "list");
+    int rc;
+    json_t *j = fetch(c, NULL, lmq_proxy_list, "list", NULL, &rc);
     if (!j)
-        return CLI_FAILED;
+        return rc;
     if (json_array_size(j) == 0) {
         fprintf(c->out, "no devices (the daemon at %s serves none: check its configuration)\n", c->control);
         json_decref(j);
@@ -407,25 +421,11 @@ int cli_cmd_describe(cli_t *c, int argc, char **argv)
 {
     (void)argc;
     const char *dev = argv[0];
-    lmq_proxy_t *p = cli_proxy(c, dev);
-    if (!p)
-        return CLI_FAILED;
-    if (c->json) {
-        /* As the daemon sent it: scripts and other tools read the same JSON. */
-        char *txt = NULL;
-        int rc = lmq_proxy_describe(p, &txt);
-        if (rc != 0)
-            rc = cli_fail_proxy(c, p, rc);
-        else
-            fprintf(c->out, "%s\n", txt);
-        free(txt);
-        lmq_proxy_destroy(&p);
+    int rc;
+    json_t *desc = fetch(c, dev, lmq_proxy_describe, "describe", NULL, &rc);
+    if (!desc)
         return rc;
-    }
-    json_t *desc = NULL;
-    int rc = cli_describe(c, p, &desc);
-    lmq_proxy_destroy(&p);
-    if (rc != CLI_OK)
+    if ((rc = take_description(c, desc, &desc)) != CLI_OK)
         return rc;
 
     bool open = json_is_true(json_object_get(desc, "open"));
@@ -626,25 +626,10 @@ static void fmt_us(char *buf, size_t size, json_t *n)
 
 int cli_cmd_stats(cli_t *c, int argc, char **argv)
 {
-    lmq_proxy_t *p = cli_proxy(c, argc > 0 ? argv[0] : NULL);
-    if (!p)
-        return CLI_FAILED;
-    char *txt = NULL;
-    int rc = lmq_proxy_stats(p, &txt);
-    if (rc != 0) {
-        rc = cli_fail_proxy(c, p, rc);
-        lmq_proxy_destroy(&p);
-        return rc;
-    }
-    lmq_proxy_destroy(&p);
-    if (c->json) {
-        fprintf(c->out, "%s\n", txt);
-        free(txt);
-        return CLI_OK;
-    }
-    json_t *j = parse_reply(c, txt, "stats");
+    int rc;
+    json_t *j = fetch(c, argc > 0 ? argv[0] : NULL, lmq_proxy_stats, "stats", NULL, &rc);
     if (!j)
-        return CLI_FAILED;
+        return rc;
     char up[32], req[32], err[32];
     fmt_uptime(up, sizeof up, json_number_value(json_object_get(j, "uptime_s")));
     fmt_count(req, sizeof req, json_object_get(j, "requests"));
