@@ -1,0 +1,118 @@
+/* Fuzz target for the wire codec: everything a client controls on the way
+ * into the daemon (request header, binary frames, values), and everything a
+ * daemon controls on the way into a client (reply header).
+ *
+ * Input layout: byte 0 = number of binary frames (mod 4); the rest is split
+ * at the first "\n--\n" into the header and the binary payload, which is cut
+ * into that many frames of equal size.
+ *
+ * Built with clang -fsanitize=fuzzer when LMQ_FUZZ is on (scripts/fuzz.sh);
+ * otherwise main() below replays a corpus, which CI does under ASan/UBSan. */
+#include <dirent.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "proto.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (size < 1)
+        return 0;
+    size_t nbin = data[0] % 4;
+    const uint8_t *hdr = data + 1;
+    size_t hlen = size - 1, plen = 0;
+    const uint8_t *payload = NULL;
+    const uint8_t *sep = memmem(hdr, hlen, "\n--\n", 4);
+    if (sep) {
+        payload = sep + 4;
+        plen = (size_t)(hdr + hlen - payload);
+        hlen = (size_t)(sep - hdr);
+    }
+    lmq__frames_t bin;
+    lmq__frames_init(&bin);
+    for (size_t i = 0; i < nbin; i++) {
+        size_t part = nbin ? plen / nbin : 0;
+        zmq_msg_init_size(&bin.msg[i], part);
+        if (part)
+            memcpy(zmq_msg_data(&bin.msg[i]), payload + i * part, part);
+        bin.n++;
+    }
+
+    char err[600];
+    lmq__request_t req;
+    if (lmq__request_parse(hdr, hlen, nbin, &req, err, sizeof err) == 0) {
+        json_t *vals[LMQ__MAX_ARGS + 1];
+        size_t nv = 0;
+        for (size_t i = 0; req.args && i < json_array_size(req.args); i++)
+            vals[nv++] = json_array_get(req.args, i);
+        if (req.value)
+            vals[nv++] = req.value;
+        for (size_t i = 0; i < nv; i++) {
+            lmq_value_t v = {0};
+            if (lmq__value_from_json(vals[i], &bin, &v, err, sizeof err) == 0) {
+                /* What the daemon accepts it must be able to send back. */
+                lmq__frames_t out;
+                lmq__frames_init(&out);
+                zmq_msg_t reply;
+                if (lmq__reply_value(&reply, req.id, &v, &out) == 0)
+                    zmq_msg_close(&reply);
+                lmq__frames_close(&out);
+            }
+            lmq_value_clear(&v);
+        }
+    } else if (strlen(err) == 0) {
+        abort(); /* every refusal must say why */
+    }
+    lmq__request_clear(&req);
+
+    lmq__reply_t rep;
+    lmq__reply_parse(hdr, hlen, &rep, err, sizeof err);
+    lmq__reply_clear(&rep);
+    lmq__frames_close(&bin);
+    return 0;
+}
+
+#ifndef LMQ_LIBFUZZER
+/* Replays every file in the given directories (or files) once. */
+static int replay(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return -1;
+    static uint8_t buf[1 << 20];
+    size_t n = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    return LLVMFuzzerTestOneInput(buf, n);
+}
+
+int main(int argc, char **argv)
+{
+    int count = 0;
+    for (int a = 1; a < argc; a++) {
+        DIR *d = opendir(argv[a]);
+        if (!d) {
+            if (replay(argv[a]) != 0) {
+                fprintf(stderr, "cannot read %s\n", argv[a]);
+                return 1;
+            }
+            count++;
+            continue;
+        }
+        struct dirent *e;
+        char path[4096];
+        while ((e = readdir(d))) {
+            if (e->d_name[0] == '.')
+                continue;
+            snprintf(path, sizeof path, "%s/%s", argv[a], e->d_name);
+            if (replay(path) == 0)
+                count++;
+        }
+        closedir(d);
+    }
+    printf("fuzz_proto: replayed %d inputs\n", count);
+    return count > 0 ? 0 : 1;
+}
+#endif
