@@ -298,6 +298,125 @@ START_TEST(req_clients_are_served_too)
 }
 END_TEST
 
+/* ---- a storm of mutated requests ---- */
+
+static uint64_t rng_next(uint64_t *s)
+{
+    /* xorshift64*: deterministic, so a failure replays with the same seed */
+    *s ^= *s >> 12;
+    *s ^= *s << 25;
+    *s ^= *s >> 27;
+    return *s * 2685821657736338717ULL;
+}
+
+static const char *const storm_templates[] = {
+    "{\"v\":1,\"id\":1,\"op\":\"ping\"}",
+    "{\"v\":1,\"id\":2,\"op\":\"list\"}",
+    "{\"v\":1,\"id\":3,\"op\":\"stats\",\"device\":\"psu1\"}",
+    "{\"v\":1,\"id\":4,\"op\":\"describe\",\"device\":\"psu1\"}",
+    "{\"v\":1,\"id\":5,\"op\":\"get\",\"device\":\"psu1\",\"name\":\"voltage\"}",
+    "{\"v\":1,\"id\":6,\"op\":\"set\",\"device\":\"psu1\",\"name\":\"voltage\",\"value\":1.5}",
+    "{\"v\":1,\"id\":7,\"op\":\"call\",\"device\":\"psu1\",\"name\":\"reset\",\"args\":[]}",
+    "{\"v\":1,\"id\":8,\"op\":\"set\",\"device\":\"psu1\",\"name\":\"voltage\",\"value\":"
+    "{\"$frame\":1,\"dtype\":\"<f8\",\"shape\":[1]}}",
+};
+
+/* Receives one reply (skipping a REQ-style empty delimiter) and checks it is
+ * a well-formed protocol reply. */
+static void expect_reply(void *sock, size_t i, uint64_t seed)
+{
+    zmq_msg_t m;
+    zmq_msg_init(&m);
+    ck_assert_msg(zmq_msg_recv(&m, sock, 0) >= 0, "request %zu (seed %llu): no reply", i, (unsigned long long)seed);
+    if (zmq_msg_size(&m) == 0 && zmq_msg_more(&m)) {
+        zmq_msg_close(&m);
+        zmq_msg_init(&m);
+        zmq_msg_recv(&m, sock, 0);
+    }
+    json_t *j = json_loadb(zmq_msg_data(&m), zmq_msg_size(&m), 0, NULL);
+    ck_assert_msg(j && json_is_boolean(json_object_get(j, "ok")), "request %zu (seed %llu): malformed reply", i,
+                  (unsigned long long)seed);
+    if (json_is_false(json_object_get(j, "ok"))) {
+        json_t *e = json_object_get(j, "error");
+        ck_assert(json_is_string(json_object_get(e, "code")));
+        ck_assert(json_string_length(json_object_get(e, "message")) > 0);
+    }
+    json_decref(j);
+    while (zmq_msg_more(&m)) {
+        zmq_msg_close(&m);
+        zmq_msg_init(&m);
+        zmq_msg_recv(&m, sock, 0);
+    }
+    zmq_msg_close(&m);
+}
+
+START_TEST(random_requests_never_stop_the_daemon)
+{
+    th_daemon_t d;
+    th_daemon_start(&d, lab_yaml);
+    void *ctx = zmq_ctx_new();
+    void *sock = raw_socket(ctx, ZMQ_DEALER, &d);
+    uint64_t seed = 0x1ab0c0ffeeULL, rng = seed;
+    enum { N = 3000 };
+    for (size_t i = 0; i < N; i++) {
+        const char *t = storm_templates[rng_next(&rng) % (sizeof storm_templates / sizeof *storm_templates)];
+        char hdr[512];
+        size_t len = strlen(t);
+        memcpy(hdr, t, len);
+        /* A few byte-level mutations: flips, random bytes, truncation, insertion. */
+        int muts = (int)(rng_next(&rng) % 4);
+        for (int k = 0; k < muts && len > 0; k++) {
+            uint64_t r = rng_next(&rng);
+            size_t at = (size_t)(r >> 8) % len;
+            switch (r % 4) {
+            case 0:
+                hdr[at] ^= (char)(1u << ((r >> 40) % 8));
+                break;
+            case 1:
+                hdr[at] = (char)(r >> 48);
+                break;
+            case 2:
+                len = at;
+                break;
+            default:
+                if (len + 1 < sizeof hdr) {
+                    memmove(hdr + at + 1, hdr + at, len - at);
+                    hdr[at] = "{}[]\",:0\\\xc3\xff"[(r >> 32) % 12];
+                    len++;
+                }
+            }
+        }
+        /* 0-3 binary frames of random sizes, sometimes an empty first frame
+         * (a REQ delimiter), rarely more frames than allowed. */
+        size_t nbin = rng_next(&rng) % 4;
+        if (rng_next(&rng) % 50 == 0)
+            nbin = 17 + rng_next(&rng) % 4;
+        bool delim = rng_next(&rng) % 10 == 0;
+        if (delim)
+            zmq_send(sock, "", 0, ZMQ_SNDMORE);
+        zmq_send(sock, hdr, len, nbin ? ZMQ_SNDMORE : 0);
+        for (size_t b = 0; b < nbin; b++) {
+            char junk[24];
+            size_t jl = rng_next(&rng) % sizeof junk;
+            for (size_t q = 0; q < jl; q++)
+                junk[q] = (char)rng_next(&rng);
+            zmq_send(sock, junk, jl, b + 1 < nbin ? ZMQ_SNDMORE : 0);
+        }
+        expect_reply(sock, i, seed);
+        if (i % 100 == 99)
+            expect_ping_ok(sock);
+    }
+    /* The device still works, and the daemon stops cleanly (sanitizers clean). */
+    json_t *r = raw1(sock, "{\"v\":1,\"id\":1,\"op\":\"get\",\"device\":\"psu1\",\"name\":\"voltage\"}");
+    ck_assert(json_is_true(json_object_get(r, "ok")));
+    json_decref(r);
+    zmq_close(sock);
+    zmq_ctx_term(ctx);
+    ck_assert_int_eq(th_daemon_stop(&d, SIGTERM), 0);
+    th_daemon_cleanup(&d);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("proto");
@@ -313,6 +432,7 @@ int main(void)
     tcase_add_test(daemon, malformed_requests_get_specific_errors);
     tcase_add_test(daemon, malformed_framing_and_limits);
     tcase_add_test(daemon, req_clients_are_served_too);
+    tcase_add_test(daemon, random_requests_never_stop_the_daemon);
     suite_add_tcase(s, daemon);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
