@@ -54,15 +54,16 @@ START_TEST(spawned_worker_uses_device_by_uri_only)
     snprintf(yaml, sizeof yaml, "devices:\n  - name: psu1\n    driver: sim-psu\n    options: {transcript: %s}\n",
              transcript);
     th_daemon_start(&d, yaml);
-    /* The handle lives in the daemon, on psu1's thread. */
-    ck_assert(holds_file(d.pid, transcript));
 
     /* The parent is a typical lab app: a context, a proxy, and a file it
      * opened carelessly without O_CLOEXEC. */
     void *ctx = zmq_ctx_new();
     lmq_proxy_t *p = lmq_proxy_new(ctx, d.control, "psu1");
     double v;
+    /* Answered only once psu1's thread has opened its driver... */
     ck_assert_int_eq(lmq_proxy_get_double(p, "voltage", &v), 0);
+    /* ...so by now the handle lives in the daemon, on psu1's thread. */
+    ck_assert(holds_file(d.pid, transcript));
     int leaky = open(transcript, O_RDONLY);
     ck_assert_int_ge(leaky, 3);
 

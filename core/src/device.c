@@ -546,7 +546,8 @@ static void handle_job(lmq_dev_t *dev, lmq__job_t *job)
         enc = lmq__reply_error(&job->reply, true, job->req.id, rc, msg);
         job->failed = true;
         lmq_log(dev->log, LMQ_LOG_DEBUG, dev->name, "%s failed: %s", lmq__op_name(job->req.op), msg);
-    }
+    } else
+        lmq_log(dev->log, LMQ_LOG_TRACE, dev->name, "%s %s: ok", lmq__op_name(job->req.op), job->req.name);
     if (enc != 0) /* out of memory while encoding: an empty reply frame the broker turns into MEM */
         zmq_msg_init(&job->reply);
 }
