@@ -337,7 +337,7 @@ START_TEST(pipelined_requests_all_answered)
     ck_assert_int_eq(lmq_daemon_start(d), 0);
     lmq_proxy_t *p = lmq_proxy_new(ctx, "inproc://lab", "psu1");
     enum { N = 200 };
-    static bool seen[N];
+    bool seen[N] = {false};
     uint64_t first = 0, id;
     for (int i = 0; i < N; i++) {
         CK_OK(p, lmq_proxy_send_get(p, "voltage", &id));

@@ -82,10 +82,13 @@ static int replay(const char *path)
     FILE *f = fopen(path, "rb");
     if (!f)
         return -1;
-    static uint8_t buf[1 << 20];
-    size_t n = fread(buf, 1, sizeof buf, f);
+    enum { REPLAY_MAX = 1 << 20 };
+    uint8_t *buf = malloc(REPLAY_MAX);
+    size_t n = buf ? fread(buf, 1, REPLAY_MAX, f) : 0;
     fclose(f);
-    return LLVMFuzzerTestOneInput(buf, n);
+    int rc = buf ? LLVMFuzzerTestOneInput(buf, n) : -1;
+    free(buf);
+    return rc;
 }
 
 int main(int argc, char **argv)
