@@ -64,8 +64,17 @@ json_t *lmq__describe(lmq_dev_t *dev)
     json_t *j = describe_tables(dev->drv, dev->name);
     if (!j)
         return NULL;
-    json_t *streams = json_object_get(j, "streams");
+    json_t *streams = json_object_get(j, "streams"), *props = json_object_get(j, "properties");
     pthread_mutex_lock(&dev->mu);
+    for (size_t i = 0; i < dev->nprops; i++) {
+        const lmq_property_t *p = &dev->drv->properties[i];
+        if (!p->limited)
+            continue;
+        double lo, hi;
+        lmq__dev_limits(dev, p, &lo, &hi);
+        json_object_set_new(json_array_get(props, i), "min", json_real(lo));
+        json_object_set_new(json_array_get(props, i), "max", json_real(hi));
+    }
     json_object_set_new(j, "open", json_boolean(dev->is_open));
     json_object_set_new(j, "error", dev->is_open ? json_null() : json_string(dev->open_error));
     for (size_t i = 0; i < dev->nstreams; i++) {

@@ -127,9 +127,14 @@ lmq_dev_t *lmq__dev_new(const char *name, const lmq_driver_t *drv, const char *c
     dev->nopts = count_named(drv->options, sizeof(lmq_option_t));
     dev->opts = calloc(dev->nopts + 1, sizeof *dev->opts);
     dev->streams = calloc(dev->nstreams + 1, sizeof *dev->streams);
-    if (!dev->name || !dev->connection || !dev->opts || !dev->streams) {
+    dev->limits = calloc(dev->nprops + 1, sizeof *dev->limits);
+    if (!dev->name || !dev->connection || !dev->opts || !dev->streams || !dev->limits) {
         snprintf(err, errlen, "out of memory");
         goto fail;
+    }
+    for (size_t i = 0; i < dev->nprops; i++) {
+        dev->limits[i][0] = drv->properties[i].min;
+        dev->limits[i][1] = drv->properties[i].max;
     }
     for (size_t i = 0; i < dev->nstreams; i++) {
         size_t len = strlen(name) + strlen(drv->streams[i].name) + 2;
@@ -193,6 +198,7 @@ void lmq__dev_destroy(lmq_dev_t **pdev)
         free(dev->streams[i].topic);
     free(dev->opts);
     free(dev->streams);
+    free(dev->limits);
     free(dev->name);
     free(dev->connection);
     pthread_mutex_destroy(&dev->mu);
@@ -214,6 +220,13 @@ const lmq_property_t *lmq__dev_property(const lmq_dev_t *dev, const char *name)
         if (strcmp(dev->drv->properties[i].name, name) == 0)
             return &dev->drv->properties[i];
     return NULL;
+}
+
+void lmq__dev_limits(lmq_dev_t *dev, const lmq_property_t *p, double *min, double *max)
+{
+    size_t i = (size_t)(p - dev->drv->properties);
+    *min = dev->limits[i][0];
+    *max = dev->limits[i][1];
 }
 
 /* ---- services for drivers ---- */
@@ -283,6 +296,21 @@ int lmq_dev_sleep(lmq_dev_t *dev, int64_t ns)
         struct timespec ts = {0, (long)left};
         nanosleep(&ts, NULL);
     }
+}
+
+int lmq_dev_property_limits(lmq_dev_t *dev, const char *property, double min, double max)
+{
+    const lmq_property_t *p = dev && property ? lmq__dev_property(dev, property) : NULL;
+    if (!p)
+        return LMQ_ENOTFOUND;
+    if (!p->limited || !(min <= max) || min < p->min || max > p->max)
+        return LMQ_EARG;
+    pthread_mutex_lock(&dev->mu);
+    size_t i = (size_t)(p - dev->drv->properties);
+    dev->limits[i][0] = min;
+    dev->limits[i][1] = max;
+    pthread_mutex_unlock(&dev->mu);
+    return 0;
 }
 
 int lmq_dev_stream_rate(lmq_dev_t *dev, size_t index, double hz)
@@ -509,10 +537,15 @@ static int run_job(lmq_dev_t *dev, lmq__job_t *job, lmq_value_t *result)
         snprintf(what, sizeof what, "%s.%s", dev->name, p->name);
         rc = check_type(dev, &v, p->type, what);
     }
-    double d;
-    if (rc == 0 && p->limited && lmq_value_to_double(&v, &d) == 0 && !(d >= p->min && d <= p->max))
+    double d, lo = 0, hi = 0;
+    if (rc == 0 && p->limited) {
+        pthread_mutex_lock(&dev->mu);
+        lmq__dev_limits(dev, p, &lo, &hi);
+        pthread_mutex_unlock(&dev->mu);
+    }
+    if (rc == 0 && p->limited && lmq_value_to_double(&v, &d) == 0 && !(d >= lo && d <= hi))
         rc = lmq_dev_fail(dev, LMQ_ERANGE, "%s.%s = %g %s is outside %g..%g %s", dev->name, p->name, d,
-                          p->unit ? p->unit : "", p->min, p->max, p->unit ? p->unit : "");
+                          p->unit ? p->unit : "", lo, hi, p->unit ? p->unit : "");
     if (rc == 0)
         rc = p->set(dev, dev->state, &v);
     lmq_value_clear(&v);

@@ -69,6 +69,7 @@ struct lmq_dev {
     bool is_open;
     char open_error[256];
     lmq__stream_rt_t *streams;
+    double (*limits)[2]; /* per property: [min, max] now in force */
 
     /* broker */
     void *broker_pipe;
@@ -106,6 +107,8 @@ void lmq__dev_join(lmq_dev_t *dev);
 /* Looks up a method / property / stream by name; NULL when unknown. */
 const lmq_method_t *lmq__dev_method(const lmq_dev_t *dev, const char *name);
 const lmq_property_t *lmq__dev_property(const lmq_dev_t *dev, const char *name);
+/* The limits in force for property `p` of this device (under mu). */
+void lmq__dev_limits(lmq_dev_t *dev, const lmq_property_t *p, double *min, double *max);
 
 /* describe: a JSON object for the device (with runtime shape/rate and state). */
 json_t *lmq__describe(lmq_dev_t *dev);

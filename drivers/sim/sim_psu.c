@@ -465,6 +465,12 @@ static int psu_open(lmq_dev_t *dev, void **state)
         rc = wire_name(dev, p->wire_v, "vout");
     if (rc == 0)
         rc = wire_name(dev, p->wire_i, "iout");
+    /* describe and the daemon's range check show this unit's limits, not
+     * the model's rating. */
+    if (rc == 0)
+        rc = lmq_dev_property_limits(dev, "voltage", 0.0, p->max_v);
+    if (rc == 0)
+        rc = lmq_dev_property_limits(dev, "current_limit", 0.0, p->max_i);
     if (rc == 0 && transcript[0] != '\0') {
         /* O_CLOEXEC: the descriptor belongs to this device alone; a worker
          * spawned by the daemon must never inherit it. */

@@ -122,6 +122,12 @@ LMQ_EXPORT bool lmq_dev_stopping(const lmq_dev_t *dev);
 LMQ_EXPORT int lmq_dev_stream_rate(lmq_dev_t *dev, size_t index, double hz);
 LMQ_EXPORT int lmq_dev_stream_shape(lmq_dev_t *dev, size_t index, unsigned ndim, const size_t *shape);
 
+/* Narrows a limited property's [min, max] for this device (e.g. to the
+ * max_voltage option of this unit), within the table's limits. describe shows
+ * these limits and writes outside them get LMQ_ERANGE before the setter runs.
+ * Call from open() or any callback. LMQ_ENOTFOUND / LMQ_EARG on misuse. */
+LMQ_EXPORT int lmq_dev_property_limits(lmq_dev_t *dev, const char *property, double min, double max);
+
 /* Publishes one block of stream `index`: nbytes must match the stream's shape
  * and dtype. The data is copied once into the outgoing message. t_ns is the
  * acquisition time (CLOCK_REALTIME ns). */
