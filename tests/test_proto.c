@@ -317,8 +317,8 @@ static const char *const storm_templates[] = {
     "{\"v\":1,\"id\":5,\"op\":\"get\",\"device\":\"psu1\",\"name\":\"voltage\"}",
     "{\"v\":1,\"id\":6,\"op\":\"set\",\"device\":\"psu1\",\"name\":\"voltage\",\"value\":1.5}",
     "{\"v\":1,\"id\":7,\"op\":\"call\",\"device\":\"psu1\",\"name\":\"reset\",\"args\":[]}",
-    "{\"v\":1,\"id\":8,\"op\":\"set\",\"device\":\"psu1\",\"name\":\"voltage\",\"value\":"
-    "{\"$frame\":1,\"dtype\":\"<f8\",\"shape\":[1]}}",
+    ("{\"v\":1,\"id\":8,\"op\":\"set\",\"device\":\"psu1\",\"name\":\"voltage\",\"value\":"
+     "{\"$frame\":1,\"dtype\":\"<f8\",\"shape\":[1]}}"),
 };
 
 /* Receives one reply (skipping a REQ-style empty delimiter) and checks it is
