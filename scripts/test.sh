@@ -8,6 +8,18 @@ cd "$root"
 scripts/setup-deps.sh
 
 jobs=${LMQ_JOBS:-2}
+
+# Warnings are errors under gcc and clang alike: build everything with clang
+# first (no tests run from it), so CTest's summary stays the last word.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+if ! { CC=clang cmake -S . -B build-clang >"$log" 2>&1 && cmake --build build-clang -j"$jobs" >>"$log" 2>&1; }; then
+  cat "$log" >&2
+  echo "test.sh: the clang build failed" >&2
+  exit 1
+fi
+echo "test.sh: clang build clean"
+
 cmake -S . -B build-asan -DLMQ_SANITIZE=ON >/dev/null
 cmake --build build-asan -j"$jobs"
 
