@@ -528,7 +528,7 @@ void *lmq__broker_main(void *arg)
                         n - 1 < (int)sizeof sub - 1 ? n - 1 : (int)sizeof sub - 1, sub + 1);
         }
     }
-    lmq_log(d->log, LMQ_LOG_INFO, "broker", "stopping");
+    lmq_log(d->log, LMQ_LOG_INFO, "broker", "stopping: answering what was accepted, closing devices");
 out:
     shutdown_devices(&b);
     free(b.items);

@@ -237,6 +237,8 @@ out:
     lmq_daemon_destroy(&d);
     if (zctx)
         zmq_ctx_term(zctx);
+    if (status == EXIT_OK)
+        lmq_log(log, LMQ_LOG_INFO, "labmqd", "stopped: devices closed, threads joined");
     lmq_log_destroy(&log);
     lmq_config_destroy(&cfg);
     return status;
