@@ -134,6 +134,11 @@ START_TEST(malformed_and_foreign_blocks_are_skipped)
     zmq_send(pub, three, sizeof three, 0);
     /* topic alone */
     zmq_send(pub, "daq1/wave", 9, 0);
+    /* one frame too many */
+    zmq_send(pub, "daq1/wave", 9, ZMQ_SNDMORE);
+    zmq_send(pub, hdr, strlen(hdr), ZMQ_SNDMORE);
+    zmq_send(pub, three, sizeof three, ZMQ_SNDMORE);
+    zmq_send(pub, three, sizeof three, 0);
     publish(pub, "daq1/wave", 2, 1, 4);
 
     ck_assert_uint_eq(recv_seq(s), 0);
@@ -143,6 +148,9 @@ START_TEST(malformed_and_foreign_blocks_are_skipped)
     ck_assert_int_eq(lmq_sub_recv(s, &f, 2000), LMQ_EPROTO);
     ck_assert_ptr_nonnull(strstr(lmq_sub_last_error(s), "not JSON"));
     ck_assert_int_eq(lmq_sub_recv(s, &f, 2000), LMQ_EPROTO);
+    ck_assert_ptr_nonnull(strstr(lmq_sub_last_error(s), "block of 1 frames"));
+    ck_assert_int_eq(lmq_sub_recv(s, &f, 2000), LMQ_EPROTO);
+    ck_assert_ptr_nonnull(strstr(lmq_sub_last_error(s), "block of 4 frames"));
     lmq_frame_t *g = NULL;
     ck_assert_int_eq(lmq_sub_recv(s, &g, 2000), 0);
     ck_assert_uint_eq(lmq_frame_seq(g), 2);

@@ -224,27 +224,15 @@ static bool handle_request(broker_t *b)
 {
     lmq_daemon_t *d = b->d;
     zmq_msg_t parts[MAX_PARTS];
-    size_t n = 0;
-    bool too_many = false;
-    for (;;) {
-        zmq_msg_t m;
-        zmq_msg_init(&m);
-        if (zmq_msg_recv(&m, b->router, ZMQ_DONTWAIT) < 0) {
-            zmq_msg_close(&m);
-            break;
-        }
-        bool more = zmq_msg_more(&m);
-        if (n < MAX_PARTS)
-            parts[n++] = m;
-        else {
-            too_many = true;
-            zmq_msg_close(&m);
-        }
-        if (!more)
-            break;
-    }
-    if (n == 0)
+    zmq_msg_init(&parts[0]);
+    if (zmq_msg_recv(&parts[0], b->router, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&parts[0]);
         return false;
+    }
+    size_t n = 1 + (zmq_msg_more(&parts[0]) ? lmq__recv_rest(b->router, parts + 1, MAX_PARTS - 1) : 0);
+    bool too_many = n > MAX_PARTS;
+    if (too_many)
+        n = MAX_PARTS;
     d->requests++;
     /* parts[0] is the client's routing id; REQ clients add an empty delimiter. */
     size_t nenv = (n >= 2 && zmq_msg_size(&parts[1]) == 0) ? 2 : 1;

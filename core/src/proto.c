@@ -154,6 +154,25 @@ void lmq__request_clear(lmq__request_t *req)
     memset(req, 0, sizeof *req);
 }
 
+size_t lmq__recv_rest(void *sock, zmq_msg_t *parts, size_t max)
+{
+    size_t n = 0;
+    bool more = true;
+    while (more) {
+        zmq_msg_t scratch, *m = n < max ? &parts[n] : &scratch;
+        zmq_msg_init(m);
+        if (zmq_msg_recv(m, sock, 0) < 0) { /* context terminated mid-message */
+            zmq_msg_close(m);
+            break;
+        }
+        more = zmq_msg_more(m);
+        if (m == &scratch)
+            zmq_msg_close(&scratch);
+        n++;
+    }
+    return n;
+}
+
 int lmq__json_to_msg(const json_t *json, zmq_msg_t *msg)
 {
     char stack[512];

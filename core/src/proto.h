@@ -91,6 +91,12 @@ int lmq__value_from_json(const json_t *j, const lmq__frames_t *bin, lmq_value_t 
 /* Moves an array's data into a new frame of `bin` (v is left LMQ_NONE then). */
 json_t *lmq__value_to_json(lmq_value_t *v, lmq__frames_t *bin);
 
+/* Receives the remaining parts of a multipart message whose last part had
+ * ZMQ_RCVMORE: up to max of them into parts (initialised here; the caller
+ * closes them), the rest received and dropped. Returns how many parts
+ * followed in all, which may exceed max. */
+size_t lmq__recv_rest(void *sock, zmq_msg_t *parts, size_t max);
+
 /* Serialises json into a new message (compact). Returns 0 or LMQ_EMEM. */
 int lmq__json_to_msg(const json_t *json, zmq_msg_t *msg);
 

@@ -182,23 +182,10 @@ static int recv_reply(lmq_proxy_t *p, int timeout_ms, lmq__reply_t *rep, lmq__fr
     zmq_msg_t hdr;
     zmq_msg_init(&hdr);
     zmq_msg_recv(&hdr, p->sock, 0);
-    while (zmq_msg_more(bin->n ? &bin->msg[bin->n - 1] : &hdr)) {
-        zmq_msg_t *m = bin->n < LMQ__MAX_BINFRAMES ? &bin->msg[bin->n] : NULL;
-        zmq_msg_t extra;
-        if (!m)
-            m = &extra;
-        zmq_msg_init(m);
-        zmq_msg_recv(m, p->sock, 0);
-        if (m == &extra) { /* more frames than the protocol allows: drop them */
-            bool more = zmq_msg_more(&extra);
-            zmq_msg_close(&extra);
-            if (!more)
-                break;
-            continue;
-        }
-        bin->n++;
+    if (zmq_msg_more(&hdr)) { /* frames beyond the protocol's limit are dropped */
+        size_t got = lmq__recv_rest(p->sock, bin->msg, LMQ__MAX_BINFRAMES);
+        bin->n = got < LMQ__MAX_BINFRAMES ? got : LMQ__MAX_BINFRAMES;
     }
-    /* A REQ-style empty delimiter never comes back to a DEALER, but be lenient. */
     int rc = lmq__reply_parse(zmq_msg_data(&hdr), zmq_msg_size(&hdr), rep, p->err, sizeof p->err);
     zmq_msg_close(&hdr);
     return rc;

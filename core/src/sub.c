@@ -124,16 +124,6 @@ static int parse_header(lmq_sub_t *s, const zmq_msg_t *hdr, lmq_frame_t *f)
     return rc;
 }
 
-/* Receives the rest of a multipart message and throws it away. */
-static void drain(void *sock, zmq_msg_t *last)
-{
-    while (zmq_msg_more(last)) {
-        zmq_msg_close(last);
-        zmq_msg_init(last);
-        zmq_msg_recv(last, sock, 0);
-    }
-}
-
 int lmq_sub_recv(lmq_sub_t *s, lmq_frame_t **frame, int timeout_ms)
 {
     if (!s || !frame)
@@ -153,54 +143,36 @@ int lmq_sub_recv(lmq_sub_t *s, lmq_frame_t **frame, int timeout_ms)
             return LMQ_ECLOSED;
         if (n == 0)
             return LMQ_ETIMEOUT;
-        zmq_msg_t topic;
+        /* topic, header, payload */
+        zmq_msg_t topic, rest[2];
         zmq_msg_init(&topic);
         zmq_msg_recv(&topic, s->sock, 0);
+        size_t nrest = zmq_msg_more(&topic) ? lmq__recv_rest(s->sock, rest, 2) : 0;
         /* SUB filters by prefix: "daq1/wave" also matches "daq1/wave2". */
-        if (zmq_msg_size(&topic) != s->topic_len || memcmp(zmq_msg_data(&topic), s->topic, s->topic_len) != 0) {
-            drain(s->sock, &topic);
-            zmq_msg_close(&topic);
-            continue;
-        }
-        lmq_frame_t *f = calloc(1, sizeof *f);
-        zmq_msg_t hdr;
-        zmq_msg_init(&hdr);
-        zmq_msg_t *last = &topic; /* the last part received: drain from there */
-        int rc = 0;
-        if (f)
-            zmq_msg_init(&f->payload);
-        if (!f)
-            rc = LMQ_EMEM;
-        else if (!zmq_msg_more(&topic))
-            rc = bad(s, "block without header");
-        else {
-            zmq_msg_recv(&hdr, s->sock, 0);
-            last = &hdr;
-            if (!zmq_msg_more(&hdr))
-                rc = bad(s, "block without payload");
-            else {
-                zmq_msg_recv(&f->payload, s->sock, 0);
-                last = &f->payload;
-                if (zmq_msg_more(&f->payload))
-                    rc = bad(s, "block with extra frames");
-                else if ((rc = parse_header(s, &hdr, f)) == 0) {
-                    size_t need;
-                    if (lmq__array_nbytes(f->dtype, f->ndim, f->shape, &need) != 0 ||
-                        need != zmq_msg_size(&f->payload))
-                        rc = bad(s, "block payload has %zu bytes; its header announces %zu",
-                                 zmq_msg_size(&f->payload), need);
-                }
-            }
-        }
-        if (rc != 0)
-            drain(s->sock, last);
+        bool ours = zmq_msg_size(&topic) == s->topic_len && memcmp(zmq_msg_data(&topic), s->topic, s->topic_len) == 0;
         zmq_msg_close(&topic);
-        zmq_msg_close(&hdr);
+        lmq_frame_t *f = ours && nrest == 2 ? calloc(1, sizeof *f) : NULL;
+        int rc = 0;
+        if (ours && nrest != 2)
+            rc = bad(s, "block of %zu frames; expected topic, header and payload", nrest + 1);
+        else if (ours && !f)
+            rc = LMQ_EMEM;
+        else if (f) {
+            zmq_msg_init(&f->payload);
+            zmq_msg_move(&f->payload, &rest[1]);
+            rc = parse_header(s, &rest[0], f);
+            size_t need;
+            if (rc == 0 && (lmq__array_nbytes(f->dtype, f->ndim, f->shape, &need) != 0 ||
+                            need != zmq_msg_size(&f->payload)))
+                rc = bad(s, "block payload has %zu bytes; its header announces %zu", zmq_msg_size(&f->payload),
+                         need);
+        }
+        for (size_t i = 0; i < nrest && i < 2; i++)
+            zmq_msg_close(&rest[i]);
+        if (!ours)
+            continue;
         if (rc != 0) {
-            if (f) {
-                zmq_msg_close(&f->payload);
-                free(f);
-            }
+            lmq_frame_destroy(&f);
             return rc;
         }
         f->topic = s->topic;
