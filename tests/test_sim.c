@@ -261,6 +261,18 @@ START_TEST(psu_slew_is_paced)
     took = th_now_ms() - t0;
     ck_assert_msg(took >= 240, "a 5 V step at 20 V/s returned after %.0f ms", took);
     ck_assert_double_eq_tol(get_d(psu, "measured_voltage"), 5.0, 1e-9);
+    /* A sweep waits for each point too: 5 -> 7.5 -> 10 V is 0.25 s of slewing,
+     * and every reading is at its point. */
+    lmq_value_t args[3] = {lmq_float(5.0), lmq_float(10.0), lmq_int(3)}, res = {0};
+    t0 = th_now_ms();
+    int rc = lmq_proxy_call(psu, "sweep", args, 3, &res);
+    took = th_now_ms() - t0;
+    ck_assert_msg(rc == 0, "sweep: %s", lmq_proxy_last_error(psu));
+    ck_assert_msg(took >= 240, "a 5 V sweep at 20 V/s returned after %.0f ms", took);
+    ck_assert_uint_eq(res.u.a.shape[0], 3);
+    for (int k = 0; k < 3; k++)
+        ck_assert_double_eq_tol(((const double *)res.u.a.data)[2 * k], 5.0 + 2.5 * k, 1e-9);
+    lmq_value_clear(&res);
     lmq_proxy_destroy(&psu);
     lab_stop(&lab);
 }
@@ -443,6 +455,12 @@ START_TEST(daq_wave_stream)
 
     assert_error(daq, try_set_s(daq, "waveform", "triangle"), LMQ_EARG, "sine, square or noise");
     assert_error(daq, try_set_d(daq, "frequency", 6000.0), LMQ_ERANGE, "Nyquist");
+    assert_error(daq, try_set_d(daq, "sample_rate", 50.0), LMQ_ERANGE, "Nyquist"); /* below 2 x 50 Hz */
+    assert_error(daq, try_set_d(daq, "sample_rate", 0.5), LMQ_ERANGE, NULL);
+    assert_error(daq, try_set_d(daq, "amplitude", 10.5), LMQ_ERANGE, NULL);
+    assert_error(daq, try_set_d(daq, "amplitude", -1.0), LMQ_ERANGE, NULL);
+    ck_assert_double_eq(get_d(daq, "sample_rate"), 10000.0); /* nothing took effect */
+    ck_assert_double_eq(get_d(daq, "amplitude"), 1.0);
     set_s(daq, "waveform", "square");
     set_d(daq, "amplitude", 2.0);
     lmq_frame_t *sq = NULL;
@@ -683,9 +701,9 @@ static int find_fd(const char *path)
 
 START_TEST(psu_transcript)
 {
-    char path[64];
-    snprintf(path, sizeof path, "/tmp/labmq-test-transcript-%d.log", (int)getpid());
-    unlink(path);
+    char dir[128], path[160];
+    th_tempdir(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/transcript.log", dir);
     lab_t lab;
     const char *const opts[] = {"transcript", path, "noise", "0", NULL};
     devspec_t devs[] = {{"psu1", "sim-psu", opts}};
@@ -717,7 +735,7 @@ START_TEST(psu_transcript)
             k++;
     }
     fclose(fp);
-    unlink(path);
+    th_rmtree(dir);
     ck_assert_msg(k == 4, "transcript lacks '%s'", k < 4 ? want[k] : "");
 }
 END_TEST

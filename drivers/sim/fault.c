@@ -8,6 +8,8 @@
 #include "labmq/status.h"
 #include "labmq/value.h"
 
+/* Longest delay or timed hang accepted, so a typo cannot wedge a device for days. */
+#define MAX_MS 3600000
 #define ACCEPTED "none, delay:MS, hang, hang:MS, error or disconnect (MS: integer milliseconds, 0..3600000)"
 
 static int parse_ms(const char *text, int64_t *ms)
@@ -19,13 +21,14 @@ static int parse_ms(const char *text, int64_t *ms)
     errno = 0;
     char *end = NULL;
     long long v = strtoll(text, &end, 10);
-    if (errno || *end != '\0' || v > LMQ__FAULT_MAX_MS)
+    if (errno || *end != '\0' || v > MAX_MS)
         return -1;
     *ms = v;
     return 0;
 }
 
-int lmq__fault_parse(lmq_dev_t *dev, const char *text, lmq__fault_t *f)
+/* Parses fault text into *f (unchanged on failure); 0 or LMQ_EARG with the reason. */
+static int parse_fault(lmq_dev_t *dev, const char *text, lmq__fault_t *f)
 {
     lmq__fault_t nf = {LMQ__FAULT_NONE, 0};
     if (!text)
@@ -44,15 +47,14 @@ int lmq__fault_parse(lmq_dev_t *dev, const char *text, lmq__fault_t *f)
     } else if (strncmp(text, "delay:", 6) == 0 && parse_ms(text + 6, &nf.ms) == 0) {
         nf.kind = LMQ__FAULT_DELAY;
     } else {
-        if (dev)
-            return lmq_dev_fail(dev, LMQ_EARG, "invalid fault '%.64s': expected " ACCEPTED, text);
-        return LMQ_EARG;
+        return lmq_dev_fail(dev, LMQ_EARG, "invalid fault '%.64s': expected " ACCEPTED, text);
     }
     *f = nf;
     return 0;
 }
 
-void lmq__fault_format(const lmq__fault_t *f, char *buf, size_t size)
+/* Canonical text of a fault; always NUL-terminates. */
+static void format_fault(const lmq__fault_t *f, char *buf, size_t size)
 {
     switch (f->kind) {
     case LMQ__FAULT_DELAY:
@@ -113,7 +115,7 @@ int lmq__fault_get(lmq_dev_t *dev, void *state, lmq_value_t *out)
 {
     (void)dev;
     char buf[32];
-    lmq__fault_format(state, buf, sizeof buf);
+    format_fault(state, buf, sizeof buf);
     return lmq_value_set_string(out, buf);
 }
 
@@ -121,5 +123,5 @@ int lmq__fault_set(lmq_dev_t *dev, void *state, const lmq_value_t *in)
 {
     if (in->type != LMQ_STRING)
         return lmq_dev_fail(dev, LMQ_EARG, "fault must be a string: " ACCEPTED);
-    return lmq__fault_parse(dev, in->u.s, state);
+    return parse_fault(dev, in->u.s, state);
 }

@@ -38,19 +38,12 @@ typedef struct lmq__fault {
     int64_t ms; /* delay / hang duration; -1 = hang until shutdown */
 } lmq__fault_t;
 
-/* Longest delay or timed hang accepted, so a typo cannot wedge a device for days. */
-#define LMQ__FAULT_MAX_MS 3600000
-
-/* Parses fault text into *f (unchanged on failure). Returns 0 or LMQ_EARG
- * with the reason recorded through lmq_dev_fail (dev may be NULL: no message). */
-int lmq__fault_parse(lmq_dev_t *dev, const char *text, lmq__fault_t *f);
-/* Canonical text of a fault ("none", "delay:250", "hang"); always NUL-terminates. */
-void lmq__fault_format(const lmq__fault_t *f, char *buf, size_t size);
-
 /* Applies the fault to the request `name`; 0 = go on with it. Usable as a
  * driver's `before` hook when the state begins with an lmq__fault_t. */
 int lmq__fault_before(lmq_dev_t *dev, void *state, const char *name);
-/* Property callbacks for `fault` (state begins with an lmq__fault_t). */
+/* Property callbacks for `fault` (state begins with an lmq__fault_t): get
+ * answers the canonical text ("none", "delay:250", "hang"); set leaves the
+ * fault unchanged on invalid text. */
 int lmq__fault_get(lmq_dev_t *dev, void *state, lmq_value_t *out);
 int lmq__fault_set(lmq_dev_t *dev, void *state, const lmq_value_t *in);
 

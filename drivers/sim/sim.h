@@ -3,13 +3,16 @@
  * The three drivers below are referenced by the built-in driver registry. The
  * helpers give each simulated device its own deterministic noise source: the
  * generator lives in the device's state, so two devices never share mutable
- * state and a run with the same names and seeds reproduces the same readings. */
+ * state and a run with the same names and seeds reproduces the same readings.
+ * Wire names ("<device>.<signal>") are made in one place too. */
 #ifndef LABMQ_SIM_H
 #define LABMQ_SIM_H
 
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include "labmq/driver.h"
+#include "labmq/status.h"
 
 extern const lmq_driver_t lmq__sim_psu, lmq__sim_daq, lmq__sim_camera;
 
@@ -53,6 +56,20 @@ static inline double lmq__sim_gauss(lmq__sim_rng_t *r)
     if (u1 < 1e-300)
         u1 = 1e-300;
     return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+/* Longest wire name a simulated device reads or drives, with its NUL. */
+#define LMQ__SIM_WIRE_LEN 128
+
+/* Writes this device's wire "<device>.<signal>" into buf (LMQ__SIM_WIRE_LEN
+ * bytes). Returns 0, or LMQ_ECONFIG through lmq_dev_fail when the name does
+ * not fit: a cut name could make two wires one. Call from open(). */
+static inline int lmq__sim_wire_name(lmq_dev_t *dev, char *buf, const char *signal)
+{
+    int n = snprintf(buf, LMQ__SIM_WIRE_LEN, "%s.%s", lmq_dev_name(dev), signal);
+    if (n < 0 || n >= LMQ__SIM_WIRE_LEN)
+        return lmq_dev_fail(dev, LMQ_ECONFIG, "device name '%.40s...' too long for wire names", lmq_dev_name(dev));
+    return 0;
 }
 
 #endif

@@ -75,13 +75,11 @@ static void render(cam_t *c, uint16_t *px, int64_t t_mono)
     }
 }
 
-/* A frame exposed from `t_mono` on; the spot is taken mid-exposure. */
-static uint16_t *new_frame(cam_t *c, int64_t t_mono)
+/* Fills px with a frame exposed from `t_mono` on; the spot is taken
+ * mid-exposure. */
+static void expose(cam_t *c, uint16_t *px, int64_t t_mono)
 {
-    uint16_t *px = malloc(c->w * c->h * sizeof *px);
-    if (px)
-        render(c, px, t_mono + (int64_t)(c->exposure_ms * 5e5));
-    return px;
+    render(c, px, t_mono + (int64_t)(c->exposure_ms * 5e5));
 }
 
 static int apply_rate(lmq_dev_t *dev, cam_t *c)
@@ -99,9 +97,10 @@ static int poll_frames(lmq_dev_t *dev, void *state, int64_t now_ns)
         return 0;
     /* The frame due now was exposed during the last exposure time. */
     int64_t exp_ns = (int64_t)(c->exposure_ms * 1e6);
-    uint16_t *px = new_frame(c, now_ns - exp_ns);
+    uint16_t *px = malloc(c->w * c->h * sizeof *px);
     if (!px)
         return lmq_dev_fail(dev, LMQ_EMEM, "out of memory for a %zux%zu frame", c->w, c->h);
+    expose(c, px, now_ns - exp_ns);
     void *p = px;
     int rc = lmq_dev_publish_take(dev, 0, lmq_clock_real_ns() - exp_ns, &p, c->w * c->h * sizeof *px);
     free(p); /* NULL once the daemon took it */
@@ -137,11 +136,12 @@ static int m_snap(lmq_dev_t *dev, void *state, const lmq_value_t *args, lmq_valu
     int rc = lmq_dev_sleep(dev, (int64_t)(c->exposure_ms * 1e6));
     if (rc)
         return lmq_dev_fail(dev, rc, "exposure interrupted by shutdown");
-    uint16_t *px = new_frame(c, t);
+    /* Rendered straight into the reply: no second frame-sized copy. */
     size_t shape[2] = {c->h, c->w};
-    rc = px ? lmq_value_set_array(result, LMQ_U16, 2, shape, px) : LMQ_EMEM;
-    free(px);
-    return rc ? lmq_dev_fail(dev, LMQ_EMEM, "out of memory for a %zux%zu frame", c->w, c->h) : 0;
+    if (lmq_value_set_array(result, LMQ_U16, 2, shape, NULL) != 0)
+        return lmq_dev_fail(dev, LMQ_EMEM, "out of memory for a %zux%zu frame", c->w, c->h);
+    expose(c, result->u.a.data, t);
+    return 0;
 }
 
 /* ---- properties ---- */

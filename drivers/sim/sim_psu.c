@@ -31,7 +31,6 @@
 
 #define APERTURE_NS 2000000 /* one DMM reading of the output */
 #define SWEEP_MAX_POINTS 10000
-#define WIRE_LEN 128
 
 /* Shockley diode: I = Is (exp(V / (n Vt)) - 1); these give ~1.9 V at 20 mA,
  * a red LED. */
@@ -52,8 +51,8 @@ typedef struct psu {
     bool diode;
     double slew; /* V/s; 0 = instant */
     double noise; /* std dev as a fraction of the range */
-    char ctl_wire[WIRE_LEN]; /* "" = no electronic load */
-    char wire_v[WIRE_LEN], wire_i[WIRE_LEN];
+    char ctl_wire[LMQ__SIM_WIRE_LEN]; /* "" = no electronic load */
+    char wire_v[LMQ__SIM_WIRE_LEN], wire_i[LMQ__SIM_WIRE_LEN];
     int transcript_fd; /* -1 = none */
 
     double v_set, i_lim;
@@ -121,7 +120,8 @@ static void retarget(psu_t *p, double v_new, int64_t now)
     p->v_set = v_new;
 }
 
-/* Solves the operating point at `now` and exports it on the wires. */
+/* Solves the operating point at `now` and exports it on the wires; v_out and
+ * i_out may be NULL. */
 static psu_mode_t operate(lmq_dev_t *dev, psu_t *p, int64_t now, double *v_out, double *i_out)
 {
     double v = 0.0, i = 0.0;
@@ -151,9 +151,18 @@ static psu_mode_t operate(lmq_dev_t *dev, psu_t *p, int64_t now, double *v_out, 
     }
     lmq_dev_wire_set(dev, p->wire_v, v);
     lmq_dev_wire_set(dev, p->wire_i, i);
-    *v_out = v;
-    *i_out = i;
+    if (v_out)
+        *v_out = v;
+    if (i_out)
+        *i_out = i;
     return mode;
+}
+
+/* The meter's noise on a reading of the terminals. */
+static void add_meter_noise(psu_t *p, double *v, double *i)
+{
+    *v += p->noise * p->max_v * lmq__sim_gauss(&p->rng);
+    *i += p->noise * p->max_i * lmq__sim_gauss(&p->rng);
 }
 
 /* One reading as the instrument's meter sees it: an aperture, then the
@@ -164,8 +173,7 @@ static int measure(lmq_dev_t *dev, psu_t *p, double *v, double *i)
     if (rc)
         return lmq_dev_fail(dev, rc, "measurement interrupted by shutdown");
     operate(dev, p, lmq_clock_mono_ns(), v, i);
-    *v += p->noise * p->max_v * lmq__sim_gauss(&p->rng);
-    *i += p->noise * p->max_i * lmq__sim_gauss(&p->rng);
+    add_meter_noise(p, v, i);
     return 0;
 }
 
@@ -181,12 +189,15 @@ static int settle(lmq_dev_t *dev, psu_t *p)
         if (left > 0 && lmq_dev_sleep(dev, (int64_t)(left * 1e9)) != 0)
             return lmq_dev_fail(dev, LMQ_ECLOSED, "interrupted by shutdown while the output slewed");
     }
-    double vo, io;
-    operate(dev, p, lmq_clock_mono_ns(), &vo, &io);
+    operate(dev, p, lmq_clock_mono_ns(), NULL, NULL);
     return 0;
 }
 
 /* ---- properties ---- */
+
+/* voltage and current_limit need no range checks here: open() narrows their
+ * limits to [0, max_*] and the daemon rejects writes outside them before the
+ * setter runs. */
 
 static int get_voltage(lmq_dev_t *dev, void *state, lmq_value_t *out)
 {
@@ -201,10 +212,6 @@ static int set_voltage(lmq_dev_t *dev, void *state, const lmq_value_t *in)
     double v;
     if (lmq_value_to_double(in, &v) != 0)
         return lmq_dev_fail(dev, LMQ_EARG, "voltage must be a number");
-    if (v > p->max_v)
-        return lmq_dev_fail(dev, LMQ_ERANGE, "voltage %.3f V exceeds the %.3f V maximum", v, p->max_v);
-    if (v < 0.0)
-        return lmq_dev_fail(dev, LMQ_ERANGE, "voltage %.3f V is negative: this supply only sources", v);
     retarget(p, v, lmq_clock_mono_ns());
     return settle(dev, p);
 }
@@ -222,13 +229,8 @@ static int set_current_limit(lmq_dev_t *dev, void *state, const lmq_value_t *in)
     double a;
     if (lmq_value_to_double(in, &a) != 0)
         return lmq_dev_fail(dev, LMQ_EARG, "current_limit must be a number");
-    if (a > p->max_i)
-        return lmq_dev_fail(dev, LMQ_ERANGE, "current limit %.4f A exceeds the %.4f A maximum", a, p->max_i);
-    if (a < 0.0)
-        return lmq_dev_fail(dev, LMQ_ERANGE, "current limit %.4f A is negative", a);
     p->i_lim = a;
-    double vo, io;
-    operate(dev, p, lmq_clock_mono_ns(), &vo, &io);
+    operate(dev, p, lmq_clock_mono_ns(), NULL, NULL);
     return 0;
 }
 
@@ -274,8 +276,7 @@ static int get_measured_current(lmq_dev_t *dev, void *state, lmq_value_t *out)
 
 static int get_mode(lmq_dev_t *dev, void *state, lmq_value_t *out)
 {
-    double v = 0.0, i = 0.0;
-    psu_mode_t m = operate(dev, state, lmq_clock_mono_ns(), &v, &i);
+    psu_mode_t m = operate(dev, state, lmq_clock_mono_ns(), NULL, NULL);
     return lmq_value_set_string(out, mode_names[m]);
 }
 
@@ -291,8 +292,7 @@ static int m_reset(lmq_dev_t *dev, void *state, const lmq_value_t *args, lmq_val
     p->i_lim = 0.0;
     p->ramp_from = 0.0;
     p->ramp_t0 = lmq_clock_mono_ns();
-    double vo, io;
-    operate(dev, p, p->ramp_t0, &vo, &io);
+    operate(dev, p, p->ramp_t0, NULL, NULL);
     return 0;
 }
 
@@ -336,18 +336,11 @@ static int m_sweep(lmq_dev_t *dev, void *state, const lmq_value_t *args, lmq_val
     int rc = 0;
     for (int64_t k = 0; k < n && rc == 0; k++) {
         double v = start + (stop - start) * (double)k / (double)(n - 1);
-        int64_t now = lmq_clock_mono_ns();
-        double from = ramp_voltage(p, now);
-        retarget(p, v, now);
         /* Let the output slew to the point before the meter reads it. */
-        if (p->slew > 0.0) {
-            rc = lmq_dev_sleep(dev, (int64_t)(fabs(v - from) / p->slew * 1e9));
-            if (rc) {
-                rc = lmq_dev_fail(dev, rc, "sweep interrupted by shutdown");
-                break;
-            }
-        }
-        rc = measure(dev, p, &out[2 * k], &out[2 * k + 1]);
+        retarget(p, v, lmq_clock_mono_ns());
+        rc = settle(dev, p);
+        if (rc == 0)
+            rc = measure(dev, p, &out[2 * k], &out[2 * k + 1]);
     }
     /* Leave the supply where the user had set it, as a source-measure unit
      * returns to its bias level after a list sweep. */
@@ -368,8 +361,7 @@ static int poll_iv(lmq_dev_t *dev, void *state, int64_t now_ns)
     operate(dev, p, now_ns, &vi[0], &vi[1]);
     if (lmq__fault_streams_down(p))
         return 0;
-    vi[0] += p->noise * p->max_v * lmq__sim_gauss(&p->rng);
-    vi[1] += p->noise * p->max_i * lmq__sim_gauss(&p->rng);
+    add_meter_noise(p, &vi[0], &vi[1]);
     return lmq_dev_publish(dev, 0, lmq_clock_real_ns(), vi, sizeof vi);
 }
 
@@ -407,14 +399,6 @@ static int psu_before(lmq_dev_t *dev, void *state, const char *name)
 }
 
 /* ---- open / close ---- */
-
-static int wire_name(lmq_dev_t *dev, char *buf, const char *signal)
-{
-    int n = snprintf(buf, WIRE_LEN, "%s.%s", lmq_dev_name(dev), signal);
-    if (n < 0 || n >= WIRE_LEN)
-        return lmq_dev_fail(dev, LMQ_ECONFIG, "device name '%.40s...' too long for wire names", lmq_dev_name(dev));
-    return 0;
-}
 
 static void psu_close(lmq_dev_t *dev, void *state)
 {
@@ -459,12 +443,13 @@ static int psu_open(lmq_dev_t *dev, void **state)
         rc = lmq_dev_fail(dev, LMQ_ECONFIG, "noise %g outside 0..0.1 (fraction of range)", p->noise);
     else if (!(monitor_hz >= 0.0) || monitor_hz > 1000.0)
         rc = lmq_dev_fail(dev, LMQ_ECONFIG, "monitor_hz %g outside 0..1000", monitor_hz);
-    else if (strlen(ctl) >= WIRE_LEN)
-        rc = lmq_dev_fail(dev, LMQ_ECONFIG, "load_control wire name longer than %d characters", WIRE_LEN - 1);
+    else if (strlen(ctl) >= LMQ__SIM_WIRE_LEN)
+        rc = lmq_dev_fail(dev, LMQ_ECONFIG, "load_control wire name longer than %d characters",
+                          LMQ__SIM_WIRE_LEN - 1);
     if (rc == 0)
-        rc = wire_name(dev, p->wire_v, "vout");
+        rc = lmq__sim_wire_name(dev, p->wire_v, "vout");
     if (rc == 0)
-        rc = wire_name(dev, p->wire_i, "iout");
+        rc = lmq__sim_wire_name(dev, p->wire_i, "iout");
     /* describe and the daemon's range check show this unit's limits, not
      * the model's rating. */
     if (rc == 0)
@@ -495,8 +480,7 @@ static int psu_open(lmq_dev_t *dev, void **state)
     }
     /* Other devices read the terminals from the start, not only after the
      * first request. */
-    double vo, io;
-    operate(dev, p, p->ramp_t0, &vo, &io);
+    operate(dev, p, p->ramp_t0, NULL, NULL);
     *state = p;
     return 0;
 }
