@@ -1,22 +1,7 @@
-/* Self-description generated from a driver's tables, and the registry of
- * built-in drivers. */
+/* Self-description generated from a driver's tables. */
 #include <stdlib.h>
 #include <string.h>
 #include "device_internal.h"
-
-extern const lmq_driver_t lmq__sim_psu, lmq__sim_daq, lmq__sim_camera;
-
-static const lmq_driver_t *const builtin[] = {&lmq__sim_psu, &lmq__sim_daq, &lmq__sim_camera, NULL};
-
-const lmq_driver_t *const *lmq_driver_list(void) { return builtin; }
-
-const lmq_driver_t *lmq_driver_find(const char *name)
-{
-    for (size_t i = 0; name && builtin[i]; i++)
-        if (strcmp(builtin[i]->name, name) == 0)
-            return builtin[i];
-    return NULL;
-}
 
 static json_t *str(const char *s) { return json_string(s ? s : ""); }
 
@@ -56,8 +41,6 @@ static json_t *describe_tables(const lmq_driver_t *drv, const char *name)
     return json_pack("{s:s, s:s, s:o, s:b, s:o, s:o, s:o}", "device", name, "driver", drv->name, "description",
                      str(drv->description), "open", 0, "methods", methods, "properties", props, "streams", streams);
 }
-
-json_t *lmq__describe_driver(const lmq_driver_t *drv, const char *name) { return describe_tables(drv, name); }
 
 json_t *lmq__describe(lmq_dev_t *dev)
 {

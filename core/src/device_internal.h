@@ -97,6 +97,24 @@ typedef struct lmq__job {
 /* inproc message kinds (first byte of the first frame) */
 enum { LMQ__MSG_JOB = 'Q', LMQ__MSG_DONE = 'R', LMQ__MSG_PUBLISH = 'P', LMQ__MSG_READY = 'Y', LMQ__MSG_TERM = 'T' };
 
+/* The rules lmq_daemon_add applies, shared with the config file's checks so
+ * that what a config accepts the daemon accepts too. */
+#define LMQ__DEVICE_NAME_RULE "1 to 64 letters, digits, '_', '-' and '.'"
+bool lmq__device_name_ok(const char *name);
+
+enum { LMQ__OPT_UNKNOWN = 1, LMQ__OPT_NO_VALUE, LMQ__OPT_MISSING, LMQ__OPT_BAD_VALUE };
+typedef struct lmq__option_fault {
+    const char *name;        /* the option at fault */
+    const lmq_option_t *opt; /* its entry in the driver's table; NULL when LMQ__OPT_UNKNOWN */
+    const char *text;        /* the value that did not parse (LMQ__OPT_BAD_VALUE) */
+} lmq__option_fault_t;
+/* Checks options (name, value, ..., NULL) against drv: every name is one of
+ * its options and has a value; then every option of drv, given or default, is
+ * present and parses as its type, into out[k] for drv's k-th option (out may
+ * be NULL: check only). Returns 0 or an LMQ__OPT_* fault, described in *f. */
+int lmq__options_parse(const lmq_driver_t *drv, const char *const *options, lmq__option_value_t *out,
+                       lmq__option_fault_t *f);
+
 lmq_dev_t *lmq__dev_new(const char *name, const lmq_driver_t *drv, const char *connection,
                         const char *const *options, char *err, size_t errlen);
 void lmq__dev_destroy(lmq_dev_t **dev);
@@ -112,7 +130,6 @@ void lmq__dev_limits(lmq_dev_t *dev, const lmq_property_t *p, double *min, doubl
 
 /* describe: a JSON object for the device (with runtime shape/rate and state). */
 json_t *lmq__describe(lmq_dev_t *dev);
-json_t *lmq__describe_driver(const lmq_driver_t *drv, const char *name);
 
 /* Wires (simulated signals), owned by the daemon. */
 lmq__wires_t *lmq__wires_new(void);
