@@ -191,32 +191,28 @@ END_TEST
 
 START_TEST(test_set_get_round_trip)
 {
+    /* Each row: set psu1 PROP VALUE, then get PROP (with --json when json). */
+    static const struct {
+        const char *prop, *value;
+        bool json;
+        const char *want;
+    } cases[] = {
+        {"voltage", "3.3", false, "3.3 V\n"},
+        /* An integer where a float is expected is sent as a float. */
+        {"current_limit", "1", true, "1.0\n"},
+        {"output", "on", false, "true\n"},
+    };
     fixture_t f;
     fx_init(&f, true);
-    result_t r = run(&f, "set", "psu1", "voltage", "3.3", NULL);
-    ck_assert_exit(r, 0);
-    result_free(&r);
-    r = run(&f, "get", "psu1", "voltage", NULL);
-    ck_assert_exit(r, 0);
-    ck_assert_str_eq(r.out, "3.3 V\n");
-    result_free(&r);
-
-    /* An integer where a float is expected is sent as a float. */
-    r = run(&f, "set", "psu1", "current_limit", "1", NULL);
-    ck_assert_exit(r, 0);
-    result_free(&r);
-    r = run(&f, "--json", "get", "psu1", "current_limit", NULL);
-    ck_assert_exit(r, 0);
-    ck_assert_str_eq(r.out, "1.0\n");
-    result_free(&r);
-
-    r = run(&f, "set", "psu1", "output", "on", NULL);
-    ck_assert_exit(r, 0);
-    result_free(&r);
-    r = run(&f, "get", "psu1", "output", NULL);
-    ck_assert_exit(r, 0);
-    ck_assert_str_eq(r.out, "true\n");
-    result_free(&r);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        result_t r = run(&f, "set", "psu1", cases[i].prop, cases[i].value, NULL);
+        ck_assert_exit(r, 0);
+        result_free(&r);
+        r = run(&f, "get", "psu1", cases[i].prop, cases[i].json ? "--json" : NULL, NULL);
+        ck_assert_exit(r, 0);
+        ck_assert_str_eq(r.out, cases[i].want);
+        result_free(&r);
+    }
     fx_fini(&f);
 }
 END_TEST
@@ -253,60 +249,37 @@ END_TEST
 
 START_TEST(test_errors_are_clear)
 {
+    /* Each row: a command that must fail with exit 1, nothing on stdout and
+     * every listed text on stderr. */
+    static const struct {
+        const char *argv[5]; /* NULL-terminated */
+        const char *err[3];  /* NULL-terminated unless full */
+    } cases[] = {
+        {{"call", "daq1", "read", "abc"}, {"labmq: ARG: ", "channel", "abc"}},
+        {{"call", "daq1", "read"}, {"labmq: ARG: ", "channel: int"}},
+        {{"get", "psu9", "voltage"}, {"labmq: NOTFOUND: ", "psu9"}},
+        /* The properties that exist are listed. */
+        {{"get", "psu1", "nosuch"}, {"labmq: NOTFOUND: ", "nosuch", "current_limit"}},
+        {{"call", "psu1", "explode"}, {"labmq: NOTFOUND: "}},
+        {{"set", "psu1", "output", "maybe"}, {"labmq: ARG: "}},
+        /* A negative number is a value, not an option: the daemon's range check answers. */
+        {{"set", "psu1", "voltage", "-1"}, {"labmq: RANGE: "}},
+        {{"set", "psu1", "measured_current", "1"}, {"labmq: READONLY: "}},
+        {{"watch", "daq1/nosuch"}, {"labmq: NOTFOUND: ", "wave"}},
+    };
+    const size_t nerr = sizeof cases[0].err / sizeof cases[0].err[0];
     fixture_t f;
     fx_init(&f, true);
-    result_t r = run(&f, "call", "daq1", "read", "abc", NULL);
-    ck_assert_exit(r, 1);
-    ck_assert_contains(r.err, "labmq: ARG: ");
-    ck_assert_contains(r.err, "channel");
-    ck_assert_contains(r.err, "abc");
-    result_free(&r);
-
-    r = run(&f, "call", "daq1", "read", NULL);
-    ck_assert_exit(r, 1);
-    ck_assert_contains(r.err, "labmq: ARG: ");
-    ck_assert_contains(r.err, "channel: int");
-    result_free(&r);
-
-    r = run(&f, "get", "psu9", "voltage", NULL);
-    ck_assert_exit(r, 1);
-    ck_assert_contains(r.err, "labmq: NOTFOUND: ");
-    ck_assert_contains(r.err, "psu9");
-    result_free(&r);
-
-    r = run(&f, "get", "psu1", "nosuch", NULL);
-    ck_assert_exit(r, 1);
-    ck_assert_contains(r.err, "labmq: NOTFOUND: ");
-    ck_assert_contains(r.err, "nosuch");
-    ck_assert_contains(r.err, "current_limit"); /* the properties that exist */
-    result_free(&r);
-
-    r = run(&f, "call", "psu1", "explode", NULL);
-    ck_assert_exit(r, 1);
-    ck_assert_contains(r.err, "labmq: NOTFOUND: ");
-    result_free(&r);
-
-    r = run(&f, "set", "psu1", "output", "maybe", NULL);
-    ck_assert_exit(r, 1);
-    ck_assert_contains(r.err, "labmq: ARG: ");
-    result_free(&r);
-
-    /* A negative number is a value, not an option: the daemon's range check answers. */
-    r = run(&f, "set", "psu1", "voltage", "-1", NULL);
-    ck_assert_exit(r, 1);
-    ck_assert_contains(r.err, "labmq: RANGE: ");
-    result_free(&r);
-
-    r = run(&f, "set", "psu1", "measured_current", "1", NULL);
-    ck_assert_exit(r, 1);
-    ck_assert_contains(r.err, "labmq: READONLY: ");
-    result_free(&r);
-
-    r = run(&f, "watch", "daq1/nosuch", NULL);
-    ck_assert_exit(r, 1);
-    ck_assert_contains(r.err, "labmq: NOTFOUND: ");
-    ck_assert_contains(r.err, "wave");
-    result_free(&r);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *const *a = cases[i].argv;
+        result_t r = run(&f, a[0], a[1], a[2], a[3], a[4], NULL);
+        ck_assert_msg(r.code == 1 && r.out[0] == '\0', "case %zu (%s %s %s): exit %d\nstdout:\n%s\nstderr:\n%s", i,
+                      a[0], a[1], a[2] ? a[2] : "", r.code, r.out, r.err);
+        for (size_t k = 0; k < nerr && cases[i].err[k]; k++)
+            ck_assert_msg(strstr(r.err, cases[i].err[k]) != NULL, "case %zu: expected '%s' in:\n%s", i,
+                          cases[i].err[k], r.err);
+        result_free(&r);
+    }
     fx_fini(&f);
 }
 END_TEST

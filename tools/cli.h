@@ -47,12 +47,14 @@ int cli_describe(cli_t *c, lmq_proxy_t *p, json_t **desc);
 /* The entry called `name` in the describe section "methods", "properties" or
  * "streams"; NULL when absent. Borrowed from desc. */
 json_t *cli_desc_find(json_t *desc, const char *section, const char *name);
-/* "a, b, c": the names in a describe section, for error messages. Caller frees;
- * NULL on allocation failure. */
-char *cli_desc_names(json_t *desc, const char *section);
-/* Fills c->data unless --data gave it: the daemon's own idea (ping), made
- * reachable from here. Returns the exit code. */
-int cli_resolve_data(cli_t *c);
+/* Reports that device `dev` has no `kind` ("method") called `name`, listing
+ * the names its describe `section` ("methods") does have, so a typo is fixed
+ * at once. Returns CLI_FAILED. */
+int cli_fail_notfound(cli_t *c, json_t *desc, const char *dev, const char *section, const char *kind,
+                      const char *name);
+/* Fills c->data unless --data gave it: the daemon's own idea (ping over p),
+ * made reachable from here. Returns the exit code. */
+int cli_resolve_data(cli_t *c, lmq_proxy_t *p);
 
 /* ---- formatting (fmt.c) ---- */
 /* "[1000]" / "[480, 640]". */

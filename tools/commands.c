@@ -118,7 +118,9 @@ json_t *cli_desc_find(json_t *desc, const char *section, const char *name)
     return NULL;
 }
 
-char *cli_desc_names(json_t *desc, const char *section)
+/* "a, b, c": the names in a describe section ("none" when empty). Caller
+ * frees; NULL on allocation failure. */
+static char *desc_names(json_t *desc, const char *section)
 {
     size_t len = 1, i;
     json_t *e, *arr = json_object_get(desc, section);
@@ -138,11 +140,10 @@ char *cli_desc_names(json_t *desc, const char *section)
     return s;
 }
 
-/* A missing entry, with the ones that exist, so a typo is fixed at once. */
-static int fail_notfound(cli_t *c, json_t *desc, const char *dev, const char *section, const char *kind,
-                         const char *name)
+int cli_fail_notfound(cli_t *c, json_t *desc, const char *dev, const char *section, const char *kind,
+                      const char *name)
 {
-    char *names = cli_desc_names(desc, section);
+    char *names = desc_names(desc, section);
     cli_failf(c, LMQ_ENOTFOUND, "device '%s' has no %s '%s' (%s: %s)", dev, kind, name, section,
               names ? names : "?");
     free(names);
@@ -172,14 +173,16 @@ static void make_reachable(cli_t *c, const char *reported)
     snprintf(c->data, sizeof c->data, "%s", reported);
 }
 
-int cli_resolve_data(cli_t *c)
+int cli_resolve_data(cli_t *c, lmq_proxy_t *p)
 {
     if (c->data[0])
         return CLI_OK;
     char *txt = NULL;
-    int rc = ask(c, NULL, lmq_proxy_ping, &txt, NULL);
-    if (rc != CLI_OK)
-        return rc;
+    int rc = lmq_proxy_ping(p, &txt);
+    if (rc != 0) {
+        free(txt);
+        return cli_fail_proxy(c, p, rc);
+    }
     json_t *j = parse_reply(c, txt, "ping");
     if (!j)
         return CLI_FAILED;
@@ -208,42 +211,42 @@ static const char *type_phrase(lmq_type_t t)
 
 /* Command-line text to a value of the type describe gave. Arrays come as
  * "1,2,3" (or "[1,2,3]") and travel as <f8: the description names no dtype,
- * and the daemon converts what it accepts. */
+ * and the daemon converts what it accepts. Each element is read as a float
+ * by lmq_value_parse, so it obeys the same rules as a scalar argument. */
 static int parse_typed(lmq_value_t *v, const char *text, lmq_type_t type)
 {
     if (type != LMQ_ARRAY)
         return lmq_value_parse(v, text, type);
-    size_t n = 1, len = strlen(text);
-    for (const char *p = text; *p; p++)
-        n += *p == ',';
-    const char *s = text;
-    if (len >= 2 && s[0] == '[' && s[len - 1] == ']')
-        s++;
-    double *xs = malloc(n * sizeof *xs);
-    if (!xs)
-        return LMQ_EMEM;
-    size_t k = 0;
-    int rc = 0;
-    while (k < n) {
-        char *end = NULL;
-        xs[k++] = strtod(s, &end);
-        while (end && (*end == ' '))
-            end++;
-        if (end == s || (*end != ',' && *end != ']' && *end != '\0')) {
-            rc = LMQ_EARG;
-            break;
-        }
-        if (*end != ',')
-            break;
-        s = end + 1;
+    size_t len = strlen(text);
+    if (len >= 2 && text[0] == '[' && text[len - 1] == ']') {
+        text++;
+        len -= 2;
     }
-    if (rc == 0 && k != n)
-        rc = LMQ_EARG;
+    size_t n = 1;
+    for (size_t i = 0; i < len; i++)
+        n += text[i] == ',';
+    char *copy = strndup(text, len);
+    double *xs = malloc(n * sizeof *xs);
+    int rc = copy && xs ? 0 : LMQ_EMEM;
+    char *elem = copy;
+    for (size_t k = 0; rc == 0 && k < n; k++) {
+        char *next = strchr(elem, ',');
+        if (next)
+            *next++ = '\0';
+        /* strtod skips leading blanks; "1 , 2" also has trailing ones. */
+        for (char *e = elem + strlen(elem); e > elem && e[-1] == ' ';)
+            *--e = '\0';
+        lmq_value_t x = {0};
+        rc = lmq_value_parse(&x, elem, LMQ_FLOAT);
+        xs[k] = x.u.f;
+        elem = next;
+    }
     if (rc == 0) {
         size_t shape[1] = {n};
         rc = lmq_value_set_array(v, LMQ_F64, 1, shape, xs);
     }
     free(xs);
+    free(copy);
     return rc;
 }
 
@@ -433,31 +436,29 @@ int cli_cmd_describe(cli_t *c, int argc, char **argv)
     if (*jstr(desc, "description"))
         fprintf(c->out, "%s\n", jstr(desc, "description"));
 
-    cli_table_t *tm = cli_table_new(3), *tp = cli_table_new(6), *ts = cli_table_new(6);
-    describe_methods(desc, tm);
-    describe_properties(desc, tp);
-    describe_streams(desc, ts);
-    size_t nm = json_array_size(json_object_get(desc, "methods"));
-    size_t np = json_array_size(json_object_get(desc, "properties"));
-    size_t ns = json_array_size(json_object_get(desc, "streams"));
+    static const struct {
+        const char *section;
+        size_t ncols;
+        void (*fill)(json_t *desc, cli_table_t *t);
+    } tables[] = {
+        {"methods", 3, describe_methods},
+        {"properties", 6, describe_properties},
+        {"streams", 6, describe_streams},
+    };
+    bool any = false;
     int prc = 0;
-    if (nm) {
+    for (size_t k = 0; k < sizeof tables / sizeof tables[0]; k++) {
+        if (json_array_size(json_object_get(desc, tables[k].section)) == 0)
+            continue;
+        any = true;
+        cli_table_t *t = cli_table_new(tables[k].ncols);
+        tables[k].fill(desc, t);
         fputc('\n', c->out);
-        prc |= cli_table_print(tm, c->out, "  ");
+        prc |= cli_table_print(t, c->out, "  ");
+        cli_table_destroy(&t);
     }
-    if (np) {
-        fputc('\n', c->out);
-        prc |= cli_table_print(tp, c->out, "  ");
-    }
-    if (ns) {
-        fputc('\n', c->out);
-        prc |= cli_table_print(ts, c->out, "  ");
-    }
-    if (!nm && !np && !ns)
+    if (!any)
         fprintf(c->out, "\n  (no methods, properties or streams)\n");
-    cli_table_destroy(&tm);
-    cli_table_destroy(&tp);
-    cli_table_destroy(&ts);
     json_decref(desc);
     return prc ? cli_failf(c, LMQ_EMEM, "out of memory") : CLI_OK;
 }
@@ -479,7 +480,7 @@ int cli_cmd_call(cli_t *c, int argc, char **argv)
         goto out;
     json_t *m = cli_desc_find(desc, "methods", method);
     if (!m) {
-        rc = fail_notfound(c, desc, dev, "methods", "method", method);
+        rc = cli_fail_notfound(c, desc, dev, "methods", "method", method);
         goto out;
     }
     json_t *margs = json_object_get(m, "args");
@@ -537,7 +538,7 @@ static int find_property(cli_t *c, const char *dev, const char *prop, lmq_proxy_
         return rc;
     *pr = cli_desc_find(*desc, "properties", prop);
     if (!*pr)
-        return fail_notfound(c, *desc, dev, "properties", "property", prop);
+        return cli_fail_notfound(c, *desc, dev, "properties", "property", prop);
     return CLI_OK;
 }
 

@@ -55,19 +55,13 @@ static const command_t commands[] = {
 
 /* ---- errors ---- */
 
-static int vfail(cli_t *c, int status, const char *fmt, va_list ap)
-{
-    fprintf(c->err, "labmq: %s: ", lmq_status_name(status));
-    vfprintf(c->err, fmt, ap);
-    fputc('\n', c->err);
-    return CLI_FAILED;
-}
-
 int cli_failf(cli_t *c, int status, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    vfail(c, status, fmt, ap);
+    fprintf(c->err, "labmq: %s: ", lmq_status_name(status));
+    vfprintf(c->err, fmt, ap);
+    fputc('\n', c->err);
     va_end(ap);
     return CLI_FAILED;
 }

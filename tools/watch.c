@@ -72,7 +72,7 @@ static const char *units_of(const watch_t *w)
 /* "shape [1000] <f8  seq 123  lost 0  restarts 0  last: min ... V" */
 static void fmt_block_info(const watch_t *w, char *buf, size_t size)
 {
-    char shape[96], mmm[160] = "", seq[48] = "";
+    char shape[96], mmm[160] = "";
     const lmq_frame_t *f = w->last;
     cli_fmt_shape(shape, sizeof shape, lmq_frame_ndim(f), lmq_frame_shape(f));
     size_t n = frame_count(f);
@@ -81,10 +81,10 @@ static void fmt_block_info(const watch_t *w, char *buf, size_t size)
         cli_array_stats(lmq_frame_data(f), lmq_frame_dtype(f), n, &lo, &hi, &mean);
         cli_fmt_minmaxmean(mmm, sizeof mmm, lo, hi, mean);
     }
-    snprintf(seq, sizeof seq, "  seq %llu", (unsigned long long)lmq_frame_seq(f));
     const char *u = units_of(w);
-    snprintf(buf, size, "shape %s %s%s  lost %llu  restarts %llu  last: %s%s%s", shape,
-             lmq_dtype_name(lmq_frame_dtype(f)), seq, (unsigned long long)lmq_sub_lost(w->sub),
+    snprintf(buf, size, "shape %s %s  seq %llu  lost %llu  restarts %llu  last: %s%s%s", shape,
+             lmq_dtype_name(lmq_frame_dtype(f)), (unsigned long long)lmq_frame_seq(f),
+             (unsigned long long)lmq_sub_lost(w->sub),
              (unsigned long long)lmq_sub_restarts(w->sub), mmm, *u ? " " : "", u);
 }
 
@@ -273,22 +273,19 @@ int cli_cmd_watch(cli_t *c, int argc, char **argv)
     json_t *desc = NULL;
     lmq_proxy_t *p = cli_proxy(c, dev);
     int rc = p ? cli_describe(c, p, &desc) : CLI_FAILED;
-    lmq_proxy_destroy(&p);
     if (rc != CLI_OK)
         goto out;
     /* Checking the stream first turns a typo into an error instead of a
      * silent wait for blocks that never come. */
     json_t *st = cli_desc_find(desc, "streams", slash + 1);
     if (!st) {
-        char *names = cli_desc_names(desc, "streams");
-        rc = cli_failf(c, LMQ_ENOTFOUND, "device '%s' has no stream '%s' (streams: %s)", dev, slash + 1,
-                       names ? names : "?");
-        free(names);
+        rc = cli_fail_notfound(c, desc, dev, "streams", "stream", slash + 1);
         goto out;
     }
     const char *units = json_string_value(json_object_get(st, "units"));
     snprintf(w.units, sizeof w.units, "%s", units ? units : "");
-    rc = cli_resolve_data(c);
+    rc = cli_resolve_data(c, p);
+    lmq_proxy_destroy(&p);
     if (rc != CLI_OK)
         goto out;
     w.sub = lmq_sub_new(c->zctx, c->data, topic);
@@ -308,6 +305,7 @@ int cli_cmd_watch(cli_t *c, int argc, char **argv)
         rc = cli_failf(c, LMQ_ETIMEOUT, "no block on %s at %s (is the stream running? see 'labmq describe %s')",
                        topic, c->data, dev);
 out:
+    lmq_proxy_destroy(&p);
     lmq_frame_destroy(&w.last);
     lmq_sub_destroy(&w.sub);
     json_decref(desc);
