@@ -35,18 +35,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 #include <zmq.h>
 
 #include "labmq/labmq.h"
 
-#ifndef LMQ_BENCH_LABMQD
-#define LMQ_BENCH_LABMQD "labmqd"
-#endif
+/* LMQ_BENCH_LABMQD: the labmqd of the build tree (set by bench/CMakeLists.txt). */
 
 extern char **environ;
 
@@ -85,13 +81,6 @@ typedef struct opts {
     frames_t req, rep;
     char **exec_argv; /* exec role: the rest of argv after "--" */
 } opts_t;
-
-static int64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 static int pin_self(int cpu)
 {
@@ -382,8 +371,6 @@ static const char *client_error(const client_t *c, int rc)
 {
     if (c->proxy)
         return lmq_proxy_last_error(c->proxy)[0] ? lmq_proxy_last_error(c->proxy) : lmq_strerror(rc);
-    (void)c;
-    (void)rc;
     return zmq_strerror(errno);
 }
 
@@ -415,11 +402,11 @@ static int role_client(const opts_t *o)
 
     /* The first call may wait for the server to come up (labmqd was just
      * started); then warm up connections, caches, first-call paths. */
-    for (int64_t end = now_ns() + 15 * 1000000000LL;;) {
+    for (int64_t end = lmq_clock_mono_ns() + 15 * 1000000000LL;;) {
         int rc = client_call(&c);
         if (rc == 0)
             break;
-        if (now_ns() > end) {
+        if (lmq_clock_mono_ns() > end) {
             fprintf(stderr, "latency client (%s): no answer from %s: %s\n", o->system, o->endpoint,
                     client_error(&c, rc));
             return 1;
@@ -440,18 +427,18 @@ static int role_client(const opts_t *o)
     bool lat = strcmp(o->mode, "lat") == 0;
     int rc = 0;
     long done = 0;
-    int64_t t0 = now_ns(), elapsed = 0;
+    int64_t t0 = lmq_clock_mono_ns(), elapsed = 0;
     if (lat) {
         int64_t *s = malloc((size_t)o->count * sizeof *s);
         if (!s)
             return 1;
         for (; done < o->count; done++) {
-            int64_t a = now_ns();
+            int64_t a = lmq_clock_mono_ns();
             if ((rc = client_call(&c)) != 0)
                 break;
-            s[done] = now_ns() - a;
+            s[done] = lmq_clock_mono_ns() - a;
         }
-        elapsed = now_ns() - t0;
+        elapsed = lmq_clock_mono_ns() - t0;
         printf("result %ld %" PRId64 "\n", done, elapsed);
         for (long i = 0; i < done; i++)
             printf("s %" PRId64 "\n", s[i]);
@@ -466,7 +453,7 @@ static int role_client(const opts_t *o)
                 break;
             inflight--;
             done++;
-            int64_t t = now_ns();
+            int64_t t = lmq_clock_mono_ns();
             if (t >= end) {
                 elapsed = t - t0;
                 break;
@@ -532,7 +519,7 @@ static int role_sniff(const opts_t *o)
     lmq_proxy_t *ping = lmq_proxy_new(ctx, o->endpoint, NULL);
     lmq_proxy_set_timeout(ping, 250);
     int rc = LMQ_EUNREACH;
-    for (int64_t end = now_ns() + 15 * 1000000000LL; now_ns() < end;) {
+    for (int64_t end = lmq_clock_mono_ns() + 15 * 1000000000LL; lmq_clock_mono_ns() < end;) {
         char *json = NULL;
         rc = lmq_proxy_ping(ping, &json);
         free(json);
@@ -672,24 +659,17 @@ static int child_finish(child_t *c, int sig, int timeout_ms)
     if (sig)
         kill(c->pid, sig);
     int status = 0;
-    for (int waited = 0;; waited += 10) {
-        pid_t r = waitpid(c->pid, &status, WNOHANG);
-        if (r == c->pid)
-            break;
-        if (r < 0)
-            return -1;
-        if (waited >= timeout_ms) {
-            kill(c->pid, SIGKILL);
-            waitpid(c->pid, &status, 0);
-            break;
-        }
-        struct timespec ts = {0, 10 * 1000000};
-        nanosleep(&ts, NULL);
+    int rc = lmq_spawn_wait(c->pid, &status, timeout_ms);
+    if (rc == LMQ_ETIMEOUT) {
+        kill(c->pid, SIGKILL);
+        rc = lmq_spawn_wait(c->pid, &status, -1);
     }
     if (c->out)
         fclose(c->out);
     c->out = NULL;
     c->pid = -1;
+    if (rc != 0)
+        return -1;
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
 }
 
@@ -931,8 +911,9 @@ static int write_file(const char *path, const char *text)
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: latency [--quick] [--samples N] [--duration S] [--rounds R] [--inflight K]\n"
-            "               [--clients C] [--layout same|split|free] [--labmqd PATH] [--property NAME]\n"
+            "usage: latency [--quick] [--samples N] [--warmup N] [--duration S] [--rounds R]\n"
+            "               [--inflight K] [--clients C] [--layout same|split|free] [--labmqd PATH]\n"
+            "               [--property NAME]\n"
             "\n"
             "Measures a `get` of a sim-psu property through labmqd (labmq), through a raw libzmq\n"
             "broker of the same shape (raw-broker) and through a DEALER/ROUTER echo (echo), with\n"
@@ -972,9 +953,11 @@ static int orchestrate(const opts_t *o)
     write_file(b.config, "devices:\n  - name: psu1\n    driver: sim-psu\n");
     int status = 0;
 
-    /* labmq's own frame sizes, from a daemon on no particular CPU. */
-    b.req = (frames_t){1, {58}};
-    b.rep = (frames_t){1, {48}};
+    /* labmq's own frame sizes, from a daemon on no particular CPU; these
+     * typical sizes stand in when labmq cannot be run. */
+    const frames_t assumed_req = {1, {58}}, assumed_rep = {1, {48}};
+    b.req = assumed_req;
+    b.rep = assumed_rep;
     b.have_labmq = access(o->labmqd, X_OK) == 0;
     if (!b.have_labmq) {
         fprintf(stderr, "latency: %s not found or not executable; labmq rows skipped\n", o->labmqd);
@@ -1000,8 +983,8 @@ static int orchestrate(const opts_t *o)
             ok = 0;
         stop_servers(srv);
         if (!ok) {
-            b.req = (frames_t){1, {58}};
-            b.rep = (frames_t){1, {48}};
+            b.req = assumed_req;
+            b.rep = assumed_rep;
             fprintf(stderr, "latency: labmq does not work; labmq rows skipped. Daemon log (%s):\n", b.daemon_log);
             FILE *f = fopen(b.daemon_log, "r");
             char buf[512];

@@ -15,7 +15,9 @@ scripts/setup-deps.sh
 
 step "build (Release) into build/"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build build -j"${LMQ_JOBS:-2}"
+# Only what the demo runs (the daemon, the CLI, the C example); scripts/test.sh
+# builds and runs the tests.
+cmake --build build -j"${LMQ_JOBS:-2}" --target labmqd labmq_cli iv_scan
 
 labmqd=build/workers/labmqd/labmqd
 cli=build/tools/labmq
@@ -25,13 +27,15 @@ tmp=$(mktemp -d "${TMPDIR:-/tmp}/labmq-demo.XXXXXX")
 control="ipc://$tmp/control"
 data="ipc://$tmp/data"
 daemon_pid=
+# stop_daemon TENTHS: SIGTERM, then true once the daemon is gone within TENTHS x 0.1 s.
+stop_daemon() {
+  kill -TERM "$daemon_pid" 2>/dev/null || true
+  for _ in $(seq "$1"); do kill -0 "$daemon_pid" 2>/dev/null || return 0; sleep 0.1; done
+  return 1
+}
 cleanup() {
-  if [[ -n "$daemon_pid" ]] && kill -0 "$daemon_pid" 2>/dev/null; then
-    kill -TERM "$daemon_pid" 2>/dev/null || true
-    # Give it a moment to stop cleanly, then make sure.
-    for _ in $(seq 50); do kill -0 "$daemon_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$daemon_pid" 2>/dev/null || true
-  fi
+  # Give it a moment to stop cleanly, then make sure.
+  if [[ -n "$daemon_pid" ]] && ! stop_daemon 50; then kill -KILL "$daemon_pid" 2>/dev/null || true; fi
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -72,16 +76,14 @@ step "Python example: /usr/bin/python3 examples/python/iv_scan.py --endpoint $co
 record "examples/python/iv_scan.py" $?
 
 step "stop labmqd (SIGTERM)"
-kill -TERM "$daemon_pid"
 # Bounded: a daemon that hangs on shutdown is a failure, not a stuck demo.
-for _ in $(seq 100); do kill -0 "$daemon_pid" 2>/dev/null || break; sleep 0.1; done
-if kill -0 "$daemon_pid" 2>/dev/null; then
-  echo "demo: labmqd still running 10 s after SIGTERM" >&2
-  rc=124
-else
+if stop_daemon 100; then
   wait "$daemon_pid"
   rc=$?
   daemon_pid=
+else
+  echo "demo: labmqd still running 10 s after SIGTERM" >&2
+  rc=124
 fi
 set -e
 record "labmqd clean shutdown" "$rc"

@@ -140,8 +140,8 @@ static void check_output(const char *what, const char *out)
     const char *s = strstr(out, "stream ");
     ck_assert_msg(s != NULL, "%s: no stream report:\n%s", what, out);
     unsigned long long blocks = 0, lost = 1;
-    const char *b = strstr(s, "blocks"), *l = strstr(s, "lost ");
-    ck_assert_msg(b && l && sscanf(l, "lost %llu", &lost) == 1, "%s: stream report unreadable:\n%s", what, out);
+    const char *l = strstr(s, "lost ");
+    ck_assert_msg(l && sscanf(l, "lost %llu", &lost) == 1, "%s: stream report unreadable:\n%s", what, out);
     const char *colon = strchr(s, ':');
     ck_assert_msg(colon && sscanf(colon + 1, " %llu blocks", &blocks) == 1, "%s: no block count:\n%s", what, out);
     ck_assert_msg(blocks >= 3, "%s: only %llu stream blocks in a second:\n%s", what, blocks, out);

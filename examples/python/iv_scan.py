@@ -195,6 +195,7 @@ def connectable(data_ep, control_ep):
 
 
 def sweep(psu, daq, args):
+    """The sweep proper; True when the current rises with the voltage."""
     gain = daq.get("ai0_gain")
     # The most sensitive input range that still holds the largest current the
     # supply may deliver: milliamps on a 10 V range would be lost in the
@@ -214,7 +215,10 @@ def sweep(psu, daq, args):
     tol = max(1e-6, 0.01 * currents.max())
     dips = int(np.count_nonzero(np.diff(currents) < -tol))
     if dips or not currents.max() > currents[0]:
-        raise SystemExit(f"iv_scan.py: the current does not rise with the voltage ({dips} dips); check the wiring")
+        print(f"iv_scan.py: the current does not rise with the voltage ({dips} dips); check the wiring",
+              file=sys.stderr)
+        return False
+    return True
 
 
 def watch_stream(ctx, data_ep, topic, seconds):
@@ -280,16 +284,13 @@ def main():
         psu.set("output", True)
         print(f"sweep: {args.psu} 0..{args.vmax:g} V in {args.steps} steps, limit {args.ilimit:g} A, "
               f"current via {args.daq}/ai0")
-        sweep(psu, daq, args)
-        ok = watch_stream(ctx, data_ep, f"{args.daq}/wave", args.seconds)
+        ok = sweep(psu, daq, args) and watch_stream(ctx, data_ep, f"{args.daq}/wave", args.seconds)
     except LabmqError as e:
         if e.code == "UNREACHABLE":
             print(f"iv_scan.py: {e.message}\n            start one first, e.g.: "
                   f"labmqd --config examples/sim-lab.yaml", file=sys.stderr)
         else:
             print(f"iv_scan.py: {e}", file=sys.stderr)
-    except SystemExit as e:
-        print(e, file=sys.stderr)
     finally:
         try:
             if output_on:
