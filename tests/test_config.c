@@ -13,6 +13,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "device_internal.h"
 #include "harness.h"
 #include "labmq/labmq.h"
 
@@ -234,6 +235,53 @@ START_TEST(test_apply)
 }
 END_TEST
 
+/* ---- the rules the config shares with lmq_daemon_add (internal) ---- */
+
+/* No built-in driver has a required option, so a table of our own. */
+static const lmq_option_t fake_options[] = {
+    {"rate", LMQ_FLOAT, "1", NULL},
+    {"port", LMQ_STRING, NULL, "serial port"},
+    {NULL, LMQ_NONE, NULL, NULL},
+};
+static const lmq_driver_t fake_driver = {.name = "fake", .options = fake_options};
+
+START_TEST(test_shared_rules)
+{
+    lmq__option_fault_t f;
+    const char *ok[] = {"port", "/dev/ttyS0", NULL};
+    ck_assert_int_eq(lmq__options_parse(&fake_driver, ok, NULL, &f), 0);
+    const char *missing[] = {"rate", "2", NULL};
+    ck_assert_int_eq(lmq__options_parse(&fake_driver, missing, NULL, &f), LMQ__OPT_MISSING);
+    ck_assert_str_eq(f.name, "port");
+    const char *bad_value[] = {"port", "x", "rate", "fast", NULL};
+    ck_assert_int_eq(lmq__options_parse(&fake_driver, bad_value, NULL, &f), LMQ__OPT_BAD_VALUE);
+    ck_assert_str_eq(f.name, "rate");
+    ck_assert_str_eq(f.text, "fast");
+    const char *unknown[] = {"port", "x", "baud", "9600", NULL};
+    ck_assert_int_eq(lmq__options_parse(&fake_driver, unknown, NULL, &f), LMQ__OPT_UNKNOWN);
+    ck_assert_str_eq(f.name, "baud");
+    const char *novalue[] = {"port", NULL, NULL};
+    ck_assert_int_eq(lmq__options_parse(&fake_driver, novalue, NULL, &f), LMQ__OPT_NO_VALUE);
+
+    /* The daemon phrases the same faults. */
+    char err[256];
+    ck_assert_ptr_null(lmq__dev_new("d", &fake_driver, "", missing, err, sizeof err));
+    ck_assert_msg(strstr(err, "needs option 'port' (serial port)") != NULL, "%s", err);
+    ck_assert_ptr_null(lmq__dev_new("d", &fake_driver, "", bad_value, err, sizeof err));
+    ck_assert_msg(strstr(err, "'rate' = 'fast'") != NULL, "%s", err);
+    lmq_dev_t *dev = lmq__dev_new("d", &fake_driver, "", ok, err, sizeof err);
+    ck_assert_msg(dev != NULL, "%s", err);
+    lmq__dev_destroy(&dev);
+
+    ck_assert(lmq__device_name_ok("a.b_c-9"));
+    ck_assert(lmq__device_name_ok("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")); /* 64 */
+    ck_assert(!lmq__device_name_ok("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"));
+    ck_assert(!lmq__device_name_ok(""));
+    ck_assert(!lmq__device_name_ok(NULL));
+    ck_assert(!lmq__device_name_ok("a/b"));
+}
+END_TEST
+
 /* ---- default endpoints ---- */
 
 START_TEST(test_endpoint_create)
@@ -343,6 +391,7 @@ static Suite *config_suite(void)
 
     tc = tcase_create("daemon");
     tcase_add_test(tc, test_apply);
+    tcase_add_test(tc, test_shared_rules);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "device_internal.h"
 #include "labmq/config.h"
 #include "labmq/log.h"
 #include "labmq/status.h"
@@ -58,9 +59,8 @@ struct lmq_config {
     /* libcyaml needs the same schema again for cyaml_free, and the schema
      * points into itself, so it lives (unmoved) inside the object. */
     cyaml_config_t cy;
-    const char **opt_names; /* union of driver option names; borrowed from the static driver tables */
-    size_t n_opts;
-    cyaml_schema_field_t *opt_fields; /* n_opts + terminator */
+    size_t n_opts;                    /* union of the drivers' option names, one slot each */
+    cyaml_schema_field_t *opt_fields; /* n_opts + terminator; .key is the option name */
     cyaml_schema_field_t dev_fields[5];
     cyaml_schema_value_t dev_entry;
     cyaml_schema_field_t top_fields[5];
@@ -69,7 +69,6 @@ struct lmq_config {
     struct raw_config *raw;       /* owned, freed with cyaml_free */
     lmq_config_device_t *devices; /* owned; strings borrowed from raw */
     const char **optv;            /* owned; every device's option list in one block */
-    size_t n_devices;
 };
 
 /* ---- a small growable string for messages ---- */
@@ -154,7 +153,8 @@ typedef struct loader {
     int doc_state; /* 0 = not tried, 1 = loaded, -1 = syntax error (see syn_*) */
     char syn_msg[256];
     int syn_line, syn_col;
-    char *err; /* the first error, formatted; owned */
+    bool failed;
+    char *err; /* the first error, formatted (NULL if that ran out of memory); owned */
 } loader_t;
 
 static void capture_log(cyaml_log_t level, void *ctx, const char *fmt, va_list args)
@@ -293,8 +293,9 @@ static void fail(loader_t *L, int line, int col, const char *fmt, ...) LMQ_PRINT
  * position known); later ones would only be consequences of it. */
 static void fail(loader_t *L, int line, int col, const char *fmt, ...)
 {
-    if (L->err)
+    if (L->failed)
         return;
+    L->failed = true;
     strbuf_t sb = {0};
     if (line > 0)
         sb_printf(&sb, "%s:%d:%d: ", L->origin, line, col);
@@ -308,14 +309,6 @@ static void fail(loader_t *L, int line, int col, const char *fmt, ...)
 }
 
 /* ---- drivers and their options ---- */
-
-static const lmq_option_t *driver_option(const lmq_driver_t *drv, const char *name)
-{
-    for (const lmq_option_t *o = drv->options; o && o->name; o++)
-        if (strcmp(o->name, name) == 0)
-            return o;
-    return NULL;
-}
 
 static void list_drivers(strbuf_t *sb)
 {
@@ -375,18 +368,16 @@ static int build_schema(lmq_config_t *c)
     for (size_t i = 0; list && list[i]; i++)
         for (const lmq_option_t *o = list[i]->options; o && o->name; o++)
             max++;
-    c->opt_names = calloc(max ? max : 1, sizeof *c->opt_names);
     c->opt_fields = calloc(max + 1, sizeof *c->opt_fields);
-    if (!c->opt_names || !c->opt_fields)
+    if (!c->opt_fields)
         return LMQ_EMEM;
     for (size_t i = 0; list && list[i]; i++)
         for (const lmq_option_t *o = list[i]->options; o && o->name; o++) {
             size_t k = 0;
-            while (k < c->n_opts && strcmp(c->opt_names[k], o->name) != 0)
+            while (k < c->n_opts && strcmp(c->opt_fields[k].key, o->name) != 0)
                 k++;
             if (k < c->n_opts)
                 continue; /* shared by several drivers: one slot */
-            c->opt_names[k] = o->name;
             c->opt_fields[k] = (cyaml_schema_field_t){
                 .key = o->name,
                 .data_offset = (uint32_t)(k * sizeof(char *)),
@@ -568,12 +559,10 @@ static void cyaml_failure(loader_t *L, cyaml_err_t e)
         fail(L, line, col, "%s: unknown key '%s' (valid keys: name, driver, connection, options)", dev, key);
     } else if (kind == K_UNKNOWN) {
         fail(L, line, col, "%s%sunknown key '%s'", where, *where ? ": " : "", key);
-    } else if (kind == K_DUP) {
-        fail(L, line, col, "%s%sduplicate key '%s'", ctx == CTX_DEVICE ? dev : where,
-             (ctx == CTX_DEVICE || *where) ? ": " : "", key);
-    } else if (kind == K_MISSING) {
-        fail(L, line, col, "%s%smissing required key '%s'", ctx == CTX_DEVICE ? dev : where,
-             (ctx == CTX_DEVICE || *where) ? ": " : "", key);
+    } else if (kind == K_DUP || kind == K_MISSING) {
+        const char *subject = ctx == CTX_DEVICE ? dev : where;
+        fail(L, line, col, "%s%s%s key '%s'", subject, *subject ? ": " : "",
+             kind == K_DUP ? "duplicate" : "missing required", key);
     } else if (sscanf(m, "Expecting %31[A-Z_], got event: %31[A-Z_]", want, got) == 2) {
         fail(L, line, col, "%s%sexpected %s, found %s", where, *where ? ": " : "", expect_words(want),
              event_words(got));
@@ -584,20 +573,6 @@ static void cyaml_failure(loader_t *L, cyaml_err_t e)
 }
 
 /* ---- checks libcyaml cannot make ---- */
-
-/* Same rule as lmq_daemon_add, so what passes here is not refused there. */
-static bool name_ok(const char *s)
-{
-    if (!*s || strlen(s) > 64)
-        return false;
-    for (; *s; s++) {
-        char ch = *s;
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_' ||
-              ch == '-' || ch == '.'))
-            return false;
-    }
-    return true;
-}
 
 /* Only the shape: ZeroMQ itself judges the rest when the daemon binds. */
 static bool endpoint_ok(const char *ep)
@@ -637,17 +612,18 @@ static void validate(loader_t *L)
                  keys[k], eps[k]);
             return;
         }
+    /* The daemon's own rules (lmq_daemon_add), so a file that passes here is
+     * not refused later; here the messages get positions. */
     for (size_t i = 0; i < r->devices_count; i++) {
-        const struct raw_device *d = &r->devices[i];
+        const lmq_config_device_t *d = &L->cfg->devices[i];
         line = col = 0;
-        if (!name_ok(d->name)) {
+        if (!lmq__device_name_ok(d->name)) {
             device_pos(L, i, "name", NULL, false, &line, &col);
-            fail(L, line, col, "device name '%s' is invalid (use 1 to 64 letters, digits, '_', '-' and '.')",
-                 d->name);
+            fail(L, line, col, "device name '%s' is invalid (use " LMQ__DEVICE_NAME_RULE ")", d->name);
             return;
         }
         for (size_t j = 0; j < i; j++)
-            if (strcmp(r->devices[j].name, d->name) == 0) {
+            if (strcmp(L->cfg->devices[j].name, d->name) == 0) {
                 int fl = 0, fc = 0;
                 device_pos(L, j, "name", NULL, false, &fl, &fc);
                 device_pos(L, i, "name", NULL, false, &line, &col);
@@ -660,39 +636,24 @@ static void validate(loader_t *L)
             fail_unknown_driver(L, line, col, d->name, d->driver);
             return;
         }
-        for (size_t k = 0; d->options && k < L->cfg->n_opts; k++) {
-            const char *val = d->options[k], *oname = L->cfg->opt_names[k];
-            if (!val)
-                continue;
-            const lmq_option_t *opt = driver_option(drv, oname);
-            if (!opt) {
-                device_pos(L, i, "options", oname, false, &line, &col);
-                fail_foreign_option(L, line, col, d->name, drv, oname);
-                return;
-            }
-            /* The same parser lmq_daemon_add uses, so a file that passes here
-             * is not rejected later. */
-            lmq_value_t v = {0};
-            int rc = lmq_value_parse(&v, val, opt->type);
-            lmq_value_clear(&v);
-            if (rc != 0) {
-                device_pos(L, i, "options", oname, true, &line, &col);
-                fail(L, line, col, "device '%s': option '%s' must be %s, not '%s'", d->name, oname,
-                     type_wanted(opt->type), val);
-                return;
-            }
-        }
-        for (const lmq_option_t *o = drv->options; o && o->name; o++) {
-            bool given = false;
-            for (size_t k = 0; d->options && k < L->cfg->n_opts; k++)
-                if (d->options[k] && strcmp(L->cfg->opt_names[k], o->name) == 0)
-                    given = true;
-            if (!o->def && !given) {
-                device_pos(L, i, NULL, NULL, false, &line, &col);
-                fail(L, line, col, "device '%s': driver %s requires option '%s' (%s)", d->name, drv->name, o->name,
-                     o->doc ? o->doc : type_wanted(o->type));
-                return;
-            }
+        lmq__option_fault_t f;
+        switch (lmq__options_parse(drv, d->options, NULL, &f)) {
+        case 0:
+            break;
+        case LMQ__OPT_UNKNOWN:
+            device_pos(L, i, "options", f.name, false, &line, &col);
+            fail_foreign_option(L, line, col, d->name, drv, f.name);
+            return;
+        case LMQ__OPT_MISSING:
+            device_pos(L, i, NULL, NULL, false, &line, &col);
+            fail(L, line, col, "device '%s': driver %s requires option '%s' (%s)", d->name, drv->name, f.name,
+                 f.opt->doc ? f.opt->doc : type_wanted(f.opt->type));
+            return;
+        default: /* a bad value (libcyaml gives every option one) */
+            device_pos(L, i, "options", f.name, true, &line, &col);
+            fail(L, line, col, "device '%s': option '%s' must be %s, not '%s'", d->name, f.name,
+                 type_wanted(f.opt->type), f.text ? f.text : "");
+            return;
         }
     }
 }
@@ -721,12 +682,11 @@ static int build_devices(lmq_config_t *c)
         };
         for (size_t k = 0; d->options && k < c->n_opts; k++)
             if (d->options[k]) {
-                *o++ = c->opt_names[k];
+                *o++ = c->opt_fields[k].key;
                 *o++ = d->options[k];
             }
         *o++ = NULL;
     }
-    c->n_devices = r->devices_count;
     return 0;
 }
 
@@ -754,7 +714,6 @@ static lmq_config_t *parse_text(const char *text, size_t len, const char *origin
         return NULL;
     }
     loader_t L = {.cfg = c, .origin = origin, .text = (const unsigned char *)text, .len = len};
-    bool failed = false;
     c->cy = (cyaml_config_t){
         .log_fn = capture_log,
         .log_ctx = &L,
@@ -768,27 +727,22 @@ static lmq_config_t *parse_text(const char *text, size_t len, const char *origin
     cyaml_err_t e = cyaml_load_data((const uint8_t *)text, len, &c->cy, &c->top, (cyaml_data_t **)&raw, NULL);
     c->cy.log_fn = NULL; /* L dies with this frame; cyaml_free must not log into it */
     c->cy.log_ctx = NULL;
-    if (e != CYAML_OK) {
-        failed = true;
-        if (e == CYAML_ERR_OOM)
-            fail(&L, 0, 0, "out of memory");
-        else
-            cyaml_failure(&L, e);
+    if (e == CYAML_ERR_OOM) {
+        fail(&L, 0, 0, "out of memory");
+    } else if (e != CYAML_OK) {
+        cyaml_failure(&L, e);
     } else if (!raw) {
-        failed = true;
         fail(&L, 0, 0, "the configuration is empty (it needs at least a 'devices:' list)");
     } else {
         c->raw = raw;
-        validate(&L);
-        failed = L.err != NULL;
-        if (!failed && build_devices(c) != 0) {
-            failed = true;
+        if (build_devices(c) != 0)
             fail(&L, 0, 0, "out of memory");
-        }
+        else
+            validate(&L);
     }
     if (L.doc_state > 0)
         yaml_document_delete(&L.doc);
-    if (failed) {
+    if (L.failed) {
         if (err)
             *err = L.err;
         else
@@ -875,7 +829,6 @@ void lmq_config_destroy(lmq_config_t **cfg)
     free(c->devices);
     free(c->optv);
     free(c->opt_fields);
-    free(c->opt_names);
     free(c);
     *cfg = NULL;
 }
@@ -897,12 +850,12 @@ const char *lmq_config_log_level(const lmq_config_t *cfg)
 
 size_t lmq_config_device_count(const lmq_config_t *cfg)
 {
-    return cfg ? cfg->n_devices : 0;
+    return cfg && cfg->raw ? cfg->raw->devices_count : 0;
 }
 
 const lmq_config_device_t *lmq_config_device(const lmq_config_t *cfg, size_t i)
 {
-    return cfg && i < cfg->n_devices ? &cfg->devices[i] : NULL;
+    return i < lmq_config_device_count(cfg) ? &cfg->devices[i] : NULL;
 }
 
 int lmq_config_apply(const lmq_config_t *cfg, lmq_daemon_t *d, char **err)
@@ -913,14 +866,10 @@ int lmq_config_apply(const lmq_config_t *cfg, lmq_daemon_t *d, char **err)
         set_err(err, "lmq_config_apply: no configuration or daemon");
         return LMQ_EARG;
     }
-    for (size_t i = 0; i < cfg->n_devices; i++) {
+    for (size_t i = 0; i < lmq_config_device_count(cfg); i++) {
+        /* The driver was found when the file was loaded. */
         const lmq_config_device_t *dev = &cfg->devices[i];
-        const lmq_driver_t *drv = lmq_driver_find(dev->driver);
-        if (!drv) {
-            set_err(err, "device '%s': unknown driver '%s'", dev->name, dev->driver);
-            return LMQ_ECONFIG;
-        }
-        int rc = lmq_daemon_add(d, dev->name, drv, dev->connection, dev->options);
+        int rc = lmq_daemon_add(d, dev->name, lmq_driver_find(dev->driver), dev->connection, dev->options);
         if (rc != 0) {
             const char *why = lmq_daemon_last_error(d);
             if (why && strncmp(why, "device '", 8) == 0)

@@ -30,17 +30,6 @@ lmq_daemon_t *lmq_daemon_new(void *zctx, const char *control_endpoint, const cha
 
 const char *lmq_daemon_last_error(const lmq_daemon_t *d) { return d ? d->err : "no daemon"; }
 
-static bool valid_name(const char *s)
-{
-    if (!s || !*s || strlen(s) > 64)
-        return false;
-    for (; *s; s++)
-        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') || *s == '_' ||
-              *s == '-' || *s == '.'))
-            return false;
-    return true;
-}
-
 int lmq_daemon_add(lmq_daemon_t *d, const char *name, const lmq_driver_t *driver, const char *connection,
                    const char *const *options)
 {
@@ -50,8 +39,8 @@ int lmq_daemon_add(lmq_daemon_t *d, const char *name, const lmq_driver_t *driver
         snprintf(d->err, sizeof d->err, "devices must be added before lmq_daemon_start");
         return LMQ_EARG;
     }
-    if (!valid_name(name)) {
-        snprintf(d->err, sizeof d->err, "invalid device name '%s' (use 1-64 letters, digits, '_', '-', '.')",
+    if (!lmq__device_name_ok(name)) {
+        snprintf(d->err, sizeof d->err, "invalid device name '%s' (use " LMQ__DEVICE_NAME_RULE ")",
                  name ? name : "(null)");
         return LMQ_EARG;
     }

@@ -108,6 +108,56 @@ static size_t count_named(const void *table, size_t stride)
     return n;
 }
 
+bool lmq__device_name_ok(const char *s)
+{
+    if (!s || !*s || strlen(s) > 64)
+        return false;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') || *s == '_' ||
+              *s == '-' || *s == '.'))
+            return false;
+    return true;
+}
+
+static const lmq_option_t *find_option(const lmq_driver_t *drv, const char *name)
+{
+    for (const lmq_option_t *o = drv->options; o && o->name; o++)
+        if (strcmp(o->name, name) == 0)
+            return o;
+    return NULL;
+}
+
+int lmq__options_parse(const lmq_driver_t *drv, const char *const *options, lmq__option_value_t *out,
+                       lmq__option_fault_t *f)
+{
+    *f = (lmq__option_fault_t){0};
+    for (const char *const *o = options; o && o[0]; o += 2) {
+        f->name = o[0];
+        if (!(f->opt = find_option(drv, o[0])))
+            return LMQ__OPT_UNKNOWN;
+        if (!o[1])
+            return LMQ__OPT_NO_VALUE;
+    }
+    size_t k = 0;
+    for (const lmq_option_t *opt = drv->options; opt && opt->name; opt++, k++) {
+        const char *text = opt->def;
+        for (const char *const *o = options; o && o[0]; o += 2)
+            if (strcmp(o[0], opt->name) == 0)
+                text = o[1];
+        *f = (lmq__option_fault_t){.name = opt->name, .opt = opt, .text = text};
+        if (!text)
+            return LMQ__OPT_MISSING;
+        lmq_value_t v = {0};
+        int rc = lmq_value_parse(out ? &out[k].val : &v, text, opt->type);
+        lmq_value_clear(&v);
+        if (out)
+            out[k].opt = opt;
+        if (rc != 0)
+            return LMQ__OPT_BAD_VALUE;
+    }
+    return 0;
+}
+
 lmq_dev_t *lmq__dev_new(const char *name, const lmq_driver_t *drv, const char *connection,
                         const char *const *options, char *err, size_t errlen)
 {
@@ -144,42 +194,29 @@ lmq_dev_t *lmq__dev_new(const char *name, const lmq_driver_t *drv, const char *c
         }
         snprintf(dev->streams[i].topic, len, "%s/%s", name, drv->streams[i].name);
     }
-    /* Reject option names the driver does not know before anything runs. */
-    for (const char *const *o = options; o && o[0]; o += 2) {
-        size_t k = 0;
-        while (k < dev->nopts && strcmp(drv->options[k].name, o[0]) != 0)
-            k++;
-        if (k == dev->nopts) {
-            int n = snprintf(err, errlen, "device '%s': driver %s has no option '%s' (options:", name, drv->name,
-                             o[0]);
-            for (size_t j = 0; j < dev->nopts && n > 0 && (size_t)n < errlen; j++)
-                n += snprintf(err + n, errlen - n, "%s %s", j ? "," : "", drv->options[j].name);
-            if (n > 0 && (size_t)n < errlen)
-                snprintf(err + n, errlen - n, "%s)", dev->nopts ? "" : " none");
-            goto fail;
-        }
-        if (!o[1]) {
-            snprintf(err, errlen, "device '%s': option '%s' has no value", name, o[0]);
-            goto fail;
-        }
+    lmq__option_fault_t f;
+    switch (lmq__options_parse(drv, options, dev->opts, &f)) {
+    case 0:
+        break;
+    case LMQ__OPT_UNKNOWN: {
+        int n = snprintf(err, errlen, "device '%s': driver %s has no option '%s' (options:", name, drv->name, f.name);
+        for (size_t j = 0; j < dev->nopts && n > 0 && (size_t)n < errlen; j++)
+            n += snprintf(err + n, errlen - n, "%s %s", j ? "," : "", drv->options[j].name);
+        if (n > 0 && (size_t)n < errlen)
+            snprintf(err + n, errlen - n, "%s)", dev->nopts ? "" : " none");
+        goto fail;
     }
-    for (size_t k = 0; k < dev->nopts; k++) {
-        const lmq_option_t *opt = &drv->options[k];
-        const char *text = opt->def;
-        for (const char *const *o = options; o && o[0]; o += 2)
-            if (strcmp(o[0], opt->name) == 0)
-                text = o[1];
-        dev->opts[k].opt = opt;
-        if (!text) {
-            snprintf(err, errlen, "device '%s': driver %s needs option '%s' (%s)", name, drv->name, opt->name,
-                     opt->doc ? opt->doc : lmq_type_name(opt->type));
-            goto fail;
-        }
-        if (lmq_value_parse(&dev->opts[k].val, text, opt->type) != 0) {
-            snprintf(err, errlen, "device '%s': option '%s' = '%s' is not a valid %s", name, opt->name, text,
-                     lmq_type_name(opt->type));
-            goto fail;
-        }
+    case LMQ__OPT_NO_VALUE:
+        snprintf(err, errlen, "device '%s': option '%s' has no value", name, f.name);
+        goto fail;
+    case LMQ__OPT_MISSING:
+        snprintf(err, errlen, "device '%s': driver %s needs option '%s' (%s)", name, drv->name, f.name,
+                 f.opt->doc ? f.opt->doc : lmq_type_name(f.opt->type));
+        goto fail;
+    default:
+        snprintf(err, errlen, "device '%s': option '%s' = '%s' is not a valid %s", name, f.name, f.text,
+                 lmq_type_name(f.opt->type));
+        goto fail;
     }
     return dev;
 fail:
