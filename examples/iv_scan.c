@@ -14,7 +14,6 @@
  * Exit status: 0 when the sweep and the stream check worked and no stream
  * block was lost, 1 otherwise. */
 #include <getopt.h>
-#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -144,45 +143,24 @@ static int set_output(lmq_proxy_t *p, bool on)
     return rc ? fail(p, PSU_OUTPUT, rc) : 0;
 }
 
-/* Pings until a daemon answers or wait_s passes: lets a script start labmqd
- * and this program back to back. Returns the ping reply's JSON or NULL. */
-static char *ping_daemon(lmq_proxy_t *d, const char *endpoint, double wait_s)
+/* Asks the daemon where it publishes data, waiting up to wait_s for one to
+ * answer (scripts start the daemon and the example back to back). */
+static int find_daemon(lmq_proxy_t *d, const char *endpoint, double wait_s, char *data, size_t size)
 {
     int64_t deadline = lmq_clock_mono_ns() + (int64_t)(wait_s * 1e9);
-    char *json = NULL;
     int rc;
-    for (;;) {
-        rc = lmq_proxy_ping(d, &json);
-        if (rc == 0)
-            return json;
-        if (rc != LMQ_EUNREACH && rc != LMQ_ETIMEOUT)
-            break;
+    while ((rc = lmq_proxy_data_endpoint(d, data, size)) == LMQ_EUNREACH || rc == LMQ_ETIMEOUT) {
         if (lmq_clock_mono_ns() >= deadline) {
             fprintf(stderr,
                     "iv_scan: no labmqd answers at %s\n"
                     "         start one first, e.g.: labmqd --config examples/sim-lab.yaml --control %s\n",
                     endpoint, endpoint);
-            return NULL;
+            return -1;
         }
     }
-    fprintf(stderr, "iv_scan: ping %s failed: %s: %s\n", endpoint, lmq_status_name(rc), lmq_proxy_last_error(d));
-    return NULL;
-}
-
-/* A daemon bound to every interface (host "*" or 0.0.0.0) reports just that, which cannot be
- * connected to; use the host we reached its control endpoint at instead. */
-static void connectable(char *buf, size_t size, const char *data, const char *control)
-{
-    static const char *const wild[] = {"tcp://*:", "tcp://0.0.0.0:"};
-    for (size_t k = 0; k < 2; k++) {
-        size_t n = strlen(wild[k]);
-        const char *colon = strrchr(control, ':');
-        if (strncmp(data, wild[k], n) == 0 && strncmp(control, "tcp://", 6) == 0 && colon > control + 6) {
-            snprintf(buf, size, "tcp://%.*s:%s", (int)(colon - control - 6), control + 6, data + n);
-            return;
-        }
-    }
-    snprintf(buf, size, "%s", data);
+    if (rc != 0)
+        fprintf(stderr, "iv_scan: ping %s failed: %s: %s\n", endpoint, lmq_status_name(rc), lmq_proxy_last_error(d));
+    return rc ? -1 : 0;
 }
 
 /* The sweep proper. Prints one row per step and checks that the current never
@@ -322,7 +300,6 @@ int main(int argc, char **argv)
     }
     int status = 1;
     lmq_proxy_t *daemon = NULL, *psu = NULL, *daq = NULL;
-    char *ping = NULL;
     bool output_on = false, range_saved = false;
     double range_before = 0;
 
@@ -333,24 +310,12 @@ int main(int argc, char **argv)
                 o.endpoint);
         goto out;
     }
-    if (!(ping = ping_daemon(daemon, o.endpoint, o.wait_s)))
+    /* Unless told, ask the daemon where it publishes (this also waits for it). */
+    if (find_daemon(daemon, o.endpoint, o.wait_s, datadef, sizeof datadef))
         goto out;
-
-    json_t *pj = json_loads(ping, 0, NULL);
-    const char *name = NULL, *version = NULL, *data = NULL;
-    if (pj)
-        json_unpack(pj, "{s?s, s?s, s?s}", "daemon", &name, "version", &version, "data", &data);
-    if (!o.data && data) {
-        connectable(datadef, sizeof datadef, data, o.endpoint);
+    if (!o.data)
         o.data = datadef;
-    }
-    printf("daemon: %s %s at %s, data %s\n", name ? name : "?", version ? version : "?", o.endpoint,
-           o.data ? o.data : "?");
-    json_decref(pj);
-    if (!o.data) {
-        fprintf(stderr, "iv_scan: the daemon did not report its data endpoint; pass --data\n");
-        goto out;
-    }
+    printf("daemon: labmqd at %s, data %s\n", o.endpoint, o.data);
 
     /* Two ways to name a device: endpoint + name, or one URI string (which
      * is what you would hand to another process). */
@@ -388,7 +353,6 @@ out:
     }
     if (range_saved && set_double(daq, DAQ_RANGE, range_before))
         status = 1;
-    free(ping);
     lmq_proxy_destroy(&daq);
     lmq_proxy_destroy(&psu);
     lmq_proxy_destroy(&daemon);

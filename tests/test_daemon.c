@@ -305,6 +305,34 @@ START_TEST(in_process_daemon)
 }
 END_TEST
 
+/* A daemon on tcp with a wildcard host and port (every interface, a port of ZeroMQ's choosing)
+ * reports the port it got, and the proxy turns the wildcard host into one a
+ * client can connect to. */
+START_TEST(data_endpoint_is_connectable)
+{
+    void *ctx = zmq_ctx_new();
+    lmq_daemon_t *d = lmq_daemon_new(ctx, "inproc://lab", "tcp://*:*", NULL);
+    const char *opts[] = {"sample_rate", "1000", "block_size", "100", NULL};
+    ck_assert_int_eq(lmq_daemon_add(d, "daq1", lmq_driver_find("sim-daq"), NULL, opts), 0);
+    ck_assert_int_eq(lmq_daemon_start(d), 0);
+    lmq_proxy_t *p = lmq_proxy_new(ctx, "inproc://lab", NULL);
+    char ep[256], small[8];
+    CK_OK(p, lmq_proxy_data_endpoint(p, ep, sizeof ep));
+    ck_assert_msg(strncmp(ep, "tcp://127.0.0.1:", 16) == 0 && strchr(ep + 16, '*') == NULL, "%s", ep);
+    ck_assert_int_gt(atoi(ep + 16), 0);
+    ck_assert_int_eq(lmq_proxy_data_endpoint(p, small, sizeof small), LMQ_EARG);
+    lmq_sub_t *s = lmq_sub_new(ctx, ep, "daq1/wave");
+    lmq_frame_t *f = NULL;
+    ck_assert_int_eq(lmq_sub_recv(s, &f, 3000), 0);
+    ck_assert_uint_eq(lmq_frame_shape(f)[0], 100);
+    lmq_frame_destroy(&f);
+    lmq_sub_destroy(&s);
+    lmq_proxy_destroy(&p);
+    lmq_daemon_destroy(&d);
+    zmq_ctx_term(ctx);
+}
+END_TEST
+
 /* A device that cannot open leaves the daemon serving, and says why. */
 START_TEST(device_open_failure_is_reported)
 {
@@ -375,6 +403,7 @@ int main(void)
     tcase_set_timeout(inproc, 60);
     tcase_add_test(inproc, proxy_uri_round_trip);
     tcase_add_test(inproc, in_process_daemon);
+    tcase_add_test(inproc, data_endpoint_is_connectable);
     tcase_add_test(inproc, device_open_failure_is_reported);
     tcase_add_test(inproc, pipelined_requests_all_answered);
     suite_add_tcase(s, inproc);

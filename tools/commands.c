@@ -150,49 +150,12 @@ int cli_fail_notfound(cli_t *c, json_t *desc, const char *dev, const char *secti
     return CLI_FAILED;
 }
 
-/* A daemon bound to all interfaces (host "*" or 0.0.0.0) reports that address; a client connects
- * to the host it already reaches the control endpoint on. */
-static void make_reachable(cli_t *c, const char *reported)
-{
-    static const char *const wild[] = {"tcp://*:", "tcp://0.0.0.0:", "tcp://[::]:"};
-    for (size_t k = 0; k < sizeof wild / sizeof wild[0]; k++) {
-        size_t wl = strlen(wild[k]);
-        if (strncmp(reported, wild[k], wl) != 0)
-            continue;
-        const char *port = reported + wl;
-        const char *host = "localhost";
-        size_t hlen = strlen(host);
-        if (strncmp(c->control, "tcp://", 6) == 0) {
-            host = c->control + 6;
-            const char *colon = strrchr(host, ':');
-            hlen = colon ? (size_t)(colon - host) : strlen(host);
-        }
-        snprintf(c->data, sizeof c->data, "tcp://%.*s:%s", (int)hlen, host, port);
-        return;
-    }
-    snprintf(c->data, sizeof c->data, "%s", reported);
-}
-
 int cli_resolve_data(cli_t *c, lmq_proxy_t *p)
 {
     if (c->data[0])
         return CLI_OK;
-    char *txt = NULL;
-    int rc = lmq_proxy_ping(p, &txt);
-    if (rc != 0) {
-        free(txt);
-        return cli_fail_proxy(c, p, rc);
-    }
-    json_t *j = parse_reply(c, txt, "ping");
-    if (!j)
-        return CLI_FAILED;
-    const char *data = json_string_value(json_object_get(j, "data"));
-    if (data && *data && strlen(data) < sizeof c->data)
-        make_reachable(c, data);
-    else if (lmq_default_endpoint(c->data, sizeof c->data, "data", false) != 0)
-        rc = cli_failf(c, LMQ_ECONFIG, "the daemon did not say where it publishes data; give --data");
-    json_decref(j);
-    return rc;
+    int rc = lmq_proxy_data_endpoint(p, c->data, sizeof c->data);
+    return rc == 0 ? CLI_OK : cli_fail_proxy(c, p, rc);
 }
 
 /* ---- helpers for describe-driven typing ---- */

@@ -153,7 +153,7 @@ static void handle_local(broker_t *b, zmq_msg_t *env, size_t nenv, lmq__request_
     switch (req->op) {
     case LMQ__OP_PING:
         result = json_pack("{s:s, s:s, s:i, s:s, s:s, s:f}", "daemon", "labmqd", "version", LMQ_VERSION_STRING,
-                           "protocol", LMQ__PROTOCOL, "control", d->control, "data", d->data, "uptime_s",
+                           "protocol", LMQ__PROTOCOL, "control", d->bound_control, "data", d->bound_data, "uptime_s",
                            (double)(lmq_clock_mono_ns() - d->started_ns) / 1e9);
         break;
     case LMQ__OP_LIST:
@@ -456,6 +456,13 @@ void *lmq__broker_main(void *arg)
         report(&b, e == EADDRINUSE ? LMQ_EBUSY : LMQ_ECONFIG, msg);
         goto out;
     }
+    /* A wildcard port ("tcp://host:*") binds some port: tell clients which one. */
+    size_t len = sizeof d->bound_control;
+    if (zmq_getsockopt(b.router, ZMQ_LAST_ENDPOINT, d->bound_control, &len) != 0)
+        snprintf(d->bound_control, sizeof d->bound_control, "%s", d->control);
+    len = sizeof d->bound_data;
+    if (zmq_getsockopt(b.xpub, ZMQ_LAST_ENDPOINT, d->bound_data, &len) != 0)
+        snprintf(d->bound_data, sizeof d->bound_data, "%s", d->data);
     for (size_t i = 0; i < d->ndev; i++) {
         lmq_dev_t *dev = d->devs[i];
         snprintf(dev->pipe_endpoint, sizeof dev->pipe_endpoint, "inproc://lmq-%p-dev-%zu", (void *)d, i);
@@ -477,7 +484,7 @@ void *lmq__broker_main(void *arg)
         zmq_recv(d->devs[i]->broker_pipe, &c, 1, 0);
     }
     lmq_log(d->log, LMQ_LOG_INFO, "broker", "serving %zu device%s on %s (data %s)", d->ndev, d->ndev == 1 ? "" : "s",
-            d->control, d->data);
+            d->bound_control, d->bound_data);
     char ready = LMQ__MSG_READY;
     zmq_send(b.pipe, &ready, 1, 0);
 

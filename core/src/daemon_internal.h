@@ -23,7 +23,8 @@ struct lmq_daemon {
     pthread_t broker;
     bool running;
 
-    /* broker thread */
+    /* broker thread; the bound endpoints are written before it reports ready */
+    char bound_control[256], bound_data[256]; /* as ZeroMQ bound them: ports resolved */
     int64_t started_ns;
     uint64_t requests, errors;
     lmq__job_t *jobs; /* in flight: freed at shutdown if a device never answered */

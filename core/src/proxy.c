@@ -307,6 +307,42 @@ int lmq_proxy_stats(lmq_proxy_t *p, char **json)
     return json ? roundtrip(p, LMQ__OP_STATS, NULL, NULL, 0, NULL, NULL, json) : LMQ_EARG;
 }
 
+int lmq_proxy_data_endpoint(lmq_proxy_t *p, char *buf, size_t size)
+{
+    char *text = NULL;
+    if (!p || !buf || !size)
+        return LMQ_EARG;
+    int rc = roundtrip(p, LMQ__OP_PING, NULL, NULL, 0, NULL, NULL, &text);
+    if (rc != 0)
+        return rc;
+    json_t *j = json_loads(text, 0, NULL);
+    free(text);
+    const char *data = json_string_value(json_object_get(j, "data"));
+    static const char *const wild[] = {"tcp://0.0.0.0:", "tcp://[::]:", "tcp://*:"};
+    size_t k = 0, wl = 0;
+    while (data && k < sizeof wild / sizeof *wild && strncmp(data, wild[k], wl = strlen(wild[k])) != 0)
+        k++;
+    int n = 0;
+    if (!data)
+        rc = set_error(p, LMQ_EPROTO, "the daemon's ping reply names no data endpoint");
+    else if (k == sizeof wild / sizeof *wild)
+        n = snprintf(buf, size, "%s", data);
+    else {
+        /* Reach the data port on the host that reached the control port. */
+        const char *host = "127.0.0.1";
+        size_t hlen = strlen(host);
+        if (strncmp(p->endpoint, "tcp://", 6) == 0 && strrchr(p->endpoint, ':') > p->endpoint + 6) {
+            host = p->endpoint + 6;
+            hlen = (size_t)(strrchr(p->endpoint, ':') - host);
+        }
+        n = snprintf(buf, size, "tcp://%.*s:%s", (int)hlen, host, data + wl);
+    }
+    if (rc == 0 && (n < 0 || (size_t)n >= size))
+        rc = set_error(p, LMQ_EARG, "the data endpoint does not fit in %zu bytes", size);
+    json_decref(j);
+    return rc;
+}
+
 int lmq_proxy_send_get(lmq_proxy_t *p, const char *property, uint64_t *id)
 {
     if (!p || !property || !id)

@@ -54,6 +54,12 @@ LMQ_EXPORT int lmq_proxy_list(lmq_proxy_t *p, char **json);
 LMQ_EXPORT int lmq_proxy_ping(lmq_proxy_t *p, char **json);
 LMQ_EXPORT int lmq_proxy_stats(lmq_proxy_t *p, char **json);
 
+/* The daemon's data endpoint, for lmq_sub_new, as this process can connect
+ * to it: asked of the daemon (ping). A daemon bound to every interface
+ * (tcp://0.0.0.0:P, tcp://[::]:P) is reached at the host of this proxy's
+ * endpoint. Returns 0, LMQ_EARG when buf is too small, or the ping's status. */
+LMQ_EXPORT int lmq_proxy_data_endpoint(lmq_proxy_t *p, char *buf, size_t size);
+
 /* Pipelining: send a get/call without waiting (up to many in flight), then
  * collect replies in arrival order. *id identifies the request. Do not mix
  * with the synchronous calls while requests are in flight: those discard
