@@ -92,7 +92,9 @@ START_TEST(data_header_is_valid_json)
 {
     zmq_msg_t m;
     size_t shape[2] = {480, 640};
-    ck_assert_int_eq(lmq__data_header(&m, 12, 99, 1700000000000000000LL, LMQ_U16, 2, shape, "counts \"raw\""), 0);
+    char *units = lmq__json_quote("counts \"raw\"");
+    ck_assert_int_eq(lmq__data_header(&m, 12, 99, 1700000000000000000LL, LMQ_U16, 2, shape, units), 0);
+    free(units);
     json_error_t e;
     json_t *j = json_loadb(zmq_msg_data(&m), zmq_msg_size(&m), 0, &e);
     ck_assert_msg(j != NULL, "%s", e.text);

@@ -56,8 +56,10 @@ int lmq_daemon_add(lmq_daemon_t *d, const char *name, const lmq_driver_t *driver
     if (d->ndev == d->cap) {
         size_t cap = d->cap ? 2 * d->cap : 8;
         lmq_dev_t **nd = realloc(d->devs, cap * sizeof *nd);
-        if (!nd)
+        if (!nd) {
+            snprintf(d->err, sizeof d->err, "device '%s': out of memory", name);
             return LMQ_EMEM;
+        }
         d->devs = nd;
         d->cap = cap;
     }

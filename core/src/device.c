@@ -193,6 +193,10 @@ lmq_dev_t *lmq__dev_new(const char *name, const lmq_driver_t *drv, const char *c
             goto fail;
         }
         snprintf(dev->streams[i].topic, len, "%s/%s", name, drv->streams[i].name);
+        if (!(dev->streams[i].units_json = lmq__json_quote(drv->streams[i].unit))) {
+            snprintf(err, errlen, "stream %s: unit is not valid UTF-8", dev->streams[i].topic);
+            goto fail;
+        }
     }
     lmq__option_fault_t f;
     switch (lmq__options_parse(drv, options, dev->opts, &f)) {
@@ -231,8 +235,10 @@ void lmq__dev_destroy(lmq_dev_t **pdev)
     lmq_dev_t *dev = *pdev;
     for (size_t k = 0; dev->opts && k < dev->nopts; k++)
         lmq_value_clear(&dev->opts[k].val);
-    for (size_t i = 0; dev->streams && i < dev->nstreams; i++)
+    for (size_t i = 0; dev->streams && i < dev->nstreams; i++) {
         free(dev->streams[i].topic);
+        free(dev->streams[i].units_json);
+    }
     free(dev->opts);
     free(dev->streams);
     free(dev->limits);
@@ -402,7 +408,7 @@ static int publish_msg(lmq_dev_t *dev, size_t index, int64_t t_ns, zmq_msg_t *pa
     *(char *)zmq_msg_data(&kind) = LMQ__MSG_PUBLISH;
     zmq_msg_init_size(&topic, strlen(s->topic));
     memcpy(zmq_msg_data(&topic), s->topic, strlen(s->topic));
-    int rc = lmq__data_header(&header, seq, dev->epoch, t_ns, st->dtype, ndim, shape, st->unit);
+    int rc = lmq__data_header(&header, seq, dev->epoch, t_ns, st->dtype, ndim, shape, s->units_json);
     if (rc != 0) {
         zmq_msg_close(&kind);
         zmq_msg_close(&topic);
@@ -413,7 +419,11 @@ static int publish_msg(lmq_dev_t *dev, size_t index, int64_t t_ns, zmq_msg_t *pa
      * but its seq is spent, so subscribers see the gap. The first part is
      * the one that can be refused; once it is accepted, the rest follow. */
     if (zmq_msg_send(&kind, dev->pipe, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
-        s->dropped++;
+        /* Say so at 1, 2, 4, 8, ... drops: visible without flooding the log. */
+        uint64_t dropped = ++s->dropped;
+        if ((dropped & (dropped - 1)) == 0)
+            lmq_log(dev->log, LMQ_LOG_WARN, dev->name, "stream %s: the broker is not keeping up; %llu blocks dropped",
+                    s->topic, (unsigned long long)dropped);
         zmq_msg_close(&kind);
         zmq_msg_close(&topic);
         zmq_msg_close(&header);
@@ -496,14 +506,6 @@ static void try_open(lmq_dev_t *dev)
         lmq_log(dev->log, LMQ_LOG_WARN, dev->name, "cannot open: %s", dev->open_error);
 }
 
-static bool dev_is_open(lmq_dev_t *dev)
-{
-    pthread_mutex_lock(&dev->mu);
-    bool open = dev->is_open;
-    pthread_mutex_unlock(&dev->mu);
-    return open;
-}
-
 /* Checks one argument or property value against its declared type; an int
  * is promoted where a float is wanted. */
 static int check_type(lmq_dev_t *dev, lmq_value_t *v, lmq_type_t want, const char *what)
@@ -520,14 +522,10 @@ static int check_type(lmq_dev_t *dev, lmq_value_t *v, lmq_type_t want, const cha
 static int run_job(lmq_dev_t *dev, lmq__job_t *job, lmq_value_t *result)
 {
     const lmq__request_t *req = &job->req;
-    if (!dev_is_open(dev) && lmq_clock_mono_ns() - dev->last_open_try > REOPEN_INTERVAL_NS / 2)
+    if (!dev->is_open && lmq_clock_mono_ns() - dev->last_open_try > REOPEN_INTERVAL_NS / 2)
         try_open(dev);
-    if (!dev_is_open(dev)) {
-        pthread_mutex_lock(&dev->mu);
-        lmq_dev_fail(dev, LMQ_EDEVICE, "device '%s' is not open: %s", dev->name, dev->open_error);
-        pthread_mutex_unlock(&dev->mu);
-        return LMQ_EDEVICE;
-    }
+    if (!dev->is_open)
+        return lmq_dev_fail(dev, LMQ_EDEVICE, "device '%s' is not open: %s", dev->name, dev->open_error);
     if (dev->drv->before) {
         int rc = dev->drv->before(dev, dev->state, req->name);
         if (rc != 0)
@@ -672,7 +670,7 @@ static void *device_thread(void *arg)
     while (!atomic_load(&dev->stopping)) {
         int64_t now = lmq_clock_mono_ns();
         int64_t due = next_stream_due(dev);
-        if (!dev_is_open(dev) && dev->last_open_try + REOPEN_INTERVAL_NS < due)
+        if (!dev->is_open && dev->last_open_try + REOPEN_INTERVAL_NS < due)
             due = dev->last_open_try + REOPEN_INTERVAL_NS;
         long timeout = due == INT64_MAX ? 100 : (long)((due - now + 999999) / 1000000);
         if (timeout < 0)
@@ -701,12 +699,12 @@ static void *device_thread(void *arg)
             zmq_msg_close(&msg);
         }
         now = lmq_clock_mono_ns();
-        if (dev_is_open(dev))
+        if (dev->is_open)
             poll_streams(dev, now);
         else if (now - dev->last_open_try >= REOPEN_INTERVAL_NS)
             try_open(dev);
     }
-    if (dev_is_open(dev) && dev->drv->close)
+    if (dev->is_open && dev->drv->close)
         dev->drv->close(dev, dev->state);
     dev->state = NULL;
     zmq_close(dev->pipe);

@@ -24,6 +24,7 @@ typedef struct lmq__stream_rt {
     unsigned ndim;
     size_t shape[LMQ_MAX_DIMS];
     char *topic;      /* "device/stream" */
+    char *units_json; /* the stream's unit as a JSON string, escaped once */
     uint64_t seq;     /* device thread */
     int64_t next_due; /* device thread */
     uint64_t dropped; /* device thread: blocks the broker pipe refused */
@@ -64,7 +65,8 @@ struct lmq_dev {
     int fail_status;
     char fail_msg[512];
 
-    /* shared, under mu */
+    /* shared: written under mu; the device thread, their only writer, may
+     * read is_open and open_error without it */
     pthread_mutex_t mu;
     bool is_open;
     char open_error[256];

@@ -404,20 +404,24 @@ int lmq__reply_error(zmq_msg_t *msg, bool has_id, uint64_t id, int status, const
     return rc;
 }
 
+char *lmq__json_quote(const char *text)
+{
+    json_t *j = json_string(text ? text : "");
+    char *q = j ? json_dumps(j, JSON_ENCODE_ANY) : NULL;
+    json_decref(j);
+    return q;
+}
+
 int lmq__data_header(zmq_msg_t *msg, uint64_t seq, uint64_t epoch, int64_t t_ns, lmq_dtype_t dtype, unsigned ndim,
-                     const size_t *shape, const char *units)
+                     const size_t *shape, const char *units_json)
 {
     /* Hot path for fast streams: printf straight into the frame, no JSON tree. */
-    char buf[256];
+    char buf[512];
     int n = snprintf(buf, sizeof buf, "{\"v\":1,\"seq\":%llu,\"epoch\":%llu,\"t_ns\":%lld,\"dtype\":\"%s\",\"shape\":[",
                      (unsigned long long)seq, (unsigned long long)epoch, (long long)t_ns, lmq_dtype_name(dtype));
     for (unsigned i = 0; i < ndim; i++)
         n += snprintf(buf + n, sizeof buf - n, "%s%zu", i ? "," : "", shape[i]);
-    json_t *ju = json_string(units ? units : "");
-    char *u = ju ? json_dumps(ju, JSON_ENCODE_ANY) : NULL;
-    json_decref(ju);
-    n += snprintf(buf + n, sizeof buf - n, "],\"units\":%s}", u ? u : "\"\"");
-    free(u);
+    n += snprintf(buf + n, sizeof buf - n, "],\"units\":%s}", units_json);
     if (n < 0 || (size_t)n >= sizeof buf)
         return LMQ_EARG;
     if (zmq_msg_init_size(msg, (size_t)n) != 0)

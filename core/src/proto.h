@@ -100,8 +100,12 @@ size_t lmq__recv_rest(void *sock, zmq_msg_t *parts, size_t max);
 /* Serialises json into a new message (compact). Returns 0 or LMQ_EMEM. */
 int lmq__json_to_msg(const json_t *json, zmq_msg_t *msg);
 
-/* Data header for a stream block. */
+/* text as a JSON string literal, quotes included (caller frees); NULL on
+ * invalid UTF-8 or no memory. */
+char *lmq__json_quote(const char *text);
+
+/* Data header for a stream block; units_json is already quoted (lmq__json_quote). */
 int lmq__data_header(zmq_msg_t *msg, uint64_t seq, uint64_t epoch, int64_t t_ns, lmq_dtype_t dtype, unsigned ndim,
-                     const size_t *shape, const char *units);
+                     const size_t *shape, const char *units_json);
 
 #endif
