@@ -35,7 +35,7 @@ pid_t th_spawn_to_files(char *const argv[], const char *out_path, const char *er
 int th_wait_exit(pid_t pid, int timeout_ms, int *status);
 
 /* Writes `yaml` as the config in a new temp dir and starts labmqd on ipc
- * endpoints inside it; returns once the control socket accepts connections. */
+ * endpoints inside it; returns once it answers a ping (devices opened). */
 void th_daemon_start(th_daemon_t *d, const char *yaml);
 /* (Re)starts labmqd with the same config and endpoints. */
 void th_daemon_restart(th_daemon_t *d);
@@ -43,9 +43,12 @@ void th_daemon_restart(th_daemon_t *d);
 int th_daemon_stop(th_daemon_t *d, int sig);
 /* Stops (if running) and removes the temp dir. */
 void th_daemon_cleanup(th_daemon_t *d);
-/* True once something accepts connections on the ipc endpoint. */
-bool th_ipc_ready(const char *endpoint);
 
 double th_now_ms(void);
+
+/* Runs a Check suite (each test in its own process) and frees it; returns
+ * the process exit status for main(). */
+struct Suite;
+int th_run_suite(struct Suite *suite);
 
 #endif

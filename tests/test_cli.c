@@ -504,10 +504,7 @@ int main(void)
         return EXIT_FAILURE;
     }
     setenv(BASE_ENV, base, 1);
-    SRunner *sr = srunner_create(cli_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    int status = th_run_suite(cli_suite());
     th_rmtree(base);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return status;
 }

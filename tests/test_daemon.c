@@ -407,9 +407,5 @@ int main(void)
     tcase_add_test(inproc, device_open_failure_is_reported);
     tcase_add_test(inproc, pipelined_requests_all_answered);
     suite_add_tcase(s, inproc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return th_run_suite(s);
 }

@@ -287,9 +287,5 @@ static Suite *labmqd_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(labmqd_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return th_run_suite(labmqd_suite());
 }

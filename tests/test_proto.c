@@ -436,9 +436,5 @@ int main(void)
     tcase_add_test(daemon, req_clients_are_served_too);
     tcase_add_test(daemon, random_requests_never_stop_the_daemon);
     suite_add_tcase(s, daemon);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return th_run_suite(s);
 }

@@ -131,9 +131,5 @@ int main(void)
     tcase_add_test(tc, spawned_worker_uses_device_by_uri_only);
     tcase_add_test(tc, plain_spawn_leaks_what_lmq_spawn_does_not);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return th_run_suite(s);
 }

@@ -1,5 +1,6 @@
 /* Status codes, values and the logger: the small public pieces. */
 #include <check.h>
+#include "harness.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -102,9 +103,5 @@ int main(void)
     tcase_add_test(tc, dtype_names);
     tcase_add_test(tc, log_levels_and_handler);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return th_run_suite(s);
 }
