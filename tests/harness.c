@@ -128,7 +128,7 @@ void th_daemon_restart(th_daemon_t *d)
 {
     char *argv[] = {LMQ_BUILD_DIR "/workers/labmqd/labmqd", "--config", d->config, "--control", d->control,
                     "--data", d->data, "--log-level", "warn", NULL};
-    ck_assert_int_eq(lmq_spawn(argv, &d->pid), 0);
+    d->pid = th_spawn_to_files(argv, d->log, NULL);
     /* Ready means answering: the broker serves its first request only after
      * every device has tried to open, so tests never race a device's open.
      * A context of its own, made and ended here, inside the test's process. */
@@ -138,23 +138,45 @@ void th_daemon_restart(th_daemon_t *d)
     char *pong = NULL;
     double deadline = th_now_ms() + 20000; /* generous: sanitizers on a loaded machine */
     int rc, st = 0;
+    bool exited = false;
     while ((rc = lmq_proxy_ping(p, &pong)) != 0 && th_now_ms() < deadline &&
-           waitpid(d->pid, &st, WNOHANG) == 0)
+           !(exited = waitpid(d->pid, &st, WNOHANG) == d->pid))
         ;
     free(pong);
     lmq_proxy_destroy(&p);
     zmq_ctx_term(ctx);
-    ck_assert_msg(rc == 0, "labmqd did not answer within 20 s (%s)", lmq_strerror(rc));
+    if (rc == 0)
+        return;
+    if (exited)
+        d->pid = 0;
+    else /* the daemon must not outlive the test */
+        th_daemon_stop(d, SIGKILL);
+    char *log = th_read_file(d->log);
+    ck_abort_msg("labmqd %s:\n%s", exited ? "exited before answering" : "did not answer within 20 s",
+                 log ? log : "(no output)");
 }
 
-void th_daemon_start(th_daemon_t *d, const char *yaml)
+static void daemon_paths(th_daemon_t *d)
 {
     memset(d, 0, sizeof *d);
     th_tempdir(d->dir, sizeof d->dir);
     snprintf(d->config, sizeof d->config, "%s/lab.yaml", d->dir);
     snprintf(d->control, sizeof d->control, "ipc://%s/control", d->dir);
     snprintf(d->data, sizeof d->data, "ipc://%s/data", d->dir);
+    snprintf(d->log, sizeof d->log, "%s/labmqd.log", d->dir);
+}
+
+void th_daemon_start(th_daemon_t *d, const char *yaml)
+{
+    daemon_paths(d);
     th_write_file(d->config, yaml);
+    th_daemon_restart(d);
+}
+
+void th_daemon_start_config(th_daemon_t *d, const char *config_path)
+{
+    daemon_paths(d);
+    snprintf(d->config, sizeof d->config, "%s", config_path);
     th_daemon_restart(d);
 }
 
@@ -164,7 +186,7 @@ int th_daemon_stop(th_daemon_t *d, int sig)
         return -1;
     kill(d->pid, sig);
     int st = -1;
-    if (th_wait_exit(d->pid, 10000, &st) != 0)
+    if (th_wait_exit(d->pid, 20000, &st) != 0)
         st = -1;
     d->pid = 0;
     return st;

@@ -12,6 +12,7 @@ typedef struct th_daemon {
     char config[192];
     char control[200];
     char data[200];
+    char log[192]; /* labmqd's output; shown when it fails */
     pid_t pid;
 } th_daemon_t;
 
@@ -37,9 +38,11 @@ int th_wait_exit(pid_t pid, int timeout_ms, int *status);
 /* Writes `yaml` as the config in a new temp dir and starts labmqd on ipc
  * endpoints inside it; returns once it answers a ping (devices opened). */
 void th_daemon_start(th_daemon_t *d, const char *yaml);
+/* The same with an existing config file. */
+void th_daemon_start_config(th_daemon_t *d, const char *config_path);
 /* (Re)starts labmqd with the same config and endpoints. */
 void th_daemon_restart(th_daemon_t *d);
-/* Sends sig and waits; returns the wait status. */
+/* Sends sig and waits up to 20 s; returns the wait status (-1 on overrun). */
 int th_daemon_stop(th_daemon_t *d, int sig);
 /* Stops (if running) and removes the temp dir. */
 void th_daemon_cleanup(th_daemon_t *d);

@@ -13,26 +13,17 @@
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#include <zmq.h>
 
 #include "harness.h"
 #include "labmq/labmq.h"
 
-#define LABMQD LMQ_BUILD_DIR "/workers/labmqd/labmqd"
 #define IV_SCAN LMQ_BUILD_DIR "/examples/iv_scan"
 #define IV_SCAN_PY LMQ_SOURCE_DIR "/examples/python/iv_scan.py"
 #define SIM_LAB LMQ_SOURCE_DIR "/examples/sim-lab.yaml"
 #define PYTHON "/usr/bin/python3"
 
 /* Generous: under AddressSanitizer on two loaded cores everything is slow. */
-#define START_TIMEOUT_MS 20000
 #define RUN_TIMEOUT_MS 60000
-
-typedef struct lab {
-    char dir[64];
-    char control[128], data[128], log[128];
-    pid_t daemon;
-} lab_t;
 
 /* Runs argv to completion with its output into out_path; returns the wait
  * status. An overrun is a failure (the child is killed first). */
@@ -44,59 +35,15 @@ static int run_to_file(char *const argv[], const char *out_path, const char *wha
     return status;
 }
 
-static void lab_start(lab_t *lab)
-{
-    memset(lab, 0, sizeof *lab);
-    th_tempdir(lab->dir, sizeof lab->dir);
-    snprintf(lab->control, sizeof lab->control, "ipc://%s/control", lab->dir);
-    snprintf(lab->data, sizeof lab->data, "ipc://%s/data", lab->dir);
-    snprintf(lab->log, sizeof lab->log, "%s/labmqd.log", lab->dir);
-
-    char *argv[] = {LABMQD, "--config", SIM_LAB, "--control", lab->control, "--data", lab->data, NULL};
-    lab->daemon = th_spawn_to_files(argv, lab->log, NULL);
-
-    /* Ready = answers a ping. */
-    void *zctx = zmq_ctx_new();
-    ck_assert_ptr_nonnull(zctx);
-    lmq_proxy_t *p = lmq_proxy_new(zctx, lab->control, NULL);
-    ck_assert_ptr_nonnull(p);
-    lmq_proxy_set_timeout(p, 500);
-    double deadline = th_now_ms() + START_TIMEOUT_MS;
-    int rc;
-    char *json = NULL;
-    while ((rc = lmq_proxy_ping(p, &json)) != 0) {
-        int status;
-        if (waitpid(lab->daemon, &status, WNOHANG) == lab->daemon) {
-            lab->daemon = 0;
-            char *log = th_slurp(lab->log);
-            ck_abort_msg("labmqd exited (status 0x%x) before answering:\n%s", (unsigned)status, log);
-        }
-        if (th_now_ms() >= deadline) {
-            /* The daemon must not outlive the test. */
-            kill(lab->daemon, SIGKILL);
-            waitpid(lab->daemon, NULL, 0);
-            ck_abort_msg("labmqd did not answer a ping within %d ms: %s", START_TIMEOUT_MS,
-                         lmq_proxy_last_error(p));
-        }
-    }
-    free(json);
-    lmq_proxy_destroy(&p);
-    zmq_ctx_term(zctx);
-}
-
 /* SIGTERM is how scripts and service managers stop the daemon: it must exit 0. */
-static void lab_stop(lab_t *lab)
+static void lab_stop(th_daemon_t *lab)
 {
-    ck_assert_int_eq(kill(lab->daemon, SIGTERM), 0);
-    int status;
-    int rc = th_wait_exit(lab->daemon, START_TIMEOUT_MS, &status);
-    lab->daemon = 0;
-    ck_assert_msg(rc == 0, "labmqd after SIGTERM did not finish within %d ms", START_TIMEOUT_MS);
+    int status = th_daemon_stop(lab, SIGTERM);
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
         char *log = th_slurp(lab->log);
         ck_abort_msg("labmqd ended with status 0x%x after SIGTERM:\n%s", (unsigned)status, log);
     }
-    th_rmtree(lab->dir);
+    th_daemon_cleanup(lab);
 }
 
 /* Checks an iv_scan transcript: a table of "V_set V_meas I" rows whose
@@ -152,9 +99,9 @@ static void check_output(const char *what, const char *out)
  * lab: it must exit 0 and print a rising I-V curve with no block lost. */
 static void check_example(const char *what, char *const cmd[])
 {
-    lab_t lab;
-    lab_start(&lab);
-    char out_path[128];
+    th_daemon_t lab;
+    th_daemon_start_config(&lab, SIM_LAB);
+    char out_path[256];
     snprintf(out_path, sizeof out_path, "%s/%s.out", lab.dir, what);
     char *argv[8];
     int n = 0;
