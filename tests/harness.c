@@ -192,6 +192,16 @@ int th_daemon_stop(th_daemon_t *d, int sig)
     return st;
 }
 
+void th_daemon_finish(th_daemon_t *d)
+{
+    int status = th_daemon_stop(d, SIGTERM);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        char *log = th_read_file(d->log);
+        ck_abort_msg("labmqd ended with status 0x%x after SIGTERM:\n%s", (unsigned)status, log ? log : "");
+    }
+    th_rmtree(d->dir);
+}
+
 void th_daemon_cleanup(th_daemon_t *d)
 {
     th_daemon_stop(d, SIGTERM);

@@ -44,7 +44,10 @@ void th_daemon_start_config(th_daemon_t *d, const char *config_path);
 void th_daemon_restart(th_daemon_t *d);
 /* Sends sig and waits up to 20 s; returns the wait status (-1 on overrun). */
 int th_daemon_stop(th_daemon_t *d, int sig);
-/* Stops (if running) and removes the temp dir. */
+/* Stops with SIGTERM, fails the test unless labmqd exits 0 (showing its
+ * output), and removes the temp dir. The normal end of a daemon test. */
+void th_daemon_finish(th_daemon_t *d);
+/* Stops (if running) and removes the temp dir, whatever the exit status. */
 void th_daemon_cleanup(th_daemon_t *d);
 
 double th_now_ms(void);

@@ -70,8 +70,7 @@ START_TEST(every_device_describes_and_gets)
         lmq_proxy_destroy(&p);
     }
     zmq_ctx_term(ctx);
-    ck_assert_int_eq(th_daemon_stop(&d, SIGTERM), 0);
-    th_daemon_cleanup(&d);
+    th_daemon_finish(&d);
 }
 END_TEST
 
@@ -134,8 +133,7 @@ START_TEST(calls_and_sets_on_each_device)
     lmq_proxy_destroy(&daq);
     lmq_proxy_destroy(&cam);
     zmq_ctx_term(ctx);
-    ck_assert_int_eq(th_daemon_stop(&d, SIGTERM), 0);
-    th_daemon_cleanup(&d);
+    th_daemon_finish(&d);
 }
 END_TEST
 
@@ -213,7 +211,7 @@ START_TEST(same_proxy_survives_daemon_kill)
     ck_assert_double_eq_tol(v, 1.5, 1e-12);
     lmq_proxy_destroy(&psu);
     zmq_ctx_term(ctx);
-    th_daemon_cleanup(&d);
+    th_daemon_finish(&d);
 }
 END_TEST
 

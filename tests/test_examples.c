@@ -35,17 +35,6 @@ static int run_to_file(char *const argv[], const char *out_path, const char *wha
     return status;
 }
 
-/* SIGTERM is how scripts and service managers stop the daemon: it must exit 0. */
-static void lab_stop(th_daemon_t *lab)
-{
-    int status = th_daemon_stop(lab, SIGTERM);
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        char *log = th_slurp(lab->log);
-        ck_abort_msg("labmqd ended with status 0x%x after SIGTERM:\n%s", (unsigned)status, log);
-    }
-    th_daemon_cleanup(lab);
-}
-
 /* Checks an iv_scan transcript: a table of "V_set V_meas I" rows whose
  * current rises, and a stream line with "lost 0". */
 static void check_output(const char *what, const char *out)
@@ -116,7 +105,7 @@ static void check_example(const char *what, char *const cmd[])
                   (unsigned)status, out);
     check_output(what, out);
     free(out);
-    lab_stop(&lab);
+    th_daemon_finish(&lab); /* SIGTERM, as service managers stop it: must exit 0 */
 }
 
 START_TEST(c_example)

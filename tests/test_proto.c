@@ -221,8 +221,7 @@ START_TEST(malformed_requests_get_specific_errors)
     }
     zmq_close(sock);
     zmq_ctx_term(ctx);
-    ck_assert_int_eq(th_daemon_stop(&d, SIGTERM), 0);
-    th_daemon_cleanup(&d);
+    th_daemon_finish(&d);
 }
 END_TEST
 
@@ -276,8 +275,7 @@ START_TEST(malformed_framing_and_limits)
 
     zmq_close(sock);
     zmq_ctx_term(ctx);
-    ck_assert_int_eq(th_daemon_stop(&d, SIGTERM), 0);
-    th_daemon_cleanup(&d);
+    th_daemon_finish(&d);
 }
 END_TEST
 
@@ -296,7 +294,7 @@ START_TEST(req_clients_are_served_too)
     json_decref(r);
     zmq_close(sock);
     zmq_ctx_term(ctx);
-    th_daemon_cleanup(&d);
+    th_daemon_finish(&d);
 }
 END_TEST
 
@@ -414,8 +412,7 @@ START_TEST(random_requests_never_stop_the_daemon)
     json_decref(r);
     zmq_close(sock);
     zmq_ctx_term(ctx);
-    ck_assert_int_eq(th_daemon_stop(&d, SIGTERM), 0);
-    th_daemon_cleanup(&d);
+    th_daemon_finish(&d);
 }
 END_TEST
 

@@ -93,7 +93,7 @@ START_TEST(spawned_worker_uses_device_by_uri_only)
     free(uri);
     lmq_proxy_destroy(&p);
     zmq_ctx_term(ctx);
-    th_daemon_cleanup(&d);
+    th_daemon_finish(&d);
     th_rmtree(dir);
 }
 END_TEST

@@ -226,7 +226,7 @@ START_TEST(daemon_stream_is_gap_free)
     lmq_sub_destroy(&wave);
     lmq_sub_destroy(&cam);
     zmq_ctx_term(ctx);
-    th_daemon_cleanup(&d);
+    th_daemon_finish(&d);
 }
 END_TEST
 
