@@ -20,6 +20,8 @@ static const struct {
     {LMQ_ECONFIG, "CONFIG", "invalid configuration"},
     {LMQ_ERANGE, "RANGE", "value out of range"},
     {LMQ_EREADONLY, "READONLY", "read-only"},
+    {LMQ_EPERM, "PERMISSION", "permission denied"},
+    {LMQ_ESYS, "SYSTEM", "system resource unavailable"},
 };
 
 #define NTABLE (sizeof table / sizeof table[0])

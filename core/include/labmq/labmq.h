@@ -16,6 +16,7 @@
 #include "labmq/spawn.h"
 #include "labmq/status.h"
 #include "labmq/sub.h"
+#include "labmq/transport.h"
 #include "labmq/value.h"
 
 #endif

@@ -27,7 +27,9 @@ enum lmq_status {
     LMQ_EBUSY = -10,    /* endpoint already served by another daemon */
     LMQ_ECONFIG = -11,  /* invalid configuration */
     LMQ_ERANGE = -12,   /* value outside the property's or argument's limits */
-    LMQ_EREADONLY = -13 /* property cannot be written */
+    LMQ_EREADONLY = -13, /* property cannot be written */
+    LMQ_EPERM = -14,     /* permission denied (by the operating system or the daemon) */
+    LMQ_ESYS = -15       /* the operating system refused a resource (thread, socket, process) */
 };
 
 /* Human-readable text for a status (static storage, never NULL). */
