@@ -1,0 +1,65 @@
+/* Transports: what transport.c (the common layer: connection-string dispatch,
+ * read-ahead buffer, hex trace, deadlines, errors) shares with each kind's
+ * implementation (transport_serial.c, transport_tcp.c, transport_usbtmc.c).
+ * Internal to liblabmq.
+ *
+ * A kind implements raw operations on its handle; the common layer wraps
+ * them with tracing, the read-ahead buffer behind read_line/read_exact, the
+ * `broken` flag and cancellation. A kind's operation returns 0 or a negative
+ * status and reports its reason with lmq__transport_fail(). */
+#ifndef LMQ_TRANSPORT_INTERNAL_H
+#define LMQ_TRANSPORT_INTERNAL_H
+
+#include "labmq/status.h"
+#include "labmq/transport.h"
+
+/* The longest single wait slice: cancellation is noticed within it. */
+#define LMQ__TRANSPORT_SLICE_MS 50
+
+typedef struct lmq__transport_ops {
+    const char *kind; /* "serial", matched against the connection's prefix before ':' */
+    /* rest: the connection string after "kind:". Sets t->impl. */
+    int (*open)(lmq_transport_t *t, const char *rest, int64_t deadline_ns);
+    void (*close)(lmq_transport_t *t); /* frees t->impl; must not fail */
+    int (*write)(lmq_transport_t *t, const void *data, size_t len, int64_t deadline_ns);
+    /* At least one byte (or, for USBTMC, a possibly empty message end with
+     * *eom set), at most size. */
+    int (*read)(lmq_transport_t *t, void *buf, size_t size, size_t *got, bool *eom, int64_t deadline_ns);
+    /* Kind-specific part of lmq_transport_clear (the common layer has already
+     * dropped its own buffer). */
+    int (*clear)(lmq_transport_t *t, int quiet_ms, int64_t deadline_ns);
+    int (*status_byte)(lmq_transport_t *t, uint8_t *stb, int64_t deadline_ns); /* NULL: none */
+} lmq__transport_ops_t;
+
+#define LMQ__TRANSPORT_RBUF 4096
+
+struct lmq_transport {
+    const lmq__transport_ops_t *ops;
+    char *connection;
+    char *source;
+    lmq_log_t *log;
+    const atomic_bool *cancel;
+    bool broken; /* set by the kind (or the common layer) on unplug/hang-up/reset */
+    char err[512];
+    /* read-ahead for read_line / read_exact: rbuf[rpos..rlen) not yet consumed */
+    unsigned char rbuf[LMQ__TRANSPORT_RBUF];
+    size_t rpos, rlen;
+    bool reom; /* the buffered bytes end a USBTMC message */
+    void *impl;
+};
+
+/* Records why the current operation failed; returns status. LMQ_EIO also
+ * marks the transport broken. */
+int lmq__transport_fail(lmq_transport_t *t, int status, const char *fmt, ...) LMQ_PRINTF(3, 4);
+/* True when the cancel flag is up. */
+bool lmq__transport_cancelled(const lmq_transport_t *t);
+/* Milliseconds left until deadline_ns, capped to one wait slice; 0 when past. */
+int lmq__transport_slice_ms(int64_t deadline_ns);
+
+extern const lmq__transport_ops_t lmq__transport_serial, lmq__transport_tcp, lmq__transport_usbtmc;
+
+/* Discovery, one per kind; same contract as lmq_transport_scan. */
+int lmq__transport_scan_serial(lmq_port_fn fn, void *user, char *err, size_t errlen);
+int lmq__transport_scan_usbtmc(lmq_port_fn fn, void *user, char *err, size_t errlen);
+
+#endif
