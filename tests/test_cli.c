@@ -67,6 +67,7 @@ static void fx_init(fixture_t *f, bool with_daemon)
     ck_assert_int_eq(lmq_daemon_add(f->daemon, "daq1", daq, "", NULL), 0);
     int rc = lmq_daemon_start(f->daemon);
     ck_assert_msg(rc == 0, "daemon start: %d %s", rc, lmq_daemon_last_error(f->daemon));
+    ck_assert_msg(lmq_daemon_wait_ready(f->daemon, 20000) == 0, "%s", lmq_daemon_last_error(f->daemon));
 }
 
 static void fx_fini(fixture_t *f)

@@ -194,7 +194,7 @@ static const struct {
      "binary frames"},
     {"{\"v\":1,\"id\":1,\"op\":\"set\",\"device\":\"psu1\",\"name\":\"voltage\",\"value\":"
      "{\"$frame\":1,\"dtype\":\"<f8\",\"shape\":[1]}}",
-     "ARG", "$frame"},
+     "PROTO", "$frame"},
     {"{\"v\":1,\"id\":1,\"op\":\"call\",\"device\":\"psu1\",\"name\":\"reset\",\"args\":[1]}", "ARG",
      "takes 0 arguments"},
 };
