@@ -669,8 +669,10 @@ static void try_open(lmq_dev_t *dev)
 }
 
 /* The link to the instrument is gone: close the driver and reopen later. */
-static void lose_link(lmq_dev_t *dev, const char *why)
+static void lose_link(lmq_dev_t *dev, const char *reason)
 {
+    char why[256]; /* reason may be dev->fail_msg, which close() reuses */
+    snprintf(why, sizeof why, "%.255s", reason);
     lmq_log(dev->log, LMQ_LOG_WARN, dev->name, "disconnected: %s", why);
     if (dev->drv->close) {
         enter_driver(dev, "close", NULL, NULL, NULL);

@@ -131,8 +131,9 @@ const char *lmq_proxy_last_error(const lmq_proxy_t *p) { return p ? p->err : "no
 static int send_request(lmq_proxy_t *p, lmq__op_t op, const char *name, const lmq_value_t *args, size_t nargs,
                         const lmq_value_t *value, uint64_t *id)
 {
-    if (!p->sock && open_socket(p) != 0)
-        return LMQ_EMEM;
+    int rc = p->sock ? 0 : open_socket(p);
+    if (rc != 0)
+        return rc; /* the reason is in p->err */
     bool needs_device = op == LMQ__OP_CALL || op == LMQ__OP_GET || op == LMQ__OP_SET || op == LMQ__OP_DESCRIBE;
     if (needs_device && !p->device)
         return set_error(p, LMQ_EARG, "this proxy names no device (open it as ENDPOINT#DEVICE)");
@@ -143,7 +144,7 @@ static int send_request(lmq_proxy_t *p, lmq__op_t op, const char *name, const lm
     lmq__frames_init(&bin);
     *id = p->next_id++ % LMQ__MAX_ID;
     const char *device = (needs_device || op == LMQ__OP_STATS) ? p->device : NULL;
-    int rc = lmq__request_encode_fast(&hdr, *id, op, device, name, args, nargs, value);
+    rc = lmq__request_encode_fast(&hdr, *id, op, device, name, args, nargs, value);
     if (rc == 1)
         rc = lmq__request_encode(&hdr, *id, op, device, name, args, nargs, value, &bin);
     if (rc != 0) {
