@@ -266,7 +266,9 @@ static int open_pty(lmq_transport_t *t, const serial_params_t *p, serial_t *s)
         tio.c_cflag |= CRTSCTS;
     if (p->flow == SP_FLOWCONTROL_XONXOFF)
         tio.c_iflag |= IXON | IXOFF;
-    tio.c_cc[VMIN] = 0;
+    /* VMIN 0 would make an empty read return 0, which must mean hang-up;
+     * with VMIN 1 and O_NONBLOCK it is EAGAIN. */
+    tio.c_cc[VMIN] = 1;
     tio.c_cc[VTIME] = 0;
     cfsetispeed(&tio, speeds[i].speed);
     cfsetospeed(&tio, speeds[i].speed);
@@ -315,6 +317,14 @@ static int open_sp(lmq_transport_t *t, const serial_params_t *p, serial_t *s, st
     sp_free_config(cfg);
     if (!ok)
         return sp_fail(t, p->path, "cannot apply baud/bits/parity/stop/flow");
+    /* As on the pty path: an empty read must be EAGAIN, not 0. */
+    struct termios tio;
+    if (tcgetattr(fd, &tio) < 0)
+        return lmq__transport_fail(t, LMQ_EIO, "%s: tcgetattr: %s", p->path, strerror(errno));
+    tio.c_cc[VMIN] = 1;
+    tio.c_cc[VTIME] = 0;
+    if (tcsetattr(fd, TCSANOW, &tio) < 0)
+        return lmq__transport_fail(t, LMQ_EIO, "%s: tcsetattr: %s", p->path, strerror(errno));
     if (sp_flush(port, SP_BUF_BOTH) != SP_OK)
         return sp_fail(t, p->path, "flush");
     return 0;
