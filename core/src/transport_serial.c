@@ -32,6 +32,10 @@ typedef struct serial_params {
 typedef struct serial {
     struct sp_port *port; /* NULL on the pseudo-terminal path */
     int fd;
+    /* libserialport path: a second descriptor of ours that holds the flock,
+     * taken before sp_open, which rewrites the line settings of whoever
+     * holds the port. -1 on the pty path, where fd holds the lock. */
+    int lock_fd;
     bool excl; /* we set TIOCEXCL (and must clear it) */
 } serial_t;
 
@@ -205,13 +209,23 @@ static int fail_open(lmq_transport_t *t, const char *path, int e)
 
 /* Exclusive use: flock stops every other labmq (root included, which
  * TIOCEXCL does not); TIOCEXCL also stops other programs that do not lock. */
-static int claim(lmq_transport_t *t, const char *path, serial_t *s)
+static int lock(lmq_transport_t *t, const char *path, int fd)
 {
-    int fd = s->fd;
     if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
         if (errno == EWOULDBLOCK)
             return lmq__transport_fail(t, LMQ_EBUSY, "%s: busy: another process holds it", path);
         return lmq__transport_fail(t, LMQ_EIO, "%s: flock: %s", path, strerror(errno));
+    }
+    return 0;
+}
+
+static int claim(lmq_transport_t *t, const char *path, serial_t *s)
+{
+    int fd = s->fd;
+    if (s->lock_fd < 0) {
+        int rc = lock(t, path, fd);
+        if (rc < 0)
+            return rc;
     }
     if (ioctl(fd, TIOCEXCL) < 0)
         return lmq__transport_fail(t, LMQ_EIO, "%s: TIOCEXCL: %s", path, strerror(errno));
@@ -289,6 +303,16 @@ static int sp_fail(lmq_transport_t *t, const char *path, const char *what)
 
 static int open_sp(lmq_transport_t *t, const serial_params_t *p, serial_t *s, struct sp_port *port)
 {
+    s->lock_fd = open(p->path, O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+    if (s->lock_fd < 0) {
+        sp_free_port(port);
+        return fail_open(t, p->path, errno);
+    }
+    int rc = lock(t, p->path, s->lock_fd);
+    if (rc < 0) {
+        sp_free_port(port);
+        return rc;
+    }
     s->port = port;
     if (sp_open(port, SP_MODE_READ_WRITE) != SP_OK) {
         int e = errno;
@@ -304,7 +328,7 @@ static int open_sp(lmq_transport_t *t, const serial_params_t *p, serial_t *s, st
     int fl = fcntl(fd, F_GETFL);
     if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0 || fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
         return lmq__transport_fail(t, LMQ_EIO, "%s: fcntl: %s", p->path, strerror(errno));
-    int rc = claim(t, p->path, s);
+    rc = claim(t, p->path, s);
     if (rc < 0)
         return rc;
     struct sp_port_config *cfg = NULL;
@@ -341,6 +365,8 @@ static void serial_close(lmq_transport_t *t)
     } else if (s->fd >= 0) {
         close(s->fd);
     }
+    if (s->lock_fd >= 0)
+        close(s->lock_fd);
     free(s);
     t->impl = NULL;
 }
@@ -375,7 +401,7 @@ static int serial_open(lmq_transport_t *t, const char *rest, int64_t deadline_ns
         sp_free_port(port);
         return lmq__transport_fail(t, LMQ_EMEM, "out of memory");
     }
-    s->fd = -1;
+    s->fd = s->lock_fd = -1;
     t->impl = s;
     rc = port ? open_sp(t, &p, s, port) : open_pty(t, &p, s);
     if (rc < 0)
