@@ -354,6 +354,13 @@ START_TEST(pty_timeout_at_the_deadline)
         ck_assert_ptr_nonnull(strstr(lmq_transport_last_error(t), "timeout"));
         ck_assert(!lmq_transport_broken(t));
     }
+    /* A partial line stays buffered across a timeout, and a terminator
+     * split between two reads is still found. */
+    write_all(p.master, "PARTIAL\r", 8);
+    ck_assert_int_eq(lmq_transport_read_line(t, line, sizeof line, NULL, "\r\n", in_ms(150)), LMQ_ETIMEOUT);
+    write_all(p.master, "\n", 1);
+    ck_assert_int_eq(lmq_transport_read_line(t, line, sizeof line, NULL, "\r\n", in_ms(2000)), 0);
+    ck_assert_str_eq(line, "PARTIAL");
     /* A deadline already past still takes what is there. */
     write_all(p.master, "READY\n", 6);
     sleep_ms(50);
@@ -565,7 +572,7 @@ START_TEST(malformed_connection_strings)
         const char *conn, *why;
     } cases[] = {
         {"", "empty connection"},
-        {"serial", "unknown transport kind"},
+        {"serial", "serial: no transport kind (expected KIND:ADDRESS, KIND one of serial:, tcp:"},
         {"modbus:/dev/ttyS0", "unknown transport kind (known: serial:, tcp:"},
         {"serial:", "no port path"},
         {"serial:ttyUSB0", "must be absolute"},

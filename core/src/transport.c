@@ -141,7 +141,11 @@ int lmq_transport_open(lmq_transport_t **tp, const char *connection, const lmq_t
             char known[128] = "";
             for (size_t i = 0; i < NKINDS; i++)
                 snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s:", i ? ", " : "", kinds[i]->kind);
-            snprintf(err, errlen, "%s: unknown transport kind (known: %s)", connection, known);
+            if (colon)
+                snprintf(err, errlen, "%s: unknown transport kind (known: %s)", connection, known);
+            else
+                snprintf(err, errlen, "%s: no transport kind (expected KIND:ADDRESS, KIND one of %s)", connection,
+                         known);
         }
         return LMQ_EARG;
     }
