@@ -5,6 +5,7 @@
  * handler supplies the modem lines a pty lacks. */
 #include <check.h>
 #include "harness.h"
+#include <dirent.h>
 #include <errno.h>
 #include <poll.h>
 #include <stdatomic.h>
@@ -186,10 +187,22 @@ START_TEST(scan_lists_the_usb_port)
 }
 END_TEST
 
+static int count_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    ck_assert_ptr_nonnull(d);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
 START_TEST(libserialport_round_trip_and_unplug)
 {
     bed_t b;
     bed_up(&b);
+    int fds = count_fds();
     lmq_transport_t *t = NULL;
     char err[256];
     int rc = lmq_transport_open(&t, "serial:/dev/ttyACM0?baud=115200&parity=even&flow=rtscts", NULL, err, sizeof err);
@@ -231,6 +244,7 @@ START_TEST(libserialport_round_trip_and_unplug)
     ck_assert(lmq_transport_broken(t));
     ck_assert_ptr_nonnull(strstr(lmq_transport_last_error(t), "hung up"));
     lmq_transport_close(&t);
+    ck_assert_int_eq(count_fds(), fds - 1); /* all ours released; the test closed the far end */
     /* Gone for good: reopening names the missing port. */
     ck_assert_int_eq(lmq_transport_open(&t, "serial:/dev/ttyACM0", NULL, err, sizeof err), LMQ_ENOTFOUND);
     ck_assert_msg(strstr(err, "/dev/ttyACM0: no such port"), "%s", err);
