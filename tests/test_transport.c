@@ -330,6 +330,16 @@ START_TEST(pty_line_too_long)
     /* A bad terminator is the caller's error. */
     ck_assert_int_eq(lmq_transport_read_line(t, line, sizeof line, NULL, "", in_ms(10)), LMQ_EARG);
     peer_join(peer);
+    /* Too long and unterminated at the deadline: ERANGE, and its tail is
+     * not taken for the next line. */
+    memset(reply, 'y', n);
+    write_all(p.master, reply, n);
+    ck_assert_int_eq(lmq_transport_read_line(t, line, sizeof line, NULL, "\n", in_ms(400)), LMQ_ERANGE);
+    ck_assert_msg(strstr(lmq_transport_last_error(t), "no terminator before the deadline"), "%s",
+                  lmq_transport_last_error(t));
+    write_all(p.master, "Z\n", 2);
+    ck_assert_int_eq(lmq_transport_read_line(t, line, sizeof line, NULL, "\n", in_ms(2000)), 0);
+    ck_assert_str_eq(line, "Z");
     lmq_transport_close(&t);
     free(reply);
     free(peer);

@@ -346,10 +346,14 @@ int lmq_transport_read_line(lmq_transport_t *t, char *buf, size_t size, size_t *
             buf[out] = '\0';
             if (len)
                 *len = out;
-            if (rc == LMQ_ETIMEOUT && total > size - 1)
+            if (rc == LMQ_ETIMEOUT && total > size - 1) {
+                /* Its tail goes too: it must not pass for the next line. */
+                total += t->rlen - t->rpos;
+                t->rpos = t->rlen = 0;
                 return lmq__transport_fail(t, LMQ_ERANGE,
                                            "line longer than %zu bytes (%zu received, no terminator before the deadline)",
                                            size - 1, total);
+            }
             return rc;
         }
     }
