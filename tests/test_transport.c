@@ -543,7 +543,7 @@ START_TEST(missing_port_is_not_found)
     ck_assert_int_eq(lmq_transport_open(&t, "serial:/dev/ttyLMQ_NO_SUCH_PORT?baud=9600", NULL, err, sizeof err),
                      LMQ_ENOTFOUND);
     ck_assert_ptr_null(t);
-    ck_assert_msg(strstr(err, "/dev/ttyLMQ_NO_SUCH_PORT: no such port (ports here:"), "%s", err);
+    ck_assert_msg(strstr(err, "serial:/dev/ttyLMQ_NO_SUCH_PORT?baud=9600: no such port (ports here:"), "%s", err);
     ck_assert_int_eq(lmq_transport_open(&t, "serial:/dev/null", NULL, err, sizeof err), LMQ_ENOTFOUND);
     ck_assert_msg(strstr(err, "/dev/null: not a serial port"), "%s", err);
 }
@@ -883,7 +883,7 @@ START_TEST(tcp_open_errors)
     ck_assert_int_eq(lmq_transport_open(&t, conn, &opts, err, sizeof err), LMQ_ETIMEOUT);
     double took = th_now_ms() - t0;
     ck_assert_msg(took >= 299 && took < 1500, "open gave up after %.0f ms", took);
-    ck_assert_msg(strstr(err, "no answer from 127.0.0.1 port"), "%s", err);
+    ck_assert_msg(strstr(err, "no answer before the open deadline"), "%s", err);
     /* ... and a cancel flag ends that wait too. */
     atomic_bool cancel = false;
     raiser_t r = {&cancel, 100};
