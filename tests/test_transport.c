@@ -215,6 +215,26 @@ START_TEST(pty_round_trip_crlf_and_lf)
 }
 END_TEST
 
+START_TEST(pty_through_a_symlink_as_socat_makes)
+{
+    pty_t p;
+    pty_open(&p, NULL);
+    char dir[64], link[128], conn[160];
+    th_tempdir(dir, sizeof dir);
+    snprintf(link, sizeof link, "%s/ttyV0", dir);
+    ck_assert_int_eq(symlink(p.name, link), 0);
+    snprintf(conn, sizeof conn, "serial:%s?baud=19200", link);
+    lmq_transport_t *t = open_ok(conn, NULL);
+    write_all(p.master, "HELLO\n", 6);
+    char line[16];
+    ck_assert_int_eq(lmq_transport_read_line(t, line, sizeof line, NULL, "\n", in_ms(2000)), 0);
+    ck_assert_str_eq(line, "HELLO");
+    lmq_transport_close(&t);
+    th_rmtree(dir);
+    pty_close(&p);
+}
+END_TEST
+
 START_TEST(pty_split_reply_and_read_exact)
 {
     pty_t p;
@@ -1003,6 +1023,7 @@ int main(void)
     Suite *s = suite_create("transport");
     TCase *pty = tcase_create("pty");
     tcase_add_test(pty, pty_round_trip_crlf_and_lf);
+    tcase_add_test(pty, pty_through_a_symlink_as_socat_makes);
     tcase_add_test(pty, pty_split_reply_and_read_exact);
     tcase_add_test(pty, pty_reply_bigger_than_buffer);
     tcase_add_test(pty, pty_line_too_long);

@@ -7,6 +7,7 @@
 #include "harness.h"
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -198,6 +199,30 @@ static int count_fds(void)
     return n;
 }
 
+/* Checks every descriptor on a pty (the emulated port) is close-on-exec;
+ * returns how many there are. The far end (the testbed's) is on /dev/ptmx. */
+static int check_tty_fds_cloexec(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    ck_assert_ptr_nonnull(d);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        char link[300], target[256];
+        snprintf(link, sizeof link, "/proc/self/fd/%s", e->d_name);
+        ssize_t len = readlink(link, target, sizeof target - 1);
+        if (e->d_name[0] == '.' || len <= 0)
+            continue;
+        target[len] = '\0';
+        if (strncmp(target, "/dev/pts/", 9) != 0)
+            continue;
+        int fl = fcntl(atoi(e->d_name), F_GETFD);
+        ck_assert_msg(fl >= 0 && (fl & FD_CLOEXEC), "descriptor %s (%s) is not close-on-exec", e->d_name, target);
+        n++;
+    }
+    closedir(d);
+    return n;
+}
+
 START_TEST(libserialport_round_trip_and_unplug)
 {
     bed_t b;
@@ -209,6 +234,10 @@ START_TEST(libserialport_round_trip_and_unplug)
     ck_assert_msg(rc == 0, "%s", err);
     /* libserialport, not the pty fallback, opened it: it asked for the modem lines. */
     ck_assert_int_gt(atomic_load(&b.modem.tiocm_calls), 0);
+    /* Its descriptors on the port (the lock holder and libserialport's own,
+     * opened without O_CLOEXEC) are close-on-exec; the ioctl socket of the
+     * preload is umockdev's. */
+    ck_assert_int_eq(check_tty_fds_cloexec(), 2);
 
     /* Exclusive here too. */
     lmq_transport_t *t2 = NULL;
