@@ -386,6 +386,17 @@ int lmq_dev_fail(lmq_dev_t *dev, int status, const char *fmt, ...)
     return status;
 }
 
+int lmq_dev_transport_open(lmq_dev_t *dev, lmq_transport_t **t, int open_timeout_ms)
+{
+    if (!dev || !t)
+        return LMQ_EARG;
+    lmq_transport_opts_t opts = {
+        .log = dev->log, .source = dev->name, .cancel = &dev->stopping, .open_timeout_ms = open_timeout_ms};
+    char err[400];
+    int rc = lmq_transport_open(t, dev->connection, &opts, err, sizeof err);
+    return rc ? lmq_dev_fail(dev, rc, "%s", err) : 0;
+}
+
 int lmq_dev_sleep(lmq_dev_t *dev, int64_t ns)
 {
     /* Short naps so that a stop request is noticed within ~10 ms. */
