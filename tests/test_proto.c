@@ -309,21 +309,42 @@ static uint64_t rng_next(uint64_t *s)
     return *s * 2685821657736338717ULL;
 }
 
+/* Request bodies after the id (each request gets its own id in front). */
 static const char *const storm_templates[] = {
-    "{\"v\":1,\"id\":1,\"op\":\"ping\"}",
-    "{\"v\":1,\"id\":2,\"op\":\"list\"}",
-    "{\"v\":1,\"id\":3,\"op\":\"stats\",\"device\":\"psu1\"}",
-    "{\"v\":1,\"id\":4,\"op\":\"describe\",\"device\":\"psu1\"}",
-    "{\"v\":1,\"id\":5,\"op\":\"get\",\"device\":\"psu1\",\"name\":\"voltage\"}",
-    "{\"v\":1,\"id\":6,\"op\":\"set\",\"device\":\"psu1\",\"name\":\"voltage\",\"value\":1.5}",
-    "{\"v\":1,\"id\":7,\"op\":\"call\",\"device\":\"psu1\",\"name\":\"reset\",\"args\":[]}",
-    ("{\"v\":1,\"id\":8,\"op\":\"set\",\"device\":\"psu1\",\"name\":\"voltage\",\"value\":"
-     "{\"$frame\":1,\"dtype\":\"<f8\",\"shape\":[1]}}"),
+    "\"op\":\"ping\"}",
+    "\"op\":\"list\"}",
+    "\"op\":\"stats\",\"device\":\"psu1\"}",
+    "\"op\":\"describe\",\"device\":\"psu1\"}",
+    "\"op\":\"get\",\"device\":\"psu1\",\"name\":\"voltage\"}",
+    "\"op\":\"set\",\"device\":\"psu1\",\"name\":\"voltage\",\"value\":1.5}",
+    "\"op\":\"call\",\"device\":\"psu1\",\"name\":\"reset\",\"args\":[]}",
+    "\"op\":\"set\",\"device\":\"psu1\",\"name\":\"voltage\",\"value\":{\"$frame\":1,\"dtype\":\"<f8\",\"shape\":[1]}}",
 };
 
-/* Receives one reply (skipping a REQ-style empty delimiter) and checks it is
- * a well-formed protocol reply. */
-static void expect_reply(void *sock, size_t i, uint64_t seed)
+enum { STORM_MAX_FRAMES = 1 + 1 + 20 };
+
+/* The id the reply must carry, decided from the bytes as sent: the header is
+ * the first frame, or the second when the first is an empty delimiter
+ * (docs/protocol.md 2); its id can be read when jansson, as the daemon uses
+ * it, parses it as an object with a valid id. False: the reply's id is null. */
+static bool storm_expected_id(char frames[][512], const size_t *lens, size_t n, json_int_t *id)
+{
+    size_t at = (n >= 2 && lens[0] == 0) ? 1 : 0;
+    if (at >= n)
+        return false;
+    json_t *j = json_loadb(frames[at], lens[at], JSON_REJECT_DUPLICATES, NULL);
+    json_t *jid = json_object_get(j, "id");
+    bool ok = json_is_integer(jid) && json_integer_value(jid) >= 0 &&
+              json_integer_value(jid) < ((json_int_t)1 << 53);
+    if (ok)
+        *id = json_integer_value(jid);
+    json_decref(j);
+    return ok;
+}
+
+/* Receives one reply (skipping a REQ-style empty delimiter), checks it is a
+ * well-formed protocol reply, and returns its id (-1 for null). */
+static json_int_t expect_reply(void *sock, size_t i, uint64_t seed)
 {
     zmq_msg_t m;
     zmq_msg_init(&m);
@@ -341,6 +362,10 @@ static void expect_reply(void *sock, size_t i, uint64_t seed)
         ck_assert(json_is_string(json_object_get(e, "code")));
         ck_assert(json_string_length(json_object_get(e, "message")) > 0);
     }
+    json_t *jid = json_object_get(j, "id");
+    ck_assert_msg(json_is_integer(jid) || json_is_null(jid), "request %zu (seed %llu): reply id is neither an "
+                  "integer nor null", i, (unsigned long long)seed);
+    json_int_t id = json_is_integer(jid) ? json_integer_value(jid) : -1;
     json_decref(j);
     while (zmq_msg_more(&m)) {
         zmq_msg_close(&m);
@@ -348,6 +373,23 @@ static void expect_reply(void *sock, size_t i, uint64_t seed)
         zmq_msg_recv(&m, sock, 0);
     }
     zmq_msg_close(&m);
+    return id;
+}
+
+/* Receives and counts whatever else arrives within ms. */
+static int drain(void *sock, int ms)
+{
+    int count = 0;
+    zmq_pollitem_t item = {sock, 0, ZMQ_POLLIN, 0};
+    while (zmq_poll(&item, 1, ms) == 1) {
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        zmq_msg_recv(&m, sock, 0);
+        if (!zmq_msg_more(&m))
+            count++;
+        zmq_msg_close(&m);
+    }
+    return count;
 }
 
 START_TEST(random_requests_never_stop_the_daemon)
@@ -358,11 +400,18 @@ START_TEST(random_requests_never_stop_the_daemon)
     void *sock = raw_socket(ctx, ZMQ_DEALER, &d);
     uint64_t seed = 0x1ab0c0ffeeULL, rng = seed;
     enum { N = 3000 };
+    size_t with_id = 0;
     for (size_t i = 0; i < N; i++) {
+        /* Every request has its own id, unlike any other in the run. */
+        json_int_t sent_id = 100000 + (json_int_t)i;
         const char *t = storm_templates[rng_next(&rng) % (sizeof storm_templates / sizeof *storm_templates)];
-        char hdr[512];
-        size_t len = strlen(t);
-        memcpy(hdr, t, len);
+        static char frames[STORM_MAX_FRAMES][512];
+        size_t lens[STORM_MAX_FRAMES], nf = 0;
+        bool delim = false;
+        char *hdr = frames[0];
+        int hl = snprintf(hdr, 512, "{\"v\":1,\"id\":%lld,%s", (long long)sent_id, t);
+        ck_assert(hl > 0 && hl < 400);
+        size_t len = (size_t)hl;
         /* A few byte-level mutations: flips, random bytes, truncation, insertion. */
         int muts = (int)(rng_next(&rng) % 4);
         for (int k = 0; k < muts && len > 0; k++) {
@@ -379,7 +428,7 @@ START_TEST(random_requests_never_stop_the_daemon)
                 len = at;
                 break;
             default:
-                if (len + 1 < sizeof hdr) {
+                if (len + 1 < 512) {
                     memmove(hdr + at + 1, hdr + at, len - at);
                     hdr[at] = "{}[]\",:0\\\xc3\xff"[(r >> 32) % 12];
                     len++;
@@ -391,21 +440,43 @@ START_TEST(random_requests_never_stop_the_daemon)
         size_t nbin = rng_next(&rng) % 4;
         if (rng_next(&rng) % 50 == 0)
             nbin = 17 + rng_next(&rng) % 4;
-        bool delim = rng_next(&rng) % 10 == 0;
-        if (delim)
-            zmq_send(sock, "", 0, ZMQ_SNDMORE);
-        zmq_send(sock, hdr, len, nbin ? ZMQ_SNDMORE : 0);
+        delim = rng_next(&rng) % 10 == 0;
+        if (delim) {
+            memmove(frames[1], hdr, len);
+            lens[nf++] = 0;
+        }
+        lens[nf++] = len;
         for (size_t b = 0; b < nbin; b++) {
-            char junk[24];
-            size_t jl = rng_next(&rng) % sizeof junk;
+            char *junk = frames[nf];
+            size_t jl = rng_next(&rng) % 24;
             for (size_t q = 0; q < jl; q++)
                 junk[q] = (char)rng_next(&rng);
-            zmq_send(sock, junk, jl, b + 1 < nbin ? ZMQ_SNDMORE : 0);
+            lens[nf++] = jl;
         }
-        expect_reply(sock, i, seed);
+        for (size_t f = 0; f < nf; f++)
+            ck_assert_int_ge(zmq_send(sock, frames[f], lens[f], f + 1 < nf ? ZMQ_SNDMORE : 0), 0);
+
+        json_int_t want = -1;
+        bool has = storm_expected_id(frames, lens, nf, &want);
+        json_int_t got = expect_reply(sock, i, seed);
+        with_id += has;
+        if (has && nbin > LMQ__MAX_BINFRAMES)
+            /* Too many frames may be refused before the header is read. */
+            ck_assert_msg(got == want || got == -1, "request %zu (seed %llu, %zu frames): reply id %lld, sent %lld",
+                          i, (unsigned long long)seed, nf, (long long)got, (long long)want);
+        else if (has)
+            ck_assert_msg(got == want, "request %zu (seed %llu): reply id %lld, the header's id is %lld: %.*s", i,
+                          (unsigned long long)seed, (long long)got, (long long)want, (int)lens[delim], frames[delim]);
+        else
+            ck_assert_msg(got == -1, "request %zu (seed %llu): reply id %lld to a header whose id cannot be read: "
+                          "%.*s", i, (unsigned long long)seed, (long long)got, (int)lens[delim], frames[delim]);
         if (i % 100 == 99)
             expect_ping_ok(sock);
     }
+    /* Both kinds were exercised, and nothing was answered twice: every reply
+     * above was the one awaited, and none is left over. */
+    ck_assert_msg(with_id > N / 4 && with_id < N - N / 20, "%zu of %d headers kept a readable id", with_id, N);
+    ck_assert_int_eq(drain(sock, 500), 0);
     /* The device still works, and the daemon stops cleanly (sanitizers clean). */
     json_t *r = raw1(sock, "{\"v\":1,\"id\":1,\"op\":\"get\",\"device\":\"psu1\",\"name\":\"voltage\"}");
     ck_assert(json_is_true(json_object_get(r, "ok")));
