@@ -149,7 +149,7 @@ static int send_request(lmq_proxy_t *p, lmq__op_t op, const char *name, const lm
         rc = lmq__request_encode(&hdr, *id, op, device, name, args, nargs, value, &bin);
     if (rc != 0) {
         lmq__frames_close(&bin);
-        return set_error(p, rc, "cannot encode the request (%s; arrays: at most %d, floats must be finite)",
+        return set_error(p, rc, "cannot encode the request (%s: names must be UTF-8, at most %d arrays, floats finite)",
                          lmq_strerror(rc), LMQ__MAX_BINFRAMES);
     }
     if (p->sock_timeout != p->timeout_ms) {
@@ -164,8 +164,8 @@ static int send_request(lmq_proxy_t *p, lmq__op_t op, const char *name, const lm
     if (rc < 0) {
         int e = zmq_errno();
         if (e == EAGAIN)
-            return set_error(p, LMQ_EUNREACH, "no daemon answers at %s within %d ms (is labmqd running?)",
-                             p->endpoint, p->timeout_ms);
+            return set_error(p, LMQ_EUNREACH, "no daemon answers at %s within %d ms (is labmqd running?)", p->endpoint,
+                             p->timeout_ms);
         return set_error(p, LMQ_EIO, "cannot send to %s: %s", p->endpoint, zmq_strerror(e));
     }
     return 0;
