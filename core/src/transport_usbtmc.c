@@ -42,6 +42,9 @@ typedef struct usbtmc {
     uint8_t ep_out, ep_in, ep_intr; /* ep_intr 0: none */
     uint16_t intr_max;             /* interrupt-in wMaxPacketSize */
     bool claimed, detached;
+    /* Within an abort sequence: it runs to its own short budget even when
+     * the cancel flag is up, so a stopping device is left in step. */
+    bool aborting;
     uint8_t tag;     /* the last bTag sent; 1..255, 0 before the first */
     uint8_t stb_tag; /* the last READ_STATUS_BYTE bTag; 2..127 */
     /* The current transfer's completion flag lives here, not on the stack:
@@ -157,7 +160,7 @@ static int xfer(lmq_transport_t *t, unsigned char type, unsigned char ep, uint8_
     }
     int rc = 0;
     while (!u->done) {
-        if (lmq__transport_cancelled(t)) {
+        if (!u->aborting && lmq__transport_cancelled(t)) {
             rc = LMQ_ECLOSED;
             break;
         }
@@ -302,6 +305,7 @@ static void abort_bulk_in(lmq_transport_t *t, uint8_t tag)
     int64_t deadline = after_ms(ABORT_BUDGET_MS);
     uint8_t a[8];
     int got;
+    u->aborting = true;
     u->pos = u->end = 0;
     u->in_eom = false;
     int rc = ctrl_in(t, LIBUSB_RECIPIENT_ENDPOINT, LMQ__USBTMC_INITIATE_ABORT_BULK_IN, tag, u->ep_in, a, 2, &got,
@@ -330,6 +334,7 @@ static void abort_bulk_in(lmq_transport_t *t, uint8_t tag)
     if (rc < 0)
         lmq_log(t->log, LMQ_LOG_WARN, t->source, "abort bulk-in incomplete (%s); clear before the next command",
                 t->err);
+    u->aborting = false;
     memcpy(t->err, saved, sizeof saved);
 }
 
@@ -342,6 +347,7 @@ static void abort_bulk_out(lmq_transport_t *t, uint8_t tag)
     int64_t deadline = after_ms(ABORT_BUDGET_MS);
     uint8_t a[8];
     int got;
+    u->aborting = true;
     int rc = ctrl_in(t, LIBUSB_RECIPIENT_ENDPOINT, LMQ__USBTMC_INITIATE_ABORT_BULK_OUT, tag, u->ep_out, a, 2, &got,
                      deadline, "INITIATE_ABORT_BULK_OUT");
     if (rc == 0 && got >= 1 && a[0] == LMQ__USBTMC_STATUS_SUCCESS) {
@@ -357,6 +363,7 @@ static void abort_bulk_out(lmq_transport_t *t, uint8_t tag)
     if (rc < 0)
         lmq_log(t->log, LMQ_LOG_WARN, t->source, "abort bulk-out incomplete (%s); clear before the next command",
                 t->err);
+    u->aborting = false;
     memcpy(t->err, saved, sizeof saved);
 }
 
