@@ -57,6 +57,7 @@ typedef struct inst {
     bool unplug_on_request; /* a REQUEST_DEV_DEP_MSG_IN unplugs it: the bulk-in transfer dies */
     bool dying;             /* the next bulk-in transfer completes with ENODEV */
     bool claim_busy;   /* CLAIMINTERFACE fails with EBUSY */
+    bool kernel_driver; /* the kernel's usbtmc driver holds the interface */
     bool srq_first;    /* a service-request notification precedes the status byte */
     uint32_t split;    /* most payload bytes per bulk-in transfer; 0 = as asked */
     uint8_t stb;
@@ -76,6 +77,7 @@ typedef struct inst {
     uint8_t last_rsb_tag;
     uint8_t abort_in_tag;
     int claims, releases;
+    int disconnects, connects; /* kernel driver detached / reattached */
     /* device state */
     GByteArray *cmd;   /* message being received */
     GByteArray *reply; /* queued output */
@@ -384,7 +386,7 @@ static gboolean on_ioctl(UMockdevIoctlBase *base, UMockdevIoctlClient *client, g
         break;
     }
     case USBDEVFS_CLAIMINTERFACE:
-        if (in->claim_busy) {
+        if (in->claim_busy || in->kernel_driver) {
             res = -1;
             err = EBUSY;
         } else {
@@ -405,10 +407,31 @@ static gboolean on_ioctl(UMockdevIoctlBase *base, UMockdevIoctlClient *client, g
     case USBDEVFS_DISCONNECT_CLAIM:
         break;
     case USBDEVFS_GETDRIVER:
-    case USBDEVFS_IOCTL:
-        res = -1;
-        err = ENODATA;
+        if (in->kernel_driver) {
+            UMockdevIoctlData *d = umockdev_ioctl_data_resolve(arg, 0, sizeof(struct usbdevfs_getdriver), NULL);
+            snprintf(((struct usbdevfs_getdriver *)d->data)->driver, USBDEVFS_MAXDRIVERNAME + 1, "usbtmc");
+            g_object_unref(d);
+        } else {
+            res = -1;
+            err = ENODATA;
+        }
         break;
+    case USBDEVFS_IOCTL: {
+        UMockdevIoctlData *d = umockdev_ioctl_data_resolve(arg, 0, sizeof(struct usbdevfs_ioctl), NULL);
+        int code = ((struct usbdevfs_ioctl *)d->data)->ioctl_code;
+        g_object_unref(d);
+        if (code == (int)USBDEVFS_DISCONNECT && in->kernel_driver) {
+            in->kernel_driver = false;
+            in->disconnects++;
+        } else if (code == (int)USBDEVFS_CONNECT && !in->kernel_driver) {
+            in->kernel_driver = true;
+            in->connects++;
+        } else {
+            res = -1;
+            err = ENODATA;
+        }
+        break;
+    }
     case USBDEVFS_SUBMITURB: {
         if (in->unplugged) {
             res = -1;
@@ -638,6 +661,38 @@ START_TEST(header_parser)
     h[0] = 2;
     h[7] = 0xff; /* TransferSize near 4 GiB must not wrap anything */
     ck_assert_int_eq(lmq__usbtmc_parse_in_header(h, 16, 5, &size, &eom, err, sizeof err), LMQ_EPROTO);
+}
+END_TEST
+
+START_TEST(kernel_driver_detached_and_given_back)
+{
+    mock_t m;
+    mock_start(&m, true);
+    /* Nothing bound: nothing detached, nothing attached at close. */
+    lmq_transport_t *t = open_ok("usbtmc:0957:1798");
+    lmq_transport_close(&t);
+    LOCKED(&m, {
+        ck_assert_int_eq(m.in.disconnects, 0);
+        ck_assert_int_eq(m.in.connects, 0);
+        m.in.kernel_driver = true;
+    });
+    /* The kernel's usbtmc driver bound: detached to claim, reattached at close. */
+    t = open_ok("usbtmc:0957:1798");
+    char buf[128];
+    query(t, "*IDN?\n", buf, sizeof buf);
+    ck_assert_str_eq(buf, IDN);
+    LOCKED(&m, {
+        ck_assert_int_eq(m.in.disconnects, 1);
+        ck_assert(!m.in.kernel_driver);
+    });
+    lmq_transport_close(&t);
+    LOCKED(&m, {
+        ck_assert_int_eq(m.in.connects, 1);
+        ck_assert(m.in.kernel_driver);
+        ck_assert_int_eq(m.in.claims, 2);
+        ck_assert_int_eq(m.in.releases, 2);
+    });
+    mock_stop(&m);
 }
 END_TEST
 
@@ -1176,6 +1231,7 @@ static Suite *suite(void)
     tcase_add_test(tc, malformed_header_is_proto);
     tcase_add_test(tc, unplug_is_io_and_broken);
     tcase_add_test(tc, open_errors);
+    tcase_add_test(tc, kernel_driver_detached_and_given_back);
     tcase_add_test(tc, open_close_leaks_nothing);
     suite_add_tcase(s, tc);
     return s;
