@@ -763,7 +763,8 @@ static int find_device(lmq_transport_t *t, uint16_t vid, uint16_t pid, const cha
     ssize_t n = libusb_get_device_list(u->ctx, &list);
     if (n < 0)
         return lmq__transport_fail(t, LMQ_EIO, "listing USB devices: %s", libusb_strerror((int)n));
-    int rc = 1; /* 1: keep looking */
+    int rc = 1;         /* 1: keep looking */
+    int open_rc = 0;    /* why the last match we could not open failed (recorded in t->err) */
     int matched = 0, no_tmc = 0;
     char serials[200] = "";
     for (ssize_t i = 0; i < n && rc == 1; i++) {
@@ -779,11 +780,8 @@ static int find_device(lmq_transport_t *t, uint16_t vid, uint16_t pid, const cha
         libusb_device_handle *h;
         int r = libusb_open(list[i], &h);
         if (r < 0) {
-            rc = open_fail(t, r, vid, pid, list[i]);
-            /* Without a serial any match will do, so this is the answer;
-             * with one, a device we cannot open might still be another. */
-            if (serial && r != LIBUSB_ERROR_ACCESS)
-                rc = 1;
+            /* Another match may still open; this is the answer if none does. */
+            open_rc = open_fail(t, r, vid, pid, list[i]);
             continue;
         }
         if (serial) {
@@ -810,6 +808,8 @@ static int find_device(lmq_transport_t *t, uint16_t vid, uint16_t pid, const cha
     libusb_free_device_list(list, 1);
     if (rc != 1)
         return rc;
+    if (open_rc < 0)
+        return open_rc;
     char wanted[200];
     snprintf(wanted, sizeof wanted, "%04x:%04x%s%s", vid, pid, serial ? " with serial number " : "",
              serial ? serial : "");
