@@ -1213,9 +1213,11 @@ END_TEST
 static Suite *suite(void)
 {
     Suite *s = suite_create("usbtmc");
-    TCase *tc = tcase_create("usbtmc");
+    TCase *internal = tcase_create("internal");
+    tcase_add_test(internal, header_parser);
+    suite_add_tcase(s, internal);
+    TCase *tc = tcase_create("emulated instrument");
     tcase_set_timeout(tc, 60);
-    tcase_add_test(tc, header_parser);
     tcase_add_test(tc, scan_lists_the_instrument);
     tcase_add_test(tc, idn_round_trip);
     tcase_add_test(tc, multi_transfer_read);
