@@ -6,7 +6,16 @@
  * Every transfer is asynchronous and waited for in slices of at most
  * LMQ__TRANSPORT_SLICE_MS, so the cancel flag and the deadline end a wait
  * that the device never answers; the transfer is then cancelled and the
- * USBTMC abort sequence brings the device back in step with us. */
+ * USBTMC abort sequence brings the device back in step with us.
+ *
+ * Descriptors: each transport has its own libusb context. libusb (1.0.26)
+ * opens the usbfs node with O_CLOEXEC and makes its eventfd, timerfd and
+ * udev monitor close-on-exec; test_usbtmc checks that, and that close
+ * gives every one of them back.
+ *
+ * Kernel driver: when one (the kernel's usbtmc) holds the interface we
+ * detach it to claim the interface and reattach it at close, so /dev/usbtmcN
+ * returns; an interface that had no driver is left without one. */
 #include "transport_usbtmc.h"
 
 #include <errno.h>
