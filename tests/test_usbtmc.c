@@ -1130,6 +1130,29 @@ static int fd_list(int *fds, bool *cloexec, int max)
     return n;
 }
 
+/* fd_list once umockdev's thread has closed its end of the emulation
+ * sockets of nodes closed a moment ago (it does so when it notices the
+ * hang-up): the listing has stayed the same for 100 ms (at most 5 s). */
+static int fd_list_settled(int *fds, bool *cloexec, int max)
+{
+    int n = fd_list(fds, cloexec, max);
+    for (int stable = 0, polls = 0; stable < 10 && polls < 500; polls++) {
+        int again[256];
+        bool cx[256];
+        usleep(10000);
+        int m = fd_list(again, cx, max < 256 ? max : 256);
+        if (m == n && memcmp(again, fds, sizeof *fds * (size_t)n) == 0) {
+            stable++;
+        } else {
+            stable = 0;
+            n = m;
+            memcpy(fds, again, sizeof *fds * (size_t)m);
+            memcpy(cloexec, cx, sizeof *cx * (size_t)m);
+        }
+    }
+    return n;
+}
+
 static bool listed(const int *fds, int n, int fd)
 {
     for (int i = 0; i < n; i++)
@@ -1179,7 +1202,7 @@ START_TEST(open_close_leaks_nothing)
     lmq_transport_close(&t);
     int before[256], during[256];
     bool cx_before[256], cx_during[256];
-    int nb = fd_list(before, cx_before, 256);
+    int nb = fd_list_settled(before, cx_before, 256);
     /* umockdev's preload gives every open of an emulated node a socket to
      * its ioctl handler, without FD_CLOEXEC: measure that on a plain open. */
     int probe = open(NODE, O_RDWR | O_CLOEXEC);
@@ -1202,16 +1225,9 @@ START_TEST(open_close_leaks_nothing)
         t = open_ok("usbtmc:0957:1798:MY12345");
         lmq_transport_close(&t);
     }
-    /* umockdev's thread closes its end of each emulation socket when it
-     * notices the hang-up, a moment after close returns: wait for that.
-     * A descriptor the transport leaked never goes. */
     int after[256];
     bool cx_after[256];
-    int na = fd_list(after, cx_after, 256);
-    for (int waited = 0; na != nb && waited < 5000; waited += 10) {
-        usleep(10000);
-        na = fd_list(after, cx_after, 256);
-    }
+    int na = fd_list_settled(after, cx_after, 256);
     for (int i = 0; i < na; i++) {
         char target[128];
         ck_assert_msg(listed(before, nb, after[i]), "fd %d (%s) leaked", after[i],
