@@ -20,6 +20,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/fsuid.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <umockdev.h>
 #include <unistd.h>
@@ -426,6 +428,7 @@ static gboolean on_ioctl(UMockdevIoctlBase *base, UMockdevIoctlClient *client, g
         } else if (code == (int)USBDEVFS_CONNECT && !in->kernel_driver) {
             in->kernel_driver = true;
             in->connects++;
+            res = 1; /* the kernel's device_attach(): 1 = a driver was bound */
         } else {
             res = -1;
             err = ENODATA;
@@ -664,6 +667,50 @@ START_TEST(header_parser)
 }
 END_TEST
 
+START_TEST(permission_denied_names_the_fix)
+{
+    mock_t m;
+    mock_start(&m, true);
+    /* A node we may not open (as one without a udev rule is for a user).
+     * Root passes any permission check, so then the open below runs with
+     * another filesystem uid (this thread only; the test process is forked). */
+    char *root = umockdev_testbed_get_root_dir(m.tb);
+    char *node = g_strconcat(root, NODE, NULL);
+    ck_assert_int_eq(chmod(node, 0), 0);
+    /* mkdtemp made it 0700; the emulated udev monitor binds its socket in it. */
+    ck_assert_int_eq(chmod(root, 0777), 0);
+    /* The preload talks to the ioctl handler through this socket. */
+    char *sock = g_strconcat(root, "/ioctl", NODE, NULL);
+    ck_assert_int_eq(chmod(sock, 0777), 0);
+    g_free(sock);
+    bool as_root = geteuid() == 0;
+    if (as_root)
+        setfsuid(65534);
+    lmq_transport_t *t = NULL;
+    char err[512];
+    int rc = lmq_transport_open(&t, "usbtmc:0957:1798", NULL, err, sizeof err);
+    if (as_root)
+        setfsuid(0);
+    ck_assert_msg(rc == LMQ_EPERM, "%d %s", rc, err);
+    ck_assert_ptr_null(t);
+    ck_assert_msg(strstr(err, "permission denied") && strstr(err, "udev rule") && strstr(err, "ATTR{idVendor}==\"0957\"") &&
+                      strstr(err, "plugdev"),
+                  "%s", err);
+    g_free(node);
+    g_free(root);
+    mock_stop(&m);
+}
+END_TEST
+
+static void count_warning(void *user, lmq_log_level_t level, const char *source, const char *msg)
+{
+    (void)source;
+    if (level <= LMQ_LOG_WARN) {
+        fprintf(stderr, "%s\n", msg);
+        ++*(int *)user;
+    }
+}
+
 START_TEST(kernel_driver_detached_and_given_back)
 {
     mock_t m;
@@ -676,8 +723,13 @@ START_TEST(kernel_driver_detached_and_given_back)
         ck_assert_int_eq(m.in.connects, 0);
         m.in.kernel_driver = true;
     });
-    /* The kernel's usbtmc driver bound: detached to claim, reattached at close. */
-    t = open_ok("usbtmc:0957:1798");
+    /* The kernel's usbtmc driver bound: detached to claim, reattached at
+     * close, with no complaint in the log. */
+    int warnings = 0;
+    lmq_log_t *log = lmq_log_new(LMQ_LOG_WARN, count_warning, &warnings);
+    lmq_transport_opts_t opts = {.log = log};
+    char err[256];
+    ck_assert_int_eq(lmq_transport_open(&t, "usbtmc:0957:1798", &opts, err, sizeof err), 0);
     char buf[128];
     query(t, "*IDN?\n", buf, sizeof buf);
     ck_assert_str_eq(buf, IDN);
@@ -686,6 +738,8 @@ START_TEST(kernel_driver_detached_and_given_back)
         ck_assert(!m.in.kernel_driver);
     });
     lmq_transport_close(&t);
+    ck_assert_int_eq(warnings, 0);
+    lmq_log_destroy(&log);
     LOCKED(&m, {
         ck_assert_int_eq(m.in.connects, 1);
         ck_assert(m.in.kernel_driver);
@@ -1265,6 +1319,7 @@ static Suite *suite(void)
     tcase_add_test(tc, malformed_header_is_proto);
     tcase_add_test(tc, unplug_is_io_and_broken);
     tcase_add_test(tc, open_errors);
+    tcase_add_test(tc, permission_denied_names_the_fix);
     tcase_add_test(tc, kernel_driver_detached_and_given_back);
     tcase_add_test(tc, open_close_leaks_nothing);
     suite_add_tcase(s, tc);
