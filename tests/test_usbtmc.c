@@ -677,7 +677,11 @@ START_TEST(permission_denied_names_the_fix)
     char *root = umockdev_testbed_get_root_dir(m.tb);
     char *node = g_strconcat(root, NODE, NULL);
     ck_assert_int_eq(chmod(node, 0), 0);
-    /* mkdtemp made it 0700; the emulated udev monitor binds its socket in it. */
+    /* mkdtemp made it (and main's run directory around it) 0700; the
+     * emulated udev monitor binds its socket in it. */
+    char *run = g_path_get_dirname(root);
+    ck_assert_int_eq(chmod(run, 0755), 0);
+    g_free(run);
     ck_assert_int_eq(chmod(root, 0777), 0);
     /* The preload talks to the ioctl handler through this socket. */
     char *sock = g_strconcat(root, "/ioctl", NODE, NULL);
@@ -1326,4 +1330,17 @@ static Suite *suite(void)
     return s;
 }
 
-int main(void) { return th_run_suite(suite()); }
+int main(void)
+{
+    /* Each test's testbed (umockdev.XXXXXX under TMPDIR) goes into a
+     * directory of this run, removed at the end: a test that fails exits
+     * before it can unref its testbed. Set before any GLib call caches it. */
+    char dir[] = "/tmp/lmqtest-usbtmc-XXXXXX";
+    if (!mkdtemp(dir) || setenv("TMPDIR", dir, 1) != 0) {
+        perror("test_usbtmc: temp dir");
+        return EXIT_FAILURE;
+    }
+    int rc = th_run_suite(suite());
+    th_rmtree(dir);
+    return rc;
+}
