@@ -697,8 +697,8 @@ START_TEST(permission_denied_names_the_fix)
         setfsuid(0);
     ck_assert_msg(rc == LMQ_EPERM, "%d %s", rc, err);
     ck_assert_ptr_null(t);
-    ck_assert_msg(strstr(err, "permission denied") && strstr(err, "udev rule") && strstr(err, "ATTR{idVendor}==\"0957\"") &&
-                      strstr(err, "plugdev"),
+    ck_assert_msg(strstr(err, "permission denied") && strstr(err, "udev rule") &&
+                      strstr(err, "ATTR{idVendor}==\"0957\"") && strstr(err, "plugdev"),
                   "%s", err);
     g_free(node);
     g_free(root);
@@ -773,8 +773,9 @@ START_TEST(scan_lists_the_instrument)
     int n = lmq__transport_scan_usbtmc(collect, found, err, sizeof err);
     ck_assert_msg(n == 1, "scan: %d %s", n, err);
     const char *line = g_ptr_array_index(found, 0);
-    ck_assert_msg(g_str_has_prefix(line, "usbtmc:0957:1798:MY12345|usbtmc|0957:1798|Labmq Instruments|MOCK488|MY12345|"),
-                  "%s", line);
+    ck_assert_msg(
+        g_str_has_prefix(line, "usbtmc:0957:1798:MY12345|usbtmc|0957:1798|Labmq Instruments|MOCK488|MY12345|"),
+        "%s", line);
     ck_assert_msg(strstr(line, "USB488") && strstr(line, "bus 1 device 2"), "%s", line);
     g_ptr_array_free(found, TRUE);
     /* The connection it reports opens the device. */

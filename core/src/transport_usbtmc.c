@@ -40,8 +40,6 @@
 #define CANCEL_WAIT_MS 1000
 /* Between two CHECK_*_STATUS polls while the device answers PENDING. */
 #define PENDING_POLL_MS 5
-/* Control requests of the standard (string descriptors) outside transfers. */
-#define STRING_TIMEOUT_MS 500
 
 typedef struct usbtmc {
     libusb_context *ctx;
@@ -607,7 +605,8 @@ static bool find_tmc_iface(libusb_device *dev, tmc_iface_t *out)
             const struct libusb_interface_descriptor *d = &itf->altsetting[a];
             if (d->bInterfaceClass != LIBUSB_CLASS_APPLICATION || d->bInterfaceSubClass != 0x03)
                 continue;
-            tmc_iface_t f = {.number = d->bInterfaceNumber, .alt = d->bAlternateSetting, .protocol = d->bInterfaceProtocol};
+            tmc_iface_t f = {
+                .number = d->bInterfaceNumber, .alt = d->bAlternateSetting, .protocol = d->bInterfaceProtocol};
             for (int e = 0; e < d->bNumEndpoints; e++) {
                 const struct libusb_endpoint_descriptor *ep = &d->endpoint[e];
                 int type = ep->bmAttributes & LIBUSB_TRANSFER_TYPE_MASK;
