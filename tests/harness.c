@@ -1,5 +1,8 @@
+/* The test harness: temp dirs, files, processes started with posix_spawn
+ * (never fork), and labmqd started on private endpoints and waited for. */
 #include "harness.h"
 #include <check.h>
+#include <jansson.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -124,14 +127,35 @@ int th_wait_exit(pid_t pid, int timeout_ms, int *status)
     return -1;
 }
 
+/* True when no device is still in its first open(). */
+static bool all_opened(lmq_proxy_t *p)
+{
+    char *text = NULL;
+    if (lmq_proxy_list(p, &text) != 0)
+        return false;
+    json_t *j = json_loads(text, 0, NULL);
+    free(text);
+    size_t i;
+    json_t *dev;
+    bool done = j != NULL;
+    json_array_foreach(j, i, dev)
+    {
+        if (strcmp(json_string_value(json_object_get(dev, "state")), "opening") == 0)
+            done = false;
+    }
+    json_decref(j);
+    return done;
+}
+
 void th_daemon_restart(th_daemon_t *d)
 {
     char *argv[] = {LMQ_BUILD_DIR "/workers/labmqd/labmqd", "--config", d->config, "--control", d->control,
                     "--data", d->data, "--log-level", "warn", NULL};
     d->pid = th_spawn_to_files(argv, d->log, NULL);
-    /* Ready means answering: the broker serves its first request only after
-     * every device has tried to open, so tests never race a device's open.
-     * A context of its own, made and ended here, inside the test's process. */
+    /* Ready means answering, and every device past its first open attempt
+     * (start-up does not wait for instruments, so `list` says "opening"
+     * until then): tests never race a device's open. A context of its own,
+     * made and ended here, inside the test's process. */
     void *ctx = zmq_ctx_new();
     lmq_proxy_t *p = lmq_proxy_new(ctx, d->control, NULL);
     lmq_proxy_set_timeout(p, 200);
@@ -143,6 +167,14 @@ void th_daemon_restart(th_daemon_t *d)
            !(exited = waitpid(d->pid, &st, WNOHANG) == d->pid))
         ;
     free(pong);
+    while (rc == 0 && !all_opened(p)) {
+        if (th_now_ms() > deadline || (exited = waitpid(d->pid, &st, WNOHANG) == d->pid)) {
+            rc = -1;
+            break;
+        }
+        struct timespec nap = {0, 5 * 1000 * 1000};
+        nanosleep(&nap, NULL);
+    }
     lmq_proxy_destroy(&p);
     zmq_ctx_term(ctx);
     if (rc == 0)

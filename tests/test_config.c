@@ -219,6 +219,7 @@ START_TEST(test_apply)
     ck_assert_msg(err && strstr(err, "psu1") && !strstr(err, "device 'psu1': device"), "%s", err ? err : "");
     free(err);
     ck_assert_int_eq(lmq_daemon_start(d), 0);
+    ck_assert_int_eq(lmq_daemon_wait_ready(d, 20000), 0);
 
     lmq_proxy_t *p = lmq_proxy_new(zctx, "inproc://cfg-control", NULL);
     char *json = NULL;
@@ -239,9 +240,9 @@ END_TEST
 
 /* No built-in driver has a required option, so a table of our own. */
 static const lmq_option_t fake_options[] = {
-    {"rate", LMQ_FLOAT, "1", NULL},
-    {"port", LMQ_STRING, NULL, "serial port"},
-    {NULL, LMQ_NONE, NULL, NULL},
+    {.name = "rate", .type = LMQ_FLOAT, .def = "1", .doc = NULL},
+    {.name = "port", .type = LMQ_STRING, .def = NULL, .doc = "serial port"},
+    {.name = NULL},
 };
 static const lmq_driver_t fake_driver = {.name = "fake", .options = fake_options};
 

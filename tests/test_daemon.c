@@ -270,6 +270,7 @@ START_TEST(in_process_daemon)
     ck_assert_int_eq(lmq_daemon_add(d, "daq2", lmq_driver_find("sim-daq"), NULL, bad), LMQ_ECONFIG);
     ck_assert_ptr_nonnull(strstr(lmq_daemon_last_error(d), "no_such_option"));
     ck_assert_int_eq(lmq_daemon_start(d), 0);
+    ck_assert_int_eq(lmq_daemon_wait_ready(d, 20000), 0);
 
     lmq_proxy_t *p = lmq_proxy_new(ctx, "inproc://lab", "daq1");
     double amp;
@@ -313,6 +314,7 @@ START_TEST(data_endpoint_is_connectable)
     const char *opts[] = {"sample_rate", "1000", "block_size", "100", NULL};
     ck_assert_int_eq(lmq_daemon_add(d, "daq1", lmq_driver_find("sim-daq"), NULL, opts), 0);
     ck_assert_int_eq(lmq_daemon_start(d), 0);
+    ck_assert_int_eq(lmq_daemon_wait_ready(d, 20000), 0);
     lmq_proxy_t *p = lmq_proxy_new(ctx, "inproc://lab", NULL);
     char ep[256], small[8];
     CK_OK(p, lmq_proxy_data_endpoint(p, ep, sizeof ep));
@@ -340,15 +342,17 @@ START_TEST(device_open_failure_is_reported)
     ck_assert_int_eq(lmq_daemon_add(d, "psu1", lmq_driver_find("sim-psu"), NULL, opts), 0);
     ck_assert_int_eq(lmq_daemon_add(d, "psu2", lmq_driver_find("sim-psu"), NULL, NULL), 0);
     ck_assert_int_eq(lmq_daemon_start(d), 0);
+    ck_assert_int_eq(lmq_daemon_wait_ready(d, 20000), 0);
     lmq_proxy_t *p1 = lmq_proxy_new(ctx, "inproc://lab", "psu1"), *p2 = lmq_proxy_new(ctx, "inproc://lab", "psu2");
     double v;
     ck_assert_int_eq(lmq_proxy_get_double(p1, "voltage", &v), LMQ_EDEVICE);
-    ck_assert_ptr_nonnull(strstr(lmq_proxy_last_error(p1), "not open"));
+    ck_assert_ptr_nonnull(strstr(lmq_proxy_last_error(p1), "disconnected"));
     ck_assert_ptr_nonnull(strstr(lmq_proxy_last_error(p1), "/nonexistent-dir/t.log"));
     CK_OK(p2, lmq_proxy_get_double(p2, "voltage", &v));
     char *list = NULL;
     CK_OK(p2, lmq_proxy_list(p2, &list));
     ck_assert_ptr_nonnull(strstr(list, "\"open\": false"));
+    ck_assert_ptr_nonnull(strstr(list, "\"state\": \"disconnected\""));
     free(list);
     lmq_proxy_destroy(&p1);
     lmq_proxy_destroy(&p2);
@@ -364,6 +368,7 @@ START_TEST(pipelined_requests_all_answered)
     lmq_daemon_t *d = lmq_daemon_new(ctx, "inproc://lab", "inproc://lab-data", NULL);
     ck_assert_int_eq(lmq_daemon_add(d, "psu1", lmq_driver_find("sim-psu"), NULL, NULL), 0);
     ck_assert_int_eq(lmq_daemon_start(d), 0);
+    ck_assert_int_eq(lmq_daemon_wait_ready(d, 20000), 0);
     lmq_proxy_t *p = lmq_proxy_new(ctx, "inproc://lab", "psu1");
     enum { N = 200 };
     bool seen[N] = {false};

@@ -263,8 +263,25 @@ START_TEST(test_overrides_and_sigint)
     void *zctx = zmq_ctx_new();
     ping(zctx, control);
     lmq_proxy_t *p = lmq_proxy_new(zctx, control, "psu1");
+    lmq_proxy_set_timeout(p, START_TIMEOUT_MS);
     double v = -1;
     ck_assert_int_eq(lmq_proxy_get_double(p, "voltage", &v), 0);
+    /* The daemon reports the overridden data endpoint, publishes there, and
+     * left the default one alone. */
+    char reported[200];
+    ck_assert_int_eq(lmq_proxy_data_endpoint(p, reported, sizeof reported), 0);
+    ck_assert_str_eq(reported, data);
+    lmq_sub_t *sub = lmq_sub_new(zctx, data, "daq1/wave");
+    ck_assert_ptr_nonnull(sub);
+    lmq_frame_t *f = NULL;
+    int rc = lmq_sub_recv(sub, &f, START_TIMEOUT_MS);
+    ck_assert_msg(rc == 0, "no daq1/wave block at %s: %s", data, lmq_status_name(rc));
+    ck_assert_str_eq(lmq_frame_units(f), "V");
+    lmq_frame_destroy(&f);
+    lmq_sub_destroy(&sub);
+    char default_data[160];
+    snprintf(default_data, sizeof default_data, "%s/labmq/data", t.dir);
+    ck_assert_msg(access(default_data, F_OK) != 0, "the default data endpoint %s was bound too", default_data);
     lmq_proxy_destroy(&p);
     zmq_ctx_term(zctx);
     stop_daemon(&t, SIGINT);

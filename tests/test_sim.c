@@ -48,6 +48,7 @@ static void lab_start(lab_t *lab, const devspec_t *devs, size_t n)
     }
     int rc = lmq_daemon_start(lab->daemon);
     ck_assert_msg(rc == 0, "start: %s", lmq_daemon_last_error(lab->daemon));
+    ck_assert_msg(lmq_daemon_wait_ready(lab->daemon, 20000) == 0, "%s", lmq_daemon_last_error(lab->daemon));
 }
 
 static void lab_stop(lab_t *lab)
@@ -239,6 +240,13 @@ START_TEST(psu_diode_load_is_nonlinear)
 }
 END_TEST
 
+/* Upper bound for a set that slews for `ms`: the slew itself waits on one
+ * timer, so only the round trip adds to it. Twice the slew plus 300 ms covers
+ * a slow round trip on a loaded machine under the sanitizers, and still fails
+ * a supply that slews at a third of its rate or waits for a full-range ramp
+ * (30 V at 20 V/s: 1.5 s). */
+#define SLEW_BOUND_MS(ms) (2.0 * (ms) + 300.0)
+
 START_TEST(psu_slew_is_paced)
 {
     lab_t lab;
@@ -253,13 +261,13 @@ START_TEST(psu_slew_is_paced)
     double t0 = th_now_ms();
     set_d(psu, "voltage", 10.0);
     double took = th_now_ms() - t0;
-    ck_assert_msg(took >= 490, "a 10 V step at 20 V/s returned after %.0f ms", took);
+    ck_assert_msg(took >= 490 && took < SLEW_BOUND_MS(500), "a 10 V step at 20 V/s returned after %.0f ms", took);
     ck_assert_double_eq_tol(get_d(psu, "measured_voltage"), 10.0, 1e-9);
     /* Down again, half the way: half the time. */
     t0 = th_now_ms();
     set_d(psu, "voltage", 5.0);
     took = th_now_ms() - t0;
-    ck_assert_msg(took >= 240, "a 5 V step at 20 V/s returned after %.0f ms", took);
+    ck_assert_msg(took >= 240 && took < SLEW_BOUND_MS(250), "a 5 V step at 20 V/s returned after %.0f ms", took);
     ck_assert_double_eq_tol(get_d(psu, "measured_voltage"), 5.0, 1e-9);
     /* A sweep waits for each point too: 5 -> 7.5 -> 10 V is 0.25 s of slewing,
      * and every reading is at its point. */
@@ -268,7 +276,7 @@ START_TEST(psu_slew_is_paced)
     int rc = lmq_proxy_call(psu, "sweep", args, 3, &res);
     took = th_now_ms() - t0;
     ck_assert_msg(rc == 0, "sweep: %s", lmq_proxy_last_error(psu));
-    ck_assert_msg(took >= 240, "a 5 V sweep at 20 V/s returned after %.0f ms", took);
+    ck_assert_msg(took >= 240 && took < SLEW_BOUND_MS(250), "a 5 V sweep at 20 V/s returned after %.0f ms", took);
     ck_assert_uint_eq(res.u.a.shape[0], 3);
     for (int k = 0; k < 3; k++)
         ck_assert_double_eq_tol(((const double *)res.u.a.data)[2 * k], 5.0 + 2.5 * k, 1e-9);
@@ -357,7 +365,7 @@ START_TEST(daq_measures_psu_current)
     ck_assert_double_eq_tol(read_ai(daq, 3), 0.25, 2.0 / 65536);
 
     lmq_value_t arg = lmq_int(4), res = {0};
-    assert_error(daq, lmq_proxy_call(daq, "read", &arg, 1, NULL), LMQ_ERANGE, "ai0..ai3");
+    assert_error(daq, lmq_proxy_call(daq, "read", &arg, 1, NULL), LMQ_ERANGE, "outside 0..3");
     double v;
     assert_error(daq, lmq_proxy_get_double(daq, "ai5", &v), LMQ_ENOTFOUND, NULL);
     ck_assert_int_eq(lmq_proxy_call(daq, "read_all", NULL, 0, &res), 0);
@@ -397,8 +405,8 @@ START_TEST(daq_output_drives_load)
     assert_get_s(psu, "mode", "CC");
     ck_assert_double_eq_tol(get_d(psu, "measured_current"), 0.3, 1e-12);
 
-    assert_error(daq, write_ao(daq, 0, 11.0), LMQ_ERANGE, "10.0 V");
-    assert_error(daq, write_ao(daq, 2, 1.0), LMQ_ERANGE, "ao0..ao1");
+    assert_error(daq, write_ao(daq, 0, 11.0), LMQ_ERANGE, "outside -10..10 V");
+    assert_error(daq, write_ao(daq, 2, 1.0), LMQ_ERANGE, "outside 0..1");
 
     lmq_proxy_destroy(&psu);
     lmq_proxy_destroy(&daq);
@@ -463,11 +471,21 @@ START_TEST(daq_wave_stream)
     ck_assert_double_eq(get_d(daq, "amplitude"), 1.0);
     set_s(daq, "waveform", "square");
     set_d(daq, "amplitude", 2.0);
+    /* Skip every block that may hold samples from before the change: a block
+     * is generated once its last sample is due, so one whose first sample
+     * comes after the set returned was generated wholly after it, however
+     * late the blocks queued before it are delivered. */
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    int64_t changed_ns = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
     lmq_frame_t *sq = NULL;
-    /* Skip blocks generated before the change. */
-    for (int k = 0; k < 4; k++) {
+    for (int k = 0;; k++) {
+        /* 20 blocks/s: 200 blocks is 10 s of stream at least. */
+        ck_assert_msg(k < 200, "no block acquired after the change among %d", k);
         lmq_frame_destroy(&sq);
         ck_assert_int_eq(lmq_sub_recv(sub, &sq, 5000), 0);
+        if (lmq_frame_time_ns(sq) >= changed_ns)
+            break;
     }
     const double *x = lmq_frame_data(sq);
     for (int i = 0; i < 500; i++)
@@ -598,23 +616,36 @@ START_TEST(fault_error_and_disconnect)
     assert_error(psu, lmq_proxy_get_double(psu, "voltage", &v), LMQ_EDEVICE, "simulated instrument error");
     assert_error(psu, try_set_d(psu, "voltage", 1.0), LMQ_EDEVICE, "simulated instrument error");
     assert_error(psu, lmq_proxy_call(psu, "reset", NULL, 0, NULL), LMQ_EDEVICE, NULL);
-    set_s(psu, "fault", "disconnect");
-    assert_error(psu, lmq_proxy_get_double(psu, "voltage", &v), LMQ_EIO, "device disconnected (simulated)");
-    set_s(psu, "fault", "none");
-    get_d(psu, "voltage");
+    /* Unplugged for 400 ms: the daemon sees the link go (IO, then
+     * DISCONNECTED while reopening fails), and the device comes back by
+     * itself, as after a power cycle. */
+    set_s(psu, "fault", "disconnect:400");
+    double t0 = th_now_ms();
+    int rc = lmq_proxy_get_double(psu, "voltage", &v);
+    ck_assert_msg(rc == LMQ_EIO || rc == LMQ_EDEVICE, "unplugged: %s (%s)", lmq_status_name(rc),
+                  lmq_proxy_last_error(psu));
+    ck_assert_msg(strstr(lmq_proxy_last_error(psu), "disconnected") || strstr(lmq_proxy_last_error(psu), "unplugged"),
+                  "%s", lmq_proxy_last_error(psu));
+    while ((rc = lmq_proxy_get_double(psu, "voltage", &v)) != 0 && th_now_ms() - t0 < 5000)
+        ck_assert_msg(rc == LMQ_EDEVICE, "while unplugged: %s (%s)", lmq_status_name(rc), lmq_proxy_last_error(psu));
+    ck_assert_msg(rc == 0, "not back within 5 s: %s", lmq_proxy_last_error(psu));
+    ck_assert_msg(th_now_ms() - t0 >= 390, "back after %.0f ms, unplugged for 400", th_now_ms() - t0);
+    assert_get_s(psu, "fault", "none"); /* a fresh instrument */
 
-    /* A disconnected camera stops publishing; reconnected, it resumes. */
+    /* A disconnected camera stops publishing; back, it starts afresh. */
     lmq_sub_t *sub = lmq_sub_new(lab.zctx, DATA, "cam1/frames");
     ck_assert_ptr_nonnull(sub);
     lmq_frame_t *f = NULL;
     ck_assert_int_eq(lmq_sub_recv(sub, &f, 5000), 0);
     lmq_frame_destroy(&f);
-    set_s(cam, "fault", "disconnect");
-    assert_error(cam, lmq_proxy_call(cam, "snap", NULL, 0, NULL), LMQ_EIO, NULL);
-    while (lmq_sub_recv(sub, &f, 300) == 0)
+    set_s(cam, "fault", "disconnect:600");
+    while (lmq_sub_recv(sub, &f, 400) == 0)
         lmq_frame_destroy(&f);
-    ck_assert_int_eq(lmq_sub_recv(sub, &f, 500), LMQ_ETIMEOUT);
-    set_s(cam, "fault", "none");
+    ck_assert_int_eq(lmq_sub_recv(sub, &f, 100), LMQ_ETIMEOUT);
+    t0 = th_now_ms();
+    while ((rc = lmq_proxy_call(cam, "start", NULL, 0, NULL)) != 0 && th_now_ms() - t0 < 5000)
+        ;
+    ck_assert_msg(rc == 0, "camera not back: %s", lmq_proxy_last_error(cam));
     ck_assert_int_eq(lmq_sub_recv(sub, &f, 5000), 0);
     lmq_frame_destroy(&f);
     ck_assert_uint_eq(lmq_sub_lost(sub), 0); /* nothing was published, so nothing is lost */
@@ -634,13 +665,27 @@ START_TEST(fault_hang)
     lmq_proxy_t *psu = proxy(&lab, "psu1"), *daq = proxy(&lab, "daq1");
     double v;
 
-    set_s(psu, "fault", "hang:1500");
+    set_s(psu, "fault", "hang:3000");
     lmq_proxy_set_timeout(psu, 200);
     double t0 = th_now_ms();
     assert_error(psu, lmq_proxy_get_double(psu, "voltage", &v), LMQ_ETIMEOUT, NULL);
-    ck_assert_msg(th_now_ms() - t0 < 1000, "the client waited %.0f ms", th_now_ms() - t0);
-    /* Other devices are not held up by the hung one. */
+    /* The proxy gives up at its own timeout (a poll on its socket), not when
+     * the device answers: 200 ms, plus 300 ms for a slow wake-up on a loaded
+     * machine, is still far below the 3 s hang. */
+    double waited = th_now_ms() - t0;
+    ck_assert_msg(waited >= 190 && waited < 200 + 300, "a 200 ms timeout returned after %.0f ms", waited);
+    /* Other devices are not held up by the hung one: daq1 answers while psu1
+     * is still hung (2.8 s of the hang are left), in a small part of the time
+     * the hang lasts. Its own timeout is below the hang, too, so a daemon
+     * that serialised the devices fails here even if the clock lies. */
+    lmq_proxy_set_timeout(daq, 1000);
+    double t1 = th_now_ms();
     get_d(daq, "sample_rate");
+    double other = th_now_ms() - t1;
+    ck_assert_msg(other < 1000, "daq1 took %.0f ms while psu1 hung for 3000 ms", other);
+    ck_assert_msg(th_now_ms() - t0 < 2500, "psu1's hang was over before daq1 was asked (%.0f ms)",
+                  th_now_ms() - t0);
+    lmq_proxy_set_timeout(daq, CALL_TIMEOUT_MS);
     /* The clear queues behind the hung request and lands when it expires. */
     lmq_proxy_set_timeout(psu, CALL_TIMEOUT_MS);
     set_s(psu, "fault", "none");
@@ -666,7 +711,7 @@ START_TEST(fault_invalid_text)
     lmq_proxy_t *daq = proxy(&lab, "daq1");
     const char *bad[] = {"bogus", "delay", "delay:", "delay:abc", "delay:5x", "hang:-5", "delay:99999999", "Error"};
     for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++)
-        assert_error(daq, try_set_s(daq, "fault", bad[k]), LMQ_EARG, "none, delay:MS, hang, hang:MS, error or disconnect");
+        assert_error(daq, try_set_s(daq, "fault", bad[k]), LMQ_EARG, "none, delay:MS, hang, hang:MS, error, disconnect or disconnect:MS");
     assert_get_s(daq, "fault", "none");
     set_s(daq, "fault", "hang:0"); /* a zero-length hang answers with a timeout at once */
     double v;

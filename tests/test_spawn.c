@@ -66,14 +66,28 @@ START_TEST(spawned_worker_uses_device_by_uri_only)
     ck_assert(holds_file(d.pid, transcript));
     int leaky = open(transcript, O_RDONLY);
     ck_assert_int_ge(leaky, 3);
+    char *text;
+
+    /* A current limit only the child sets: neither a default nor anything
+     * this process ever writes (it never touches current_limit). */
+    double limit_before = -1;
+    ck_assert_int_eq(lmq_proxy_get_double(p, "current_limit", &limit_before), 0);
+    double limit = 0.1 + (double)(getpid() % 1000) / 1000.0 * 0.8 + 0.0001;
+    ck_assert(limit != limit_before);
+    char limit_arg[32];
+    snprintf(limit_arg, sizeof limit_arg, "%.4f", limit);
+    text = th_read_file(transcript);
+    ck_assert_ptr_nonnull(text);
+    size_t before = strlen(text); /* the transcript so far is the parent's */
+    free(text);
 
     char *uri = lmq_proxy_uri(p);
-    char *argv[] = {CHILD, uri, report, NULL};
+    char *argv[] = {CHILD, uri, report, limit_arg, NULL};
     pid_t pid;
     ck_assert_int_eq(lmq_spawn(argv, &pid), 0);
     int st;
     ck_assert_int_eq(lmq_spawn_wait(pid, &st, 20000), 0);
-    char *text = th_read_file(report);
+    text = th_read_file(report);
     ck_assert_ptr_nonnull(text);
     ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child failed: %s", text);
     /* Born with stdio only: not the careless file, not the parent's sockets. */
@@ -81,13 +95,18 @@ START_TEST(spawned_worker_uses_device_by_uri_only)
     ck_assert_ptr_nonnull(strstr(text, "voltage 2.500"));
     free(text);
 
-    /* The child's request reached the instrument owned by the daemon. */
-    ck_assert_int_eq(lmq_proxy_get_double(p, "voltage", &v), 0);
-    ck_assert_double_eq_tol(v, 2.5, 1e-12);
+    /* The child's requests reached the instrument owned by the daemon: its
+     * value is there, and the transcript, past what this process caused,
+     * shows the child's set. */
     text = th_read_file(transcript);
     ck_assert_ptr_nonnull(text);
-    ck_assert_ptr_nonnull(strstr(text, "voltage"));
+    ck_assert_uint_gt(strlen(text), before);
+    ck_assert_msg(strstr(text + before, " psu1 current_limit\n") != NULL,
+                  "the child's set is not in the transcript:\n%s", text);
     free(text);
+    double got = -1;
+    ck_assert_int_eq(lmq_proxy_get_double(p, "current_limit", &got), 0);
+    ck_assert_msg(got == strtod(limit_arg, NULL), "current_limit %.6f, the child set %s", got, limit_arg);
 
     close(leaky);
     free(uri);

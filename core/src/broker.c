@@ -1,7 +1,10 @@
 /* The broker thread: owns the ROUTER (control) and XPUB (data) sockets and
- * the broker ends of the device pipes. It validates every request, answers
- * the daemon-wide ops itself, and hands device requests to device threads as
- * jobs; a slow device therefore never delays the others. */
+ * the broker ends of the device pipes. It validates every request (including
+ * values against the device's tables), answers the daemon-wide ops itself,
+ * and hands device requests to device threads as jobs; a slow device
+ * therefore never delays the others. Every accepted request is answered
+ * exactly once: replies a client is not reading yet wait in a backlog
+ * instead of being dropped by ZeroMQ's high-water mark. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,17 +14,33 @@
 
 #define MAX_PARTS (2 + 1 + LMQ__MAX_BINFRAMES)
 #define DEVICE_QUEUE_LIMIT 1000
+/* Replies to requests that were refused at once (errors) wait at most this
+ * many in the backlog; beyond it a client that sends without reading loses
+ * them (counted, logged). Replies to accepted requests always wait: their
+ * number is bounded by the device queues. */
+#define BACKLOG_REFUSED_LIMIT 10000
+#define BACKLOG_RETRY_MS 5
 
 #define JOB_CACHE 64
+
+/* A reply ZeroMQ could not take yet: the client's pipe is full. */
+typedef struct pending {
+    struct pending *next;
+    zmq_msg_t part[MAX_PARTS];
+    size_t n;
+    bool accepted;
+} pending_t;
 
 typedef struct broker {
     lmq_daemon_t *d;
     void *pipe, *router, *xpub;
     zmq_pollitem_t *items;
-    /* Finished jobs kept for reuse: a job is ~2 KB, too big for malloc's
-     * per-thread cache, and one is needed per request. */
+    /* Finished jobs kept for reuse: a job is several KB, too big for
+     * malloc's per-thread cache, and one is needed per request. */
     lmq__job_t *cache[JOB_CACHE];
     size_t ncache;
+    pending_t *pend_head, *pend_tail;
+    size_t npend, npend_refused;
 } broker_t;
 
 static lmq__job_t *job_get(broker_t *b)
@@ -34,8 +53,9 @@ static lmq__job_t *job_get(broker_t *b)
     job->prop = NULL;
     job->failed = false;
     job->nenvelope = 0;
+    job->nargs = 0;
+    memset(&job->value, 0, sizeof job->value);
     memset(&job->req, 0, sizeof job->req);
-    lmq__frames_init(&job->bin);
     lmq__frames_init(&job->reply_bin);
     zmq_msg_init(&job->reply);
     return job;
@@ -52,46 +72,188 @@ static void job_put(broker_t *b, lmq__job_t *job)
         zmq_msg_close(&job->envelope[i]);
     job->nenvelope = 0;
     lmq__request_clear(&job->req);
-    lmq__frames_close(&job->bin);
+    for (size_t i = 0; i < job->nargs; i++)
+        lmq_value_clear(&job->args[i]);
+    job->nargs = 0;
+    lmq_value_clear(&job->value);
     zmq_msg_close(&job->reply);
     lmq__frames_close(&job->reply_bin);
     b->cache[b->ncache++] = job;
 }
 
-static void send_reply(broker_t *b, zmq_msg_t *env, size_t nenv, zmq_msg_t *hdr, lmq__frames_t *bin)
+/* ---- replies ---- */
+
+static bool same_peer(const zmq_msg_t *a, const zmq_msg_t *b)
 {
-    for (size_t i = 0; i < nenv; i++)
-        zmq_msg_send(&env[i], b->router, ZMQ_SNDMORE);
-    zmq_msg_send(hdr, b->router, bin && bin->n ? ZMQ_SNDMORE : 0);
-    for (size_t i = 0; bin && i < bin->n; i++)
-        zmq_msg_send(&bin->msg[i], b->router, i + 1 < bin->n ? ZMQ_SNDMORE : 0);
-    if (bin)
-        lmq__frames_close(bin); /* sent messages are empty now; closing is harmless */
+    size_t n = zmq_msg_size((zmq_msg_t *)a);
+    return n == zmq_msg_size((zmq_msg_t *)b) &&
+           memcmp(zmq_msg_data((zmq_msg_t *)a), zmq_msg_data((zmq_msg_t *)b), n) == 0;
 }
 
-static void reply_error(broker_t *b, zmq_msg_t *env, size_t nenv, const lmq__request_t *req, int status,
-                        const char *msg)
+/* Sends parts[0..n) (routing id first). Returns 0 when sent (or the client is
+ * gone: nothing left to do), else EAGAIN with the parts untouched. */
+static int try_send(broker_t *b, zmq_msg_t *parts, size_t n)
+{
+    /* ROUTER_MANDATORY: the first part fails with EAGAIN when this client's
+     * pipe is full and EHOSTUNREACH when it has disconnected; once it is
+     * taken, the rest of the message follows. */
+    if (zmq_msg_send(&parts[0], b->router, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+        int e = zmq_errno();
+        if (e == EAGAIN)
+            return EAGAIN;
+        b->d->replies_undeliverable++;
+        lmq_log(b->d->log, LMQ_LOG_DEBUG, "broker", "reply dropped: the client has gone (%s)", zmq_strerror(e));
+        for (size_t i = 0; i < n; i++)
+            zmq_msg_close(&parts[i]);
+        return 0;
+    }
+    for (size_t i = 1; i < n; i++)
+        if (zmq_msg_send(&parts[i], b->router, (i + 1 < n ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT) < 0) {
+            lmq_log(b->d->log, LMQ_LOG_ERROR, "broker", "reply cut short: %s", zmq_strerror(zmq_errno()));
+            for (size_t k = i; k < n; k++)
+                zmq_msg_close(&parts[k]);
+            break;
+        }
+    return 0;
+}
+
+static bool backlogged(const broker_t *b, const zmq_msg_t *id)
+{
+    for (const pending_t *p = b->pend_head; p; p = p->next)
+        if (same_peer(&p->part[0], id))
+            return true;
+    return false;
+}
+
+/* Takes ownership of parts[0..n): sends them, or keeps them in the backlog
+ * (in order per client) until the client reads. */
+static void send_parts(broker_t *b, zmq_msg_t *parts, size_t n, bool accepted)
+{
+    if (!(b->npend && backlogged(b, &parts[0])) && try_send(b, parts, n) == 0)
+        return;
+    if (!accepted && b->npend_refused >= BACKLOG_REFUSED_LIMIT) {
+        uint64_t k = ++b->d->replies_dropped;
+        if ((k & (k - 1)) == 0)
+            lmq_log(b->d->log, LMQ_LOG_WARN, "broker",
+                    "a client sends without reading its replies; %llu error replies dropped so far",
+                    (unsigned long long)k);
+        for (size_t i = 0; i < n; i++)
+            zmq_msg_close(&parts[i]);
+        return;
+    }
+    pending_t *p = malloc(sizeof *p);
+    if (!p) {
+        b->d->replies_dropped++;
+        lmq_log(b->d->log, LMQ_LOG_ERROR, "broker", "out of memory: a reply is lost");
+        for (size_t i = 0; i < n; i++)
+            zmq_msg_close(&parts[i]);
+        return;
+    }
+    p->next = NULL;
+    p->n = n;
+    p->accepted = accepted;
+    for (size_t i = 0; i < n; i++) {
+        zmq_msg_init(&p->part[i]);
+        zmq_msg_move(&p->part[i], &parts[i]);
+    }
+    if (b->pend_tail)
+        b->pend_tail->next = p;
+    else
+        b->pend_head = p;
+    b->pend_tail = p;
+    b->npend++;
+    b->npend_refused += !accepted;
+}
+
+/* Retries the backlog, oldest first, skipping clients still full. */
+static void flush_backlog(broker_t *b)
+{
+    enum { MAX_BLOCKED = 32 };
+    const zmq_msg_t *blocked[MAX_BLOCKED];
+    size_t nblocked = 0;
+    pending_t **link = &b->pend_head;
+    while (*link) {
+        pending_t *p = *link;
+        bool skip = false;
+        for (size_t i = 0; i < nblocked && !skip; i++)
+            skip = same_peer(blocked[i], &p->part[0]);
+        if (!skip && try_send(b, p->part, p->n) == 0) {
+            *link = p->next;
+            b->npend--;
+            b->npend_refused -= !p->accepted;
+            free(p);
+            continue;
+        }
+        if (!skip) {
+            if (nblocked == MAX_BLOCKED)
+                break;
+            blocked[nblocked++] = &p->part[0];
+        }
+        link = &p->next;
+    }
+    b->pend_tail = NULL;
+    for (pending_t *p = b->pend_head; p; p = p->next)
+        b->pend_tail = p;
+}
+
+static void free_backlog(broker_t *b)
+{
+    while (b->pend_head) {
+        pending_t *p = b->pend_head;
+        b->pend_head = p->next;
+        for (size_t i = 0; i < p->n; i++)
+            zmq_msg_close(&p->part[i]);
+        free(p);
+    }
+    b->pend_tail = NULL;
+    b->npend = b->npend_refused = 0;
+}
+
+/* Sends envelope + header + frames. The envelope is copied (the job keeps
+ * its own); header and frames are consumed. */
+static void send_reply(broker_t *b, const zmq_msg_t *env, size_t nenv, zmq_msg_t *hdr, lmq__frames_t *bin,
+                       bool accepted)
+{
+    zmq_msg_t parts[MAX_PARTS];
+    size_t n = 0;
+    for (size_t i = 0; i < nenv; i++) {
+        zmq_msg_init(&parts[n]);
+        zmq_msg_copy(&parts[n++], (zmq_msg_t *)&env[i]);
+    }
+    zmq_msg_init(&parts[n]);
+    zmq_msg_move(&parts[n++], hdr);
+    for (size_t i = 0; bin && i < bin->n; i++) {
+        zmq_msg_init(&parts[n]);
+        zmq_msg_move(&parts[n++], &bin->msg[i]);
+    }
+    if (bin)
+        lmq__frames_close(bin);
+    send_parts(b, parts, n, accepted);
+}
+
+static void reply_error(broker_t *b, const zmq_msg_t *env, size_t nenv, const lmq__request_t *req, int status,
+                        const char *msg, bool accepted)
 {
     zmq_msg_t hdr;
     b->d->errors++;
     if (lmq__reply_error(&hdr, req && req->has_id, req ? req->id : 0, status, msg) != 0)
         return;
-    send_reply(b, env, nenv, &hdr, NULL);
-    zmq_msg_close(&hdr);
+    send_reply(b, env, nenv, &hdr, NULL, accepted);
 }
 
-static void reply_ok(broker_t *b, zmq_msg_t *env, size_t nenv, const lmq__request_t *req, json_t *result)
+static void reply_ok(broker_t *b, const zmq_msg_t *env, size_t nenv, const lmq__request_t *req, json_t *result)
 {
     zmq_msg_t hdr;
     if (!result) {
-        reply_error(b, env, nenv, req, LMQ_EMEM, "out of memory");
+        reply_error(b, env, nenv, req, LMQ_EMEM, "out of memory", false);
         return;
     }
     if (lmq__reply_ok(&hdr, true, req->id, result) != 0)
         return;
-    send_reply(b, env, nenv, &hdr, NULL);
-    zmq_msg_close(&hdr);
+    send_reply(b, env, nenv, &hdr, NULL, false);
 }
+
+/* ---- daemon-wide ops ---- */
 
 static lmq_dev_t *find_device(lmq_daemon_t *d, const char *name)
 {
@@ -129,9 +291,24 @@ static json_t *device_stats(lmq_dev_t *dev)
     qsort(sorted, n, sizeof *sorted, cmp_u32);
     double p50 = n ? sorted[n / 2] : 0, p99 = n ? sorted[(n * 99) / 100 < n ? (n * 99) / 100 : n - 1] : 0;
     double mean = s->calls ? s->latency_sum_us / (double)s->calls : 0;
-    return json_pack("{s:s, s:I, s:I, s:I, s:{s:f, s:f, s:f, s:f}}", "name", dev->name, "calls",
-                     (json_int_t)s->calls, "errors", (json_int_t)s->errors, "in_flight", (json_int_t)s->in_flight,
-                     "latency_us", "mean", mean, "p50", p50, "p99", p99, "max", s->latency_max_us);
+    json_t *streams = json_array();
+    for (size_t i = 0; i < dev->nstreams; i++) {
+        lmq__stream_rt_t *st = &dev->streams[i];
+        json_array_append_new(streams, json_pack("{s:s, s:I, s:I, s:I, s:I}", "name", dev->stream_defs[i].name,
+                                                 "published", (json_int_t)atomic_load(&st->published), "dropped",
+                                                 (json_int_t)atomic_load(&st->dropped), "skipped",
+                                                 (json_int_t)atomic_load(&st->skipped), "errors",
+                                                 (json_int_t)atomic_load(&st->errors)));
+    }
+    pthread_mutex_lock(&dev->mu);
+    json_t *j =
+        json_pack("{s:s, s:s, s:I, s:I, s:I, s:{s:f, s:f, s:f, s:f}, s:I, s:I, s:I, s:o}", "name", dev->name, "state",
+                  lmq__dev_state_name(dev->dev_state), "calls", (json_int_t)s->calls, "errors", (json_int_t)s->errors,
+                  "in_flight", (json_int_t)s->in_flight, "latency_us", "mean", mean, "p50", p50, "p99", p99, "max",
+                  s->latency_max_us, "disconnects", (json_int_t)dev->disconnects, "reopens", (json_int_t)dev->reopens,
+                  "restores", (json_int_t)dev->restores, "streams", streams);
+    pthread_mutex_unlock(&dev->mu);
+    return j;
 }
 
 static void reply_no_device(broker_t *b, zmq_msg_t *env, size_t nenv, const lmq__request_t *req)
@@ -143,7 +320,7 @@ static void reply_no_device(broker_t *b, zmq_msg_t *env, size_t nenv, const lmq_
     for (size_t i = 0; i < d->ndev && len < sizeof names; i++)
         len += (size_t)snprintf(names + len, sizeof names - len, "%s%s", i ? ", " : "", d->devs[i]->name);
     snprintf(msg, sizeof msg, "no device '%.64s' (devices: %s)", req->device, d->ndev ? names : "none");
-    reply_error(b, env, nenv, req, LMQ_ENOTFOUND, msg);
+    reply_error(b, env, nenv, req, LMQ_ENOTFOUND, msg, false);
 }
 
 static void handle_local(broker_t *b, zmq_msg_t *env, size_t nenv, lmq__request_t *req)
@@ -161,11 +338,12 @@ static void handle_local(broker_t *b, zmq_msg_t *env, size_t nenv, lmq__request_
         for (size_t i = 0; i < d->ndev; i++) {
             lmq_dev_t *dev = d->devs[i];
             pthread_mutex_lock(&dev->mu);
-            json_array_append_new(result, json_pack("{s:s, s:s, s:s, s:b, s:o}", "name", dev->name, "driver",
+            bool has_error = dev->dev_state == LMQ__DEV_DISCONNECTED;
+            json_array_append_new(result, json_pack("{s:s, s:s, s:s, s:s, s:b, s:o}", "name", dev->name, "driver",
                                                     dev->drv->name, "description",
-                                                    dev->drv->description ? dev->drv->description : "", "open",
-                                                    dev->is_open,
-                                                    "error", dev->is_open ? json_null() : json_string(dev->open_error)));
+                                                    dev->drv->description ? dev->drv->description : "", "state",
+                                                    lmq__dev_state_name(dev->dev_state), "open", dev->is_open, "error",
+                                                    has_error ? json_string(dev->open_error) : json_null()));
             pthread_mutex_unlock(&dev->mu);
         }
         break;
@@ -178,8 +356,11 @@ static void handle_local(broker_t *b, zmq_msg_t *env, size_t nenv, lmq__request_
             json_decref(devs);
             goto no_device;
         }
-        result = json_pack("{s:f, s:I, s:I, s:o}", "uptime_s", (double)(lmq_clock_mono_ns() - d->started_ns) / 1e9,
-                           "requests", (json_int_t)d->requests, "errors", (json_int_t)d->errors, "devices", devs);
+        result = json_pack("{s:f, s:I, s:I, s:I, s:I, s:I, s:o}", "uptime_s",
+                           (double)(lmq_clock_mono_ns() - d->started_ns) / 1e9, "requests", (json_int_t)d->requests,
+                           "errors", (json_int_t)d->errors, "replies_waiting", (json_int_t)b->npend, "replies_dropped",
+                           (json_int_t)d->replies_dropped, "replies_undeliverable",
+                           (json_int_t)d->replies_undeliverable, "devices", devs);
         break;
     }
     case LMQ__OP_DESCRIBE: {
@@ -198,23 +379,31 @@ no_device:
     reply_no_device(b, env, nenv, req);
 }
 
-static void job_link(lmq_daemon_t *d, lmq__job_t *job)
+/* ---- device requests ---- */
+
+/* The device's queue, in acceptance order: replies and CLOSED answers at
+ * shutdown follow it. */
+static void queue_append(lmq_dev_t *dev, lmq__job_t *job)
 {
-    job->prev = NULL;
-    job->next = d->jobs;
-    if (d->jobs)
-        d->jobs->prev = job;
-    d->jobs = job;
+    job->next = NULL;
+    job->prev = dev->queue_tail;
+    if (dev->queue_tail)
+        dev->queue_tail->next = job;
+    else
+        dev->queue_head = job;
+    dev->queue_tail = job;
 }
 
-static void job_unlink(lmq_daemon_t *d, lmq__job_t *job)
+static void queue_remove(lmq_dev_t *dev, lmq__job_t *job)
 {
     if (job->prev)
         job->prev->next = job->next;
     else
-        d->jobs = job->next;
+        dev->queue_head = job->next;
     if (job->next)
         job->next->prev = job->prev;
+    else
+        dev->queue_tail = job->prev;
     job->prev = job->next = NULL;
 }
 
@@ -237,29 +426,30 @@ static bool handle_request(broker_t *b)
     /* parts[0] is the client's routing id; REQ clients add an empty delimiter. */
     size_t nenv = (n >= 2 && zmq_msg_size(&parts[1]) == 0) ? 2 : 1;
     lmq__request_t req = {0};
-    char err[600];
+    lmq__job_t *job = NULL;
+    char err[700];
     if (too_many) {
         snprintf(err, sizeof err, "too many frames; at most %d binary frames follow the header", LMQ__MAX_BINFRAMES);
-        reply_error(b, parts, nenv, NULL, LMQ_EPROTO, err);
+        reply_error(b, parts, nenv, NULL, LMQ_EPROTO, err, false);
         goto done;
     }
     if (n <= nenv) {
         /* Only an empty frame: answer as to a DEALER, whose header it was. */
-        reply_error(b, parts, 1, NULL, LMQ_EPROTO, "empty header frame (expected a JSON object)");
+        reply_error(b, parts, 1, NULL, LMQ_EPROTO, "empty header frame (expected a JSON object)", false);
         goto done;
     }
     zmq_msg_t *hdr = &parts[nenv];
     size_t nbin = n - nenv - 1;
     if (lmq__request_parse(zmq_msg_data(hdr), zmq_msg_size(hdr), nbin, &req, err, sizeof err) != 0) {
         lmq_log(d->log, LMQ_LOG_DEBUG, "broker", "rejected request: %s", err);
-        reply_error(b, parts, nenv, &req, LMQ_EPROTO, err);
+        reply_error(b, parts, nenv, &req, LMQ_EPROTO, err, false);
+        goto done;
+    }
+    if (req.op != LMQ__OP_CALL && req.op != LMQ__OP_SET && nbin) {
+        reply_error(b, parts, nenv, &req, LMQ_EPROTO, "this op takes no binary frames", false);
         goto done;
     }
     if (req.op != LMQ__OP_CALL && req.op != LMQ__OP_GET && req.op != LMQ__OP_SET) {
-        if (nbin) {
-            reply_error(b, parts, nenv, &req, LMQ_EPROTO, "this op takes no binary frames");
-            goto done;
-        }
         handle_local(b, parts, nenv, &req);
         goto done;
     }
@@ -273,56 +463,66 @@ static bool handle_request(broker_t *b)
     char names[400];
     if (req.op == LMQ__OP_CALL) {
         if (!(method = lmq__dev_method(dev, req.name))) {
-            name_list(names, sizeof names, dev->drv->methods, sizeof(lmq_method_t), dev->nmethods);
+            name_list(names, sizeof names, dev->methods, sizeof(lmq_method_t), dev->nmethods);
             snprintf(err, sizeof err, "%s has no method '%.64s' (methods: %s)", dev->name, req.name, names);
-            reply_error(b, parts, nenv, &req, LMQ_ENOTFOUND, err);
+            reply_error(b, parts, nenv, &req, LMQ_ENOTFOUND, err, false);
             goto done;
         }
     } else if (!(prop = lmq__dev_property(dev, req.name))) {
-        name_list(names, sizeof names, dev->drv->properties, sizeof(lmq_property_t), dev->nprops);
+        name_list(names, sizeof names, dev->props, sizeof(lmq_property_t), dev->nprops);
         snprintf(err, sizeof err, "%s has no property '%.64s' (properties: %s)", dev->name, req.name, names);
-        reply_error(b, parts, nenv, &req, LMQ_ENOTFOUND, err);
+        reply_error(b, parts, nenv, &req, LMQ_ENOTFOUND, err, false);
         goto done;
     } else if (req.op == LMQ__OP_SET && !prop->set) {
         snprintf(err, sizeof err, "%s.%s is read-only", dev->name, prop->name);
-        reply_error(b, parts, nenv, &req, LMQ_EREADONLY, err);
+        reply_error(b, parts, nenv, &req, LMQ_EREADONLY, err, false);
         goto done;
     }
+    /* The running request counts: in_flight is everything accepted and not
+     * yet answered. */
     if (dev->stats.in_flight >= DEVICE_QUEUE_LIMIT) {
         snprintf(err, sizeof err, "%s is not answering: %d requests already queued", dev->name, DEVICE_QUEUE_LIMIT);
-        reply_error(b, parts, nenv, &req, LMQ_ETIMEOUT, err);
+        reply_error(b, parts, nenv, &req, LMQ_ETIMEOUT, err, false);
         goto done;
     }
-    lmq__job_t *job = job_get(b);
-    if (!job) {
-        reply_error(b, parts, nenv, &req, LMQ_EMEM, "out of memory");
+    if (!(job = job_get(b))) {
+        reply_error(b, parts, nenv, &req, LMQ_EMEM, "out of memory", false);
         goto done;
     }
     job->dev = dev;
     job->method = method;
     job->prop = prop;
+    job->req = req;
+    memset(&req, 0, sizeof req);
+    lmq__frames_t bin;
+    bin.n = nbin;
+    for (size_t i = 0; i < nbin; i++) {
+        zmq_msg_init(&bin.msg[i]);
+        zmq_msg_move(&bin.msg[i], &parts[nenv + 1 + i]);
+    }
+    int rc = lmq__check_request(dev, job, &bin, err, sizeof err);
+    lmq__frames_close(&bin);
+    if (rc != 0) {
+        reply_error(b, parts, nenv, &job->req, rc, err, false);
+        goto done;
+    }
     job->t_start = lmq_clock_mono_ns();
     job->nenvelope = nenv;
     for (size_t i = 0; i < nenv; i++) {
         zmq_msg_init(&job->envelope[i]);
         zmq_msg_move(&job->envelope[i], &parts[i]);
     }
-    job->req = req;
-    memset(&req, 0, sizeof req);
-    for (size_t i = 0; i < nbin; i++) {
-        zmq_msg_init(&job->bin.msg[i]);
-        zmq_msg_move(&job->bin.msg[i], &parts[nenv + 1 + i]);
-    }
-    job->bin.n = nbin;
     if (lmq__send_ptr(dev->broker_pipe, LMQ__MSG_JOB, job, ZMQ_DONTWAIT) != 0) {
         snprintf(err, sizeof err, "%s: request queue full", dev->name);
-        reply_error(b, job->envelope, job->nenvelope, &job->req, LMQ_ETIMEOUT, err);
-        job_put(b, job);
+        reply_error(b, job->envelope, job->nenvelope, &job->req, LMQ_ETIMEOUT, err, false);
         goto done;
     }
-    job_link(d, job);
+    queue_append(dev, job);
     dev->stats.in_flight++;
+    job = NULL;
 done:
+    if (job)
+        job_put(b, job);
     lmq__request_clear(&req);
     for (size_t i = 0; i < n; i++)
         zmq_msg_close(&parts[i]);
@@ -332,7 +532,7 @@ done:
 static void finish_job(broker_t *b, lmq__job_t *job)
 {
     lmq_dev_t *dev = job->dev;
-    job_unlink(b->d, job);
+    queue_remove(dev, job);
     dev->stats.in_flight--;
     dev->stats.calls++;
     double us = (double)(lmq_clock_mono_ns() - job->t_start) / 1e3;
@@ -345,9 +545,9 @@ static void finish_job(broker_t *b, lmq__job_t *job)
         b->d->errors++;
     }
     if (zmq_msg_size(&job->reply) == 0)
-        reply_error(b, job->envelope, job->nenvelope, &job->req, LMQ_EMEM, "out of memory encoding the reply");
+        reply_error(b, job->envelope, job->nenvelope, &job->req, LMQ_EMEM, "out of memory encoding the reply", true);
     else
-        send_reply(b, job->envelope, job->nenvelope, &job->reply, &job->reply_bin);
+        send_reply(b, job->envelope, job->nenvelope, &job->reply, &job->reply_bin, true);
     job_put(b, job);
 }
 
@@ -397,6 +597,11 @@ static void *make_socket(broker_t *b, int type)
     return s;
 }
 
+/* ---- shutdown ---- */
+
+/* Stops every device thread (at most the grace period), answers what the
+ * devices finished, then answers CLOSED, in order, what they never got to.
+ * A device stuck in its driver is named and left behind. */
 static void shutdown_devices(broker_t *b)
 {
     lmq_daemon_t *d = b->d;
@@ -406,29 +611,70 @@ static void shutdown_devices(broker_t *b)
         if (d->devs[i]->broker_pipe)
             zmq_send(d->devs[i]->broker_pipe, &term, 1, ZMQ_DONTWAIT);
     }
-    for (size_t i = 0; i < d->ndev; i++)
-        lmq__dev_join(d->devs[i]);
-    /* Answer what the devices finished; refuse, but answer, what they never got to. */
+    int64_t deadline = lmq_clock_mono_ns() + d->stop_grace_ns;
+    size_t nstuck = 0;
+    int len = 0;
+    d->stuck_msg[0] = 0;
+    for (size_t i = 0; i < d->ndev; i++) {
+        lmq_dev_t *dev = d->devs[i];
+        if (lmq__dev_join(dev, deadline) == 0)
+            continue;
+        pthread_mutex_lock(&dev->mu);
+        double secs = dev->busy_since ? (double)(lmq_clock_mono_ns() - dev->busy_since) / 1e9 : 0;
+        char what[160];
+        snprintf(what, sizeof what, "%s", dev->busy_since ? dev->busy_what : "its driver");
+        pthread_mutex_unlock(&dev->mu);
+        lmq_log(d->log, LMQ_LOG_ERROR, dev->name,
+                "stuck in its driver (%s, for %.1f s): not waiting for it beyond the %.1f s grace period", what, secs,
+                (double)d->stop_grace_ns / 1e9);
+        if (len >= 0 && (size_t)len < sizeof d->stuck_msg)
+            len += snprintf(d->stuck_msg + len, sizeof d->stuck_msg - (size_t)len, "%s%s (in %s for %.1f s)",
+                            nstuck ? ", " : "", dev->name, what, secs);
+        nstuck++;
+    }
+    d->nstuck = nstuck;
     for (size_t i = 0; i < d->ndev; i++) {
         lmq_dev_t *dev = d->devs[i];
         if (!dev->broker_pipe)
             continue;
-        while (handle_device(b, dev))
-            ;
-    }
-    while (d->jobs) {
-        lmq__job_t *job = d->jobs;
-        job_unlink(d, job);
-        char msg[200];
-        snprintf(msg, sizeof msg, "%s: the daemon is shutting down", job->dev->name);
-        reply_error(b, job->envelope, job->nenvelope, &job->req, LMQ_ECLOSED, msg);
-        lmq__job_destroy(&job);
-    }
-    for (size_t i = 0; i < d->ndev; i++)
-        if (d->devs[i]->broker_pipe) {
-            zmq_close(d->devs[i]->broker_pipe);
-            d->devs[i]->broker_pipe = NULL;
+        if (!dev->abandoned)
+            while (handle_device(b, dev))
+                ;
+        lmq__job_t *running = NULL;
+        if (dev->abandoned) {
+            pthread_mutex_lock(&dev->mu);
+            running = dev->current;
+            pthread_mutex_unlock(&dev->mu);
         }
+        while (dev->queue_head) {
+            lmq__job_t *job = dev->queue_head;
+            queue_remove(dev, job);
+            dev->stats.in_flight--;
+            char msg[300];
+            if (job == running)
+                snprintf(
+                    msg, sizeof msg,
+                    "%s: the daemon is shutting down and the device is stuck in this request; its outcome is unknown",
+                    dev->name);
+            else
+                snprintf(msg, sizeof msg, "%s: the daemon is shutting down", dev->name);
+            reply_error(b, job->envelope, job->nenvelope, &job->req, LMQ_ECLOSED, msg, true);
+            /* The stuck thread still holds the running job: never free it. */
+            if (job != running)
+                lmq__job_destroy(&job);
+        }
+        zmq_close(dev->broker_pipe);
+        dev->broker_pipe = NULL;
+    }
+    /* Give the last replies their chance to leave (the sockets' linger
+     * bounds it). */
+    for (int tries = 0; b->npend && tries < 40; tries++) {
+        flush_backlog(b);
+        if (b->npend) {
+            struct timespec nap = {0, BACKLOG_RETRY_MS * 1000000L};
+            nanosleep(&nap, NULL);
+        }
+    }
 }
 
 void *lmq__broker_main(void *arg)
@@ -441,9 +687,17 @@ void *lmq__broker_main(void *arg)
 
     b.router = make_socket(&b, ZMQ_ROUTER);
     b.xpub = make_socket(&b, ZMQ_XPUB);
-    int64_t maxmsg = LMQ__MAX_FRAME;
-    zmq_setsockopt(b.router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
     char msg[560];
+    size_t nitems = 3 + d->ndev;
+    b.items = calloc(nitems, sizeof *b.items);
+    if (!b.router || !b.xpub || !b.items) {
+        report(&b, LMQ_ESYS, "cannot create the broker's sockets");
+        goto out;
+    }
+    int64_t maxmsg = LMQ__MAX_FRAME;
+    int mandatory = 1;
+    zmq_setsockopt(b.router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
+    zmq_setsockopt(b.router, ZMQ_ROUTER_MANDATORY, &mandatory, sizeof mandatory);
     if (zmq_bind(b.router, d->control) != 0) {
         int e = zmq_errno();
         snprintf(msg, sizeof msg, "cannot bind control endpoint %s: %s", d->control, zmq_strerror(e));
@@ -468,43 +722,44 @@ void *lmq__broker_main(void *arg)
         snprintf(dev->pipe_endpoint, sizeof dev->pipe_endpoint, "inproc://lmq-%p-dev-%zu", (void *)d, i);
         dev->broker_pipe = make_socket(&b, ZMQ_PAIR);
         int hwm = 10000, linger = 0;
-        zmq_setsockopt(dev->broker_pipe, ZMQ_SNDHWM, &hwm, sizeof hwm);
-        zmq_setsockopt(dev->broker_pipe, ZMQ_RCVHWM, &hwm, sizeof hwm);
-        zmq_setsockopt(dev->broker_pipe, ZMQ_LINGER, &linger, sizeof linger);
-        if (zmq_bind(dev->broker_pipe, dev->pipe_endpoint) != 0 ||
-            lmq__dev_start(dev, d->zctx, d->log, d->wires, d->epoch + i) != 0) {
-            snprintf(msg, sizeof msg, "cannot start device %s", dev->name);
-            report(&b, LMQ_EMEM, msg);
+        int rc = dev->broker_pipe ? 0 : LMQ_ESYS;
+        if (rc == 0) {
+            zmq_setsockopt(dev->broker_pipe, ZMQ_SNDHWM, &hwm, sizeof hwm);
+            zmq_setsockopt(dev->broker_pipe, ZMQ_RCVHWM, &hwm, sizeof hwm);
+            zmq_setsockopt(dev->broker_pipe, ZMQ_LINGER, &linger, sizeof linger);
+            if (zmq_bind(dev->broker_pipe, dev->pipe_endpoint) != 0)
+                rc = LMQ_ESYS;
+        }
+        if (rc == 0)
+            rc = lmq__dev_start(dev, d->zctx, d->log, d->wires, d->epoch + i);
+        if (rc != 0) {
+            snprintf(msg, sizeof msg, "cannot start device %s: %s", dev->name, strerror(errno));
+            report(&b, LMQ_ESYS, msg);
             goto out;
         }
     }
-    /* Devices open in parallel; wait until each has tried. */
-    for (size_t i = 0; i < d->ndev; i++) {
-        char c = 0;
-        zmq_recv(d->devs[i]->broker_pipe, &c, 1, 0);
-    }
+    /* Devices open on their own threads; start-up never waits for an
+     * instrument (requests queue until the device has opened). */
     lmq_log(d->log, LMQ_LOG_INFO, "broker", "serving %zu device%s on %s (data %s)", d->ndev, d->ndev == 1 ? "" : "s",
             d->bound_control, d->bound_data);
-    char ready = LMQ__MSG_READY;
-    zmq_send(b.pipe, &ready, 1, 0);
-
-    size_t nitems = 3 + d->ndev;
-    b.items = calloc(nitems, sizeof *b.items);
-    if (!b.items)
-        goto out;
     b.items[0] = (zmq_pollitem_t){b.pipe, 0, ZMQ_POLLIN, 0};
     b.items[1] = (zmq_pollitem_t){b.router, 0, ZMQ_POLLIN, 0};
     b.items[2] = (zmq_pollitem_t){b.xpub, 0, ZMQ_POLLIN, 0};
     for (size_t i = 0; i < d->ndev; i++)
         b.items[3 + i] = (zmq_pollitem_t){d->devs[i]->broker_pipe, 0, ZMQ_POLLIN, 0};
+    char ready = LMQ__MSG_READY;
+    zmq_send(b.pipe, &ready, 1, 0);
+
     for (;;) {
-        if (zmq_poll(b.items, (int)nitems, -1) < 0) {
+        if (zmq_poll(b.items, (int)nitems, b.npend ? BACKLOG_RETRY_MS : -1) < 0) {
             if (zmq_errno() == EINTR)
                 continue;
             break;
         }
         if (b.items[0].revents & ZMQ_POLLIN)
             break; /* the only message on this pipe is TERM */
+        if (b.npend)
+            flush_backlog(&b);
         /* Replies first: they finish work already accepted. */
         /* Bounded batches keep one busy client or device from starving the rest. */
         for (size_t i = 0; i < d->ndev; i++)
@@ -526,6 +781,7 @@ void *lmq__broker_main(void *arg)
     lmq_log(d->log, LMQ_LOG_INFO, "broker", "stopping: answering what was accepted, closing devices");
 out:
     shutdown_devices(&b);
+    free_backlog(&b);
     free(b.items);
     while (b.ncache)
         free(b.cache[--b.ncache]);

@@ -1,9 +1,13 @@
+/* The daemon object's lifecycle on the caller's thread: declaring devices,
+ * binding (after checking no other daemon serves the endpoint), starting the
+ * broker thread, and stopping with a bounded grace period. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 #include "daemon_internal.h"
 #include "labmq/status.h"
@@ -25,6 +29,7 @@ lmq_daemon_t *lmq_daemon_new(void *zctx, const char *control_endpoint, const cha
         return NULL;
     }
     snprintf(d->pipe_endpoint, sizeof d->pipe_endpoint, "inproc://lmq-daemon-%p", (void *)d);
+    d->stop_grace_ns = 5000LL * 1000000;
     return d;
 }
 
@@ -68,6 +73,25 @@ int lmq_daemon_add(lmq_daemon_t *d, const char *name, const lmq_driver_t *driver
         return LMQ_ECONFIG;
     d->devs[d->ndev++] = dev;
     return 0;
+}
+
+int lmq_daemon_set_restore(lmq_daemon_t *d, const char *device, bool restore)
+{
+    if (!d || !device)
+        return LMQ_EARG;
+    for (size_t i = 0; i < d->ndev; i++)
+        if (strcmp(d->devs[i]->name, device) == 0) {
+            d->devs[i]->restore = restore;
+            return 0;
+        }
+    snprintf(d->err, sizeof d->err, "no device '%s'", device);
+    return LMQ_ENOTFOUND;
+}
+
+void lmq_daemon_set_stop_grace(lmq_daemon_t *d, int ms)
+{
+    if (d)
+        d->stop_grace_ns = (int64_t)(ms < 0 ? 0 : ms) * 1000000;
 }
 
 /* ZeroMQ silently takes over an ipc socket file that another process still
@@ -118,13 +142,14 @@ int lmq_daemon_start(lmq_daemon_t *d)
         if (d->pipe)
             zmq_close(d->pipe);
         d->pipe = NULL;
-        return LMQ_EMEM;
+        return LMQ_ESYS;
     }
-    if (pthread_create(&d->broker, NULL, lmq__broker_main, d) != 0) {
+    int e = pthread_create(&d->broker, NULL, lmq__broker_main, d);
+    if (e != 0) {
         zmq_close(d->pipe);
         d->pipe = NULL;
-        snprintf(d->err, sizeof d->err, "cannot start the broker thread");
-        return LMQ_EMEM;
+        snprintf(d->err, sizeof d->err, "cannot start the broker thread: %s", strerror(e));
+        return LMQ_ESYS;
     }
     d->running = true;
     char buf[600];
@@ -142,7 +167,50 @@ int lmq_daemon_start(lmq_daemon_t *d)
         return -(int)(unsigned char)buf[1];
     }
     snprintf(d->err, sizeof d->err, "the broker failed to start");
-    return LMQ_EIO;
+    return LMQ_ESYS;
+}
+
+int lmq_daemon_wait_ready(lmq_daemon_t *d, int timeout_ms)
+{
+    if (!d || !d->running)
+        return LMQ_EARG;
+    int64_t deadline = lmq_clock_mono_ns() + (int64_t)timeout_ms * 1000000;
+    for (;;) {
+        size_t opening = 0;
+        int len = 0;
+        for (size_t i = 0; i < d->ndev; i++) {
+            lmq_dev_t *dev = d->devs[i];
+            pthread_mutex_lock(&dev->mu);
+            bool still = dev->dev_state == LMQ__DEV_OPENING;
+            pthread_mutex_unlock(&dev->mu);
+            if (still && len >= 0 && (size_t)len < sizeof d->err)
+                len += snprintf(d->err + len, sizeof d->err - (size_t)len, "%s%s", opening ? ", " : "still opening: ",
+                                dev->name);
+            opening += still;
+        }
+        if (!opening)
+            return 0;
+        if (timeout_ms >= 0 && lmq_clock_mono_ns() >= deadline)
+            return LMQ_ETIMEOUT;
+        struct timespec nap = {0, 2 * 1000 * 1000};
+        nanosleep(&nap, NULL);
+    }
+}
+
+int lmq_daemon_stop(lmq_daemon_t *d)
+{
+    if (!d)
+        return LMQ_EARG;
+    if (d->running) {
+        char term = LMQ__MSG_TERM;
+        zmq_send(d->pipe, &term, 1, 0);
+        pthread_join(d->broker, NULL);
+        d->running = false;
+        if (d->nstuck)
+            snprintf(d->err, sizeof d->err, "%zu device%s stuck in the driver at shutdown: %s", d->nstuck,
+                     d->nstuck == 1 ? "" : "s", d->stuck_msg);
+    }
+    return d->nstuck ? LMQ_ETIMEOUT : 0;
 }
 
 void lmq_daemon_destroy(lmq_daemon_t **pd)
@@ -150,18 +218,15 @@ void lmq_daemon_destroy(lmq_daemon_t **pd)
     if (!pd || !*pd)
         return;
     lmq_daemon_t *d = *pd;
-    if (d->running) {
-        char term = LMQ__MSG_TERM;
-        zmq_send(d->pipe, &term, 1, 0);
-        pthread_join(d->broker, NULL);
-        d->running = false;
-    }
+    lmq_daemon_stop(d);
     if (d->pipe)
         zmq_close(d->pipe);
     for (size_t i = 0; i < d->ndev; i++)
-        lmq__dev_destroy(&d->devs[i]);
+        lmq__dev_destroy(&d->devs[i]); /* leaves stuck devices to their threads */
     free(d->devs);
-    lmq__wires_destroy(&d->wires);
+    /* A stuck device may still read the wires. */
+    if (!d->nstuck)
+        lmq__wires_destroy(&d->wires);
     free(d->control);
     free(d->data);
     free(d);

@@ -27,7 +27,13 @@ struct lmq_daemon {
     char bound_control[256], bound_data[256]; /* as ZeroMQ bound them: ports resolved */
     int64_t started_ns;
     uint64_t requests, errors;
-    lmq__job_t *jobs; /* in flight: freed at shutdown if a device never answered */
+    uint64_t replies_dropped;       /* refused-request replies a non-reading client lost */
+    uint64_t replies_undeliverable; /* replies to clients that had disconnected */
+
+    /* shutdown: set before start, read after the broker has exited */
+    int64_t stop_grace_ns;
+    size_t nstuck;       /* devices left stuck in their driver */
+    char stuck_msg[400]; /* their names and what they were doing */
 };
 
 /* The broker thread; arg is the daemon. Reports 'Y' (ready) or 'E'+message on

@@ -1,4 +1,9 @@
-/* The device thread: the only code that touches a driver's handle. */
+/* The device model: a device's configuration and tables, the services the
+ * daemon gives drivers (lmq_dev_*), and the device thread, the only code that
+ * touches a driver's handle: it opens the instrument (never waited for by
+ * start-up), serves the jobs the broker hands it in order, polls streams,
+ * and on a lost link closes the driver and reopens it with back-off,
+ * restoring what clients had set. */
 #include <assert.h>
 #include <errno.h>
 #include <math.h>
@@ -158,8 +163,45 @@ int lmq__options_parse(const lmq_driver_t *drv, const char *const *options, lmq_
     return 0;
 }
 
-lmq_dev_t *lmq__dev_new(const char *name, const lmq_driver_t *drv, const char *connection,
-                        const char *const *options, char *err, size_t errlen)
+static void fill_limits(lmq_dev_t *dev)
+{
+    for (size_t i = 0; i < dev->nprops; i++) {
+        dev->limits[i][0] = dev->props[i].min;
+        dev->limits[i][1] = dev->props[i].max;
+    }
+}
+
+/* The option fault as a sentence for people. */
+static void describe_option_fault(const lmq_dev_t *dev, int fault, const lmq__option_fault_t *f, char *err,
+                                  size_t errlen)
+{
+    const lmq_driver_t *drv = dev->drv;
+    switch (fault) {
+    case LMQ__OPT_UNKNOWN: {
+        int n =
+            snprintf(err, errlen, "device '%s': driver %s has no option '%s' (options:", dev->name, drv->name, f->name);
+        for (size_t j = 0; j < dev->nopts && n > 0 && (size_t)n < errlen; j++)
+            n += snprintf(err + n, errlen - n, "%s %s", j ? "," : "", drv->options[j].name);
+        if (n > 0 && (size_t)n < errlen)
+            snprintf(err + n, errlen - n, "%s)", dev->nopts ? "" : " none");
+        break;
+    }
+    case LMQ__OPT_NO_VALUE:
+        snprintf(err, errlen, "device '%s': option '%s' has no value", dev->name, f->name);
+        break;
+    case LMQ__OPT_MISSING:
+        snprintf(err, errlen, "device '%s': driver %s needs option '%s' (%s)", dev->name, drv->name, f->name,
+                 f->opt->doc ? f->opt->doc : lmq_type_name(f->opt->type));
+        break;
+    default:
+        snprintf(err, errlen, "device '%s': option '%s' = '%s' is not a valid %s", dev->name, f->name, f->text,
+                 lmq_type_name(f->opt->type));
+        break;
+    }
+}
+
+lmq_dev_t *lmq__dev_new(const char *name, const lmq_driver_t *drv, const char *connection, const char *const *options,
+                        char *err, size_t errlen)
 {
     lmq_dev_t *dev = calloc(1, sizeof *dev);
     if (!dev) {
@@ -170,57 +212,60 @@ lmq_dev_t *lmq__dev_new(const char *name, const lmq_driver_t *drv, const char *c
     dev->drv = drv;
     dev->name = strdup(name);
     dev->connection = strdup(connection ? connection : "");
-    /* The name of each table entry is its first member. */
-    dev->nmethods = count_named(drv->methods, sizeof(lmq_method_t));
-    dev->nprops = count_named(drv->properties, sizeof(lmq_property_t));
-    dev->nstreams = count_named(drv->streams, sizeof(lmq_stream_t));
     dev->nopts = count_named(drv->options, sizeof(lmq_option_t));
     dev->opts = calloc(dev->nopts + 1, sizeof *dev->opts);
-    dev->streams = calloc(dev->nstreams + 1, sizeof *dev->streams);
-    dev->limits = calloc(dev->nprops + 1, sizeof *dev->limits);
-    if (!dev->name || !dev->connection || !dev->opts || !dev->streams || !dev->limits) {
+    if (!dev->name || !dev->connection || !dev->opts) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
-    for (size_t i = 0; i < dev->nprops; i++) {
-        dev->limits[i][0] = drv->properties[i].min;
-        dev->limits[i][1] = drv->properties[i].max;
+    /* Options first: configure() reads them. */
+    lmq__option_fault_t f;
+    int fault = lmq__options_parse(drv, options, dev->opts, &f);
+    if (fault) {
+        describe_option_fault(dev, fault, &f, err, errlen);
+        goto fail;
     }
+    dev->methods = drv->methods;
+    dev->props = drv->properties;
+    dev->stream_defs = drv->streams;
+    if (drv->configure) {
+        int rc = drv->configure(dev, &dev->tables);
+        if (rc != 0) {
+            snprintf(err, errlen, "device '%s': %s", name, dev->fail_msg[0] ? dev->fail_msg : lmq_strerror(rc));
+            goto fail;
+        }
+        if (dev->tables.methods)
+            dev->methods = dev->tables.methods;
+        if (dev->tables.properties)
+            dev->props = dev->tables.properties;
+        if (dev->tables.streams)
+            dev->stream_defs = dev->tables.streams;
+    }
+    dev->fail_status = 0;
+    dev->fail_msg[0] = 0;
+    /* The name of each table entry is its first member. */
+    dev->nmethods = count_named(dev->methods, sizeof(lmq_method_t));
+    dev->nprops = count_named(dev->props, sizeof(lmq_property_t));
+    dev->nstreams = count_named(dev->stream_defs, sizeof(lmq_stream_t));
+    dev->streams = calloc(dev->nstreams + 1, sizeof *dev->streams);
+    dev->limits = calloc(dev->nprops + 1, sizeof *dev->limits);
+    dev->last_set = calloc(dev->nprops + 1, sizeof *dev->last_set);
+    if (!dev->streams || !dev->limits || !dev->last_set) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    fill_limits(dev);
     for (size_t i = 0; i < dev->nstreams; i++) {
-        size_t len = strlen(name) + strlen(drv->streams[i].name) + 2;
+        size_t len = strlen(name) + strlen(dev->stream_defs[i].name) + 2;
         if (!(dev->streams[i].topic = malloc(len))) {
             snprintf(err, errlen, "out of memory");
             goto fail;
         }
-        snprintf(dev->streams[i].topic, len, "%s/%s", name, drv->streams[i].name);
-        if (!(dev->streams[i].units_json = lmq__json_quote(drv->streams[i].unit))) {
+        snprintf(dev->streams[i].topic, len, "%s/%s", name, dev->stream_defs[i].name);
+        if (!(dev->streams[i].units_json = lmq__json_quote(dev->stream_defs[i].unit))) {
             snprintf(err, errlen, "stream %s: unit is not valid UTF-8", dev->streams[i].topic);
             goto fail;
         }
-    }
-    lmq__option_fault_t f;
-    switch (lmq__options_parse(drv, options, dev->opts, &f)) {
-    case 0:
-        break;
-    case LMQ__OPT_UNKNOWN: {
-        int n = snprintf(err, errlen, "device '%s': driver %s has no option '%s' (options:", name, drv->name, f.name);
-        for (size_t j = 0; j < dev->nopts && n > 0 && (size_t)n < errlen; j++)
-            n += snprintf(err + n, errlen - n, "%s %s", j ? "," : "", drv->options[j].name);
-        if (n > 0 && (size_t)n < errlen)
-            snprintf(err + n, errlen - n, "%s)", dev->nopts ? "" : " none");
-        goto fail;
-    }
-    case LMQ__OPT_NO_VALUE:
-        snprintf(err, errlen, "device '%s': option '%s' has no value", name, f.name);
-        goto fail;
-    case LMQ__OPT_MISSING:
-        snprintf(err, errlen, "device '%s': driver %s needs option '%s' (%s)", name, drv->name, f.name,
-                 f.opt->doc ? f.opt->doc : lmq_type_name(f.opt->type));
-        goto fail;
-    default:
-        snprintf(err, errlen, "device '%s': option '%s' = '%s' is not a valid %s", name, f.name, f.text,
-                 lmq_type_name(f.opt->type));
-        goto fail;
     }
     return dev;
 fail:
@@ -233,12 +278,22 @@ void lmq__dev_destroy(lmq_dev_t **pdev)
     if (!pdev || !*pdev)
         return;
     lmq_dev_t *dev = *pdev;
+    /* A thread stuck in its driver may still touch the device: leave it. */
+    if (dev->abandoned) {
+        *pdev = NULL;
+        return;
+    }
     for (size_t k = 0; dev->opts && k < dev->nopts; k++)
         lmq_value_clear(&dev->opts[k].val);
     for (size_t i = 0; dev->streams && i < dev->nstreams; i++) {
         free(dev->streams[i].topic);
         free(dev->streams[i].units_json);
     }
+    for (size_t i = 0; dev->last_set && i < dev->nprops; i++)
+        lmq_value_clear(&dev->last_set[i]);
+    if (dev->tables.release)
+        dev->tables.release(&dev->tables);
+    free(dev->last_set);
     free(dev->opts);
     free(dev->streams);
     free(dev->limits);
@@ -249,25 +304,31 @@ void lmq__dev_destroy(lmq_dev_t **pdev)
     *pdev = NULL;
 }
 
+const char *lmq__dev_state_name(lmq__dev_state_t s)
+{
+    static const char *const names[] = {"opening", "ready", "disconnected", "stopped"};
+    return (unsigned)s < sizeof names / sizeof *names ? names[s] : "?";
+}
+
 const lmq_method_t *lmq__dev_method(const lmq_dev_t *dev, const char *name)
 {
     for (size_t i = 0; i < dev->nmethods; i++)
-        if (strcmp(dev->drv->methods[i].name, name) == 0)
-            return &dev->drv->methods[i];
+        if (strcmp(dev->methods[i].name, name) == 0)
+            return &dev->methods[i];
     return NULL;
 }
 
 const lmq_property_t *lmq__dev_property(const lmq_dev_t *dev, const char *name)
 {
     for (size_t i = 0; i < dev->nprops; i++)
-        if (strcmp(dev->drv->properties[i].name, name) == 0)
-            return &dev->drv->properties[i];
+        if (strcmp(dev->props[i].name, name) == 0)
+            return &dev->props[i];
     return NULL;
 }
 
 void lmq__dev_limits(lmq_dev_t *dev, const lmq_property_t *p, double *min, double *max)
 {
-    size_t i = (size_t)(p - dev->drv->properties);
+    size_t i = (size_t)(p - dev->props);
     *min = dev->limits[i][0];
     *max = dev->limits[i][1];
 }
@@ -278,6 +339,7 @@ const char *lmq_dev_name(const lmq_dev_t *dev) { return dev->name; }
 const char *lmq_dev_connection(const lmq_dev_t *dev) { return dev->connection; }
 lmq_log_t *lmq_dev_log(const lmq_dev_t *dev) { return dev->log; }
 bool lmq_dev_stopping(const lmq_dev_t *dev) { return atomic_load(&dev->stopping); }
+const void *lmq_dev_user(const lmq_dev_t *dev) { return dev ? dev->cur_user : NULL; }
 
 static const lmq_value_t *opt_value(const lmq_dev_t *dev, const char *name)
 {
@@ -324,6 +386,17 @@ int lmq_dev_fail(lmq_dev_t *dev, int status, const char *fmt, ...)
     return status;
 }
 
+int lmq_dev_transport_open(lmq_dev_t *dev, lmq_transport_t **t, int open_timeout_ms)
+{
+    if (!dev || !t)
+        return LMQ_EARG;
+    lmq_transport_opts_t opts = {
+        .log = dev->log, .source = dev->name, .cancel = &dev->stopping, .open_timeout_ms = open_timeout_ms};
+    char err[400];
+    int rc = lmq_transport_open(t, dev->connection, &opts, err, sizeof err);
+    return rc ? lmq_dev_fail(dev, rc, "%s", err) : 0;
+}
+
 int lmq_dev_sleep(lmq_dev_t *dev, int64_t ns)
 {
     /* Short naps so that a stop request is noticed within ~10 ms. */
@@ -349,7 +422,7 @@ int lmq_dev_property_limits(lmq_dev_t *dev, const char *property, double min, do
     if (!p->limited || !(min <= max) || min < p->min || max > p->max)
         return LMQ_EARG;
     pthread_mutex_lock(&dev->mu);
-    size_t i = (size_t)(p - dev->drv->properties);
+    size_t i = (size_t)(p - dev->props);
     dev->limits[i][0] = min;
     dev->limits[i][1] = max;
     pthread_mutex_unlock(&dev->mu);
@@ -381,26 +454,45 @@ int lmq_dev_stream_shape(lmq_dev_t *dev, size_t index, unsigned ndim, const size
     return 0;
 }
 
+int lmq_dev_stream_skip(lmq_dev_t *dev, size_t index, uint64_t blocks)
+{
+    if (!dev || index >= dev->nstreams)
+        return LMQ_EARG;
+    dev->streams[index].seq += blocks;
+    atomic_fetch_add(&dev->streams[index].skipped, blocks);
+    return 0;
+}
+
 static void free_data(void *data, void *hint)
 {
     (void)hint;
     free(data);
 }
 
+/* Says so at 1, 2, 4, 8, ... events: visible without flooding the log. */
+static bool worth_logging(uint64_t count) { return (count & (count - 1)) == 0; }
+
 static int publish_msg(lmq_dev_t *dev, size_t index, int64_t t_ns, zmq_msg_t *payload)
 {
     lmq__stream_rt_t *s = &dev->streams[index];
-    const lmq_stream_t *st = &dev->drv->streams[index];
-    size_t need = 0;
+    const lmq_stream_t *st = &dev->stream_defs[index];
+    size_t need = 0, have = zmq_msg_size(payload);
     pthread_mutex_lock(&dev->mu);
     unsigned ndim = s->ndim;
     size_t shape[LMQ_MAX_DIMS];
     memcpy(shape, s->shape, sizeof shape);
     pthread_mutex_unlock(&dev->mu);
-    if (lmq__array_nbytes(st->dtype, ndim, shape, &need) != 0 || need != zmq_msg_size(payload)) {
+    if (lmq__array_nbytes(st->dtype, ndim, shape, &need) != 0 || need != have) {
+        /* A driver bug fails this block only; its seq is not spent, since no
+         * data was lost that the driver could have delivered. */
         zmq_msg_close(payload);
+        uint64_t n = atomic_fetch_add(&s->errors, 1) + 1;
+        if (worth_logging(n))
+            lmq_log(dev->log, LMQ_LOG_ERROR, dev->name,
+                    "stream %s: driver published %zu bytes, its shape and dtype need %zu; block refused (%llu so far)",
+                    s->topic, have, need, (unsigned long long)n);
         return lmq_dev_fail(dev, LMQ_EARG, "stream %s: %zu bytes do not match its shape and dtype (%zu)", s->topic,
-                            zmq_msg_size(payload), need);
+                            have, need);
     }
     uint64_t seq = s->seq++;
     zmq_msg_t kind, topic, header;
@@ -419,9 +511,8 @@ static int publish_msg(lmq_dev_t *dev, size_t index, int64_t t_ns, zmq_msg_t *pa
      * but its seq is spent, so subscribers see the gap. The first part is
      * the one that can be refused; once it is accepted, the rest follow. */
     if (zmq_msg_send(&kind, dev->pipe, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
-        /* Say so at 1, 2, 4, 8, ... drops: visible without flooding the log. */
-        uint64_t dropped = ++s->dropped;
-        if ((dropped & (dropped - 1)) == 0)
+        uint64_t dropped = atomic_fetch_add(&s->dropped, 1) + 1;
+        if (worth_logging(dropped))
             lmq_log(dev->log, LMQ_LOG_WARN, dev->name, "stream %s: the broker is not keeping up; %llu blocks dropped",
                     s->topic, (unsigned long long)dropped);
         zmq_msg_close(&kind);
@@ -433,6 +524,7 @@ static int publish_msg(lmq_dev_t *dev, size_t index, int64_t t_ns, zmq_msg_t *pa
     zmq_msg_send(&topic, dev->pipe, ZMQ_SNDMORE);
     zmq_msg_send(&header, dev->pipe, ZMQ_SNDMORE);
     zmq_msg_send(payload, dev->pipe, 0);
+    atomic_fetch_add(&s->published, 1);
     return 0;
 }
 
@@ -477,129 +569,183 @@ void lmq__job_destroy(lmq__job_t **pjob)
     for (size_t i = 0; i < job->nenvelope; i++)
         zmq_msg_close(&job->envelope[i]);
     lmq__request_clear(&job->req);
-    lmq__frames_close(&job->bin);
+    for (size_t i = 0; i < job->nargs; i++)
+        lmq_value_clear(&job->args[i]);
+    lmq_value_clear(&job->value);
     zmq_msg_close(&job->reply);
     lmq__frames_close(&job->reply_bin);
     free(job);
     *pjob = NULL;
 }
 
-static void try_open(lmq_dev_t *dev)
+#define REOPEN_FIRST_NS (100LL * 1000000)
+#define REOPEN_MAX_NS (1000LL * 1000000)
+#define CHECK_INTERVAL_NS (250LL * 1000000)
+
+/* Marks the thread as inside the driver (for the stuck-device report at
+ * shutdown) or, with what == NULL, as back in the daemon. */
+static void enter_driver(lmq_dev_t *dev, const char *what, const char *name, lmq__job_t *job, const void *user)
 {
-    dev->last_open_try = lmq_clock_mono_ns();
-    dev->fail_status = 0;
-    dev->fail_msg[0] = 0;
-    void *state = NULL;
-    int rc = dev->drv->open ? dev->drv->open(dev, &state) : 0;
     pthread_mutex_lock(&dev->mu);
-    dev->is_open = rc == 0;
-    if (rc == 0)
-        dev->open_error[0] = 0;
-    else
-        snprintf(dev->open_error, sizeof dev->open_error, "%.255s",
-                 dev->fail_status ? dev->fail_msg : lmq_strerror(rc));
-    pthread_mutex_unlock(&dev->mu);
-    if (rc == 0) {
-        dev->state = state;
-        lmq_log(dev->log, LMQ_LOG_INFO, dev->name, "opened (%s)", dev->drv->name);
+    if (what) {
+        dev->busy_since = lmq_clock_mono_ns();
+        snprintf(dev->busy_what, sizeof dev->busy_what, "%s%s%.100s", what, name ? " " : "", name ? name : "");
     } else
-        lmq_log(dev->log, LMQ_LOG_WARN, dev->name, "cannot open: %s", dev->open_error);
+        dev->busy_since = 0;
+    dev->current = job;
+    pthread_mutex_unlock(&dev->mu);
+    dev->cur_user = user;
+    if (what) { /* a failure the driver reports stays readable after it returns */
+        dev->fail_status = 0;
+        dev->fail_msg[0] = 0;
+    }
 }
 
-/* Checks one argument or property value against its declared type; an int
- * is promoted where a float is wanted. */
-static int check_type(lmq_dev_t *dev, lmq_value_t *v, lmq_type_t want, const char *what)
+static void set_state(lmq_dev_t *dev, lmq__dev_state_t st, const char *error)
 {
-    if (want == LMQ_NONE || v->type == want)
-        return 0;
-    if (want == LMQ_FLOAT && v->type == LMQ_INT) {
-        *v = lmq_float((double)v->u.i);
-        return 0;
+    pthread_mutex_lock(&dev->mu);
+    dev->dev_state = st;
+    dev->is_open = st == LMQ__DEV_READY;
+    if (error)
+        snprintf(dev->open_error, sizeof dev->open_error, "%.255s", error);
+    else
+        dev->open_error[0] = 0;
+    pthread_mutex_unlock(&dev->mu);
+}
+
+/* Writes back what clients last set, so an instrument that was power-cycled
+ * comes back as they left it. */
+static void restore_settings(lmq_dev_t *dev)
+{
+    int n = 0, failed = 0;
+    for (size_t i = 0; i < dev->nprops; i++) {
+        const lmq_property_t *p = &dev->props[i];
+        if (dev->last_set[i].type == LMQ_NONE || !p->set)
+            continue;
+        enter_driver(dev, "restore", p->name, NULL, p->user);
+        int rc = p->set(dev, dev->state, &dev->last_set[i]);
+        enter_driver(dev, NULL, NULL, NULL, NULL);
+        char val[64];
+        lmq_value_format(&dev->last_set[i], val, sizeof val);
+        if (rc == 0) {
+            n++;
+            lmq_log(dev->log, LMQ_LOG_INFO, dev->name, "restored %s = %s", p->name, val);
+        } else {
+            failed++;
+            lmq_log(dev->log, LMQ_LOG_WARN, dev->name, "cannot restore %s = %s: %s", p->name, val,
+                    dev->fail_msg[0] ? dev->fail_msg : lmq_strerror(rc));
+        }
     }
-    return lmq_dev_fail(dev, LMQ_EARG, "%s must be %s, got %s", what, lmq_type_name(want), lmq_type_name(v->type));
+    if (n || failed) {
+        pthread_mutex_lock(&dev->mu);
+        dev->restores++;
+        pthread_mutex_unlock(&dev->mu);
+        lmq_log(dev->log, failed ? LMQ_LOG_WARN : LMQ_LOG_INFO, dev->name, "RESTORED: %d setting%s written back%s", n,
+                n == 1 ? "" : "s", failed ? " (some failed, see above)" : "");
+    }
+}
+
+static void try_open(lmq_dev_t *dev)
+{
+    bool was_lost = dev->dev_state == LMQ__DEV_DISCONNECTED;
+    void *state = NULL;
+    enter_driver(dev, "open", NULL, NULL, NULL);
+    int rc = dev->drv->open ? dev->drv->open(dev, &state) : 0;
+    enter_driver(dev, NULL, NULL, NULL, NULL);
+    int64_t now = lmq_clock_mono_ns();
+    if (rc == 0) {
+        dev->state = state;
+        dev->reopen_backoff_ns = REOPEN_FIRST_NS;
+        if (was_lost) {
+            pthread_mutex_lock(&dev->mu);
+            dev->reopens++;
+            pthread_mutex_unlock(&dev->mu);
+            if (dev->restore)
+                restore_settings(dev);
+        }
+        set_state(dev, LMQ__DEV_READY, NULL);
+        lmq_log(dev->log, LMQ_LOG_INFO, dev->name, "%s (%s)", was_lost ? "reconnected" : "opened", dev->drv->name);
+        return;
+    }
+    char why[256];
+    snprintf(why, sizeof why, "%.255s", dev->fail_msg[0] ? dev->fail_msg : lmq_strerror(rc));
+    /* Log a failure when it is new, not at every retry. */
+    bool same = dev->dev_state == LMQ__DEV_DISCONNECTED && strcmp(why, dev->open_error) == 0;
+    lmq_log(dev->log, same ? LMQ_LOG_DEBUG : LMQ_LOG_WARN, dev->name, "cannot open: %s (retrying)", why);
+    set_state(dev, LMQ__DEV_DISCONNECTED, why);
+    if (!dev->reopen_backoff_ns)
+        dev->reopen_backoff_ns = REOPEN_FIRST_NS;
+    dev->next_open_try = now + dev->reopen_backoff_ns;
+    dev->reopen_backoff_ns = dev->reopen_backoff_ns * 2 > REOPEN_MAX_NS ? REOPEN_MAX_NS : dev->reopen_backoff_ns * 2;
+}
+
+/* The link to the instrument is gone: close the driver and reopen later. */
+static void lose_link(lmq_dev_t *dev, const char *reason)
+{
+    char why[256]; /* reason may be dev->fail_msg, which close() reuses */
+    snprintf(why, sizeof why, "%.255s", reason);
+    lmq_log(dev->log, LMQ_LOG_WARN, dev->name, "disconnected: %s", why);
+    if (dev->drv->close) {
+        enter_driver(dev, "close", NULL, NULL, NULL);
+        dev->drv->close(dev, dev->state);
+        enter_driver(dev, NULL, NULL, NULL, NULL);
+    }
+    dev->state = NULL;
+    pthread_mutex_lock(&dev->mu);
+    dev->disconnects++;
+    pthread_mutex_unlock(&dev->mu);
+    set_state(dev, LMQ__DEV_DISCONNECTED, why);
+    dev->reopen_backoff_ns = REOPEN_FIRST_NS;
+    dev->next_open_try = lmq_clock_mono_ns() + REOPEN_FIRST_NS;
 }
 
 static int run_job(lmq_dev_t *dev, lmq__job_t *job, lmq_value_t *result)
 {
     const lmq__request_t *req = &job->req;
-    if (!dev->is_open && lmq_clock_mono_ns() - dev->last_open_try > REOPEN_INTERVAL_NS / 2)
-        try_open(dev);
-    if (!dev->is_open)
-        return lmq_dev_fail(dev, LMQ_EDEVICE, "device '%s' is not open: %s", dev->name, dev->open_error);
-    if (dev->drv->before) {
-        int rc = dev->drv->before(dev, dev->state, req->name);
-        if (rc != 0)
-            return rc;
-    }
-    char what[160];
-    if (req->op == LMQ__OP_CALL) {
-        const lmq_method_t *m = job->method;
-        size_t want = count_named(m->args, sizeof(lmq_arg_t));
-        size_t got = req->args ? json_array_size(req->args) : 0;
-        if (got != want)
-            return lmq_dev_fail(dev, LMQ_EARG, "%s.%s takes %zu argument%s, got %zu", dev->name, m->name, want,
-                                want == 1 ? "" : "s", got);
-        lmq_value_t args[LMQ__MAX_ARGS + 1];
-        memset(args, 0, sizeof args);
-        int rc = 0;
-        for (size_t i = 0; i < got && rc == 0; i++) {
-            char err[256];
-            rc = lmq__value_from_json(json_array_get(req->args, i), &job->bin, &args[i], err, sizeof err);
-            if (rc == LMQ_EPROTO)
-                rc = lmq_dev_fail(dev, LMQ_EARG, "argument %zu '%s': %s", i + 1, m->args[i].name, err);
-            else if (rc == 0) {
-                snprintf(what, sizeof what, "argument %zu '%s' of %s.%s", i + 1, m->args[i].name, dev->name,
-                         m->name);
-                rc = check_type(dev, &args[i], m->args[i].type, what);
-            }
-        }
-        if (rc == 0)
-            rc = m->fn(dev, dev->state, args, result);
-        for (size_t i = 0; i < got; i++)
-            lmq_value_clear(&args[i]);
-        return rc;
-    }
-    const lmq_property_t *p = job->prop;
-    if (req->op == LMQ__OP_GET)
-        return p->get(dev, dev->state, result);
-    /* set */
-    lmq_value_t v = {0};
-    char err[256];
-    int rc = lmq__value_from_json(req->value, &job->bin, &v, err, sizeof err);
-    if (rc == LMQ_EPROTO)
-        rc = lmq_dev_fail(dev, LMQ_EARG, "value for %s.%s: %s", dev->name, p->name, err);
-    if (rc == 0) {
-        snprintf(what, sizeof what, "%s.%s", dev->name, p->name);
-        rc = check_type(dev, &v, p->type, what);
-    }
-    double d, lo = 0, hi = 0;
-    if (rc == 0 && p->limited) {
+    if (!dev->is_open) {
         pthread_mutex_lock(&dev->mu);
-        lmq__dev_limits(dev, p, &lo, &hi);
+        char why[256];
+        snprintf(why, sizeof why, "%s", dev->open_error);
         pthread_mutex_unlock(&dev->mu);
+        return lmq_dev_fail(dev, LMQ_EDEVICE, "device '%s' is disconnected: %s (reopening)", dev->name, why);
     }
-    if (rc == 0 && p->limited && lmq_value_to_double(&v, &d) == 0 && !(d >= lo && d <= hi))
-        rc = lmq_dev_fail(dev, LMQ_ERANGE, "%s.%s = %g %s is outside %g..%g %s", dev->name, p->name, d,
-                          p->unit ? p->unit : "", lo, hi, p->unit ? p->unit : "");
-    if (rc == 0)
-        rc = p->set(dev, dev->state, &v);
-    lmq_value_clear(&v);
+    const void *user = job->method ? job->method->user : job->prop->user;
+    enter_driver(dev, lmq__op_name(req->op), req->name, job, user);
+    int rc = dev->drv->before ? dev->drv->before(dev, dev->state, req->name) : 0;
+    if (rc == 0) {
+        if (req->op == LMQ__OP_CALL)
+            rc = job->method->fn(dev, dev->state, job->args, result);
+        else if (req->op == LMQ__OP_GET)
+            rc = job->prop->get(dev, dev->state, result);
+        else
+            rc = job->prop->set(dev, dev->state, &job->value);
+    }
+    pthread_mutex_lock(&dev->mu);
+    dev->busy_since = 0;
+    dev->current = NULL;
+    pthread_mutex_unlock(&dev->mu);
+    dev->cur_user = NULL;
+    if (rc == 0 && req->op == LMQ__OP_SET) {
+        size_t i = (size_t)(job->prop - dev->props);
+        lmq_value_clear(&dev->last_set[i]);
+        lmq_value_copy(&dev->last_set[i], &job->value);
+    }
     return rc;
 }
 
 static void handle_job(lmq_dev_t *dev, lmq__job_t *job)
 {
+    lmq_value_t result = {0};
     dev->fail_status = 0;
     dev->fail_msg[0] = 0;
-    lmq_value_t result = {0};
     int rc = run_job(dev, job, &result);
     int enc = 0;
     if (rc == 0) {
         enc = lmq__reply_value(&job->reply, job->req.id, &result, &job->reply_bin);
         if (enc == LMQ_ERANGE) {
             enc = 0;
-            rc = lmq_dev_fail(dev, LMQ_EDEVICE, "%s.%s returned %g, which JSON cannot carry", dev->name,
-                              job->req.name, result.u.f);
+            rc = lmq_dev_fail(dev, LMQ_EDEVICE, "%s.%s returned %g, which JSON cannot carry", dev->name, job->req.name,
+                              result.u.f);
         }
     }
     lmq_value_clear(&result);
@@ -614,6 +760,8 @@ static void handle_job(lmq_dev_t *dev, lmq__job_t *job)
         enc = lmq__reply_error(&job->reply, true, job->req.id, rc, msg);
         job->failed = true;
         lmq_log(dev->log, LMQ_LOG_DEBUG, dev->name, "%s failed: %s", lmq__op_name(job->req.op), msg);
+        if (rc == LMQ_EIO && dev->is_open)
+            lose_link(dev, msg);
     } else
         lmq_log(dev->log, LMQ_LOG_TRACE, dev->name, "%s %s: ok", lmq__op_name(job->req.op), job->req.name);
     if (enc != 0) /* out of memory while encoding: an empty reply frame the broker turns into MEM */
@@ -622,19 +770,26 @@ static void handle_job(lmq_dev_t *dev, lmq__job_t *job)
 
 static void poll_streams(lmq_dev_t *dev, int64_t now)
 {
-    for (size_t i = 0; i < dev->nstreams; i++) {
+    for (size_t i = 0; i < dev->nstreams && dev->is_open; i++) {
         lmq__stream_rt_t *s = &dev->streams[i];
         pthread_mutex_lock(&dev->mu);
         double hz = s->rate_hz;
         pthread_mutex_unlock(&dev->mu);
-        if (hz <= 0 || now < s->next_due || !dev->drv->streams[i].poll)
+        if (hz <= 0 || now < s->next_due || !dev->stream_defs[i].poll)
             continue;
         int64_t period = (int64_t)(1e9 / hz);
-        dev->fail_status = 0;
-        int rc = dev->drv->streams[i].poll(dev, dev->state, now);
-        if (rc != 0)
-            lmq_log(dev->log, LMQ_LOG_DEBUG, dev->name, "stream %s: %s", s->topic,
-                    dev->fail_msg[0] ? dev->fail_msg : lmq_strerror(rc));
+        enter_driver(dev, "poll", dev->stream_defs[i].name, NULL, dev->stream_defs[i].user);
+        int rc = dev->stream_defs[i].poll(dev, dev->state, now);
+        enter_driver(dev, NULL, NULL, NULL, NULL);
+        if (rc != 0) {
+            char why[600];
+            snprintf(why, sizeof why, "stream %s: %s", s->topic, dev->fail_msg[0] ? dev->fail_msg : lmq_strerror(rc));
+            uint64_t n = atomic_fetch_add(&s->errors, 1) + 1;
+            if (rc == LMQ_EIO)
+                lose_link(dev, why);
+            else if (worth_logging(n))
+                lmq_log(dev->log, LMQ_LOG_WARN, dev->name, "%s (%llu failed polls so far)", why, (unsigned long long)n);
+        }
         s->next_due += period;
         /* After a stall (a hung request), resume the rhythm instead of bursting
          * out every missed block at once. */
@@ -657,21 +812,14 @@ static int64_t next_stream_due(lmq_dev_t *dev)
 static void *device_thread(void *arg)
 {
     lmq_dev_t *dev = arg;
-    dev->pipe = zmq_socket(dev->zctx, ZMQ_PAIR);
-    int linger = 0, hwm = 10000;
-    zmq_setsockopt(dev->pipe, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_setsockopt(dev->pipe, ZMQ_SNDHWM, &hwm, sizeof hwm);
-    zmq_setsockopt(dev->pipe, ZMQ_RCVHWM, &hwm, sizeof hwm);
-    zmq_connect(dev->pipe, dev->pipe_endpoint);
+    /* Requests that arrive while open() runs wait in the pipe. */
     try_open(dev);
-    char ready = LMQ__MSG_READY;
-    zmq_send(dev->pipe, &ready, 1, 0);
 
     while (!atomic_load(&dev->stopping)) {
         int64_t now = lmq_clock_mono_ns();
-        int64_t due = next_stream_due(dev);
-        if (!dev->is_open && dev->last_open_try + REOPEN_INTERVAL_NS < due)
-            due = dev->last_open_try + REOPEN_INTERVAL_NS;
+        int64_t due = dev->is_open ? next_stream_due(dev) : dev->next_open_try;
+        if (dev->is_open && dev->drv->check && dev->next_check < due)
+            due = dev->next_check;
         long timeout = due == INT64_MAX ? 100 : (long)((due - now + 999999) / 1000000);
         if (timeout < 0)
             timeout = 0;
@@ -699,16 +847,30 @@ static void *device_thread(void *arg)
             zmq_msg_close(&msg);
         }
         now = lmq_clock_mono_ns();
+        if (atomic_load(&dev->stopping))
+            break;
         if (dev->is_open)
             poll_streams(dev, now);
-        else if (now - dev->last_open_try >= REOPEN_INTERVAL_NS)
+        if (dev->is_open && dev->drv->check && now >= dev->next_check) {
+            dev->next_check = now + CHECK_INTERVAL_NS;
+            enter_driver(dev, "check", NULL, NULL, NULL);
+            int rc = dev->drv->check(dev, dev->state);
+            enter_driver(dev, NULL, NULL, NULL, NULL);
+            if (rc == LMQ_EIO)
+                lose_link(dev, dev->fail_msg[0] ? dev->fail_msg : "link lost");
+        } else if (!dev->is_open && now >= dev->next_open_try)
             try_open(dev);
     }
-    if (dev->is_open && dev->drv->close)
+    if (dev->is_open && dev->drv->close) {
+        enter_driver(dev, "close", NULL, NULL, NULL);
         dev->drv->close(dev, dev->state);
+        enter_driver(dev, NULL, NULL, NULL, NULL);
+    }
     dev->state = NULL;
+    set_state(dev, LMQ__DEV_STOPPED, "the daemon stopped");
     zmq_close(dev->pipe);
     dev->pipe = NULL;
+    atomic_store(&dev->exited, true);
     return NULL;
 }
 
@@ -718,18 +880,47 @@ int lmq__dev_start(lmq_dev_t *dev, void *zctx, lmq_log_t *log, lmq__wires_t *wir
     dev->log = log;
     dev->wires = wires;
     dev->epoch = epoch;
+    dev->dev_state = LMQ__DEV_OPENING;
     atomic_store(&dev->stopping, false);
-    if (pthread_create(&dev->thread, NULL, device_thread, dev) != 0)
-        return LMQ_EMEM;
+    atomic_store(&dev->exited, false);
+    /* The pipe is connected here, before the thread exists, so the broker
+     * can queue jobs at once; pthread_create is the memory barrier ZeroMQ
+     * asks for when a socket moves to another thread. */
+    dev->pipe = zmq_socket(zctx, ZMQ_PAIR);
+    if (!dev->pipe)
+        return LMQ_ESYS;
+    int linger = 0, hwm = 10000;
+    zmq_setsockopt(dev->pipe, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(dev->pipe, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(dev->pipe, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    if (zmq_connect(dev->pipe, dev->pipe_endpoint) != 0 ||
+        pthread_create(&dev->thread, NULL, device_thread, dev) != 0) {
+        zmq_close(dev->pipe);
+        dev->pipe = NULL;
+        return LMQ_ESYS;
+    }
     dev->thread_started = true;
     return 0;
 }
 
-void lmq__dev_join(lmq_dev_t *dev)
+int lmq__dev_join(lmq_dev_t *dev, int64_t deadline_ns)
 {
-    if (dev->thread_started) {
-        atomic_store(&dev->stopping, true);
-        pthread_join(dev->thread, NULL);
-        dev->thread_started = false;
+    if (!dev->thread_started)
+        return 0;
+    atomic_store(&dev->stopping, true);
+    /* A driver blocked outside lmq_dev_sleep (vendor code, a plain sleep)
+     * cannot be interrupted: wait until the deadline, then leave it. */
+    while (!atomic_load(&dev->exited) && lmq_clock_mono_ns() < deadline_ns) {
+        struct timespec nap = {0, 2 * 1000 * 1000};
+        nanosleep(&nap, NULL);
     }
+    if (!atomic_load(&dev->exited)) {
+        dev->abandoned = true;
+        pthread_detach(dev->thread);
+        dev->thread_started = false;
+        return LMQ_ETIMEOUT;
+    }
+    pthread_join(dev->thread, NULL);
+    dev->thread_started = false;
+    return 0;
 }

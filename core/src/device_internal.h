@@ -27,7 +27,11 @@ typedef struct lmq__stream_rt {
     char *units_json; /* the stream's unit as a JSON string, escaped once */
     uint64_t seq;     /* device thread */
     int64_t next_due; /* device thread */
-    uint64_t dropped; /* device thread: blocks the broker pipe refused */
+    /* written by the device thread, read by the broker (stats) */
+    _Atomic uint64_t published; /* blocks handed to the broker */
+    _Atomic uint64_t dropped;   /* blocks the broker pipe refused (seq spent) */
+    _Atomic uint64_t skipped;   /* blocks the driver declared lost (lmq_dev_stream_skip) */
+    _Atomic uint64_t errors;    /* blocks refused as malformed, and failed polls */
 } lmq__stream_rt_t;
 
 #define LMQ__LAT_RING 1024
@@ -39,6 +43,18 @@ typedef struct lmq__dev_stats {
     size_t ring_n;
 } lmq__dev_stats_t;
 
+/* Where a device is in its life; shown by list, describe and stats. */
+typedef enum lmq__dev_state {
+    LMQ__DEV_OPENING = 0, /* the first open() has not returned yet */
+    LMQ__DEV_READY,       /* open, serving */
+    LMQ__DEV_DISCONNECTED, /* open() failed or the link was lost: reopened with back-off */
+    LMQ__DEV_STOPPED      /* closed at shutdown */
+} lmq__dev_state_t;
+
+const char *lmq__dev_state_name(lmq__dev_state_t s);
+
+typedef struct lmq__job lmq__job_t;
+
 struct lmq_dev {
     /* configuration: immutable once the daemon starts */
     char *name;
@@ -46,7 +62,14 @@ struct lmq_dev {
     char *connection;
     lmq__option_value_t *opts;
     size_t nopts;
+    /* this device's tables: the driver's static ones, or those its
+     * configure() built (owned through `tables`) */
+    const lmq_method_t *methods;
+    const lmq_property_t *props;
+    const lmq_stream_t *stream_defs;
+    lmq_tables_t tables;
     size_t nstreams, nmethods, nprops;
+    bool restore; /* write back what clients set after a reconnect */
     lmq_log_t *log;
     lmq__wires_t *wires;
     void *zctx;
@@ -56,45 +79,59 @@ struct lmq_dev {
     /* lifecycle */
     pthread_t thread;
     bool thread_started;
+    bool abandoned; /* stuck in its driver at shutdown: never joined or freed */
     atomic_bool stopping;
+    atomic_bool exited; /* the thread has left its loop and closed its driver */
 
     /* device thread */
     void *pipe;
     void *state;
-    int64_t last_open_try;
+    int64_t next_open_try;
+    int64_t next_check; /* of the driver's link check */
+    int64_t reopen_backoff_ns;
     int fail_status;
     char fail_msg[512];
+    const void *cur_user;      /* lmq_dev_user() */
+    lmq_value_t *last_set;     /* [nprops]: what clients last set (for restore) */
 
-    /* shared: written under mu; the device thread, their only writer, may
-     * read is_open and open_error without it */
+    /* shared: written under mu */
     pthread_mutex_t mu;
-    bool is_open;
+    lmq__dev_state_t dev_state;
+    bool is_open; /* dev_state == READY; the device thread reads it without mu */
     char open_error[256];
     lmq__stream_rt_t *streams;
-    double (*limits)[2]; /* per property: [min, max] now in force */
+    double (*limits)[2];    /* per property: [min, max] now in force */
+    lmq__job_t *current;    /* the job the driver is running, NULL when idle */
+    int64_t busy_since;     /* mono ns when the driver was entered; 0 when idle */
+    char busy_what[160];    /* "get voltage", "open" */
+    uint64_t disconnects, reopens, restores;
 
     /* broker */
     void *broker_pipe;
     lmq__dev_stats_t stats;
+    lmq__job_t *queue_head, *queue_tail; /* accepted jobs in order, oldest first */
 };
 
 /* A request on its way from the broker to a device thread and back. The
- * broker allocates it, the device thread fills the reply, the broker sends
- * and frees it; only the pointer crosses the inproc pipe. */
-typedef struct lmq__job {
-    struct lmq__job *prev, *next; /* broker's list of jobs in flight */
+ * broker allocates it, checks it and parses its values; the device thread
+ * runs it and fills the reply; the broker sends and frees it. Only the
+ * pointer crosses the inproc pipe. */
+struct lmq__job {
+    struct lmq__job *prev, *next; /* the device's queue (broker thread) */
     lmq_dev_t *dev;
     zmq_msg_t envelope[2]; /* routing id, and the empty delimiter of REQ clients */
     size_t nenvelope;
     lmq__request_t req;
-    lmq__frames_t bin;
     const lmq_method_t *method;
     const lmq_property_t *prop;
+    lmq_value_t args[LMQ__MAX_ARGS]; /* call: checked arguments */
+    size_t nargs;
+    lmq_value_t value; /* set: the checked value */
     int64_t t_start;
     zmq_msg_t reply;
     lmq__frames_t reply_bin;
     bool failed;
-} lmq__job_t;
+};
 
 /* inproc message kinds (first byte of the first frame) */
 enum { LMQ__MSG_JOB = 'Q', LMQ__MSG_DONE = 'R', LMQ__MSG_PUBLISH = 'P', LMQ__MSG_READY = 'Y', LMQ__MSG_TERM = 'T' };
@@ -122,7 +159,17 @@ lmq_dev_t *lmq__dev_new(const char *name, const lmq_driver_t *drv, const char *c
 void lmq__dev_destroy(lmq_dev_t **dev);
 /* Starts the device thread; it connects to dev->pipe_endpoint (bound by the broker). */
 int lmq__dev_start(lmq_dev_t *dev, void *zctx, lmq_log_t *log, lmq__wires_t *wires, uint64_t epoch);
-void lmq__dev_join(lmq_dev_t *dev);
+/* Waits until the device thread has exited, at most until deadline_ns
+ * (mono). Returns 0, or LMQ_ETIMEOUT: the thread is stuck in its driver and
+ * is left running (dev->abandoned). */
+int lmq__dev_join(lmq_dev_t *dev, int64_t deadline_ns);
+
+/* Checks a call's arguments or a set's value against the device's tables
+ * (count, type, limits, array references) and converts them into the job
+ * (job->args / job->value). bin: the request's binary frames. Returns 0, or a
+ * status with the reason in err: LMQ_EARG, LMQ_ERANGE, LMQ_EPROTO (a bad array
+ * reference or an unreferenced frame), LMQ_EMEM. */
+int lmq__check_request(lmq_dev_t *dev, lmq__job_t *job, const lmq__frames_t *bin, char *err, size_t errlen);
 
 /* Looks up a method / property / stream by name; NULL when unknown. */
 const lmq_method_t *lmq__dev_method(const lmq_dev_t *dev, const char *name);

@@ -1,3 +1,6 @@
+/* The wire protocol v1 codec (docs/protocol.md): request and reply headers
+ * parsed and validated with jansson, values to and from JSON with arrays as
+ * binary frames, and direct encoders for the common scalar messages. */
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -235,7 +238,16 @@ json_t *lmq__value_to_json(lmq_value_t *v, lmq__frames_t *bin)
     return NULL;
 }
 
-int lmq__value_from_json(const json_t *j, const lmq__frames_t *bin, lmq_value_t *out, char *err, size_t errlen)
+/* The wire's dtype names, exactly (lmq_dtype_parse is lenient for people). */
+static lmq_dtype_t wire_dtype(const json_t *j)
+{
+    const char *name = json_string_value(j);
+    lmq_dtype_t dt = lmq_dtype_parse(name);
+    return dt != LMQ_DT_INVALID && strcmp(name, lmq_dtype_name(dt)) == 0 ? dt : LMQ_DT_INVALID;
+}
+
+int lmq__value_from_json_used(const json_t *j, const lmq__frames_t *bin, unsigned *used, lmq_value_t *out, char *err,
+                              size_t errlen)
 {
     memset(out, 0, sizeof *out);
     switch (json_typeof(j)) {
@@ -254,18 +266,23 @@ int lmq__value_from_json(const json_t *j, const lmq__frames_t *bin, lmq_value_t 
     case JSON_STRING:
         return lmq_value_set_string(out, json_string_value(j)) == 0 ? 0 : LMQ_EMEM;
     case JSON_OBJECT: {
+        /* An object is always an array reference; any defect in one is PROTO. */
         json_t *jf = json_object_get(j, "$frame"), *jd = json_object_get(j, "dtype"),
                *js = json_object_get(j, "shape");
         if (!jf || !jd || !js || json_object_size(j) != 3)
-            return fail(err, errlen, "an object value must be an array reference {\"$frame\",\"dtype\",\"shape\"}");
-        if (!json_is_integer(jf) || json_integer_value(jf) < 1 || !bin ||
-            (size_t)json_integer_value(jf) > bin->n)
-            return fail(err, errlen, "'$frame' must name one of the %zu binary frames (from 1)", bin ? bin->n : 0);
-        lmq_dtype_t dt = lmq_dtype_parse(json_is_string(jd) ? json_string_value(jd) : NULL);
+            return fail(err, errlen,
+                        "an object value must be an array reference with exactly the keys $frame, dtype, shape");
+        size_t nbin = bin ? bin->n : 0;
+        if (!json_is_integer(jf) || json_integer_value(jf) < 1 || (size_t)json_integer_value(jf) > nbin)
+            return fail(err, errlen, "'$frame' must be an integer naming one of the %zu binary frames (from 1)", nbin);
+        size_t k = (size_t)json_integer_value(jf) - 1;
+        if (used && (*used & (1u << k)))
+            return fail(err, errlen, "binary frame %zu is referenced twice (one frame per array)", k + 1);
+        lmq_dtype_t dt = wire_dtype(jd);
         if (dt == LMQ_DT_INVALID)
             return fail(err, errlen, "unknown dtype (use one of |u1 |i1 <u2 <i2 <u4 <i4 <u8 <i8 <f4 <f8)");
         if (!json_is_array(js) || json_array_size(js) > LMQ_MAX_DIMS)
-            return fail(err, errlen, "'shape' must be an array of at most %d sizes", LMQ_MAX_DIMS);
+            return fail(err, errlen, "'shape' must be a list of at most %d sizes", LMQ_MAX_DIMS);
         size_t shape[LMQ_MAX_DIMS];
         unsigned ndim = (unsigned)json_array_size(js);
         for (unsigned i = 0; i < ndim; i++) {
@@ -277,16 +294,24 @@ int lmq__value_from_json(const json_t *j, const lmq__frames_t *bin, lmq_value_t 
         size_t nbytes;
         if (lmq__array_nbytes(dt, ndim, shape, &nbytes) != 0)
             return fail(err, errlen, "array too large");
-        zmq_msg_t *m = (zmq_msg_t *)&bin->msg[json_integer_value(jf) - 1];
+        zmq_msg_t *m = (zmq_msg_t *)&bin->msg[k];
         if (zmq_msg_size(m) != nbytes)
-            return fail(err, errlen, "binary frame %d has %zu bytes; dtype and shape need %zu",
-                        (int)json_integer_value(jf), zmq_msg_size(m), nbytes);
+            return fail(err, errlen, "binary frame %zu has %zu bytes; dtype and shape need %zu", k + 1,
+                        zmq_msg_size(m), nbytes);
+        if (used)
+            *used |= 1u << k;
         return lmq_value_set_array(out, dt, ndim, shape, zmq_msg_data(m)) == 0 ? 0 : LMQ_EMEM;
     }
     case JSON_ARRAY:
-        return fail(err, errlen, "arrays travel as binary frames, not JSON lists (see docs/protocol.md 2.2)");
+        snprintf(err, errlen, "a JSON list is not a labmq value: arrays travel as binary frames (docs/protocol.md 2.2)");
+        return LMQ_EARG;
     }
     return fail(err, errlen, "unsupported value");
+}
+
+int lmq__value_from_json(const json_t *j, const lmq__frames_t *bin, lmq_value_t *out, char *err, size_t errlen)
+{
+    return lmq__value_from_json_used(j, bin, NULL, out, err, errlen);
 }
 
 int lmq__request_encode(zmq_msg_t *msg, uint64_t id, lmq__op_t op, const char *device, const char *name,
@@ -296,10 +321,13 @@ int lmq__request_encode(zmq_msg_t *msg, uint64_t id, lmq__op_t op, const char *d
     if (!j)
         return LMQ_EMEM;
     int rc = 0;
-    if (device)
-        json_object_set_new(j, "device", json_string(device));
-    if (name)
-        json_object_set_new(j, "name", json_string(name));
+    /* json_string refuses invalid UTF-8; a key silently left out would make
+     * the daemon answer about the wrong thing. */
+    if ((device && json_object_set_new(j, "device", json_string(device)) != 0) ||
+        (name && json_object_set_new(j, "name", json_string(name)) != 0)) {
+        json_decref(j);
+        return LMQ_EARG;
+    }
     /* The codec moves array data into frames; work on copies so the caller's
      * values stay untouched. */
     if (op == LMQ__OP_CALL) {
@@ -433,7 +461,9 @@ int lmq__data_header(zmq_msg_t *msg, uint64_t seq, uint64_t epoch, int64_t t_ns,
 /* ---- direct encoders for the common, fixed-shape headers ----
  * A get of a number is most of what a lab program does in a loop; building a
  * jansson tree to print a dozen bytes costs more than the round trip's
- * user-space work in the broker. These write the same JSON jansson would. */
+ * user-space work in the broker. These write the same values jansson would
+ * (the text of a float may differ: "0.1" where jansson writes
+ * "0.10000000000000001"; both read back to the same double). */
 
 /* Shortest %g form that reads back to the same double, always with a '.' or
  * an exponent so that it parses as a float again. Returns the length or -1. */

@@ -88,6 +88,11 @@ int lmq__request_encode_fast(zmq_msg_t *msg, uint64_t id, lmq__op_t op, const ch
 
 /* Value <-> JSON. Arrays reference binary frames ({"$frame":K,...}, K from 1). */
 int lmq__value_from_json(const json_t *j, const lmq__frames_t *bin, lmq_value_t *out, char *err, size_t errlen);
+/* The same, marking the frames it references in *used (bit K-1 for frame K)
+ * and refusing a frame already marked. Errors: LMQ_EPROTO for a malformed
+ * array reference, LMQ_EARG for a JSON list (not a labmq value), LMQ_EMEM. */
+int lmq__value_from_json_used(const json_t *j, const lmq__frames_t *bin, unsigned *used, lmq_value_t *out, char *err,
+                              size_t errlen);
 /* Moves an array's data into a new frame of `bin` (v is left LMQ_NONE then). */
 json_t *lmq__value_to_json(lmq_value_t *v, lmq__frames_t *bin);
 

@@ -476,6 +476,12 @@ static int serial_clear(lmq_transport_t *t, int quiet_ms, int64_t deadline_ns)
     return lmq__transport_drain(t, quiet_ms, deadline_ns);
 }
 
+static int serial_check(lmq_transport_t *t)
+{
+    const serial_t *s = t->impl;
+    return lmq__transport_check_fd(t, s->fd);
+}
+
 const lmq__transport_ops_t lmq__transport_serial = {
     .kind = "serial",
     .open = serial_open,
@@ -484,6 +490,7 @@ const lmq__transport_ops_t lmq__transport_serial = {
     .read = serial_read,
     .clear = serial_clear,
     .status_byte = NULL,
+    .check = serial_check,
 };
 
 static const char *nz(const char *s) { return s ? s : ""; }

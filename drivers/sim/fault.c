@@ -7,10 +7,13 @@
 #include <string.h>
 #include "labmq/status.h"
 #include "labmq/value.h"
+#include "sim.h"
 
 /* Longest delay or timed hang accepted, so a typo cannot wedge a device for days. */
 #define MAX_MS 3600000
-#define ACCEPTED "none, delay:MS, hang, hang:MS, error or disconnect (MS: integer milliseconds, 0..3600000)"
+#define ACCEPTED                                                                                                       \
+    "none, delay:MS, hang, hang:MS, error, disconnect or disconnect:MS (MS: integer milliseconds, 0..3600000)"
+#define DEFAULT_UNPLUG_MS 1000
 
 static int parse_ms(const char *text, int64_t *ms)
 {
@@ -38,6 +41,9 @@ static int parse_fault(lmq_dev_t *dev, const char *text, lmq__fault_t *f)
     } else if (strcmp(text, "error") == 0) {
         nf.kind = LMQ__FAULT_ERROR;
     } else if (strcmp(text, "disconnect") == 0) {
+        nf.kind = LMQ__FAULT_DISCONNECT;
+        nf.ms = DEFAULT_UNPLUG_MS;
+    } else if (strncmp(text, "disconnect:", 11) == 0 && parse_ms(text + 11, &nf.ms) == 0) {
         nf.kind = LMQ__FAULT_DISCONNECT;
     } else if (strcmp(text, "hang") == 0) {
         nf.kind = LMQ__FAULT_HANG;
@@ -70,7 +76,7 @@ static void format_fault(const lmq__fault_t *f, char *buf, size_t size)
         snprintf(buf, size, "error");
         break;
     case LMQ__FAULT_DISCONNECT:
-        snprintf(buf, size, "disconnect");
+        snprintf(buf, size, "disconnect:%lld", (long long)f->ms);
         break;
     default:
         snprintf(buf, size, "none");
@@ -111,6 +117,40 @@ int lmq__fault_before(lmq_dev_t *dev, void *state, const char *name)
     }
 }
 
+/* The plug lives in the daemon's wires, not in the driver's state: it must
+ * outlast the close and the reopen attempts. The value is the CLOCK_MONOTONIC
+ * time in ms when the instrument is plugged in again. */
+static int plug_wire(lmq_dev_t *dev, char buf[LMQ__SIM_WIRE_LEN])
+{
+    return lmq__sim_wire_name(dev, buf, "$unplugged_until_ms");
+}
+
+static double unplugged_ms_left(lmq_dev_t *dev)
+{
+    char wire[LMQ__SIM_WIRE_LEN];
+    double until;
+    if (plug_wire(dev, wire) != 0 || lmq_dev_wire_get(dev, wire, &until) != 0)
+        return 0;
+    double left = until - (double)lmq_clock_mono_ns() / 1e6;
+    return left > 0 ? left : 0;
+}
+
+int lmq__fault_check(lmq_dev_t *dev, void *state)
+{
+    const lmq__fault_t *f = state;
+    if (f->kind == LMQ__FAULT_DISCONNECT)
+        return lmq_dev_fail(dev, LMQ_EIO, "device disconnected (simulated)");
+    return 0;
+}
+
+int lmq__fault_plugged(lmq_dev_t *dev)
+{
+    double left = unplugged_ms_left(dev);
+    if (left > 0)
+        return lmq_dev_fail(dev, LMQ_EIO, "unplugged (simulated fault), back in %.0f ms", left);
+    return 0;
+}
+
 int lmq__fault_get(lmq_dev_t *dev, void *state, lmq_value_t *out)
 {
     (void)dev;
@@ -123,5 +163,13 @@ int lmq__fault_set(lmq_dev_t *dev, void *state, const lmq_value_t *in)
 {
     if (in->type != LMQ_STRING)
         return lmq_dev_fail(dev, LMQ_EARG, "fault must be a string: " ACCEPTED);
-    return parse_fault(dev, in->u.s, state);
+    int rc = parse_fault(dev, in->u.s, state);
+    const lmq__fault_t *f = state;
+    if (rc == 0 && f->kind == LMQ__FAULT_DISCONNECT) {
+        char wire[LMQ__SIM_WIRE_LEN];
+        rc = plug_wire(dev, wire);
+        if (rc == 0)
+            rc = lmq_dev_wire_set(dev, wire, (double)lmq_clock_mono_ns() / 1e6 + (double)f->ms);
+    }
+    return rc;
 }

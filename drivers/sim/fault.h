@@ -9,7 +9,10 @@
  *   hang        every request blocks until the daemon shuts down
  *   hang:MS     every request blocks MS ms, then fails with LMQ_ETIMEOUT
  *   error       every request fails with LMQ_EDEVICE
- *   disconnect  every request fails with LMQ_EIO and streams stop publishing
+ *   disconnect[:MS]  the instrument is unplugged for MS ms (default 1000): the
+ *               daemon sees the link go (DISCONNECTED), reopen attempts fail
+ *               until MS has passed, then the device comes back as after a
+ *               power cycle (settings lost, unless the config restores them)
  *
  * Requests to a device are served one at a time, so while a request hangs the
  * device also cannot take `fault=none`: a queued clear takes effect after
@@ -47,6 +50,11 @@ int lmq__fault_before(lmq_dev_t *dev, void *state, const char *name);
 int lmq__fault_get(lmq_dev_t *dev, void *state, lmq_value_t *out);
 int lmq__fault_set(lmq_dev_t *dev, void *state, const lmq_value_t *in);
 
+/* Driver `check` hook: LMQ_EIO once the instrument was unplugged. */
+int lmq__fault_check(lmq_dev_t *dev, void *state);
+/* For open(): LMQ_EIO (with the time left) while the instrument is unplugged. */
+int lmq__fault_plugged(lmq_dev_t *dev);
+
 /* True while stream polls must not publish (the instrument is "unplugged"). */
 static inline bool lmq__fault_streams_down(const void *state)
 {
@@ -54,12 +62,11 @@ static inline bool lmq__fault_streams_down(const void *state)
 }
 
 #define LMQ__FAULT_PROPERTY_NAME "fault"
-#define LMQ__FAULT_PROPERTY                                                                                   \
-    {.name = LMQ__FAULT_PROPERTY_NAME,                                                                        \
-     .doc = "simulated fault: none, delay:MS, hang, hang:MS, error or disconnect",                            \
-     .type = LMQ_STRING,                                                                                      \
-     .unit = "",                                                                                              \
-     .get = lmq__fault_get,                                                                                   \
-     .set = lmq__fault_set}
+#define LMQ__FAULT_PROPERTY                                                                                            \
+    {                                                                                                                  \
+        .name = LMQ__FAULT_PROPERTY_NAME,                                                                              \
+        .doc = "simulated fault: none, delay:MS, hang, hang:MS, error, disconnect or disconnect:MS",                   \
+        .type = LMQ_STRING, .unit = "", .get = lmq__fault_get, .set = lmq__fault_set                                   \
+    }
 
 #endif

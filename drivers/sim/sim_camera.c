@@ -33,7 +33,7 @@ typedef struct cam {
     double fps, exposure_ms;
     bool acquiring;
     int64_t t0_mono; /* the spot's path starts here */
-    float *gx, *gy; /* [w], [h]: scratch for the spot profiles */
+    float *gx, *gy;  /* [w], [h]: scratch for the spot profiles */
     lmq__sim_rng_t rng;
 } cam_t;
 
@@ -77,10 +77,7 @@ static void render(cam_t *c, uint16_t *px, int64_t t_mono)
 
 /* Fills px with a frame exposed from `t_mono` on; the spot is taken
  * mid-exposure. */
-static void expose(cam_t *c, uint16_t *px, int64_t t_mono)
-{
-    render(c, px, t_mono + (int64_t)(c->exposure_ms * 5e5));
-}
+static void expose(cam_t *c, uint16_t *px, int64_t t_mono) { render(c, px, t_mono + (int64_t)(c->exposure_ms * 5e5)); }
 
 static int apply_rate(lmq_dev_t *dev, cam_t *c)
 {
@@ -251,6 +248,10 @@ static void cam_close(lmq_dev_t *dev, void *state)
 
 static int cam_open(lmq_dev_t *dev, void **state)
 {
+    /* A simulated unplug outlasts the close: no open until it is over. */
+    int plugged = lmq__fault_plugged(dev);
+    if (plugged)
+        return plugged;
     cam_t *c = calloc(1, sizeof *c);
     if (!c)
         return lmq_dev_fail(dev, LMQ_EMEM, "out of memory");
@@ -296,13 +297,16 @@ static int cam_open(lmq_dev_t *dev, void **state)
 /* ---- tables ---- */
 
 static const lmq_option_t cam_options[] = {
-    {"width", LMQ_INT, "1024", "frame width in pixels"},
-    {"height", LMQ_INT, "1024", "frame height in pixels"},
-    {"fps", LMQ_FLOAT, "10", "frame rate while acquiring"},
-    {"exposure_ms", LMQ_FLOAT, "5", "exposure time in ms"},
-    {"bit_depth", LMQ_INT, "12", "sensor bits per pixel (8..16); full scale is 2^bits - 1"},
-    {"seed", LMQ_INT, "0", "noise seed (combined with the device name)"},
-    {NULL, LMQ_NONE, NULL, NULL},
+    {.name = "width", .type = LMQ_INT, .def = "1024", .doc = "frame width in pixels"},
+    {.name = "height", .type = LMQ_INT, .def = "1024", .doc = "frame height in pixels"},
+    {.name = "fps", .type = LMQ_FLOAT, .def = "10", .doc = "frame rate while acquiring"},
+    {.name = "exposure_ms", .type = LMQ_FLOAT, .def = "5", .doc = "exposure time in ms"},
+    {.name = "bit_depth",
+     .type = LMQ_INT,
+     .def = "12",
+     .doc = "sensor bits per pixel (8..16); full scale is 2^bits - 1"},
+    {.name = "seed", .type = LMQ_INT, .def = "0", .doc = "noise seed (combined with the device name)"},
+    {.name = NULL},
 };
 
 static const lmq_method_t cam_methods[] = {
@@ -312,24 +316,50 @@ static const lmq_method_t cam_methods[] = {
      .doc = "exposes and returns one frame [height, width]",
      .ret = LMQ_ARRAY,
      .ret_unit = "counts",
+     .ret_dtype = LMQ_U16,
+     .ret_ndim = 2,
      .fn = m_snap},
     {.name = NULL},
 };
 
 static const lmq_property_t cam_properties[] = {
-    {"acquiring", "frames are streamed", LMQ_BOOL, "", false, 0, 0, get_acquiring, set_acquiring},
-    {"exposure", "exposure time (at most one frame period)", LMQ_FLOAT, "ms", true, MIN_EXPOSURE_MS, MAX_EXPOSURE_MS,
-     get_exposure, set_exposure},
-    {"fps", "frame rate while acquiring", LMQ_FLOAT, "Hz", true, MIN_FPS, MAX_FPS, get_fps, set_fps},
-    {"width", "frame width", LMQ_INT, "px", false, 0, 0, get_width, NULL},
-    {"height", "frame height", LMQ_INT, "px", false, 0, 0, get_height, NULL},
-    {"bit_depth", "sensor bits per pixel", LMQ_INT, "bit", false, 0, 0, get_bit_depth, NULL},
+    {.name = "acquiring",
+     .doc = "frames are streamed",
+     .type = LMQ_BOOL,
+     .unit = "",
+     .get = get_acquiring,
+     .set = set_acquiring},
+    {.name = "exposure",
+     .doc = "exposure time (at most one frame period)",
+     .type = LMQ_FLOAT,
+     .unit = "ms",
+     .limited = true,
+     .min = MIN_EXPOSURE_MS,
+     .max = MAX_EXPOSURE_MS,
+     .get = get_exposure,
+     .set = set_exposure},
+    {.name = "fps",
+     .doc = "frame rate while acquiring",
+     .type = LMQ_FLOAT,
+     .unit = "Hz",
+     .limited = true,
+     .min = MIN_FPS,
+     .max = MAX_FPS,
+     .get = get_fps,
+     .set = set_fps},
+    {.name = "width", .doc = "frame width", .type = LMQ_INT, .unit = "px", .get = get_width},
+    {.name = "height", .doc = "frame height", .type = LMQ_INT, .unit = "px", .get = get_height},
+    {.name = "bit_depth", .doc = "sensor bits per pixel", .type = LMQ_INT, .unit = "bit", .get = get_bit_depth},
     LMQ__FAULT_PROPERTY,
     {.name = NULL},
 };
 
 static const lmq_stream_t cam_streams[] = {
-    {"frames", "frames [height, width] while acquiring", LMQ_U16, "counts", poll_frames},
+    {.name = "frames",
+     .doc = "frames [height, width] while acquiring",
+     .dtype = LMQ_U16,
+     .unit = "counts",
+     .poll = poll_frames},
     {.name = NULL},
 };
 
@@ -340,6 +370,7 @@ const lmq_driver_t lmq__sim_camera = {
     .open = cam_open,
     .close = cam_close,
     .before = lmq__fault_before,
+    .check = lmq__fault_check,
     .methods = cam_methods,
     .properties = cam_properties,
     .streams = cam_streams,

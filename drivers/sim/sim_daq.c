@@ -8,6 +8,7 @@
  * range and 16-bit quantisation, so what a client sees behaves like a real
  * board's data. */
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,9 +36,9 @@ typedef struct daq {
     lmq__fault_t fault; /* first: see fault.h */
     int64_t channels, ao_channels;
     char ao_wire[MAX_AO][LMQ__SIM_WIRE_LEN]; /* [ao_channels]: "<device>.aoN", made at open */
-    char *wires_buf; /* owned copy of ai_wires, cut at the commas */
-    const char **ai_wire; /* [channels], into wires_buf; NULL = unconnected */
-    double gain[MAX_AI]; /* front-end gain per input, V per unit of the wire */
+    char *wires_buf;                         /* owned copy of ai_wires, cut at the commas */
+    const char **ai_wire;                    /* [channels], into wires_buf; NULL = unconnected */
+    double gain[MAX_AI];                     /* front-end gain per input, V per unit of the wire */
     double range, noise;
 
     double rate; /* samples/s */
@@ -61,14 +62,6 @@ static double adc(const daq_t *d, double v)
     if (v < -d->range)
         v = -d->range;
     return floor(v / lsb + 0.5) * lsb;
-}
-
-static int check_ai(lmq_dev_t *dev, const daq_t *d, int64_t ch)
-{
-    if (ch < 0 || ch >= d->channels)
-        return lmq_dev_fail(dev, LMQ_ERANGE, "analog input %lld does not exist: this DAQ has ai0..ai%lld",
-                            (long long)ch, (long long)d->channels - 1);
-    return 0;
 }
 
 /* The signal at an input terminal, before the converter. */
@@ -100,13 +93,11 @@ static int convert(lmq_dev_t *dev, daq_t *d, int64_t ch, lmq_value_t *out)
 
 /* ---- methods ---- */
 
+/* Arguments reach the methods checked against the tables daq_configure
+ * built (type, and channel numbers this board has). */
 static int m_read(lmq_dev_t *dev, void *state, const lmq_value_t *args, lmq_value_t *result)
 {
-    daq_t *d = state;
-    if (args[0].type != LMQ_INT)
-        return lmq_dev_fail(dev, LMQ_EARG, "channel must be an integer");
-    int rc = check_ai(dev, d, args[0].u.i);
-    return rc ? rc : convert(dev, d, args[0].u.i, result);
+    return convert(dev, state, args[0].u.i, result);
 }
 
 static int m_read_all(lmq_dev_t *dev, void *state, const lmq_value_t *args, lmq_value_t *result)
@@ -130,80 +121,32 @@ static int m_write_ao(lmq_dev_t *dev, void *state, const lmq_value_t *args, lmq_
 {
     (void)result;
     daq_t *d = state;
-    double volts;
-    if (args[0].type != LMQ_INT || lmq_value_to_double(&args[1], &volts) != 0)
-        return lmq_dev_fail(dev, LMQ_EARG, "write_ao takes (channel: int, volts: float)");
-    int64_t ch = args[0].u.i;
-    if (ch < 0 || ch >= d->ao_channels) {
-        if (d->ao_channels == 0)
-            return lmq_dev_fail(dev, LMQ_ERANGE, "analog output %lld does not exist: this DAQ has none",
-                                (long long)ch);
-        return lmq_dev_fail(dev, LMQ_ERANGE, "analog output %lld does not exist: this DAQ has ao0..ao%lld",
-                            (long long)ch, (long long)d->ao_channels - 1);
-    }
-    if (!(fabs(volts) <= AO_LIMIT_V))
-        return lmq_dev_fail(dev, LMQ_ERANGE, "%.3f V is outside the analog output range of +-%.1f V", volts,
-                            AO_LIMIT_V);
-    int rc = lmq_dev_wire_set(dev, d->ao_wire[ch], volts);
-    return rc ? lmq_dev_fail(dev, rc, "cannot drive wire %s", d->ao_wire[ch]) : 0;
+    const char *wire = d->ao_wire[args[0].u.i];
+    int rc = lmq_dev_wire_set(dev, wire, args[1].u.f);
+    return rc ? lmq_dev_fail(dev, rc, "cannot drive wire %s", wire) : 0;
 }
 
 /* ---- properties ---- */
 
-/* The first inputs are properties too, so a script can `get ai0` like any
- * other reading; read(channel) reaches all of them. */
-static int ai_exists(lmq_dev_t *dev, const daq_t *d, int ch)
+/* Every input is a property too (ai0, ai0_gain, ...), so a script can `get
+ * ai0` like any other reading. The tables are built per device from its
+ * `channels` option (configure), so describe lists exactly the inputs this
+ * board has; the entry's user pointer carries the channel. */
+static int channel_of(lmq_dev_t *dev) { return (int)(uintptr_t)lmq_dev_user(dev); }
+
+static int get_ai(lmq_dev_t *dev, void *state, lmq_value_t *out) { return convert(dev, state, channel_of(dev), out); }
+
+static int get_gain(lmq_dev_t *dev, void *state, lmq_value_t *out)
 {
-    if (ch >= d->channels)
-        return lmq_dev_fail(dev, LMQ_ENOTFOUND, "ai%d does not exist: this DAQ has %lld analog inputs", ch,
-                            (long long)d->channels);
+    *out = lmq_float(((daq_t *)state)->gain[channel_of(dev)]);
     return 0;
 }
 
-static int get_ai(lmq_dev_t *dev, daq_t *d, int ch, lmq_value_t *out)
+static int set_gain(lmq_dev_t *dev, void *state, const lmq_value_t *in)
 {
-    int rc = ai_exists(dev, d, ch);
-    return rc ? rc : convert(dev, d, ch, out);
-}
-
-static int get_gain(lmq_dev_t *dev, daq_t *d, int ch, lmq_value_t *out)
-{
-    int rc = ai_exists(dev, d, ch);
-    if (rc == 0)
-        *out = lmq_float(d->gain[ch]);
-    return rc;
-}
-
-static int set_gain(lmq_dev_t *dev, daq_t *d, int ch, const lmq_value_t *in)
-{
-    double g;
-    int rc = ai_exists(dev, d, ch);
-    if (rc)
-        return rc;
-    if (lmq_value_to_double(in, &g) != 0)
-        return lmq_dev_fail(dev, LMQ_EARG, "ai%d_gain must be a number", ch);
-    d->gain[ch] = g;
+    ((daq_t *)state)->gain[channel_of(dev)] = in->u.f; /* a float within limits: checked by the daemon */
     return 0;
 }
-
-#define AI_ACCESSORS(n)                                                                                        \
-    static int get_ai##n(lmq_dev_t *dev, void *state, lmq_value_t *out) { return get_ai(dev, state, n, out); } \
-    static int get_ai##n##_gain(lmq_dev_t *dev, void *state, lmq_value_t *out)                                 \
-    {                                                                                                          \
-        return get_gain(dev, state, n, out);                                                                   \
-    }                                                                                                          \
-    static int set_ai##n##_gain(lmq_dev_t *dev, void *state, const lmq_value_t *in)                            \
-    {                                                                                                          \
-        return set_gain(dev, state, n, in);                                                                    \
-    }
-AI_ACCESSORS(0)
-AI_ACCESSORS(1)
-AI_ACCESSORS(2)
-AI_ACCESSORS(3)
-AI_ACCESSORS(4)
-AI_ACCESSORS(5)
-AI_ACCESSORS(6)
-AI_ACCESSORS(7)
 
 static int get_range(lmq_dev_t *dev, void *state, lmq_value_t *out)
 {
@@ -370,7 +313,9 @@ static int poll_wave(lmq_dev_t *dev, void *state, int64_t now_ns)
             return rc;
         int64_t t_first = d->t0_real + (int64_t)((double)d->done * period_ns);
         if (lmq__fault_streams_down(d)) {
-            /* Unplugged: the samples are lost, but the generator runs on. */
+            /* Unplugged: the samples are lost (their seq too, so subscribers
+             * count them), but the generator runs on. */
+            lmq_dev_stream_skip(dev, 0, 1);
             skip_samples(d, (double)d->block);
             d->done += d->block;
             continue;
@@ -390,11 +335,16 @@ static int poll_wave(lmq_dev_t *dev, void *state, int64_t now_ns)
      * Skip to the present (advancing the phase over the lost samples). */
     int64_t end = d->t0_mono + (int64_t)((double)(d->done + d->block) * period_ns);
     if (end <= now_ns) {
-        double lost = (double)(now_ns - d->t0_mono) / period_ns - (double)d->done;
-        skip_samples(d, lost);
-        lmq_log(lmq_dev_log(dev), LMQ_LOG_WARN, lmq_dev_name(dev), "wave: acquisition overrun, %.0f samples dropped",
-                lost);
-        anchor_clock(d);
+        /* Whole blocks are lost, and their sequence numbers with them, so
+         * every subscriber counts the loss exactly; the clock stays on its
+         * grid, so t_ns keeps matching seq. */
+        uint64_t blocks = (uint64_t)(((double)(now_ns - d->t0_mono) / period_ns - (double)d->done) / (double)d->block);
+        skip_samples(d, (double)(blocks * d->block));
+        d->done += blocks * d->block;
+        lmq_dev_stream_skip(dev, 0, blocks);
+        lmq_log(lmq_dev_log(dev), LMQ_LOG_WARN, lmq_dev_name(dev),
+                "wave: acquisition overrun, %llu blocks (%llu samples) lost", (unsigned long long)blocks,
+                (unsigned long long)(blocks * d->block));
     }
     return rc;
 }
@@ -449,6 +399,10 @@ static int parse_wires(lmq_dev_t *dev, daq_t *d, const char *list)
 
 static int daq_open(lmq_dev_t *dev, void **state)
 {
+    /* A simulated unplug outlasts the close: no open until it is over. */
+    int plugged = lmq__fault_plugged(dev);
+    if (plugged)
+        return plugged;
     daq_t *d = calloc(1, sizeof *d);
     if (!d)
         return lmq_dev_fail(dev, LMQ_EMEM, "out of memory");
@@ -519,71 +473,168 @@ static int daq_open(lmq_dev_t *dev, void **state)
 /* ---- tables ---- */
 
 static const lmq_option_t daq_options[] = {
-    {"channels", LMQ_INT, "4", "analog inputs (1..64)"},
-    {"ai_wires", LMQ_STRING, "",
-     "comma list of the wire each input reads, e.g. \"psu1.iout,psu1.vout,,daq1.ao0\"; empty = unconnected"},
-    {"ai_gain", LMQ_FLOAT, "1.0", "front-end gain of every input in V per unit of its wire (a shunt or transimpedance)"},
-    {"ao_channels", LMQ_INT, "2", "analog outputs (0..16), driving wires <device>.aoN"},
-    {"sample_rate", LMQ_FLOAT, "10000", "samples per second of the wave stream"},
-    {"block_size", LMQ_INT, "1000", "samples per published block"},
-    {"waveform", LMQ_STRING, "sine", "generator waveform: sine, square or noise"},
-    {"frequency", LMQ_FLOAT, "50", "generator frequency in Hz"},
-    {"amplitude", LMQ_FLOAT, "1", "generator amplitude in V"},
-    {"noise", LMQ_FLOAT, "1e-4", "input noise in V rms"},
-    {"seed", LMQ_INT, "0", "noise seed (combined with the device name)"},
-    {NULL, LMQ_NONE, NULL, NULL},
-};
-
-static const lmq_arg_t read_args[] = {
-    {"channel", LMQ_INT, "", "analog input number"},
-    {NULL, LMQ_NONE, NULL, NULL},
-};
-
-static const lmq_arg_t write_ao_args[] = {
-    {"channel", LMQ_INT, "", "analog output number"},
-    {"volts", LMQ_FLOAT, "V", "output voltage, -10..10"},
-    {NULL, LMQ_NONE, NULL, NULL},
-};
-
-static const lmq_method_t daq_methods[] = {
-    {"read", "one conversion of an analog input", read_args, LMQ_FLOAT, "V", m_read},
-    {"read_all", "one simultaneous conversion of every analog input", NULL, LMQ_ARRAY, "V", m_read_all},
-    {"write_ao", "sets an analog output", write_ao_args, LMQ_NONE, "", m_write_ao},
+    {.name = "channels", .type = LMQ_INT, .def = "4", .doc = "analog inputs (1..64)"},
+    {.name = "ai_wires",
+     .type = LMQ_STRING,
+     .def = "",
+     .doc = "comma list of the wire each input reads, e.g. \"psu1.iout,psu1.vout,,daq1.ao0\"; empty = unconnected"},
+    {.name = "ai_gain",
+     .type = LMQ_FLOAT,
+     .def = "1.0",
+     .doc = "front-end gain of every input in V per unit of its wire (a shunt or transimpedance)"},
+    {.name = "ao_channels", .type = LMQ_INT, .def = "2", .doc = "analog outputs (0..16), driving wires <device>.aoN"},
+    {.name = "sample_rate", .type = LMQ_FLOAT, .def = "10000", .doc = "samples per second of the wave stream"},
+    {.name = "block_size", .type = LMQ_INT, .def = "1000", .doc = "samples per published block"},
+    {.name = "waveform", .type = LMQ_STRING, .def = "sine", .doc = "generator waveform: sine, square or noise"},
+    {.name = "frequency", .type = LMQ_FLOAT, .def = "50", .doc = "generator frequency in Hz"},
+    {.name = "amplitude", .type = LMQ_FLOAT, .def = "1", .doc = "generator amplitude in V"},
+    {.name = "noise", .type = LMQ_FLOAT, .def = "1e-4", .doc = "input noise in V rms"},
+    {.name = "seed", .type = LMQ_INT, .def = "0", .doc = "noise seed (combined with the device name)"},
     {.name = NULL},
 };
 
-#define AI_PROPERTIES(n)                                                                                       \
-    {"ai" #n, "one conversion of analog input " #n, LMQ_FLOAT, "V", false, 0, 0, get_ai##n, NULL},              \
-    {"ai" #n "_gain", "front-end gain of ai" #n " (V per unit of its wire: a shunt or transimpedance)",       \
-     LMQ_FLOAT, "V/unit", true, -MAX_GAIN, MAX_GAIN, get_ai##n##_gain, set_ai##n##_gain}
-
-static const lmq_property_t daq_properties[] = {
-    AI_PROPERTIES(0),
-    AI_PROPERTIES(1),
-    AI_PROPERTIES(2),
-    AI_PROPERTIES(3),
-    AI_PROPERTIES(4),
-    AI_PROPERTIES(5),
-    AI_PROPERTIES(6),
-    AI_PROPERTIES(7),
-    {"ai_range", "input range, +-V (0.1, 1 or 10; rounds up to the next range)", LMQ_FLOAT, "V", true, 0.0, 10.0,
-     get_range, set_range},
-    {"waveform", "generator waveform: sine, square or noise", LMQ_STRING, "", false, 0, 0, get_waveform,
-     set_waveform},
-    {"frequency", "generator frequency (up to half the sample rate)", LMQ_FLOAT, "Hz", true, 0.0, MAX_RATE_HZ / 2,
-     get_frequency, set_frequency},
-    {"amplitude", "generator amplitude", LMQ_FLOAT, "V", true, 0.0, AO_LIMIT_V, get_amplitude, set_amplitude},
-    {"sample_rate", "samples per second of the wave stream", LMQ_FLOAT, "Hz", true, 1.0, MAX_RATE_HZ, get_rate,
-     set_rate},
+static const lmq_property_t daq_common_properties[] = {
+    {.name = "ai_range",
+     .doc = "input range, +-V (0.1, 1 or 10; rounds up to the next range)",
+     .type = LMQ_FLOAT,
+     .unit = "V",
+     .limited = true,
+     .min = 0.0,
+     .max = 10.0,
+     .get = get_range,
+     .set = set_range},
+    {.name = "waveform",
+     .doc = "generator waveform: sine, square or noise",
+     .type = LMQ_STRING,
+     .unit = "",
+     .get = get_waveform,
+     .set = set_waveform},
+    {.name = "frequency",
+     .doc = "generator frequency (up to half the sample rate)",
+     .type = LMQ_FLOAT,
+     .unit = "Hz",
+     .limited = true,
+     .min = 0.0,
+     .max = MAX_RATE_HZ / 2,
+     .get = get_frequency,
+     .set = set_frequency},
+    {.name = "amplitude",
+     .doc = "generator amplitude",
+     .type = LMQ_FLOAT,
+     .unit = "V",
+     .limited = true,
+     .min = 0.0,
+     .max = AO_LIMIT_V,
+     .get = get_amplitude,
+     .set = set_amplitude},
+    {.name = "sample_rate",
+     .doc = "samples per second of the wave stream",
+     .type = LMQ_FLOAT,
+     .unit = "Hz",
+     .limited = true,
+     .min = 1.0,
+     .max = MAX_RATE_HZ,
+     .get = get_rate,
+     .set = set_rate},
     LMQ__FAULT_PROPERTY,
     {.name = NULL},
 };
+#define NCOMMON (sizeof daq_common_properties / sizeof daq_common_properties[0]) /* with the terminator */
 
 static const lmq_stream_t daq_streams[] = {
-    {"wave", "the generator looped back into a buffered input: block_size samples per block", LMQ_F64, "V",
-     poll_wave},
+    {.name = "wave",
+     .doc = "the generator looped back into a buffered input: block_size samples per block",
+     .dtype = LMQ_F64,
+     .unit = "V",
+     .poll = poll_wave},
     {.name = NULL},
 };
+
+/* One device's tables, in one allocation. */
+typedef struct daq_tables {
+    lmq_method_t methods[4];
+    lmq_arg_t read_args[2], ao_args[3];
+    lmq_property_t props[2 * MAX_AI + NCOMMON];
+    char names[2 * MAX_AI][24];
+    char docs[2 * MAX_AI][96];
+    char read_doc[64], ao_doc[64];
+} daq_tables_t;
+
+static void daq_release(lmq_tables_t *t) { free(t->user); }
+
+static int daq_configure(lmq_dev_t *dev, lmq_tables_t *tables)
+{
+    int64_t channels = lmq_dev_opt_int(dev, "channels"), ao = lmq_dev_opt_int(dev, "ao_channels");
+    if (channels < 1 || channels > MAX_AI)
+        return lmq_dev_fail(dev, LMQ_ECONFIG, "channels %lld outside 1..%d", (long long)channels, MAX_AI);
+    if (ao < 0 || ao > MAX_AO)
+        return lmq_dev_fail(dev, LMQ_ECONFIG, "ao_channels %lld outside 0..%d", (long long)ao, MAX_AO);
+    daq_tables_t *t = calloc(1, sizeof *t);
+    if (!t)
+        return lmq_dev_fail(dev, LMQ_EMEM, "out of memory");
+    snprintf(t->read_doc, sizeof t->read_doc, "analog input number, 0..%lld", (long long)channels - 1);
+    t->read_args[0] = (lmq_arg_t){.name = "channel",
+                                  .type = LMQ_INT,
+                                  .unit = "",
+                                  .doc = t->read_doc,
+                                  .limited = true,
+                                  .min = 0,
+                                  .max = (double)(channels - 1)};
+    size_t m = 0;
+    t->methods[m++] = (lmq_method_t){.name = "read",
+                                     .doc = "one conversion of an analog input",
+                                     .args = t->read_args,
+                                     .ret = LMQ_FLOAT,
+                                     .ret_unit = "V",
+                                     .fn = m_read};
+    t->methods[m++] = (lmq_method_t){.name = "read_all",
+                                     .doc = "one simultaneous conversion of every analog input",
+                                     .ret = LMQ_ARRAY,
+                                     .ret_unit = "V",
+                                     .ret_dtype = LMQ_F64,
+                                     .ret_ndim = 1,
+                                     .fn = m_read_all};
+    if (ao > 0) {
+        snprintf(t->ao_doc, sizeof t->ao_doc, "analog output number, 0..%lld", (long long)ao - 1);
+        t->ao_args[0] = (lmq_arg_t){
+            .name = "channel", .type = LMQ_INT, .unit = "", .doc = t->ao_doc, .limited = true, .max = (double)(ao - 1)};
+        t->ao_args[1] = (lmq_arg_t){.name = "volts",
+                                    .type = LMQ_FLOAT,
+                                    .unit = "V",
+                                    .doc = "output voltage",
+                                    .limited = true,
+                                    .min = -AO_LIMIT_V,
+                                    .max = AO_LIMIT_V};
+        t->methods[m++] = (lmq_method_t){
+            .name = "write_ao", .doc = "sets an analog output", .args = t->ao_args, .ret = LMQ_NONE, .fn = m_write_ao};
+    }
+    size_t k = 0;
+    for (int64_t ch = 0; ch < channels; ch++) {
+        const void *user = (const void *)(uintptr_t)ch;
+        snprintf(t->names[k], sizeof t->names[k], "ai%lld", (long long)ch);
+        snprintf(t->docs[k], sizeof t->docs[k], "one conversion of analog input %lld", (long long)ch);
+        t->props[k] = (lmq_property_t){
+            .name = t->names[k], .doc = t->docs[k], .type = LMQ_FLOAT, .unit = "V", .get = get_ai, .user = user};
+        k++;
+        snprintf(t->names[k], sizeof t->names[k], "ai%lld_gain", (long long)ch);
+        snprintf(t->docs[k], sizeof t->docs[k], "front-end gain of ai%lld (V per unit of its wire)", (long long)ch);
+        t->props[k] = (lmq_property_t){.name = t->names[k],
+                                       .doc = t->docs[k],
+                                       .type = LMQ_FLOAT,
+                                       .unit = "V/unit",
+                                       .limited = true,
+                                       .min = -MAX_GAIN,
+                                       .max = MAX_GAIN,
+                                       .get = get_gain,
+                                       .set = set_gain,
+                                       .user = user};
+        k++;
+    }
+    memcpy(&t->props[k], daq_common_properties, sizeof daq_common_properties);
+    *tables = (lmq_tables_t){
+        .methods = t->methods, .properties = t->props, .streams = daq_streams, .user = t, .release = daq_release};
+    return 0;
+}
 
 const lmq_driver_t lmq__sim_daq = {
     .name = "sim-daq",
@@ -592,7 +643,9 @@ const lmq_driver_t lmq__sim_daq = {
     .open = daq_open,
     .close = daq_close,
     .before = lmq__fault_before,
-    .methods = daq_methods,
-    .properties = daq_properties,
+    .check = lmq__fault_check,
+    .configure = daq_configure,
+    .methods = NULL, /* per device: see daq_configure */
+    .properties = daq_common_properties,
     .streams = daq_streams,
 };

@@ -49,8 +49,8 @@ typedef struct psu {
     double max_v, max_i;
     double load_r;
     bool diode;
-    double slew; /* V/s; 0 = instant */
-    double noise; /* std dev as a fraction of the range */
+    double slew;                      /* V/s; 0 = instant */
+    double noise;                     /* std dev as a fraction of the range */
     char ctl_wire[LMQ__SIM_WIRE_LEN]; /* "" = no electronic load */
     char wire_v[LMQ__SIM_WIRE_LEN], wire_i[LMQ__SIM_WIRE_LEN];
     int transcript_fd; /* -1 = none */
@@ -96,10 +96,7 @@ static double control_conductance(lmq_dev_t *dev, const psu_t *p)
     return vg > CTL_VTH ? CTL_GM * (vg - CTL_VTH) : 0.0;
 }
 
-static double load_current(const psu_t *p, double g, double v)
-{
-    return branch_current(p, v) + g * (v > 0 ? v : 0.0);
-}
+static double load_current(const psu_t *p, double g, double v) { return branch_current(p, v) + g * (v > 0 ? v : 0.0); }
 
 /* Programmed output voltage at `now`, following the slew-rate ramp. */
 static double ramp_voltage(const psu_t *p, int64_t now)
@@ -413,6 +410,10 @@ static void psu_close(lmq_dev_t *dev, void *state)
 
 static int psu_open(lmq_dev_t *dev, void **state)
 {
+    /* A simulated unplug outlasts the close: no open until it is over. */
+    int plugged = lmq__fault_plugged(dev);
+    if (plugged)
+        return plugged;
     psu_t *p = calloc(1, sizeof *p);
     if (!p)
         return lmq_dev_fail(dev, LMQ_EMEM, "out of memory");
@@ -444,8 +445,7 @@ static int psu_open(lmq_dev_t *dev, void **state)
     else if (!(monitor_hz >= 0.0) || monitor_hz > 1000.0)
         rc = lmq_dev_fail(dev, LMQ_ECONFIG, "monitor_hz %g outside 0..1000", monitor_hz);
     else if (strlen(ctl) >= LMQ__SIM_WIRE_LEN)
-        rc = lmq_dev_fail(dev, LMQ_ECONFIG, "load_control wire name longer than %d characters",
-                          LMQ__SIM_WIRE_LEN - 1);
+        rc = lmq_dev_fail(dev, LMQ_ECONFIG, "load_control wire name longer than %d characters", LMQ__SIM_WIRE_LEN - 1);
     if (rc == 0)
         rc = lmq__sim_wire_name(dev, p->wire_v, "vout");
     if (rc == 0)
@@ -488,25 +488,51 @@ static int psu_open(lmq_dev_t *dev, void **state)
 /* ---- tables ---- */
 
 static const lmq_option_t psu_options[] = {
-    {"max_voltage", LMQ_FLOAT, "30", "voltage limit in V (the model is rated 60 V)"},
-    {"max_current", LMQ_FLOAT, "3", "current limit ceiling in A (the model is rated 10 A)"},
-    {"load_ohms", LMQ_FLOAT, "100", "series resistance of the load in ohm"},
-    {"load_diode", LMQ_BOOL, "true", "an LED-like diode in series with the load (nonlinear I-V)"},
-    {"load_control", LMQ_STRING, "",
-     "wire driving an electronic load in parallel (e.g. daq1.ao0): 20 mS per V above a 1 V threshold"},
-    {"slew_v_per_s", LMQ_FLOAT, "1000", "output slew rate in V/s (0 = instant)"},
-    {"noise", LMQ_FLOAT, "1e-5", "meter noise, standard deviation as a fraction of the range"},
-    {"monitor_hz", LMQ_FLOAT, "10", "rate of the iv monitor stream (0 = off)"},
-    {"seed", LMQ_INT, "0", "noise seed (combined with the device name)"},
-    {"transcript", LMQ_STRING, "", "file to append one line per request to (time, device, request)"},
-    {NULL, LMQ_NONE, NULL, NULL},
+    {.name = "max_voltage", .type = LMQ_FLOAT, .def = "30", .doc = "voltage limit in V (the model is rated 60 V)"},
+    {.name = "max_current",
+     .type = LMQ_FLOAT,
+     .def = "3",
+     .doc = "current limit ceiling in A (the model is rated 10 A)"},
+    {.name = "load_ohms", .type = LMQ_FLOAT, .def = "100", .doc = "series resistance of the load in ohm"},
+    {.name = "load_diode",
+     .type = LMQ_BOOL,
+     .def = "true",
+     .doc = "an LED-like diode in series with the load (nonlinear I-V)"},
+    {.name = "load_control",
+     .type = LMQ_STRING,
+     .def = "",
+     .doc = "wire driving an electronic load in parallel (e.g. daq1.ao0): 20 mS per V above a 1 V threshold"},
+    {.name = "slew_v_per_s", .type = LMQ_FLOAT, .def = "1000", .doc = "output slew rate in V/s (0 = instant)"},
+    {.name = "noise",
+     .type = LMQ_FLOAT,
+     .def = "1e-5",
+     .doc = "meter noise, standard deviation as a fraction of the range"},
+    {.name = "monitor_hz", .type = LMQ_FLOAT, .def = "10", .doc = "rate of the iv monitor stream (0 = off)"},
+    {.name = "seed", .type = LMQ_INT, .def = "0", .doc = "noise seed (combined with the device name)"},
+    {.name = "transcript",
+     .type = LMQ_STRING,
+     .def = "",
+     .doc = "file to append one line per request to (time, device, request)"},
+    {.name = NULL},
 };
 
 static const lmq_arg_t sweep_args[] = {
-    {"start", LMQ_FLOAT, "V", "first voltage"},
-    {"stop", LMQ_FLOAT, "V", "last voltage"},
-    {"points", LMQ_INT, "", "number of points, 2..10000"},
-    {NULL, LMQ_NONE, NULL, NULL},
+    {.name = "start",
+     .type = LMQ_FLOAT,
+     .unit = "V",
+     .doc = "first voltage (up to max_voltage)",
+     .limited = true,
+     .min = 0.0,
+     .max = RATED_V},
+    {.name = "stop",
+     .type = LMQ_FLOAT,
+     .unit = "V",
+     .doc = "last voltage (up to max_voltage)",
+     .limited = true,
+     .min = 0.0,
+     .max = RATED_V},
+    {.name = "points", .type = LMQ_INT, .unit = "", .doc = "number of points", .limited = true, .min = 2, .max = 10000},
+    {.name = NULL},
 };
 
 static const lmq_method_t psu_methods[] = {
@@ -515,6 +541,8 @@ static const lmq_method_t psu_methods[] = {
      .doc = "one reading of the output: [voltage V, current A]",
      .ret = LMQ_ARRAY,
      .ret_unit = "V,A",
+     .ret_dtype = LMQ_F64,
+     .ret_ndim = 1,
      .fn = m_measure},
     {.name = "sweep",
      .doc = "steps the voltage from start to stop, measuring each point: [points, 2] of [V, A]; then restores the "
@@ -522,27 +550,53 @@ static const lmq_method_t psu_methods[] = {
      .args = sweep_args,
      .ret = LMQ_ARRAY,
      .ret_unit = "V,A",
+     .ret_dtype = LMQ_F64,
+     .ret_ndim = 2,
      .fn = m_sweep},
     {.name = NULL},
 };
 
 static const lmq_property_t psu_properties[] = {
-    {"voltage", "output voltage setpoint (up to max_voltage)", LMQ_FLOAT, "V", true, 0.0, RATED_V, get_voltage,
-     set_voltage},
-    {"current_limit", "output current limit (up to max_current)", LMQ_FLOAT, "A", true, 0.0, RATED_I,
-     get_current_limit, set_current_limit},
-    {"output", "output enabled", LMQ_BOOL, "", false, 0, 0, get_output, set_output},
-    {"measured_voltage", "voltage at the terminals (one 2 ms reading)", LMQ_FLOAT, "V", false, 0, 0,
-     get_measured_voltage, NULL},
-    {"measured_current", "output current (one 2 ms reading)", LMQ_FLOAT, "A", false, 0, 0, get_measured_current,
-     NULL},
-    {"mode", "regulation mode: CV, CC or OFF", LMQ_STRING, "", false, 0, 0, get_mode, NULL},
+    {.name = "voltage",
+     .doc = "output voltage setpoint (up to max_voltage)",
+     .type = LMQ_FLOAT,
+     .unit = "V",
+     .limited = true,
+     .min = 0.0,
+     .max = RATED_V,
+     .get = get_voltage,
+     .set = set_voltage},
+    {.name = "current_limit",
+     .doc = "output current limit (up to max_current)",
+     .type = LMQ_FLOAT,
+     .unit = "A",
+     .limited = true,
+     .min = 0.0,
+     .max = RATED_I,
+     .get = get_current_limit,
+     .set = set_current_limit},
+    {.name = "output", .doc = "output enabled", .type = LMQ_BOOL, .unit = "", .get = get_output, .set = set_output},
+    {.name = "measured_voltage",
+     .doc = "voltage at the terminals (one 2 ms reading)",
+     .type = LMQ_FLOAT,
+     .unit = "V",
+     .get = get_measured_voltage},
+    {.name = "measured_current",
+     .doc = "output current (one 2 ms reading)",
+     .type = LMQ_FLOAT,
+     .unit = "A",
+     .get = get_measured_current},
+    {.name = "mode", .doc = "regulation mode: CV, CC or OFF", .type = LMQ_STRING, .unit = "", .get = get_mode},
     LMQ__FAULT_PROPERTY,
     {.name = NULL},
 };
 
 static const lmq_stream_t psu_streams[] = {
-    {"iv", "monitor readings [voltage V, current A] at monitor_hz", LMQ_F64, "V,A", poll_iv},
+    {.name = "iv",
+     .doc = "monitor readings [voltage V, current A] at monitor_hz",
+     .dtype = LMQ_F64,
+     .unit = "V,A",
+     .poll = poll_iv},
     {.name = NULL},
 };
 
@@ -553,6 +607,7 @@ const lmq_driver_t lmq__sim_psu = {
     .open = psu_open,
     .close = psu_close,
     .before = psu_before,
+    .check = lmq__fault_check,
     .methods = psu_methods,
     .properties = psu_properties,
     .streams = psu_streams,

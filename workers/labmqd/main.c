@@ -14,10 +14,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <zmq.h>
 #include "labmq/labmq.h"
 
-enum exit_code { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2 };
+enum exit_code { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_STUCK = 3 };
 
 static void usage(FILE *out)
 {
@@ -68,7 +69,10 @@ static void usage(FILE *out)
           "  0  stopped by a signal, or --check-config found no error\n"
           "  1  invalid configuration, endpoint already served by another labmqd,\n"
           "     or another failure to start\n"
-          "  2  invalid command line\n",
+          "  2  invalid command line\n"
+          "  3  stopped, but a device stayed stuck in its driver beyond the grace\n"
+          "     period (stop_grace in the config, default 5 s): named in the log,\n"
+          "     and not waited for\n",
           out);
 }
 
@@ -227,11 +231,23 @@ int main(int argc, char **argv)
     fflush(stderr);
 
     int sig = 0;
-    while ((rc = sigwait(&stop, &sig)) != 0 && rc == EINTR)
+    while ((rc = sigwait(&stop, &sig)) == EINTR)
         ;
-    lmq_log(log, LMQ_LOG_INFO, "labmqd", "%s received, shutting down",
-            rc != 0 ? "sigwait error" : sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "SIGHUP");
-    status = EXIT_OK;
+    if (rc != 0) {
+        lmq_log(log, LMQ_LOG_ERROR, "labmqd", "sigwait: %s; shutting down", strerror(rc));
+        status = EXIT_FAIL;
+    } else {
+        lmq_log(log, LMQ_LOG_INFO, "labmqd", "%s received, shutting down",
+                sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "SIGHUP");
+        status = EXIT_OK;
+    }
+    if (lmq_daemon_stop(d) == LMQ_ETIMEOUT) {
+        /* A thread stuck in vendor code still holds its socket, so
+         * zmq_ctx_term would wait for ever: leave without it. */
+        lmq_log(log, LMQ_LOG_ERROR, "labmqd", "exiting without waiting: %s", lmq_daemon_last_error(d));
+        fflush(stderr);
+        _exit(EXIT_STUCK);
+    }
 
 out:
     lmq_daemon_destroy(&d);

@@ -8,6 +8,7 @@
 #ifndef LABMQ_DAEMON_H
 #define LABMQ_DAEMON_H
 
+#include <stdbool.h>
 #include "labmq/driver.h"
 #include "labmq/export.h"
 #include "labmq/log.h"
@@ -30,13 +31,37 @@ LMQ_EXPORT lmq_daemon_t *lmq_daemon_new(void *zctx, const char *control_endpoint
 LMQ_EXPORT int lmq_daemon_add(lmq_daemon_t *d, const char *name, const lmq_driver_t *driver,
                               const char *connection, const char *const *options);
 
-/* Binds the endpoints, starts the device threads (each opens its driver) and
- * the broker; returns when all are ready. A device whose open fails does not
- * stop the daemon: it is reported as not open and retried. Returns LMQ_EBUSY
- * when another daemon already serves the control endpoint. */
+/* After a lost link, write back the properties clients last set before the
+ * device is READY again (an instrument that was power-cycled forgot them).
+ * Before start. LMQ_ENOTFOUND for an unknown device. */
+LMQ_EXPORT int lmq_daemon_set_restore(lmq_daemon_t *d, const char *device, bool restore);
+
+/* How long lmq_daemon_stop waits for devices to close (default 5000 ms). */
+LMQ_EXPORT void lmq_daemon_set_stop_grace(lmq_daemon_t *d, int ms);
+
+/* Binds the endpoints and starts the broker and one thread per device, then
+ * returns: it does not wait for instruments to open (each device opens on
+ * its own thread; requests to it wait until it has, and `list` shows it as
+ * "opening"). A device whose open fails does not stop the daemon: it is
+ * reported as disconnected and retried with back-off. Returns LMQ_EBUSY when
+ * another daemon already serves the control endpoint. */
 LMQ_EXPORT int lmq_daemon_start(lmq_daemon_t *d);
 
-/* Stops (joins all threads, closes sockets with bounded linger) and frees. */
+/* Waits until every device is past its first open attempt (open or
+ * disconnected, none "opening"), at most timeout_ms (-1: no limit). Returns
+ * 0 or LMQ_ETIMEOUT (lmq_daemon_last_error names the devices still opening). */
+LMQ_EXPORT int lmq_daemon_wait_ready(lmq_daemon_t *d, int timeout_ms);
+
+/* Stops: answers what was accepted (CLOSED for what the devices never got
+ * to), closes the devices, joins the threads. A device stuck in its driver
+ * beyond the grace period (a vendor call that never returns) is not waited
+ * for: the result is LMQ_ETIMEOUT, lmq_daemon_last_error names it, and its
+ * thread is left running with its memory and ZeroMQ socket -- the process
+ * should then exit without zmq_ctx_term (which would wait for that socket).
+ * Returns 0 otherwise. Idempotent. */
+LMQ_EXPORT int lmq_daemon_stop(lmq_daemon_t *d);
+
+/* Stops (lmq_daemon_stop) if still running, and frees. */
 LMQ_EXPORT void lmq_daemon_destroy(lmq_daemon_t **d);
 
 LMQ_EXPORT const char *lmq_daemon_last_error(const lmq_daemon_t *d);

@@ -17,6 +17,7 @@
 #include <stdint.h>
 #include "labmq/export.h"
 #include "labmq/log.h"
+#include "labmq/transport.h"
 #include "labmq/value.h"
 
 #ifdef __cplusplus
@@ -31,6 +32,8 @@ typedef struct lmq_arg {
     lmq_type_t type; /* an LMQ_INT argument is accepted for LMQ_FLOAT */
     const char *unit; /* "V", "A", "" */
     const char *doc;
+    bool limited; /* when true, numeric values outside [min, max] get LMQ_ERANGE before the driver runs */
+    double min, max;
 } lmq_arg_t;
 
 /* args are already checked against the table (count, type, limits);
@@ -45,6 +48,9 @@ typedef struct lmq_method {
     lmq_type_t ret;         /* LMQ_NONE = returns nothing */
     const char *ret_unit;
     lmq_method_fn fn;
+    lmq_dtype_t ret_dtype;  /* for ret == LMQ_ARRAY: element type (describe shows it) */
+    unsigned ret_ndim;      /* for ret == LMQ_ARRAY: dimensions; 0 = varies */
+    const void *user;       /* for the handler: lmq_dev_user() while it runs */
 } lmq_method_t;
 
 typedef struct lmq_property {
@@ -56,6 +62,7 @@ typedef struct lmq_property {
     double min, max;
     int (*get)(lmq_dev_t *dev, void *state, lmq_value_t *out);
     int (*set)(lmq_dev_t *dev, void *state, const lmq_value_t *in); /* NULL = read-only */
+    const void *user; /* for get/set: lmq_dev_user() while they run */
 } lmq_property_t;
 
 typedef struct lmq_stream {
@@ -66,6 +73,7 @@ typedef struct lmq_stream {
     /* Called on the device thread when a block is due (see lmq_dev_stream_rate);
      * publishes with lmq_dev_publish. now_ns is CLOCK_MONOTONIC. */
     int (*poll)(lmq_dev_t *dev, void *state, int64_t now_ns);
+    const void *user; /* for poll: lmq_dev_user() while it runs */
 } lmq_stream_t;
 
 /* Configuration options a driver accepts (the `options:` of a device in the
@@ -75,7 +83,21 @@ typedef struct lmq_option {
     lmq_type_t type; /* LMQ_BOOL, LMQ_INT, LMQ_FLOAT or LMQ_STRING */
     const char *def; /* default as text; NULL = required */
     const char *doc;
+    bool path; /* LMQ_STRING naming a file: the config resolves it against its own directory */
 } lmq_option_t;
+
+/* A device's own tables, built by a driver's configure() from the device's
+ * options (the scpi driver declares its commands in a file named by an
+ * option; sim-daq has as many inputs as configured). Each table ends with an
+ * entry whose name is NULL. `release` frees them all (and `user`) when the
+ * device is destroyed. */
+typedef struct lmq_tables {
+    const lmq_method_t *methods;
+    const lmq_property_t *properties;
+    const lmq_stream_t *streams;
+    void *user;
+    void (*release)(struct lmq_tables *tables);
+} lmq_tables_t;
 
 typedef struct lmq_driver {
     const char *name;        /* "sim-psu" */
@@ -83,7 +105,14 @@ typedef struct lmq_driver {
     const lmq_option_t *options;
     /* Opens the instrument (on the device thread). Set *state. Return 0 or a
      * negative status with lmq_dev_fail(); the daemon keeps running, reports
-     * the device as not open and retries. */
+     * the device as not open and retries with back-off. The daemon does not
+     * wait for open(): requests meanwhile get LMQ_EDEVICE ("opening").
+     *
+     * A link lost later (unplugged, hung up): return LMQ_EIO from any
+     * handler or poll. The daemon then closes the device (state
+     * DISCONNECTED), reopens it with back-off, and, when the config asks for
+     * it, writes back the properties clients last set before the device is
+     * READY again. */
     int (*open)(lmq_dev_t *dev, void **state);
     void (*close)(lmq_dev_t *dev, void *state);
     /* Optional: runs before every call/get/set with its method or property
@@ -93,7 +122,28 @@ typedef struct lmq_driver {
     const lmq_method_t *methods;
     const lmq_property_t *properties;
     const lmq_stream_t *streams;
+    /* Optional: a cheap link check (no I/O that can block), run about every
+     * 250 ms while the device is idle, so a lost link is noticed without a
+     * request: return LMQ_EIO (lmq_transport_check does the work for
+     * transports). */
+    int (*check)(lmq_dev_t *dev, void *state);
+    /* Optional: runs once when the device is declared (lmq_daemon_add, on the
+     * caller's thread, before any open: no I/O here). It may fill *tables
+     * with this device's own methods, properties and streams, which then
+     * replace the static ones above for this device; options are readable
+     * (lmq_dev_opt_*). Return 0, or a negative status with lmq_dev_fail():
+     * the message becomes the configuration error. */
+    int (*configure)(lmq_dev_t *dev, lmq_tables_t *tables);
 } lmq_driver_t;
+
+/* Out-of-tree drivers: a shared object that exports
+ *     const lmq_driver_t *lmq_driver_entry(void);
+ * named in the config as `driver: /path/to/libmydriver.so` (or a bare name
+ * found as lib<name>.so in the plugin directories). LMQ_DRIVER_ABI is
+ * compared at load time. */
+#define LMQ_DRIVER_ABI 2
+#define LMQ_DRIVER_ENTRY "lmq_driver_entry"
+#define LMQ_DRIVER_ABI_SYMBOL "lmq_driver_abi"
 
 /* ---- services the daemon gives drivers (device thread only) ---- */
 
@@ -108,6 +158,16 @@ LMQ_EXPORT double lmq_dev_opt_float(const lmq_dev_t *dev, const char *name);
 LMQ_EXPORT int64_t lmq_dev_opt_int(const lmq_dev_t *dev, const char *name);
 LMQ_EXPORT bool lmq_dev_opt_bool(const lmq_dev_t *dev, const char *name);
 LMQ_EXPORT const char *lmq_dev_opt_str(const lmq_dev_t *dev, const char *name);
+
+/* The `user` pointer of the method, property or stream entry being served
+ * (NULL outside a handler). Lets one handler serve many table entries. */
+LMQ_EXPORT const void *lmq_dev_user(const lmq_dev_t *dev);
+
+/* Opens the transport named by this device's connection string (transport.h)
+ * with the device's log and name, and its stop flag as the cancel flag, so
+ * no wait outlives a shutdown. 0 or a negative status with lmq_dev_fail()
+ * already set from the transport's reason. */
+LMQ_EXPORT int lmq_dev_transport_open(lmq_dev_t *dev, lmq_transport_t **t, int open_timeout_ms);
 
 /* Records why the current request failed and returns `status`, so a handler
  * can write `return lmq_dev_fail(dev, LMQ_ERANGE, "%.3f V exceeds ...", v);` */
@@ -127,6 +187,11 @@ LMQ_EXPORT int lmq_dev_stream_shape(lmq_dev_t *dev, size_t index, unsigned ndim,
  * these limits and writes outside them get LMQ_ERANGE before the setter runs.
  * Call from open() or any callback. LMQ_ENOTFOUND / LMQ_EARG on misuse. */
 LMQ_EXPORT int lmq_dev_property_limits(lmq_dev_t *dev, const char *property, double min, double max);
+
+/* Declares `blocks` blocks of stream `index` lost inside the driver (an
+ * acquisition overrun): their sequence numbers are spent, so every
+ * subscriber counts them as lost. */
+LMQ_EXPORT int lmq_dev_stream_skip(lmq_dev_t *dev, size_t index, uint64_t blocks);
 
 /* Publishes one block of stream `index`: nbytes must match the stream's shape
  * and dtype. The data is copied once into the outgoing message. t_ns is the
