@@ -379,6 +379,14 @@ static gboolean on_ioctl(UMockdevIoctlBase *base, UMockdevIoctlClient *client, g
     long res = 0;
     int err = 0;
     pthread_mutex_lock(&in->mu);
+    /* The kernel answers every ioctl on the node of an unplugged device with
+     * ENODEV, except reaping what was in flight. */
+    if (in->unplugged && request != USBDEVFS_REAPURB && request != USBDEVFS_REAPURBNDELAY &&
+        request != USBDEVFS_DISCARDURB) {
+        pthread_mutex_unlock(&in->mu);
+        umockdev_ioctl_client_complete(client, -1, ENODEV);
+        return TRUE;
+    }
     switch (request) {
     case USBDEVFS_GET_CAPABILITIES: {
         UMockdevIoctlData *d = umockdev_ioctl_data_resolve(arg, 0, sizeof(guint32), NULL);
@@ -436,11 +444,6 @@ static gboolean on_ioctl(UMockdevIoctlBase *base, UMockdevIoctlClient *client, g
         break;
     }
     case USBDEVFS_SUBMITURB: {
-        if (in->unplugged) {
-            res = -1;
-            err = ENODEV;
-            break;
-        }
         urb_t *u = g_new0(urb_t, 1);
         u->data = umockdev_ioctl_data_resolve(arg, 0, sizeof(struct usbdevfs_urb), NULL);
         struct usbdevfs_urb *urb = urb_of(u);
@@ -1112,6 +1115,17 @@ START_TEST(unplug_is_io_and_broken)
     mock_t m;
     mock_start(&m, true);
     lmq_transport_t *t = open_ok("usbtmc:0957:1798");
+    /* The idle check asks without I/O on the bus. */
+    ck_assert_int_eq(lmq_transport_check(t), 0);
+    LOCKED(&m, m.in.unplugged = true);
+    ck_assert_int_eq(lmq_transport_check(t), LMQ_EIO);
+    ck_assert(lmq_transport_broken(t));
+    ck_assert_msg(strstr(lmq_transport_last_error(t), "gone"), "%s", lmq_transport_last_error(t));
+    lmq_transport_close(&t);
+
+    /* Unplugged before a command: the write finds out. */
+    LOCKED(&m, m.in.unplugged = false);
+    t = open_ok("usbtmc:0957:1798");
     LOCKED(&m, m.in.unplugged = true);
     ck_assert_int_eq(lmq_transport_write(t, "*IDN?\n", 6, in_ms(2000)), LMQ_EIO);
     ck_assert(lmq_transport_broken(t));

@@ -909,6 +909,17 @@ static int usbtmc_open(lmq_transport_t *t, const char *rest, int64_t deadline_ns
     return 0;
 }
 
+/* Never blocks: the kernel answers any usbfs ioctl on an unplugged device
+ * with ENODEV at once, without USB traffic, and GETDRIVER (behind
+ * libusb_kernel_driver_active) is the most harmless one to ask. */
+static int usbtmc_check(lmq_transport_t *t)
+{
+    usbtmc_t *u = t->impl;
+    if (libusb_kernel_driver_active(u->h, u->iface) == LIBUSB_ERROR_NO_DEVICE)
+        return lmq__transport_fail(t, LMQ_EIO, "the device is gone (unplugged)");
+    return 0;
+}
+
 const lmq__transport_ops_t lmq__transport_usbtmc = {
     .kind = "usbtmc",
     .open = usbtmc_open,
@@ -917,4 +928,5 @@ const lmq__transport_ops_t lmq__transport_usbtmc = {
     .read = usbtmc_read,
     .clear = usbtmc_clear,
     .status_byte = usbtmc_status_byte,
+    .check = usbtmc_check,
 };
