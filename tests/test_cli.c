@@ -156,7 +156,7 @@ START_TEST(test_ls_lists_devices)
     ck_assert_contains(r.out, "sim-psu");
     ck_assert_contains(r.out, "daq1");
     ck_assert_contains(r.out, "sim-daq");
-    ck_assert_contains(r.out, "open");
+    ck_assert_contains(r.out, "ready");
     ck_assert_str_eq(r.err, "");
     result_free(&r);
     fx_fini(&f);

@@ -306,17 +306,17 @@ int cli_cmd_ls(cli_t *c, int argc, char **argv)
     json_t *d;
     json_array_foreach(j, i, d)
     {
-        bool open = json_is_true(json_object_get(d, "open"));
-        nerr += !open;
-        cli_table_row(t, jstr(d, "name"), jstr(d, "driver"), open ? "open" : "ERROR", jstr(d, "description"));
+        /* "opening", "ready", "disconnected" (with the reason below), "stopped" */
+        nerr += *jstr(d, "error") != '\0';
+        cli_table_row(t, jstr(d, "name"), jstr(d, "driver"), jstr(d, "state"), jstr(d, "description"));
     }
     rc = cli_table_print(t, c->out, "") == 0 ? CLI_OK : cli_failf(c, LMQ_EMEM, "out of memory");
     cli_table_destroy(&t);
     /* Error texts are long and would stretch the table; they go below it. */
     if (rc == CLI_OK && nerr) {
         fputc('\n', c->out);
-        json_array_foreach(j, i, d) if (!json_is_true(json_object_get(d, "open")))
-            fprintf(c->out, "%s: %s\n", jstr(d, "name"), *jstr(d, "error") ? jstr(d, "error") : "not open");
+        json_array_foreach(j, i, d) if (*jstr(d, "error"))
+            fprintf(c->out, "%s: %s\n", jstr(d, "name"), jstr(d, "error"));
     }
     json_decref(j);
     return rc;
@@ -394,8 +394,8 @@ int cli_cmd_describe(cli_t *c, int argc, char **argv)
     if ((rc = take_description(c, desc, &desc)) != CLI_OK)
         return rc;
 
-    bool open = json_is_true(json_object_get(desc, "open"));
-    fprintf(c->out, "%s  (driver %s, %s)\n", dev, jstr(desc, "driver"), open ? "open" : "NOT OPEN");
+    fprintf(c->out, "%s  (driver %s, %s%s%s)\n", dev, jstr(desc, "driver"), jstr(desc, "state"),
+            *jstr(desc, "error") ? ": " : "", jstr(desc, "error"));
     if (*jstr(desc, "description"))
         fprintf(c->out, "%s\n", jstr(desc, "description"));
 

@@ -136,14 +136,19 @@ typedef struct lmq_driver {
     int (*configure)(lmq_dev_t *dev, lmq_tables_t *tables);
 } lmq_driver_t;
 
-/* Out-of-tree drivers: a shared object that exports
- *     const lmq_driver_t *lmq_driver_entry(void);
- * named in the config as `driver: /path/to/libmydriver.so` (or a bare name
- * found as lib<name>.so in the plugin directories). LMQ_DRIVER_ABI is
- * compared at load time. */
+/* Out-of-tree drivers: a shared object, built against the installed labmq
+ * (find_package(labmq) or pkg-config), whose source ends with
+ *     LMQ_DRIVER_EXPORT(my_driver)
+ * and which a config names by path: `driver: ./libmydriver.so` (relative to
+ * the config file). The ABI number is compared when it is loaded. */
 #define LMQ_DRIVER_ABI 2
 #define LMQ_DRIVER_ENTRY "lmq_driver_entry"
 #define LMQ_DRIVER_ABI_SYMBOL "lmq_driver_abi"
+#define LMQ_DRIVER_EXPORT(drv)                                                                                   \
+    __attribute__((visibility("default"))) int lmq_driver_abi(void);                                            \
+    __attribute__((visibility("default"))) const lmq_driver_t *lmq_driver_entry(void);                          \
+    int lmq_driver_abi(void) { return LMQ_DRIVER_ABI; }                                                         \
+    const lmq_driver_t *lmq_driver_entry(void) { return &(drv); }
 
 /* ---- services the daemon gives drivers (device thread only) ---- */
 
@@ -220,6 +225,11 @@ LMQ_EXPORT int64_t lmq_clock_real_ns(void);
 LMQ_EXPORT const lmq_driver_t *lmq_driver_find(const char *name);
 /* The NULL-terminated list of built-in drivers. */
 LMQ_EXPORT const lmq_driver_t *const *lmq_driver_list(void);
+
+/* Loads an out-of-tree driver (see LMQ_DRIVER_EXPORT). It stays loaded for
+ * the life of the process. NULL on failure, with the reason in err (not
+ * found, not a labmq driver, built for another ABI, a missing symbol). */
+LMQ_EXPORT const lmq_driver_t *lmq_driver_load(const char *path, char *err, size_t errlen);
 
 /* describe: the JSON text of a driver's tables for a device (caller frees),
  * as sent by the `describe` op. NULL on allocation failure. */
