@@ -354,6 +354,8 @@ static void put_var(sim_engine_t *e, sim_buf_t *out, const sim_var_t *v, unsigne
                 sim_buf_printf(out, v->quoted ? "%s\"%s\"" : "%s%s", first ? "" : ",", v->members[b].reply);
                 first = false;
             }
+        if (first && v->quoted)
+            sim_buf_puts(out, "\"\""); /* an empty string, not nothing */
         break;
     }
     case SIM_STRING: {

@@ -652,12 +652,13 @@ static bool load_command(ld_t *l, yaml_node_t *n, sim_command_t *c)
             c->n_qparams = 1;
         }
     }
-    c->queryable = c->n_items > 0;
-    c->settable = !c->pat.query_only && (c->n_params || c->action || (c->store && !c->queryable) ||
-                                         (!c->queryable && !c->check));
+    /* A command (no '?') with store keeps its items instead of answering:
+     * INIT fills the reading memory, it is no query. */
+    c->queryable = c->n_items > 0 && (c->pat.query_only || !c->store);
+    c->settable = !c->pat.query_only && (c->n_params || c->action || c->store || !c->queryable);
     if (c->pat.query_only && !c->queryable)
         return failf(l, n, "query \"%s\" needs \"reply\", \"items\" or \"var\"", header);
-    if (c->store && !c->queryable)
+    if (c->store && !c->n_items)
         return failf(l, n, "\"store\" keeps the reply: the command needs \"reply\" or \"items\"");
     return true;
 }
@@ -820,9 +821,11 @@ sim_model_t *sim_model_load(const char *path, uint64_t seed, char *err, size_t e
     yaml_parser_initialize(&parser);
     yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
     if (!yaml_parser_load(&parser, &doc)) {
-        snprintf(err, errsz, "%s:%lu:%lu: YAML syntax: %s%s%s", path, (unsigned long)parser.problem_mark.line + 1,
-                 (unsigned long)parser.problem_mark.column + 1, parser.problem ? parser.problem : "error",
-                 parser.context ? " " : "", parser.context ? parser.context : "");
+        char ctx[160] = "";
+        if (parser.context) /* where the broken construct began, e.g. an unclosed quote */
+            snprintf(ctx, sizeof ctx, " (%s at line %lu)", parser.context, (unsigned long)parser.context_mark.line + 1);
+        snprintf(err, errsz, "%s:%lu:%lu: YAML syntax: %s%s", path, (unsigned long)parser.problem_mark.line + 1,
+                 (unsigned long)parser.problem_mark.column + 1, parser.problem ? parser.problem : "error", ctx);
         yaml_parser_delete(&parser);
         free(text);
         sim_model_destroy(&m);
