@@ -55,6 +55,21 @@ static const sim_var_t *var_named(const sim_model_t *m, const char *name, size_t
 
 static void coerce_store(sim_engine_t *e, sim_var_t *v, unsigned ch, double x);
 
+/* Doubles that get converted to integers are brought into range first: an
+ * out-of-range conversion is undefined behaviour, and values come from
+ * clients and model expressions. */
+static double to_int(double x)
+{
+    if (!(x == x))
+        return 0;
+    return round(fmax(-9e15, fmin(9e15, x)));
+}
+
+static unsigned long to_mask(const sim_var_t *v, double x)
+{
+    return (unsigned long)fmax(0, fmin((double)((1ul << v->n_members) - 1), to_int(x))) & ((1ul << v->n_members) - 1);
+}
+
 static size_t vidx(const sim_engine_t *e, const sim_var_t *v, unsigned ch)
 {
     size_t i = (size_t)(v - e->m->vars);
@@ -137,13 +152,13 @@ static void coerce_store(sim_engine_t *e, sim_var_t *v, unsigned ch, double x)
     size_t i = vidx(e, v, ch);
     switch (v->type) {
     case SIM_INT:
-        x = round(x);
+        x = to_int(x);
         break;
     case SIM_BOOL:
         x = x != 0;
         break;
     case SIM_ENUM:
-        x = round(x);
+        x = to_int(x);
         if (!(x >= 0 && x < (double)v->n_members))
             return;
         break;
@@ -191,10 +206,12 @@ static int load(sim_engine_t *e, unsigned ch)
             fprintf(stderr, "labmq-siminst: %s: computing %s: %s\n", m->path, v->name, why);
             return -1;
         }
-        if (v->type == SIM_INT)
-            x = round(x);
+        if (v->type == SIM_INT || v->type == SIM_ENUM)
+            x = to_int(x);
         else if (v->type == SIM_BOOL)
             x = x != 0;
+        else if (v->type == SIM_SET)
+            x = (double)to_mask(v, x);
         s[v->slot] = x;
     }
     memcpy(e->loaded, s, sim_scope_count(m->scope) * sizeof *s);
@@ -218,7 +235,7 @@ static void store(sim_engine_t *e, unsigned ch)
                 mask |= (unsigned long)(s[v->members[b].slot] != 0) << b;
             }
             if (s[v->slot] != e->loaded[v->slot]) /* assigned as a whole number */
-                mask = (unsigned long)fmax(0, round(s[v->slot])) & ((1ul << v->n_members) - 1);
+                mask = to_mask(v, s[v->slot]);
             else if (!changed)
                 continue;
             e->vals[vidx(e, v, ch)] = (double)mask;
@@ -264,7 +281,7 @@ static void reset(sim_engine_t *e, bool all)
                     x = 0;
             }
             if (v->type == SIM_SET)
-                e->vals[i] = x;
+                e->vals[i] = (double)to_mask(v, x);
             else
                 coerce_store(e, v, ch, x);
         }
@@ -336,21 +353,20 @@ static void put_var(sim_engine_t *e, sim_buf_t *out, const sim_var_t *v, unsigne
         sim_buf_printf(out, v->fmt, x);
         break;
     case SIM_INT:
-        sim_buf_printf(out, v->fmt, (long long)x);
+        sim_buf_printf(out, v->fmt, (long long)to_int(x));
         break;
     case SIM_BOOL:
         sim_buf_puts(out, v->names[x != 0]);
         break;
-    case SIM_ENUM: {
-        size_t k = (size_t)x;
-        if (k < v->n_members)
-            sim_buf_printf(out, v->quoted ? "\"%s\"" : "%s", v->members[k].reply);
+    case SIM_ENUM:
+        if (x >= 0 && x < (double)v->n_members)
+            sim_buf_printf(out, v->quoted ? "\"%s\"" : "%s", v->members[(size_t)x].reply);
         break;
-    }
     case SIM_SET: {
+        unsigned long mask = to_mask(v, x);
         bool first = true;
         for (size_t b = 0; b < v->n_members; b++)
-            if (((unsigned long)x >> b) & 1) {
+            if ((mask >> b) & 1) {
                 sim_buf_printf(out, v->quoted ? "%s\"%s\"" : "%s%s", first ? "" : ",", v->members[b].reply);
                 first = false;
             }
@@ -592,7 +608,7 @@ static int common(sim_engine_t *e, const char *name, bool query, size_t nt, cons
             return -109;
         if (!arg)
             return nt > 1 ? -108 : -104;
-        if (tok[0].num < 0 || tok[0].num > 255)
+        if (!(tok[0].num >= 0 && tok[0].num <= 255))
             return -222;
         *(!strcmp(name, "*ESE") ? &e->ese : &e->sre) = (unsigned)round(tok[0].num);
     } else {
@@ -746,7 +762,7 @@ static int exec_command(sim_engine_t *e, const sim_command_t *c, long suffix, bo
             double reps = 1;
             if (c->repeat && run(e, c->repeat, ch, &reps))
                 return 0;
-            long n = reps < 1 ? 1 : reps > 100000 ? 100000 : (long)round(reps);
+            long n = !(reps >= 1) ? 1 : reps > 100000 ? 100000 : (long)round(reps);
             for (long r = 0; r < n; r++) {
                 if (load(e, ch) != 0) { /* fresh per repetition: new noise */
                     sim_buf_free(&text);

@@ -19,6 +19,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -68,7 +69,8 @@ typedef struct server {
     faults_t f;
 } server_t;
 
-static int64_t ms_ns(double ms) { return (int64_t)(ms * 1e6); }
+/* Bounded to a year: delays come from model expressions. */
+static int64_t ms_ns(double ms) { return ms > 0 ? (int64_t)(fmin(ms, 3.2e10) * 1e6) : 0; }
 
 /* ---- faults ---- */
 
