@@ -666,6 +666,48 @@ START_TEST(test_log_and_crlf)
 }
 END_TEST
 
+
+/* A slewing setting ramps in simulated time: 10 V/s to 100 V takes 10 s at
+ * scale 1, a hundredth of a second at scale 1000. */
+START_TEST(test_slew)
+{
+    char reply_[512], dir[128], model[192];
+    th_tempdir(dir, sizeof dir);
+    snprintf(model, sizeof model, "%s/ramp.yaml", dir);
+    th_write_file(model, "identity: \"SIM,RAMP,0,1\"\n"
+                         "variables:\n"
+                         "  - {name: volt, type: float, default: \"0\", min: \"0\", max: \"100\", slew: \"10\",\n"
+                         "     format: \"%.3f\"}\n"
+                         "  - {name: actual, type: float, expr: \"volt\", format: \"%.3f\"}\n"
+                         "commands:\n"
+                         "  - {header: \"VOLTage\", var: volt}\n"
+                         "  - {header: \"MEASure?\", reply: \"{actual}\"}\n");
+    sim_t s;
+    sim_start(&s, false, model);
+    sim_send(&s, "VOLT 100");
+    EXPECT(&s, "VOLT?", "100.000"); /* the setting at once */
+    double a = strtod(Q(&s, "MEAS?"), NULL);
+    ck_assert_msg(a >= 0 && a < 50, "after a moment the output is at %g V, expected on its way", a);
+    usleep(100000);
+    double b = strtod(Q(&s, "MEAS?"), NULL);
+    ck_assert_msg(b > a && b < 100, "ramp: %g then %g", a, b);
+    sim_send(&s, "*RST");
+    EXPECT(&s, "MEAS?", "0.000"); /* *RST sets, no ramp */
+    sim_stop(&s);
+
+    sim_start(&s, false, model, "--time-scale", "1000");
+    double t0 = th_now_ms();
+    sim_send(&s, "VOLT 100");
+    while (strcmp(Q(&s, "MEAS?"), "100.000") && th_now_ms() < t0 + 8000)
+        usleep(20000);
+    ck_assert_str_eq(reply_, "100.000");
+    /* at scale 1 this takes 10 s */
+    ck_assert_msg(th_now_ms() - t0 < 5000, "the 10 s ramp took %.0f ms at scale 1000", th_now_ms() - t0);
+    sim_stop(&s);
+    th_rmtree(dir);
+}
+END_TEST
+
 /* ---- command line and model errors ---- */
 
 static int run_sim(const char *const *args, char **err_out)
@@ -914,6 +956,7 @@ static Suite *siminst_suite(void)
     tcase_add_test(tc, test_fault_hangup_tcp);
     tcase_add_test(tc, test_tcp_one_client);
     tcase_add_test(tc, test_time_scale);
+    tcase_add_test(tc, test_slew);
     tcase_add_test(tc, test_log_and_crlf);
     tcase_add_test(tc, test_bad_models);
     tcase_add_test(tc, test_usage);
