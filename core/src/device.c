@@ -210,6 +210,8 @@ lmq_dev_t *lmq__dev_new(const char *name, const lmq_driver_t *drv, const char *c
     }
     pthread_mutex_init(&dev->mu, NULL);
     dev->drv = drv;
+    dev->time_scale = 1.0;
+    dev->sim_t0 = lmq_clock_mono_ns();
     dev->name = strdup(name);
     dev->connection = strdup(connection ? connection : "");
     dev->nopts = count_named(drv->options, sizeof(lmq_option_t));
@@ -412,6 +414,19 @@ int lmq_dev_sleep(lmq_dev_t *dev, int64_t ns)
         struct timespec ts = {0, (long)left};
         nanosleep(&ts, NULL);
     }
+}
+
+double lmq_dev_time_scale(const lmq_dev_t *dev) { return dev->time_scale; }
+
+int64_t lmq_dev_sim_ns(const lmq_dev_t *dev)
+{
+    int64_t now = lmq_clock_mono_ns();
+    return dev->sim_t0 + (int64_t)((double)(now - dev->sim_t0) * dev->time_scale);
+}
+
+int lmq_dev_sim_sleep(lmq_dev_t *dev, int64_t ns)
+{
+    return lmq_dev_sleep(dev, (int64_t)((double)ns / dev->time_scale));
 }
 
 int lmq_dev_property_limits(lmq_dev_t *dev, const char *property, double min, double max)
@@ -881,6 +896,7 @@ int lmq__dev_start(lmq_dev_t *dev, void *zctx, lmq_log_t *log, lmq__wires_t *wir
     dev->wires = wires;
     dev->epoch = epoch;
     dev->dev_state = LMQ__DEV_OPENING;
+    dev->sim_t0 = lmq_clock_mono_ns();
     atomic_store(&dev->stopping, false);
     atomic_store(&dev->exited, false);
     /* The pipe is connected here, before the thread exists, so the broker

@@ -70,6 +70,8 @@ struct lmq_dev {
     lmq_tables_t tables;
     size_t nstreams, nmethods, nprops;
     bool restore; /* write back what clients set after a reconnect */
+    double time_scale; /* simulated time runs this much faster (lmq_dev_sim_ns) */
+    int64_t sim_t0;    /* CLOCK_MONOTONIC when simulated time started */
     lmq_log_t *log;
     lmq__wires_t *wires;
     void *zctx;

@@ -215,6 +215,16 @@ LMQ_EXPORT int lmq_dev_publish_take(lmq_dev_t *dev, size_t index, int64_t t_ns, 
 LMQ_EXPORT int lmq_dev_wire_set(lmq_dev_t *dev, const char *wire, double value);
 LMQ_EXPORT int lmq_dev_wire_get(lmq_dev_t *dev, const char *wire, double *value);
 
+/* Simulated time, for simulated instruments: the daemon's time_scale (1 by
+ * default; 60 makes an hour-long ramp take a minute). lmq_dev_sim_ns is a
+ * monotonic clock running time_scale times faster than CLOCK_MONOTONIC;
+ * lmq_dev_sim_sleep sleeps ns of simulated time (ns / time_scale of real
+ * time), returning LMQ_ECLOSED early when the device is stopping. Real
+ * instruments ignore both. */
+LMQ_EXPORT double lmq_dev_time_scale(const lmq_dev_t *dev);
+LMQ_EXPORT int64_t lmq_dev_sim_ns(const lmq_dev_t *dev);
+LMQ_EXPORT int lmq_dev_sim_sleep(lmq_dev_t *dev, int64_t ns);
+
 /* Clocks, in nanoseconds. */
 LMQ_EXPORT int64_t lmq_clock_mono_ns(void);
 LMQ_EXPORT int64_t lmq_clock_real_ns(void);
