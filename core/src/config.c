@@ -53,6 +53,7 @@ struct raw_config {
     char *data;
     char *log_level;
     double *stop_grace; /* seconds; NULL when absent */
+    double *time_scale; /* simulated instruments' time scale; NULL when absent */
     struct raw_device *devices;
     unsigned devices_count;
 };
@@ -65,7 +66,7 @@ struct lmq_config {
     cyaml_schema_field_t *opt_fields; /* n_opts + terminator; .key is the option name */
     cyaml_schema_field_t dev_fields[6];
     cyaml_schema_value_t dev_entry;
-    cyaml_schema_field_t top_fields[6];
+    cyaml_schema_field_t top_fields[7];
     cyaml_schema_value_t top;
 
     struct raw_config *raw;       /* owned, freed with cyaml_free */
@@ -464,7 +465,9 @@ static int build_schema(lmq_config_t *c)
                                                                   devices, &c->dev_entry, 0, CFG_MAX_DEVICES);
     c->top_fields[4] = (cyaml_schema_field_t)CYAML_FIELD_FLOAT_PTR(
         "stop_grace", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, struct raw_config, stop_grace);
-    c->top_fields[5] = (cyaml_schema_field_t)CYAML_FIELD_END;
+    c->top_fields[5] = (cyaml_schema_field_t)CYAML_FIELD_FLOAT_PTR(
+        "time_scale", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, struct raw_config, time_scale);
+    c->top_fields[6] = (cyaml_schema_field_t)CYAML_FIELD_END;
     c->top = (cyaml_schema_value_t){CYAML_VALUE_MAPPING(CYAML_FLAG_POINTER, struct raw_config, c->top_fields)};
     return 0;
 }
@@ -605,7 +608,8 @@ static void cyaml_failure(loader_t *L, cyaml_err_t e)
             fail(L, line, col, "%s: unknown option '%s'", dev, key);
         }
     } else if (kind == K_UNKNOWN && ctx == CTX_TOP) {
-        fail(L, line, col, "unknown key '%s' (valid keys: control, data, log_level, stop_grace, devices)", key);
+        fail(L, line, col, "unknown key '%s' (valid keys: control, data, log_level, stop_grace, time_scale, devices)",
+             key);
     } else if (kind == K_UNKNOWN && ctx == CTX_DEVICE) {
         fail(L, line, col, "%s: unknown key '%s' (valid keys: name, driver, connection, options, restore)", dev, key);
     } else if (kind == K_UNKNOWN) {
@@ -651,6 +655,11 @@ static void validate(loader_t *L)
     if (r->stop_grace && !(*r->stop_grace >= 0 && *r->stop_grace <= 3600)) {
         top_pos(L, "stop_grace", &line, &col);
         fail(L, line, col, "stop_grace %g s is outside 0..3600 s", *r->stop_grace);
+        return;
+    }
+    if (r->time_scale && !(*r->time_scale >= 1e-3 && *r->time_scale <= 1e6)) {
+        top_pos(L, "time_scale", &line, &col);
+        fail(L, line, col, "time_scale %g is outside 0.001..1000000", *r->time_scale);
         return;
     }
     if (r->log_level && lmq_log_level_parse(r->log_level) < 0) {
@@ -1013,6 +1022,11 @@ int lmq_config_apply(const lmq_config_t *cfg, lmq_daemon_t *d, char **err)
     }
     if (cfg->raw->stop_grace)
         lmq_daemon_set_stop_grace(d, (int)(*cfg->raw->stop_grace * 1000));
+    if (cfg->raw->time_scale && lmq_daemon_set_time_scale(d, *cfg->raw->time_scale) != 0) {
+        set_err(err, "time_scale %g cannot be set (outside 0.001..1000000, or the daemon has started)",
+                *cfg->raw->time_scale);
+        return LMQ_EARG;
+    }
     for (size_t i = 0; i < lmq_config_device_count(cfg); i++) {
         /* The driver was found when the file was loaded. */
         const lmq_config_device_t *dev = &cfg->devices[i];

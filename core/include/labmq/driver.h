@@ -63,6 +63,7 @@ typedef struct lmq_property {
     int (*get)(lmq_dev_t *dev, void *state, lmq_value_t *out);
     int (*set)(lmq_dev_t *dev, void *state, const lmq_value_t *in); /* NULL = read-only */
     const void *user; /* for get/set: lmq_dev_user() while they run */
+    bool transient;   /* never written back by a restore (a trigger, a fault knob) */
 } lmq_property_t;
 
 typedef struct lmq_stream {
@@ -193,6 +194,12 @@ LMQ_EXPORT int lmq_dev_stream_shape(lmq_dev_t *dev, size_t index, unsigned ndim,
  * Call from open() or any callback. LMQ_ENOTFOUND / LMQ_EARG on misuse. */
 LMQ_EXPORT int lmq_dev_property_limits(lmq_dev_t *dev, const char *property, double min, double max);
 
+/* Announces that a property changed by itself (a mode the instrument
+ * switched, a reading crossing a limit), as a change event to every
+ * subscriber (protocol 3.1, cause "driver"). A client's successful set, a
+ * restore and state changes are announced by the daemon already. */
+LMQ_EXPORT int lmq_dev_notify(lmq_dev_t *dev, const char *property, const lmq_value_t *value);
+
 /* Declares `blocks` blocks of stream `index` lost inside the driver (an
  * acquisition overrun): their sequence numbers are spent, so every
  * subscriber counts them as lost. */
@@ -214,6 +221,16 @@ LMQ_EXPORT int lmq_dev_publish_take(lmq_dev_t *dev, size_t index, int64_t t_ns, 
  * was first set. */
 LMQ_EXPORT int lmq_dev_wire_set(lmq_dev_t *dev, const char *wire, double value);
 LMQ_EXPORT int lmq_dev_wire_get(lmq_dev_t *dev, const char *wire, double *value);
+
+/* Simulated time, for simulated instruments: the daemon's time_scale (1 by
+ * default; 60 makes an hour-long ramp take a minute). lmq_dev_sim_ns is a
+ * monotonic clock running time_scale times faster than CLOCK_MONOTONIC;
+ * lmq_dev_sim_sleep sleeps ns of simulated time (ns / time_scale of real
+ * time), returning LMQ_ECLOSED early when the device is stopping. Real
+ * instruments ignore both. */
+LMQ_EXPORT double lmq_dev_time_scale(const lmq_dev_t *dev);
+LMQ_EXPORT int64_t lmq_dev_sim_ns(const lmq_dev_t *dev);
+LMQ_EXPORT int lmq_dev_sim_sleep(lmq_dev_t *dev, int64_t ns);
 
 /* Clocks, in nanoseconds. */
 LMQ_EXPORT int64_t lmq_clock_mono_ns(void);
