@@ -299,33 +299,32 @@ typedef struct progress {
 
 static void print_progress(const opts_t *o, rec_file_t *f, progress_t *pg, int64_t now)
 {
-    uint64_t blocks, bytes, lost, restarts;
-    rec_file_totals(f, &blocks, &bytes, &lost, &restarts);
+    rec_totals_t t;
+    rec_file_totals(f, &t);
     double secs = (double)(now - pg->t_start) / 1e9;
-    double mb = (double)bytes / 1e6;
-    fprintf(stderr, "\r%s: %llu blocks  %.1f MB  %.1f MB/s  lost %llu  restarts %llu  %.0f s\033[K",
-            prog_name(o), (unsigned long long)blocks, mb, secs > 0 ? mb / secs : 0.0, (unsigned long long)lost,
-            (unsigned long long)restarts, secs);
+    double mb = (double)t.bytes / 1e6;
+    fprintf(stderr, "\r%s: %llu blocks  %.1f MB  %.1f MB/s  lost %llu  restarts %llu  %.0f s\033[K", prog_name(o),
+            (unsigned long long)t.written, mb, secs > 0 ? mb / secs : 0.0, (unsigned long long)t.lost,
+            (unsigned long long)t.restarts, secs);
     fflush(stderr);
     pg->drawn = true;
 }
 
-static void print_summary(const opts_t *o, rec_file_t *f, const stream_t *st, progress_t *pg, int64_t now,
-                          const char *why)
+static void print_summary(const opts_t *o, const rec_totals_t *t, const stream_t *st, const progress_t *pg,
+                          int64_t now, const char *why)
 {
-    uint64_t blocks, bytes, lost, restarts, malformed = 0;
-    rec_file_totals(f, &blocks, &bytes, &lost, &restarts);
+    uint64_t malformed = 0;
     for (size_t i = 0; i < o->ntopics; i++)
         malformed += st[i].malformed;
     double secs = (double)(now - pg->t_start) / 1e9;
-    double mb = (double)bytes / 1e6;
-    if (pg->drawn)
-        fputs("\r\033[K", stderr);
+    double mb = (double)t->bytes / 1e6;
     fprintf(stderr, "%s: %s: %llu blocks, %.1f MB in %.1f s (%.1f MB/s), lost %llu, restarts %llu", prog_name(o),
-            o->output, (unsigned long long)blocks, mb, secs, secs > 0 ? mb / secs : 0.0, (unsigned long long)lost,
-            (unsigned long long)restarts);
+            o->output, (unsigned long long)t->written, mb, secs, secs > 0 ? mb / secs : 0.0,
+            (unsigned long long)t->lost, (unsigned long long)t->restarts);
+    if (t->received > t->written)
+        fprintf(stderr, "; %llu blocks received after the error not written", (unsigned long long)(t->received - t->written));
     if (malformed)
-        fprintf(stderr, " (%llu malformed blocks refused, counted as lost)", (unsigned long long)malformed);
+        fprintf(stderr, "; %llu malformed blocks refused (in /gaps)", (unsigned long long)malformed);
     fprintf(stderr, "; %s\n", why);
 }
 
@@ -355,7 +354,7 @@ static int drain(const opts_t *o, rec_file_t *f, stream_t *st, size_t index)
     return 0;
 }
 
-static int record(opts_t *o, void *zctx, int sigfd)
+static int record(opts_t *o, void *zctx, int sigfd, bool *hdf5_ok)
 {
     stream_t *st = calloc(o->ntopics, sizeof *st);
     rec_stream_info_t *info = calloc(o->ntopics, sizeof *info);
@@ -422,7 +421,7 @@ static int record(opts_t *o, void *zctx, int sigfd)
         if (items[o->ntopics].revents & ZMQ_POLLIN) {
             struct signalfd_siginfo si;
             if (read(sigfd, &si, sizeof si) == (ssize_t)sizeof si) {
-                snprintf(sigwhy, sizeof sigwhy, "stopped by %s", sigabbrev_np((int)si.ssi_signo));
+                snprintf(sigwhy, sizeof sigwhy, "stopped by SIG%s", sigabbrev_np((int)si.ssi_signo));
                 why = sigwhy;
                 for (size_t i = 0; i < o->ntopics && !failed; i++)
                     failed = drain(o, f, &st[i], i) != 0;
@@ -435,27 +434,28 @@ static int record(opts_t *o, void *zctx, int sigfd)
         if (failed)
             break;
     }
-    int64_t now = lmq_clock_mono_ns();
+    if (!failed && rec_file_flush(f) != 0)
+        failed = true;
+    if (pg.drawn)
+        fputs("\r\033[K", stderr);
     if (failed) {
         why = "stopped on an error";
-        if (pg.drawn)
-            fputs("\r\033[K", stderr);
-        pg.drawn = false;
-        /* The error line says what failed; the summary still says what was taken in. */
         rc = fail(o, "%s", rec_file_last_error(f));
     }
-    uint64_t flushed_before = rec_file_flushed_blocks(f);
-    print_summary(o, f, st, &pg, now, why);
-    if (rec_file_close(&f, err, sizeof err) != 0) {
-        if (!failed)
-            rc = fail(o, "%s", err);
-        else
-            fprintf(stderr, "%s: %s: %llu blocks were flushed before the error and stay readable\n", prog_name(o),
-                    o->output, (unsigned long long)flushed_before);
-    } else if (failed) {
-        fprintf(stderr, "%s: %s: closed; what was recorded before the error stays readable\n", prog_name(o),
-                o->output);
+    int64_t now = lmq_clock_mono_ns();
+    rec_totals_t t;
+    rec_file_totals(f, &t);
+    int crc = rec_file_close(&f, err, sizeof err);
+    if (crc == LMQ_ECLOSED) {
+        rc = fail(o, "%s", err);
+        *hdf5_ok = false;
+    } else if (crc != 0 && !failed) {
+        rc = fail(o, "%s", err);
     }
+    print_summary(o, &t, st, &pg, now, why);
+    if (failed && crc != LMQ_ECLOSED)
+        fprintf(stderr, "%s: %s: closed; the %llu blocks written before the error stay readable\n", prog_name(o),
+                o->output, (unsigned long long)t.written);
 out:
     for (size_t i = 0; st && i < o->ntopics; i++)
         lmq_sub_destroy(&st[i].sub);
@@ -500,8 +500,12 @@ int main(int argc, char **argv)
         rc = fail(&o, "cannot create a ZeroMQ context: %s", zmq_strerror(errno));
     } else {
         zmq_ctx_set(zctx, ZMQ_BLOCKY, 0);
-        rc = record(&o, zctx, sigfd);
+        bool hdf5_ok = true;
+        rec_library_init();
+        rc = record(&o, zctx, sigfd, &hdf5_ok);
         zmq_ctx_term(zctx);
+        if (hdf5_ok)
+            rec_library_term();
     }
     close(sigfd);
     free(o.topics);

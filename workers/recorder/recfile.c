@@ -55,7 +55,7 @@ typedef struct rec_stream {
     uint64_t *buf_seq, *buf_epoch;
     bool have_last;
     uint64_t last_seq, last_epoch;
-    uint64_t blocks, bytes, lost, restarts;
+    uint64_t blocks, lost, restarts;
 } rec_stream_t;
 
 struct rec_file {
@@ -70,7 +70,6 @@ struct rec_file {
     size_t npend_restarts, cap_restarts;
     rec_stream_t *streams;
     size_t nstreams;
-    uint64_t flushed_blocks;
     bool failed;
     char err[512];
 };
@@ -423,8 +422,6 @@ rec_file_t *rec_file_create(const char *path, bool overwrite, const rec_stream_i
                 return NULL;
             }
     }
-    /* HDF5 prints its error stack to stderr by default; we report it ourselves. */
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     bool created;
     if (claim_path(path, overwrite, &created, err, errsize) != 0)
         return NULL;
@@ -605,10 +602,6 @@ int rec_file_flush(rec_file_t *f)
         file_fail(f, "flush");
         return LMQ_EIO;
     }
-    uint64_t n = 0;
-    for (size_t i = 0; i < f->nstreams; i++)
-        n += f->streams[i].rows;
-    f->flushed_blocks = n;
     return 0;
 }
 
@@ -703,7 +696,6 @@ int rec_file_append(rec_file_t *f, size_t index, const lmq_frame_t *fr)
     s->last_seq = lmq_frame_seq(fr);
     s->last_epoch = lmq_frame_epoch(fr);
     s->blocks++;
-    s->bytes += s->block_bytes;
     return s->nbuf == s->cap ? write_stream(f, s) : 0;
 }
 
@@ -712,7 +704,7 @@ int rec_file_close(rec_file_t **pf, char *err, size_t errsize)
     if (!pf || !*pf)
         return 0;
     rec_file_t *f = *pf;
-    int rc = 0;
+    int rc = f->failed ? LMQ_EIO : 0;
     if (f->file >= 0 && !f->failed && rec_file_flush(f) != 0)
         rc = LMQ_EIO;
     for (size_t i = 0; f->streams && i < f->nstreams; i++)
@@ -727,9 +719,9 @@ int rec_file_close(rec_file_t **pf, char *err, size_t errsize)
         H5Tclose(f->restart_type);
     if (f->file >= 0)
         unreserve(f);
-    if (f->file >= 0 && H5Fclose(f->file) < 0 && rc == 0) {
+    if (f->file >= 0 && H5Fclose(f->file) < 0) {
         file_fail(f, "close");
-        rc = LMQ_EIO;
+        rc = LMQ_ECLOSED;
     }
     if (rc != 0)
         set_err(err, errsize, "%s", f->err);
@@ -744,19 +736,23 @@ int rec_file_close(rec_file_t **pf, char *err, size_t errsize)
 
 const char *rec_file_last_error(const rec_file_t *f) { return f ? f->err : "no file"; }
 
-void rec_file_totals(const rec_file_t *f, uint64_t *blocks, uint64_t *bytes, uint64_t *lost, uint64_t *restarts)
+void rec_file_totals(const rec_file_t *f, rec_totals_t *t)
 {
-    uint64_t b = 0, y = 0, l = 0, r = 0;
+    memset(t, 0, sizeof *t);
     for (size_t i = 0; f && i < f->nstreams; i++) {
-        b += f->streams[i].blocks;
-        y += f->streams[i].bytes;
-        l += f->streams[i].lost;
-        r += f->streams[i].restarts;
+        const rec_stream_t *s = &f->streams[i];
+        t->received += s->blocks;
+        t->written += s->rows;
+        t->bytes += s->rows * s->block_bytes;
+        t->lost += s->lost;
+        t->restarts += s->restarts;
     }
-    *blocks = b;
-    *bytes = y;
-    *lost = l;
-    *restarts = r;
 }
 
-uint64_t rec_file_flushed_blocks(const rec_file_t *f) { return f ? f->flushed_blocks : 0; }
+void rec_library_init(void)
+{
+    H5dont_atexit();
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+}
+
+void rec_library_term(void) { H5close(); }

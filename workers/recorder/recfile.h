@@ -36,9 +36,19 @@ typedef struct rec_stream_info {
 rec_file_t *rec_file_create(const char *path, bool overwrite, const rec_stream_info_t *streams, size_t nstreams,
                             char *err, size_t errsize);
 
-/* Closes the file (writing what is still buffered) and frees. Returns 0 or
- * LMQ_EIO with the reason in err (may be NULL); *f is NULL afterwards either
- * way, and what was flushed before stays readable. */
+/* Turns off HDF5's printing of its error stack (we report errors ourselves)
+ * and its exit handler: after a failed close, that handler would crash on the
+ * file it could not close. Call once before anything else of this module. */
+void rec_library_init(void);
+/* Releases HDF5's memory; only when every file closed (rec_file_close 0). */
+void rec_library_term(void);
+
+/* Writes what is still buffered (unless an error came first), closes the
+ * file and frees; *f is NULL afterwards. Returns 0 when the file closed and
+ * holds everything appended; LMQ_EIO (reason in err, may be NULL) when the
+ * last blocks could not be written or an earlier error stopped them, the file
+ * being closed and readable; LMQ_ECLOSED when HDF5 could not close it (what
+ * was flushed before should still be readable). */
 int rec_file_close(rec_file_t **f, char *err, size_t errsize);
 
 /* Appends one block of stream `index`. A seq gap before it (within its epoch)
@@ -53,10 +63,15 @@ int rec_file_flush(rec_file_t *f);
 
 const char *rec_file_last_error(const rec_file_t *f);
 
-/* Totals over all streams: blocks appended, payload bytes appended, blocks
- * lost (sum of /gaps counts), restarts. */
-void rec_file_totals(const rec_file_t *f, uint64_t *blocks, uint64_t *bytes, uint64_t *lost, uint64_t *restarts);
-/* Blocks of all streams already written to the file and flushed. */
-uint64_t rec_file_flushed_blocks(const rec_file_t *f);
+typedef struct rec_totals {
+    uint64_t received; /* blocks appended */
+    uint64_t written;  /* of those, written into the file (not buffered, not refused after an error) */
+    uint64_t bytes;    /* payload bytes written */
+    uint64_t lost;     /* blocks missing (the sum of the counts in /gaps) */
+    uint64_t restarts;
+} rec_totals_t;
+
+/* Totals over all streams. */
+void rec_file_totals(const rec_file_t *f, rec_totals_t *t);
 
 #endif
