@@ -514,6 +514,68 @@ START_TEST(full_disk_keeps_what_was_written)
 }
 END_TEST
 
+/* A daemon restart is a row in /restarts (old epoch and last seq, new epoch
+ * and first seq) and no loss; after a restart with another block shape the
+ * recorder stops with a clear error and the file keeps what came before. */
+START_TEST(daemon_restart_and_shape_change)
+{
+    th_daemon_t d;
+    th_daemon_start(&d, SLOW_DAQ);
+    run_t rn;
+    run_start(&rn, &d, "restart", NULL);
+    run_await_recording(&rn);
+    nap_ms(1000);
+    ck_assert_int_eq(th_daemon_stop(&d, SIGTERM), 0);
+    th_daemon_restart(&d);
+    nap_ms(1500);
+    ck_assert_int_eq(th_daemon_stop(&d, SIGTERM), 0);
+    th_write_file(d.config,
+                  "devices:\n  - name: daq1\n    driver: sim-daq\n    options: {sample_rate: 10000, block_size: 250}\n");
+    th_daemon_restart(&d);
+    char *err;
+    int code = run_wait(&rn, 20000, &err);
+    ck_assert_msg(code == 1, "exit %d: %s", code, err);
+    ck_assert_msg(strstr(err, "of daq1/wave is <f8 [250], but the recording of that stream holds <f8 [500]"), "%s",
+                  err);
+    ck_assert_msg(strstr(err, "lost 0, restarts 1"), "%s", err);
+    free(err);
+
+    rec_t r;
+    rec_read(&r, rn.file);
+    ck_assert_uint_eq(r.ngaps, 0);
+    ck_assert_uint_eq(r.nrestarts, 1);
+    size_t k = 1; /* the first row of the new epoch */
+    while (k < r.n && r.epoch[k] == r.epoch[0])
+        k++;
+    ck_assert_msg(k > 5 && r.n - k > 5, "%zu rows before the restart, %zu after", k, r.n - k);
+    for (size_t i = 1; i < r.n; i++)
+        if (i != k) {
+            ck_assert_uint_eq(r.epoch[i], r.epoch[i - 1]);
+            ck_assert_uint_eq(r.seq[i], r.seq[i - 1] + 1);
+        }
+    typedef struct restart {
+        uint64_t prev_epoch, last_seq, epoch, first_seq;
+    } restart_t;
+    hid_t f = H5Fopen(rn.file, H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t t = H5Tcreate(H5T_COMPOUND, sizeof(restart_t));
+    H5Tinsert(t, "prev_epoch", HOFFSET(restart_t, prev_epoch), H5T_NATIVE_UINT64);
+    H5Tinsert(t, "last_seq", HOFFSET(restart_t, last_seq), H5T_NATIVE_UINT64);
+    H5Tinsert(t, "epoch", HOFFSET(restart_t, epoch), H5T_NATIVE_UINT64);
+    H5Tinsert(t, "first_seq", HOFFSET(restart_t, first_seq), H5T_NATIVE_UINT64);
+    restart_t got;
+    ds_read(f, "/restarts", t, &got);
+    ck_assert_uint_eq(got.prev_epoch, r.epoch[k - 1]);
+    ck_assert_uint_eq(got.last_seq, r.seq[k - 1]);
+    ck_assert_uint_eq(got.epoch, r.epoch[k]);
+    ck_assert_uint_eq(got.first_seq, r.seq[k]);
+    ck_assert_uint_ne(got.epoch, got.prev_epoch);
+    H5Tclose(t);
+    H5Fclose(f);
+    rec_free(&r);
+    th_daemon_finish(&d);
+}
+END_TEST
+
 static char *run_failing(const th_daemon_t *d, char *const argv[], int want_code)
 {
     char out[256], errp[256];
@@ -639,6 +701,7 @@ int main(void)
     tcase_add_test(tc, h5py_follows_the_file_while_written);
     tcase_add_test(tc, forced_gap_is_named_exactly);
     tcase_add_test(tc, full_disk_keeps_what_was_written);
+    tcase_add_test(tc, daemon_restart_and_shape_change);
     tcase_add_test(tc, bad_paths_and_names_are_clear_errors);
     tcase_add_test(tc, cli_record_runs_the_recorder);
     suite_add_tcase(s, tc);
