@@ -302,9 +302,11 @@ static void print_progress(const opts_t *o, rec_file_t *f, progress_t *pg, int64
     rec_totals_t t;
     rec_file_totals(f, &t);
     double secs = (double)(now - pg->t_start) / 1e9;
-    double mb = (double)t.bytes / 1e6;
+    /* What came in: it is written within FLUSH_MS, and the line would lag
+     * otherwise. */
+    double mb = (double)t.received_bytes / 1e6;
     fprintf(stderr, "\r%s: %llu blocks  %.1f MB  %.1f MB/s  lost %llu  restarts %llu  %.0f s\033[K", prog_name(o),
-            (unsigned long long)t.written, mb, secs > 0 ? mb / secs : 0.0, (unsigned long long)t.lost,
+            (unsigned long long)t.received, mb, secs > 0 ? mb / secs : 0.0, (unsigned long long)t.lost,
             (unsigned long long)t.restarts, secs);
     fflush(stderr);
     pg->drawn = true;

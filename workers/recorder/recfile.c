@@ -742,6 +742,7 @@ void rec_file_totals(const rec_file_t *f, rec_totals_t *t)
     for (size_t i = 0; f && i < f->nstreams; i++) {
         const rec_stream_t *s = &f->streams[i];
         t->received += s->blocks;
+        t->received_bytes += s->blocks * s->block_bytes;
         t->written += s->rows;
         t->bytes += s->rows * s->block_bytes;
         t->lost += s->lost;

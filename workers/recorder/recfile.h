@@ -66,6 +66,7 @@ const char *rec_file_last_error(const rec_file_t *f);
 typedef struct rec_totals {
     uint64_t received; /* blocks appended */
     uint64_t written;  /* of those, written into the file (not buffered, not refused after an error) */
+    uint64_t received_bytes; /* payload bytes appended */
     uint64_t bytes;    /* payload bytes written */
     uint64_t lost;     /* blocks missing (the sum of the counts in /gaps) */
     uint64_t restarts;
