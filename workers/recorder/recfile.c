@@ -722,6 +722,19 @@ int rec_file_close(rec_file_t **pf, char *err, size_t errsize)
     if (f->file >= 0 && H5Fclose(f->file) < 0) {
         file_fail(f, "close");
         rc = LMQ_ECLOSED;
+    } else if (f->file >= 0) {
+        /* A recording that ended is on the disk, not only in the page cache
+         * (fsync acts on the file, whichever descriptor asks). */
+        int fd = open(f->path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0 || fsync(fd) != 0) {
+            int e = errno;
+            f->failed = true;
+            set_err(f->err, sizeof f->err, "%s: cannot write to the disk: %s (%s)", f->path, strerror(e),
+                    strerrorname_np(e));
+            rc = rc ? rc : LMQ_EIO;
+        }
+        if (fd >= 0)
+            close(fd);
     }
     if (rc != 0)
         set_err(err, errsize, "%s", f->err);
