@@ -17,6 +17,7 @@
  * enough that a slow stream's partial chunk is cheap to rewrite at each flush. */
 #define CHUNK_TARGET_BYTES (1u << 20)
 #define MAX_ROWS_PER_CHUNK 65536
+#define CHUNK_SECONDS 1.0
 /* Rows per chunk of the 8-byte index datasets (t_ns, seq, epoch). */
 #define INDEX_CHUNK_ROWS 4096
 #define TABLE_CHUNK_ROWS 256
@@ -321,6 +322,10 @@ static int stream_create(rec_file_t *f, rec_stream_t *s, const rec_stream_info_t
     }
     s->block_bytes = elems * lmq_dtype_size(in->dtype);
     size_t rows = CHUNK_TARGET_BYTES / s->block_bytes;
+    /* A slow stream's chunk would be rewritten at every flush for a long
+     * time: there, a chunk holds about CHUNK_SECONDS of blocks. */
+    if (in->rate_hz > 0 && in->rate_hz * CHUNK_SECONDS < (double)rows)
+        rows = (size_t)(in->rate_hz * CHUNK_SECONDS + 0.5);
     rows = rows < 1 ? 1 : rows > MAX_ROWS_PER_CHUNK ? MAX_ROWS_PER_CHUNK : rows;
     s->cap = rows;
     s->buf = malloc(rows * s->block_bytes);
