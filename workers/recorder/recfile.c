@@ -431,17 +431,19 @@ rec_file_t *rec_file_create(const char *path, bool overwrite, const rec_stream_i
     if (claim_path(path, overwrite, &created, err, errsize) != 0)
         return NULL;
     rec_file_t *f = calloc(1, sizeof *f);
+    if (f) {
+        f->file = f->gaps = f->restarts = f->gap_type = f->restart_type = H5I_INVALID_HID;
+        f->fd = -1;
+    }
     if (!f || !(f->path = strdup(path)) || !(f->streams = calloc(nstreams, sizeof *f->streams))) {
         set_err(err, errsize, "%s: out of memory", path);
         goto fail;
     }
-    f->file = f->gaps = f->restarts = f->gap_type = f->restart_type = H5I_INVALID_HID;
-    f->fd = -1;
-    f->nstreams = nstreams;
     for (size_t i = 0; i < nstreams; i++) {
         rec_stream_t *s = &f->streams[i];
         s->group = s->data = s->t_ns = s->seq = s->epoch = H5I_INVALID_HID;
     }
+    f->nstreams = nstreams;
     /* SWMR needs the latest file format. */
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     if (fapl >= 0 && H5Pset_libver_bounds(fapl, H5F_LIBVER_LATEST, H5F_LIBVER_LATEST) >= 0)
@@ -487,11 +489,9 @@ rec_file_t *rec_file_create(const char *path, bool overwrite, const rec_stream_i
     }
     return f;
 fail:
-    if (f) {
-        rec_file_close(&f, NULL, 0);
-        if (created)
-            unlink(path);
-    }
+    rec_file_close(&f, NULL, 0);
+    if (created)
+        unlink(path);
     return NULL;
 }
 
