@@ -610,25 +610,27 @@ int rec_file_flush(rec_file_t *f)
     return 0;
 }
 
-static int grow(void **arr, size_t *cap, size_t n, size_t elem)
+/* Room for one more row: the array itself (possibly moved), or NULL with the
+ * old one untouched. */
+static void *grow(void *arr, size_t n, size_t *cap, size_t elem)
 {
     if (n < *cap)
-        return 0;
+        return arr;
     size_t ncap = *cap ? 2 * *cap : 16;
-    void *p = realloc(*arr, ncap * elem);
-    if (!p)
-        return -1;
-    *arr = p;
-    *cap = ncap;
-    return 0;
+    void *p = realloc(arr, ncap * elem);
+    if (p)
+        *cap = ncap;
+    return p;
 }
 
 static int note_loss(rec_file_t *f, rec_stream_t *s, const lmq_frame_t *fr)
 {
     uint64_t seq = lmq_frame_seq(fr), epoch = lmq_frame_epoch(fr);
     if (lmq_frame_restarted(fr)) {
-        if (grow((void **)&f->pend_restarts, &f->cap_restarts, f->npend_restarts, sizeof *f->pend_restarts) != 0)
+        restart_row_t *rows = grow(f->pend_restarts, f->npend_restarts, &f->cap_restarts, sizeof *rows);
+        if (!rows)
             return LMQ_EMEM;
+        f->pend_restarts = rows;
         restart_row_t *r = &f->pend_restarts[f->npend_restarts++];
         memset(r, 0, sizeof *r);
         snprintf(r->topic, sizeof r->topic, "%s", s->topic);
@@ -639,8 +641,10 @@ static int note_loss(rec_file_t *f, rec_stream_t *s, const lmq_frame_t *fr)
         r->t_ns = lmq_frame_time_ns(fr);
         s->restarts++;
     } else if (lmq_frame_lost_before(fr) > 0) {
-        if (grow((void **)&f->pend_gaps, &f->cap_gaps, f->npend_gaps, sizeof *f->pend_gaps) != 0)
+        gap_row_t *rows = grow(f->pend_gaps, f->npend_gaps, &f->cap_gaps, sizeof *rows);
+        if (!rows)
             return LMQ_EMEM;
+        f->pend_gaps = rows;
         gap_row_t *g = &f->pend_gaps[f->npend_gaps++];
         memset(g, 0, sizeof *g);
         snprintf(g->topic, sizeof g->topic, "%s", s->topic);
