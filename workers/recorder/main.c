@@ -108,7 +108,7 @@ static void print_help(void)
            "  -h, --help          show this help\n"
            "  -V, --version       show the version\n"
            "\n"
-           "On a terminal, stderr shows a progress line: blocks, MB written, MB/s, lost, restarts.\n"
+           "On a terminal, stderr shows a progress line: blocks and MB received, MB/s, lost, restarts.\n"
            "\n"
            "Example:\n"
            "  labmq-recorder -o run1.h5 --duration 60 daq1/wave cam1/frames\n"
