@@ -26,9 +26,9 @@
 /* A reply ZeroMQ could not take yet: the client's pipe is full. */
 typedef struct pending {
     struct pending *next;
-    zmq_msg_t part[MAX_PARTS];
     size_t n;
     bool accepted;
+    zmq_msg_t part[]; /* n: usually the routing id and a header, ~200 bytes in all */
 } pending_t;
 
 typedef struct broker {
@@ -141,7 +141,7 @@ static void send_parts(broker_t *b, zmq_msg_t *parts, size_t n, bool accepted)
             zmq_msg_close(&parts[i]);
         return;
     }
-    pending_t *p = malloc(sizeof *p);
+    pending_t *p = malloc(sizeof *p + n * sizeof p->part[0]);
     if (!p) {
         b->d->replies_dropped++;
         lmq_log(b->d->log, LMQ_LOG_ERROR, "broker", "out of memory: a reply is lost");
