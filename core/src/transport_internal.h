@@ -18,7 +18,9 @@
 
 typedef struct lmq__transport_ops {
     const char *kind; /* "serial", matched against the connection's prefix before ':' */
-    /* rest: the connection string after "kind:". Sets t->impl. */
+    /* rest: the connection string after "kind:". Sets t->impl. On failure
+     * t->impl is either NULL (everything released) or fit for close, which
+     * the common layer then calls. */
     int (*open)(lmq_transport_t *t, const char *rest, int64_t deadline_ns);
     void (*close)(lmq_transport_t *t); /* frees t->impl; must not fail */
     int (*write)(lmq_transport_t *t, const void *data, size_t len, int64_t deadline_ns);
@@ -53,8 +55,18 @@ struct lmq_transport {
 int lmq__transport_fail(lmq_transport_t *t, int status, const char *fmt, ...) LMQ_PRINTF(3, 4);
 /* True when the cancel flag is up. */
 bool lmq__transport_cancelled(const lmq_transport_t *t);
-/* Milliseconds left until deadline_ns, capped to one wait slice; 0 when past. */
+/* Milliseconds left until deadline_ns (rounded up), capped to one wait
+ * slice; 0 when past. */
 int lmq__transport_slice_ms(int64_t deadline_ns);
+/* Waits in slices until fd has one of events (poll(2) bits; *revents
+ * receives what it has, hang-up and error bits included): 0, LMQ_ETIMEOUT at
+ * the deadline, LMQ_ECLOSED when cancelled. Polls once even when the
+ * deadline has passed, so data already there is never a timeout. */
+int lmq__transport_poll(lmq_transport_t *t, int fd, short events, short *revents, int64_t deadline_ns);
+/* The byte-stream clear: reads and drops (tracing it) until a read has waited
+ * quiet_ms in vain, bounded by the deadline. For kinds whose read op times
+ * out with LMQ_ETIMEOUT. */
+int lmq__transport_drain(lmq_transport_t *t, int quiet_ms, int64_t deadline_ns);
 
 extern const lmq__transport_ops_t lmq__transport_serial, lmq__transport_tcp, lmq__transport_usbtmc;
 
