@@ -341,6 +341,8 @@ lmq_log_t *lmq_dev_log(const lmq_dev_t *dev) { return dev->log; }
 bool lmq_dev_stopping(const lmq_dev_t *dev) { return atomic_load(&dev->stopping); }
 const void *lmq_dev_user(const lmq_dev_t *dev) { return dev ? dev->cur_user : NULL; }
 
+void *lmq_dev_tables_user(const lmq_dev_t *dev) { return dev ? dev->tables.user : NULL; }
+
 static const lmq_value_t *opt_value(const lmq_dev_t *dev, const char *name)
 {
     for (size_t k = 0; k < dev->nopts; k++)
@@ -384,6 +386,17 @@ int lmq_dev_fail(lmq_dev_t *dev, int status, const char *fmt, ...)
     va_end(ap);
     dev->fail_status = status;
     return status;
+}
+
+int lmq_dev_transport_open(lmq_dev_t *dev, lmq_transport_t **t, int open_timeout_ms)
+{
+    if (!dev || !t)
+        return LMQ_EARG;
+    lmq_transport_opts_t opts = {
+        .log = dev->log, .source = dev->name, .cancel = &dev->stopping, .open_timeout_ms = open_timeout_ms};
+    char err[400];
+    int rc = lmq_transport_open(t, dev->connection, &opts, err, sizeof err);
+    return rc ? lmq_dev_fail(dev, rc, "%s", err) : 0;
 }
 
 int lmq_dev_sleep(lmq_dev_t *dev, int64_t ns)
