@@ -141,7 +141,11 @@ int lmq_transport_open(lmq_transport_t **tp, const char *connection, const lmq_t
             char known[128] = "";
             for (size_t i = 0; i < NKINDS; i++)
                 snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s:", i ? ", " : "", kinds[i]->kind);
-            snprintf(err, errlen, "%s: unknown transport kind (known: %s)", connection, known);
+            if (colon)
+                snprintf(err, errlen, "%s: unknown transport kind (known: %s)", connection, known);
+            else
+                snprintf(err, errlen, "%s: no transport kind (expected KIND:ADDRESS, KIND one of %s)", connection,
+                         known);
         }
         return LMQ_EARG;
     }
@@ -342,10 +346,14 @@ int lmq_transport_read_line(lmq_transport_t *t, char *buf, size_t size, size_t *
             buf[out] = '\0';
             if (len)
                 *len = out;
-            if (rc == LMQ_ETIMEOUT && total > size - 1)
+            if (rc == LMQ_ETIMEOUT && total > size - 1) {
+                /* Its tail goes too: it must not pass for the next line. */
+                total += t->rlen - t->rpos;
+                t->rpos = t->rlen = 0;
                 return lmq__transport_fail(t, LMQ_ERANGE,
                                            "line longer than %zu bytes (%zu received, no terminator before the deadline)",
                                            size - 1, total);
+            }
             return rc;
         }
     }

@@ -32,6 +32,10 @@ typedef struct serial_params {
 typedef struct serial {
     struct sp_port *port; /* NULL on the pseudo-terminal path */
     int fd;
+    /* libserialport path: a second descriptor of ours that holds the flock,
+     * taken before sp_open, which rewrites the line settings of whoever
+     * holds the port. -1 on the pty path, where fd holds the lock. */
+    int lock_fd;
     bool excl; /* we set TIOCEXCL (and must clear it) */
 } serial_t;
 
@@ -169,18 +173,17 @@ static void port_names(char *buf, size_t size)
         strcpy(buf + size - 4, "...");
 }
 
-static int fail_notfound(lmq_transport_t *t, const char *path)
+static int fail_notfound(lmq_transport_t *t)
 {
     char names[256];
     port_names(names, sizeof names);
-    return lmq__transport_fail(t, LMQ_ENOTFOUND, "%s: no such port (ports here: %s)", path,
-                               names[0] ? names : "none");
+    return lmq__transport_fail(t, LMQ_ENOTFOUND, "no such port (ports here: %s)", names[0] ? names : "none");
 }
 
 static int fail_open(lmq_transport_t *t, const char *path, int e)
 {
     if (e == ENOENT || e == ENODEV || e == ENXIO)
-        return fail_notfound(t, path);
+        return fail_notfound(t);
     if (e == EACCES || e == EPERM) {
         struct stat st;
         if (stat(path, &st) == 0) {
@@ -188,33 +191,43 @@ static int fail_open(lmq_transport_t *t, const char *path, int e)
             struct group gr, *grp = NULL;
             getgrgid_r(st.st_gid, &gr, buf, sizeof buf, &grp);
             if (grp && (st.st_mode & S_IRWXG) && st.st_gid != 0)
-                return lmq__transport_fail(t, LMQ_EPERM, "%s: permission denied: add the user to the '%s' group",
-                                           path, grp->gr_name);
-            return lmq__transport_fail(t, LMQ_EPERM, "%s: permission denied (owner uid %u, group %s, mode %03o)",
-                                       path, (unsigned)st.st_uid, grp ? grp->gr_name : "?",
+                return lmq__transport_fail(t, LMQ_EPERM, "permission denied: add the user to the '%s' group",
+                                           grp->gr_name);
+            return lmq__transport_fail(t, LMQ_EPERM, "permission denied (owner uid %u, group %s, mode %03o)",
+                                       (unsigned)st.st_uid, grp ? grp->gr_name : "?",
                                        (unsigned)(st.st_mode & 0777));
         }
-        return lmq__transport_fail(t, LMQ_EPERM, "%s: permission denied", path);
+        return lmq__transport_fail(t, LMQ_EPERM, "permission denied");
     }
     if (e == EBUSY)
-        return lmq__transport_fail(t, LMQ_EBUSY, "%s: busy: another process holds it", path);
+        return lmq__transport_fail(t, LMQ_EBUSY, "busy: another process holds it");
     if (e == EMFILE || e == ENFILE || e == ENOMEM)
-        return lmq__transport_fail(t, LMQ_ESYS, "%s: %s", path, strerror(e));
-    return lmq__transport_fail(t, LMQ_EIO, "%s: cannot open: %s", path, strerror(e));
+        return lmq__transport_fail(t, LMQ_ESYS, "%s", strerror(e));
+    return lmq__transport_fail(t, LMQ_EIO, "cannot open: %s", strerror(e));
 }
 
 /* Exclusive use: flock stops every other labmq (root included, which
  * TIOCEXCL does not); TIOCEXCL also stops other programs that do not lock. */
-static int claim(lmq_transport_t *t, const char *path, serial_t *s)
+static int lock(lmq_transport_t *t, int fd)
 {
-    int fd = s->fd;
     if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
         if (errno == EWOULDBLOCK)
-            return lmq__transport_fail(t, LMQ_EBUSY, "%s: busy: another process holds it", path);
-        return lmq__transport_fail(t, LMQ_EIO, "%s: flock: %s", path, strerror(errno));
+            return lmq__transport_fail(t, LMQ_EBUSY, "busy: another process holds it");
+        return lmq__transport_fail(t, LMQ_EIO, "flock: %s", strerror(errno));
+    }
+    return 0;
+}
+
+static int claim(lmq_transport_t *t, serial_t *s)
+{
+    int fd = s->fd;
+    if (s->lock_fd < 0) {
+        int rc = lock(t, fd);
+        if (rc < 0)
+            return rc;
     }
     if (ioctl(fd, TIOCEXCL) < 0)
-        return lmq__transport_fail(t, LMQ_EIO, "%s: TIOCEXCL: %s", path, strerror(errno));
+        return lmq__transport_fail(t, LMQ_EIO, "TIOCEXCL: %s", strerror(errno));
     s->excl = true;
     return 0;
 }
@@ -235,7 +248,7 @@ static int open_pty(lmq_transport_t *t, const serial_params_t *p, serial_t *s)
     if (fd < 0)
         return fail_open(t, p->path, errno);
     s->fd = fd;
-    int rc = claim(t, p->path, s);
+    int rc = claim(t, s);
     if (rc < 0)
         return rc;
     size_t i = 0;
@@ -248,7 +261,7 @@ static int open_pty(lmq_transport_t *t, const serial_params_t *p, serial_t *s)
         return lmq__transport_fail(t, LMQ_EARG, "flow=dtrdsr: a pseudo-terminal has no DTR/DSR lines");
     struct termios tio;
     if (tcgetattr(fd, &tio) < 0)
-        return lmq__transport_fail(t, LMQ_EIO, "%s: tcgetattr: %s", p->path, strerror(errno));
+        return lmq__transport_fail(t, LMQ_EIO, "tcgetattr: %s", strerror(errno));
     cfmakeraw(&tio);
     tio.c_cflag |= CLOCAL | CREAD;
     tio.c_cflag &= ~(tcflag_t)(CSIZE | PARENB | PARODD | CMSPAR | CSTOPB | CRTSCTS);
@@ -273,22 +286,32 @@ static int open_pty(lmq_transport_t *t, const serial_params_t *p, serial_t *s)
     cfsetispeed(&tio, speeds[i].speed);
     cfsetospeed(&tio, speeds[i].speed);
     if (tcsetattr(fd, TCSANOW, &tio) < 0)
-        return lmq__transport_fail(t, LMQ_EIO, "%s: tcsetattr: %s", p->path, strerror(errno));
+        return lmq__transport_fail(t, LMQ_EIO, "tcsetattr: %s", strerror(errno));
     if (tcflush(fd, TCIOFLUSH) < 0)
-        return lmq__transport_fail(t, LMQ_EIO, "%s: tcflush: %s", p->path, strerror(errno));
+        return lmq__transport_fail(t, LMQ_EIO, "tcflush: %s", strerror(errno));
     return 0;
 }
 
-static int sp_fail(lmq_transport_t *t, const char *path, const char *what)
+static int sp_fail(lmq_transport_t *t, const char *what)
 {
     char *msg = sp_last_error_message();
-    int rc = lmq__transport_fail(t, LMQ_EIO, "%s: %s: %s", path, what, msg ? msg : "failed");
+    int rc = lmq__transport_fail(t, LMQ_EIO, "%s: %s", what, msg ? msg : "failed");
     sp_free_error_message(msg);
     return rc;
 }
 
 static int open_sp(lmq_transport_t *t, const serial_params_t *p, serial_t *s, struct sp_port *port)
 {
+    s->lock_fd = open(p->path, O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+    if (s->lock_fd < 0) {
+        sp_free_port(port);
+        return fail_open(t, p->path, errno);
+    }
+    int rc = lock(t, s->lock_fd);
+    if (rc < 0) {
+        sp_free_port(port);
+        return rc;
+    }
     s->port = port;
     if (sp_open(port, SP_MODE_READ_WRITE) != SP_OK) {
         int e = errno;
@@ -298,13 +321,13 @@ static int open_sp(lmq_transport_t *t, const serial_params_t *p, serial_t *s, st
     }
     int fd = -1;
     if (sp_get_port_handle(port, &fd) != SP_OK || fd < 0)
-        return sp_fail(t, p->path, "no descriptor");
+        return sp_fail(t, "no descriptor");
     s->fd = fd;
     /* libserialport opens without O_CLOEXEC; set it before anything else. */
     int fl = fcntl(fd, F_GETFL);
     if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0 || fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
-        return lmq__transport_fail(t, LMQ_EIO, "%s: fcntl: %s", p->path, strerror(errno));
-    int rc = claim(t, p->path, s);
+        return lmq__transport_fail(t, LMQ_EIO, "fcntl: %s", strerror(errno));
+    rc = claim(t, s);
     if (rc < 0)
         return rc;
     struct sp_port_config *cfg = NULL;
@@ -316,17 +339,17 @@ static int open_sp(lmq_transport_t *t, const serial_params_t *p, serial_t *s, st
     ok = ok && sp_set_config(port, cfg) == SP_OK;
     sp_free_config(cfg);
     if (!ok)
-        return sp_fail(t, p->path, "cannot apply baud/bits/parity/stop/flow");
+        return sp_fail(t, "cannot apply baud/bits/parity/stop/flow");
     /* As on the pty path: an empty read must be EAGAIN, not 0. */
     struct termios tio;
     if (tcgetattr(fd, &tio) < 0)
-        return lmq__transport_fail(t, LMQ_EIO, "%s: tcgetattr: %s", p->path, strerror(errno));
+        return lmq__transport_fail(t, LMQ_EIO, "tcgetattr: %s", strerror(errno));
     tio.c_cc[VMIN] = 1;
     tio.c_cc[VTIME] = 0;
     if (tcsetattr(fd, TCSANOW, &tio) < 0)
-        return lmq__transport_fail(t, LMQ_EIO, "%s: tcsetattr: %s", p->path, strerror(errno));
+        return lmq__transport_fail(t, LMQ_EIO, "tcsetattr: %s", strerror(errno));
     if (sp_flush(port, SP_BUF_BOTH) != SP_OK)
-        return sp_fail(t, p->path, "flush");
+        return sp_fail(t, "flush");
     return 0;
 }
 
@@ -341,6 +364,8 @@ static void serial_close(lmq_transport_t *t)
     } else if (s->fd >= 0) {
         close(s->fd);
     }
+    if (s->lock_fd >= 0)
+        close(s->lock_fd);
     free(s);
     t->impl = NULL;
 }
@@ -366,16 +391,15 @@ static int serial_open(lmq_transport_t *t, const char *rest, int64_t deadline_ns
     }
     if (!port && !is_pty(p.path)) {
         if (!S_ISCHR(st.st_mode))
-            return lmq__transport_fail(t, LMQ_ENOTFOUND, "%s: not a serial port (not a character device)", p.path);
-        return lmq__transport_fail(t, LMQ_ENOTFOUND, "%s: not a serial port known to the system (no /sys/class/tty entry)",
-                                   p.path);
+            return lmq__transport_fail(t, LMQ_ENOTFOUND, "not a serial port (not a character device)");
+        return lmq__transport_fail(t, LMQ_ENOTFOUND, "not a serial port known to the system (no /sys/class/tty entry)");
     }
     serial_t *s = calloc(1, sizeof *s);
     if (!s) {
         sp_free_port(port);
         return lmq__transport_fail(t, LMQ_EMEM, "out of memory");
     }
-    s->fd = -1;
+    s->fd = s->lock_fd = -1;
     t->impl = s;
     rc = port ? open_sp(t, &p, s, port) : open_pty(t, &p, s);
     if (rc < 0)

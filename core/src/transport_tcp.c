@@ -128,12 +128,12 @@ static int tcp_open(lmq_transport_t *t, const char *rest, int64_t deadline_ns)
         if (e == ECANCELED)
             return lmq__transport_fail(t, LMQ_ECLOSED, "cancelled while connecting");
         if (e == ETIMEDOUT)
-            return lmq__transport_fail(t, LMQ_ETIMEOUT, "no answer from %s port %s before the open deadline", host, port);
+            return lmq__transport_fail(t, LMQ_ETIMEOUT, "no answer before the open deadline");
         if (e == ECONNREFUSED)
-            return lmq__transport_fail(t, LMQ_EIO, "connection refused by %s port %s (nothing listening?)", host, port);
+            return lmq__transport_fail(t, LMQ_EIO, "connection refused (nothing listening on that port?)");
         if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM)
             return lmq__transport_fail(t, LMQ_ESYS, "socket: %s", strerror(e));
-        return lmq__transport_fail(t, LMQ_EIO, "cannot connect to %s port %s: %s", host, port, strerror(e));
+        return lmq__transport_fail(t, LMQ_EIO, "cannot connect: %s", strerror(e));
     }
     int one = 1;
     /* Commands are small and latency matters more than packing. */

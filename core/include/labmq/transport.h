@@ -86,8 +86,10 @@ LMQ_EXPORT int lmq_transport_read(lmq_transport_t *t, void *buf, size_t size, si
  * to the end of a USBTMC message, whichever comes first. Bytes after the
  * terminator stay buffered for the next read. The result is NUL-terminated
  * without the terminator; *len (may be NULL) receives its length. A line that
- * does not fit in size-1 bytes is LMQ_ERANGE (the rest is discarded up to the
- * terminator or the deadline). */
+ * does not fit in size-1 bytes is LMQ_ERANGE (buf holds its first size-1
+ * bytes; the rest is discarded up to the terminator or the deadline). On
+ * LMQ_ETIMEOUT the part of a line received so far stays buffered, unless it
+ * outgrew the read-ahead buffer. */
 LMQ_EXPORT int lmq_transport_read_line(lmq_transport_t *t, char *buf, size_t size, size_t *len, const char *term,
                                        int64_t deadline_ns);
 

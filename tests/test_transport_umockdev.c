@@ -1,0 +1,293 @@
+/* The serial transport's libserialport path against an emulated USB CDC
+ * port: umockdev (linked as a preload, see tests/CMakeLists.txt) gives the
+ * unchanged libserialport a sysfs tree with a USB device and its ttyACM0,
+ * whose device node is a pty the test drives from the far end. An ioctl
+ * handler supplies the modem lines a pty lacks. */
+#include <check.h>
+#include "harness.h"
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <termios.h>
+#include <umockdev.h>
+#include <unistd.h>
+#include "labmq/labmq.h"
+
+#define TTY_SYSPATH "/sys/devices/pci0000:00/0000:00:14.0/usb1/1-1/1-1:1.0/tty/ttyACM0"
+
+static const char *const records =
+    "P: /devices/pci0000:00/0000:00:14.0/usb1/1-1\n"
+    "E: SUBSYSTEM=usb\n"
+    "E: DEVTYPE=usb_device\n"
+    "E: BUSNUM=001\n"
+    "E: DEVNUM=002\n"
+    "A: busnum=1\n"
+    "A: devnum=2\n"
+    "A: speed=480\n"
+    "A: idVendor=2a8d\n"
+    "A: idProduct=1202\n"
+    "A: manufacturer=Keysight Technologies\n"
+    "A: product=E36312A Power Supply\n"
+    "A: serial=MY59001234\n"
+    "\n"
+    "P: /devices/pci0000:00/0000:00:14.0/usb1/1-1/1-1:1.0\n"
+    "E: SUBSYSTEM=usb\n"
+    "E: DEVTYPE=usb_interface\n"
+    "E: DRIVER=cdc_acm\n"
+    "A: bInterfaceClass=02\n"
+    "A: bInterfaceNumber=00\n"
+    "\n"
+    "P: /devices/pci0000:00/0000:00:14.0/usb1/1-1/1-1:1.0/tty/ttyACM0\n"
+    "N: ttyACM0\n"
+    "E: SUBSYSTEM=tty\n"
+    "E: DEVNAME=/dev/ttyACM0\n"
+    /* umockdev does not make this link; libserialport follows it to the
+     * USB device's attributes. */
+    "L: device=../../../1-1:1.0\n";
+
+/* The modem lines of the emulated port (a pty has none). */
+typedef struct modem {
+    atomic_int bits;
+    atomic_int tiocm_calls; /* only libserialport asks: proof of its path */
+} modem_t;
+
+static gboolean handle_ioctl(UMockdevIoctlBase *base, UMockdevIoctlClient *client, gpointer user)
+{
+    (void)base;
+    modem_t *m = user;
+    gulong req = umockdev_ioctl_client_get_request(client);
+    if (req == TIOCMGET || req == TIOCMSET || req == TIOCMBIS || req == TIOCMBIC) {
+        atomic_fetch_add(&m->tiocm_calls, 1);
+        UMockdevIoctlData *arg = umockdev_ioctl_client_get_arg(client);
+        UMockdevIoctlData *d = umockdev_ioctl_data_resolve(arg, 0, sizeof(int), NULL);
+        if (!d) {
+            umockdev_ioctl_client_complete(client, -1, EFAULT);
+            return TRUE;
+        }
+        int v;
+        memcpy(&v, d->data, sizeof v);
+        if (req == TIOCMGET)
+            v = atomic_load(&m->bits);
+        else if (req == TIOCMSET)
+            atomic_store(&m->bits, v);
+        else if (req == TIOCMBIS)
+            atomic_fetch_or(&m->bits, v);
+        else
+            atomic_fetch_and(&m->bits, ~v);
+        if (req == TIOCMGET)
+            memcpy(d->data, &v, sizeof v);
+        umockdev_ioctl_client_complete(client, 0, 0);
+        g_object_unref(d);
+        return TRUE;
+    }
+    /* Everything else (TIOCINQ, TIOCEXCL, ...) runs on the real pty. */
+    int e = 0;
+    int r = umockdev_ioctl_client_execute(client, &e, NULL);
+    umockdev_ioctl_client_complete(client, r, e);
+    return TRUE;
+}
+
+typedef struct bed {
+    UMockdevTestbed *tb;
+    UMockdevIoctlBase *handler;
+    modem_t modem;
+    int far; /* the pty master: the instrument's end */
+} bed_t;
+
+static void bed_up(bed_t *b)
+{
+    memset(b, 0, sizeof *b);
+    b->tb = umockdev_testbed_new();
+    ck_assert_ptr_nonnull(b->tb);
+    b->modem.bits = TIOCM_DSR | TIOCM_CTS | TIOCM_CD;
+    b->handler = umockdev_ioctl_base_new();
+    g_signal_connect(b->handler, "handle-ioctl", G_CALLBACK(handle_ioctl), &b->modem);
+    GError *err = NULL;
+    ck_assert_msg(umockdev_testbed_attach_ioctl(b->tb, "/dev/ttyACM0", b->handler, &err), "attach: %s",
+                  err ? err->message : "?");
+    ck_assert_msg(umockdev_testbed_add_from_string(b->tb, records, &err), "add: %s", err ? err->message : "?");
+    b->far = umockdev_testbed_get_dev_fd(b->tb, "/dev/ttyACM0");
+    ck_assert_int_ge(b->far, 0);
+    /* The preload is active: /sys is the testbed's (else the test would
+     * touch the real machine's ports). */
+    char *vid = th_read_file("/sys/class/tty/ttyACM0/device/../idVendor");
+    ck_assert_msg(vid && strncmp(vid, "2a8d", 4) == 0, "umockdev preload not active (LD_PRELOAD=%s)",
+                  getenv("LD_PRELOAD") ? getenv("LD_PRELOAD") : "");
+    free(vid);
+}
+
+static void bed_down(bed_t *b)
+{
+    umockdev_testbed_detach_ioctl(b->tb, "/dev/ttyACM0", NULL);
+    g_object_unref(b->handler);
+    /* Removes the testbed's /tmp/umockdev.XXXXXX. */
+    g_object_unref(b->tb);
+}
+
+static int64_t in_ms(int ms) { return lmq_clock_mono_ns() + (int64_t)ms * 1000000; }
+
+/* Reads one line from the far end (the instrument receiving a command). */
+static void far_read_line(int fd, char *buf, size_t size)
+{
+    size_t n = 0;
+    double end = th_now_ms() + 3000;
+    while (n + 1 < size && th_now_ms() < end) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 50) <= 0)
+            continue;
+        ssize_t r = read(fd, buf + n, 1);
+        ck_assert_int_eq(r, 1);
+        if (buf[n++] == '\n')
+            break;
+    }
+    buf[n] = '\0';
+}
+
+typedef struct found {
+    int n;
+    lmq_port_info_t info;
+    char connection[64], manufacturer[64], product[64], serial[64], description[256];
+} found_t;
+
+static void on_port(void *user, const lmq_port_info_t *info)
+{
+    found_t *f = user;
+    f->n++;
+    f->info = *info;
+    snprintf(f->connection, sizeof f->connection, "%s", info->connection);
+    snprintf(f->manufacturer, sizeof f->manufacturer, "%s", info->manufacturer);
+    snprintf(f->product, sizeof f->product, "%s", info->product);
+    snprintf(f->serial, sizeof f->serial, "%s", info->serial);
+    snprintf(f->description, sizeof f->description, "%s", info->description);
+}
+
+START_TEST(scan_lists_the_usb_port)
+{
+    bed_t b;
+    bed_up(&b);
+    found_t f = {0};
+    char err[128];
+    ck_assert_int_eq(lmq_transport_scan(on_port, &f, err, sizeof err), 1);
+    ck_assert_int_eq(f.n, 1);
+    ck_assert_str_eq(f.connection, "serial:/dev/ttyACM0");
+    ck_assert_str_eq(f.info.kind, "serial");
+    ck_assert_int_eq(f.info.vid, 0x2a8d);
+    ck_assert_int_eq(f.info.pid, 0x1202);
+    ck_assert_str_eq(f.manufacturer, "Keysight Technologies");
+    ck_assert_str_eq(f.product, "E36312A Power Supply");
+    ck_assert_str_eq(f.serial, "MY59001234");
+    ck_assert_msg(strstr(f.description, "USB 2a8d:1202") && strstr(f.description, "MY59001234"), "%s",
+                  f.description);
+    bed_down(&b);
+}
+END_TEST
+
+/* Checks every descriptor on a pty (the emulated port) is close-on-exec;
+ * returns how many there are. The far end (the testbed's) is on /dev/ptmx. */
+static int check_tty_fds_cloexec(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    ck_assert_ptr_nonnull(d);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        char link[300], target[256];
+        snprintf(link, sizeof link, "/proc/self/fd/%s", e->d_name);
+        ssize_t len = readlink(link, target, sizeof target - 1);
+        if (e->d_name[0] == '.' || len <= 0)
+            continue;
+        target[len] = '\0';
+        if (strncmp(target, "/dev/pts/", 9) != 0)
+            continue;
+        int fl = fcntl(atoi(e->d_name), F_GETFD);
+        ck_assert_msg(fl >= 0 && (fl & FD_CLOEXEC), "descriptor %s (%s) is not close-on-exec", e->d_name, target);
+        n++;
+    }
+    closedir(d);
+    return n;
+}
+
+START_TEST(libserialport_round_trip_and_unplug)
+{
+    bed_t b;
+    bed_up(&b);
+    lmq_transport_t *t = NULL;
+    char err[256];
+    int rc = lmq_transport_open(&t, "serial:/dev/ttyACM0?baud=115200&parity=even&flow=rtscts", NULL, err, sizeof err);
+    ck_assert_msg(rc == 0, "%s", err);
+    /* libserialport, not the pty fallback, opened it: it asked for the modem lines. */
+    ck_assert_int_gt(atomic_load(&b.modem.tiocm_calls), 0);
+    /* Its descriptors on the port (the lock holder and libserialport's own,
+     * opened without O_CLOEXEC) are close-on-exec; the ioctl socket of the
+     * preload is umockdev's. */
+    ck_assert_int_eq(check_tty_fds_cloexec(), 2);
+
+    /* Exclusive here too. */
+    lmq_transport_t *t2 = NULL;
+    ck_assert_int_eq(lmq_transport_open(&t2, "serial:/dev/ttyACM0", NULL, err, sizeof err), LMQ_EBUSY);
+    ck_assert_msg(strstr(err, "busy: another process holds it"), "%s", err);
+
+    char cmd[64], line[64];
+    ck_assert_int_eq(lmq_transport_write(t, "*IDN?\n", 6, in_ms(2000)), 0);
+    far_read_line(b.far, cmd, sizeof cmd);
+    ck_assert_str_eq(cmd, "*IDN?\n");
+    const char *reply = "Keysight Technologies,E36312A,MY59001234,2.1.0\r\n";
+    ck_assert_int_eq(write(b.far, reply, strlen(reply)), (ssize_t)strlen(reply));
+    ck_assert_int_eq(lmq_transport_read_line(t, line, sizeof line, NULL, "\r\n", in_ms(3000)), 0);
+    ck_assert_str_eq(line, "Keysight Technologies,E36312A,MY59001234,2.1.0");
+
+    /* A late reply is cleared, never read as the next answer. */
+    rc = lmq_transport_read_line(t, line, sizeof line, NULL, "\n", in_ms(200));
+    ck_assert_msg(rc == LMQ_ETIMEOUT, "%s", lmq_transport_last_error(t));
+    ck_assert_int_eq(write(b.far, "LATE\n", 5), 5);
+    ck_assert_int_eq(lmq_transport_clear(t, 150, in_ms(3000)), 0);
+    ck_assert_int_eq(write(b.far, "FRESH\n", 6), 6);
+    ck_assert_int_eq(lmq_transport_read_line(t, line, sizeof line, NULL, "\n", in_ms(3000)), 0);
+    ck_assert_str_eq(line, "FRESH");
+
+    /* Unplug: the device leaves sysfs and, as the kernel does when a USB
+     * serial adapter goes, its tty hangs up (the testbed only removes files,
+     * so the test closes the far end itself; the testbed never closes it). */
+    umockdev_testbed_remove_device(b.tb, TTY_SYSPATH);
+    close(b.far);
+    double t0 = th_now_ms();
+    ck_assert_int_eq(lmq_transport_read_line(t, line, sizeof line, NULL, "\n", in_ms(10000)), LMQ_EIO);
+    ck_assert(th_now_ms() - t0 < 1000);
+    ck_assert(lmq_transport_broken(t));
+    ck_assert_ptr_nonnull(strstr(lmq_transport_last_error(t), "hung up"));
+    lmq_transport_close(&t);
+    /* Every descriptor on the port released. (Not a count of all: as non-root
+     * the busy open above fails in open(2), and umockdev 0.17's preload then
+     * leaks the ioctl socket it connects for the failed descriptor.) */
+    ck_assert_int_eq(check_tty_fds_cloexec(), 0);
+    /* Gone for good: reopening names the missing port. */
+    ck_assert_int_eq(lmq_transport_open(&t, "serial:/dev/ttyACM0", NULL, err, sizeof err), LMQ_ENOTFOUND);
+    ck_assert_msg(strstr(err, "/dev/ttyACM0: no such port"), "%s", err);
+    bed_down(&b);
+}
+END_TEST
+
+int main(void)
+{
+    /* Testbeds live under TMPDIR; a failed test cannot unref its own, so
+     * give them a directory removed at the end whatever happened. */
+    char tmp[] = "/tmp/lmq-umockdev-XXXXXX";
+    if (!mkdtemp(tmp)) {
+        perror("mkdtemp");
+        return EXIT_FAILURE;
+    }
+    setenv("TMPDIR", tmp, 1);
+    Suite *s = suite_create("transport_umockdev");
+    TCase *tc = tcase_create("libserialport");
+    tcase_add_test(tc, scan_lists_the_usb_port);
+    tcase_add_test(tc, libserialport_round_trip_and_unplug);
+    suite_add_tcase(s, tc);
+    int rc = th_run_suite(s);
+    th_rmtree(tmp);
+    return rc;
+}
