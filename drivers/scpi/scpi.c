@@ -63,18 +63,47 @@ static int timeout_of(const scpi_state_t *st, const lmq__scpi_cmd_t *c)
     return c && c->timeout_ms ? c->timeout_ms : st->timeout_ms;
 }
 
+/* The instrument's own words for people: as sent when printable, escaped
+ * otherwise. */
+static void quote_text(const char *line, size_t len, char *out, size_t size)
+{
+    bool plain = true;
+    for (size_t i = 0; i < len; i++)
+        plain &= line[i] >= 0x20 && line[i] < 0x7f;
+    if (plain)
+        snprintf(out, size, "%.*s", (int)len, line);
+    else
+        lmq__scpi_escape(line, len, out, size);
+}
+
 /* Drains what is in flight until the line is quiet, then sends the
- * description's clear_command. Failures here are left for the next request
- * to meet (a broken transport fails it with LMQ_EIO). */
-static void resync(lmq_dev_t *dev, scpi_state_t *st)
+ * description's clear_command. With `diag`, the error queue is asked first
+ * (clear_command usually empties it): a query the instrument refused never
+ * answers, and its error says why. Failures here are left for the next
+ * request to meet (a broken transport fails it with LMQ_EIO). */
+static void resync(lmq_dev_t *dev, scpi_state_t *st, char *diag, size_t dsz)
 {
     const lmq__scpi_desc_t *d = st->desc;
-    int64_t dl = lmq_clock_mono_ns() + (int64_t)(d->clear_quiet_ms + st->timeout_ms) * 1000000;
-    int rc = lmq_transport_clear(st->t, d->clear_quiet_ms, dl);
+    int64_t step = (int64_t)st->timeout_ms * 1000000;
+    int rc = lmq_transport_clear(st->t, d->clear_quiet_ms,
+                                 lmq_clock_mono_ns() + (int64_t)d->clear_quiet_ms * 1000000 + step);
+    char buf[LMQ__SCPI_MAX_CMD + 4];
+    if (rc == 0 && diag && d->error_query) {
+        int n = snprintf(buf, sizeof buf, "%s%s", d->error_query, d->write_term);
+        int64_t dl = lmq_clock_mono_ns() + step;
+        size_t len = 0;
+        rc = lmq_transport_write(st->t, buf, (size_t)n, dl);
+        if (rc == 0)
+            rc = lmq_transport_read_line(st->t, st->line, LMQ__SCPI_MAX_LINE, &len, d->read_term, dl);
+        if (rc == 0 && !lmq__scpi_no_error(d, st->line))
+            quote_text(st->line, len, diag, dsz);
+        if (rc == LMQ_ETIMEOUT)
+            rc = lmq_transport_clear(st->t, d->clear_quiet_ms,
+                                     lmq_clock_mono_ns() + (int64_t)d->clear_quiet_ms * 1000000 + step);
+    }
     if (rc == 0 && d->clear_command) {
-        char buf[LMQ__SCPI_MAX_CMD + 4];
         int n = snprintf(buf, sizeof buf, "%s%s", d->clear_command, d->write_term);
-        rc = lmq_transport_write(st->t, buf, (size_t)n, lmq_clock_mono_ns() + (int64_t)st->timeout_ms * 1000000);
+        rc = lmq_transport_write(st->t, buf, (size_t)n, lmq_clock_mono_ns() + step);
     }
     if (rc)
         lmq_log(lmq_dev_log(dev), LMQ_LOG_DEBUG, lmq_dev_name(dev), "resynchronising failed: %s (%s)",
@@ -86,11 +115,15 @@ static int io_fail(lmq_dev_t *dev, scpi_state_t *st, int rc, const lmq__scpi_cmd
                    const char *text)
 {
     if (rc == LMQ_ETIMEOUT) {
-        resync(dev, st);
+        char diag[256] = "";
+        resync(dev, st, diag, sizeof diag);
+        if (diag[0])
+            return lmq_dev_fail(dev, LMQ_ETIMEOUT, "%s '%s' timed out after %d ms; the instrument reports %s", what,
+                                text, timeout_of(st, c), diag);
         return lmq_dev_fail(dev, LMQ_ETIMEOUT, "%s '%s' timed out after %d ms", what, text, timeout_of(st, c));
     }
     if (rc == LMQ_ERANGE) {
-        resync(dev, st);
+        resync(dev, st, NULL, 0);
         return lmq_dev_fail(dev, LMQ_EPROTO, "the reply to '%s' is longer than %d bytes", text, LMQ__SCPI_MAX_LINE - 1);
     }
     if (rc == LMQ_ECLOSED)
@@ -120,7 +153,7 @@ static int proto_fail(lmq_dev_t *dev, scpi_state_t *st, const char *text, const 
 {
     char esc[160];
     lmq__scpi_escape(bytes, n, esc, sizeof esc);
-    resync(dev, st); /* whatever else the garbling left on the line goes too */
+    resync(dev, st, NULL, 0); /* whatever else the garbling left on the line goes too */
     return lmq_dev_fail(dev, LMQ_EPROTO, "the reply to '%s' does not parse (%s): \"%s\"", text, why, esc);
 }
 
@@ -143,7 +176,7 @@ static int check_errors(lmq_dev_t *dev, scpi_state_t *st, const lmq__scpi_cmd_t 
         if (lmq__scpi_no_error(d, st->line))
             break;
         if (!first[0])
-            lmq__scpi_escape(st->line, len, first, sizeof first);
+            quote_text(st->line, len, first, sizeof first);
         else
             extra++;
     }
@@ -373,7 +406,7 @@ static int scpi_open(lmq_dev_t *dev, void **state)
     }
     const lmq__scpi_desc_t *d = st->desc;
     /* A port may hold the end of an earlier session's reply. */
-    resync(dev, st);
+    resync(dev, st, NULL, 0);
     if (d->idn && lmq_dev_opt_bool(dev, "idn_check")) {
         static const lmq__scpi_cmd_t idn_cmd = {.name = "*IDN?", .reply = {.kind = LMQ__SCPI_R_VALUE}};
         int64_t dl = deadline_of(st, NULL);
