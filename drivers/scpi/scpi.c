@@ -417,10 +417,10 @@ static int scpi_open(lmq_dev_t *dev, void **state)
         if (rc == 0 && !strcasestr(st->line, d->idn)) {
             char esc[200];
             lmq__scpi_escape(st->line, len, esc, sizeof esc);
+            const char *file = strrchr(d->path, '/');
             rc = lmq_dev_fail(dev, LMQ_EDEVICE,
-                              "%s answers *IDN? with \"%s\", but %s expects \"%s\" (set the option idn_check: false "
-                              "to accept it)",
-                              lmq_dev_connection(dev), esc, d->path, d->idn);
+                              "*IDN? answers \"%s\"; %s expects \"%s\" (option idn_check: false accepts it)", esc,
+                              file ? file + 1 : d->path, d->idn);
         }
         if (rc) {
             scpi_close(dev, st);
