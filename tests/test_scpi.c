@@ -70,10 +70,8 @@ static bool first_line(const char *path, char *buf, size_t size, int timeout_ms)
     return false;
 }
 
-/* Starts the simulator and writes the test's description: the example plus
- * a method that passes fault commands ("#sim drop 1") and one that sends
- * any command with the error check. */
-static void sim_start(sim_t *s, const inst_t *in, bool tcp)
+/* Writes the description `desc` and starts the simulator on sim_model. */
+static void sim_spawn(sim_t *s, const char *desc, const char *sim_model, bool tcp)
 {
     memset(s, 0, sizeof *s);
     s->tcp = tcp;
@@ -82,23 +80,7 @@ static void sim_start(sim_t *s, const inst_t *in, bool tcp)
     snprintf(s->err, sizeof s->err, "%s/err", s->dir);
     snprintf(s->link, sizeof s->link, "%s/tty", s->dir);
     snprintf(s->model, sizeof s->model, "%s/model.yaml", s->dir);
-    char path[512];
-    snprintf(path, sizeof path, "%s/examples/instruments/%s", LMQ_SOURCE_DIR, in->desc);
-    char *text = th_slurp(path);
-    /* methods: is the last section of every example */
-    ck_assert_ptr_nonnull(strstr(text, "\nmethods:\n"));
-    size_t n = strlen(text) + 512;
-    char *full = malloc(n);
-    snprintf(full, n,
-             "%s"
-             "  - {name: sim, args: [{name: spec, type: string}], command: '#sim {spec}', error_check: false}\n"
-             "  - {name: raw, args: [{name: text, type: string}], command: '{text}'}\n",
-             text);
-    th_write_file(s->model, full);
-    free(full);
-    free(text);
-    char sim_model[512];
-    snprintf(sim_model, sizeof sim_model, "%s/examples/instruments/siminst/%s", LMQ_SOURCE_DIR, in->sim_model);
+    th_write_file(s->model, desc);
     const char *argv[] = {SIM_BIN,  "--seed", "7", "--log", "--fault-commands", tcp ? "--tcp" : "--link",
                           tcp ? "0" : s->link, sim_model, NULL};
     s->pid = th_spawn_to_files((char *const *)argv, s->out, s->err);
@@ -111,6 +93,30 @@ static void sim_start(sim_t *s, const inst_t *in, bool tcp)
         snprintf(s->conn, sizeof s->conn, "%s", line);
     else
         snprintf(s->conn, sizeof s->conn, "serial:%s", s->link);
+}
+
+/* Starts the simulator on an example instrument; the description is the
+ * example's plus a method that passes fault commands ("#sim drop 1") and one
+ * that sends any command with the error check. */
+static void sim_start(sim_t *s, const inst_t *in, bool tcp)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/examples/instruments/%s", LMQ_SOURCE_DIR, in->desc);
+    char *text = th_slurp(path);
+    /* methods: is the last section of every example */
+    ck_assert_ptr_nonnull(strstr(text, "\nmethods:\n"));
+    size_t n = strlen(text) + 512;
+    char *full = malloc(n);
+    snprintf(full, n,
+             "%s"
+             "  - {name: sim, args: [{name: spec, type: string}], command: '#sim {spec}', error_check: false}\n"
+             "  - {name: raw, args: [{name: text, type: string}], command: '{text}'}\n",
+             text);
+    char sim_model[512];
+    snprintf(sim_model, sizeof sim_model, "%s/examples/instruments/siminst/%s", LMQ_SOURCE_DIR, in->sim_model);
+    sim_spawn(s, full, sim_model, tcp);
+    free(full);
+    free(text);
 }
 
 static void sim_stop(sim_t *s)
@@ -348,6 +354,135 @@ END_TEST
 START_TEST(hangup_without_restore) { run_hangup(&insts[0], _i == 1, false); }
 END_TEST
 
+/* Methods returning lists, bools and enums, per instrument (TCP). */
+START_TEST(methods_and_types)
+{
+    sim_t s;
+    sim_start(&s, &insts[_i], true);
+    lab_t l;
+    lab_start(&l, &s, false);
+    lmq_value_t v = {0}, args[3];
+    if (_i == 0) { /* DP832: output on into the simulator's 10 ohm load */
+        set_f(&l, "voltage", 2);
+        v = lmq_bool(true);
+        ck_assert_int_eq(lmq_proxy_set(l.p, "output", &v), 0);
+        ck_assert_int_eq(lmq_proxy_get(l.p, "output", &v), 0);
+        ck_assert(v.type == LMQ_BOOL && v.u.b);
+        args[0] = lmq_int(1);
+        ck_assert_msg(lmq_proxy_call(l.p, "measure_all", args, 1, &v) == 0, "%s", lmq_proxy_last_error(l.p));
+        ck_assert(v.type == LMQ_ARRAY && v.u.a.dtype == LMQ_F64 && v.u.a.shape[0] == 3);
+        const double *x = v.u.a.data;
+        ck_assert_double_eq_tol(x[0], 2, 1e-9);   /* V */
+        ck_assert_double_eq_tol(x[1], 0.2, 1e-9); /* A */
+        ck_assert_double_eq_tol(x[2], 0.4, 1e-9); /* W */
+        lmq_value_clear(&v);
+        ck_assert_int_eq(lmq_proxy_get(l.p, "mode", &v), 0);
+        ck_assert_str_eq(v.u.s, "cv");
+        lmq_value_clear(&v);
+        args[0] = lmq_int(2), args[1] = lmq_float(3.5), args[2] = lmq_float(0.25);
+        ck_assert_int_eq(lmq_proxy_call(l.p, "apply", args, 3, &v), 0);
+        ck_assert_double_eq_tol(get_f(&l, "voltage2"), 3.5, 1e-9);
+        ck_assert_double_eq_tol(get_f(&l, "current2"), 0.25, 1e-9);
+    } else if (_i == 1) { /* 34461A: three readings of the simulated 1.23456789 V */
+        v = lmq_int(3);
+        ck_assert_int_eq(lmq_proxy_set(l.p, "sample_count", &v), 0);
+        ck_assert_msg(lmq_proxy_call(l.p, "read_all", NULL, 0, &v) == 0, "%s", lmq_proxy_last_error(l.p));
+        ck_assert(v.type == LMQ_ARRAY && v.u.a.shape[0] == 3);
+        for (int k = 0; k < 3; k++)
+            ck_assert_double_eq_tol(((const double *)v.u.a.data)[k], 1.23456789, 1e-4);
+        lmq_value_clear(&v);
+        lmq_value_set_string(&v, "bus");
+        ck_assert_int_eq(lmq_proxy_set(l.p, "trigger_source", &v), 0);
+        lmq_value_clear(&v);
+        ck_assert_int_eq(lmq_proxy_get(l.p, "trigger_source", &v), 0);
+        ck_assert_str_eq(v.u.s, "bus");
+        lmq_value_clear(&v);
+        /* INIT with a BUS trigger: the meter queues -214 "Trigger deadlock" */
+        ASSERT_ERR(&l, lmq_proxy_call(l.p, "initiate", NULL, 0, &v), LMQ_EDEVICE, "-214");
+        lmq_value_set_string(&v, "nonsense");
+        ASSERT_ERR(&l, lmq_proxy_set(l.p, "trigger_source", &v), LMQ_EARG, "one of: immediate, external, bus");
+        lmq_value_clear(&v);
+        v = lmq_bool(false);
+        ck_assert_int_eq(lmq_proxy_set(l.p, "autorange", &v), 0);
+        ck_assert_int_eq(lmq_proxy_get(l.p, "autorange", &v), 0);
+        ck_assert(v.type == LMQ_BOOL && !v.u.b);
+    } else { /* 2400: source 1 V into the simulator's 1 kohm load */
+        lmq_value_set_string(&v, "voltage");
+        ck_assert_int_eq(lmq_proxy_set(l.p, "source", &v), 0);
+        lmq_value_clear(&v);
+        set_f(&l, "voltage", 1);
+        set_f(&l, "current_compliance", 0.01);
+        /* output off: READ? is refused (error 803) and never answers */
+        ASSERT_ERR(&l, lmq_proxy_call(l.p, "read", NULL, 0, &v), LMQ_ETIMEOUT, "803");
+        v = lmq_bool(true);
+        ck_assert_int_eq(lmq_proxy_set(l.p, "output", &v), 0);
+        ck_assert_msg(lmq_proxy_call(l.p, "read", NULL, 0, &v) == 0, "%s", lmq_proxy_last_error(l.p));
+        ck_assert(v.type == LMQ_ARRAY && v.u.a.shape[0] == 2);
+        ck_assert_double_eq_tol(((const double *)v.u.a.data)[0], 1, 1e-6);
+        ck_assert_double_eq_tol(((const double *)v.u.a.data)[1], 1e-3, 1e-9);
+        lmq_value_clear(&v);
+        ck_assert_double_eq_tol(get_f(&l, "measured_current"), 1e-3, 1e-9);
+        args[0] = lmq_float(-0.5), args[1] = lmq_float(0.02);
+        ck_assert_int_eq(lmq_proxy_call(l.p, "source_voltage", args, 2, &v), 0);
+        ck_assert_double_eq_tol(get_f(&l, "voltage"), -0.5, 1e-9);
+        ck_assert_double_eq_tol(get_f(&l, "current_compliance"), 0.02, 1e-9);
+    }
+    lab_stop(&l);
+    sim_stop(&s);
+}
+END_TEST
+
+/* IEEE 488.2 blocks through the whole path, from a model that sends them. */
+START_TEST(blocks_end_to_end)
+{
+    char dir[128], model[192];
+    th_tempdir(dir, sizeof dir);
+    snprintf(model, sizeof model, "%s/blocks.yaml", dir);
+    th_write_file(model, "identity: \"LABMQ,BLOCKS,0,1\"\n"
+                         "commands:\n"
+                         "  - {header: \"DATA?\", reply: \"#18ABCDEFGH\"}\n"
+                         "  - {header: \"SHORt?\", reply: \"#19ABC\"}\n"
+                         "  - {header: \"INDefinite?\", reply: \"#0ABCD\"}\n"
+                         "  - {header: \"NOTblock?\", reply: \"1.5\"}\n");
+    static const char desc[] = "idn: BLOCKS\n"
+                               "methods:\n"
+                               "  - {name: words, command: 'DATA?', returns: block, dtype: '>i2'}\n"
+                               "  - {name: bytes, command: 'DATA?', returns: block, dtype: 'u1'}\n"
+                               "  - {name: indefinite, command: 'IND?', returns: block, dtype: '<i2'}\n"
+                               "  - {name: short, command: 'SHOR?', returns: block, dtype: 'u1'}\n"
+                               "  - {name: notblock, command: 'NOT?', returns: block, dtype: 'u1'}\n";
+    for (int tcp = 0; tcp < 2; tcp++) {
+        sim_t s;
+        sim_spawn(&s, desc, model, tcp);
+        lab_t l;
+        lab_start(&l, &s, false);
+        lmq_value_t v = {0};
+        ck_assert_msg(lmq_proxy_call(l.p, "words", NULL, 0, &v) == 0, "%s", lmq_proxy_last_error(l.p));
+        ck_assert(v.type == LMQ_ARRAY && v.u.a.dtype == LMQ_I16 && v.u.a.shape[0] == 4);
+        const unsigned char *b = v.u.a.data; /* "AB" big-endian = 0x4142, stored little-endian */
+        ck_assert(b[0] == 'B' && b[1] == 'A' && b[6] == 'H' && b[7] == 'G');
+        lmq_value_clear(&v);
+        ck_assert_int_eq(lmq_proxy_call(l.p, "bytes", NULL, 0, &v), 0);
+        ck_assert(v.u.a.shape[0] == 8 && memcmp(v.u.a.data, "ABCDEFGH", 8) == 0);
+        lmq_value_clear(&v);
+        ck_assert_msg(lmq_proxy_call(l.p, "indefinite", NULL, 0, &v) == 0, "%s", lmq_proxy_last_error(l.p));
+        ck_assert(v.u.a.shape[0] == 2 && memcmp(v.u.a.data, "ABCD", 4) == 0);
+        lmq_value_clear(&v);
+        /* 9 bytes announced, 3 and a newline sent: a timeout, then in step again */
+        ASSERT_ERR(&l, lmq_proxy_call(l.p, "short", NULL, 0, &v), LMQ_ETIMEOUT, "SHOR?");
+        ck_assert_int_eq(lmq_proxy_call(l.p, "bytes", NULL, 0, &v), 0);
+        ck_assert(v.u.a.shape[0] == 8 && memcmp(v.u.a.data, "ABCDEFGH", 8) == 0);
+        lmq_value_clear(&v);
+        ASSERT_ERR(&l, lmq_proxy_call(l.p, "notblock", NULL, 0, &v), LMQ_EPROTO, "\"1.5\"");
+        ck_assert_int_eq(lmq_proxy_call(l.p, "bytes", NULL, 0, &v), 0);
+        lmq_value_clear(&v);
+        lab_stop(&l);
+        sim_stop(&s);
+    }
+    th_rmtree(dir);
+}
+END_TEST
+
 /* A description for another model: open fails naming both, and the device
  * stays disconnected (retrying) with that reason. */
 START_TEST(idn_mismatch)
@@ -409,6 +544,8 @@ int main(void)
     tcase_add_loop_test(tc, hangup_restore_tcp, 0, n);
     tcase_add_loop_test(tc, hangup_restore_pty, 0, n);
     tcase_add_loop_test(tc, hangup_without_restore, 0, 2);
+    tcase_add_loop_test(tc, methods_and_types, 0, n);
+    tcase_add_test(tc, blocks_end_to_end);
     tcase_add_test(tc, idn_mismatch);
     tcase_add_test(tc, configure_errors);
     suite_add_tcase(s, tc);
