@@ -16,7 +16,11 @@
 #include "labmq/labmq.h"
 
 #define SIM_BIN LMQ_BUILD_DIR "/tools/siminst/labmq-siminst"
-#define TIMEOUT_MS 300 /* the driver's reply timeout in these tests */
+/* The driver's reply timeout in these tests: well above the simulator's
+ * answer time on a loaded machine, short enough to keep the tests quick. */
+#define TIMEOUT_MS 500
+#define STR_(x) #x
+#define STR(x) STR_(x)
 
 /* One instrument: its description, a writable float property with two
  * values inside its limits (the simulator keeps them exactly), one outside,
@@ -153,7 +157,7 @@ static void lab_start(lab_t *l, const sim_t *s, bool restore)
     l->log = lmq_log_new(LMQ_LOG_ERROR, NULL, NULL);
     l->d = lmq_daemon_new(l->ctx, "inproc://scpi", "inproc://scpi-data", l->log);
     ck_assert_ptr_nonnull(l->d);
-    const char *opts[] = {"model", s->model, "timeout_ms", "300", NULL};
+    const char *opts[] = {"model", s->model, "timeout_ms", STR(TIMEOUT_MS), NULL};
     ck_assert_msg(lmq_daemon_add(l->d, "psu", lmq_driver_find("scpi"), s->conn, opts) == 0, "%s",
                   lmq_daemon_last_error(l->d));
     if (restore)
@@ -274,7 +278,7 @@ static void run_requests(const inst_t *in, bool tcp)
     /* a dropped reply: TIMEOUT naming the command, then the next query
      * gets its own answer */
     ck_assert_int_eq(call_s(&l, "sim", "drop 1"), 0);
-    ASSERT_ERR(&l, lmq_proxy_get(l.p, in->prop, &v), LMQ_ETIMEOUT, "?' timed out after 300 ms");
+    ASSERT_ERR(&l, lmq_proxy_get(l.p, in->prop, &v), LMQ_ETIMEOUT, "?' timed out after " STR(TIMEOUT_MS) " ms");
     ck_assert_double_eq_tol(get_f(&l, in->other), in->other_value, 1e-9);
     ck_assert_double_eq_tol(get_f(&l, in->prop), in->a, 1e-9);
 
@@ -409,6 +413,9 @@ START_TEST(methods_and_types)
     } else { /* 2400: source 1 V into the simulator's 1 kohm load */
         lmq_value_set_string(&v, "voltage");
         ck_assert_int_eq(lmq_proxy_set(l.p, "source", &v), 0);
+        lmq_value_clear(&v);
+        ck_assert_int_eq(lmq_proxy_get(l.p, "source", &v), 0); /* the 2400 answers "VOLT" */
+        ck_assert_str_eq(v.u.s, "voltage");
         lmq_value_clear(&v);
         set_f(&l, "voltage", 1);
         set_f(&l, "current_compliance", 0.01);
