@@ -21,7 +21,7 @@ typedef struct scpi_tables {
     lmq_method_t *methods;
     lmq_property_t *props;
     lmq_arg_t *args;
-    char **docs; /* docs extended with enum names; NULL entries where the description's is used as is */
+    char **docs; /* the docs of enums, extended with their names (others point into desc) */
     size_t n_docs;
 } scpi_tables_t;
 
@@ -52,15 +52,14 @@ static const lmq_option_t scpi_options[] = {
 
 /* ---- I/O ---- */
 
-static int64_t deadline_of(const scpi_state_t *st, const lmq__scpi_cmd_t *c)
-{
-    int ms = c && c->timeout_ms ? c->timeout_ms : st->timeout_ms;
-    return lmq_clock_mono_ns() + (int64_t)ms * 1000000;
-}
-
 static int timeout_of(const scpi_state_t *st, const lmq__scpi_cmd_t *c)
 {
     return c && c->timeout_ms ? c->timeout_ms : st->timeout_ms;
+}
+
+static int64_t deadline_of(const scpi_state_t *st, const lmq__scpi_cmd_t *c)
+{
+    return lmq_clock_mono_ns() + (int64_t)timeout_of(st, c) * 1000000;
 }
 
 /* The instrument's own words for people: as sent when printable, escaped
