@@ -4,6 +4,7 @@
  * instrument sees a value, instrument errors, dropped / late / garbled
  * replies, hang-up, reconnection and restore. */
 #include <check.h>
+#include <dirent.h>
 #include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
@@ -490,6 +491,44 @@ START_TEST(blocks_end_to_end)
 }
 END_TEST
 
+static int count_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    ck_assert_ptr_nonnull(d);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n - 1; /* the directory's own descriptor */
+}
+
+/* Hang-up after hang-up: the device comes back every time and no
+ * descriptor is left behind by a close/reopen cycle. */
+START_TEST(reconnect_cycles)
+{
+    bool tcp = _i == 1;
+    sim_t s;
+    sim_start(&s, &insts[0], tcp);
+    lab_t l;
+    lab_start(&l, &s, false);
+    set_f(&l, "voltage", 1.25);
+    int fds_after_first = 0;
+    for (int cycle = 0; cycle < 10; cycle++) {
+        ck_assert_int_eq(call_s(&l, "sim", "hangup 100"), 0);
+        lmq_value_t v = {0};
+        int rc = lmq_proxy_get(l.p, "voltage", &v);
+        ck_assert_msg(rc == LMQ_EIO || rc == LMQ_EDEVICE, "cycle %d: %s", cycle, lmq_status_name(rc));
+        ck_assert_msg(wait_state(&l, "ready", 5000) >= 0, "cycle %d: not ready again", cycle);
+        ck_assert_double_eq_tol(get_f(&l, "voltage"), 1.25, 1e-9);
+        if (cycle == 0)
+            fds_after_first = count_fds();
+    }
+    ck_assert_int_eq(count_fds(), fds_after_first);
+    lab_stop(&l);
+    sim_stop(&s);
+}
+END_TEST
+
 /* A description for another model: open fails naming both, and the device
  * stays disconnected (retrying) with that reason. */
 START_TEST(idn_mismatch)
@@ -553,6 +592,7 @@ int main(void)
     tcase_add_loop_test(tc, hangup_without_restore, 0, 2);
     tcase_add_loop_test(tc, methods_and_types, 0, n);
     tcase_add_test(tc, blocks_end_to_end);
+    tcase_add_loop_test(tc, reconnect_cycles, 0, 2);
     tcase_add_test(tc, idn_mismatch);
     tcase_add_test(tc, configure_errors);
     suite_add_tcase(s, tc);
