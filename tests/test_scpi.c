@@ -115,7 +115,8 @@ static void sim_start(sim_t *s, const inst_t *in, bool tcp)
     snprintf(full, n,
              "%s"
              "  - {name: sim, args: [{name: spec, type: string}], command: '#sim {spec}', error_check: false}\n"
-             "  - {name: raw, args: [{name: text, type: string}], command: '{text}'}\n",
+             "  - {name: raw, args: [{name: text, type: string}], command: '{text}'}\n"
+             "  - {name: slow_idn, command: '*IDN?', returns: string, timeout_ms: 30000}\n",
              text);
     char sim_model[512];
     snprintf(sim_model, sizeof sim_model, "%s/examples/instruments/siminst/%s", LMQ_SOURCE_DIR, in->sim_model);
@@ -529,6 +530,32 @@ START_TEST(reconnect_cycles)
 }
 END_TEST
 
+/* A device waiting for a reply that never comes (30 s timeout) does not
+ * hold up the daemon's shutdown: the transport's wait is cancelled. */
+START_TEST(stop_during_a_long_read)
+{
+    sim_t s;
+    sim_start(&s, &insts[0], _i == 1);
+    lab_t l;
+    lab_start(&l, &s, false);
+    ck_assert_int_eq(call_s(&l, "sim", "drop 1"), 0);
+    uint64_t id;
+    ck_assert_int_eq(lmq_proxy_send_call(l.p, "slow_idn", NULL, 0, &id), 0);
+    usleep(300000); /* the device is in its read now */
+    double t0 = th_now_ms();
+    lmq_value_t v = {0};
+    ck_assert_int_eq(lmq_daemon_stop(l.d), 0);
+    double took = th_now_ms() - t0;
+    ck_assert_msg(took < 3000, "stop took %.0f ms", took);
+    /* the pending call was answered, not dropped */
+    uint64_t got = 0;
+    int rc = lmq_proxy_recv(l.p, &got, &v);
+    ck_assert_msg(rc == LMQ_ECLOSED && got == id, "%s: %s", lmq_status_name(rc), lmq_proxy_last_error(l.p));
+    lab_stop(&l);
+    sim_stop(&s);
+}
+END_TEST
+
 /* A description for another model: open fails naming both, and the device
  * stays disconnected (retrying) with that reason. */
 START_TEST(idn_mismatch)
@@ -593,6 +620,7 @@ int main(void)
     tcase_add_loop_test(tc, methods_and_types, 0, n);
     tcase_add_test(tc, blocks_end_to_end);
     tcase_add_loop_test(tc, reconnect_cycles, 0, 2);
+    tcase_add_loop_test(tc, stop_during_a_long_read, 0, 2);
     tcase_add_test(tc, idn_mismatch);
     tcase_add_test(tc, configure_errors);
     suite_add_tcase(s, tc);
