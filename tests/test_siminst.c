@@ -19,6 +19,7 @@
 #include <termios.h>
 #include <unistd.h>
 #include "harness.h"
+#include "siminst.h" /* the lexical rules and expressions are tested directly too */
 
 #define SIM_BIN LMQ_BUILD_DIR "/tools/siminst/labmq-siminst"
 #define MODELS LMQ_SOURCE_DIR "/examples/instruments/siminst/"
@@ -665,6 +666,48 @@ START_TEST(test_log_and_crlf)
 }
 END_TEST
 
+
+/* A slewing setting ramps in simulated time: 10 V/s to 100 V takes 10 s at
+ * scale 1, a hundredth of a second at scale 1000. */
+START_TEST(test_slew)
+{
+    char reply_[512], dir[128], model[192];
+    th_tempdir(dir, sizeof dir);
+    snprintf(model, sizeof model, "%s/ramp.yaml", dir);
+    th_write_file(model, "identity: \"SIM,RAMP,0,1\"\n"
+                         "variables:\n"
+                         "  - {name: volt, type: float, default: \"0\", min: \"0\", max: \"100\", slew: \"10\",\n"
+                         "     format: \"%.3f\"}\n"
+                         "  - {name: actual, type: float, expr: \"volt\", format: \"%.3f\"}\n"
+                         "commands:\n"
+                         "  - {header: \"VOLTage\", var: volt}\n"
+                         "  - {header: \"MEASure?\", reply: \"{actual}\"}\n");
+    sim_t s;
+    sim_start(&s, false, model);
+    sim_send(&s, "VOLT 100");
+    EXPECT(&s, "VOLT?", "100.000"); /* the setting at once */
+    double a = strtod(Q(&s, "MEAS?"), NULL);
+    ck_assert_msg(a >= 0 && a < 50, "after a moment the output is at %g V, expected on its way", a);
+    usleep(100000);
+    double b = strtod(Q(&s, "MEAS?"), NULL);
+    ck_assert_msg(b > a && b < 100, "ramp: %g then %g", a, b);
+    sim_send(&s, "*RST");
+    EXPECT(&s, "MEAS?", "0.000"); /* *RST sets, no ramp */
+    sim_stop(&s);
+
+    sim_start(&s, false, model, "--time-scale", "1000");
+    double t0 = th_now_ms();
+    sim_send(&s, "VOLT 100");
+    while (strcmp(Q(&s, "MEAS?"), "100.000") && th_now_ms() < t0 + 8000)
+        usleep(20000);
+    ck_assert_str_eq(reply_, "100.000");
+    /* at scale 1 this takes 10 s */
+    ck_assert_msg(th_now_ms() - t0 < 5000, "the 10 s ramp took %.0f ms at scale 1000", th_now_ms() - t0);
+    sim_stop(&s);
+    th_rmtree(dir);
+}
+END_TEST
+
 /* ---- command line and model errors ---- */
 
 static int run_sim(const char *const *args, char **err_out)
@@ -759,6 +802,142 @@ START_TEST(test_usage)
 }
 END_TEST
 
+
+/* ---- units: SCPI lexical rules and expressions ---- */
+
+static bool pmatch(const char *pattern, const char *typed, long *suffix)
+{
+    sim_pattern_t p;
+    char err[256];
+    ck_assert_msg(sim_pattern_parse(&p, pattern, err, sizeof err) == 0, "%s: %s", pattern, err);
+    sim_header_t h;
+    bool ok = sim_header_split(&h, typed, strlen(typed)) == 0 && sim_pattern_match(&p, &h, suffix);
+    sim_pattern_free(&p);
+    return ok;
+}
+
+START_TEST(test_unit_patterns)
+{
+    long sfx;
+    const char *src = "[:SOURce#]:VOLTage[:LEVel][:IMMediate]";
+    ck_assert(pmatch(src, "VOLT", &sfx) && sfx == 0);
+    ck_assert(pmatch(src, ":sour2:volt", &sfx) && sfx == 2);
+    ck_assert(pmatch(src, "SOURCE:VOLTAGE:LEVEL:IMM", &sfx));
+    ck_assert(pmatch(src, "volt:imm", &sfx));
+    ck_assert(!pmatch(src, "VOLTA", &sfx));       /* neither short nor long */
+    ck_assert(!pmatch(src, "SOUR:LEV", &sfx));    /* VOLTage is required */
+    ck_assert(!pmatch(src, "VOLT:LEV:LEV", &sfx));
+    ck_assert(!pmatch(src, "VOLT2", &sfx));       /* no suffix but 1 where no '#' */
+    ck_assert(pmatch(src, "VOLT1", &sfx));
+    ck_assert(pmatch("MEASure[:SCALar]:CURRent[:DC]?", "MEAS:SCAL:CURR:DC?", &sfx));
+    ck_assert(pmatch("*IDN?", "*idn?", &sfx));
+    ck_assert(pmatch(":OUTPut[1|2|3][:STATe]", "OUTP3", &sfx) && sfx == 3); /* the guides' notations */
+    ck_assert(pmatch("[:SOURce[<n>]]:CURRent", "SOUR2:CURR", &sfx) && sfx == 2);
+    ck_assert(pmatch("[:SOURce[<n>]]:CURRent", "CURR", &sfx) && sfx == 0);
+
+    sim_pattern_t p;
+    char err[256];
+    ck_assert_int_eq(sim_pattern_parse(&p, "VOLT[:LEV", err, sizeof err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "unbalanced"));
+    ck_assert_int_eq(sim_pattern_parse(&p, "volt", err, sizeof err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "no upper-case short form"));
+    ck_assert_int_eq(sim_pattern_parse(&p, "VOLTage", err, sizeof err), 0);
+    ck_assert(p.n == 1 && !strcmp(p.nodes[0].shortf, "VOLT") && !strcmp(p.nodes[0].longf, "VOLTAGE"));
+    ck_assert(sim_word_match(&p, "voltage") && !sim_word_match(&p, "VOLTAG"));
+    sim_pattern_free(&p);
+
+    sim_header_t h;
+    ck_assert_int_eq(sim_header_split(&h, "::VOLT", 6), -1);
+    ck_assert_int_eq(sim_header_split(&h, "VOLT:", 5), -1);
+    ck_assert_int_eq(sim_header_split(&h, ":*IDN?", 6), -1);
+    ck_assert_int_eq(sim_header_split(&h, "VO#LT", 5), -1);
+    ck_assert_int_eq(sim_header_split(&h, "*IDN?", 5), 0);
+    ck_assert(h.query && h.n == 1 && !strcmp(h.name[0], "*IDN"));
+}
+END_TEST
+
+START_TEST(test_unit_tokens)
+{
+    struct {
+        const char *in;
+        sim_tok_kind_t kind;
+        double num;
+        const char *text;
+    } const cases[] = {
+        {"1", SIM_TOK_NUMBER, 1, NULL},         {"+1.5E-3", SIM_TOK_NUMBER, 1.5e-3, NULL},
+        {".5", SIM_TOK_NUMBER, 0.5, NULL},      {"-2.", SIM_TOK_NUMBER, -2, NULL},
+        {"1e", SIM_TOK_BAD, 0, NULL},           {"1.2.3", SIM_TOK_BAD, 0, NULL},
+        {"0x10", SIM_TOK_BAD, 0, NULL},         {"1e999", SIM_TOK_BAD, 0, NULL},
+        {"inf", SIM_TOK_WORD, 0, "inf"},        {"MAX", SIM_TOK_WORD, 0, "MAX"},
+        {"'it''s'", SIM_TOK_STRING, 0, "it's"}, {"\"VOLT:DC\"", SIM_TOK_STRING, 0, "VOLT:DC"},
+        {"\"open", SIM_TOK_BAD, 0, NULL},       {"'a'b", SIM_TOK_BAD, 0, NULL},
+        {"O N", SIM_TOK_BAD, 0, NULL},          {"", SIM_TOK_BAD, 0, NULL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        sim_tok_t t;
+        sim_tok_classify(&t, cases[i].in, strlen(cases[i].in));
+        ck_assert_msg(t.kind == cases[i].kind, "\"%s\": kind %d, expected %d", cases[i].in, t.kind, cases[i].kind);
+        if (t.kind == SIM_TOK_NUMBER)
+            ck_assert_double_eq(t.num, cases[i].num);
+        if (cases[i].text)
+            ck_assert_str_eq(t.text, cases[i].text);
+    }
+}
+END_TEST
+
+START_TEST(test_unit_expressions)
+{
+    sim_scope_t *sc = sim_scope_new(42);
+    int a = sim_scope_add(sc, "a", false, 2);
+    ck_assert_int_ge(sim_scope_add(sc, "k", true, 10), 0);
+    ck_assert_int_eq(sim_scope_add(sc, "a", false, 0), -1); /* duplicate */
+    char err[256];
+    sim_expr_t *e = sim_expr_new(sc, "a = a * 3, a + k", err, sizeof err);
+    ck_assert_msg(e != NULL, "%s", err);
+    ck_assert_double_eq(sim_scope_slots(sc)[a], 2); /* the trial run at load left no trace */
+    double v;
+    ck_assert_int_eq(sim_expr_eval(e, &v, err, sizeof err), 0);
+    ck_assert_double_eq(v, 16);
+    ck_assert_double_eq(sim_scope_slots(sc)[a], 6);
+    sim_expr_destroy(&e);
+    ck_assert_ptr_null(e);
+
+    const char *bad[] = {"a +", "nosuch * 2", "k = 1", "min(", NULL};
+    for (size_t i = 0; bad[i]; i++) {
+        ck_assert_ptr_null(sim_expr_new(sc, bad[i], err, sizeof err));
+        ck_assert_msg(err[0], "no message for \"%s\"", bad[i]);
+    }
+    struct {
+        const char *x;
+        double want;
+    } const ok[] = {{"not(0) && not(a == 1)", 1}, {"clamp(a, 0, 5)", 5}, {"a > 5 ? min(a, 1) : 9", 1},
+                    {"gauss(0)", 0},             {"uniform(3, 3)", 3},  {"abs(-2) ^ 2", 4}};
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        e = sim_expr_new(sc, ok[i].x, err, sizeof err);
+        ck_assert_msg(e != NULL, "%s: %s", ok[i].x, err);
+        ck_assert_int_eq(sim_expr_eval(e, &v, err, sizeof err), 0);
+        ck_assert_msg(v == ok[i].want, "%s = %g, expected %g", ok[i].x, v, ok[i].want);
+        sim_expr_destroy(&e);
+    }
+    /* noise: seeded, so reproducible; varying from draw to draw */
+    sim_scope_t *sc2 = sim_scope_new(42), *sc3 = sim_scope_new(42);
+    sim_expr_t *g1 = sim_expr_new(sc3, "gauss(1)", err, sizeof err);
+    sim_expr_t *g2 = sim_expr_new(sc2, "gauss(1)", err, sizeof err);
+    double x1, x2, y1;
+    ck_assert_int_eq(sim_expr_eval(g1, &x1, err, sizeof err), 0);
+    ck_assert_int_eq(sim_expr_eval(g2, &x2, err, sizeof err), 0);
+    ck_assert_int_eq(sim_expr_eval(g1, &y1, err, sizeof err), 0);
+    ck_assert_double_eq(x1, x2);
+    ck_assert_double_ne(x1, y1);
+    sim_expr_destroy(&g1);
+    sim_expr_destroy(&g2);
+    sim_scope_destroy(&sc2);
+    sim_scope_destroy(&sc3);
+    sim_scope_destroy(&sc);
+    ck_assert_ptr_null(sc);
+}
+END_TEST
+
 static Suite *siminst_suite(void)
 {
     Suite *s = suite_create("siminst");
@@ -777,10 +956,16 @@ static Suite *siminst_suite(void)
     tcase_add_test(tc, test_fault_hangup_tcp);
     tcase_add_test(tc, test_tcp_one_client);
     tcase_add_test(tc, test_time_scale);
+    tcase_add_test(tc, test_slew);
     tcase_add_test(tc, test_log_and_crlf);
     tcase_add_test(tc, test_bad_models);
     tcase_add_test(tc, test_usage);
     suite_add_tcase(s, tc);
+    TCase *units = tcase_create("units");
+    tcase_add_test(units, test_unit_patterns);
+    tcase_add_test(units, test_unit_tokens);
+    tcase_add_test(units, test_unit_expressions);
+    suite_add_tcase(s, units);
     return s;
 }
 

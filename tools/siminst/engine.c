@@ -23,7 +23,8 @@ struct sim_engine {
     double scale;
     int64_t t0;
     size_t nch;     /* channels, at least 1 */
-    double *vals;   /* n_vars x nch */
+    double *vals;   /* n_vars x nch; for a slewing variable its target */
+    double *from, *t_from, *rate; /* slewing: start value, start time (s), units/s */
     char **strs;    /* n_vars x nch, STRING variables */
     double *loaded; /* the slots as loaded, to see what an expression assigned */
     unsigned sel;   /* selected channel, 1-based */
@@ -53,7 +54,7 @@ static const sim_var_t *var_named(const sim_model_t *m, const char *name, size_t
     return NULL;
 }
 
-static void coerce_store(sim_engine_t *e, sim_var_t *v, unsigned ch, double x);
+static void coerce_store(sim_engine_t *e, sim_var_t *v, unsigned ch, double x, bool ramp);
 
 /* Doubles that get converted to integers are brought into range first: an
  * out-of-range conversion is undefined behaviour, and values come from
@@ -88,7 +89,7 @@ int sim_engine_set(sim_engine_t *e, const char *name, unsigned ch, double value,
         return -1;
     }
     for (unsigned c = ch ? ch : 1; c <= (ch ? ch : (unsigned)e->nch); c++)
-        coerce_store(e, (sim_var_t *)v, c, value);
+        coerce_store(e, (sim_var_t *)v, c, value, false);
     return 0;
 }
 
@@ -147,7 +148,18 @@ void sim_engine_push_error(sim_engine_t *e, long code)
 
 /* ---- slots ---- */
 
-static void coerce_store(sim_engine_t *e, sim_var_t *v, unsigned ch, double x)
+/* Where a slewing variable is now: on its way from `from` to the target. */
+static double effective(const sim_engine_t *e, size_t i, double now)
+{
+    double d = e->vals[i] - e->from[i], step = e->rate[i] * (now - e->t_from[i]);
+    if (!(e->rate[i] > 0) || !(step < fabs(d)))
+        return e->vals[i];
+    return e->from[i] + (d > 0 ? step : -step);
+}
+
+/* ramp: a slewing variable moves to x from where it is now, at its rate;
+ * otherwise it is there at once. */
+static void coerce_store(sim_engine_t *e, sim_var_t *v, unsigned ch, double x, bool ramp)
 {
     size_t i = vidx(e, v, ch);
     switch (v->type) {
@@ -168,8 +180,12 @@ static void coerce_store(sim_engine_t *e, sim_var_t *v, unsigned ch, double x)
     case SIM_FLOAT:
         break;
     }
-    if (isfinite(x))
-        e->vals[i] = x;
+    if (!isfinite(x))
+        return;
+    double now = sim_engine_time(e);
+    e->from[i] = ramp && v->slew ? effective(e, i, now) : x;
+    e->t_from[i] = now;
+    e->vals[i] = x;
 }
 
 /* Fills the slots with the state as channel ch sees it; computed variables
@@ -190,7 +206,7 @@ static int load(sim_engine_t *e, unsigned ch)
         if (v->type == SIM_STRING) {
             s[v->slot] = (double)strlen(e->strs[i] ? e->strs[i] : "");
         } else {
-            s[v->slot] = e->vals[i];
+            s[v->slot] = v->slew ? effective(e, i, s[m->slot_t]) : e->vals[i];
             if (v->type == SIM_SET)
                 for (size_t b = 0; b < v->n_members; b++)
                     s[v->members[b].slot] = ((unsigned long)e->vals[i] >> b) & 1;
@@ -240,7 +256,7 @@ static void store(sim_engine_t *e, unsigned ch)
                 continue;
             e->vals[vidx(e, v, ch)] = (double)mask;
         } else if (s[v->slot] != e->loaded[v->slot]) {
-            coerce_store(e, v, ch, s[v->slot]);
+            coerce_store(e, v, ch, s[v->slot], true);
         }
     }
 }
@@ -283,7 +299,12 @@ static void reset(sim_engine_t *e, bool all)
             if (v->type == SIM_SET)
                 e->vals[i] = (double)to_mask(v, x);
             else
-                coerce_store(e, v, ch, x);
+                coerce_store(e, v, ch, x, false);
+            if (v->slew && load(e, ch) == 0) {
+                char why[SIM_ERRMSG];
+                double r = 0;
+                e->rate[i] = sim_expr_eval(v->slew, &r, why, sizeof why) == 0 && r > 0 ? r : 0;
+            }
         }
     }
 }
@@ -300,10 +321,13 @@ sim_engine_t *sim_engine_new(sim_model_t *m, double time_scale)
     size_t nv = m->n_vars ? m->n_vars : 1;
     char why[SIM_ERRMSG];
     e->vals = calloc(nv * e->nch, sizeof *e->vals);
+    e->from = calloc(nv * e->nch, sizeof *e->from);
+    e->t_from = calloc(nv * e->nch, sizeof *e->t_from);
+    e->rate = calloc(nv * e->nch, sizeof *e->rate);
     e->strs = calloc(nv * e->nch, sizeof *e->strs);
     e->loaded = calloc(sim_scope_count(m->scope) + 1, sizeof *e->loaded);
     e->queue = calloc(m->queue_size, sizeof *e->queue);
-    if (!e->vals || !e->strs || !e->loaded || !e->queue ||
+    if (!e->vals || !e->from || !e->t_from || !e->rate || !e->strs || !e->loaded || !e->queue ||
         sim_pattern_parse(&e->syst_err, "SYSTem:ERRor[:NEXT]?", why, sizeof why) ||
         sim_pattern_parse(&e->min_w, "MINimum", why, sizeof why) ||
         sim_pattern_parse(&e->max_w, "MAXimum", why, sizeof why) ||
@@ -326,6 +350,9 @@ void sim_engine_destroy(sim_engine_t **ep)
             free(e->strs[i]);
     free(e->strs);
     free(e->vals);
+    free(e->from);
+    free(e->t_from);
+    free(e->rate);
     free(e->loaded);
     free(e->queue);
     sim_pattern_free(&e->syst_err);
@@ -396,8 +423,8 @@ static void render(sim_engine_t *e, sim_buf_t *out, const char *t, unsigned ch)
         const char *end = strchr(b, '}'); /* checked at load */
         size_t n = (size_t)(end - b - 1);
         const sim_var_t *v = var_named(e->m, b + 1, n);
-        if (v)
-            put_var(e, out, v, ch, s[v->slot]);
+        if (v) /* a setting shows what was set, even while it slews there */
+            put_var(e, out, v, ch, v->expr || v->type == SIM_STRING ? s[v->slot] : e->vals[vidx(e, v, ch)]);
         else if (n == 4 && !strncmp(b + 1, "chan", 4))
             sim_buf_puts(out, e->m->channels[ch - 1]);
         else if (n == 6 && !strncmp(b + 1, "chan_n", 6))
@@ -746,7 +773,7 @@ static int exec_command(sim_engine_t *e, const sim_command_t *c, long suffix, bo
                                    : p->setmode == SIM_SET_REMOVE ? cur & ~mask
                                                                   : mask);
         } else {
-            coerce_store(e, p->var, ch, pv[i].num);
+            coerce_store(e, p->var, ch, pv[i].num, true);
         }
         if (p->action && run(e, p->action, ch, NULL))
             return 0;

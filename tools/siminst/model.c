@@ -259,7 +259,7 @@ const char *sim_model_error_text(const sim_model_t *m, long code)
 
 static const char *const var_keys[] = {"name",   "type",  "per_channel", "default", "min",    "max",
                                        "minmax", "format", "values",     "names",   "quoted", "expr",
-                                       "external", NULL};
+                                       "external", "slew", NULL};
 
 static sim_var_t *find_var(sim_model_t *m, const char *name)
 {
@@ -363,6 +363,11 @@ static bool load_var_body(ld_t *l, yaml_node_t *n, sim_var_t *v)
     }
     if (l->failed)
         return false;
+    v->slew = expr_of(l, n, "slew", what);
+    if (l->failed)
+        return false;
+    if (v->slew && (v->type != SIM_FLOAT || v->expr))
+        return failf(l, get(l, n, "slew"), "\"slew\" applies to float variables that are not computed");
     if (v->minmax && (!v->min || !v->max || !v->def))
         return failf(l, n, "\"minmax\" needs min, max and default on \"%s\"", v->name);
     if (v->quoted && v->type != SIM_ENUM && v->type != SIM_SET && v->type != SIM_STRING)
@@ -897,6 +902,7 @@ void sim_model_destroy(sim_model_t **mp)
         sim_expr_destroy(&v->min);
         sim_expr_destroy(&v->max);
         sim_expr_destroy(&v->expr);
+        sim_expr_destroy(&v->slew);
     }
     free(m->vars);
     for (size_t i = 0; i < m->n_errors; i++)

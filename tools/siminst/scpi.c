@@ -99,6 +99,26 @@ void sim_pattern_free(sim_pattern_t *p)
 
 static bool kw_char(char c) { return isalnum((unsigned char)c) || c == '_' || c == '*'; }
 
+/* Length of "[<n>]" or "[1|2|3]" at s, else 0. */
+static size_t suffix_list(const char *s)
+{
+    if (!strncmp(s, "[<n>]", 5))
+        return 5;
+    size_t i = 1;
+    for (;;) {
+        size_t d = 0;
+        while (isdigit((unsigned char)s[i]))
+            i++, d++;
+        if (!d)
+            return 0;
+        if (s[i] == ']')
+            return i + 1;
+        if (s[i] != '|')
+            return 0;
+        i++;
+    }
+}
+
 int sim_pattern_parse(sim_pattern_t *p, const char *text, char *err, size_t errsz)
 {
     memset(p, 0, sizeof *p);
@@ -110,7 +130,11 @@ int sim_pattern_parse(sim_pattern_t *p, const char *text, char *err, size_t errs
     }
     for (size_t i = 0; i < len;) {
         char c = text[i];
-        if (c == '[') {
+        size_t sl = c == '[' && i > 0 && kw_char(text[i - 1]) ? suffix_list(text + i) : 0;
+        if (sl) { /* "OUTPut[1|2|3]" or "SOURce[<n>]", as programming guides write it: '#' */
+            p->nodes[p->n - 1].suffix = true;
+            i += sl;
+        } else if (c == '[') {
             depth++;
             i++;
         } else if (c == ']') {

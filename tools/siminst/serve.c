@@ -519,8 +519,10 @@ int sim_serve(sim_engine_t *eng, const sim_model_t *m, const sim_opts_t *o)
         if (!s.up && (wake < 0 || s.back_at < wake))
             wake = s.back_at;
         int timeout = -1;
-        if (wake >= 0)
-            timeout = wake <= now ? 0 : (int)((wake - now + 999999) / 1000000);
+        if (wake >= 0) { /* at most an hour at a time: the int must not overflow */
+            int64_t ms = wake <= now ? 0 : (wake - now + 999999) / 1000000;
+            timeout = ms > 3600000 ? 3600000 : (int)ms;
+        }
 
         struct pollfd pf[3];
         nfds_t n = 0;

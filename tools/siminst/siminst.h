@@ -123,6 +123,7 @@ typedef struct sim_var {
     sim_member_t *members;
     size_t n_members;
     sim_expr_t *def, *min, *max, *expr; /* expr: computed, read-only */
+    sim_expr_t *slew;                    /* FLOAT: units per simulated second; NULL = steps at once */
     char *str_default;                   /* STRING */
     int slot;
     int line;
