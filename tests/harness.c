@@ -1,3 +1,5 @@
+/* The test harness: temp dirs, files, processes started with posix_spawn
+ * (never fork), and labmqd started on private endpoints and waited for. */
 #include "harness.h"
 #include <check.h>
 #include <jansson.h>

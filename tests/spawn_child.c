@@ -1,5 +1,8 @@
 /* Helper process for test_spawn: reports the descriptors it was born with,
- * then uses a device through nothing but a proxy URI from argv. */
+ * then uses a device through nothing but a proxy URI from argv. Given a
+ * CURRENT_LIMIT it also sets psu1's current_limit to it: a property, and a
+ * value, that only this process touches, so the test can tell the child's
+ * requests from its own. */
 #include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,8 +11,8 @@
 
 int main(int argc, char **argv)
 {
-    if (argc != 3) {
-        fprintf(stderr, "usage: spawn_child PROXY_URI REPORT_FILE\n");
+    if (argc != 3 && argc != 4) {
+        fprintf(stderr, "usage: spawn_child PROXY_URI REPORT_FILE [CURRENT_LIMIT]\n");
         return 2;
     }
     /* Before anything opens a descriptor of its own. */
@@ -38,6 +41,10 @@ int main(int argc, char **argv)
     int rc = p ? lmq_proxy_set(p, "voltage", &v) : LMQ_EARG;
     if (rc == 0)
         rc = lmq_proxy_get_double(p, "voltage", &back);
+    if (rc == 0 && argc == 4) {
+        lmq_value_t limit = lmq_float(strtod(argv[3], NULL));
+        rc = lmq_proxy_set(p, "current_limit", &limit);
+    }
     if (rc == 0)
         fprintf(out, "voltage %.3f\n", back);
     else

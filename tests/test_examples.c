@@ -21,6 +21,7 @@
 #define IV_SCAN_PY LMQ_SOURCE_DIR "/examples/python/iv_scan.py"
 #define SIM_LAB LMQ_SOURCE_DIR "/examples/sim-lab.yaml"
 #define PYTHON "/usr/bin/python3"
+#define RULES_PY LMQ_SOURCE_DIR "/tests/iv_scan_rules.py"
 
 /* Generous: under AddressSanitizer on two loaded cores everything is slow. */
 #define RUN_TIMEOUT_MS 60000
@@ -124,6 +125,26 @@ START_TEST(python_example)
 }
 END_TEST
 
+/* The Python client keeps the rules of docs/protocol.md 2.5 (UNREACHABLE,
+ * TIMEOUT and a fresh socket, stale replies dropped): tests/iv_scan_rules.py
+ * drives it against a hung device and a dead endpoint. */
+START_TEST(python_client_timeout_rules)
+{
+    th_daemon_t lab;
+    th_daemon_start_config(&lab, SIM_LAB);
+    char out_path[256], dead[256];
+    snprintf(out_path, sizeof out_path, "%s/rules.out", lab.dir);
+    snprintf(dead, sizeof dead, "ipc://%s/nobody", lab.dir);
+    char *argv[] = {PYTHON, RULES_PY, lab.control, dead, NULL};
+    int status = run_to_file(argv, out_path, "iv_scan_rules.py");
+    char *out = th_slurp(out_path);
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0 && strstr(out, "ok\n"),
+                  "iv_scan_rules.py failed (status 0x%x):\n%s", (unsigned)status, out);
+    free(out);
+    th_daemon_finish(&lab);
+}
+END_TEST
+
 /* No daemon: both examples must say so and exit 1 promptly, not hang. */
 START_TEST(no_daemon)
 {
@@ -156,6 +177,7 @@ static Suite *examples_suite(void)
     tcase_add_test(tc, c_example);
     tcase_add_test(tc, python_example);
     tcase_add_test(tc, no_daemon);
+    tcase_add_test(tc, python_client_timeout_rules);
     suite_add_tcase(s, tc);
     return s;
 }

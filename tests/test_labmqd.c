@@ -263,12 +263,86 @@ START_TEST(test_overrides_and_sigint)
     void *zctx = zmq_ctx_new();
     ping(zctx, control);
     lmq_proxy_t *p = lmq_proxy_new(zctx, control, "psu1");
+    lmq_proxy_set_timeout(p, START_TIMEOUT_MS);
     double v = -1;
     ck_assert_int_eq(lmq_proxy_get_double(p, "voltage", &v), 0);
+    /* The daemon reports the overridden data endpoint, publishes there, and
+     * left the default one alone. */
+    char reported[200];
+    ck_assert_int_eq(lmq_proxy_data_endpoint(p, reported, sizeof reported), 0);
+    ck_assert_str_eq(reported, data);
+    lmq_sub_t *sub = lmq_sub_new(zctx, data, "daq1/wave");
+    ck_assert_ptr_nonnull(sub);
+    lmq_frame_t *f = NULL;
+    int rc = lmq_sub_recv(sub, &f, START_TIMEOUT_MS);
+    ck_assert_msg(rc == 0, "no daq1/wave block at %s: %s", data, lmq_status_name(rc));
+    ck_assert_str_eq(lmq_frame_units(f), "V");
+    lmq_frame_destroy(&f);
+    lmq_sub_destroy(&sub);
+    char default_data[160];
+    snprintf(default_data, sizeof default_data, "%s/labmq/data", t.dir);
+    ck_assert_msg(access(default_data, F_OK) != 0, "the default data endpoint %s was bound too", default_data);
     lmq_proxy_destroy(&p);
     zmq_ctx_term(zctx);
     stop_daemon(&t, SIGINT);
     teardown(&t);
+}
+END_TEST
+
+/* A device stuck in its driver (a plain 60 s sleep, as vendor code might)
+ * delays neither start-up (its open blocks 1.5 s) nor, beyond stop_grace, the
+ * stop: labmqd names it and exits with status 3. */
+START_TEST(test_stuck_driver_bounded_stop)
+{
+    char dir[64], config[128], control[160], log[128];
+    th_tempdir(dir, sizeof dir);
+    snprintf(config, sizeof config, "%s/lab.yaml", dir);
+    snprintf(control, sizeof control, "ipc://%s/control", dir);
+    snprintf(log, sizeof log, "%s/labmqd.log", dir);
+    char yaml[600];
+    snprintf(yaml, sizeof yaml,
+             "stop_grace: 1\n"
+             "devices:\n"
+             "  - name: stuck\n    driver: %s\n"
+             "  - name: opener\n    driver: %s\n    options: {open_ms: 1500}\n"
+             "  - name: psu1\n    driver: sim-psu\n",
+             STUCK_DRIVER, STUCK_DRIVER);
+    th_write_file(config, yaml);
+    char data[160];
+    snprintf(data, sizeof data, "ipc://%s/data", dir);
+    char *argv[] = {LABMQD, "--config", config, "--control", control, "--data", data, NULL};
+    double t0 = th_now_ms();
+    pid_t pid = th_spawn_to_files(argv, log, NULL);
+    void *ctx = zmq_ctx_new();
+    lmq_proxy_t *psu = lmq_proxy_new(ctx, control, "psu1"), *stuck = lmq_proxy_new(ctx, control, "stuck");
+    double v;
+    lmq_proxy_set_timeout(psu, 200);
+    while (lmq_proxy_get_double(psu, "voltage", &v) != 0 && th_now_ms() - t0 < START_TIMEOUT_MS)
+        ;
+    /* psu1 served while "opener" is still in its 1.5 s open(): start-up did not wait (a loaded machine
+     * may take longer to start at all, so this compares with the open, not with a clock) */
+    lmq_proxy_t *op = lmq_proxy_new(ctx, control, NULL);
+    char *list = NULL;
+    ck_assert_int_eq(lmq_proxy_list(op, &list), 0);
+    ck_assert_msg(strstr(list, "\"opening\"") || th_now_ms() - t0 > 1500, "%s", list);
+    free(list);
+    lmq_proxy_set_timeout(stuck, 300);
+    ck_assert_int_eq(lmq_proxy_get_double(stuck, "slow", &v), LMQ_ETIMEOUT);
+    lmq_proxy_destroy(&psu);
+    lmq_proxy_destroy(&stuck);
+    lmq_proxy_destroy(&op);
+    zmq_ctx_term(ctx);
+    t0 = th_now_ms();
+    kill(pid, SIGTERM);
+    int st;
+    ck_assert_int_eq(th_wait_exit(pid, STOP_TIMEOUT_MS, &st), 0);
+    double took = th_now_ms() - t0;
+    char *text = th_slurp(log);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 3, "status 0x%x:\n%s", (unsigned)st, text);
+    ck_assert_msg(took >= 900 && took < 5000, "stopped after %.0f ms with stop_grace 1 s", took);
+    ck_assert_msg(strstr(text, "stuck") && strstr(text, "get slow"), "%s", text);
+    free(text);
+    th_rmtree(dir);
 }
 END_TEST
 
@@ -281,6 +355,7 @@ static Suite *labmqd_suite(void)
     tcase_add_test(tc, test_check_config);
     tcase_add_test(tc, test_serve_and_refuse_second);
     tcase_add_test(tc, test_overrides_and_sigint);
+    tcase_add_test(tc, test_stuck_driver_bounded_stop);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -240,6 +240,13 @@ START_TEST(psu_diode_load_is_nonlinear)
 }
 END_TEST
 
+/* Upper bound for a set that slews for `ms`: the slew itself waits on one
+ * timer, so only the round trip adds to it. Twice the slew plus 300 ms covers
+ * a slow round trip on a loaded machine under the sanitizers, and still fails
+ * a supply that slews at a third of its rate or waits for a full-range ramp
+ * (30 V at 20 V/s: 1.5 s). */
+#define SLEW_BOUND_MS(ms) (2.0 * (ms) + 300.0)
+
 START_TEST(psu_slew_is_paced)
 {
     lab_t lab;
@@ -254,13 +261,13 @@ START_TEST(psu_slew_is_paced)
     double t0 = th_now_ms();
     set_d(psu, "voltage", 10.0);
     double took = th_now_ms() - t0;
-    ck_assert_msg(took >= 490, "a 10 V step at 20 V/s returned after %.0f ms", took);
+    ck_assert_msg(took >= 490 && took < SLEW_BOUND_MS(500), "a 10 V step at 20 V/s returned after %.0f ms", took);
     ck_assert_double_eq_tol(get_d(psu, "measured_voltage"), 10.0, 1e-9);
     /* Down again, half the way: half the time. */
     t0 = th_now_ms();
     set_d(psu, "voltage", 5.0);
     took = th_now_ms() - t0;
-    ck_assert_msg(took >= 240, "a 5 V step at 20 V/s returned after %.0f ms", took);
+    ck_assert_msg(took >= 240 && took < SLEW_BOUND_MS(250), "a 5 V step at 20 V/s returned after %.0f ms", took);
     ck_assert_double_eq_tol(get_d(psu, "measured_voltage"), 5.0, 1e-9);
     /* A sweep waits for each point too: 5 -> 7.5 -> 10 V is 0.25 s of slewing,
      * and every reading is at its point. */
@@ -269,7 +276,7 @@ START_TEST(psu_slew_is_paced)
     int rc = lmq_proxy_call(psu, "sweep", args, 3, &res);
     took = th_now_ms() - t0;
     ck_assert_msg(rc == 0, "sweep: %s", lmq_proxy_last_error(psu));
-    ck_assert_msg(took >= 240, "a 5 V sweep at 20 V/s returned after %.0f ms", took);
+    ck_assert_msg(took >= 240 && took < SLEW_BOUND_MS(250), "a 5 V sweep at 20 V/s returned after %.0f ms", took);
     ck_assert_uint_eq(res.u.a.shape[0], 3);
     for (int k = 0; k < 3; k++)
         ck_assert_double_eq_tol(((const double *)res.u.a.data)[2 * k], 5.0 + 2.5 * k, 1e-9);
@@ -464,11 +471,21 @@ START_TEST(daq_wave_stream)
     ck_assert_double_eq(get_d(daq, "amplitude"), 1.0);
     set_s(daq, "waveform", "square");
     set_d(daq, "amplitude", 2.0);
+    /* Skip every block that may hold samples from before the change: a block
+     * is generated once its last sample is due, so one whose first sample
+     * comes after the set returned was generated wholly after it, however
+     * late the blocks queued before it are delivered. */
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    int64_t changed_ns = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
     lmq_frame_t *sq = NULL;
-    /* Skip blocks generated before the change. */
-    for (int k = 0; k < 4; k++) {
+    for (int k = 0;; k++) {
+        /* 20 blocks/s: 200 blocks is 10 s of stream at least. */
+        ck_assert_msg(k < 200, "no block acquired after the change among %d", k);
         lmq_frame_destroy(&sq);
         ck_assert_int_eq(lmq_sub_recv(sub, &sq, 5000), 0);
+        if (lmq_frame_time_ns(sq) >= changed_ns)
+            break;
     }
     const double *x = lmq_frame_data(sq);
     for (int i = 0; i < 500; i++)
@@ -648,13 +665,27 @@ START_TEST(fault_hang)
     lmq_proxy_t *psu = proxy(&lab, "psu1"), *daq = proxy(&lab, "daq1");
     double v;
 
-    set_s(psu, "fault", "hang:1500");
+    set_s(psu, "fault", "hang:3000");
     lmq_proxy_set_timeout(psu, 200);
     double t0 = th_now_ms();
     assert_error(psu, lmq_proxy_get_double(psu, "voltage", &v), LMQ_ETIMEOUT, NULL);
-    ck_assert_msg(th_now_ms() - t0 < 1000, "the client waited %.0f ms", th_now_ms() - t0);
-    /* Other devices are not held up by the hung one. */
+    /* The proxy gives up at its own timeout (a poll on its socket), not when
+     * the device answers: 200 ms, plus 300 ms for a slow wake-up on a loaded
+     * machine, is still far below the 3 s hang. */
+    double waited = th_now_ms() - t0;
+    ck_assert_msg(waited >= 190 && waited < 200 + 300, "a 200 ms timeout returned after %.0f ms", waited);
+    /* Other devices are not held up by the hung one: daq1 answers while psu1
+     * is still hung (2.8 s of the hang are left), in a small part of the time
+     * the hang lasts. Its own timeout is below the hang, too, so a daemon
+     * that serialised the devices fails here even if the clock lies. */
+    lmq_proxy_set_timeout(daq, 1000);
+    double t1 = th_now_ms();
     get_d(daq, "sample_rate");
+    double other = th_now_ms() - t1;
+    ck_assert_msg(other < 1000, "daq1 took %.0f ms while psu1 hung for 3000 ms", other);
+    ck_assert_msg(th_now_ms() - t0 < 2500, "psu1's hang was over before daq1 was asked (%.0f ms)",
+                  th_now_ms() - t0);
+    lmq_proxy_set_timeout(daq, CALL_TIMEOUT_MS);
     /* The clear queues behind the hung request and lands when it expires. */
     lmq_proxy_set_timeout(psu, CALL_TIMEOUT_MS);
     set_s(psu, "fault", "none");

@@ -4,6 +4,8 @@
  * with posix_spawn uses the device through a proxy URI alone, born with
  * nothing but stdio. */
 #include <check.h>
+#include <sys/stat.h>
+#include <errno.h>
 #include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -21,6 +23,30 @@
 #define CHILD LMQ_BUILD_DIR "/tests/spawn_child"
 
 extern char **environ;
+
+/* Defect 10: a program that does not exist is NOTFOUND (it was ARG), one
+ * that is not executable is PERMISSION; errno says the same. */
+START_TEST(spawn_errors_name_the_cause)
+{
+    pid_t pid = 0;
+    char *missing[] = {"/nonexistent/labmq-worker", NULL};
+    ck_assert_int_eq(lmq_spawn(missing, &pid), LMQ_ENOTFOUND);
+    ck_assert_int_eq(errno, ENOENT);
+    char *unlisted[] = {"labmq-no-such-program-in-path", NULL};
+    ck_assert_int_eq(lmq_spawn(unlisted, &pid), LMQ_ENOTFOUND);
+    char dir[64], path[128];
+    th_tempdir(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/not-executable", dir);
+    th_write_file(path, "#!/bin/sh\n");
+    chmod(path, 0644);
+    char *noexec[] = {path, NULL};
+    ck_assert_int_eq(lmq_spawn(noexec, &pid), LMQ_EPERM);
+    ck_assert_int_eq(errno, EACCES);
+    char *none[] = {NULL};
+    ck_assert_int_eq(lmq_spawn(none, &pid), LMQ_EARG);
+    th_rmtree(dir);
+}
+END_TEST
 
 /* Does process pid hold an open descriptor on path? */
 static bool holds_file(pid_t pid, const char *path)
@@ -66,14 +92,28 @@ START_TEST(spawned_worker_uses_device_by_uri_only)
     ck_assert(holds_file(d.pid, transcript));
     int leaky = open(transcript, O_RDONLY);
     ck_assert_int_ge(leaky, 3);
+    char *text;
+
+    /* A current limit only the child sets: neither a default nor anything
+     * this process ever writes (it never touches current_limit). */
+    double limit_before = -1;
+    ck_assert_int_eq(lmq_proxy_get_double(p, "current_limit", &limit_before), 0);
+    double limit = 0.1 + (double)(getpid() % 1000) / 1000.0 * 0.8 + 0.0001;
+    ck_assert(limit != limit_before);
+    char limit_arg[32];
+    snprintf(limit_arg, sizeof limit_arg, "%.4f", limit);
+    text = th_read_file(transcript);
+    ck_assert_ptr_nonnull(text);
+    size_t before = strlen(text); /* the transcript so far is the parent's */
+    free(text);
 
     char *uri = lmq_proxy_uri(p);
-    char *argv[] = {CHILD, uri, report, NULL};
+    char *argv[] = {CHILD, uri, report, limit_arg, NULL};
     pid_t pid;
     ck_assert_int_eq(lmq_spawn(argv, &pid), 0);
     int st;
     ck_assert_int_eq(lmq_spawn_wait(pid, &st, 20000), 0);
-    char *text = th_read_file(report);
+    text = th_read_file(report);
     ck_assert_ptr_nonnull(text);
     ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child failed: %s", text);
     /* Born with stdio only: not the careless file, not the parent's sockets. */
@@ -81,13 +121,18 @@ START_TEST(spawned_worker_uses_device_by_uri_only)
     ck_assert_ptr_nonnull(strstr(text, "voltage 2.500"));
     free(text);
 
-    /* The child's request reached the instrument owned by the daemon. */
-    ck_assert_int_eq(lmq_proxy_get_double(p, "voltage", &v), 0);
-    ck_assert_double_eq_tol(v, 2.5, 1e-12);
+    /* The child's requests reached the instrument owned by the daemon: its
+     * value is there, and the transcript, past what this process caused,
+     * shows the child's set. */
     text = th_read_file(transcript);
     ck_assert_ptr_nonnull(text);
-    ck_assert_ptr_nonnull(strstr(text, "voltage"));
+    ck_assert_uint_gt(strlen(text), before);
+    ck_assert_msg(strstr(text + before, " psu1 current_limit\n") != NULL,
+                  "the child's set is not in the transcript:\n%s", text);
     free(text);
+    double got = -1;
+    ck_assert_int_eq(lmq_proxy_get_double(p, "current_limit", &got), 0);
+    ck_assert_msg(got == strtod(limit_arg, NULL), "current_limit %.6f, the child set %s", got, limit_arg);
 
     close(leaky);
     free(uri);
@@ -129,6 +174,7 @@ int main(void)
     TCase *tc = tcase_create("spawn");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, spawned_worker_uses_device_by_uri_only);
+    tcase_add_test(tc, spawn_errors_name_the_cause);
     tcase_add_test(tc, plain_spawn_leaks_what_lmq_spawn_does_not);
     suite_add_tcase(s, tc);
     return th_run_suite(s);

@@ -844,6 +844,40 @@ static void tcp_end_test(int end)
     tcp_peer_free(peer);
 }
 
+/* The idle link check: a hang-up is seen without any read or write. */
+START_TEST(check_sees_hangup_without_io)
+{
+    pty_t p;
+    pty_open(&p, NULL);
+    lmq_transport_t *t = open_ok(p.conn, NULL);
+    ck_assert_int_eq(lmq_transport_check(t), 0);
+    write_all(p.master, "unread\n", 7); /* pending input is not a hang-up */
+    sleep_ms(20);
+    ck_assert_int_eq(lmq_transport_check(t), 0);
+    close(p.master);
+    p.master = -1;
+    ck_assert_int_eq(lmq_transport_check(t), LMQ_EIO);
+    ck_assert(lmq_transport_broken(t));
+    lmq_transport_close(&t);
+    pty_close(&p);
+
+    int port, lfd = tcp_listen(&port, 1);
+    char conn[64];
+    snprintf(conn, sizeof conn, "tcp:127.0.0.1:%d", port);
+    t = open_ok(conn, NULL);
+    int peer = accept(lfd, NULL, NULL);
+    ck_assert_int_ge(peer, 0);
+    ck_assert_int_eq(lmq_transport_check(t), 0);
+    close(peer);
+    double t0 = th_now_ms();
+    while (lmq_transport_check(t) == 0 && th_now_ms() - t0 < 1000)
+        sleep_ms(5);
+    ck_assert_int_eq(lmq_transport_check(t), LMQ_EIO);
+    lmq_transport_close(&t);
+    close(lfd);
+}
+END_TEST
+
 START_TEST(tcp_peer_close_is_eio) { tcp_end_test(PEER_CLOSE); }
 END_TEST
 
@@ -1047,6 +1081,7 @@ int main(void)
     tcase_add_test(tcp, tcp_split_segments_round_trip);
     tcase_add_test(tcp, tcp_ipv6_loopback);
     tcase_add_test(tcp, tcp_peer_close_is_eio);
+    tcase_add_test(tcp, check_sees_hangup_without_io);
     tcase_add_test(tcp, tcp_peer_reset_is_eio);
     tcase_add_test(tcp, tcp_write_after_peer_close_is_eio);
     tcase_add_test(tcp, tcp_open_errors);

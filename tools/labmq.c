@@ -49,8 +49,9 @@ static const command_t commands[] = {
     {"call", cli_cmd_call, 2, -1, "call DEV METHOD [ARGS...]"},
     {"get", cli_cmd_get, 2, 2, "get DEV PROP"},
     {"set", cli_cmd_set, 3, 3, "set DEV PROP VALUE"},
-    {"watch", cli_cmd_watch, 1, 1, "watch DEV/STREAM [--count N] [--duration S]"},
+    {"watch", cli_cmd_watch, 1, 1, "watch DEV/STREAM|DEV [--count N] [--duration S]"},
     {"stats", cli_cmd_stats, 0, 1, "stats [DEV]"},
+    {"scan", cli_cmd_scan, 0, 0, "scan"},
 };
 
 /* ---- errors ---- */
@@ -119,8 +120,14 @@ static void print_help(FILE *out)
             "                               labmq set psu1 voltage 3.3\n"
             "  watch DEV/STREAM           live summary of a data stream until Ctrl-C\n"
             "                               labmq watch daq1/wave --duration 10\n"
-            "  stats [DEV]                requests, errors and latency per device\n"
+            "  watch DEV                  the device's changes as they happen: properties\n"
+            "                             set by any client, state (ready, disconnected)\n"
+            "                               labmq watch psu1\n"
+            "  stats [DEV]                state, requests, errors and latency per device\n"
             "                               labmq stats\n"
+            "  scan                       serial ports (with USB VID:PID, maker, product, serial)\n"
+            "                             and USBTMC devices on this machine, as connection strings\n"
+            "                               labmq scan\n"
             "\n"
             "Options (anywhere on the line):\n"
             "  -e, --endpoint EP   control endpoint (default %s)\n"

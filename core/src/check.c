@@ -58,15 +58,19 @@ static int convert(const json_t *j, const lmq__frames_t *bin, unsigned *used, lm
 int lmq__check_request(lmq_dev_t *dev, lmq__job_t *job, const lmq__frames_t *bin, char *err, size_t errlen)
 {
     const lmq__request_t *req = &job->req;
+    const lmq_method_t *m = job->method;
+    const lmq_property_t *p = job->prop;
     unsigned used = 0;
     char what[200];
     int rc = 0;
+    /* In the order the protocol document gives: argument count, the values
+     * themselves (array references), frames nobody refers to, then types
+     * and limits. */
+    size_t want = 0, got = 0;
     if (req->op == LMQ__OP_CALL) {
-        const lmq_method_t *m = job->method;
-        size_t want = 0;
         while (m->args && m->args[want].name)
             want++;
-        size_t got = req->args ? json_array_size(req->args) : 0;
+        got = req->args ? json_array_size(req->args) : 0;
         if (got != want) {
             char names[300] = "";
             size_t len = 0;
@@ -76,28 +80,13 @@ int lmq__check_request(lmq_dev_t *dev, lmq__job_t *job, const lmq__frames_t *bin
                          want == 1 ? "" : "s", want ? " (" : "", names, want ? ")" : "", got);
         }
         for (size_t i = 0; i < got && rc == 0; i++) {
-            const lmq_arg_t *a = &m->args[i];
-            snprintf(what, sizeof what, "argument %zu '%s' of %s.%s", i + 1, a->name, dev->name, m->name);
+            snprintf(what, sizeof what, "argument %zu '%s' of %s.%s", i + 1, m->args[i].name, dev->name, m->name);
             rc = convert(json_array_get(req->args, i), bin, &used, &job->args[i], what, err, errlen);
             job->nargs = i + 1;
-            if (rc == 0)
-                rc = check_type(&job->args[i], a->type, what, err, errlen);
-            if (rc == 0 && a->limited)
-                rc = check_limits(&job->args[i], a->min, a->max, a->unit, what, err, errlen);
         }
     } else if (req->op == LMQ__OP_SET) {
-        const lmq_property_t *p = job->prop;
         snprintf(what, sizeof what, "%s.%s", dev->name, p->name);
         rc = convert(req->value, bin, &used, &job->value, what, err, errlen);
-        if (rc == 0)
-            rc = check_type(&job->value, p->type, what, err, errlen);
-        if (rc == 0 && p->limited) {
-            double lo, hi;
-            pthread_mutex_lock(&dev->mu);
-            lmq__dev_limits(dev, p, &lo, &hi);
-            pthread_mutex_unlock(&dev->mu);
-            rc = check_limits(&job->value, lo, hi, p->unit, what, err, errlen);
-        }
     }
     if (rc != 0)
         return rc;
@@ -107,5 +96,23 @@ int lmq__check_request(lmq_dev_t *dev, lmq__job_t *job, const lmq__frames_t *bin
     for (size_t k = 0; k < nbin; k++)
         if (!(used & (1u << k)))
             return failf(err, errlen, LMQ_EPROTO, "binary frame %zu is not referenced by the header", k + 1);
-    return 0;
+    if (req->op == LMQ__OP_CALL) {
+        for (size_t i = 0; i < got && rc == 0; i++) {
+            const lmq_arg_t *a = &m->args[i];
+            snprintf(what, sizeof what, "argument %zu '%s' of %s.%s", i + 1, a->name, dev->name, m->name);
+            rc = check_type(&job->args[i], a->type, what, err, errlen);
+            if (rc == 0 && a->limited)
+                rc = check_limits(&job->args[i], a->min, a->max, a->unit, what, err, errlen);
+        }
+    } else if (req->op == LMQ__OP_SET) {
+        rc = check_type(&job->value, p->type, what, err, errlen);
+        if (rc == 0 && p->limited) {
+            double lo, hi;
+            pthread_mutex_lock(&dev->mu);
+            lmq__dev_limits(dev, p, &lo, &hi);
+            pthread_mutex_unlock(&dev->mu);
+            rc = check_limits(&job->value, lo, hi, p->unit, what, err, errlen);
+        }
+    }
+    return rc;
 }

@@ -1,3 +1,6 @@
+/* The wire protocol v1 codec (docs/protocol.md): request and reply headers
+ * parsed and validated with jansson, values to and from JSON with arrays as
+ * binary frames, and direct encoders for the common scalar messages. */
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -318,10 +321,13 @@ int lmq__request_encode(zmq_msg_t *msg, uint64_t id, lmq__op_t op, const char *d
     if (!j)
         return LMQ_EMEM;
     int rc = 0;
-    if (device)
-        json_object_set_new(j, "device", json_string(device));
-    if (name)
-        json_object_set_new(j, "name", json_string(name));
+    /* json_string refuses invalid UTF-8; a key silently left out would make
+     * the daemon answer about the wrong thing. */
+    if ((device && json_object_set_new(j, "device", json_string(device)) != 0) ||
+        (name && json_object_set_new(j, "name", json_string(name)) != 0)) {
+        json_decref(j);
+        return LMQ_EARG;
+    }
     /* The codec moves array data into frames; work on copies so the caller's
      * values stay untouched. */
     if (op == LMQ__OP_CALL) {
@@ -455,7 +461,9 @@ int lmq__data_header(zmq_msg_t *msg, uint64_t seq, uint64_t epoch, int64_t t_ns,
 /* ---- direct encoders for the common, fixed-shape headers ----
  * A get of a number is most of what a lab program does in a loop; building a
  * jansson tree to print a dozen bytes costs more than the round trip's
- * user-space work in the broker. These write the same JSON jansson would. */
+ * user-space work in the broker. These write the same values jansson would
+ * (the text of a float may differ: "0.1" where jansson writes
+ * "0.10000000000000001"; both read back to the same double). */
 
 /* Shortest %g form that reads back to the same double, always with a '.' or
  * an exponent so that it parses as a float again. Returns the length or -1. */

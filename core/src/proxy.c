@@ -131,8 +131,9 @@ const char *lmq_proxy_last_error(const lmq_proxy_t *p) { return p ? p->err : "no
 static int send_request(lmq_proxy_t *p, lmq__op_t op, const char *name, const lmq_value_t *args, size_t nargs,
                         const lmq_value_t *value, uint64_t *id)
 {
-    if (!p->sock && open_socket(p) != 0)
-        return LMQ_EMEM;
+    int rc = p->sock ? 0 : open_socket(p);
+    if (rc != 0)
+        return rc; /* the reason is in p->err */
     bool needs_device = op == LMQ__OP_CALL || op == LMQ__OP_GET || op == LMQ__OP_SET || op == LMQ__OP_DESCRIBE;
     if (needs_device && !p->device)
         return set_error(p, LMQ_EARG, "this proxy names no device (open it as ENDPOINT#DEVICE)");
@@ -143,12 +144,12 @@ static int send_request(lmq_proxy_t *p, lmq__op_t op, const char *name, const lm
     lmq__frames_init(&bin);
     *id = p->next_id++ % LMQ__MAX_ID;
     const char *device = (needs_device || op == LMQ__OP_STATS) ? p->device : NULL;
-    int rc = lmq__request_encode_fast(&hdr, *id, op, device, name, args, nargs, value);
+    rc = lmq__request_encode_fast(&hdr, *id, op, device, name, args, nargs, value);
     if (rc == 1)
         rc = lmq__request_encode(&hdr, *id, op, device, name, args, nargs, value, &bin);
     if (rc != 0) {
         lmq__frames_close(&bin);
-        return set_error(p, rc, "cannot encode the request (%s; arrays: at most %d, floats must be finite)",
+        return set_error(p, rc, "cannot encode the request (%s: names must be UTF-8, at most %d arrays, floats finite)",
                          lmq_strerror(rc), LMQ__MAX_BINFRAMES);
     }
     if (p->sock_timeout != p->timeout_ms) {
@@ -163,8 +164,8 @@ static int send_request(lmq_proxy_t *p, lmq__op_t op, const char *name, const lm
     if (rc < 0) {
         int e = zmq_errno();
         if (e == EAGAIN)
-            return set_error(p, LMQ_EUNREACH, "no daemon answers at %s within %d ms (is labmqd running?)",
-                             p->endpoint, p->timeout_ms);
+            return set_error(p, LMQ_EUNREACH, "no daemon answers at %s within %d ms (is labmqd running?)", p->endpoint,
+                             p->timeout_ms);
         return set_error(p, LMQ_EIO, "cannot send to %s: %s", p->endpoint, zmq_strerror(e));
     }
     return 0;

@@ -1,3 +1,5 @@
+/* Spawning workers: posix_spawn with every descriptor above stderr closed
+ * and default signal dispositions, and a bounded wait for their exit. */
 #include <errno.h>
 #include <signal.h>
 #include <spawn.h>
@@ -36,7 +38,18 @@ int lmq_spawn(char *const argv[], pid_t *pid)
     posix_spawnattr_destroy(&attr);
     if (rc != 0) {
         errno = rc;
-        return rc == ENOMEM ? LMQ_EMEM : LMQ_EARG;
+        switch (rc) {
+        case ENOENT:
+        case ENOTDIR:
+            return LMQ_ENOTFOUND;
+        case EACCES:
+        case EPERM:
+            return LMQ_EPERM;
+        case ENOMEM:
+            return LMQ_EMEM;
+        default:
+            return LMQ_ESYS;
+        }
     }
     return 0;
 }

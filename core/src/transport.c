@@ -12,7 +12,8 @@
 #include "transport_internal.h"
 
 /* The USBTMC kind (lmq__transport_usbtmc) joins this table at the merge. */
-static const lmq__transport_ops_t *const kinds[] = {&lmq__transport_serial, &lmq__transport_tcp};
+static const lmq__transport_ops_t *const kinds[] = {&lmq__transport_serial, &lmq__transport_tcp,
+                                                      &lmq__transport_usbtmc};
 #define NKINDS (sizeof kinds / sizeof kinds[0])
 
 /* Longest terminator read_line accepts: it must fit in the read-ahead buffer
@@ -34,10 +35,7 @@ int lmq__transport_fail(lmq_transport_t *t, int status, const char *fmt, ...)
     return status;
 }
 
-bool lmq__transport_cancelled(const lmq_transport_t *t)
-{
-    return t->cancel && atomic_load(t->cancel);
-}
+bool lmq__transport_cancelled(const lmq_transport_t *t) { return t->cancel && atomic_load(t->cancel); }
 
 int lmq__transport_slice_ms(int64_t deadline_ns)
 {
@@ -64,8 +62,7 @@ int lmq__transport_poll(lmq_transport_t *t, int fd, short events, short *revents
             return 0;
         }
         if (lmq_clock_mono_ns() >= deadline_ns)
-            return lmq__transport_fail(t, LMQ_ETIMEOUT, "timeout waiting to %s",
-                                       (events & POLLOUT) ? "write" : "read");
+            return lmq__transport_fail(t, LMQ_ETIMEOUT, "timeout waiting to %s", (events & POLLOUT) ? "write" : "read");
     }
 }
 
@@ -79,9 +76,9 @@ int lmq__transport_drain(lmq_transport_t *t, int quiet_ms, int64_t deadline_ns)
     for (;;) {
         int64_t now = lmq_clock_mono_ns();
         if (dropped && now >= deadline_ns) {
-            rc = lmq__transport_fail(t, LMQ_ETIMEOUT,
-                                     "clear: the line did not go quiet for %d ms before the deadline (%zu bytes dropped)",
-                                     quiet_ms, dropped);
+            rc = lmq__transport_fail(
+                t, LMQ_ETIMEOUT, "clear: the line did not go quiet for %d ms before the deadline (%zu bytes dropped)",
+                quiet_ms, dropped);
             break;
         }
         int64_t quiet_end = now + (int64_t)quiet_ms * 1000000;
@@ -95,9 +92,10 @@ int lmq__transport_drain(lmq_transport_t *t, int quiet_ms, int64_t deadline_ns)
             /* Quiet for the whole quiet time, or silent all along until the
              * deadline cut the wait short: nothing late is on its way. */
             if (cut && dropped) {
-                rc = lmq__transport_fail(t, LMQ_ETIMEOUT,
-                                         "clear: the line did not go quiet for %d ms before the deadline (%zu bytes dropped)",
-                                         quiet_ms, dropped);
+                rc = lmq__transport_fail(
+                    t, LMQ_ETIMEOUT,
+                    "clear: the line did not go quiet for %d ms before the deadline (%zu bytes dropped)", quiet_ms,
+                    dropped);
             } else {
                 rc = 0;
                 memcpy(t->err, saved, sizeof saved); /* the expected timeout is no failure */
@@ -203,6 +201,24 @@ void lmq_transport_close(lmq_transport_t **tp)
 const char *lmq_transport_kind(const lmq_transport_t *t) { return t ? t->ops->kind : ""; }
 const char *lmq_transport_connection(const lmq_transport_t *t) { return t ? t->connection : ""; }
 bool lmq_transport_broken(const lmq_transport_t *t) { return t && t->broken; }
+
+int lmq_transport_check(lmq_transport_t *t)
+{
+    if (!t)
+        return LMQ_EARG;
+    if (t->broken)
+        return LMQ_EIO;
+    return t->ops->check ? t->ops->check(t) : 0;
+}
+
+int lmq__transport_check_fd(lmq_transport_t *t, int fd)
+{
+    struct pollfd pfd = {.fd = fd, .events = POLLRDHUP};
+    if (poll(&pfd, 1, 0) < 0 || !(pfd.revents & (POLLHUP | POLLERR | POLLRDHUP | POLLNVAL)))
+        return 0;
+    return lmq__transport_fail(t, LMQ_EIO, "%s",
+                               (pfd.revents & POLLERR) ? "connection reset or device error" : "the other end hung up");
+}
 const char *lmq_transport_last_error(const lmq_transport_t *t) { return t ? t->err : ""; }
 
 /* What every operation checks before touching the handle. */
@@ -350,9 +366,9 @@ int lmq_transport_read_line(lmq_transport_t *t, char *buf, size_t size, size_t *
                 /* Its tail goes too: it must not pass for the next line. */
                 total += t->rlen - t->rpos;
                 t->rpos = t->rlen = 0;
-                return lmq__transport_fail(t, LMQ_ERANGE,
-                                           "line longer than %zu bytes (%zu received, no terminator before the deadline)",
-                                           size - 1, total);
+                return lmq__transport_fail(
+                    t, LMQ_ERANGE, "line longer than %zu bytes (%zu received, no terminator before the deadline)",
+                    size - 1, total);
             }
             return rc;
         }
@@ -440,6 +456,8 @@ int lmq_transport_scan(lmq_port_fn fn, void *user, char *err, size_t errlen)
     int serial = lmq__transport_scan_serial(fn, user, err, errlen);
     if (serial < 0)
         return serial;
-    /* The USBTMC devices (lmq__transport_scan_usbtmc) are added here at the merge. */
-    return serial;
+    int usbtmc = lmq__transport_scan_usbtmc(fn, user, err, errlen);
+    if (usbtmc < 0)
+        return usbtmc;
+    return serial + usbtmc;
 }

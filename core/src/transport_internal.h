@@ -31,6 +31,9 @@ typedef struct lmq__transport_ops {
      * dropped its own buffer). */
     int (*clear)(lmq_transport_t *t, int quiet_ms, int64_t deadline_ns);
     int (*status_byte)(lmq_transport_t *t, uint8_t *stb, int64_t deadline_ns); /* NULL: none */
+    /* Non-blocking link check (lmq_transport_check); NULL: the kind cannot
+     * tell without I/O, and only operations notice a lost link. */
+    int (*check)(lmq_transport_t *t);
 } lmq__transport_ops_t;
 
 #define LMQ__TRANSPORT_RBUF 4096
@@ -63,6 +66,9 @@ int lmq__transport_slice_ms(int64_t deadline_ns);
  * the deadline, LMQ_ECLOSED when cancelled. Polls once even when the
  * deadline has passed, so data already there is never a timeout. */
 int lmq__transport_poll(lmq_transport_t *t, int fd, short events, short *revents, int64_t deadline_ns);
+/* The link check of a descriptor-based kind: LMQ_EIO (and broken) when the
+ * far end hung up or reset, else 0. Never blocks. */
+int lmq__transport_check_fd(lmq_transport_t *t, int fd);
 /* The byte-stream clear: reads and drops (tracing it) until a read has waited
  * quiet_ms in vain, bounded by the deadline. For kinds whose read op times
  * out with LMQ_ETIMEOUT. */

@@ -476,6 +476,12 @@ static int serial_clear(lmq_transport_t *t, int quiet_ms, int64_t deadline_ns)
     return lmq__transport_drain(t, quiet_ms, deadline_ns);
 }
 
+static int serial_check(lmq_transport_t *t)
+{
+    const serial_t *s = t->impl;
+    return lmq__transport_check_fd(t, s->fd);
+}
+
 const lmq__transport_ops_t lmq__transport_serial = {
     .kind = "serial",
     .open = serial_open,
@@ -484,6 +490,7 @@ const lmq__transport_ops_t lmq__transport_serial = {
     .read = serial_read,
     .clear = serial_clear,
     .status_byte = NULL,
+    .check = serial_check,
 };
 
 static const char *nz(const char *s) { return s ? s : ""; }
@@ -491,6 +498,11 @@ static const char *nz(const char *s) { return s ? s : ""; }
 int lmq__transport_scan_serial(lmq_port_fn fn, void *user, char *err, size_t errlen)
 {
     struct sp_port **list = NULL;
+    struct stat st;
+    /* No tty class at all (a container, a board without serial ports): none
+     * to list, which libserialport would report as an error. */
+    if (stat("/sys/class/tty", &st) != 0 && errno == ENOENT)
+        return 0;
     if (sp_list_ports(&list) != SP_OK) {
         char *msg = sp_last_error_message();
         if (err && errlen)

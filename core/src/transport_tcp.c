@@ -225,6 +225,12 @@ static int tcp_clear(lmq_transport_t *t, int quiet_ms, int64_t deadline_ns)
     return lmq__transport_drain(t, quiet_ms, deadline_ns);
 }
 
+static int tcp_check(lmq_transport_t *t)
+{
+    const tcp_t *c = t->impl;
+    return lmq__transport_check_fd(t, c->fd);
+}
+
 const lmq__transport_ops_t lmq__transport_tcp = {
     .kind = "tcp",
     .open = tcp_open,
@@ -233,4 +239,5 @@ const lmq__transport_ops_t lmq__transport_tcp = {
     .read = tcp_read,
     .clear = tcp_clear,
     .status_byte = NULL,
+    .check = tcp_check,
 };

@@ -1,3 +1,5 @@
+/* Typed values: construction, copies, formatting for people and parsing of
+ * command-line and config text. */
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
@@ -201,6 +203,21 @@ int lmq_value_format(const lmq_value_t *v, char *buf, size_t size)
     return snprintf(buf, size, "?");
 }
 
+/* Decimal, as a lab user means "010" (strtoll's base 0 reads it as octal 8);
+ * hexadecimal only when asked for with 0x. */
+static int parse_int(const char *text, int64_t *out)
+{
+    const char *digits = text + (*text == '-' || *text == '+');
+    int base = (digits[0] == '0' && (digits[1] == 'x' || digits[1] == 'X')) ? 16 : 10;
+    char *end;
+    errno = 0;
+    long long i = strtoll(text, &end, base);
+    if (!*text || *end || errno || end == text || (base == 16 && end == digits + 2))
+        return LMQ_EARG;
+    *out = i;
+    return 0;
+}
+
 int lmq_value_parse(lmq_value_t *v, const char *text, lmq_type_t type)
 {
     if (!v || !text)
@@ -212,9 +229,8 @@ int lmq_value_parse(lmq_value_t *v, const char *text, lmq_type_t type)
             !strcasecmp(text, "off"))
             type = LMQ_BOOL;
         else {
-            errno = 0;
-            (void)strtoll(text, &end, 0);
-            if (*text && !*end && errno == 0)
+            int64_t i;
+            if (parse_int(text, &i) == 0)
                 type = LMQ_INT;
             else {
                 (void)strtod(text, &end);
@@ -233,9 +249,8 @@ int lmq_value_parse(lmq_value_t *v, const char *text, lmq_type_t type)
             return LMQ_EARG;
         return 0;
     case LMQ_INT: {
-        errno = 0;
-        long long i = strtoll(text, &end, 0);
-        if (!*text || *end || errno)
+        int64_t i;
+        if (parse_int(text, &i) != 0)
             return LMQ_EARG;
         *v = lmq_int(i);
         return 0;

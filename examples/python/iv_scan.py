@@ -2,7 +2,9 @@
 """iv_scan.py -- the I-V sweep of examples/iv_scan.c, in Python.
 
 A complete labmq client written from docs/protocol.md with only pyzmq, json
-and numpy: no labmq library is imported. Run it with the system Python
+and numpy: no labmq library is imported. It follows the client rules of 2.5:
+no daemon is UNREACHABLE (the send times out), no reply in time is TIMEOUT
+(and the socket is replaced), late replies are dropped by id. Run it with the system Python
 (/usr/bin/python3, which has python3-zmq and python3-numpy) against a running
 daemon:
 
@@ -70,21 +72,40 @@ def encode_value(value, frames):
 
 
 class Client:
-    """One DEALER connection to a daemon's control endpoint. Replies may come
-    out of order (requests to different devices run in parallel), so each
-    request gets an id and replies are matched by it."""
+    """One DEALER connection to a daemon's control endpoint, following the
+    client rules of docs/protocol.md 2.5. Replies may come out of order
+    (requests to different devices run in parallel), so each request gets an
+    id and replies are matched by it."""
 
     def __init__(self, ctx, endpoint, timeout_ms=2000):
+        self.ctx = ctx
         self.endpoint = endpoint
         self.timeout_ms = timeout_ms
-        self.sock = ctx.socket(zmq.DEALER)
-        # Never block process exit on unsent requests to a dead daemon.
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(endpoint)
         self.next_id = 1
+        self.sock = None
+        self._open()
+
+    def _open(self):
+        sock = self.ctx.socket(zmq.DEALER)
+        # Never block process exit (or a socket swap) on unsent requests.
+        sock.setsockopt(zmq.LINGER, 0)
+        # Queue a request only on a live connection: with no daemon the send
+        # itself times out (UNREACHABLE) instead of waiting in a queue for
+        # one that starts later.
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.SNDTIMEO, self.timeout_ms)
+        sock.connect(self.endpoint)
+        self.sock = sock
+
+    def _reopen(self):
+        """After a TIMEOUT: the old request may still be queued at a hung
+        device; a fresh socket makes sure its late reply never reaches us.
+        ZeroMQ connects the new socket to a restarted daemon by itself."""
+        self.sock.close(linger=0)
+        self._open()
 
     def close(self):
-        self.sock.close()
+        self.sock.close(linger=0)
 
     def request(self, op, **keys):
         frames = []
@@ -96,32 +117,34 @@ class Client:
                 v = encode_value(v, frames)
             header[k] = v
         self.next_id += 1
-        self.sock.send_multipart([json.dumps(header).encode()] + frames)
+        try:
+            self.sock.send_multipart([json.dumps(header).encode()] + frames)
+        except zmq.Again:
+            # Never queued, so it cannot reach a daemon that starts later.
+            raise LabmqError("UNREACHABLE", f"no labmqd answers at {self.endpoint} "
+                             f"(no connection within {self.timeout_ms} ms)") from None
 
         deadline = time.monotonic() + self.timeout_ms / 1000
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not self.sock.poll(int(left * 1000) + 1):
+                self._reopen()
                 raise LabmqError("TIMEOUT", f"no reply to {op} within {self.timeout_ms} ms from {self.endpoint}")
             parts = self.sock.recv_multipart(copy=False)
             # A DEALER gets no delimiter frame back (only REQ sends one).
-            reply = json.loads(bytes(parts[0].buffer).decode("utf-8"))
-            if reply.get("id") != header["id"]:
-                continue  # a late reply to an earlier, timed-out request
+            try:
+                reply = json.loads(bytes(parts[0].buffer).decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                continue  # not a reply of this protocol: nobody awaits it
+            if not isinstance(reply, dict) or reply.get("id") != header["id"]:
+                continue  # no longer awaited (an earlier request's late reply), or unmatchable
             if not reply.get("ok"):
                 err = reply.get("error") or {}
                 raise LabmqError(err.get("code", "PROTO"), err.get("message", "error reply without a message"))
             return decode_value(reply.get("result"), [p.buffer for p in parts[1:]])
 
     def ping(self):
-        try:
-            return self.request("ping")
-        except LabmqError as e:
-            # Over ipc/tcp, connect() succeeds with nobody listening, so the
-            # only sign of a missing daemon is silence.
-            if e.code == "TIMEOUT":
-                raise LabmqError("UNREACHABLE", f"no labmqd answers at {self.endpoint}") from None
-            raise
+        return self.request("ping")
 
 
 class Device:

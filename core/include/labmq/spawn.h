@@ -15,7 +15,9 @@ extern "C" {
 #endif
 
 /* Starts argv[0] (searched in PATH when it has no '/'). Returns 0 and the
- * child's pid, or a negative status (errno preserved). */
+ * child's pid, or a negative status with errno preserved: LMQ_ENOTFOUND (no
+ * such program), LMQ_EPERM (not executable), LMQ_EMEM, LMQ_ESYS (another
+ * refusal of the system, e.g. too many processes), LMQ_EARG. */
 LMQ_EXPORT int lmq_spawn(char *const argv[], pid_t *pid);
 
 /* Waits up to timeout_ms (-1 forever) for pid; *status gets the waitpid status.

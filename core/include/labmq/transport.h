@@ -107,6 +107,12 @@ LMQ_EXPORT int lmq_transport_clear(lmq_transport_t *t, int quiet_ms, int64_t dea
  * that have none. */
 LMQ_EXPORT int lmq_transport_status_byte(lmq_transport_t *t, uint8_t *stb, int64_t deadline_ns);
 
+/* A link check that never blocks, for idle devices (the driver's `check`
+ * hook): LMQ_EIO when the far end has hung up, been unplugged or reset the
+ * connection (the transport is then broken), else 0. (USBTMC asks the
+ * kernel whether the device is still attached; no USB traffic.) */
+LMQ_EXPORT int lmq_transport_check(lmq_transport_t *t);
+
 /* True once the transport saw an unplug, a hang-up or a reset: only close is
  * useful then. */
 LMQ_EXPORT bool lmq_transport_broken(const lmq_transport_t *t);

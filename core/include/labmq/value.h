@@ -78,8 +78,9 @@ LMQ_EXPORT lmq_dtype_t lmq_dtype_parse(const char *name);
 /* Formats a value for people ("3.3", "true", "\"text\"", "<f8[1000]"); always
  * NUL-terminates. Returns the length it wanted, like snprintf. */
 LMQ_EXPORT int lmq_value_format(const lmq_value_t *v, char *buf, size_t size);
-/* Parses command-line text as `type` (LMQ_NONE = guess: bool, int, float, else
- * string). Returns 0 or LMQ_EARG. */
+/* Parses command-line and config text as `type` (LMQ_NONE = guess: bool, int,
+ * float, else string). Integers are decimal ("010" is 10), hexadecimal only
+ * with 0x. Returns 0 or LMQ_EARG. */
 LMQ_EXPORT int lmq_value_parse(lmq_value_t *v, const char *text, lmq_type_t type);
 
 #ifdef __cplusplus
