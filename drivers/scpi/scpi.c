@@ -440,6 +440,14 @@ static int scpi_open(lmq_dev_t *dev, void **state)
     return 0;
 }
 
+/* While idle: a hang-up or unplug is noticed without waiting for a request. */
+static int scpi_check(lmq_dev_t *dev, void *state)
+{
+    scpi_state_t *st = state;
+    int rc = lmq_transport_check(st->t);
+    return rc ? lmq_dev_fail(dev, rc, "%s", lmq_transport_last_error(st->t)) : 0;
+}
+
 /* ---- configure: the description into the device's tables ---- */
 
 static void scpi_release(lmq_tables_t *tables)
@@ -587,5 +595,6 @@ const lmq_driver_t lmq__scpi_driver = {
     .options = scpi_options,
     .open = scpi_open,
     .close = scpi_close,
+    .check = scpi_check,
     .configure = scpi_configure,
 };
