@@ -456,6 +456,9 @@ START_TEST(description_errors)
         {"idn: ''\nmethods:\n  - {name: m, command: M}\n", "an empty idn matches anything"},
         {"init: ['*CLS', '']\nmethods:\n  - {name: m, command: M}\n", "init: command 2 is empty"},
         {"error_check: true\nmethods:\n  - {name: m, command: M}\n", "error_check: needs error_query"},
+        {"properties:\n  - {name: v, type: float, get: V?, restore: false}\n", "restore is for properties with set:"},
+        {"properties:\n  - {name: v, type: float, get: V?, set: 'V {value}', restore: maybe}\n",
+         "'restore' must be true or false"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char err[512] = "";
@@ -488,6 +491,13 @@ START_TEST(description_defaults_and_examples)
     ck_assert(lmq__scpi_no_error(d, "+0,\"No error\"\r"));
     ck_assert(!lmq__scpi_no_error(d, "-222,\"Data out of range\""));
     ck_assert(!lmq__scpi_no_error(d, "+01,\"x\""));
+    lmq__scpi_desc_free(&d);
+    static const char y2[] = "properties:\n"
+                             "  - {name: a, type: float, get: A?, set: 'A {value}'}\n"
+                             "  - {name: b, type: bool, get: B?, set: 'B {value}', restore: false}\n";
+    d = lmq__scpi_desc_parse(y2, sizeof y2 - 1, "d.yaml", err, sizeof err);
+    ck_assert_msg(d, "%s", err);
+    ck_assert(!d->props[0].transient && d->props[1].transient);
     lmq__scpi_desc_free(&d);
 
     static const char *const examples[] = {"rigol-dp832.yaml", "keysight-34461a.yaml", "keithley-2400.yaml"};

@@ -545,6 +545,7 @@ static int scpi_configure(lmq_dev_t *dev, lmq_tables_t *tables)
                                        .max = f->max,
                                        .get = prop_get,
                                        .set = c->command.text ? prop_set : NULL,
+                                       .transient = c->transient,
                                        .user = c};
     }
     size_t a = 0;

@@ -1052,7 +1052,8 @@ static int entry_common(loader_t *L, yaml_node_t *map, lmq__scpi_desc_t *d, cons
 static int load_property(loader_t *L, yaml_node_t *map, lmq__scpi_desc_t *d, size_t idx, lmq__scpi_cmd_t *c)
 {
     static const char *const keys[] = {"name", "type",   "unit",       "doc",         "min",     "max", "values",
-                                       "spellings", "get", "set", "element", "timeout_ms", "error_check", NULL};
+                                       "spellings", "get", "set", "element", "timeout_ms", "error_check",
+                                       "restore", NULL};
     char entry[96];
     snprintf(entry, sizeof entry, "property %zu", idx + 1);
     if (map->type != YAML_MAPPING_NODE)
@@ -1091,6 +1092,12 @@ static int load_property(loader_t *L, yaml_node_t *map, lmq__scpi_desc_t *d, siz
     c->reply.element = -1;
     if (get_int(L, map, entry, "element", 0, 1000, &c->reply.element))
         return -1;
+    bool restore = true, present = false;
+    if (get_bool(L, map, entry, "restore", &restore, &present))
+        return -1;
+    if (present && !c->command.text)
+        return lfail(L, find(L, map, "restore"), entry, "restore is for properties with set:");
+    c->transient = !restore;
     return entry_common(L, map, d, entry, c);
 }
 

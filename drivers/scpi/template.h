@@ -98,6 +98,7 @@ typedef struct lmq__scpi_cmd {
     lmq__scpi_reply_t reply;
     int timeout_ms;   /* 0 = the device's */
     bool error_check; /* query the error queue after this command (writes only) */
+    bool transient;   /* property: never written back after a reconnect (restore: false) */
 } lmq__scpi_cmd_t;
 
 typedef struct lmq__scpi_desc {
