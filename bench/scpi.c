@@ -240,16 +240,17 @@ done:
 
 static void row(const char *transport, const char *path, const stats_t *s)
 {
-    printf("%-9s %-38s %8d %9.0f %9.1f %9.1f %9.1f\n", transport, path, s->n, s->n / s->total_s, s->mean_us,
-           s->p50_us, s->p99_us);
+    printf("%-9s %-38s %8d %9.0f %9.1f %9.1f %9.1f\n", transport, path, s->n, s->n / s->total_s, s->mean_us, s->p50_us,
+           s->p99_us);
 }
 
 int main(int argc, char **argv)
 {
     int n = 2000;
-    static const struct option opts[] = {
-        {"quick", no_argument, NULL, 'q'}, {"count", required_argument, NULL, 'n'}, {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"quick", no_argument, NULL, 'q'},
+                                         {"count", required_argument, NULL, 'n'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "qn:h", opts, NULL)) != -1) {
         if (c == 'q')

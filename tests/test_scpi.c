@@ -86,8 +86,9 @@ static void sim_spawn(sim_t *s, const char *desc, const char *sim_model, bool tc
     snprintf(s->link, sizeof s->link, "%s/tty", s->dir);
     snprintf(s->model, sizeof s->model, "%s/model.yaml", s->dir);
     th_write_file(s->model, desc);
-    const char *argv[] = {SIM_BIN,  "--seed", "7", "--log", "--fault-commands", tcp ? "--tcp" : "--link",
-                          tcp ? "0" : s->link, sim_model, NULL};
+    const char *argv[] = {
+        SIM_BIN,   "--seed", "7", "--log", "--fault-commands", tcp ? "--tcp" : "--link", tcp ? "0" : s->link,
+        sim_model, NULL};
     s->pid = th_spawn_to_files((char *const *)argv, s->out, s->err);
     char line[200];
     if (!first_line(s->out, line, sizeof line, 10000)) {
@@ -190,9 +191,8 @@ static void list_state(lab_t *l, char *state, size_t size, char *err, size_t err
     json_t *dev = json_array_get(j, 0);
     snprintf(state, size, "%s", json_string_value(json_object_get(dev, "state")));
     if (err)
-        snprintf(err, errsize, "%s", json_is_string(json_object_get(dev, "error"))
-                                         ? json_string_value(json_object_get(dev, "error"))
-                                         : "");
+        snprintf(err, errsize, "%s",
+                 json_is_string(json_object_get(dev, "error")) ? json_string_value(json_object_get(dev, "error")) : "");
     json_decref(j);
     free(json);
 }
@@ -239,13 +239,13 @@ static int call_s(lab_t *l, const char *method, const char *arg)
     return rc;
 }
 
-#define ASSERT_ERR(l, call, code, text)                                                                               \
-    do {                                                                                                             \
-        int rc_ = (call);                                                                                            \
-        ck_assert_msg(rc_ == (code), "%s: %s, not %s: %s", #call, lmq_status_name(rc_), lmq_status_name(code),       \
-                      lmq_proxy_last_error((l)->p));                                                                 \
+#define ASSERT_ERR(l, call, code, text)                                                                                \
+    do {                                                                                                               \
+        int rc_ = (call);                                                                                              \
+        ck_assert_msg(rc_ == (code), "%s: %s, not %s: %s", #call, lmq_status_name(rc_), lmq_status_name(code),         \
+                      lmq_proxy_last_error((l)->p));                                                                   \
         ck_assert_msg(strstr(lmq_proxy_last_error((l)->p), (text)), "'%s' lacks '%s'", lmq_proxy_last_error((l)->p),   \
-                      (text));                                                                                       \
+                      (text));                                                                                         \
     } while (0)
 
 /* Everything but the link faults, for one instrument on one transport. */
@@ -573,7 +573,8 @@ START_TEST(idn_mismatch)
     sim_t s;
     sim_start(&s, &insts[1], true); /* a 34461A ... */
     char path[512];
-    snprintf(path, sizeof path, "%s/examples/instruments/rigol-dp832.yaml", LMQ_SOURCE_DIR); /* ... described as a DP832 */
+    snprintf(path, sizeof path, "%s/examples/instruments/rigol-dp832.yaml",
+             LMQ_SOURCE_DIR); /* ... described as a DP832 */
     void *ctx = zmq_ctx_new();
     lmq_daemon_t *d = lmq_daemon_new(ctx, "inproc://scpi", "inproc://scpi-data", NULL);
     const char *opts[] = {"model", path, NULL};

@@ -76,7 +76,8 @@ START_TEST(format_numbers_bools_enums)
     ck_assert_int_eq(fmt1(prop(d, "voltage"), lmq_int(2), out, sizeof out, err), 0); /* ints pass for floats */
     ck_assert_str_eq(out, ":SOUR1:VOLT 2.000");
     ck_assert_int_eq(fmt1(prop(d, "voltage"), lmq_float(NAN), out, sizeof out, err), LMQ_EARG);
-    ck_assert_int_eq(fmt1(prop(d, "plain"), lmq_float(0.1), out, sizeof out, err), 0); /* %.12g: no 0.1000000000000000055 */
+    ck_assert_int_eq(fmt1(prop(d, "plain"), lmq_float(0.1), out, sizeof out, err),
+                     0); /* %.12g: no 0.1000000000000000055 */
     ck_assert_str_eq(out, "P 0.1");
     ck_assert_int_eq(fmt1(prop(d, "plain"), lmq_float(1.25e-7), out, sizeof out, err), 0);
     ck_assert_str_eq(out, "P 1.25e-07");
@@ -154,16 +155,24 @@ START_TEST(parse_numbers)
     static const struct {
         const char *text;
         double want;
-    } good[] = {{"1", 1}, {"+1", 1}, {"-15", -15}, {"1.5", 1.5}, {"-.5", -0.5}, {"3.", 3},
-                {"+1.50000000E+00", 1.5}, {"1.234e-03", 1.234e-3}, {"  2.5E2 \r", 250}, {"1E+0", 1}};
+    } good[] = {{"1", 1},
+                {"+1", 1},
+                {"-15", -15},
+                {"1.5", 1.5},
+                {"-.5", -0.5},
+                {"3.", 3},
+                {"+1.50000000E+00", 1.5},
+                {"1.234e-03", 1.234e-3},
+                {"  2.5E2 \r", 250},
+                {"1E+0", 1}};
     for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
         ck_assert_msg(parse_str(&r, good[i].text, &v, &nd) == 0, "%s", good[i].text);
         ck_assert_int_eq(v.type, LMQ_FLOAT);
         ck_assert_double_eq_tol(v.u.f, good[i].want, 1e-12);
         ck_assert(!nd);
     }
-    static const char *const bad[] = {"", " ", "0x10", "inf", "nan", "1.5V", "1e", "--1", "+", ".", "1,2", "1 2",
-                                      "1E999", "\"1\""};
+    static const char *const bad[] = {"",    " ", "0x10", "inf", "nan", "1.5V",  "1e",
+                                      "--1", "+", ".",    "1,2", "1 2", "1E999", "\"1\""};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         ck_assert_msg(parse_str(&r, bad[i], &v, &nd) == LMQ_EPROTO, "'%s' parsed", bad[i]);
     /* SCPI's overflow / not-a-number marker: no reading, not a number */
@@ -216,8 +225,8 @@ START_TEST(parse_elements_bools_enums_strings)
     const lmq__scpi_cmd_t *func = prop(d, "func");
     static const struct {
         const char *text, *want;
-    } enums[] = {{"VOLT:AC", "ac"}, {"\"VOLT:AC\"", "ac"}, {"voltage:dc", "dc"}, {"RES", "res"},
-                 {"\"RESISTANCE\"", "res"}};
+    } enums[] = {
+        {"VOLT:AC", "ac"}, {"\"VOLT:AC\"", "ac"}, {"voltage:dc", "dc"}, {"RES", "res"}, {"\"RESISTANCE\"", "res"}};
     for (size_t i = 0; i < sizeof enums / sizeof enums[0]; i++) {
         ck_assert_msg(parse_str(&func->reply, enums[i].text, &v, &nd) == 0, "%s", enums[i].text);
         ck_assert_str_eq(v.u.s, enums[i].want);
@@ -407,7 +416,8 @@ START_TEST(description_errors)
         {"- a\n- b\n", "a description is a mapping"},
         {"instrument: x\n", "declares no properties and no methods"},
         {"bogus: 1\nproperties: []\n", "d.yaml:1: unknown key 'bogus'"},
-        {"properties:\n  - name: v\n    type: float\n    get: V?\n    gett: x\n", "d.yaml:5: property 'v': unknown key 'gett'"},
+        {"properties:\n  - name: v\n    type: float\n    get: V?\n    gett: x\n",
+         "d.yaml:5: property 'v': unknown key 'gett'"},
         {"properties:\n  - name: v\n    type: float\n", "d.yaml:2: property 'v': a property needs get:"},
         {"properties:\n  - {name: v, type: double, get: V?}\n", "property 'v': type must be float, int, bool, enum"},
         {"properties:\n  - {type: float, get: V?}\n", "property 1: 'name' is required"},
@@ -464,8 +474,8 @@ START_TEST(description_errors)
         char err[512] = "";
         lmq__scpi_desc_t *d = lmq__scpi_desc_parse(cases[i].yaml, strlen(cases[i].yaml), "d.yaml", err, sizeof err);
         ck_assert_msg(d == NULL, "case %zu loaded", i);
-        ck_assert_msg(strstr(err, cases[i].want) && strncmp(err, "d.yaml", 6) == 0, "case %zu: '%s' lacks '%s'", i,
-                      err, cases[i].want);
+        ck_assert_msg(strstr(err, cases[i].want) && strncmp(err, "d.yaml", 6) == 0, "case %zu: '%s' lacks '%s'", i, err,
+                      cases[i].want);
     }
     char err[512];
     ck_assert_ptr_null(lmq__scpi_desc_load("/nonexistent/dp832.yaml", err, sizeof err));

@@ -70,7 +70,8 @@ START_TEST(dp832_over_usb_serial)
     th_tempdir(dir, sizeof dir);
     snprintf(out, sizeof out, "%s/out", dir);
     snprintf(err, sizeof err, "%s/err", dir);
-    char *argv[] = {SIM_BIN, "--log", "--tcp", "0", LMQ_SOURCE_DIR "/examples/instruments/siminst/rigol-dp832.yaml", NULL};
+    char *argv[] = {SIM_BIN, "--log", "--tcp", "0", LMQ_SOURCE_DIR "/examples/instruments/siminst/rigol-dp832.yaml",
+                    NULL};
     pid_t sim = th_spawn_to_files(argv, out, err);
     char addr[128] = "";
     for (int i = 0; i < 500 && !strchr(addr, '\n'); i++) {

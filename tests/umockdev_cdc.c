@@ -7,35 +7,34 @@
 #include <sys/ioctl.h>
 #include "harness.h"
 
-static const char *const records =
-    "P: /devices/pci0000:00/0000:00:14.0/usb1/1-1\n"
-    "E: SUBSYSTEM=usb\n"
-    "E: DEVTYPE=usb_device\n"
-    "E: BUSNUM=001\n"
-    "E: DEVNUM=002\n"
-    "A: busnum=1\n"
-    "A: devnum=2\n"
-    "A: speed=480\n"
-    "A: idVendor=2a8d\n"
-    "A: idProduct=1202\n"
-    "A: manufacturer=Keysight Technologies\n"
-    "A: product=E36312A Power Supply\n"
-    "A: serial=MY59001234\n"
-    "\n"
-    "P: /devices/pci0000:00/0000:00:14.0/usb1/1-1/1-1:1.0\n"
-    "E: SUBSYSTEM=usb\n"
-    "E: DEVTYPE=usb_interface\n"
-    "E: DRIVER=cdc_acm\n"
-    "A: bInterfaceClass=02\n"
-    "A: bInterfaceNumber=00\n"
-    "\n"
-    "P: /devices/pci0000:00/0000:00:14.0/usb1/1-1/1-1:1.0/tty/ttyACM0\n"
-    "N: ttyACM0\n"
-    "E: SUBSYSTEM=tty\n"
-    "E: DEVNAME=/dev/ttyACM0\n"
-    /* umockdev does not make this link; libserialport follows it to the
-     * USB device's attributes. */
-    "L: device=../../../1-1:1.0\n";
+static const char *const records = "P: /devices/pci0000:00/0000:00:14.0/usb1/1-1\n"
+                                   "E: SUBSYSTEM=usb\n"
+                                   "E: DEVTYPE=usb_device\n"
+                                   "E: BUSNUM=001\n"
+                                   "E: DEVNUM=002\n"
+                                   "A: busnum=1\n"
+                                   "A: devnum=2\n"
+                                   "A: speed=480\n"
+                                   "A: idVendor=2a8d\n"
+                                   "A: idProduct=1202\n"
+                                   "A: manufacturer=Keysight Technologies\n"
+                                   "A: product=E36312A Power Supply\n"
+                                   "A: serial=MY59001234\n"
+                                   "\n"
+                                   "P: /devices/pci0000:00/0000:00:14.0/usb1/1-1/1-1:1.0\n"
+                                   "E: SUBSYSTEM=usb\n"
+                                   "E: DEVTYPE=usb_interface\n"
+                                   "E: DRIVER=cdc_acm\n"
+                                   "A: bInterfaceClass=02\n"
+                                   "A: bInterfaceNumber=00\n"
+                                   "\n"
+                                   "P: /devices/pci0000:00/0000:00:14.0/usb1/1-1/1-1:1.0/tty/ttyACM0\n"
+                                   "N: ttyACM0\n"
+                                   "E: SUBSYSTEM=tty\n"
+                                   "E: DEVNAME=/dev/ttyACM0\n"
+                                   /* umockdev does not make this link; libserialport follows it to the
+                                    * USB device's attributes. */
+                                   "L: device=../../../1-1:1.0\n";
 
 static gboolean handle_ioctl(UMockdevIoctlBase *base, UMockdevIoctlClient *client, gpointer user)
 {
@@ -102,4 +101,3 @@ void bed_down(bed_t *b)
     /* Removes the testbed's /tmp/umockdev.XXXXXX. */
     g_object_unref(b->tb);
 }
-

@@ -105,8 +105,8 @@ static void resync(lmq_dev_t *dev, scpi_state_t *st, char *diag, size_t dsz)
         rc = lmq_transport_write(st->t, buf, (size_t)n, lmq_clock_mono_ns() + step);
     }
     if (rc)
-        lmq_log(lmq_dev_log(dev), LMQ_LOG_DEBUG, lmq_dev_name(dev), "resynchronising failed: %s (%s)",
-                lmq_strerror(rc), lmq_transport_last_error(st->t));
+        lmq_log(lmq_dev_log(dev), LMQ_LOG_DEBUG, lmq_dev_name(dev), "resynchronising failed: %s (%s)", lmq_strerror(rc),
+                lmq_transport_last_error(st->t));
 }
 
 /* A transport failure during `what` of command `text` into the request's error. */
@@ -147,8 +147,7 @@ static int read_line(lmq_dev_t *dev, scpi_state_t *st, const lmq__scpi_cmd_t *c,
     return rc ? io_fail(dev, st, rc, c, "the reply to", text) : 0;
 }
 
-static int proto_fail(lmq_dev_t *dev, scpi_state_t *st, const char *text, const void *bytes, size_t n,
-                      const char *why)
+static int proto_fail(lmq_dev_t *dev, scpi_state_t *st, const char *text, const void *bytes, size_t n, const char *why)
 {
     char esc[160];
     lmq__scpi_escape(bytes, n, esc, sizeof esc);
@@ -397,7 +396,8 @@ static int scpi_open(lmq_dev_t *dev, void **state)
     }
     st->desc = tb->desc;
     int64_t opt = lmq_dev_opt_int(dev, "timeout_ms");
-    st->timeout_ms = opt > 0 ? (int)(opt > 3600000 ? 3600000 : opt) : (st->desc->timeout_ms ? st->desc->timeout_ms : 2000);
+    st->timeout_ms =
+        opt > 0 ? (int)(opt > 3600000 ? 3600000 : opt) : (st->desc->timeout_ms ? st->desc->timeout_ms : 2000);
     int rc = lmq_dev_transport_open(dev, &st->t, st->timeout_ms);
     if (rc) {
         scpi_close(dev, st);

@@ -177,10 +177,7 @@ static char *unquote(const char *s, size_t n)
     return dup_n(s, n);
 }
 
-static bool word_eq(const char *s, size_t n, const char *w)
-{
-    return w && strlen(w) == n && strncasecmp(s, w, n) == 0;
-}
+static bool word_eq(const char *s, size_t n, const char *w) { return w && strlen(w) == n && strncasecmp(s, w, n) == 0; }
 
 /* ---- reply parsing ---- */
 
@@ -282,16 +279,15 @@ static int parse_list(const lmq__scpi_reply_t *r, const char *text, size_t len, 
             memcpy(dst, &v, sizeof v);
         } else {
             /* integers: in range and whole, stored little-endian byte by byte */
-            static const double lo[] = {[LMQ_U8] = 0, [LMQ_I8] = -128, [LMQ_U16] = 0, [LMQ_I16] = -32768,
-                                        [LMQ_U32] = 0, [LMQ_I32] = -2147483648.0, [LMQ_U64] = 0,
-                                        [LMQ_I64] = -9.2e18};
-            static const double hi[] = {[LMQ_U8] = 255, [LMQ_I8] = 127, [LMQ_U16] = 65535, [LMQ_I16] = 32767,
-                                        [LMQ_U32] = 4294967295.0, [LMQ_I32] = 2147483647.0, [LMQ_U64] = 1.8e19,
-                                        [LMQ_I64] = 9.2e18};
+            static const double lo[] = {[LMQ_U8] = 0,  [LMQ_I8] = -128,           [LMQ_U16] = 0, [LMQ_I16] = -32768,
+                                        [LMQ_U32] = 0, [LMQ_I32] = -2147483648.0, [LMQ_U64] = 0, [LMQ_I64] = -9.2e18};
+            static const double hi[] = {
+                [LMQ_U8] = 255,           [LMQ_I8] = 127,           [LMQ_U16] = 65535,  [LMQ_I16] = 32767,
+                [LMQ_U32] = 4294967295.0, [LMQ_I32] = 2147483647.0, [LMQ_U64] = 1.8e19, [LMQ_I64] = 9.2e18};
             if (nd || d != floor(d) || d < lo[r->dtype] || d > hi[r->dtype]) {
                 free(buf);
-                return fail(err, errlen, LMQ_EPROTO, "element %zu (%.*s) does not fit %s", k, (int)(n > 40 ? 40 : n),
-                            s, lmq_dtype_name(r->dtype));
+                return fail(err, errlen, LMQ_EPROTO, "element %zu (%.*s) does not fit %s", k, (int)(n > 40 ? 40 : n), s,
+                            lmq_dtype_name(r->dtype));
             }
             uint64_t u = d < 0 ? (uint64_t)(int64_t)d : (uint64_t)d;
             for (size_t b = 0; b < isz; b++)
@@ -305,8 +301,8 @@ static int parse_list(const lmq__scpi_reply_t *r, const char *text, size_t len, 
     return rc ? fail(err, errlen, LMQ_EMEM, "out of memory") : 0;
 }
 
-int lmq__scpi_parse(const lmq__scpi_reply_t *r, const char *text, size_t len, lmq_value_t *out, bool *nodata,
-                    char *err, size_t errlen)
+int lmq__scpi_parse(const lmq__scpi_reply_t *r, const char *text, size_t len, lmq_value_t *out, bool *nodata, char *err,
+                    size_t errlen)
 {
     bool nd = false;
     if (nodata)
@@ -693,8 +689,8 @@ static int get_strlist(loader_t *L, yaml_node_t *map, const char *entry, const c
     *n = 0;
     if (!v)
         return 0;
-    size_t count = v->type == YAML_SEQUENCE_NODE ? (size_t)(v->data.sequence.items.top - v->data.sequence.items.start)
-                                                 : 1;
+    size_t count =
+        v->type == YAML_SEQUENCE_NODE ? (size_t)(v->data.sequence.items.top - v->data.sequence.items.start) : 1;
     if (v->type == YAML_MAPPING_NODE)
         return lfail(L, v, entry, "'%s' must be text or a list of text", key);
     *out = calloc(count ? count : 1, sizeof **out);
@@ -807,8 +803,7 @@ static int field_load(loader_t *L, yaml_node_t *map, const char *entry, lmq__scp
     }
     yaml_node_t *vals = find(L, map, "values");
     if (f->type == LMQ__SCPI_ENUM) {
-        if (!vals || vals->type != YAML_MAPPING_NODE ||
-            vals->data.mapping.pairs.top == vals->data.mapping.pairs.start)
+        if (!vals || vals->type != YAML_MAPPING_NODE || vals->data.mapping.pairs.top == vals->data.mapping.pairs.start)
             return lfail(L, vals ? vals : map, entry,
                          "an enum needs 'values': a mapping from each name to the instrument's spelling");
         size_t nc = (size_t)(vals->data.mapping.pairs.top - vals->data.mapping.pairs.start);
@@ -842,8 +837,8 @@ static int field_load(loader_t *L, yaml_node_t *map, const char *entry, lmq__scp
 }
 
 /* Builds "%+08.3f" style formats from "+08.3f"; "q"; or fails. */
-static int compile_spec(loader_t *L, yaml_node_t *at, const char *entry, const lmq__scpi_field_t *f,
-                        const char *spec, size_t n, char fmt[24])
+static int compile_spec(loader_t *L, yaml_node_t *at, const char *entry, const lmq__scpi_field_t *f, const char *spec,
+                        size_t n, char fmt[24])
 {
     if (n == 1 && spec[0] == 'q') {
         if (f->type != LMQ__SCPI_STRING)
@@ -931,8 +926,7 @@ static int tmpl_load(loader_t *L, yaml_node_t *map, const char *entry, const cha
     if (!*s)
         return lfail(L, at, entry, "%s: an empty command", key);
     if (has_control(s))
-        return lfail(L, at, entry, "%s: a control character in the command (terminators are added by the driver)",
-                     key);
+        return lfail(L, at, entry, "%s: a control character in the command (terminators are added by the driver)", key);
     bool *used = calloc(nf ? nf : 1, sizeof *used);
     if (!used)
         return lfail(L, at, entry, "out of memory");
@@ -1009,8 +1003,9 @@ static int parse_dtype(loader_t *L, yaml_node_t *at, const char *entry, const ch
     snprintf(buf, sizeof buf, "<%s", rest);
     *dt = lmq_dtype_parse(buf);
     if (*dt == LMQ_DT_INVALID || strchr("<>|", rest[0]))
-        return lfail(L, at, entry, "dtype '%s' is not one of u1 i1 u2 i2 u4 i4 u8 i8 f4 f8 (with < or > for the "
-                                   "byte order)",
+        return lfail(L, at, entry,
+                     "dtype '%s' is not one of u1 i1 u2 i2 u4 i4 u8 i8 f4 f8 (with < or > for the "
+                     "byte order)",
                      s);
     if (!block && order == '>')
         return lfail(L, at, entry, "dtype '%s': a comma list has no byte order (use '<%s' or '%s')", s, rest, rest);
@@ -1051,9 +1046,9 @@ static int entry_common(loader_t *L, yaml_node_t *map, lmq__scpi_desc_t *d, cons
 
 static int load_property(loader_t *L, yaml_node_t *map, lmq__scpi_desc_t *d, size_t idx, lmq__scpi_cmd_t *c)
 {
-    static const char *const keys[] = {"name", "type",   "unit",       "doc",         "min",     "max", "values",
-                                       "spellings", "get", "set", "element", "timeout_ms", "error_check",
-                                       "restore", NULL};
+    static const char *const keys[] = {"name",    "type",       "unit",        "doc",     "min",
+                                       "max",     "values",     "spellings",   "get",     "set",
+                                       "element", "timeout_ms", "error_check", "restore", NULL};
     char entry[96];
     snprintf(entry, sizeof entry, "property %zu", idx + 1);
     if (map->type != YAML_MAPPING_NODE)
@@ -1103,8 +1098,8 @@ static int load_property(loader_t *L, yaml_node_t *map, lmq__scpi_desc_t *d, siz
 
 static int load_method(loader_t *L, yaml_node_t *map, lmq__scpi_desc_t *d, size_t idx, lmq__scpi_cmd_t *c)
 {
-    static const char *const keys[] = {"name",      "doc",     "args",  "command",    "returns",     "unit",
-                                       "values",    "spellings", "element", "dtype", "timeout_ms", "error_check", NULL};
+    static const char *const keys[] = {"name",      "doc",     "args",  "command",    "returns",     "unit", "values",
+                                       "spellings", "element", "dtype", "timeout_ms", "error_check", NULL};
     static const char *const arg_keys[] = {"name", "type", "unit", "doc", "min", "max", "values", "spellings", NULL};
     char entry[96];
     snprintf(entry, sizeof entry, "method %zu", idx + 1);
@@ -1266,7 +1261,7 @@ static int load_terms(loader_t *L, yaml_node_t *root, lmq__scpi_desc_t *d)
 
 static int load_root(loader_t *L, lmq__scpi_desc_t *d)
 {
-    static const char *const keys[] = {"instrument",  "terminators", "idn",        "init",       "clear_command",
+    static const char *const keys[] = {"instrument",  "terminators", "idn",         "init",       "clear_command",
                                        "error_query", "no_error",    "error_check", "timeout_ms", "clear_quiet_ms",
                                        "properties",  "methods",     NULL};
     yaml_node_t *root = yaml_document_get_root_node(&L->doc);

@@ -61,9 +61,9 @@ typedef struct lmq__scpi_field {
 
 /* A compiled template: literal runs and placeholders. */
 typedef struct lmq__scpi_seg {
-    char *lit;     /* literal text, or NULL for a placeholder */
-    size_t field;  /* placeholder: index into the fields */
-    char fmt[24];  /* placeholder: printf format ("%.3f", "%lld"), "q", or "" (default form) */
+    char *lit;    /* literal text, or NULL for a placeholder */
+    size_t field; /* placeholder: index into the fields */
+    char fmt[24]; /* placeholder: printf format ("%.3f", "%lld"), "q", or "" (default form) */
 } lmq__scpi_seg_t;
 
 typedef struct lmq__scpi_tmpl {
@@ -103,17 +103,17 @@ typedef struct lmq__scpi_cmd {
 
 typedef struct lmq__scpi_desc {
     char *path;
-    char *instrument;            /* free text, for messages */
+    char *instrument;             /* free text, for messages */
     char *write_term, *read_term; /* "\n" by default */
-    char *idn;                   /* substring the *IDN? reply must contain; NULL = no check */
-    char **init;                 /* commands sent at open */
+    char *idn;                    /* substring the *IDN? reply must contain; NULL = no check */
+    char **init;                  /* commands sent at open */
     size_t n_init;
-    char *clear_command;         /* sent after a timeout, once the input is drained; NULL = none */
-    char *error_query;           /* "SYST:ERR?"; NULL = no error checks */
-    char **no_error;             /* reply prefixes meaning "no error" ("0", "+0") */
+    char *clear_command; /* sent after a timeout, once the input is drained; NULL = none */
+    char *error_query;   /* "SYST:ERR?"; NULL = no error checks */
+    char **no_error;     /* reply prefixes meaning "no error" ("0", "+0") */
     size_t n_no_error;
-    int timeout_ms;              /* 0 = not given */
-    int clear_quiet_ms;          /* how long the line must stay quiet when resynchronising */
+    int timeout_ms;     /* 0 = not given */
+    int clear_quiet_ms; /* how long the line must stay quiet when resynchronising */
     lmq__scpi_cmd_t *props, *methods;
     size_t n_props, n_methods;
 } lmq__scpi_desc_t;
@@ -137,8 +137,8 @@ int lmq__scpi_format(const lmq__scpi_tmpl_t *t, const lmq__scpi_field_t *fields,
  * *out. *nodata is set when a scalar is the overflow marker (out is then
  * left LMQ_NONE). 0, or LMQ_EPROTO with the reason in err (the bytes are
  * not named here: the caller knows the command and escapes them). */
-int lmq__scpi_parse(const lmq__scpi_reply_t *r, const char *text, size_t len, lmq_value_t *out, bool *nodata,
-                    char *err, size_t errlen);
+int lmq__scpi_parse(const lmq__scpi_reply_t *r, const char *text, size_t len, lmq_value_t *out, bool *nodata, char *err,
+                    size_t errlen);
 
 /* Looks at the start of a block. 0 with *head (bytes of "#<n><len>") and
  * *data_len set when the header is complete; *indefinite for "#0" (then
