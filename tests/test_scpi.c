@@ -284,13 +284,30 @@ static void run_requests(const inst_t *in, bool tcp)
     ck_assert_double_eq_tol(get_f(&l, in->other), in->other_value, 1e-9);
     ck_assert_double_eq_tol(get_f(&l, in->prop), in->a, 1e-9);
 
-    /* a reply 50 ms after the timeout is never returned to the next query */
+    /* A reply 50 ms after the timeout is never returned to the next query.
+     * (On a loaded machine the device thread may wake after the late reply
+     * came: it is then its own query's answer, which is right too; the
+     * timeout must still happen in one of three tries.) */
     char late[32];
     snprintf(late, sizeof late, "late %d", TIMEOUT_MS + 50);
-    ck_assert_int_eq(call_s(&l, "sim", late), 0);
-    ASSERT_ERR(&l, lmq_proxy_get(l.p, in->prop, &v), LMQ_ETIMEOUT, "timed out");
-    ck_assert_double_eq_tol(get_f(&l, in->other), in->other_value, 1e-9); /* not in->a */
-    ck_assert_double_eq_tol(get_f(&l, in->prop), in->a, 1e-9);
+    bool timed_out = false;
+    for (int attempt = 0; attempt < 3 && !timed_out; attempt++) {
+        ck_assert_int_eq(call_s(&l, "sim", late), 0);
+        lmq_value_t got = {0};
+        int rc = lmq_proxy_get(l.p, in->prop, &got);
+        if (rc == LMQ_ETIMEOUT) {
+            timed_out = true;
+            ck_assert_msg(strstr(lmq_proxy_last_error(l.p), "timed out"), "%s", lmq_proxy_last_error(l.p));
+        } else {
+            double x = 0;
+            ck_assert_msg(rc == 0 && lmq_value_to_double(&got, &x) == 0, "%s", lmq_proxy_last_error(l.p));
+            ck_assert_double_eq_tol(x, in->a, 1e-9);
+        }
+        lmq_value_clear(&got);
+        ck_assert_double_eq_tol(get_f(&l, in->other), in->other_value, 1e-9); /* not in->a */
+        ck_assert_double_eq_tol(get_f(&l, in->prop), in->a, 1e-9);
+    }
+    ck_assert_msg(timed_out, "the late reply never timed out");
 
     /* garbled bytes: PROTO naming them, then back in step */
     ck_assert_int_eq(call_s(&l, "sim", "garble 1"), 0);
