@@ -8,7 +8,9 @@
  *   sleep FILE         write its pid; wait for a signal (default dispositions)
  *   stubborn FILE      ignore SIGTERM, start a grandchild that ignores it too,
  *                      write both pids; wait for ever
- * The grandchild is this program with "stubborn-grandchild". */
+ * The grandchild is this program with "stubborn-grandchild". Started by
+ * labmqd, it gets the standard worker argv first (--control EP --data EP
+ * --name NAME): "report" shows it, the other modes skip it. */
 #include <dirent.h>
 #include <signal.h>
 #include <spawn.h>
@@ -56,7 +58,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: supervise_child report|crash|exit|sleep|stubborn FILE [...]\n");
         return 2;
     }
-    const char *mode = argv[1], *file = argv[2];
+    int skip = argc > 7 && strcmp(argv[1], "--control") == 0 ? 6 : 0;
+    const char *mode = argv[1 + skip], *file = argv[2 + skip];
+    if (argc < 3 + skip) {
+        fprintf(stderr, "supervise_child: no mode\n");
+        return 2;
+    }
     if (strcmp(mode, "report") == 0) {
         /* Before anything opens a descriptor of its own. */
         int fds[64], n = 0;
@@ -88,9 +95,9 @@ int main(int argc, char **argv)
         append_start(file);
         return 3;
     }
-    if (strcmp(mode, "exit") == 0 && argc == 4) {
+    if (strcmp(mode, "exit") == 0 && argc == 4 + skip) {
         append_start(file);
-        return atoi(argv[3]);
+        return atoi(argv[3 + skip]);
     }
     if (strcmp(mode, "sleep") == 0) {
         char text[64];

@@ -52,6 +52,7 @@ static const command_t commands[] = {
     {"watch", cli_cmd_watch, 1, 1, "watch DEV/STREAM [--count N] [--duration S]"},
     {"stats", cli_cmd_stats, 0, 1, "stats [DEV]"},
     {"scan", cli_cmd_scan, 0, 0, "scan"},
+    {"workers", cli_cmd_workers, 0, 0, "workers"},
 };
 
 /* ---- errors ---- */
@@ -122,6 +123,9 @@ static void print_help(FILE *out)
             "                               labmq watch daq1/wave --duration 10\n"
             "  stats [DEV]                state, requests, errors and latency per device\n"
             "                               labmq stats\n"
+            "  workers                    the daemon's supervised workers: state, pid, restarts,\n"
+            "                             uptime, last exit\n"
+            "                               labmq workers\n"
             "  scan                       serial ports (with USB VID:PID, maker, product, serial)\n"
             "                             and USBTMC devices on this machine, as connection strings\n"
             "                               labmq scan\n"
@@ -330,12 +334,13 @@ static int run(cli_t *c, int argc, char **argv)
         goto out;
     }
     if (ps.npos == 0) {
-        rc = cli_usage(c, "no command given (ping, ls, describe, call, get, set, watch, stats)");
+        rc = cli_usage(c, "no command given (ping, ls, describe, call, get, set, watch, stats, workers, scan)");
         goto out;
     }
     const command_t *cmd = find_command(ps.pos[0]);
     if (!cmd) {
-        rc = cli_usage(c, "unknown command '%s' (ping, ls, describe, call, get, set, watch, stats)", ps.pos[0]);
+        rc = cli_usage(c, "unknown command '%s' (ping, ls, describe, call, get, set, watch, stats, workers, scan)",
+                       ps.pos[0]);
         goto out;
     }
     int nargs = ps.npos - 1;

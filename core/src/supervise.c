@@ -121,7 +121,7 @@ static char **strv_copy(char *const *v)
     return c;
 }
 
-static bool name_ok(const char *name)
+bool lmq__worker_name_ok(const char *name)
 {
     size_t len = name ? strlen(name) : 0;
     if (len == 0 || len > 63)
@@ -142,8 +142,8 @@ int lmq_supervisor_add(lmq_supervisor_t *s, const char *name, char *const argv[]
         snprintf(s->err, sizeof s->err, "workers must be added before lmq_supervisor_start");
         return LMQ_EARG;
     }
-    if (!name_ok(name)) {
-        snprintf(s->err, sizeof s->err, "invalid worker name '%.64s' (use 1..63 letters, digits, _ - .)",
+    if (!lmq__worker_name_ok(name)) {
+        snprintf(s->err, sizeof s->err, "invalid worker name '%.64s' (use " LMQ__WORKER_NAME_RULE ")",
                  name ? name : "(null)");
         return LMQ_EARG;
     }
@@ -160,30 +160,31 @@ int lmq_supervisor_add(lmq_supervisor_t *s, const char *name, char *const argv[]
             snprintf(s->err, sizeof s->err, "worker '%s' is declared twice", name);
             return LMQ_EARG;
         }
+    worker_t nw = {.restart = restart, .pidfd = -1, .backoff_ns = BACKOFF_MIN_NS};
+    snprintf(nw.name, sizeof nw.name, "%s", name);
+    nw.argv = strv_copy(argv);
+    nw.envp = strv_copy(envp);
+    if (!nw.argv || !nw.envp)
+        goto oom;
+    /* A snapshot may be taken meanwhile (a daemon adds its workers while
+     * its broker already answers `workers`). */
+    pthread_mutex_lock(&s->mu);
     if (s->n == s->cap) {
         size_t cap = s->cap ? 2 * s->cap : 4;
-        worker_t *nw = realloc(s->w, cap * sizeof *nw);
-        if (!nw)
+        worker_t *grown = realloc(s->w, cap * sizeof *grown);
+        if (!grown) {
+            pthread_mutex_unlock(&s->mu);
             goto oom;
-        s->w = nw;
+        }
+        s->w = grown;
         s->cap = cap;
     }
-    worker_t *w = &s->w[s->n];
-    memset(w, 0, sizeof *w);
-    snprintf(w->name, sizeof w->name, "%s", name);
-    w->restart = restart;
-    w->pidfd = -1;
-    w->backoff_ns = BACKOFF_MIN_NS;
-    w->argv = strv_copy(argv);
-    w->envp = strv_copy(envp);
-    if (!w->argv || !w->envp) {
-        strv_free(w->argv);
-        strv_free(w->envp);
-        goto oom;
-    }
-    s->n++;
+    s->w[s->n++] = nw;
+    pthread_mutex_unlock(&s->mu);
     return 0;
 oom:
+    strv_free(nw.argv);
+    strv_free(nw.envp);
     snprintf(s->err, sizeof s->err, "worker '%s': out of memory", name);
     return LMQ_EMEM;
 }
@@ -475,12 +476,14 @@ static void fill_info(const worker_t *w, int64_t now, lmq_worker_info_t *info)
 
 int lmq_supervisor_info(lmq_supervisor_t *s, size_t i, lmq_worker_info_t *info)
 {
-    if (!s || !info || i >= s->n)
+    if (!s || !info)
         return LMQ_EARG;
     pthread_mutex_lock(&s->mu);
-    fill_info(&s->w[i], lmq_clock_mono_ns(), info);
+    bool ok = i < s->n;
+    if (ok)
+        fill_info(&s->w[i], lmq_clock_mono_ns(), info);
     pthread_mutex_unlock(&s->mu);
-    return 0;
+    return ok ? 0 : LMQ_EARG;
 }
 
 json_t *lmq__supervisor_snapshot(lmq_supervisor_t *s)
@@ -489,12 +492,11 @@ json_t *lmq__supervisor_snapshot(lmq_supervisor_t *s)
     if (!arr || !s)
         return arr;
     int64_t now = lmq_clock_mono_ns();
+    pthread_mutex_lock(&s->mu);
     for (size_t i = 0; i < s->n; i++) {
         lmq_worker_info_t in;
-        pthread_mutex_lock(&s->mu);
         fill_info(&s->w[i], now, &in);
         lmq_restart_t restart = s->w[i].restart;
-        pthread_mutex_unlock(&s->mu);
         json_t *last = json_null();
         if (in.has_exited && in.last_exit_signal) {
             const char *abbrev = sigabbrev_np(in.last_exit_signal);
@@ -513,10 +515,12 @@ json_t *lmq__supervisor_snapshot(lmq_supervisor_t *s)
                               lmq_restart_name(restart), "last_exit", last ? last : json_null(), "error",
                               in.error[0] ? json_string(in.error) : json_null());
         if (!j || json_array_append_new(arr, j) != 0) {
+            pthread_mutex_unlock(&s->mu);
             json_decref(arr);
             return NULL;
         }
     }
+    pthread_mutex_unlock(&s->mu);
     return arr;
 }
 

@@ -10,4 +10,8 @@
  * s == NULL); NULL on allocation failure. New reference. */
 json_t *lmq__supervisor_snapshot(lmq_supervisor_t *s);
 
+/* The rule lmq_supervisor_add applies to names. */
+#define LMQ__WORKER_NAME_RULE "1..63 letters, digits, _ - ."
+bool lmq__worker_name_ok(const char *name);
+
 #endif
