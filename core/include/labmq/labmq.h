@@ -19,5 +19,6 @@
 #include "labmq/sub.h"
 #include "labmq/transport.h"
 #include "labmq/value.h"
+#include "labmq/worker.h"
 
 #endif
