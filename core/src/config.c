@@ -891,15 +891,16 @@ static void load_workers(loader_t *L)
             return;
         }
         if (strchr(w->program, '/')) {
-            if (!(c->wprograms[i] = resolve_path(c, w->program))) {
+            bool as_is = w->program[0] == '/' || strcmp(c->dir, ".") == 0;
+            if (!(c->wprograms[i] = as_is ? strdup(w->program) : resolve_path(c, w->program))) {
                 fail(L, 0, 0, "out of memory");
                 return;
             }
             if (access(c->wprograms[i], X_OK) != 0) {
                 int e = errno;
                 worker_pos(L, i, "program", -1, &line, &col);
-                fail(L, line, col, "worker '%s': program %s: %s", w->name, c->wprograms[i],
-                     e == EACCES ? "not executable" : strerror(e));
+                fail(L, line, col, "worker '%s': program %s%s%s%s: %s", w->name, w->program, as_is ? "" : " (",
+                     as_is ? "" : c->wprograms[i], as_is ? "" : ")", e == EACCES ? "not executable" : strerror(e));
                 return;
             }
             cw->program = c->wprograms[i];
