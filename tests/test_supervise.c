@@ -14,10 +14,12 @@
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <zmq.h>
 #include "harness.h"
 #include "labmq/labmq.h"
 
 #define CHILD LMQ_BUILD_DIR "/tests/supervise_child"
+#define MEAN LMQ_BUILD_DIR "/workers/example/labmq-example-mean"
 
 /* The state letter of /proc/PID/stat and its parent; 0 when pid is gone. */
 static char proc_state(pid_t pid, pid_t *ppid)
@@ -381,6 +383,112 @@ START_TEST(bad_declarations_and_missing_program)
 }
 END_TEST
 
+/* ---- the worker runtime ---- */
+
+START_TEST(worker_argv_parsed)
+{
+    char *argv[] = {"/opt/x/my-worker", "--control", "ipc:///tmp/c", "--data=ipc:///tmp/d", "--name", "w1",
+                    "--device", "psu1", "--device=daq1", "--stream", "daq1/wave", "--option", "k=v",
+                    "--option=k=w", "--option", "empty=", NULL};
+    int code = -1;
+    lmq_worker_t *w = lmq_worker_new(16, argv, NULL, &code);
+    ck_assert_ptr_nonnull(w);
+    ck_assert_int_eq(code, 0);
+    ck_assert_str_eq(lmq_worker_control(w), "ipc:///tmp/c");
+    ck_assert_str_eq(lmq_worker_data(w), "ipc:///tmp/d");
+    ck_assert_str_eq(lmq_worker_name(w), "w1");
+    ck_assert_int_eq(lmq_worker_device_count(w), 2);
+    ck_assert_str_eq(lmq_worker_device(w, 0), "psu1");
+    ck_assert_str_eq(lmq_worker_device(w, 1), "daq1");
+    ck_assert_ptr_null(lmq_worker_device(w, 2));
+    ck_assert_int_eq(lmq_worker_stream_count(w), 1);
+    ck_assert_str_eq(lmq_worker_stream(w, 0), "daq1/wave");
+    ck_assert_str_eq(lmq_worker_option(w, "k"), "w"); /* the last one given */
+    ck_assert_str_eq(lmq_worker_option(w, "empty"), "");
+    ck_assert_ptr_null(lmq_worker_option(w, "kk"));
+    ck_assert_ptr_null(lmq_worker_option(w, "missing"));
+    ck_assert_ptr_nonnull(lmq_worker_zctx(w));
+    ck_assert(!lmq_worker_stopping(w));
+    lmq_worker_destroy(&w);
+    ck_assert_ptr_null(w);
+    lmq_worker_destroy(&w);
+
+    /* Without --name: the program's file name. */
+    char *bare[] = {"/opt/x/my-worker", "--control", "ipc:///tmp/c", "--data", "ipc:///tmp/d", NULL};
+    w = lmq_worker_new(5, bare, NULL, &code);
+    ck_assert_ptr_nonnull(w);
+    ck_assert_str_eq(lmq_worker_name(w), "my-worker");
+    lmq_worker_destroy(&w);
+}
+END_TEST
+
+START_TEST(worker_stops_on_sigterm_through_its_fd)
+{
+    char *argv[] = {"w", "--control", "ipc:///tmp/c", "--data", "ipc:///tmp/d", NULL};
+    int code;
+    lmq_worker_t *w = lmq_worker_new(5, argv, NULL, &code);
+    ck_assert_ptr_nonnull(w);
+    zmq_pollitem_t item = {NULL, lmq_worker_fd(w), ZMQ_POLLIN, 0};
+    ck_assert_int_eq(zmq_poll(&item, 1, 50), 0);
+    ck_assert(!lmq_worker_stopping(w));
+    ck_assert_int_eq(lmq_worker_stop_signal(w), 0);
+    /* To the process, as labmqd sends it: blocked, it waits in the fd. */
+    ck_assert_int_eq(kill(getpid(), SIGTERM), 0);
+    ck_assert_int_eq(zmq_poll(&item, 1, 10000), 1);
+    ck_assert(lmq_worker_stopping(w));
+    ck_assert(lmq_worker_stopping(w)); /* and stays so */
+    ck_assert_int_eq(lmq_worker_stop_signal(w), SIGTERM);
+    lmq_worker_destroy(&w);
+}
+END_TEST
+
+/* Runs the example worker with args; returns stdout+stderr, exit status in *status. */
+static char *run_mean(char *const args[], int *status)
+{
+    char dir[128], out[256];
+    th_tempdir(dir, sizeof dir);
+    snprintf(out, sizeof out, "%s/out", dir);
+    char *argv[16] = {MEAN};
+    for (int i = 0; args[i] && i < 14; i++)
+        argv[i + 1] = args[i];
+    pid_t pid = th_spawn_to_files(argv, out, NULL);
+    ck_assert_int_eq(th_wait_exit(pid, 20000, status), 0);
+    char *text = th_slurp(out);
+    th_rmtree(dir);
+    return text;
+}
+
+START_TEST(worker_command_line_errors_are_clear)
+{
+    int status;
+    char *help[] = {"--help", NULL};
+    char *text = run_mean(help, &status);
+    ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == LMQ_WORKER_EXIT_OK);
+    ck_assert_msg(strstr(text, "Usage: labmq-example-mean [--control EP]") && strstr(text, "--option every=SECONDS"),
+                  "%s", text);
+    free(text);
+    struct {
+        char *args[4];
+        const char *message;
+    } bad[] = {
+        {{"--bogus", "x", NULL}, "labmq-example-mean: unknown option '--bogus' (options: --control, --data, --name, "
+                                 "--device, --stream, --option, --help)\n"},
+        {{"--stream", "daq1", NULL}, "labmq-example-mean: --stream 'daq1' is not DEV/STREAM (like daq1/wave)\n"},
+        {{"--option", "novalue", NULL}, "labmq-example-mean: --option 'novalue' is not KEY=VALUE\n"},
+        {{"--name", NULL}, "labmq-example-mean: option --name needs a value\n"},
+        {{"stray", NULL}, "labmq-example-mean: unexpected argument 'stray' (workers take only options; see --help)\n"},
+        {{"--control", "ipc:///tmp/c", "--data=ipc:///tmp/d", NULL},
+         "labmq-example-mean: no --stream given: nothing to average\n"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        text = run_mean(bad[i].args, &status);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == LMQ_WORKER_EXIT_USAGE, "%s", text);
+        ck_assert_str_eq(text, bad[i].message);
+        free(text);
+    }
+}
+END_TEST
+
 static Suite *supervise_suite(void)
 {
     Suite *s = suite_create("supervise");
@@ -394,6 +502,11 @@ static Suite *supervise_suite(void)
     tcase_add_test(tc, crashing_worker_leaves_no_orphan);
     tcase_add_test(tc, bad_declarations_and_missing_program);
     suite_add_tcase(s, tc);
+    TCase *rt = tcase_create("runtime");
+    tcase_add_test(rt, worker_argv_parsed);
+    tcase_add_test(rt, worker_stops_on_sigterm_through_its_fd);
+    tcase_add_test(rt, worker_command_line_errors_are_clear);
+    suite_add_tcase(s, rt);
     return s;
 }
 
