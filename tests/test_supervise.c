@@ -383,6 +383,27 @@ START_TEST(bad_declarations_and_missing_program)
 }
 END_TEST
 
+START_TEST(host_ignoring_sigchld_does_not_hang_the_supervisor)
+{
+    /* The kernel then reaps the workers itself: their end is still seen,
+     * as a crash with an unknown status. */
+    char dir[128], f[256];
+    th_tempdir(dir, sizeof dir);
+    snprintf(f, sizeof f, "%s/starts", dir);
+    signal(SIGCHLD, SIG_IGN);
+    lmq_supervisor_t *s = lmq_supervisor_new(NULL);
+    char *argv[] = {CHILD, "exit", f, "0", NULL};
+    ck_assert_int_eq(lmq_supervisor_add(s, "w", argv, NULL, LMQ_RESTART_NEVER), 0);
+    ck_assert_int_eq(lmq_supervisor_start(s), 0);
+    lmq_worker_info_t in = wait_state(s, 0, LMQ_WORKER_EXITED, 10000);
+    ck_assert_int_eq(in.last_exit_code, 255);
+    ck_assert_int_eq(in.pid, 0);
+    lmq_supervisor_destroy(&s);
+    signal(SIGCHLD, SIG_DFL);
+    th_rmtree(dir);
+}
+END_TEST
+
 /* ---- the worker runtime ---- */
 
 START_TEST(worker_argv_parsed)
@@ -501,6 +522,7 @@ static Suite *supervise_suite(void)
     tcase_add_test(tc, stop_kills_worker_ignoring_sigterm_and_its_children);
     tcase_add_test(tc, crashing_worker_leaves_no_orphan);
     tcase_add_test(tc, bad_declarations_and_missing_program);
+    tcase_add_test(tc, host_ignoring_sigchld_does_not_hang_the_supervisor);
     suite_add_tcase(s, tc);
     TCase *rt = tcase_create("runtime");
     tcase_add_test(rt, worker_argv_parsed);

@@ -299,7 +299,18 @@ static void check_worker(lmq_supervisor_t *s, worker_t *w, int64_t now, bool sto
 {
     siginfo_t si;
     memset(&si, 0, sizeof si);
-    if (waitid(P_PID, (id_t)w->pid, &si, WEXITED | WNOHANG | WNOWAIT) != 0 || si.si_pid != w->pid)
+    if (waitid(P_PID, (id_t)w->pid, &si, WEXITED | WNOHANG | WNOWAIT) != 0) {
+        if (errno != ECHILD)
+            return;
+        /* Reaped behind our back: the host set SIGCHLD to SIG_IGN (or
+         * waited for every child). The worker is gone; how it ended is not
+         * known, so it counts as a crash. */
+        lmq_log(s->log, LMQ_LOG_WARN, "supervisor",
+                "worker %s (pid %d) was reaped by someone else: its exit status is lost", w->name, (int)w->pid);
+        worker_ended(s, w, 255 << 8, now, stopping);
+        return;
+    }
+    if (si.si_pid != w->pid)
         return;
     kill(-w->pid, SIGKILL);
     int status = 0;

@@ -12,7 +12,9 @@
  *    signal) 5 times within 60 s is marked FAILED and left alone; so is one
  *    whose program cannot be started at all (missing, not executable);
  *  - reaping: only the supervisor's own children, by pid (never
- *    waitpid(-1): the host program may have children of its own). When a
+ *    waitpid(-1): the host program may have children of its own; it must
+ *    not set SIGCHLD to SIG_IGN, which makes the kernel discard the exit
+ *    statuses: a worker then counts as crashed, status 255). When a
  *    worker's main process ends, whatever it left in its process group is
  *    killed, so no grandchild outlives it as an orphan.
  *
