@@ -210,6 +210,16 @@ static void describe_exit(char *buf, size_t size, int code, int sig)
     }
 }
 
+/* Signals the worker's process group, and the worker itself if it has left
+ * that group (setpgid), so it is never missed. Once: a second SIGTERM often
+ * means "hurry" to a program. */
+static void signal_worker(const worker_t *w, int sig)
+{
+    kill(-w->pid, sig);
+    if (getpgid(w->pid) != w->pid)
+        kill(w->pid, sig);
+}
+
 /* Under mu. */
 static void spawn_worker(lmq_supervisor_t *s, worker_t *w, int64_t now)
 {
@@ -345,7 +355,7 @@ static void *supervisor_main(void *arg)
                 if (w->pid) {
                     lmq_log(s->log, LMQ_LOG_INFO, "supervisor", "stopping worker %s (pid %d)", w->name,
                             (int)w->pid);
-                    kill(-w->pid, SIGTERM);
+                    signal_worker(w, SIGTERM);
                 } else if (w->state == LMQ_WORKER_BACKOFF) {
                     w->state = LMQ_WORKER_STOPPED;
                 }
@@ -361,7 +371,7 @@ static void *supervisor_main(void *arg)
                     lmq_log(s->log, LMQ_LOG_WARN, "supervisor",
                             "worker %s (pid %d) still running %.1f s after SIGTERM: killing it", s->w[i].name,
                             (int)s->w[i].pid, (double)s->grace_ns / 1e9);
-                    kill(-s->w[i].pid, SIGKILL);
+                    signal_worker(&s->w[i], SIGKILL);
                 }
         }
         /* What to wait for: worker exits (pidfds), the stop request, the

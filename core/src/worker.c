@@ -98,6 +98,11 @@ static int parse(lmq_worker_t *w, int argc, char *const argv[], const char *prog
             usage(stdout, prog, about);
             return LMQ_WORKER_EXIT_OK;
         }
+        if (arg[0] == '-' && arg[1] != '-') {
+            fprintf(stderr, "%s: unknown option '%s' (options: --control, --data, --name, --device, --stream, "
+                    "--option, --help)\n", prog, arg);
+            return LMQ_WORKER_EXIT_USAGE;
+        }
         if (strncmp(arg, "--", 2) != 0) {
             fprintf(stderr, "%s: unexpected argument '%s' (workers take only options; see --help)\n", prog, arg);
             return LMQ_WORKER_EXIT_USAGE;
