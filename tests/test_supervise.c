@@ -196,8 +196,8 @@ START_TEST(crashing_worker_backs_off_then_fails)
     ck_assert_int_eq(n, 5);
     for (int k = 1; k < n; k++) {
         double gap_ms = (double)(t[k] - t[k - 1]) / 1e6, want = 100.0 * (1 << (k - 1));
-        ck_assert_msg(gap_ms >= want - 5 && gap_ms < want + 2000, "restart %d came after %.0f ms, expected ~%.0f",
-                      k, gap_ms, want);
+        ck_assert_msg(gap_ms >= want - 5 && gap_ms < want + 2000, "restart %d came after %.0f ms, expected ~%.0f", k,
+                      gap_ms, want);
     }
     /* FAILED is final: no more starts. */
     usleep(300 * 1000);
@@ -408,9 +408,23 @@ END_TEST
 
 START_TEST(worker_argv_parsed)
 {
-    char *argv[] = {"/opt/x/my-worker", "--control", "ipc:///tmp/c", "--data=ipc:///tmp/d", "--name", "w1",
-                    "--device", "psu1", "--device=daq1", "--stream", "daq1/wave", "--option", "k=v",
-                    "--option=k=w", "--option", "empty=", NULL};
+    char *argv[] = {"/opt/x/my-worker",
+                    "--control",
+                    "ipc:///tmp/c",
+                    "--data=ipc:///tmp/d",
+                    "--name",
+                    "w1",
+                    "--device",
+                    "psu1",
+                    "--device=daq1",
+                    "--stream",
+                    "daq1/wave",
+                    "--option",
+                    "k=v",
+                    "--option=k=w",
+                    "--option",
+                    "empty=",
+                    NULL};
     int code = -1;
     lmq_worker_t *w = lmq_worker_new(16, argv, NULL, &code);
     ck_assert_ptr_nonnull(w);
@@ -492,8 +506,9 @@ START_TEST(worker_command_line_errors_are_clear)
         char *args[4];
         const char *message;
     } bad[] = {
-        {{"--bogus", "x", NULL}, "labmq-example-mean: unknown option '--bogus' (options: --control, --data, --name, "
-                                 "--device, --stream, --option, --help)\n"},
+        {{"--bogus", "x", NULL},
+         "labmq-example-mean: unknown option '--bogus' (options: --control, --data, --name, "
+         "--device, --stream, --option, --help)\n"},
         {{"--stream", "daq1", NULL}, "labmq-example-mean: --stream 'daq1' is not DEV/STREAM (like daq1/wave)\n"},
         {{"--option", "novalue", NULL}, "labmq-example-mean: --option 'novalue' is not KEY=VALUE\n"},
         {{"--name", NULL}, "labmq-example-mean: option --name needs a value\n"},

@@ -92,8 +92,8 @@ START_TEST(config_workers)
     snprintf(prog, sizeof prog, "%s/prog", dir);
     th_write_file(prog, "#!/bin/sh\n");
     chmod(prog, 0755);
-    snprintf(yaml2, sizeof yaml2, "%.*s    program: ./prog\n    env: []\n", (int)(strstr(yaml, "    program: ./") - yaml),
-             yaml);
+    snprintf(yaml2, sizeof yaml2, "%.*s    program: ./prog\n    env: []\n",
+             (int)(strstr(yaml, "    program: ./") - yaml), yaml);
     char path[256];
     snprintf(path, sizeof path, "%s/lab.yaml", dir);
     th_write_file(path, yaml2);

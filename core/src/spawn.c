@@ -39,8 +39,7 @@ static int cmp_int(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-static int spawn(char *const argv[], char *const envp[], const int *keep_fds, size_t nkeep, bool own_group,
-                 pid_t *pid)
+static int spawn(char *const argv[], char *const envp[], const int *keep_fds, size_t nkeep, bool own_group, pid_t *pid)
 {
     if (!argv || !argv[0] || !pid || (nkeep && !keep_fds))
         return LMQ_EARG;

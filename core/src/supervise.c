@@ -286,8 +286,8 @@ static void worker_ended(lmq_supervisor_t *s, worker_t *w, int status, int64_t n
             recent += now - w->crash_ns[i] < CRASH_WINDOW_NS;
         if (recent >= CRASH_BUDGET) {
             w->state = LMQ_WORKER_FAILED;
-            snprintf(w->error, sizeof w->error, "crashed %d times within %d s (last: %s); not restarted",
-                     CRASH_BUDGET, (int)(CRASH_WINDOW_NS / (1000 * MS)), how);
+            snprintf(w->error, sizeof w->error, "crashed %d times within %d s (last: %s); not restarted", CRASH_BUDGET,
+                     (int)(CRASH_WINDOW_NS / (1000 * MS)), how);
             lmq_log(s->log, LMQ_LOG_ERROR, "supervisor", "worker %s (pid %d) %s", w->name, (int)pid, w->error);
             return;
         }
@@ -297,8 +297,7 @@ static void worker_ended(lmq_supervisor_t *s, worker_t *w, int status, int64_t n
     w->state = LMQ_WORKER_BACKOFF;
     w->next_start_ns = now + w->backoff_ns;
     lmq_log(s->log, crashed ? LMQ_LOG_WARN : LMQ_LOG_INFO, "supervisor",
-            "worker %s (pid %d) ended: %s; restarting in %.1f s", w->name, (int)pid, how,
-            (double)w->backoff_ns / 1e9);
+            "worker %s (pid %d) ended: %s; restarting in %.1f s", w->name, (int)pid, how, (double)w->backoff_ns / 1e9);
     w->backoff_ns = w->backoff_ns * 2 > BACKOFF_MAX_NS ? BACKOFF_MAX_NS : w->backoff_ns * 2;
 }
 
@@ -353,8 +352,7 @@ static void *supervisor_main(void *arg)
             for (size_t i = 0; i < s->n; i++) {
                 worker_t *w = &s->w[i];
                 if (w->pid) {
-                    lmq_log(s->log, LMQ_LOG_INFO, "supervisor", "stopping worker %s (pid %d)", w->name,
-                            (int)w->pid);
+                    lmq_log(s->log, LMQ_LOG_INFO, "supervisor", "stopping worker %s (pid %d)", w->name, (int)w->pid);
                     signal_worker(w, SIGTERM);
                 } else if (w->state == LMQ_WORKER_BACKOFF) {
                     w->state = LMQ_WORKER_STOPPED;
@@ -530,11 +528,11 @@ json_t *lmq__supervisor_snapshot(lmq_supervisor_t *s)
         } else if (in.has_exited) {
             last = json_pack("{s:i}", "code", in.last_exit_code);
         }
-        json_t *j = json_pack("{s:s, s:s, s:o, s:i, s:f, s:s, s:o, s:o}", "name", in.name, "state",
-                              lmq_worker_state_name(in.state), "pid", in.pid ? json_integer(in.pid) : json_null(),
-                              "restarts", (int)in.restarts, "uptime_s", in.uptime_s, "restart",
-                              lmq_restart_name(restart), "last_exit", last ? last : json_null(), "error",
-                              in.error[0] ? json_string(in.error) : json_null());
+        json_t *j =
+            json_pack("{s:s, s:s, s:o, s:i, s:f, s:s, s:o, s:o}", "name", in.name, "state",
+                      lmq_worker_state_name(in.state), "pid", in.pid ? json_integer(in.pid) : json_null(), "restarts",
+                      (int)in.restarts, "uptime_s", in.uptime_s, "restart", lmq_restart_name(restart), "last_exit",
+                      last ? last : json_null(), "error", in.error[0] ? json_string(in.error) : json_null());
         if (!j || json_array_append_new(arr, j) != 0) {
             pthread_mutex_unlock(&s->mu);
             json_decref(arr);

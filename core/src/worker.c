@@ -99,8 +99,10 @@ static int parse(lmq_worker_t *w, int argc, char *const argv[], const char *prog
             return LMQ_WORKER_EXIT_OK;
         }
         if (arg[0] == '-' && arg[1] != '-') {
-            fprintf(stderr, "%s: unknown option '%s' (options: --control, --data, --name, --device, --stream, "
-                    "--option, --help)\n", prog, arg);
+            fprintf(stderr,
+                    "%s: unknown option '%s' (options: --control, --data, --name, --device, --stream, "
+                    "--option, --help)\n",
+                    prog, arg);
             return LMQ_WORKER_EXIT_USAGE;
         }
         if (strncmp(arg, "--", 2) != 0) {
@@ -243,15 +245,9 @@ const char *lmq_worker_data(const lmq_worker_t *w) { return w ? w->data : NULL; 
 size_t lmq_worker_device_count(const lmq_worker_t *w) { return w ? w->ndevices : 0; }
 size_t lmq_worker_stream_count(const lmq_worker_t *w) { return w ? w->nstreams : 0; }
 
-const char *lmq_worker_device(const lmq_worker_t *w, size_t i)
-{
-    return w && i < w->ndevices ? w->devices[i] : NULL;
-}
+const char *lmq_worker_device(const lmq_worker_t *w, size_t i) { return w && i < w->ndevices ? w->devices[i] : NULL; }
 
-const char *lmq_worker_stream(const lmq_worker_t *w, size_t i)
-{
-    return w && i < w->nstreams ? w->streams[i] : NULL;
-}
+const char *lmq_worker_stream(const lmq_worker_t *w, size_t i) { return w && i < w->nstreams ? w->streams[i] : NULL; }
 
 const char *lmq_worker_option(const lmq_worker_t *w, const char *key)
 {

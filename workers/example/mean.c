@@ -21,17 +21,28 @@ typedef struct stream_mean {
 static double element(const void *data, lmq_dtype_t dt, size_t i)
 {
     switch (dt) {
-    case LMQ_U8: return ((const uint8_t *)data)[i];
-    case LMQ_I8: return ((const int8_t *)data)[i];
-    case LMQ_U16: return ((const uint16_t *)data)[i];
-    case LMQ_I16: return ((const int16_t *)data)[i];
-    case LMQ_U32: return ((const uint32_t *)data)[i];
-    case LMQ_I32: return ((const int32_t *)data)[i];
-    case LMQ_U64: return (double)((const uint64_t *)data)[i];
-    case LMQ_I64: return (double)((const int64_t *)data)[i];
-    case LMQ_F32: return ((const float *)data)[i];
-    case LMQ_F64: return ((const double *)data)[i];
-    default: return 0;
+    case LMQ_U8:
+        return ((const uint8_t *)data)[i];
+    case LMQ_I8:
+        return ((const int8_t *)data)[i];
+    case LMQ_U16:
+        return ((const uint16_t *)data)[i];
+    case LMQ_I16:
+        return ((const int16_t *)data)[i];
+    case LMQ_U32:
+        return ((const uint32_t *)data)[i];
+    case LMQ_I32:
+        return ((const int32_t *)data)[i];
+    case LMQ_U64:
+        return (double)((const uint64_t *)data)[i];
+    case LMQ_I64:
+        return (double)((const int64_t *)data)[i];
+    case LMQ_F32:
+        return ((const float *)data)[i];
+    case LMQ_F64:
+        return ((const double *)data)[i];
+    default:
+        return 0;
     }
 }
 
@@ -90,8 +101,7 @@ int main(int argc, char **argv)
         m[i].topic = lmq_worker_stream(w, i);
         m[i].sub = lmq_sub_new(lmq_worker_zctx(w), lmq_worker_data(w), m[i].topic);
         if (!m[i].sub) {
-            fprintf(stderr, "%s: cannot subscribe to %s at %s\n", lmq_worker_name(w), m[i].topic,
-                    lmq_worker_data(w));
+            fprintf(stderr, "%s: cannot subscribe to %s at %s\n", lmq_worker_name(w), m[i].topic, lmq_worker_data(w));
             status = LMQ_WORKER_EXIT_FAILURE;
             goto out;
         }

@@ -56,13 +56,13 @@ typedef enum lmq_worker_state {
 typedef struct lmq_worker_info {
     char name[64];
     lmq_worker_state_t state;
-    pid_t pid;             /* 0 when not running */
-    unsigned restarts;     /* times it was started again after ending */
-    double uptime_s;       /* of the current run; 0 when not running */
-    bool has_exited;       /* it ended at least once: the last_* fields are valid */
-    int last_exit_code;    /* exit status of the last end, or -1 when killed by a signal */
-    int last_exit_signal;  /* the signal that killed it the last time, or 0 */
-    char error[256];       /* why it FAILED ("" otherwise) */
+    pid_t pid;            /* 0 when not running */
+    unsigned restarts;    /* times it was started again after ending */
+    double uptime_s;      /* of the current run; 0 when not running */
+    bool has_exited;      /* it ended at least once: the last_* fields are valid */
+    int last_exit_code;   /* exit status of the last end, or -1 when killed by a signal */
+    int last_exit_signal; /* the signal that killed it the last time, or 0 */
+    char error[256];      /* why it FAILED ("" otherwise) */
 } lmq_worker_info_t;
 
 /* log: borrowed, may be NULL (worker starts, ends and restarts are logged). */
