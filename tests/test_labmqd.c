@@ -12,6 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -346,6 +349,55 @@ START_TEST(test_stuck_driver_bounded_stop)
 }
 END_TEST
 
+/* Under systemd (Type=notify): READY=1 once clients can connect, STOPPING=1
+ * when told to stop. */
+START_TEST(test_systemd_notify)
+{
+    char dir[64], config[128], sock_path[128], log[128], control[160], data[160];
+    th_tempdir(dir, sizeof dir);
+    snprintf(config, sizeof config, "%s/lab.yaml", dir);
+    snprintf(sock_path, sizeof sock_path, "%s/notify", dir);
+    snprintf(log, sizeof log, "%s/labmqd.log", dir);
+    snprintf(control, sizeof control, "ipc://%s/control", dir);
+    snprintf(data, sizeof data, "ipc://%s/data", dir);
+    th_write_file(config, lab_yaml);
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    ck_assert_uint_lt(strlen(sock_path), sizeof sa.sun_path);
+    memcpy(sa.sun_path, sock_path, strlen(sock_path) + 1);
+    ck_assert_int_eq(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    struct timeval tv = {START_TIMEOUT_MS / 1000, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setenv("NOTIFY_SOCKET", sock_path, 1);
+    char *argv[] = {LABMQD, "--config", config, "--control", control, "--data", data, NULL};
+    pid_t pid = th_spawn_to_files(argv, log, NULL);
+    unsetenv("NOTIFY_SOCKET");
+    char buf[700];
+    ssize_t n = recv(fd, buf, sizeof buf - 1, 0);
+    ck_assert_msg(n > 0, "no READY=1 from labmqd");
+    buf[n] = 0;
+    ck_assert_msg(!strncmp(buf, "READY=1\n", 8) && strstr(buf, "STATUS=serving 2 devices"), "%s", buf);
+    /* and it does serve by then */
+    void *ctx = zmq_ctx_new();
+    lmq_proxy_t *p = lmq_proxy_new(ctx, control, NULL);
+    char *pong = NULL;
+    ck_assert_int_eq(lmq_proxy_ping(p, &pong), 0);
+    free(pong);
+    lmq_proxy_destroy(&p);
+    zmq_ctx_term(ctx);
+    kill(pid, SIGTERM);
+    n = recv(fd, buf, sizeof buf - 1, 0);
+    ck_assert_msg(n > 0, "no STOPPING=1 from labmqd");
+    buf[n] = 0;
+    ck_assert_str_eq(buf, "STOPPING=1");
+    int st;
+    ck_assert_int_eq(th_wait_exit(pid, STOP_TIMEOUT_MS, &st), 0);
+    ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    close(fd);
+    th_rmtree(dir);
+}
+END_TEST
+
 static Suite *labmqd_suite(void)
 {
     Suite *s = suite_create("labmqd");
@@ -356,6 +408,7 @@ static Suite *labmqd_suite(void)
     tcase_add_test(tc, test_serve_and_refuse_second);
     tcase_add_test(tc, test_overrides_and_sigint);
     tcase_add_test(tc, test_stuck_driver_bounded_stop);
+    tcase_add_test(tc, test_systemd_notify);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -49,7 +49,7 @@ static const command_t commands[] = {
     {"call", cli_cmd_call, 2, -1, "call DEV METHOD [ARGS...]"},
     {"get", cli_cmd_get, 2, 2, "get DEV PROP"},
     {"set", cli_cmd_set, 3, 3, "set DEV PROP VALUE"},
-    {"watch", cli_cmd_watch, 1, 1, "watch DEV/STREAM [--count N] [--duration S]"},
+    {"watch", cli_cmd_watch, 1, 1, "watch DEV/STREAM|DEV [--count N] [--duration S]"},
     {"stats", cli_cmd_stats, 0, 1, "stats [DEV]"},
     {"scan", cli_cmd_scan, 0, 0, "scan"},
     {"workers", cli_cmd_workers, 0, 0, "workers"},
@@ -121,6 +121,9 @@ static void print_help(FILE *out)
             "                               labmq set psu1 voltage 3.3\n"
             "  watch DEV/STREAM           live summary of a data stream until Ctrl-C\n"
             "                               labmq watch daq1/wave --duration 10\n"
+            "  watch DEV                  the device's changes as they happen: properties\n"
+            "                             set by any client, state (ready, disconnected)\n"
+            "                               labmq watch psu1\n"
             "  stats [DEV]                state, requests, errors and latency per device\n"
             "                               labmq stats\n"
             "  workers                    the daemon's supervised workers: state, pid, restarts,\n"

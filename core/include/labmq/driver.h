@@ -63,6 +63,7 @@ typedef struct lmq_property {
     int (*get)(lmq_dev_t *dev, void *state, lmq_value_t *out);
     int (*set)(lmq_dev_t *dev, void *state, const lmq_value_t *in); /* NULL = read-only */
     const void *user; /* for get/set: lmq_dev_user() while they run */
+    bool transient;   /* never written back by a restore (a trigger, a fault knob) */
 } lmq_property_t;
 
 typedef struct lmq_stream {
@@ -192,6 +193,12 @@ LMQ_EXPORT int lmq_dev_stream_shape(lmq_dev_t *dev, size_t index, unsigned ndim,
  * these limits and writes outside them get LMQ_ERANGE before the setter runs.
  * Call from open() or any callback. LMQ_ENOTFOUND / LMQ_EARG on misuse. */
 LMQ_EXPORT int lmq_dev_property_limits(lmq_dev_t *dev, const char *property, double min, double max);
+
+/* Announces that a property changed by itself (a mode the instrument
+ * switched, a reading crossing a limit), as a change event to every
+ * subscriber (protocol 3.1, cause "driver"). A client's successful set, a
+ * restore and state changes are announced by the daemon already. */
+LMQ_EXPORT int lmq_dev_notify(lmq_dev_t *dev, const char *property, const lmq_value_t *value);
 
 /* Declares `blocks` blocks of stream `index` lost inside the driver (an
  * acquisition overrun): their sequence numbers are spent, so every
