@@ -292,6 +292,57 @@ START_TEST(labmqd_runs_lists_and_stops_its_workers)
 }
 END_TEST
 
+START_TEST(runtime_worker_stops_when_labmqd_is_killed)
+{
+    th_daemon_t d;
+    char yaml[512];
+    snprintf(yaml, sizeof yaml,
+             "devices:\n  - name: daq1\n    driver: sim-daq\n    options: {channels: 1}\n"
+             "workers:\n  - name: mean1\n    program: %s\n    args: [--stream, daq1/wave]\n",
+             MEAN);
+    th_daemon_start(&d, yaml);
+    char dir[128];
+    th_tempdir(dir, sizeof dir);
+    pid_t mean_pid = 0;
+    double end = th_now_ms() + 15000;
+    while (!mean_pid && th_now_ms() < end) {
+        int status;
+        char *out = run_cli(&d, dir, true, &status);
+        json_t *j = json_loads(out, 0, NULL);
+        free(out);
+        mean_pid = (pid_t)json_integer_value(json_object_get(json_array_get(j, 0), "pid"));
+        json_decref(j);
+        if (!mean_pid)
+            usleep(20 * 1000);
+    }
+    ck_assert_int_gt(mean_pid, 0);
+    /* Let it get past lmq_worker_new (it prints once subscribed). */
+    end = th_now_ms() + 15000;
+    char *log = NULL;
+    while (th_now_ms() < end) {
+        free(log);
+        log = th_slurp(d.log);
+        if (strstr(log, "mean1: averaging"))
+            break;
+        usleep(20 * 1000);
+    }
+    ck_assert_msg(strstr(log, "mean1: averaging"), "%s", log);
+    free(log);
+    ck_assert(alive(mean_pid));
+    int status = th_daemon_stop(&d, SIGKILL);
+    ck_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    end = th_now_ms() + 10000;
+    while (alive(mean_pid) && th_now_ms() < end)
+        usleep(10 * 1000);
+    ck_assert_msg(!alive(mean_pid), "worker %d outlived a labmqd killed with SIGKILL", (int)mean_pid);
+    log = th_slurp(d.log);
+    ck_assert_msg(strstr(log, "mean1: stopped by signal 15"), "%s", log);
+    free(log);
+    th_rmtree(dir);
+    th_rmtree(d.dir);
+}
+END_TEST
+
 START_TEST(workers_op_without_workers)
 {
     th_daemon_t d;
@@ -337,6 +388,7 @@ static Suite *workers_suite(void)
     tcase_add_test(tc, config_worker_errors_have_positions);
     tcase_add_test(tc, labmqd_runs_lists_and_stops_its_workers);
     tcase_add_test(tc, workers_op_without_workers);
+    tcase_add_test(tc, runtime_worker_stops_when_labmqd_is_killed);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -214,6 +215,9 @@ lmq_worker_t *lmq_worker_new(int argc, char *const argv[], const char *about, in
         if (!(w->data = strdup(ep)))
             goto oom;
     }
+    /* A worker whose daemon died (even by SIGKILL, when it could not stop
+     * its workers) is asked to stop like any other: no orphan keeps running. */
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
     /* Blocked before the context exists, so ZeroMQ's threads inherit the
      * mask and the signals wait in the signalfd for the worker's loop. */
     sigset_t stop;

@@ -13,7 +13,9 @@
  *
  * lmq_worker_new parses that argv, blocks SIGTERM and SIGINT so they arrive
  * through a descriptor (a signalfd) instead of interrupting anything, and
- * creates the process's ZeroMQ context. Call it first in main, before any
+ * creates the process's ZeroMQ context. The worker is also asked to stop
+ * (SIGTERM) when its parent dies, so a daemon killed outright leaves no
+ * worker running. Call it first in main, before any
  * thread exists. A worker's loop then polls its sockets together with
  * lmq_worker_fd and ends when lmq_worker_stopping says so:
  *
