@@ -343,6 +343,53 @@ START_TEST(runtime_worker_stops_when_labmqd_is_killed)
 }
 END_TEST
 
+/* The Python worker of workers/README.md, as printed there, under labmqd. */
+START_TEST(readme_python_worker_runs)
+{
+    char *readme = th_slurp(LMQ_SOURCE_DIR "/workers/README.md");
+    const char *start = strstr(readme, "```python\n");
+    ck_assert_ptr_nonnull(start);
+    start += strlen("```python\n");
+    const char *end = strstr(start, "```");
+    ck_assert_ptr_nonnull(end);
+    char dir[128], script[256], yaml[1024];
+    th_tempdir(dir, sizeof dir);
+    snprintf(script, sizeof script, "%s/pyworker", dir);
+    size_t len = (size_t)(end - start);
+    char *text = malloc(len + 64);
+    ck_assert_ptr_nonnull(text);
+    snprintf(text, len + 64, "#!/usr/bin/python3\n%.*s", (int)len, start);
+    th_write_file(script, text);
+    free(text);
+    free(readme);
+    chmod(script, 0755);
+    snprintf(yaml, sizeof yaml,
+             "devices:\n  - name: daq1\n    driver: sim-daq\n    options: {channels: 1}\n"
+             "workers:\n  - name: py1\n    program: %s\n    args: [--stream, daq1/wave]\n",
+             script);
+    th_daemon_t d;
+    th_daemon_start(&d, yaml);
+    double deadline = th_now_ms() + 20000;
+    char *log = NULL;
+    while (th_now_ms() < deadline) {
+        free(log);
+        log = th_slurp(d.log);
+        if (strstr(log, "py1: daq1/wave seq "))
+            break;
+        usleep(50 * 1000);
+    }
+    ck_assert_msg(strstr(log, "py1: daq1/wave seq "), "%s", log);
+    free(log);
+    int status = th_daemon_stop(&d, SIGTERM);
+    log = th_slurp(d.log);
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s", log);
+    ck_assert_msg(strstr(log, "py1: stopped\n"), "%s", log); /* it took SIGTERM and left its loop */
+    free(log);
+    th_rmtree(d.dir);
+    th_rmtree(dir);
+}
+END_TEST
+
 START_TEST(workers_op_without_workers)
 {
     th_daemon_t d;
@@ -389,6 +436,7 @@ static Suite *workers_suite(void)
     tcase_add_test(tc, labmqd_runs_lists_and_stops_its_workers);
     tcase_add_test(tc, workers_op_without_workers);
     tcase_add_test(tc, runtime_worker_stops_when_labmqd_is_killed);
+    tcase_add_test(tc, readme_python_worker_runs);
     suite_add_tcase(s, tc);
     return s;
 }
