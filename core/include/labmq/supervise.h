@@ -90,6 +90,7 @@ LMQ_EXPORT int lmq_supervisor_start(lmq_supervisor_t *s);
  * period), reaps them, and joins the thread. Idempotent; returns 0. */
 LMQ_EXPORT int lmq_supervisor_stop(lmq_supervisor_t *s);
 
+/* The number of workers declared (call it from the thread that adds them). */
 LMQ_EXPORT size_t lmq_supervisor_count(const lmq_supervisor_t *s);
 /* Snapshot of worker i (in declaration order). 0 or LMQ_EARG. */
 LMQ_EXPORT int lmq_supervisor_info(lmq_supervisor_t *s, size_t i, lmq_worker_info_t *info);
