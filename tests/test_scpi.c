@@ -541,7 +541,7 @@ START_TEST(reconnect_cycles)
     lab_start(&l, &s, false);
     set_f(&l, "voltage", 1.25);
     int fds_after_first = 0;
-    for (int cycle = 0; cycle < 10; cycle++) {
+    for (int cycle = 0; cycle < 100; cycle++) { /* the 100 unplug/replug cycles */
         ck_assert_int_eq(call_s(&l, "sim", "hangup 100"), 0);
         lmq_value_t v = {0};
         int rc = lmq_proxy_get(l.p, "voltage", &v);
