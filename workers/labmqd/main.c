@@ -227,6 +227,21 @@ int main(int argc, char **argv)
         data = data_buf;
     }
     if (check_only) {
+        /* Declaring the devices runs each driver's configure() (the scpi
+         * driver reads its instrument description there) without binding or
+         * opening anything. */
+        void *zctx = zmq_ctx_new();
+        lmq_daemon_t *d = zctx ? lmq_daemon_new(zctx, control, data, NULL) : NULL;
+        int rc = d ? lmq_config_apply(cfg, d, &err) : LMQ_EMEM;
+        lmq_daemon_destroy(&d);
+        if (zctx)
+            zmq_ctx_term(zctx);
+        if (rc != 0) {
+            fprintf(stderr, "labmqd: %s: %s\n", config_path, err ? err : "out of memory");
+            free(err);
+            lmq_config_destroy(&cfg);
+            return EXIT_FAIL;
+        }
         print_summary(config_path, cfg, control, data, lmq_log_level_name(level));
         lmq_config_destroy(&cfg);
         return EXIT_OK;
