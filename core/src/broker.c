@@ -11,6 +11,7 @@
 #include <string.h>
 #include "daemon_internal.h"
 #include "labmq/labmq.h"
+#include "supervise_internal.h"
 
 #define MAX_PARTS (2 + 1 + LMQ__MAX_BINFRAMES)
 #define DEVICE_QUEUE_LIMIT 1000
@@ -363,6 +364,9 @@ static void handle_local(broker_t *b, zmq_msg_t *env, size_t nenv, lmq__request_
                            (json_int_t)d->replies_undeliverable, "devices", devs);
         break;
     }
+    case LMQ__OP_WORKERS:
+        result = lmq__supervisor_snapshot(d->sup);
+        break;
     case LMQ__OP_DESCRIBE: {
         lmq_dev_t *dev = find_device(d, req->device);
         if (!dev)
