@@ -351,11 +351,12 @@ static int m_sweep(lmq_dev_t *dev, void *state, const lmq_value_t *args, lmq_val
 
 static int poll_iv(lmq_dev_t *dev, void *state, int64_t now_ns)
 {
+    (void)now_ns; /* the circuit runs on simulated time (time_scale) */
     psu_t *p = state;
     double vi[2];
     /* The circuit keeps running when the link is down, so the wires follow it
      * even while nothing is published. */
-    operate(dev, p, now_ns, &vi[0], &vi[1]);
+    operate(dev, p, lmq_dev_sim_ns(dev), &vi[0], &vi[1]);
     if (lmq__fault_streams_down(p))
         return 0;
     add_meter_noise(p, &vi[0], &vi[1]);
