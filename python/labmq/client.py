@@ -114,10 +114,11 @@ class Pending:
     """A request sent without waiting (Device.submit); result() collects it.
     Replies may arrive in any order; each Pending gets its own."""
 
-    __slots__ = ("_device", "_id", "_gen", "_what", "_timeout", "_done", "_value", "_error", "__weakref__")
+    __slots__ = ("_device", "_id", "_gen", "_pid", "_what", "_timeout", "_done", "_value", "_error")
 
     def __init__(self, device, rid, gen, what, timeout):
         self._device, self._id, self._gen, self._what, self._timeout = device, rid, gen, what, timeout
+        self._pid = os.getpid()
         self._done = False
         self._value = self._error = None
 
@@ -133,8 +134,8 @@ class Pending:
         if not self._done:
             ch = self._device._channel
             t = self._timeout if timeout is None else check_timeout(timeout)
-            if ch._pid != os.getpid():
-                raise errors.ClosedError(f"{self._what}: sent by process {ch._pid}; its reply goes there, "
+            if self._pid != os.getpid():
+                raise errors.ClosedError(f"{self._what}: sent by process {self._pid}; its reply goes there, "
                                          "not to this forked child")
             with ch._own():
                 try:
@@ -148,7 +149,7 @@ class Pending:
         return self._value
 
     def __del__(self):
-        if not self._done:
+        if not self._done and self._pid == os.getpid():
             self._device._channel.forget(self._id, self._gen)
 
     def __repr__(self):
