@@ -18,10 +18,11 @@ LAB_YAML = """\
 devices:
   - name: psu1
     driver: sim-psu
-    options: {max_voltage: 10, max_current: 0.1, load_ohms: 100, load_diode: true, slew_v_per_s: 0}
+    options: {max_voltage: 10, max_current: 0.1, load_ohms: 100, load_diode: true, slew_v_per_s: 0, noise: 1e-5}
   - name: daq1
     driver: sim-daq
-    options: {channels: 4, ai_wires: "psu1.iout,psu1.vout", sample_rate: 10000, block_size: 1000}
+    options: {channels: 4, ai_wires: "psu1.iout,psu1.vout", sample_rate: 10000, block_size: 1000,
+              noise: 1e-5}
   - name: cam1
     driver: sim-camera
     options: {width: 64, height: 48, fps: 10, exposure_ms: 1, bit_depth: 12}
