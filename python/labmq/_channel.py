@@ -148,8 +148,6 @@ class Channel:
         while slot.parts is None:
             left = deadline - time.monotonic()
             if left <= 0 or not sock.poll(max(1, int(left * 1000 + 0.999))):
-                if slot.parts is not None:
-                    break
                 self._replace_socket()
                 raise errors.TimeoutError(f"{what}: no reply within {timeout * 1000:.0f} ms from {self.endpoint}")
             parts = sock.recv_multipart(copy=False)

@@ -19,6 +19,8 @@ MAX_ID = 1 << 53
 # argument instead of arriving as PROTO.
 MAX_ARGS = 32
 MAX_FRAMES = 16
+# sockaddr_un.sun_path holds 108 bytes with its NUL (Linux).
+SUN_PATH_MAX = 107
 
 
 def default_endpoint(which="control"):
@@ -30,7 +32,11 @@ def default_endpoint(which="control"):
         raise errors.ArgError(f"default_endpoint: which must be 'control' or 'data', not {which!r}")
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     directory = f"{xdg}/labmq" if xdg and xdg.startswith("/") else f"/tmp/labmq-{os.getuid()}"
-    return f"ipc://{directory}/{which}"
+    path = f"{directory}/{which}"
+    if len(path.encode()) > SUN_PATH_MAX:
+        raise errors.ConfigError(f"the default endpoint's socket path {path!r} is longer than the "
+                                 f"{SUN_PATH_MAX} bytes a Unix socket address holds (XDG_RUNTIME_DIR is too long)")
+    return f"ipc://{path}"
 
 
 def split_uri(uri):

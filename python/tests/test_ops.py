@@ -2,7 +2,10 @@
 describe, and numpy arrays both ways."""
 
 import inspect
+import os
 import pickle
+import subprocess
+import threading
 
 import numpy as np
 import pytest
@@ -10,6 +13,7 @@ import zmq
 
 import labmq
 from labmq import _wire
+from labmqd import build_dir
 
 
 def test_ping(lab, daemon):
@@ -221,3 +225,59 @@ def test_values_that_cannot_be_sent_are_arg_errors_before_sending(lab, bad, why)
 def test_error_classes_pickle():
     e = pickle.loads(pickle.dumps(labmq.RangeError("psu1.voltage out of range")))
     assert type(e) is labmq.RangeError and e.message == "psu1.voltage out of range"
+
+
+def test_threads_share_a_proxy(lab):
+    psu = lab.device("psu1")
+    psu.voltage = 1.0
+    bad = []
+
+    def hammer(prop, check):
+        for _ in range(50):
+            v = psu.get(prop)
+            if not check(v):
+                bad.append((prop, v))
+
+    threads = [threading.Thread(target=hammer, args=("voltage", lambda v: v == 1.0)),
+               threading.Thread(target=hammer, args=("mode", lambda v: v in ("CV", "CC", "OFF"))),
+               threading.Thread(target=hammer, args=("output", lambda v: v is False))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert bad == []
+    psu.voltage = 0.0
+
+
+@pytest.mark.parametrize("xdg,expect", [
+    ("/run/user/1000", "ipc:///run/user/1000/labmq/{which}"),
+    (None, "ipc:///tmp/labmq-{uid}/{which}"),
+    ("relative/dir", "ipc:///tmp/labmq-{uid}/{which}"),  # ignored, as the XDG spec (and paths.c) say
+    ("", "ipc:///tmp/labmq-{uid}/{which}"),
+])
+def test_default_endpoint_as_the_c_library_finds_it(monkeypatch, xdg, expect):
+    if xdg is None:
+        monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    else:
+        monkeypatch.setenv("XDG_RUNTIME_DIR", xdg)
+    for which in ("control", "data"):
+        assert labmq.default_endpoint(which) == expect.format(which=which, uid=os.getuid())
+    assert labmq.connect().endpoint == expect.format(which="control", uid=os.getuid())
+
+
+def test_default_endpoint_too_long_for_a_unix_socket(monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/" + "x" * 100)
+    with pytest.raises(labmq.ConfigError, match="longer than the 107 bytes"):
+        labmq.default_endpoint("control")
+    with pytest.raises(labmq.ArgError, match="'control' or 'data'"):
+        labmq.default_endpoint("ctl")
+
+
+def test_default_endpoint_matches_the_cli(monkeypatch, tmp_path):
+    # The C library's own answer, through the labmq CLI's error text when no
+    # daemon is there: it names the endpoint it tried.
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path))
+    r = subprocess.run([os.path.join(build_dir(), "tools", "labmq"), "--timeout", "100", "ping"],
+                       capture_output=True, text=True, env=env, timeout=30)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    assert r.returncode != 0 and labmq.default_endpoint("control") in r.stdout + r.stderr
