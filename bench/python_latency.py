@@ -4,7 +4,7 @@
 Not a test: numbers are printed, never asserted. One labmqd (this build's,
 on a temporary config with one sim-psu and one sim-camera, ipc endpoints in
 a temp directory) serves every row, so the rows compare numbers taken
-seconds apart on the same machine:
+seconds apart on the same machine (in alternating rounds, merged):
 
   get round trip (one call in flight) and pipelined calls/s (16 in flight):
     C lmq_proxy       build/bench/latency --role client --system labmq (the C row of bench/latency)
@@ -14,7 +14,7 @@ seconds apart on the same machine:
     proxy             each worker is handed the cam1 proxy and snaps its own frame (pool_frames.py)
     pickled frames    the parent snaps, and multiprocessing pickles each frame to a worker
 
-    /usr/bin/python3 bench/python_latency.py [--build build] [--samples N] [--duration S]
+    /usr/bin/python3 bench/python_latency.py [--build build] [--samples N] [--duration S] [--rounds R]
 
 Use a Release build (the default, build/) for numbers; an ASan build works but measures the sanitizer.
 """
@@ -215,6 +215,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=500)
     ap.add_argument("--duration", type=float, default=2.0, help="seconds per pipelined row")
     ap.add_argument("--inflight", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per row")
     ap.add_argument("--tasks", type=int, default=200, help="frames per pool row")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--frame", default="512x512", help="camera frame WxH")
@@ -251,23 +252,34 @@ def main():
         def lat_row(name, s):
             rows.append((name, percentile(s, 50) * 1e6, percentile(s, 99) * 1e6, len(s) / s.sum(), None))
 
-        if os.access(latency_bin, os.X_OK):
-            _, _, s = c_client(latency_bin, control, "lat", args.samples, args.duration, 1, args.warmup)
-            lat_row("get  C lmq_proxy", s)
-        else:
-            rows.append(("get  C lmq_proxy (no bench/latency)", None, None, None, None))
-        lat_row("get  labmq (Python)", py_latency(psu, args.samples, args.warmup))
+        # The systems take turns in rounds, and each row merges its rounds, so
+        # a burst of noise from a neighbour lands on all of them alike.
+        have_c = os.access(latency_bin, os.X_OK)
         bare = Bare(control)
-        lat_row("get  bare pyzmq DEALER", bare_latency(bare, args.samples, args.warmup))
-
-        name = f"get  x{args.inflight} in flight"
-        if os.access(latency_bin, os.X_OK):
-            calls, elapsed, _ = c_client(latency_bin, control, "thr", 1000, args.duration, args.inflight,
-                                         args.warmup)
-            rows.append((f"{name}: C lmq_proxy", None, None, calls / elapsed, None))
-        rows.append((f"{name}: labmq (Python)", None, None, py_pipelined(psu, args.inflight, args.duration), None))
-        rows.append((f"{name}: bare pyzmq", None, None, bare_pipelined(bare, args.inflight, args.duration), None))
+        n = max(1, args.samples // args.rounds)
+        d = args.duration / args.rounds
+        lat = {"c": [], "py": [], "bare": []}
+        thr = {"c": [], "py": [], "bare": []}
+        for _ in range(args.rounds):
+            if have_c:
+                lat["c"].append(c_client(latency_bin, control, "lat", n, d, 1, args.warmup)[2])
+            lat["py"].append(py_latency(psu, n, args.warmup))
+            lat["bare"].append(bare_latency(bare, n, args.warmup))
+            if have_c:
+                calls, elapsed, _ = c_client(latency_bin, control, "thr", 1000, d, args.inflight, args.warmup)
+                thr["c"].append(calls / elapsed)
+            thr["py"].append(py_pipelined(psu, args.inflight, d))
+            thr["bare"].append(bare_pipelined(bare, args.inflight, d))
         bare.close()
+        names = {"c": "C lmq_proxy", "py": "labmq (Python)", "bare": "bare pyzmq DEALER"}
+        for k in ("c", "py", "bare"):
+            if lat[k]:
+                lat_row(f"get  {names[k]}", np.concatenate(lat[k]))
+            else:
+                rows.append((f"get  {names[k]} (no {latency_bin})", None, None, None, None))
+        for k in ("c", "py", "bare"):
+            if thr[k]:
+                rows.append((f"get  x{args.inflight} in flight: {names[k]}", None, None, float(np.mean(thr[k])), None))
 
         proxy_rate, pickled_rate = pool_rates(cam, args.tasks, args.workers)
         rows.append((f"pool x{args.workers}: proxy to workers ({w}x{h})", None, None, None, proxy_rate))

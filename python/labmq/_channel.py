@@ -136,7 +136,7 @@ class Channel:
         return rid, self._gen
 
     def collect(self, rid, gen, timeout, what):
-        """The reply to request rid as (header, frames): waits up to timeout,
+        """The reply to request rid as (header, binary frames): waits up to timeout,
         keeping replies to other awaited requests for their collectors and
         dropping those nobody awaits. Call with the lock held."""
         slot = self._waiting.get(rid) if gen == self._gen else None
@@ -146,17 +146,28 @@ class Channel:
         sock = self._sock
         deadline = time.monotonic() + timeout
         while slot.parts is None:
-            left = deadline - time.monotonic()
-            if left <= 0 or not sock.poll(max(1, int(left * 1000 + 0.999))):
-                self._replace_socket()
-                raise errors.TimeoutError(f"{what}: no reply within {timeout * 1000:.0f} ms from {self.endpoint}")
-            parts = sock.recv_multipart(copy=False)
+            # Try first, poll only when nothing is there: a pipelined reply
+            # is usually waiting already, and a poll is a system call.
             try:
-                reply = json.loads(parts[0].bytes)
+                head = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                left = deadline - time.monotonic()
+                if left <= 0 or not sock.poll(max(1, int(left * 1000 + 0.999))):
+                    self._replace_socket()
+                    raise errors.TimeoutError(
+                        f"{what}: no reply within {timeout * 1000:.0f} ms from {self.endpoint}") from None
+                continue
+            # The header as bytes, the binary frames without a copy (numpy
+            # arrays are made on their memory).
+            frames = []
+            while sock.get(zmq.RCVMORE):
+                frames.append(sock.recv(copy=False))
+            try:
+                reply = json.loads(head)
                 other = self._waiting[reply["id"]]
-            except (ValueError, TypeError, KeyError, IndexError):
+            except (ValueError, TypeError, KeyError):
                 continue  # not a reply anybody here awaits: dropped (protocol 2)
-            other.parts = (reply, parts)
+            other.parts = (reply, frames)
         del self._waiting[rid]
         return slot.parts
 
@@ -189,13 +200,14 @@ def describe_request(header):
     return f"{op} {target}" if target else op
 
 
-def result_of(reply, parts):
-    """The value of a reply header, or the exception its error names."""
+def result_of(reply, frames):
+    """The value of a reply header (binary frames: zmq.Frame objects), or the
+    exception its error names."""
     if not isinstance(reply, dict) or reply.get("v") != _wire.PROTOCOL:
         raise errors.ProtoError(f"reply is not a protocol {_wire.PROTOCOL} reply: {reply!r:.200}")
     if reply.get("ok") is True:
         result = reply.get("result")
         if isinstance(result, (dict, list)):
-            return _wire.decode_value(result, [p.buffer for p in parts[1:]])
+            return _wire.decode_value(result, [p.buffer for p in frames])
         return result
     raise errors.from_reply(reply.get("error"))

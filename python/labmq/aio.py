@@ -104,7 +104,7 @@ class _Channel:
             except (ValueError, TypeError, KeyError, IndexError):
                 continue  # nobody here awaits it: dropped (protocol 2)
             if not fut.done():
-                fut.set_result((reply, parts))
+                fut.set_result((reply, parts[1:]))
 
     async def request(self, header, frames=(), timeout=None):
         timeout = self.timeout if timeout is None else check_timeout(timeout)
