@@ -15,7 +15,7 @@ same API on asyncio. Errors are labmq.Error subclasses, one per status code.
 from ._version import __version__
 from ._wire import default_endpoint
 from .client import DEFAULT_TIMEOUT, Device, Lab, Method, Pending, connect
-from .errors import (ArgError, BusyError, ClosedError, ConfigError, DeviceError, Error, IOError, MemError,
+from .errors import (ArgError, BusyError, ClosedError, ConfigError, DeviceError, Error, IOError, MemError,  # noqa: F401
                      NotFoundError, PermissionError, ProtoError, RangeError, ReadOnlyError, SystemError,
                      TimeoutError, UnreachableError)
 from .stream import Block, Subscription

@@ -49,7 +49,10 @@ class Lab:
         frames = []
         header = {"op": op}
         for key, value in fields.items():
-            header[key] = _wire.encode_value(value, frames, f"{op} field {key!r}")
+            if key == "args" and isinstance(value, (list, tuple)):  # positional arguments, each a value
+                header[key] = [_wire.encode_value(a, frames, f"argument {i} of {op}") for i, a in enumerate(value, 1)]
+            else:
+                header[key] = _wire.encode_value(value, frames, f"{op} field {key!r}")
         return self._channel.request(header, frames, timeout)
 
     def ping(self):

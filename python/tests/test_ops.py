@@ -68,6 +68,7 @@ def test_stats(lab):
 def test_raw_request(lab):
     assert lab.request("ping")["daemon"] == "labmqd"
     assert lab.request("get", device="psu1", name="mode") in ("CV", "CC", "OFF")
+    assert isinstance(lab.request("call", device="daq1", name="read", args=[1]), float)
 
 
 def test_attribute_access(lab):

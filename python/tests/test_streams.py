@@ -7,7 +7,6 @@ import signal
 
 import numpy as np
 import pytest
-import zmq
 
 import labmq
 from labmq import stream
