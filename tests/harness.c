@@ -1,3 +1,5 @@
+/* The test harness: temp dirs, files, processes started with posix_spawn
+ * (never fork), and labmqd started on private endpoints and waited for. */
 #include "harness.h"
 #include <check.h>
 #include <jansson.h>
@@ -236,4 +238,39 @@ void th_daemon_cleanup(th_daemon_t *d)
 {
     th_daemon_stop(d, SIGTERM);
     th_rmtree(d->dir);
+}
+
+json_t *th_recv_reply(void *sock, int timeout_ms)
+{
+    zmq_pollitem_t it = {sock, 0, ZMQ_POLLIN, 0};
+    if (zmq_poll(&it, 1, timeout_ms) != 1)
+        return NULL;
+    zmq_msg_t m;
+    zmq_msg_init(&m);
+    zmq_msg_recv(&m, sock, 0);
+    json_t *j = json_loadb(zmq_msg_data(&m), zmq_msg_size(&m), 0, NULL);
+    int more = zmq_msg_more(&m);
+    zmq_msg_close(&m);
+    while (more) {
+        zmq_msg_init(&m);
+        zmq_msg_recv(&m, sock, 0);
+        more = zmq_msg_more(&m);
+        zmq_msg_close(&m);
+    }
+    ck_assert_msg(j != NULL, "a reply header that is not JSON");
+    return j;
+}
+
+const char *th_reply_code(json_t *r)
+{
+    if (json_is_true(json_object_get(r, "ok")))
+        return "OK";
+    const char *code = json_string_value(json_object_get(json_object_get(r, "error"), "code"));
+    return code ? code : "(no code)";
+}
+
+const char *th_reply_message(json_t *r)
+{
+    const char *m = json_string_value(json_object_get(json_object_get(r, "error"), "message"));
+    return m ? m : "";
 }

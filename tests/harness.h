@@ -52,6 +52,14 @@ void th_daemon_cleanup(th_daemon_t *d);
 
 double th_now_ms(void);
 
+/* Raw protocol clients (a DEALER socket the test owns): the next reply's
+ * header as JSON, its binary frames dropped; NULL after timeout_ms. */
+struct json_t;
+struct json_t *th_recv_reply(void *sock, int timeout_ms);
+/* "OK" for a success, else the reply's error code; and its message ("" when none). */
+const char *th_reply_code(struct json_t *reply);
+const char *th_reply_message(struct json_t *reply);
+
 /* Runs a Check suite (each test in its own process) and frees it; returns
  * the process exit status for main(). */
 struct Suite;

@@ -34,34 +34,6 @@ static void send_json(void *s, const char *fmt, long long id)
     ck_assert_int_eq(zmq_send(s, buf, (size_t)n, 0), n);
 }
 
-/* The next reply's header (binary frames dropped); NULL after timeout_ms. */
-static json_t *recv_reply(void *s, int timeout_ms)
-{
-    zmq_pollitem_t it = {s, 0, ZMQ_POLLIN, 0};
-    if (zmq_poll(&it, 1, timeout_ms) != 1)
-        return NULL;
-    zmq_msg_t m;
-    zmq_msg_init(&m);
-    zmq_msg_recv(&m, s, 0);
-    json_t *j = json_loadb(zmq_msg_data(&m), zmq_msg_size(&m), 0, NULL);
-    int more = zmq_msg_more(&m);
-    zmq_msg_close(&m);
-    while (more) {
-        zmq_msg_init(&m);
-        zmq_msg_recv(&m, s, 0);
-        more = zmq_msg_more(&m);
-        zmq_msg_close(&m);
-    }
-    ck_assert_ptr_nonnull(j);
-    return j;
-}
-
-static const char *code_of(json_t *r)
-{
-    return json_is_true(json_object_get(r, "ok")) ? "OK"
-                                                   : json_string_value(json_object_get(json_object_get(r, "error"), "code"));
-}
-
 /* Defect 2: a DEALER with ~1100 requests queued lost about a hundred replies
  * to the ROUTER's send high-water mark, silently. Here: 20000 requests, more
  * than the device queue (1000), the daemon's send queue (1000), the client's
@@ -75,24 +47,24 @@ START_TEST(burst_every_request_answered_once)
     void *ctx = zmq_ctx_new();
     void *s = dealer(ctx, &d);
     send_json(s, "{\"v\":1,\"id\":%lld,\"op\":\"set\",\"device\":\"psu1\",\"name\":\"fault\",\"value\":\"delay:2\"}", 0);
-    json_t *r = recv_reply(s, 10000);
-    ck_assert_str_eq(code_of(r), "OK");
+    json_t *r = th_recv_reply(s, 10000);
+    ck_assert_str_eq(th_reply_code(r), "OK");
     json_decref(r);
     for (long long id = 1; id <= N; id++)
         send_json(s, "{\"v\":1,\"id\":%lld,\"op\":\"get\",\"device\":\"psu1\",\"name\":\"voltage\"}", id);
     static unsigned char seen[N + 1];
     memset(seen, 0, sizeof seen);
     int ok = 0, refused = 0, got = 0;
-    while (got < N && (r = recv_reply(s, 20000)) != NULL) {
+    while (got < N && (r = th_recv_reply(s, 20000)) != NULL) {
         json_int_t id = json_integer_value(json_object_get(r, "id"));
         ck_assert_msg(id >= 1 && id <= N, "unexpected id %lld", (long long)id);
         ck_assert_msg(!seen[id], "id %lld answered twice", (long long)id);
         seen[id] = 1;
         got++;
-        if (!strcmp(code_of(r), "OK"))
+        if (!strcmp(th_reply_code(r), "OK"))
             ok++;
         else {
-            ck_assert_str_eq(code_of(r), "TIMEOUT"); /* "not answering: 1000 requests already queued" */
+            ck_assert_str_eq(th_reply_code(r), "TIMEOUT"); /* "not answering: 1000 requests already queued" */
             refused++;
         }
         json_decref(r);
@@ -100,7 +72,7 @@ START_TEST(burst_every_request_answered_once)
     for (int id = 1; id <= N; id++)
         ck_assert_msg(seen[id], "id %d never answered (%d of %d replies: %d ok, %d refused)", id, got, N, ok, refused);
     ck_assert_int_ge(ok, 1000);
-    ck_assert_ptr_null(recv_reply(s, 300)); /* and nothing more */
+    ck_assert_ptr_null(th_recv_reply(s, 300)); /* and nothing more */
     zmq_close(s);
     zmq_ctx_term(ctx);
     th_daemon_finish(&d);
@@ -116,18 +88,18 @@ START_TEST(closed_answers_keep_order)
     void *ctx = zmq_ctx_new();
     void *s = dealer(ctx, &d);
     send_json(s, "{\"v\":1,\"id\":%lld,\"op\":\"set\",\"device\":\"psu1\",\"name\":\"fault\",\"value\":\"hang\"}", 1);
-    json_t *r = recv_reply(s, 10000);
-    ck_assert_str_eq(code_of(r), "OK");
+    json_t *r = th_recv_reply(s, 10000);
+    ck_assert_str_eq(th_reply_code(r), "OK");
     json_decref(r);
     for (long long id = 101; id <= 105; id++)
         send_json(s, "{\"v\":1,\"id\":%lld,\"op\":\"get\",\"device\":\"psu1\",\"name\":\"voltage\"}", id);
-    ck_assert_ptr_null(recv_reply(s, 300)); /* all held by the hung device */
+    ck_assert_ptr_null(th_recv_reply(s, 300)); /* all held by the hung device */
     kill(d.pid, SIGTERM);
     for (long long id = 101; id <= 105; id++) {
-        r = recv_reply(s, 10000);
+        r = th_recv_reply(s, 10000);
         ck_assert_msg(r != NULL, "no reply for %lld", id);
         ck_assert_int_eq(json_integer_value(json_object_get(r, "id")), id);
-        ck_assert_str_eq(code_of(r), "CLOSED");
+        ck_assert_str_eq(th_reply_code(r), "CLOSED");
         json_decref(r);
     }
     zmq_close(s);

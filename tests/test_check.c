@@ -51,34 +51,9 @@ static json_t *request(lab_t *lab, const char *header, size_t nbin, const size_t
         ck_assert_int_ge(zmq_send(lab->sock, buf, sizes[k], k + 1 < nbin ? ZMQ_SNDMORE : 0), 0);
         free(buf);
     }
-    zmq_pollitem_t it = {lab->sock, 0, ZMQ_POLLIN, 0};
-    ck_assert_msg(zmq_poll(&it, 1, timeout_ms) == 1, "no reply within %d ms to %s", timeout_ms, header);
-    zmq_msg_t m;
-    zmq_msg_init(&m);
-    zmq_msg_recv(&m, lab->sock, 0);
-    json_t *j = json_loadb(zmq_msg_data(&m), zmq_msg_size(&m), 0, NULL);
-    int more = zmq_msg_more(&m);
-    zmq_msg_close(&m);
-    while (more) { /* result frames: not needed here */
-        zmq_msg_init(&m);
-        zmq_msg_recv(&m, lab->sock, 0);
-        more = zmq_msg_more(&m);
-        zmq_msg_close(&m);
-    }
-    ck_assert_ptr_nonnull(j);
+    json_t *j = th_recv_reply(lab->sock, timeout_ms);
+    ck_assert_msg(j != NULL, "no reply within %d ms to %s", timeout_ms, header);
     return j;
-}
-
-static const char *code_of(json_t *r)
-{
-    return json_is_true(json_object_get(r, "ok")) ? "OK"
-                                                   : json_string_value(json_object_get(json_object_get(r, "error"), "code"));
-}
-
-static const char *message_of(json_t *r)
-{
-    const char *m = json_string_value(json_object_get(json_object_get(r, "error"), "message"));
-    return m ? m : "";
 }
 
 #define SET_V(value) "{\"v\":1,\"id\":7,\"op\":\"set\",\"device\":\"psu1\",\"name\":\"voltage\",\"value\":" value "}"
@@ -134,9 +109,9 @@ START_TEST(array_references)
     lab_start(&lab);
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         json_t *r = request(&lab, cases[i].header, cases[i].nbin, cases[i].sizes, 5000);
-        ck_assert_msg(!strcmp(code_of(r), cases[i].code), "case %zu (%s): %s '%s', want %s", i, cases[i].header,
-                      code_of(r), message_of(r), cases[i].code);
-        ck_assert_msg(strstr(message_of(r), cases[i].text), "case %zu: '%s' lacks '%s'", i, message_of(r),
+        ck_assert_msg(!strcmp(th_reply_code(r), cases[i].code), "case %zu (%s): %s '%s', want %s", i, cases[i].header,
+                      th_reply_code(r), th_reply_message(r), cases[i].code);
+        ck_assert_msg(strstr(th_reply_message(r), cases[i].text), "case %zu: '%s' lacks '%s'", i, th_reply_message(r),
                       cases[i].text);
         ck_assert_int_eq(json_integer_value(json_object_get(r, "id")), 7);
         json_decref(r);
@@ -151,7 +126,7 @@ static void set_fault(lab_t *lab, const char *fault)
     snprintf(hdr, sizeof hdr, "{\"v\":1,\"id\":1,\"op\":\"set\",\"device\":\"psu1\",\"name\":\"fault\",\"value\":\"%s\"}",
              fault);
     json_t *r = request(lab, hdr, 0, NULL, 5000);
-    ck_assert_str_eq(code_of(r), "OK");
+    ck_assert_str_eq(th_reply_code(r), "OK");
     json_decref(r);
 }
 
@@ -188,16 +163,16 @@ START_TEST(bad_requests_answered_before_the_device)
             /* 300 ms: well below the 400 ms hang a queued request would wait */
             json_t *r = request(&lab, cases[i].header, 0, NULL, 300);
             double ms = th_now_ms() - t0;
-            ck_assert_msg(!strcmp(code_of(r), cases[i].code), "fault %s, case %zu: %s '%s', want %s", faults[k], i,
-                          code_of(r), message_of(r), cases[i].code);
-            ck_assert_msg(strstr(message_of(r), cases[i].text), "case %zu: '%s' lacks '%s'", i, message_of(r),
+            ck_assert_msg(!strcmp(th_reply_code(r), cases[i].code), "fault %s, case %zu: %s '%s', want %s", faults[k], i,
+                          th_reply_code(r), th_reply_message(r), cases[i].code);
+            ck_assert_msg(strstr(th_reply_message(r), cases[i].text), "case %zu: '%s' lacks '%s'", i, th_reply_message(r),
                           cases[i].text);
             ck_assert_msg(ms < 300, "answered after %.0f ms", ms);
             json_decref(r);
         }
         /* while a good request does reach the faulty device */
         json_t *r = request(&lab, SET_V("1.0"), 0, NULL, 5000);
-        ck_assert_str_eq(code_of(r), k == 0 ? "DEVICE" : "TIMEOUT");
+        ck_assert_str_eq(th_reply_code(r), k == 0 ? "DEVICE" : "TIMEOUT");
         json_decref(r);
     }
     set_fault(&lab, "none");

@@ -156,7 +156,7 @@ START_TEST(test_ls_lists_devices)
     ck_assert_contains(r.out, "sim-psu");
     ck_assert_contains(r.out, "daq1");
     ck_assert_contains(r.out, "sim-daq");
-    ck_assert_contains(r.out, "open");
+    ck_assert_contains(r.out, "ready");
     ck_assert_str_eq(r.err, "");
     result_free(&r);
     fx_fini(&f);
@@ -295,7 +295,7 @@ START_TEST(test_usage_errors)
         {"get", "psu1", NULL},
         {"describe", NULL},
         {"ls", "extra", NULL},
-        {"watch", "daq1", NULL},
+        {"watch", "daq1/", NULL},
         {"ls", "--count", "3", NULL},
         {"--timeout", "soon", "ls", NULL},
         {"--timeout", NULL},
@@ -462,6 +462,41 @@ START_TEST(test_watch_sigint_summarises)
 }
 END_TEST
 
+/* `watch DEV`: another client's set and a disconnect appear as they happen. */
+START_TEST(test_watch_device_events)
+{
+    fixture_t f;
+    fx_init(&f, true);
+    double t0 = th_now_ms();
+    pid_t pid = spawn_cli(&f, "watch", "psu1", "--count", "3", NULL);
+    /* until watch says it is watching, and its subscription has reached the daemon */
+    for (bool ready = false; !ready;) {
+        ck_assert_msg(th_now_ms() - t0 < 10000, "watch did not start within 10 s");
+        struct timespec ts = {0, 50 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        char *out = th_slurp(f.out_path);
+        ready = strstr(out, "watching psu1") != NULL;
+        free(out);
+    }
+    struct timespec ts = {0, 300 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    lmq_proxy_t *p = lmq_proxy_new(f.zctx, f.control, "psu1");
+    lmq_value_t v = lmq_float(1.25), s = {0};
+    ck_assert_int_eq(lmq_proxy_set(p, "voltage", &v), 0);
+    lmq_value_set_string(&s, "disconnect:200");
+    ck_assert_int_eq(lmq_proxy_set(p, "fault", &s), 0);
+    lmq_value_clear(&s);
+    result_t r = wait_cli(&f, pid, t0);
+    ck_assert_exit(r, 0);
+    ck_assert_contains(r.out, "psu1.voltage = 1.25 (set)");
+    ck_assert_contains(r.out, "psu1.fault = \"disconnect:200\" (set)");
+    ck_assert_contains(r.out, "psu1 is disconnected (lost): ");
+    result_free(&r);
+    lmq_proxy_destroy(&p);
+    fx_fini(&f);
+}
+END_TEST
+
 START_TEST(test_no_daemon)
 {
     fixture_t f;
@@ -496,6 +531,7 @@ static Suite *cli_suite(void)
     tcase_add_test(tc, test_json_output);
     tcase_add_test(tc, test_ping_and_stats);
     tcase_add_test(tc, test_watch_counts_blocks);
+    tcase_add_test(tc, test_watch_device_events);
     tcase_add_test(tc, test_watch_sigint_summarises);
     tcase_add_test(tc, test_no_daemon);
     suite_add_tcase(s, tc);

@@ -51,11 +51,8 @@ START_TEST(every_device_describes_and_gets)
             if (i == 0 && !strcmp(name, "voltage"))
                 ck_assert_double_eq(json_number_value(json_object_get(prop, "max")), 30.0);
             lmq_value_t v = {0};
-            /* Per-channel properties beyond the configured channel count
-             * exist in the table but answer NOTFOUND. */
-            if (!strncmp(name, "ai", 2) && name[2] >= '0' && name[2] <= '9' &&
-                lmq_proxy_get(p, name, &v) == LMQ_ENOTFOUND)
-                continue;
+            /* Every property described exists: no exceptions (a DAQ describes
+             * only its configured inputs). */
             ck_assert_msg(lmq_proxy_get(p, name, &v) == 0, "%s.%s: %s", devices[i], name, lmq_proxy_last_error(p));
             ck_assert_int_eq(v.type, lmq_type_parse(json_string_value(json_object_get(prop, "type"))));
             /* Writing back what was read is always legal for rw properties. */

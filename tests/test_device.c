@@ -536,6 +536,36 @@ START_TEST(reconnect_restores_settings)
 }
 END_TEST
 
+/* Simulated time: with time_scale 100 a 5 V ramp at 1 V/s (5 s) takes 50 ms. */
+START_TEST(time_scale_speeds_up_simulated_instruments)
+{
+    const char *opts[] = {"slew_v_per_s", "1", "noise", "0", NULL};
+    double took[2];
+    for (int k = 0; k < 2; k++) {
+        lab_t lab;
+        lab_new(&lab);
+        lab_add(&lab, "psu1", lmq_driver_find("sim-psu"), opts);
+        ck_assert_int_eq(lmq_daemon_set_time_scale(lab.d, k ? 100 : 10), 0);
+        lab_start(&lab);
+        lmq_proxy_t *p = proxy(&lab, "psu1");
+        lmq_value_t on = lmq_bool(true), cl = lmq_float(1), v = lmq_float(5);
+        ck_assert_int_eq(lmq_proxy_set(p, "current_limit", &cl), 0);
+        ck_assert_int_eq(lmq_proxy_set(p, "output", &on), 0);
+        double t0 = th_now_ms();
+        ck_assert_int_eq(lmq_proxy_set(p, "voltage", &v), 0); /* returns once slewed */
+        took[k] = th_now_ms() - t0;
+        double vm;
+        ck_assert_int_eq(lmq_proxy_get_double(p, "measured_voltage", &vm), 0);
+        ck_assert_msg(fabs(vm - 5) < 0.05, "slewed to %g V", vm);
+        lmq_proxy_destroy(&p);
+        lab_end(&lab);
+    }
+    /* 5 s of simulated time: 500 ms at x10, 50 ms at x100 */
+    ck_assert_msg(took[0] >= 450 && took[0] < 2500, "x10: %.0f ms", took[0]);
+    ck_assert_msg(took[1] >= 45 && took[1] < took[0] / 3, "x100: %.0f ms (x10: %.0f ms)", took[1], took[0]);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("device");
@@ -546,6 +576,7 @@ int main(void)
     tcase_add_test(tc, overrun_is_counted_as_lost);
     tcase_add_test(tc, describe_lists_configured_inputs_only);
     tcase_add_test(tc, reconnect_restores_settings);
+    tcase_add_test(tc, time_scale_speeds_up_simulated_instruments);
     suite_add_tcase(s, tc);
     return th_run_suite(s);
 }

@@ -12,6 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -289,6 +292,112 @@ START_TEST(test_overrides_and_sigint)
 }
 END_TEST
 
+/* A device stuck in its driver (a plain 60 s sleep, as vendor code might)
+ * delays neither start-up (its open blocks 1.5 s) nor, beyond stop_grace, the
+ * stop: labmqd names it and exits with status 3. */
+START_TEST(test_stuck_driver_bounded_stop)
+{
+    char dir[64], config[128], control[160], log[128];
+    th_tempdir(dir, sizeof dir);
+    snprintf(config, sizeof config, "%s/lab.yaml", dir);
+    snprintf(control, sizeof control, "ipc://%s/control", dir);
+    snprintf(log, sizeof log, "%s/labmqd.log", dir);
+    char yaml[600];
+    snprintf(yaml, sizeof yaml,
+             "stop_grace: 1\n"
+             "devices:\n"
+             "  - name: stuck\n    driver: %s\n"
+             "  - name: opener\n    driver: %s\n    options: {open_ms: 1500}\n"
+             "  - name: psu1\n    driver: sim-psu\n",
+             STUCK_DRIVER, STUCK_DRIVER);
+    th_write_file(config, yaml);
+    char data[160];
+    snprintf(data, sizeof data, "ipc://%s/data", dir);
+    char *argv[] = {LABMQD, "--config", config, "--control", control, "--data", data, NULL};
+    double t0 = th_now_ms();
+    pid_t pid = th_spawn_to_files(argv, log, NULL);
+    void *ctx = zmq_ctx_new();
+    lmq_proxy_t *psu = lmq_proxy_new(ctx, control, "psu1"), *stuck = lmq_proxy_new(ctx, control, "stuck");
+    double v;
+    lmq_proxy_set_timeout(psu, 200);
+    while (lmq_proxy_get_double(psu, "voltage", &v) != 0 && th_now_ms() - t0 < START_TIMEOUT_MS)
+        ;
+    /* psu1 served while "opener" is still in its 1.5 s open(): start-up did not wait (a loaded machine
+     * may take longer to start at all, so this compares with the open, not with a clock) */
+    lmq_proxy_t *op = lmq_proxy_new(ctx, control, NULL);
+    char *list = NULL;
+    ck_assert_int_eq(lmq_proxy_list(op, &list), 0);
+    ck_assert_msg(strstr(list, "\"opening\"") || th_now_ms() - t0 > 1500, "%s", list);
+    free(list);
+    lmq_proxy_set_timeout(stuck, 300);
+    ck_assert_int_eq(lmq_proxy_get_double(stuck, "slow", &v), LMQ_ETIMEOUT);
+    lmq_proxy_destroy(&psu);
+    lmq_proxy_destroy(&stuck);
+    lmq_proxy_destroy(&op);
+    zmq_ctx_term(ctx);
+    t0 = th_now_ms();
+    kill(pid, SIGTERM);
+    int st;
+    ck_assert_int_eq(th_wait_exit(pid, STOP_TIMEOUT_MS, &st), 0);
+    double took = th_now_ms() - t0;
+    char *text = th_slurp(log);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 3, "status 0x%x:\n%s", (unsigned)st, text);
+    ck_assert_msg(took >= 900 && took < 5000, "stopped after %.0f ms with stop_grace 1 s", took);
+    ck_assert_msg(strstr(text, "stuck") && strstr(text, "get slow"), "%s", text);
+    free(text);
+    th_rmtree(dir);
+}
+END_TEST
+
+/* Under systemd (Type=notify): READY=1 once clients can connect, STOPPING=1
+ * when told to stop. */
+START_TEST(test_systemd_notify)
+{
+    char dir[64], config[128], sock_path[128], log[128], control[160], data[160];
+    th_tempdir(dir, sizeof dir);
+    snprintf(config, sizeof config, "%s/lab.yaml", dir);
+    snprintf(sock_path, sizeof sock_path, "%s/notify", dir);
+    snprintf(log, sizeof log, "%s/labmqd.log", dir);
+    snprintf(control, sizeof control, "ipc://%s/control", dir);
+    snprintf(data, sizeof data, "ipc://%s/data", dir);
+    th_write_file(config, lab_yaml);
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    ck_assert_uint_lt(strlen(sock_path), sizeof sa.sun_path);
+    memcpy(sa.sun_path, sock_path, strlen(sock_path) + 1);
+    ck_assert_int_eq(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    struct timeval tv = {START_TIMEOUT_MS / 1000, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setenv("NOTIFY_SOCKET", sock_path, 1);
+    char *argv[] = {LABMQD, "--config", config, "--control", control, "--data", data, NULL};
+    pid_t pid = th_spawn_to_files(argv, log, NULL);
+    unsetenv("NOTIFY_SOCKET");
+    char buf[700];
+    ssize_t n = recv(fd, buf, sizeof buf - 1, 0);
+    ck_assert_msg(n > 0, "no READY=1 from labmqd");
+    buf[n] = 0;
+    ck_assert_msg(!strncmp(buf, "READY=1\n", 8) && strstr(buf, "STATUS=serving 2 devices"), "%s", buf);
+    /* and it does serve by then */
+    void *ctx = zmq_ctx_new();
+    lmq_proxy_t *p = lmq_proxy_new(ctx, control, NULL);
+    char *pong = NULL;
+    ck_assert_int_eq(lmq_proxy_ping(p, &pong), 0);
+    free(pong);
+    lmq_proxy_destroy(&p);
+    zmq_ctx_term(ctx);
+    kill(pid, SIGTERM);
+    n = recv(fd, buf, sizeof buf - 1, 0);
+    ck_assert_msg(n > 0, "no STOPPING=1 from labmqd");
+    buf[n] = 0;
+    ck_assert_str_eq(buf, "STOPPING=1");
+    int st;
+    ck_assert_int_eq(th_wait_exit(pid, STOP_TIMEOUT_MS, &st), 0);
+    ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    close(fd);
+    th_rmtree(dir);
+}
+END_TEST
+
 static Suite *labmqd_suite(void)
 {
     Suite *s = suite_create("labmqd");
@@ -298,6 +407,8 @@ static Suite *labmqd_suite(void)
     tcase_add_test(tc, test_check_config);
     tcase_add_test(tc, test_serve_and_refuse_second);
     tcase_add_test(tc, test_overrides_and_sigint);
+    tcase_add_test(tc, test_stuck_driver_bounded_stop);
+    tcase_add_test(tc, test_systemd_notify);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -4,6 +4,8 @@
  * with posix_spawn uses the device through a proxy URI alone, born with
  * nothing but stdio. */
 #include <check.h>
+#include <sys/stat.h>
+#include <errno.h>
 #include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -21,6 +23,30 @@
 #define CHILD LMQ_BUILD_DIR "/tests/spawn_child"
 
 extern char **environ;
+
+/* Defect 10: a program that does not exist is NOTFOUND (it was ARG), one
+ * that is not executable is PERMISSION; errno says the same. */
+START_TEST(spawn_errors_name_the_cause)
+{
+    pid_t pid = 0;
+    char *missing[] = {"/nonexistent/labmq-worker", NULL};
+    ck_assert_int_eq(lmq_spawn(missing, &pid), LMQ_ENOTFOUND);
+    ck_assert_int_eq(errno, ENOENT);
+    char *unlisted[] = {"labmq-no-such-program-in-path", NULL};
+    ck_assert_int_eq(lmq_spawn(unlisted, &pid), LMQ_ENOTFOUND);
+    char dir[64], path[128];
+    th_tempdir(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/not-executable", dir);
+    th_write_file(path, "#!/bin/sh\n");
+    chmod(path, 0644);
+    char *noexec[] = {path, NULL};
+    ck_assert_int_eq(lmq_spawn(noexec, &pid), LMQ_EPERM);
+    ck_assert_int_eq(errno, EACCES);
+    char *none[] = {NULL};
+    ck_assert_int_eq(lmq_spawn(none, &pid), LMQ_EARG);
+    th_rmtree(dir);
+}
+END_TEST
 
 /* Does process pid hold an open descriptor on path? */
 static bool holds_file(pid_t pid, const char *path)
@@ -148,6 +174,7 @@ int main(void)
     TCase *tc = tcase_create("spawn");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, spawned_worker_uses_device_by_uri_only);
+    tcase_add_test(tc, spawn_errors_name_the_cause);
     tcase_add_test(tc, plain_spawn_leaks_what_lmq_spawn_does_not);
     suite_add_tcase(s, tc);
     return th_run_suite(s);

@@ -4,6 +4,7 @@
  * whose device node is a pty the test drives from the far end. An ioctl
  * handler supplies the modem lines a pty lacks. */
 #include <check.h>
+#include <sys/wait.h>
 #include "harness.h"
 #include <dirent.h>
 #include <errno.h>
@@ -188,6 +189,51 @@ START_TEST(scan_lists_the_usb_port)
 }
 END_TEST
 
+/* `labmq scan`, a separate process, sees the emulated port too: it inherits
+ * the testbed (UMOCKDEV_DIR) and gets the preload through LD_PRELOAD, as under
+ * umockdev-wrapper. The sanitizer runtime must then not insist on being the
+ * first library loaded. */
+static char *run_scan(void)
+{
+    char dir[128], out[200];
+    th_tempdir(dir, sizeof dir);
+    snprintf(out, sizeof out, "%s/out", dir);
+    setenv("LD_PRELOAD", "libumockdev-preload.so.0", 1);
+    setenv("ASAN_OPTIONS", "verify_asan_link_order=0:detect_leaks=0", 1);
+    char *argv[] = {LMQ_BUILD_DIR "/tools/labmq", "scan", NULL};
+    pid_t pid = th_spawn_to_files(argv, out, NULL);
+    unsetenv("LD_PRELOAD");
+    int st;
+    ck_assert_int_eq(th_wait_exit(pid, 20000, &st), 0);
+    char *text = th_slurp(out);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "labmq scan: status 0x%x: %s", (unsigned)st, text);
+    th_rmtree(dir);
+    return text;
+}
+
+START_TEST(cli_scan_lists_the_usb_port)
+{
+    bed_t b;
+    bed_up(&b);
+    char *text = run_scan();
+    ck_assert_msg(strstr(text, "serial:/dev/ttyACM0") && strstr(text, "2a8d:1202") &&
+                      strstr(text, "Keysight Technologies") && strstr(text, "MY59001234"),
+                  "%s", text);
+    free(text);
+    bed_down(&b);
+}
+END_TEST
+
+START_TEST(cli_scan_says_when_there_is_nothing)
+{
+    UMockdevTestbed *tb = umockdev_testbed_new(); /* an empty machine */
+    char *text = run_scan();
+    ck_assert_msg(strstr(text, "no serial ports and no USBTMC devices found"), "%s", text);
+    free(text);
+    g_object_unref(tb);
+}
+END_TEST
+
 /* Checks every descriptor on a pty (the emulated port) is close-on-exec;
  * returns how many there are. The far end (the testbed's) is on /dev/ptmx. */
 static int check_tty_fds_cloexec(void)
@@ -285,6 +331,8 @@ int main(void)
     Suite *s = suite_create("transport_umockdev");
     TCase *tc = tcase_create("libserialport");
     tcase_add_test(tc, scan_lists_the_usb_port);
+    tcase_add_test(tc, cli_scan_lists_the_usb_port);
+    tcase_add_test(tc, cli_scan_says_when_there_is_nothing);
     tcase_add_test(tc, libserialport_round_trip_and_unplug);
     suite_add_tcase(s, tc);
     int rc = th_run_suite(s);

@@ -23,8 +23,10 @@ typedef struct cli {
     bool json;
     bool tty;          /* stdout is a terminal: live refresh in watch */
     long count;        /* watch --count; 0 = unlimited */
-    double duration_s; /* watch --duration; 0 = unlimited */
-    int sigfd;         /* watch: signalfd for SIGINT/SIGTERM, -1 when unused */
+    double duration_s; /* watch/record --duration; 0 = unlimited */
+    const char *output; /* record -o FILE (borrowed from argv) */
+    bool overwrite;     /* record --overwrite */
+    int sigfd;         /* watch, record: signalfd for SIGINT/SIGTERM, -1 when unused */
     void *zctx;        /* the process's one ZeroMQ context */
     FILE *out;
     FILE *err;
@@ -99,6 +101,8 @@ int cli_cmd_call(cli_t *c, int argc, char **argv);
 int cli_cmd_get(cli_t *c, int argc, char **argv);
 int cli_cmd_set(cli_t *c, int argc, char **argv);
 int cli_cmd_stats(cli_t *c, int argc, char **argv);
-int cli_cmd_watch(cli_t *c, int argc, char **argv); /* watch.c */
+int cli_cmd_scan(cli_t *c, int argc, char **argv);
+int cli_cmd_watch(cli_t *c, int argc, char **argv);  /* watch.c */
+int cli_cmd_record(cli_t *c, int argc, char **argv); /* record.c */
 
 #endif

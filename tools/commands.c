@@ -306,17 +306,17 @@ int cli_cmd_ls(cli_t *c, int argc, char **argv)
     json_t *d;
     json_array_foreach(j, i, d)
     {
-        bool open = json_is_true(json_object_get(d, "open"));
-        nerr += !open;
-        cli_table_row(t, jstr(d, "name"), jstr(d, "driver"), open ? "open" : "ERROR", jstr(d, "description"));
+        /* "opening", "ready", "disconnected" (with the reason below), "stopped" */
+        nerr += *jstr(d, "error") != '\0';
+        cli_table_row(t, jstr(d, "name"), jstr(d, "driver"), jstr(d, "state"), jstr(d, "description"));
     }
     rc = cli_table_print(t, c->out, "") == 0 ? CLI_OK : cli_failf(c, LMQ_EMEM, "out of memory");
     cli_table_destroy(&t);
     /* Error texts are long and would stretch the table; they go below it. */
     if (rc == CLI_OK && nerr) {
         fputc('\n', c->out);
-        json_array_foreach(j, i, d) if (!json_is_true(json_object_get(d, "open")))
-            fprintf(c->out, "%s: %s\n", jstr(d, "name"), *jstr(d, "error") ? jstr(d, "error") : "not open");
+        json_array_foreach(j, i, d) if (*jstr(d, "error"))
+            fprintf(c->out, "%s: %s\n", jstr(d, "name"), jstr(d, "error"));
     }
     json_decref(j);
     return rc;
@@ -394,8 +394,8 @@ int cli_cmd_describe(cli_t *c, int argc, char **argv)
     if ((rc = take_description(c, desc, &desc)) != CLI_OK)
         return rc;
 
-    bool open = json_is_true(json_object_get(desc, "open"));
-    fprintf(c->out, "%s  (driver %s, %s)\n", dev, jstr(desc, "driver"), open ? "open" : "NOT OPEN");
+    fprintf(c->out, "%s  (driver %s, %s%s%s)\n", dev, jstr(desc, "driver"), jstr(desc, "state"),
+            *jstr(desc, "error") ? ": " : "", jstr(desc, "error"));
     if (*jstr(desc, "description"))
         fprintf(c->out, "%s\n", jstr(desc, "description"));
 
@@ -600,10 +600,10 @@ int cli_cmd_stats(cli_t *c, int argc, char **argv)
     fmt_count(err, sizeof err, json_object_get(j, "errors"));
     fprintf(c->out, "daemon up %s, %s requests, %s errors\n\n", up, req, err);
 
-    cli_table_t *t = cli_table_new(7);
-    for (size_t col = 1; col < 7; col++)
+    cli_table_t *t = cli_table_new(8);
+    for (size_t col = 2; col < 8; col++)
         cli_table_align_right(t, col);
-    cli_table_row(t, "DEVICE", "CALLS", "ERRORS", "IN FLIGHT", "P50 µs", "P99 µs", "MAX µs");
+    cli_table_row(t, "DEVICE", "STATE", "CALLS", "ERRORS", "IN FLIGHT", "P50 µs", "P99 µs", "MAX µs");
     size_t i;
     json_t *d;
     json_array_foreach(json_object_get(j, "devices"), i, d)
@@ -616,10 +616,72 @@ int cli_cmd_stats(cli_t *c, int argc, char **argv)
         fmt_us(p50, sizeof p50, json_object_get(lat, "p50"));
         fmt_us(p99, sizeof p99, json_object_get(lat, "p99"));
         fmt_us(mx, sizeof mx, json_object_get(lat, "max"));
-        cli_table_row(t, jstr(d, "name"), calls, errs, fl, p50, p99, mx);
+        cli_table_row(t, jstr(d, "name"), jstr(d, "state"), calls, errs, fl, p50, p99, mx);
     }
     rc = cli_table_print(t, c->out, "") == 0 ? CLI_OK : cli_failf(c, LMQ_EMEM, "out of memory");
     cli_table_destroy(&t);
     json_decref(j);
     return rc;
+}
+
+/* ---- scan ---- */
+
+typedef struct scan_ctx {
+    json_t *found; /* the ports, as scan reports them */
+} scan_ctx_t;
+
+static void scan_one(void *user, const lmq_port_info_t *info)
+{
+    scan_ctx_t *sc = user;
+    json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "connection", info->connection, "kind", info->kind,
+                          "description", info->description ? info->description : "", "manufacturer",
+                          info->manufacturer ? info->manufacturer : "", "product", info->product ? info->product : "",
+                          "serial", info->serial ? info->serial : "");
+    if (j && info->vid >= 0) {
+        char id[16];
+        snprintf(id, sizeof id, "%04x:%04x", (unsigned)info->vid, (unsigned)info->pid);
+        json_object_set_new(j, "usb_id", json_string(id));
+    }
+    if (j)
+        json_array_append_new(sc->found, j);
+}
+
+/* Local hardware only: no daemon is asked (one holding a port does not hide it). */
+int cli_cmd_scan(cli_t *c, int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    scan_ctx_t sc = {.found = json_array()};
+    char err[300] = "";
+    int n = sc.found ? lmq_transport_scan(scan_one, &sc, err, sizeof err) : LMQ_EMEM;
+    if (n < 0) {
+        json_decref(sc.found);
+        return cli_failf(c, n, "cannot list ports: %s", *err ? err : lmq_strerror(n));
+    }
+    if (c->json) {
+        char *txt = json_dumps(sc.found, JSON_INDENT(2));
+        fprintf(c->out, "%s\n", txt ? txt : "[]");
+        free(txt);
+    } else if (json_array_size(sc.found) == 0) {
+        fprintf(c->out, "no serial ports and no USBTMC devices found on this machine\n"
+                        "(a TCP instrument is not found by scanning: use tcp:HOST:5025 as its connection)\n");
+    } else {
+        cli_table_t *t = cli_table_new(5);
+        cli_table_row(t, "CONNECTION", "USB ID", "MANUFACTURER", "PRODUCT", "SERIAL");
+        size_t i;
+        json_t *d;
+        json_array_foreach(sc.found, i, d)
+        {
+            cli_table_row(t, jstr(d, "connection"), jstr(d, "usb_id"), jstr(d, "manufacturer"), jstr(d, "product"),
+                          jstr(d, "serial"));
+        }
+        if (cli_table_print(t, c->out, "") != 0) {
+            cli_table_destroy(&t);
+            json_decref(sc.found);
+            return cli_failf(c, LMQ_EMEM, "out of memory");
+        }
+        cli_table_destroy(&t);
+    }
+    json_decref(sc.found);
+    return CLI_OK;
 }

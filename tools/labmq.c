@@ -1,9 +1,9 @@
 /* labmq — the command-line client: ping, list, describe, call, get, set,
- * watch and stats against a running labmqd.
+ * watch, record and stats against a running labmqd.
  *
  * main() parses the command line into a cli_t, creates the process's one
  * ZeroMQ context, runs one command and destroys the context. Commands live in
- * commands.c and watch.c. */
+ * commands.c, watch.c and record.c. */
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -17,7 +17,7 @@
 #include <zmq.h>
 #include "cli.h"
 
-enum { OPT_DURATION = 256 };
+enum { OPT_DURATION = 256, OPT_OVERWRITE };
 
 static const struct option long_opts[] = {
     {"endpoint", required_argument, NULL, 'e'},
@@ -26,13 +26,15 @@ static const struct option long_opts[] = {
     {"json", no_argument, NULL, 'j'},
     {"count", required_argument, NULL, 'n'},
     {"duration", required_argument, NULL, OPT_DURATION},
+    {"output", required_argument, NULL, 'o'},
+    {"overwrite", no_argument, NULL, OPT_OVERWRITE},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
 };
 /* '+': the pre-pass below already separated options from operands;
  * ':': report a missing value ourselves, in our words. */
-static const char short_opts[] = "+:e:d:t:jn:hV";
+static const char short_opts[] = "+:e:d:t:jn:o:hV";
 
 typedef struct command {
     const char *name;
@@ -49,8 +51,10 @@ static const command_t commands[] = {
     {"call", cli_cmd_call, 2, -1, "call DEV METHOD [ARGS...]"},
     {"get", cli_cmd_get, 2, 2, "get DEV PROP"},
     {"set", cli_cmd_set, 3, 3, "set DEV PROP VALUE"},
-    {"watch", cli_cmd_watch, 1, 1, "watch DEV/STREAM [--count N] [--duration S]"},
+    {"watch", cli_cmd_watch, 1, 1, "watch DEV/STREAM|DEV [--count N] [--duration S]"},
+    {"record", cli_cmd_record, 1, -1, "record DEV/STREAM... -o FILE [--duration S] [--overwrite]"},
     {"stats", cli_cmd_stats, 0, 1, "stats [DEV]"},
+    {"scan", cli_cmd_scan, 0, 0, "scan"},
 };
 
 /* ---- errors ---- */
@@ -119,8 +123,19 @@ static void print_help(FILE *out)
             "                               labmq set psu1 voltage 3.3\n"
             "  watch DEV/STREAM           live summary of a data stream until Ctrl-C\n"
             "                               labmq watch daq1/wave --duration 10\n"
-            "  stats [DEV]                requests, errors and latency per device\n"
+            "  watch DEV                  the device's changes as they happen: properties\n"
+            "                             set by any client, state (ready, disconnected)\n"
+            "                               labmq watch psu1\n"
+            "  record DEV/STREAM... -o FILE\n"
+            "                             record streams into an HDF5 file until Ctrl-C or\n"
+            "                             --duration, with a progress line; every lost block is\n"
+            "                             listed in the file (runs labmq-recorder; see its --help)\n"
+            "                               labmq record daq1/wave cam1/frames -o run1.h5 --duration 60\n"
+            "  stats [DEV]                state, requests, errors and latency per device\n"
             "                               labmq stats\n"
+            "  scan                       serial ports (with USB VID:PID, maker, product, serial)\n"
+            "                             and USBTMC devices on this machine, as connection strings\n"
+            "                               labmq scan\n"
             "\n"
             "Options (anywhere on the line):\n"
             "  -e, --endpoint EP   control endpoint (default %s)\n"
@@ -129,7 +144,9 @@ static void print_help(FILE *out)
             "  -t, --timeout MS    wait at most MS ms for each reply (default %d)\n"
             "  -j, --json          print the result as one JSON document, for scripts\n"
             "  -n, --count N       watch: stop after N blocks\n"
-            "      --duration S    watch: stop after S seconds\n"
+            "      --duration S    watch, record: stop after S seconds\n"
+            "  -o, --output FILE   record: the HDF5 file to create\n"
+            "      --overwrite     record: replace FILE if it exists\n"
             "  -h, --help          show this help\n"
             "  -V, --version       show the version\n"
             "\n"
@@ -140,8 +157,8 @@ static void print_help(FILE *out)
             "Exit status:\n"
             "  0  success\n"
             "  1  the operation failed: no daemon, unknown device, method or property, a value\n"
-            "     of the wrong type or out of range, an instrument error or timeout, or watch\n"
-            "     saw no data\n"
+            "     of the wrong type or out of range, an instrument error or timeout, watch\n"
+            "     saw no data, or record could not create or write its file\n"
             "  2  usage error: unknown command or option, missing or extra arguments\n",
             control, data, LMQ_PROXY_DEFAULT_TIMEOUT_MS);
 }
@@ -204,7 +221,9 @@ typedef struct parsed {
     char **pos; /* operands: command and its arguments (borrowed from argv) */
     int npos;
     bool help, version;
-    bool watch_opts; /* --count or --duration seen */
+    bool count_opt;    /* --count seen */
+    bool duration_opt; /* --duration seen */
+    bool record_opts;  /* --output or --overwrite seen */
 } parsed_t;
 
 /* Returns -1 to go on, else the exit code. Options may stand anywhere, so
@@ -253,7 +272,7 @@ static int parse_args(cli_t *c, int argc, char **argv, parsed_t *ps, char **optv
             if (parse_long(c, "--count", optarg, 1, LONG_MAX, &v))
                 return CLI_USAGE;
             c->count = v;
-            ps->watch_opts = true;
+            ps->count_opt = true;
             break;
         case OPT_DURATION: {
             char *end = NULL;
@@ -261,9 +280,19 @@ static int parse_args(cli_t *c, int argc, char **argv, parsed_t *ps, char **optv
             if (end == optarg || *end || !isfinite(d) || d <= 0)
                 return cli_usage(c, "--duration needs a positive number of seconds, not '%s'", optarg);
             c->duration_s = d;
-            ps->watch_opts = true;
+            ps->duration_opt = true;
             break;
         }
+        case 'o':
+            if (!*optarg)
+                return cli_usage(c, "--output needs a file name");
+            c->output = optarg;
+            ps->record_opts = true;
+            break;
+        case OPT_OVERWRITE:
+            c->overwrite = true;
+            ps->record_opts = true;
+            break;
         case 'h': ps->help = true; break;
         case 'V': ps->version = true; break;
         case ':': return cli_usage(c, "option '%s' needs a value", optv[optind - 1]);
@@ -286,9 +315,10 @@ static const command_t *find_command(const char *name)
     return NULL;
 }
 
-/* watch ends on Ctrl-C with its summary: SIGINT/SIGTERM become readable on a
- * signalfd that watch polls next to its socket. They must be blocked before
- * the ZeroMQ context starts its threads, so every thread inherits the mask. */
+/* watch ends on Ctrl-C with its summary; record passes it on to the recorder
+ * and waits for it. SIGINT/SIGTERM become readable on a signalfd that both
+ * poll. They must be blocked before the ZeroMQ context starts its threads, so
+ * every thread inherits the mask. */
 static int catch_signals(cli_t *c)
 {
     sigset_t set;
@@ -326,12 +356,12 @@ static int run(cli_t *c, int argc, char **argv)
         goto out;
     }
     if (ps.npos == 0) {
-        rc = cli_usage(c, "no command given (ping, ls, describe, call, get, set, watch, stats)");
+        rc = cli_usage(c, "no command given (ping, ls, describe, call, get, set, watch, record, stats)");
         goto out;
     }
     const command_t *cmd = find_command(ps.pos[0]);
     if (!cmd) {
-        rc = cli_usage(c, "unknown command '%s' (ping, ls, describe, call, get, set, watch, stats)", ps.pos[0]);
+        rc = cli_usage(c, "unknown command '%s' (ping, ls, describe, call, get, set, watch, record, stats)", ps.pos[0]);
         goto out;
     }
     int nargs = ps.npos - 1;
@@ -340,15 +370,23 @@ static int run(cli_t *c, int argc, char **argv)
                        cmd->name, cmd->synopsis);
         goto out;
     }
-    if (ps.watch_opts && cmd->fn != cli_cmd_watch) {
-        rc = cli_usage(c, "--count and --duration belong to watch, not %s", cmd->name);
+    if (ps.count_opt && cmd->fn != cli_cmd_watch) {
+        rc = cli_usage(c, "--count belongs to watch, not %s", cmd->name);
+        goto out;
+    }
+    if (ps.duration_opt && cmd->fn != cli_cmd_watch && cmd->fn != cli_cmd_record) {
+        rc = cli_usage(c, "--duration belongs to watch and record, not %s", cmd->name);
+        goto out;
+    }
+    if (ps.record_opts && cmd->fn != cli_cmd_record) {
+        rc = cli_usage(c, "--output and --overwrite belong to record, not %s", cmd->name);
         goto out;
     }
     if (!c->control[0] && lmq_default_endpoint(c->control, sizeof c->control, "control", false) != 0) {
         rc = cli_failf(c, LMQ_ECONFIG, "cannot work out the default endpoint; give one with --endpoint");
         goto out;
     }
-    if (cmd->fn == cli_cmd_watch && catch_signals(c) != 0) {
+    if ((cmd->fn == cli_cmd_watch || cmd->fn == cli_cmd_record) && catch_signals(c) != 0) {
         rc = cli_failf(c, LMQ_EIO, "cannot set up Ctrl-C handling: %s", strerror(errno));
         goto out;
     }

@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/ioctl.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
@@ -257,13 +258,104 @@ static int watch_loop(watch_t *w)
     }
 }
 
+/* One line per change event: time, device, what changed, and why. */
+static void show_event(cli_t *c, const lmq_event_t *ev)
+{
+    if (c->json) {
+        char val[200] = "null";
+        lmq_value_format(lmq_event_value(ev), val, sizeof val);
+        json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:I, s:I}", "device", lmq_event_device(ev), "kind",
+                              lmq_event_kind(ev), "name", lmq_event_name(ev), "value", val, "cause",
+                              lmq_event_cause(ev), "state", lmq_event_state(ev), "error", lmq_event_error(ev), "seq",
+                              (json_int_t)lmq_event_seq(ev), "lost_before", (json_int_t)lmq_event_lost_before(ev));
+        char *txt = j ? json_dumps(j, JSON_COMPACT) : NULL;
+        fprintf(c->out, "%s\n", txt ? txt : "null");
+        free(txt);
+        json_decref(j);
+        fflush(c->out);
+        return;
+    }
+    time_t secs = (time_t)(lmq_event_time_ns(ev) / 1000000000);
+    struct tm tm;
+    localtime_r(&secs, &tm);
+    char when[32];
+    snprintf(when, sizeof when, "%02d:%02d:%02d.%03d", tm.tm_hour, tm.tm_min, tm.tm_sec,
+             (int)(lmq_event_time_ns(ev) / 1000000 % 1000));
+    if (lmq_event_lost_before(ev))
+        fprintf(c->out, "%s  (%llu events lost)\n", when, (unsigned long long)lmq_event_lost_before(ev));
+    if (!strcmp(lmq_event_kind(ev), "state")) {
+        fprintf(c->out, "%s  %s is %s (%s)%s%s\n", when, lmq_event_device(ev), lmq_event_state(ev),
+                lmq_event_cause(ev), *lmq_event_error(ev) ? ": " : "", lmq_event_error(ev));
+    } else {
+        char val[200];
+        lmq_value_format(lmq_event_value(ev), val, sizeof val);
+        fprintf(c->out, "%s  %s.%s = %s (%s)\n", when, lmq_event_device(ev), lmq_event_name(ev), val,
+                lmq_event_cause(ev));
+    }
+    fflush(c->out);
+}
+
+/* `watch DEVICE`: the device's change events until Ctrl-C, --count or --duration. */
+static int watch_events(cli_t *c, const char *dev)
+{
+    lmq_proxy_t *p = cli_proxy(c, dev);
+    json_t *desc = NULL;
+    int rc = p ? cli_describe(c, p, &desc) : CLI_FAILED; /* an unknown device is an error, not a silent wait */
+    if (rc == CLI_OK)
+        rc = cli_resolve_data(c, p);
+    lmq_proxy_destroy(&p);
+    json_decref(desc);
+    if (rc != CLI_OK)
+        return rc;
+    lmq_events_t *e = lmq_events_new(c->zctx, c->data, dev);
+    if (!e)
+        return cli_failf(c, LMQ_EARG, "cannot subscribe to %s's events at %s", dev, c->data);
+    if (!c->json) {
+        fprintf(c->out, "watching %s: property changes and state, until Ctrl-C\n", dev);
+        fflush(c->out);
+    }
+    int64_t t0 = lmq_clock_mono_ns();
+    int64_t deadline = c->duration_s > 0 ? t0 + (int64_t)(c->duration_s * NS_PER_S) : INT64_MAX;
+    long seen = 0;
+    for (;;) {
+        int64_t now = lmq_clock_mono_ns();
+        if ((c->count && seen >= c->count) || now >= deadline)
+            break;
+        long wait_ms = deadline == INT64_MAX ? -1 : (long)((deadline - now + NS_PER_MS - 1) / NS_PER_MS);
+        zmq_pollitem_t items[2] = {
+            {lmq_events_socket(e), 0, ZMQ_POLLIN, 0},
+            {NULL, c->sigfd, ZMQ_POLLIN, 0},
+        };
+        int n = zmq_poll(items, c->sigfd >= 0 ? 2 : 1, wait_ms);
+        if (n < 0 && errno != EINTR) {
+            rc = cli_failf(c, LMQ_EIO, "waiting for events: %s", zmq_strerror(errno));
+            break;
+        }
+        if (n > 0 && (items[1].revents & ZMQ_POLLIN))
+            break;
+        lmq_event_t *ev = NULL;
+        while (n > 0 && lmq_events_recv(e, &ev, 0) == 0) {
+            show_event(c, ev);
+            lmq_event_destroy(&ev);
+            if (c->count && ++seen >= c->count)
+                break;
+        }
+    }
+    lmq_events_destroy(&e);
+    return rc;
+}
+
 int cli_cmd_watch(cli_t *c, int argc, char **argv)
 {
     (void)argc;
     const char *topic = argv[0];
     const char *slash = strchr(topic, '/');
+    if (!slash && *topic)
+        return watch_events(c, topic);
     if (!slash || slash == topic || !slash[1] || strchr(slash + 1, '/'))
-        return cli_usage(c, "watch needs DEVICE/STREAM, e.g. 'labmq watch daq1/wave', not '%s'", topic);
+        return cli_usage(c, "watch needs DEVICE/STREAM (a stream) or DEVICE (its change events), e.g. 'labmq "
+                            "watch daq1/wave', not '%s'",
+                         topic);
 
     size_t dlen = (size_t)(slash - topic);
     char *dev = strndup(topic, dlen);

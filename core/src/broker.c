@@ -568,12 +568,17 @@ static bool handle_device(broker_t *b, lmq_dev_t *dev)
         memcpy(&job, p + 1, sizeof job);
         finish_job(b, job);
     } else if (n == 1 && p[0] == LMQ__MSG_PUBLISH) {
-        /* topic, header, payload: forwarded without copying. */
-        for (int i = 0; i < 3; i++) {
+        /* topic, header, payload frames (a stream block, or a change event
+         * with or without a value frame): forwarded without copying. */
+        for (bool more = zmq_msg_more(&m); more;) {
             zmq_msg_t part;
             zmq_msg_init(&part);
-            zmq_msg_recv(&part, dev->broker_pipe, 0);
-            zmq_msg_send(&part, b->xpub, i < 2 ? ZMQ_SNDMORE | ZMQ_DONTWAIT : ZMQ_DONTWAIT);
+            if (zmq_msg_recv(&part, dev->broker_pipe, 0) < 0) {
+                zmq_msg_close(&part);
+                break;
+            }
+            more = zmq_msg_more(&part);
+            zmq_msg_send(&part, b->xpub, (more ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT);
             zmq_msg_close(&part);
         }
     }

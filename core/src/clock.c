@@ -1,3 +1,5 @@
+/* Clocks: CLOCK_MONOTONIC for intervals and deadlines, CLOCK_REALTIME for
+ * the acquisition times (t_ns) streams carry. */
 #include <time.h>
 #include "labmq/driver.h"
 

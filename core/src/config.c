@@ -45,12 +45,15 @@ struct raw_device {
     char *driver;
     char *connection; /* NULL when absent */
     char **options;   /* NULL when absent; else one slot per union option name */
+    bool restore;
 };
 
 struct raw_config {
     char *control;
     char *data;
     char *log_level;
+    double *stop_grace; /* seconds; NULL when absent */
+    double *time_scale; /* simulated instruments' time scale; NULL when absent */
     struct raw_device *devices;
     unsigned devices_count;
 };
@@ -61,14 +64,23 @@ struct lmq_config {
     cyaml_config_t cy;
     size_t n_opts;                    /* union of the drivers' option names, one slot each */
     cyaml_schema_field_t *opt_fields; /* n_opts + terminator; .key is the option name */
-    cyaml_schema_field_t dev_fields[5];
+    cyaml_schema_field_t dev_fields[6];
     cyaml_schema_value_t dev_entry;
-    cyaml_schema_field_t top_fields[5];
+    cyaml_schema_field_t top_fields[7];
     cyaml_schema_value_t top;
 
     struct raw_config *raw;       /* owned, freed with cyaml_free */
     lmq_config_device_t *devices; /* owned; strings borrowed from raw */
     const char **optv;            /* owned; every device's option list in one block */
+    char *dir;                    /* the config file's directory: relative paths start here */
+    /* drivers loaded from shared objects, under the name the file gives them */
+    struct plugin {
+        char *name;
+        const lmq_driver_t *drv;
+    } * plugins;
+    size_t nplugins;
+    char **paths; /* option values resolved against dir (owned), NULL-terminated */
+    size_t npaths;
 };
 
 /* ---- a small growable string for messages ---- */
@@ -212,8 +224,8 @@ static bool doc_load(loader_t *L)
     } else {
         const char *problem = p.problem ? p.problem : "invalid YAML";
         if (p.context)
-            snprintf(L->syn_msg, sizeof L->syn_msg, "syntax error: %s (%s at line %zu, column %zu)", problem,
-                     p.context, p.context_mark.line + 1, p.context_mark.column + 1);
+            snprintf(L->syn_msg, sizeof L->syn_msg, "syntax error: %s (%s at line %zu, column %zu)", problem, p.context,
+                     p.context_mark.line + 1, p.context_mark.column + 1);
         else
             snprintf(L->syn_msg, sizeof L->syn_msg, "syntax error: %s", problem);
         L->syn_line = (int)p.problem_mark.line + 1;
@@ -223,10 +235,7 @@ static bool doc_load(loader_t *L)
     return L->doc_state > 0;
 }
 
-static yaml_node_t *doc_root(loader_t *L)
-{
-    return doc_load(L) ? yaml_document_get_root_node(&L->doc) : NULL;
-}
+static yaml_node_t *doc_root(loader_t *L) { return doc_load(L) ? yaml_document_get_root_node(&L->doc) : NULL; }
 
 static bool scalar_is(const yaml_node_t *n, const char *s)
 {
@@ -267,8 +276,7 @@ static void node_pos(const yaml_node_t *n, int *line, int *col)
 /* The node of device i, or of one of its fields, or of one of its options
  * (the key, or the value when opt_value). Returns the position of the deepest
  * node found; false when not even the document root was found. */
-static bool device_pos(loader_t *L, size_t i, const char *field, const char *opt, bool opt_value, int *line,
-                       int *col)
+static bool device_pos(loader_t *L, size_t i, const char *field, const char *opt, bool opt_value, int *line, int *col)
 {
     yaml_node_t *n = doc_root(L), *m;
     if (!n)
@@ -333,8 +341,8 @@ static void fail_unknown_driver(loader_t *L, int line, int col, const char *dev,
 {
     strbuf_t sb = {0};
     list_drivers(&sb);
-    fail(L, line, col, "device '%s': unknown driver '%s' (built-in drivers: %s)", dev, driver,
-         sb.oom || !sb.p ? "?" : sb.p);
+    fail(L, line, col, "device '%s': unknown driver '%s' (built-in drivers: %s; or the path of a driver .so)", dev,
+         driver, sb.oom || !sb.p ? "?" : sb.p);
     free(sb.p);
 }
 
@@ -351,28 +359,68 @@ static void fail_foreign_option(loader_t *L, int line, int col, const char *dev,
 static const char *type_wanted(lmq_type_t t)
 {
     switch (t) {
-    case LMQ_BOOL: return "a bool (true or false)";
-    case LMQ_INT: return "an integer";
-    case LMQ_FLOAT: return "a number";
-    case LMQ_STRING: return "UTF-8 text";
-    default: return "a value of an unsupported type (driver bug)";
+    case LMQ_BOOL:
+        return "a bool (true or false)";
+    case LMQ_INT:
+        return "an integer";
+    case LMQ_FLOAT:
+        return "a number";
+    case LMQ_STRING:
+        return "UTF-8 text";
+    default:
+        return "a value of an unsupported type (driver bug)";
     }
+}
+
+/* A driver named in the file: one of its plugins, else a built-in one. */
+static const lmq_driver_t *find_driver(const lmq_config_t *c, const char *name)
+{
+    for (size_t i = 0; name && i < c->nplugins; i++)
+        if (strcmp(c->plugins[i].name, name) == 0)
+            return c->plugins[i].drv;
+    return lmq_driver_find(name);
+}
+
+/* A driver given by path rather than by name: "./libmine.so", "/opt/x.so". */
+static bool is_plugin_name(const char *name) { return strchr(name, '/') || strstr(name, ".so"); }
+
+/* text relative to the config's directory (absolute text unchanged);
+ * caller frees. */
+static char *resolve_path(const lmq_config_t *c, const char *text)
+{
+    size_t len = strlen(c->dir) + strlen(text) + 2;
+    char *p = malloc(len);
+    if (p)
+        snprintf(p, len, "%s%s%s", text[0] == '/' ? "" : c->dir, text[0] == '/' ? "" : "/", text);
+    return p;
 }
 
 /* ---- the schema ---- */
 
-static int build_schema(lmq_config_t *c)
+/* The i-th driver whose options the schema knows: the built-in ones, then
+ * the plugins the file loads; NULL past the end. */
+static const lmq_driver_t *schema_driver(const lmq_config_t *c, size_t i)
 {
     const lmq_driver_t *const *list = lmq_driver_list();
+    size_t nbuiltin = 0;
+    while (list && list[nbuiltin])
+        nbuiltin++;
+    if (i < nbuiltin)
+        return list[i];
+    return i - nbuiltin < c->nplugins ? c->plugins[i - nbuiltin].drv : NULL;
+}
+
+static int build_schema(lmq_config_t *c)
+{
     size_t max = 0;
-    for (size_t i = 0; list && list[i]; i++)
-        for (const lmq_option_t *o = list[i]->options; o && o->name; o++)
+    for (size_t i = 0; schema_driver(c, i); i++)
+        for (const lmq_option_t *o = schema_driver(c, i)->options; o && o->name; o++)
             max++;
     c->opt_fields = calloc(max + 1, sizeof *c->opt_fields);
     if (!c->opt_fields)
         return LMQ_EMEM;
-    for (size_t i = 0; list && list[i]; i++)
-        for (const lmq_option_t *o = list[i]->options; o && o->name; o++) {
+    for (size_t i = 0; schema_driver(c, i); i++)
+        for (const lmq_option_t *o = schema_driver(c, i)->options; o && o->name; o++) {
             size_t k = 0;
             while (k < c->n_opts && strcmp(c->opt_fields[k].key, o->name) != 0)
                 k++;
@@ -387,8 +435,8 @@ static int build_schema(lmq_config_t *c)
         }
     c->opt_fields[c->n_opts] = (cyaml_schema_field_t)CYAML_FIELD_END;
 
-    c->dev_fields[0] = (cyaml_schema_field_t)CYAML_FIELD_STRING_PTR("name", CYAML_FLAG_POINTER, struct raw_device,
-                                                                    name, 0, CYAML_UNLIMITED);
+    c->dev_fields[0] = (cyaml_schema_field_t)CYAML_FIELD_STRING_PTR("name", CYAML_FLAG_POINTER, struct raw_device, name,
+                                                                    0, CYAML_UNLIMITED);
     c->dev_fields[1] = (cyaml_schema_field_t)CYAML_FIELD_STRING_PTR("driver", CYAML_FLAG_POINTER, struct raw_device,
                                                                     driver, 0, CYAML_UNLIMITED);
     c->dev_fields[2] = (cyaml_schema_field_t)CYAML_FIELD_STRING_PTR("connection", CYAML_FLAG_OPTIONAL,
@@ -402,18 +450,24 @@ static int build_schema(lmq_config_t *c)
                   .data_size = (uint32_t)((c->n_opts ? c->n_opts : 1) * sizeof(char *)),
                   .mapping = {.fields = c->opt_fields}},
     };
-    c->dev_fields[4] = (cyaml_schema_field_t)CYAML_FIELD_END;
+    c->dev_fields[4] =
+        (cyaml_schema_field_t)CYAML_FIELD_BOOL("restore", CYAML_FLAG_OPTIONAL, struct raw_device, restore);
+    c->dev_fields[5] = (cyaml_schema_field_t)CYAML_FIELD_END;
     c->dev_entry = (cyaml_schema_value_t){CYAML_VALUE_MAPPING(CYAML_FLAG_DEFAULT, struct raw_device, c->dev_fields)};
 
-    c->top_fields[0] = (cyaml_schema_field_t)CYAML_FIELD_STRING_PTR("control", CYAML_FLAG_OPTIONAL,
-                                                                    struct raw_config, control, 0, CYAML_UNLIMITED);
+    c->top_fields[0] = (cyaml_schema_field_t)CYAML_FIELD_STRING_PTR("control", CYAML_FLAG_OPTIONAL, struct raw_config,
+                                                                    control, 0, CYAML_UNLIMITED);
     c->top_fields[1] = (cyaml_schema_field_t)CYAML_FIELD_STRING_PTR("data", CYAML_FLAG_OPTIONAL, struct raw_config,
                                                                     data, 0, CYAML_UNLIMITED);
-    c->top_fields[2] = (cyaml_schema_field_t)CYAML_FIELD_STRING_PTR("log_level", CYAML_FLAG_OPTIONAL,
-                                                                    struct raw_config, log_level, 0, CYAML_UNLIMITED);
+    c->top_fields[2] = (cyaml_schema_field_t)CYAML_FIELD_STRING_PTR("log_level", CYAML_FLAG_OPTIONAL, struct raw_config,
+                                                                    log_level, 0, CYAML_UNLIMITED);
     c->top_fields[3] = (cyaml_schema_field_t)CYAML_FIELD_SEQUENCE("devices", CYAML_FLAG_POINTER, struct raw_config,
                                                                   devices, &c->dev_entry, 0, CFG_MAX_DEVICES);
-    c->top_fields[4] = (cyaml_schema_field_t)CYAML_FIELD_END;
+    c->top_fields[4] = (cyaml_schema_field_t)CYAML_FIELD_FLOAT_PTR(
+        "stop_grace", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, struct raw_config, stop_grace);
+    c->top_fields[5] = (cyaml_schema_field_t)CYAML_FIELD_FLOAT_PTR(
+        "time_scale", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, struct raw_config, time_scale);
+    c->top_fields[6] = (cyaml_schema_field_t)CYAML_FIELD_END;
     c->top = (cyaml_schema_value_t){CYAML_VALUE_MAPPING(CYAML_FLAG_POINTER, struct raw_config, c->top_fields)};
     return 0;
 }
@@ -543,7 +597,7 @@ static void cyaml_failure(loader_t *L, cyaml_err_t e)
             snprintf(drvname, sizeof drvname, "%.*s", (int)dn->data.scalar.length, (const char *)dn->data.scalar.value);
         if (nn && nn->type == YAML_SCALAR_NODE)
             snprintf(devname, sizeof devname, "%.*s", (int)nn->data.scalar.length, (const char *)nn->data.scalar.value);
-        const lmq_driver_t *drv = drvname[0] ? lmq_driver_find(drvname) : NULL;
+        const lmq_driver_t *drv = drvname[0] ? find_driver(L->cfg, drvname) : NULL;
         if (drv) {
             fail_foreign_option(L, line, col, devname, drv, key);
         } else if (drvname[0]) {
@@ -554,9 +608,10 @@ static void cyaml_failure(loader_t *L, cyaml_err_t e)
             fail(L, line, col, "%s: unknown option '%s'", dev, key);
         }
     } else if (kind == K_UNKNOWN && ctx == CTX_TOP) {
-        fail(L, line, col, "unknown key '%s' (valid keys: control, data, log_level, devices)", key);
+        fail(L, line, col, "unknown key '%s' (valid keys: control, data, log_level, stop_grace, time_scale, devices)",
+             key);
     } else if (kind == K_UNKNOWN && ctx == CTX_DEVICE) {
-        fail(L, line, col, "%s: unknown key '%s' (valid keys: name, driver, connection, options)", dev, key);
+        fail(L, line, col, "%s: unknown key '%s' (valid keys: name, driver, connection, options, restore)", dev, key);
     } else if (kind == K_UNKNOWN) {
         fail(L, line, col, "%s%sunknown key '%s'", where, *where ? ": " : "", key);
     } else if (kind == K_DUP || kind == K_MISSING) {
@@ -597,6 +652,16 @@ static void validate(loader_t *L)
 {
     const struct raw_config *r = L->cfg->raw;
     int line = 0, col = 0;
+    if (r->stop_grace && !(*r->stop_grace >= 0 && *r->stop_grace <= 3600)) {
+        top_pos(L, "stop_grace", &line, &col);
+        fail(L, line, col, "stop_grace %g s is outside 0..3600 s", *r->stop_grace);
+        return;
+    }
+    if (r->time_scale && !(*r->time_scale >= 1e-3 && *r->time_scale <= 1e6)) {
+        top_pos(L, "time_scale", &line, &col);
+        fail(L, line, col, "time_scale %g is outside 0.001..1000000", *r->time_scale);
+        return;
+    }
     if (r->log_level && lmq_log_level_parse(r->log_level) < 0) {
         top_pos(L, "log_level", &line, &col);
         fail(L, line, col, "log_level '%s' is not one of error, warn, info, debug, trace", r->log_level);
@@ -630,7 +695,7 @@ static void validate(loader_t *L)
                 fail(L, line, col, "device '%s': duplicate name (first used on line %d)", d->name, fl);
                 return;
             }
-        const lmq_driver_t *drv = lmq_driver_find(d->driver);
+        const lmq_driver_t *drv = d->drv;
         if (!drv) {
             device_pos(L, i, "driver", NULL, false, &line, &col);
             fail_unknown_driver(L, line, col, d->name, d->driver);
@@ -679,6 +744,8 @@ static int build_devices(lmq_config_t *c)
             .driver = d->driver,
             .connection = d->connection ? d->connection : "",
             .options = o,
+            .drv = find_driver(c, d->driver),
+            .restore = d->restore,
         };
         for (size_t k = 0; d->options && k < c->n_opts; k++)
             if (d->options[k]) {
@@ -705,15 +772,95 @@ static void set_err(char **err, const char *fmt, ...)
     *err = sb_take(&sb);
 }
 
-static lmq_config_t *parse_text(const char *text, size_t len, const char *origin, char **err)
+/* Loads the drivers the file names by path, before the schema is built: it
+ * must know their options. Works on libyaml's tree; a file that does not
+ * parse is reported by the libcyaml load that follows. */
+static void load_plugins(loader_t *L)
+{
+    lmq_config_t *c = L->cfg;
+    yaml_node_t *devs = map_get(L, doc_root(L), "devices", 0, false);
+    for (size_t i = 0; !L->failed; i++) {
+        yaml_node_t *entry = seq_item(L, devs, i), *dn = map_get(L, entry, "driver", 0, false);
+        if (!entry)
+            break;
+        if (!dn || dn->type != YAML_SCALAR_NODE)
+            continue;
+        char name[512];
+        snprintf(name, sizeof name, "%.*s", (int)dn->data.scalar.length, (const char *)dn->data.scalar.value);
+        if (!is_plugin_name(name) || find_driver(c, name) != lmq_driver_find(name))
+            continue;
+        char *path = resolve_path(c, name), why[600];
+        struct plugin *np = realloc(c->plugins, (c->nplugins + 1) * sizeof *np);
+        if (np)
+            c->plugins = np;
+        const lmq_driver_t *drv = path && np ? lmq_driver_load(path, why, sizeof why) : NULL;
+        free(path);
+        int line, col;
+        node_pos(dn, &line, &col);
+        if (!path || !np) {
+            fail(L, line, col, "out of memory");
+        } else if (!drv) {
+            fail(L, line, col, "%s", why);
+        } else if (!(c->plugins[c->nplugins].name = strdup(name))) {
+            fail(L, line, col, "out of memory");
+        } else {
+            c->plugins[c->nplugins++].drv = drv;
+        }
+    }
+}
+
+/* Option values that name files (lmq_option_t.path) are relative to the
+ * config file, not to wherever labmqd was started. */
+static void resolve_path_options(loader_t *L)
+{
+    lmq_config_t *c = L->cfg;
+    for (size_t i = 0; i < c->raw->devices_count && !L->failed; i++) {
+        lmq_config_device_t *d = &c->devices[i];
+        for (const char **o = (const char **)d->options; o && o[0]; o += 2) {
+            const lmq_option_t *opt = d->drv->options;
+            while (opt && opt->name && strcmp(opt->name, o[0]) != 0)
+                opt++;
+            if (!opt || !opt->name || !opt->path || !o[1][0] || o[1][0] == '/')
+                continue;
+            char **np = realloc(c->paths, (c->npaths + 2) * sizeof *np);
+            char *full = np ? resolve_path(c, o[1]) : NULL;
+            if (np)
+                c->paths = np;
+            if (!full) {
+                fail(L, 0, 0, "out of memory");
+                return;
+            }
+            c->paths[c->npaths++] = full;
+            c->paths[c->npaths] = NULL;
+            o[1] = full;
+        }
+    }
+}
+
+static lmq_config_t *parse_text(const char *text, size_t len, const char *origin, const char *dir, char **err)
 {
     lmq_config_t *c = calloc(1, sizeof *c);
-    if (!c || build_schema(c) != 0) {
+    if (c)
+        c->dir = strdup(dir);
+    if (!c || !c->dir) {
         lmq_config_destroy(&c);
         set_err(err, "%s: out of memory", origin);
         return NULL;
     }
     loader_t L = {.cfg = c, .origin = origin, .text = (const unsigned char *)text, .len = len};
+    load_plugins(&L);
+    if (!L.failed && build_schema(c) != 0)
+        fail(&L, 0, 0, "out of memory");
+    if (L.failed) {
+        if (L.doc_state > 0)
+            yaml_document_delete(&L.doc);
+        if (err)
+            *err = L.err;
+        else
+            free(L.err);
+        lmq_config_destroy(&c);
+        return NULL;
+    }
     c->cy = (cyaml_config_t){
         .log_fn = capture_log,
         .log_ctx = &L,
@@ -739,6 +886,8 @@ static lmq_config_t *parse_text(const char *text, size_t len, const char *origin
             fail(&L, 0, 0, "out of memory");
         else
             validate(&L);
+        if (!L.failed)
+            resolve_path_options(&L);
     }
     if (L.doc_state > 0)
         yaml_document_delete(&L.doc);
@@ -765,7 +914,7 @@ lmq_config_t *lmq_config_parse(const char *yaml, size_t len, char **err)
         set_err(err, "<config>: larger than %u bytes", CFG_MAX_BYTES);
         return NULL;
     }
-    return parse_text(yaml, len, "<config>", err);
+    return parse_text(yaml, len, "<config>", ".", err);
 }
 
 lmq_config_t *lmq_config_load(const char *path, char **err)
@@ -813,8 +962,18 @@ lmq_config_t *lmq_config_load(const char *path, char **err)
         set_err(err, "%s: larger than %u bytes; is this a labmq configuration?", path, CFG_MAX_BYTES);
     else if (read_errno)
         set_err(err, "cannot read %s: %s", path, strerror(read_errno));
-    else
-        c = parse_text(buf, len, path, err);
+    else {
+        /* The directory as given (not resolved): the daemon may chdir, but
+         * a relative config path then fails earlier anyway. */
+        char *dir = strdup(path);
+        char *slash = dir ? strrchr(dir, '/') : NULL;
+        if (slash)
+            *(slash == dir ? slash + 1 : slash) = '\0';
+        c = dir ? parse_text(buf, len, path, slash ? dir : ".", err) : NULL;
+        if (!dir)
+            set_err(err, "%s: out of memory", path);
+        free(dir);
+    }
     free(buf);
     return c;
 }
@@ -829,29 +988,24 @@ void lmq_config_destroy(lmq_config_t **cfg)
     free(c->devices);
     free(c->optv);
     free(c->opt_fields);
+    for (size_t i = 0; i < c->nplugins; i++)
+        free(c->plugins[i].name); /* the drivers stay loaded: daemons may use them */
+    free(c->plugins);
+    for (size_t i = 0; i < c->npaths; i++)
+        free(c->paths[i]);
+    free(c->paths);
+    free(c->dir);
     free(c);
     *cfg = NULL;
 }
 
-const char *lmq_config_control(const lmq_config_t *cfg)
-{
-    return cfg && cfg->raw ? cfg->raw->control : NULL;
-}
+const char *lmq_config_control(const lmq_config_t *cfg) { return cfg && cfg->raw ? cfg->raw->control : NULL; }
 
-const char *lmq_config_data(const lmq_config_t *cfg)
-{
-    return cfg && cfg->raw ? cfg->raw->data : NULL;
-}
+const char *lmq_config_data(const lmq_config_t *cfg) { return cfg && cfg->raw ? cfg->raw->data : NULL; }
 
-const char *lmq_config_log_level(const lmq_config_t *cfg)
-{
-    return cfg && cfg->raw ? cfg->raw->log_level : NULL;
-}
+const char *lmq_config_log_level(const lmq_config_t *cfg) { return cfg && cfg->raw ? cfg->raw->log_level : NULL; }
 
-size_t lmq_config_device_count(const lmq_config_t *cfg)
-{
-    return cfg && cfg->raw ? cfg->raw->devices_count : 0;
-}
+size_t lmq_config_device_count(const lmq_config_t *cfg) { return cfg && cfg->raw ? cfg->raw->devices_count : 0; }
 
 const lmq_config_device_t *lmq_config_device(const lmq_config_t *cfg, size_t i)
 {
@@ -866,10 +1020,19 @@ int lmq_config_apply(const lmq_config_t *cfg, lmq_daemon_t *d, char **err)
         set_err(err, "lmq_config_apply: no configuration or daemon");
         return LMQ_EARG;
     }
+    if (cfg->raw->stop_grace)
+        lmq_daemon_set_stop_grace(d, (int)(*cfg->raw->stop_grace * 1000));
+    if (cfg->raw->time_scale && lmq_daemon_set_time_scale(d, *cfg->raw->time_scale) != 0) {
+        set_err(err, "time_scale %g cannot be set (outside 0.001..1000000, or the daemon has started)",
+                *cfg->raw->time_scale);
+        return LMQ_EARG;
+    }
     for (size_t i = 0; i < lmq_config_device_count(cfg); i++) {
         /* The driver was found when the file was loaded. */
         const lmq_config_device_t *dev = &cfg->devices[i];
-        int rc = lmq_daemon_add(d, dev->name, lmq_driver_find(dev->driver), dev->connection, dev->options);
+        int rc = lmq_daemon_add(d, dev->name, dev->drv, dev->connection, dev->options);
+        if (rc == 0 && dev->restore)
+            rc = lmq_daemon_set_restore(d, dev->name, true);
         if (rc != 0) {
             const char *why = lmq_daemon_last_error(d);
             if (why && strncmp(why, "device '", 8) == 0)

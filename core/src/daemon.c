@@ -30,6 +30,7 @@ lmq_daemon_t *lmq_daemon_new(void *zctx, const char *control_endpoint, const cha
     }
     snprintf(d->pipe_endpoint, sizeof d->pipe_endpoint, "inproc://lmq-daemon-%p", (void *)d);
     d->stop_grace_ns = 5000LL * 1000000;
+    d->time_scale = 1.0;
     return d;
 }
 
@@ -71,6 +72,7 @@ int lmq_daemon_add(lmq_daemon_t *d, const char *name, const lmq_driver_t *driver
     lmq_dev_t *dev = lmq__dev_new(name, driver, connection, options, d->err, sizeof d->err);
     if (!dev)
         return LMQ_ECONFIG;
+    dev->time_scale = d->time_scale;
     d->devs[d->ndev++] = dev;
     return 0;
 }
@@ -86,6 +88,17 @@ int lmq_daemon_set_restore(lmq_daemon_t *d, const char *device, bool restore)
         }
     snprintf(d->err, sizeof d->err, "no device '%s'", device);
     return LMQ_ENOTFOUND;
+}
+
+int lmq_daemon_set_time_scale(lmq_daemon_t *d, double time_scale)
+{
+    if (!d || !(time_scale >= 1e-3 && time_scale <= 1e6) || d->running)
+        return LMQ_EARG;
+    /* Devices added later take it too (lmq_daemon_add). */
+    d->time_scale = time_scale;
+    for (size_t i = 0; i < d->ndev; i++)
+        d->devs[i]->time_scale = time_scale;
+    return 0;
 }
 
 void lmq_daemon_set_stop_grace(lmq_daemon_t *d, int ms)
@@ -184,8 +197,8 @@ int lmq_daemon_wait_ready(lmq_daemon_t *d, int timeout_ms)
             bool still = dev->dev_state == LMQ__DEV_OPENING;
             pthread_mutex_unlock(&dev->mu);
             if (still && len >= 0 && (size_t)len < sizeof d->err)
-                len += snprintf(d->err + len, sizeof d->err - (size_t)len, "%s%s", opening ? ", " : "still opening: ",
-                                dev->name);
+                len += snprintf(d->err + len, sizeof d->err - (size_t)len, "%s%s",
+                                opening ? ", " : "still opening: ", dev->name);
             opening += still;
         }
         if (!opening)

@@ -17,6 +17,7 @@ struct lmq_daemon {
     uint64_t epoch;
     char pipe_endpoint[96];
     char err[512];
+    double time_scale;
 
     /* caller's thread */
     void *pipe;

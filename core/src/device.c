@@ -210,11 +210,16 @@ lmq_dev_t *lmq__dev_new(const char *name, const lmq_driver_t *drv, const char *c
     }
     pthread_mutex_init(&dev->mu, NULL);
     dev->drv = drv;
+    dev->time_scale = 1.0;
+    dev->sim_t0 = lmq_clock_mono_ns();
     dev->name = strdup(name);
     dev->connection = strdup(connection ? connection : "");
     dev->nopts = count_named(drv->options, sizeof(lmq_option_t));
     dev->opts = calloc(dev->nopts + 1, sizeof *dev->opts);
-    if (!dev->name || !dev->connection || !dev->opts) {
+    size_t evlen = strlen(name) + sizeof LMQ__EVENTS_PREFIX;
+    if ((dev->ev_topic = malloc(evlen)))
+        snprintf(dev->ev_topic, evlen, LMQ__EVENTS_PREFIX "%s", name);
+    if (!dev->name || !dev->connection || !dev->opts || !dev->ev_topic) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
@@ -299,6 +304,7 @@ void lmq__dev_destroy(lmq_dev_t **pdev)
     free(dev->limits);
     free(dev->name);
     free(dev->connection);
+    free(dev->ev_topic);
     pthread_mutex_destroy(&dev->mu);
     free(dev);
     *pdev = NULL;
@@ -412,6 +418,19 @@ int lmq_dev_sleep(lmq_dev_t *dev, int64_t ns)
         struct timespec ts = {0, (long)left};
         nanosleep(&ts, NULL);
     }
+}
+
+double lmq_dev_time_scale(const lmq_dev_t *dev) { return dev->time_scale; }
+
+int64_t lmq_dev_sim_ns(const lmq_dev_t *dev)
+{
+    int64_t now = lmq_clock_mono_ns();
+    return dev->sim_t0 + (int64_t)((double)(now - dev->sim_t0) * dev->time_scale);
+}
+
+int lmq_dev_sim_sleep(lmq_dev_t *dev, int64_t ns)
+{
+    return lmq_dev_sleep(dev, (int64_t)((double)ns / dev->time_scale));
 }
 
 int lmq_dev_property_limits(lmq_dev_t *dev, const char *property, double min, double max)
@@ -601,9 +620,67 @@ static void enter_driver(lmq_dev_t *dev, const char *what, const char *name, lmq
     }
 }
 
-static void set_state(lmq_dev_t *dev, lmq__dev_state_t st, const char *error)
+/* Publishes a change event on the data endpoint (protocol 3.1), through the
+ * broker like a stream block: never blocking the device thread; a refused
+ * event spends its seq so subscribers see the gap. value may be NULL. */
+static void emit_event(lmq_dev_t *dev, const char *kind, const char *name, const lmq_value_t *value,
+                       const char *cause, const char *state, const char *error)
+{
+    if (!dev->pipe)
+        return;
+    lmq__frames_t bin;
+    lmq__frames_init(&bin);
+    json_t *h = json_pack("{s:i, s:I, s:I, s:I, s:s, s:s}", "v", LMQ__PROTOCOL, "seq", (json_int_t)dev->ev_seq++,
+                          "epoch", (json_int_t)dev->epoch, "t_ns", (json_int_t)lmq_clock_real_ns(), "device",
+                          dev->name, "kind", kind);
+    if (!h)
+        return;
+    if (name)
+        json_object_set_new(h, "name", json_string(name));
+    if (value) {
+        lmq_value_t copy = {0};
+        json_t *jv = lmq_value_copy(&copy, value) == 0 ? lmq__value_to_json(&copy, &bin) : NULL;
+        lmq_value_clear(&copy);
+        json_object_set_new(h, "value", jv ? jv : json_null());
+    }
+    if (cause)
+        json_object_set_new(h, "cause", json_string(cause));
+    if (state)
+        json_object_set_new(h, "state", json_string(state));
+    if (error)
+        json_object_set_new(h, "error", json_string(error));
+    zmq_msg_t kindm, topic, header;
+    int rc = lmq__json_to_msg(h, &header);
+    json_decref(h);
+    if (rc != 0) {
+        lmq__frames_close(&bin);
+        return;
+    }
+    zmq_msg_init_size(&kindm, 1);
+    *(char *)zmq_msg_data(&kindm) = LMQ__MSG_PUBLISH;
+    zmq_msg_init_size(&topic, strlen(dev->ev_topic));
+    memcpy(zmq_msg_data(&topic), dev->ev_topic, strlen(dev->ev_topic));
+    if (zmq_msg_send(&kindm, dev->pipe, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+        atomic_fetch_add(&dev->events_dropped, 1);
+        zmq_msg_close(&kindm);
+        zmq_msg_close(&topic);
+        zmq_msg_close(&header);
+        lmq__frames_close(&bin);
+        return;
+    }
+    zmq_msg_send(&topic, dev->pipe, ZMQ_SNDMORE);
+    zmq_msg_send(&header, dev->pipe, bin.n ? ZMQ_SNDMORE : 0);
+    for (size_t i = 0; i < bin.n; i++)
+        zmq_msg_send(&bin.msg[i], dev->pipe, i + 1 < bin.n ? ZMQ_SNDMORE : 0);
+    lmq__frames_close(&bin);
+}
+
+/* cause: why the state changed ("opened", "reconnected", "restored",
+ * "lost", "open failed", "stopped"), also in the change event. */
+static void set_state(lmq_dev_t *dev, lmq__dev_state_t st, const char *error, const char *cause)
 {
     pthread_mutex_lock(&dev->mu);
+    bool changed = dev->dev_state != st; /* not each retry's new reason: no event storm */
     dev->dev_state = st;
     dev->is_open = st == LMQ__DEV_READY;
     if (error)
@@ -611,6 +688,16 @@ static void set_state(lmq_dev_t *dev, lmq__dev_state_t st, const char *error)
     else
         dev->open_error[0] = 0;
     pthread_mutex_unlock(&dev->mu);
+    if (changed)
+        emit_event(dev, "state", NULL, NULL, cause, lmq__dev_state_name(st), error);
+}
+
+int lmq_dev_notify(lmq_dev_t *dev, const char *property, const lmq_value_t *value)
+{
+    if (!dev || !property || !value || !lmq__dev_property(dev, property))
+        return LMQ_EARG;
+    emit_event(dev, "property", property, value, "driver", NULL, NULL);
+    return 0;
 }
 
 /* Writes back what clients last set, so an instrument that was power-cycled
@@ -620,7 +707,7 @@ static void restore_settings(lmq_dev_t *dev)
     int n = 0, failed = 0;
     for (size_t i = 0; i < dev->nprops; i++) {
         const lmq_property_t *p = &dev->props[i];
-        if (dev->last_set[i].type == LMQ_NONE || !p->set)
+        if (dev->last_set[i].type == LMQ_NONE || !p->set || p->transient)
             continue;
         enter_driver(dev, "restore", p->name, NULL, p->user);
         int rc = p->set(dev, dev->state, &dev->last_set[i]);
@@ -629,6 +716,7 @@ static void restore_settings(lmq_dev_t *dev)
         lmq_value_format(&dev->last_set[i], val, sizeof val);
         if (rc == 0) {
             n++;
+            emit_event(dev, "property", p->name, &dev->last_set[i], "restore", NULL, NULL);
             lmq_log(dev->log, LMQ_LOG_INFO, dev->name, "restored %s = %s", p->name, val);
         } else {
             failed++;
@@ -656,14 +744,19 @@ static void try_open(lmq_dev_t *dev)
     if (rc == 0) {
         dev->state = state;
         dev->reopen_backoff_ns = REOPEN_FIRST_NS;
+        bool restored = false;
         if (was_lost) {
             pthread_mutex_lock(&dev->mu);
             dev->reopens++;
+            uint64_t before = dev->restores;
             pthread_mutex_unlock(&dev->mu);
             if (dev->restore)
                 restore_settings(dev);
+            pthread_mutex_lock(&dev->mu);
+            restored = dev->restores != before;
+            pthread_mutex_unlock(&dev->mu);
         }
-        set_state(dev, LMQ__DEV_READY, NULL);
+        set_state(dev, LMQ__DEV_READY, NULL, restored ? "restored" : was_lost ? "reconnected" : "opened");
         lmq_log(dev->log, LMQ_LOG_INFO, dev->name, "%s (%s)", was_lost ? "reconnected" : "opened", dev->drv->name);
         return;
     }
@@ -672,7 +765,7 @@ static void try_open(lmq_dev_t *dev)
     /* Log a failure when it is new, not at every retry. */
     bool same = dev->dev_state == LMQ__DEV_DISCONNECTED && strcmp(why, dev->open_error) == 0;
     lmq_log(dev->log, same ? LMQ_LOG_DEBUG : LMQ_LOG_WARN, dev->name, "cannot open: %s (retrying)", why);
-    set_state(dev, LMQ__DEV_DISCONNECTED, why);
+    set_state(dev, LMQ__DEV_DISCONNECTED, why, "open failed");
     if (!dev->reopen_backoff_ns)
         dev->reopen_backoff_ns = REOPEN_FIRST_NS;
     dev->next_open_try = now + dev->reopen_backoff_ns;
@@ -694,7 +787,7 @@ static void lose_link(lmq_dev_t *dev, const char *reason)
     pthread_mutex_lock(&dev->mu);
     dev->disconnects++;
     pthread_mutex_unlock(&dev->mu);
-    set_state(dev, LMQ__DEV_DISCONNECTED, why);
+    set_state(dev, LMQ__DEV_DISCONNECTED, why, "lost");
     dev->reopen_backoff_ns = REOPEN_FIRST_NS;
     dev->next_open_try = lmq_clock_mono_ns() + REOPEN_FIRST_NS;
 }
@@ -729,6 +822,7 @@ static int run_job(lmq_dev_t *dev, lmq__job_t *job, lmq_value_t *result)
         size_t i = (size_t)(job->prop - dev->props);
         lmq_value_clear(&dev->last_set[i]);
         lmq_value_copy(&dev->last_set[i], &job->value);
+        emit_event(dev, "property", job->prop->name, &job->value, "set", NULL, NULL);
     }
     return rc;
 }
@@ -867,7 +961,7 @@ static void *device_thread(void *arg)
         enter_driver(dev, NULL, NULL, NULL, NULL);
     }
     dev->state = NULL;
-    set_state(dev, LMQ__DEV_STOPPED, "the daemon stopped");
+    set_state(dev, LMQ__DEV_STOPPED, NULL, "stopped");
     zmq_close(dev->pipe);
     dev->pipe = NULL;
     atomic_store(&dev->exited, true);
@@ -881,6 +975,7 @@ int lmq__dev_start(lmq_dev_t *dev, void *zctx, lmq_log_t *log, lmq__wires_t *wir
     dev->wires = wires;
     dev->epoch = epoch;
     dev->dev_state = LMQ__DEV_OPENING;
+    dev->sim_t0 = lmq_clock_mono_ns();
     atomic_store(&dev->stopping, false);
     atomic_store(&dev->exited, false);
     /* The pipe is connected here, before the thread exists, so the broker

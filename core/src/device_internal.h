@@ -70,6 +70,8 @@ struct lmq_dev {
     lmq_tables_t tables;
     size_t nstreams, nmethods, nprops;
     bool restore; /* write back what clients set after a reconnect */
+    double time_scale; /* simulated time runs this much faster (lmq_dev_sim_ns) */
+    int64_t sim_t0;    /* CLOCK_MONOTONIC when simulated time started */
     lmq_log_t *log;
     lmq__wires_t *wires;
     void *zctx;
@@ -92,6 +94,8 @@ struct lmq_dev {
     int fail_status;
     char fail_msg[512];
     const void *cur_user;      /* lmq_dev_user() */
+    char *ev_topic;            /* "$events/<name>" */
+    uint64_t ev_seq;           /* the next change event's number */
     lmq_value_t *last_set;     /* [nprops]: what clients last set (for restore) */
 
     /* shared: written under mu */
@@ -105,6 +109,7 @@ struct lmq_dev {
     int64_t busy_since;     /* mono ns when the driver was entered; 0 when idle */
     char busy_what[160];    /* "get voltage", "open" */
     uint64_t disconnects, reopens, restores;
+    _Atomic uint64_t events_dropped; /* change events the broker pipe refused (seq spent) */
 
     /* broker */
     void *broker_pipe;
@@ -132,6 +137,9 @@ struct lmq__job {
     lmq__frames_t reply_bin;
     bool failed;
 };
+
+/* Topic prefix of change events on the data endpoint: "$events/psu1". */
+#define LMQ__EVENTS_PREFIX "$events/"
 
 /* inproc message kinds (first byte of the first frame) */
 enum { LMQ__MSG_JOB = 'Q', LMQ__MSG_DONE = 'R', LMQ__MSG_PUBLISH = 'P', LMQ__MSG_READY = 'Y', LMQ__MSG_TERM = 'T' };

@@ -1,3 +1,6 @@
+/* The logger object: levels, a pluggable handler (timestamped stderr lines by
+ * default, one fprintf per line so threads never interleave) and the hex
+ * trace of instrument I/O. */
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>

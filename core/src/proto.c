@@ -1,3 +1,6 @@
+/* The wire protocol v1 codec (docs/protocol.md): request and reply headers
+ * parsed and validated with jansson, values to and from JSON with arrays as
+ * binary frames, and direct encoders for the common scalar messages. */
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>

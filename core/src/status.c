@@ -1,3 +1,4 @@
+/* Status codes: their wire names and texts for people. */
 #include <string.h>
 #include "labmq/status.h"
 

@@ -12,7 +12,8 @@
 #include "transport_internal.h"
 
 /* The USBTMC kind (lmq__transport_usbtmc) joins this table at the merge. */
-static const lmq__transport_ops_t *const kinds[] = {&lmq__transport_serial, &lmq__transport_tcp};
+static const lmq__transport_ops_t *const kinds[] = {&lmq__transport_serial, &lmq__transport_tcp,
+                                                      &lmq__transport_usbtmc};
 #define NKINDS (sizeof kinds / sizeof kinds[0])
 
 /* Longest terminator read_line accepts: it must fit in the read-ahead buffer
@@ -455,6 +456,8 @@ int lmq_transport_scan(lmq_port_fn fn, void *user, char *err, size_t errlen)
     int serial = lmq__transport_scan_serial(fn, user, err, errlen);
     if (serial < 0)
         return serial;
-    /* The USBTMC devices (lmq__transport_scan_usbtmc) are added here at the merge. */
-    return serial;
+    int usbtmc = lmq__transport_scan_usbtmc(fn, user, err, errlen);
+    if (usbtmc < 0)
+        return usbtmc;
+    return serial + usbtmc;
 }

@@ -66,7 +66,7 @@ static inline bool lmq__fault_streams_down(const void *state)
     {                                                                                                                  \
         .name = LMQ__FAULT_PROPERTY_NAME,                                                                              \
         .doc = "simulated fault: none, delay:MS, hang, hang:MS, error, disconnect or disconnect:MS",                   \
-        .type = LMQ_STRING, .unit = "", .get = lmq__fault_get, .set = lmq__fault_set                                   \
+        .type = LMQ_STRING, .unit = "", .get = lmq__fault_get, .set = lmq__fault_set, .transient = true                \
     }
 
 #endif

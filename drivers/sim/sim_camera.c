@@ -130,7 +130,7 @@ static int m_snap(lmq_dev_t *dev, void *state, const lmq_value_t *args, lmq_valu
     cam_t *c = state;
     int64_t t = lmq_clock_mono_ns();
     /* A software trigger: the sensor integrates for the exposure time first. */
-    int rc = lmq_dev_sleep(dev, (int64_t)(c->exposure_ms * 1e6));
+    int rc = lmq_dev_sim_sleep(dev, (int64_t)(c->exposure_ms * 1e6));
     if (rc)
         return lmq_dev_fail(dev, rc, "exposure interrupted by shutdown");
     /* Rendered straight into the reply: no second frame-sized copy. */

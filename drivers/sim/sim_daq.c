@@ -78,7 +78,7 @@ static double input_signal(lmq_dev_t *dev, daq_t *d, int64_t ch)
 
 static int aperture(lmq_dev_t *dev)
 {
-    int rc = lmq_dev_sleep(dev, APERTURE_NS);
+    int rc = lmq_dev_sim_sleep(dev, APERTURE_NS);
     return rc ? lmq_dev_fail(dev, rc, "conversion interrupted by shutdown") : 0;
 }
 

@@ -166,10 +166,10 @@ static void add_meter_noise(psu_t *p, double *v, double *i)
  * operating point at its end plus meter noise. */
 static int measure(lmq_dev_t *dev, psu_t *p, double *v, double *i)
 {
-    int rc = lmq_dev_sleep(dev, APERTURE_NS);
+    int rc = lmq_dev_sim_sleep(dev, APERTURE_NS);
     if (rc)
         return lmq_dev_fail(dev, rc, "measurement interrupted by shutdown");
-    operate(dev, p, lmq_clock_mono_ns(), v, i);
+    operate(dev, p, lmq_dev_sim_ns(dev), v, i);
     add_meter_noise(p, v, i);
     return 0;
 }
@@ -180,13 +180,13 @@ static int measure(lmq_dev_t *dev, psu_t *p, double *v, double *i)
  * change. */
 static int settle(lmq_dev_t *dev, psu_t *p)
 {
-    int64_t now = lmq_clock_mono_ns();
+    int64_t now = lmq_dev_sim_ns(dev);
     if (p->output && p->slew > 0.0) {
         double left = fabs(p->v_set - ramp_voltage(p, now)) / p->slew;
-        if (left > 0 && lmq_dev_sleep(dev, (int64_t)(left * 1e9)) != 0)
+        if (left > 0 && lmq_dev_sim_sleep(dev, (int64_t)(left * 1e9)) != 0)
             return lmq_dev_fail(dev, LMQ_ECLOSED, "interrupted by shutdown while the output slewed");
     }
-    operate(dev, p, lmq_clock_mono_ns(), NULL, NULL);
+    operate(dev, p, lmq_dev_sim_ns(dev), NULL, NULL);
     return 0;
 }
 
@@ -209,7 +209,7 @@ static int set_voltage(lmq_dev_t *dev, void *state, const lmq_value_t *in)
     double v;
     if (lmq_value_to_double(in, &v) != 0)
         return lmq_dev_fail(dev, LMQ_EARG, "voltage must be a number");
-    retarget(p, v, lmq_clock_mono_ns());
+    retarget(p, v, lmq_dev_sim_ns(dev));
     return settle(dev, p);
 }
 
@@ -227,7 +227,7 @@ static int set_current_limit(lmq_dev_t *dev, void *state, const lmq_value_t *in)
     if (lmq_value_to_double(in, &a) != 0)
         return lmq_dev_fail(dev, LMQ_EARG, "current_limit must be a number");
     p->i_lim = a;
-    operate(dev, p, lmq_clock_mono_ns(), NULL, NULL);
+    operate(dev, p, lmq_dev_sim_ns(dev), NULL, NULL);
     return 0;
 }
 
@@ -243,7 +243,7 @@ static int set_output(lmq_dev_t *dev, void *state, const lmq_value_t *in)
     psu_t *p = state;
     if (in->type != LMQ_BOOL)
         return lmq_dev_fail(dev, LMQ_EARG, "output must be true or false");
-    int64_t now = lmq_clock_mono_ns();
+    int64_t now = lmq_dev_sim_ns(dev);
     if (in->u.b && !p->output) {
         /* Switching on ramps up from 0 V, as a real output stage does. */
         p->ramp_from = 0.0;
@@ -273,7 +273,7 @@ static int get_measured_current(lmq_dev_t *dev, void *state, lmq_value_t *out)
 
 static int get_mode(lmq_dev_t *dev, void *state, lmq_value_t *out)
 {
-    psu_mode_t m = operate(dev, state, lmq_clock_mono_ns(), NULL, NULL);
+    psu_mode_t m = operate(dev, state, lmq_dev_sim_ns(dev), NULL, NULL);
     return lmq_value_set_string(out, mode_names[m]);
 }
 
@@ -288,7 +288,7 @@ static int m_reset(lmq_dev_t *dev, void *state, const lmq_value_t *args, lmq_val
     p->v_set = 0.0;
     p->i_lim = 0.0;
     p->ramp_from = 0.0;
-    p->ramp_t0 = lmq_clock_mono_ns();
+    p->ramp_t0 = lmq_dev_sim_ns(dev);
     operate(dev, p, p->ramp_t0, NULL, NULL);
     return 0;
 }
@@ -334,14 +334,14 @@ static int m_sweep(lmq_dev_t *dev, void *state, const lmq_value_t *args, lmq_val
     for (int64_t k = 0; k < n && rc == 0; k++) {
         double v = start + (stop - start) * (double)k / (double)(n - 1);
         /* Let the output slew to the point before the meter reads it. */
-        retarget(p, v, lmq_clock_mono_ns());
+        retarget(p, v, lmq_dev_sim_ns(dev));
         rc = settle(dev, p);
         if (rc == 0)
             rc = measure(dev, p, &out[2 * k], &out[2 * k + 1]);
     }
     /* Leave the supply where the user had set it, as a source-measure unit
      * returns to its bias level after a list sweep. */
-    retarget(p, v_before, lmq_clock_mono_ns());
+    retarget(p, v_before, lmq_dev_sim_ns(dev));
     if (rc)
         lmq_value_clear(result);
     return rc;
@@ -466,7 +466,7 @@ static int psu_open(lmq_dev_t *dev, void **state)
     if (rc == 0) {
         memcpy(p->ctl_wire, ctl, strlen(ctl) + 1);
         lmq__sim_rng_seed(&p->rng, lmq_dev_name(dev), lmq_dev_opt_int(dev, "seed"));
-        p->ramp_t0 = lmq_clock_mono_ns();
+        p->ramp_t0 = lmq_dev_sim_ns(dev);
         size_t shape[1] = {2};
         rc = lmq_dev_stream_shape(dev, 0, 1, shape);
         if (rc == 0)

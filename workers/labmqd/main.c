@@ -15,6 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <stddef.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <zmq.h>
 #include "labmq/labmq.h"
 
@@ -74,6 +77,28 @@ static void usage(FILE *out)
           "     period (stop_grace in the config, default 5 s): named in the log,\n"
           "     and not waited for\n",
           out);
+}
+
+/* systemd's readiness protocol (sd_notify), without libsystemd: one datagram
+ * to $NOTIFY_SOCKET (a path, or an abstract name starting with '@'). Outside
+ * systemd the variable is unset and this does nothing. */
+static void notify_systemd(const char *state)
+{
+    const char *path = getenv("NOTIFY_SOCKET");
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (!path || !*path || strlen(path) >= sizeof sa.sun_path)
+        return;
+    memcpy(sa.sun_path, path, strlen(path));
+    if (sa.sun_path[0] == '@')
+        sa.sun_path[0] = '\0';
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return;
+    socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(path));
+    if (sendto(fd, state, strlen(state), MSG_NOSIGNAL, (struct sockaddr *)&sa, len) < 0) {
+        /* systemd gone or not listening: nothing to tell anyone */
+    }
+    close(fd);
 }
 
 static void print_summary(const char *path, const lmq_config_t *cfg, const char *control, const char *data,
@@ -229,6 +254,12 @@ int main(int argc, char **argv)
     fprintf(stderr, "labmqd: serving %zu device%s on control=%s data=%s\n", lmq_config_device_count(cfg),
             lmq_config_device_count(cfg) == 1 ? "" : "s", control, data);
     fflush(stderr);
+    /* Ready = clients can connect; instruments may still be opening (they
+     * show as such), as start-up never waits for them. */
+    char ready[600];
+    snprintf(ready, sizeof ready, "READY=1\nSTATUS=serving %zu devices on %s", lmq_config_device_count(cfg),
+             control);
+    notify_systemd(ready);
 
     int sig = 0;
     while ((rc = sigwait(&stop, &sig)) == EINTR)
@@ -241,6 +272,7 @@ int main(int argc, char **argv)
                 sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "SIGHUP");
         status = EXIT_OK;
     }
+    notify_systemd("STOPPING=1");
     if (lmq_daemon_stop(d) == LMQ_ETIMEOUT) {
         /* A thread stuck in vendor code still holds its socket, so
          * zmq_ctx_term would wait for ever: leave without it. */

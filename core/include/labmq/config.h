@@ -3,14 +3,19 @@
  *   control: ipc:///run/user/1000/labmq/control   # optional, default endpoint
  *   data: ipc:///run/user/1000/labmq/data         # optional
  *   log_level: info                               # optional
+ *   stop_grace: 5                                 # optional: s to wait for devices at stop
+ *   time_scale: 1                                 # optional: simulated instruments run this much faster
  *   devices:
  *     - name: psu1
- *       driver: sim-psu
- *       connection: ""                            # optional
+ *       driver: sim-psu                           # or a path: ./libmydriver.so
+ *       connection: ""                            # optional, e.g. serial:/dev/ttyUSB0?baud=9600
  *       options: {load_ohms: 100}                 # driver options, optional
+ *       restore: false                            # optional: write back settings after a reconnect
  *
  * Errors name the file, line and column (from libcyaml) or the device and
- * option at fault. */
+ * option at fault. A driver given by path is loaded (lmq_driver_load) when
+ * the file is; paths in the file, and option values that name files, are
+ * relative to the file's directory. */
 #ifndef LABMQ_CONFIG_H
 #define LABMQ_CONFIG_H
 
@@ -26,9 +31,11 @@ typedef struct lmq_config lmq_config_t;
 
 typedef struct lmq_config_device {
     const char *name;
-    const char *driver;
-    const char *connection;   /* "" when absent */
+    const char *driver;         /* as written: a built-in name or a path */
+    const char *connection;     /* "" when absent */
     const char *const *options; /* NULL-terminated name, value, name, value, ... */
+    const lmq_driver_t *drv;    /* the driver it names (built in, or loaded from the path) */
+    bool restore;               /* write back last-set properties after a reconnect */
 } lmq_config_device_t;
 
 /* Loads and validates a file. On failure returns NULL and, when err is not

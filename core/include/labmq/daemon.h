@@ -36,6 +36,11 @@ LMQ_EXPORT int lmq_daemon_add(lmq_daemon_t *d, const char *name, const lmq_drive
  * Before start. LMQ_ENOTFOUND for an unknown device. */
 LMQ_EXPORT int lmq_daemon_set_restore(lmq_daemon_t *d, const char *device, bool restore);
 
+/* Simulated instruments run time_scale times faster than real time (slew
+ * ramps, exposures, conversions; stream rates stay real). 1 by default;
+ * 0.001..1e6. Before start. LMQ_EARG outside. */
+LMQ_EXPORT int lmq_daemon_set_time_scale(lmq_daemon_t *d, double time_scale);
+
 /* How long lmq_daemon_stop waits for devices to close (default 5000 ms). */
 LMQ_EXPORT void lmq_daemon_set_stop_grace(lmq_daemon_t *d, int ms);
 

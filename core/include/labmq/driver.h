@@ -63,6 +63,7 @@ typedef struct lmq_property {
     int (*get)(lmq_dev_t *dev, void *state, lmq_value_t *out);
     int (*set)(lmq_dev_t *dev, void *state, const lmq_value_t *in); /* NULL = read-only */
     const void *user; /* for get/set: lmq_dev_user() while they run */
+    bool transient;   /* never written back by a restore (a trigger, a fault knob) */
 } lmq_property_t;
 
 typedef struct lmq_stream {
@@ -136,14 +137,19 @@ typedef struct lmq_driver {
     int (*configure)(lmq_dev_t *dev, lmq_tables_t *tables);
 } lmq_driver_t;
 
-/* Out-of-tree drivers: a shared object that exports
- *     const lmq_driver_t *lmq_driver_entry(void);
- * named in the config as `driver: /path/to/libmydriver.so` (or a bare name
- * found as lib<name>.so in the plugin directories). LMQ_DRIVER_ABI is
- * compared at load time. */
+/* Out-of-tree drivers: a shared object, built against the installed labmq
+ * (find_package(labmq) or pkg-config), whose source ends with
+ *     LMQ_DRIVER_EXPORT(my_driver)
+ * and which a config names by path: `driver: ./libmydriver.so` (relative to
+ * the config file). The ABI number is compared when it is loaded. */
 #define LMQ_DRIVER_ABI 2
 #define LMQ_DRIVER_ENTRY "lmq_driver_entry"
 #define LMQ_DRIVER_ABI_SYMBOL "lmq_driver_abi"
+#define LMQ_DRIVER_EXPORT(drv)                                                                                   \
+    __attribute__((visibility("default"))) int lmq_driver_abi(void);                                            \
+    __attribute__((visibility("default"))) const lmq_driver_t *lmq_driver_entry(void);                          \
+    int lmq_driver_abi(void) { return LMQ_DRIVER_ABI; }                                                         \
+    const lmq_driver_t *lmq_driver_entry(void) { return &(drv); }
 
 /* ---- services the daemon gives drivers (device thread only) ---- */
 
@@ -188,6 +194,12 @@ LMQ_EXPORT int lmq_dev_stream_shape(lmq_dev_t *dev, size_t index, unsigned ndim,
  * Call from open() or any callback. LMQ_ENOTFOUND / LMQ_EARG on misuse. */
 LMQ_EXPORT int lmq_dev_property_limits(lmq_dev_t *dev, const char *property, double min, double max);
 
+/* Announces that a property changed by itself (a mode the instrument
+ * switched, a reading crossing a limit), as a change event to every
+ * subscriber (protocol 3.1, cause "driver"). A client's successful set, a
+ * restore and state changes are announced by the daemon already. */
+LMQ_EXPORT int lmq_dev_notify(lmq_dev_t *dev, const char *property, const lmq_value_t *value);
+
 /* Declares `blocks` blocks of stream `index` lost inside the driver (an
  * acquisition overrun): their sequence numbers are spent, so every
  * subscriber counts them as lost. */
@@ -210,6 +222,16 @@ LMQ_EXPORT int lmq_dev_publish_take(lmq_dev_t *dev, size_t index, int64_t t_ns, 
 LMQ_EXPORT int lmq_dev_wire_set(lmq_dev_t *dev, const char *wire, double value);
 LMQ_EXPORT int lmq_dev_wire_get(lmq_dev_t *dev, const char *wire, double *value);
 
+/* Simulated time, for simulated instruments: the daemon's time_scale (1 by
+ * default; 60 makes an hour-long ramp take a minute). lmq_dev_sim_ns is a
+ * monotonic clock running time_scale times faster than CLOCK_MONOTONIC;
+ * lmq_dev_sim_sleep sleeps ns of simulated time (ns / time_scale of real
+ * time), returning LMQ_ECLOSED early when the device is stopping. Real
+ * instruments ignore both. */
+LMQ_EXPORT double lmq_dev_time_scale(const lmq_dev_t *dev);
+LMQ_EXPORT int64_t lmq_dev_sim_ns(const lmq_dev_t *dev);
+LMQ_EXPORT int lmq_dev_sim_sleep(lmq_dev_t *dev, int64_t ns);
+
 /* Clocks, in nanoseconds. */
 LMQ_EXPORT int64_t lmq_clock_mono_ns(void);
 LMQ_EXPORT int64_t lmq_clock_real_ns(void);
@@ -220,6 +242,11 @@ LMQ_EXPORT int64_t lmq_clock_real_ns(void);
 LMQ_EXPORT const lmq_driver_t *lmq_driver_find(const char *name);
 /* The NULL-terminated list of built-in drivers. */
 LMQ_EXPORT const lmq_driver_t *const *lmq_driver_list(void);
+
+/* Loads an out-of-tree driver (see LMQ_DRIVER_EXPORT). It stays loaded for
+ * the life of the process. NULL on failure, with the reason in err (not
+ * found, not a labmq driver, built for another ABI, a missing symbol). */
+LMQ_EXPORT const lmq_driver_t *lmq_driver_load(const char *path, char *err, size_t errlen);
 
 /* describe: the JSON text of a driver's tables for a device (caller frees),
  * as sent by the `describe` op. NULL on allocation failure. */

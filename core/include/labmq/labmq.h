@@ -11,6 +11,7 @@
 #include "labmq/config.h"
 #include "labmq/daemon.h"
 #include "labmq/driver.h"
+#include "labmq/events.h"
 #include "labmq/log.h"
 #include "labmq/proxy.h"
 #include "labmq/spawn.h"

@@ -109,8 +109,8 @@ LMQ_EXPORT int lmq_transport_status_byte(lmq_transport_t *t, uint8_t *stb, int64
 
 /* A link check that never blocks, for idle devices (the driver's `check`
  * hook): LMQ_EIO when the far end has hung up, been unplugged or reset the
- * connection (the transport is then broken), else 0. Kinds that cannot tell
- * without I/O (USBTMC) answer 0 until an operation fails. */
+ * connection (the transport is then broken), else 0. (USBTMC asks the
+ * kernel whether the device is still attached; no USB traffic.) */
 LMQ_EXPORT int lmq_transport_check(lmq_transport_t *t);
 
 /* True once the transport saw an unplug, a hang-up or a reset: only close is
