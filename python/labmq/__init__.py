@@ -7,6 +7,8 @@
     iv = psu.sweep(0, 3, 16)               # numpy array [16, 2]
     for block in lab.subscribe("daq1/wave"):
         print(block.seq, block.data.mean())
+    for ev in psu.events():                # change events: sets, restores, states
+        print(ev.name, ev.value, ev.cause)
 
 Written from docs/protocol.md with pyzmq and numpy only. labmq.aio has the
 same API on asyncio. Errors are labmq.Error subclasses, one per status code.
@@ -18,9 +20,10 @@ from .client import DEFAULT_TIMEOUT, Device, Lab, Method, Pending, connect
 from .errors import (ArgError, BusyError, ClosedError, ConfigError, DeviceError, Error, IOError, MemError,  # noqa: F401
                      NotFoundError, PermissionError, ProtoError, RangeError, ReadOnlyError, SystemError,
                      TimeoutError, UnreachableError)
-from .stream import Block, Subscription
+from .stream import Block, Event, Events, Subscription
 
 # Not star-exported: the error classes whose names are also built-ins.
 __all__ = ["__version__", "connect", "default_endpoint", "Lab", "Device", "Method", "Pending", "Subscription",
-           "Block", "Error", "ArgError", "MemError", "DeviceError", "ClosedError", "ProtoError", "NotFoundError",
-           "UnreachableError", "BusyError", "ConfigError", "RangeError", "ReadOnlyError", "DEFAULT_TIMEOUT"]
+           "Block", "Events", "Event", "Error", "ArgError", "MemError", "DeviceError", "ClosedError", "ProtoError",
+           "NotFoundError", "UnreachableError", "BusyError", "ConfigError", "RangeError", "ReadOnlyError",
+           "DEFAULT_TIMEOUT"]

@@ -29,7 +29,7 @@ import zmq.asyncio
 from . import _process, _wire, errors
 from ._channel import check_timeout, describe_request, result_of
 from .client import DEFAULT_TIMEOUT, describe_text, names_line
-from .stream import Tracker, check_topic, parse_block
+from .stream import EVENTS_PREFIX, EventTracker, Tracker, check_topic, parse_block, parse_event
 
 _actx = None
 _actx_pid = None
@@ -210,6 +210,10 @@ class Lab:
         its first recv)."""
         return Subscription(self.data_endpoint, topic, timeout=timeout)
 
+    def events(self, device=None, *, timeout=None):
+        """Change events of one device or of every device (async iterator)."""
+        return Events(self.data_endpoint, device, timeout=timeout)
+
     def close(self):
         self._channel.close()
 
@@ -309,6 +313,9 @@ class Device:
         topic = stream if "/" in stream else f"{self._name}/{stream}"
         return Subscription(self.data_endpoint, topic, timeout=timeout)
 
+    def events(self, *, timeout=None):
+        return Events(self.data_endpoint, self._name, timeout=timeout)
+
     def close(self):
         self._channel.close()
 
@@ -351,23 +358,17 @@ class Device:
         printer.text(describe_text(self, self._table) if self._table is not None else repr(self))
 
 
-class Subscription:
-    """labmq.Subscription on asyncio: `async for block in sub`, or
-    `await sub.recv(timeout)`."""
+class _Receiver:
+    """A SUB socket on a topic prefix, per process and event loop. The data
+    endpoint is a string, or a coroutine function that finds it (ping)."""
 
-    def __init__(self, endpoint, topic, *, timeout=None):
-        # endpoint: a string, or a coroutine function that finds it (ping).
+    def __init__(self, endpoint, prefix, timeout):
         self._endpoint = endpoint
-        self.topic = check_topic(topic)
         self.timeout = timeout
-        self._topic = topic.encode()
+        self._prefix = prefix.encode()
         self._owner = None
         self._sock = None
-        self._t = Tracker()
-
-    received = property(lambda self: self._t.received)
-    lost = property(lambda self: self._t.lost)
-    restarts = property(lambda self: self._t.restarts)
+        self._reset()
 
     @property
     def endpoint(self):
@@ -381,7 +382,7 @@ class Subscription:
                     self._sock.close(linger=0)
                 else:
                     _process.abandon(self._sock)
-                    self._t = Tracker()  # a forked child starts afresh
+                    self._reset()  # a forked child starts afresh
             self._sock, self._owner = None, owner
         if self._sock is None:
             if not isinstance(self._endpoint, str):
@@ -393,7 +394,7 @@ class Subscription:
             except zmq.ZMQError as e:
                 sock.close(linger=0)
                 raise errors.ArgError(f"cannot connect to data endpoint {self._endpoint!r}: {e}") from None
-            sock.setsockopt(zmq.SUBSCRIBE, self._topic)
+            sock.setsockopt(zmq.SUBSCRIBE, self._prefix)
             self._sock = sock
         return self
 
@@ -409,11 +410,11 @@ class Subscription:
             try:
                 parts = await asyncio.wait_for(sock.recv_multipart(copy=False), left)
             except asyncio.TimeoutError:
-                raise errors.TimeoutError(f"no block on {self.topic} within {timeout:g} s from "
+                raise errors.TimeoutError(f"no {self._what()} within {timeout:g} s from "
                                           f"{self._endpoint}") from None
-            got = parse_block(self._topic, parts)
+            got = self._parse(parts)
             if got is not None:
-                return self._t.block(self.topic, *got)
+                return got
 
     def __aiter__(self):
         return self
@@ -432,6 +433,58 @@ class Subscription:
     async def __aexit__(self, *exc):
         self.close()
 
+
+class Subscription(_Receiver):
+    """labmq.Subscription on asyncio: `async for block in sub`, or
+    `await sub.recv(timeout)`."""
+
+    def __init__(self, endpoint, topic, *, timeout=None):
+        self.topic = check_topic(topic)
+        super().__init__(endpoint, topic, timeout)
+
+    def _reset(self):
+        self._t = Tracker()
+
+    def _what(self):
+        return f"block on {self.topic}"
+
+    def _parse(self, parts):
+        got = parse_block(self._prefix, parts)
+        return None if got is None else self._t.block(self.topic, *got)
+
+    received = property(lambda self: self._t.received)
+    lost = property(lambda self: self._t.lost)
+    restarts = property(lambda self: self._t.restarts)
+
     def __repr__(self):
         return (f"<labmq.aio.Subscription {self.topic}: received {self.received}, lost {self.lost}, "
+                f"restarts {self.restarts}>")
+
+
+class Events(_Receiver):
+    """labmq.Events on asyncio: `async for ev in events` (no callback thread:
+    a task that iterates is the asyncio form)."""
+
+    def __init__(self, endpoint, device=None, *, timeout=None):
+        if device is not None and (not isinstance(device, str) or not device or "/" in device):
+            raise errors.ArgError(f"events: a device name, or None for every device, not {device!r}")
+        self.device = device
+        super().__init__(endpoint, EVENTS_PREFIX + (device or ""), timeout)
+
+    def _reset(self):
+        self._t = EventTracker()
+
+    def _what(self):
+        return f"change event of {self.device}" if self.device else "change event"
+
+    def _parse(self, parts):
+        got = parse_event(self._prefix, self.device is not None, parts)
+        return None if got is None else self._t.event(*got)
+
+    received = property(lambda self: self._t.received)
+    lost = property(lambda self: self._t.lost)
+    restarts = property(lambda self: self._t.restarts)
+
+    def __repr__(self):
+        return (f"<labmq.aio.Events {self.device or 'all devices'}: received {self.received}, lost {self.lost}, "
                 f"restarts {self.restarts}>")

@@ -6,7 +6,7 @@ import os
 
 from . import _wire, errors
 from ._channel import Channel, check_timeout, describe_request, result_of
-from .stream import Subscription
+from .stream import Events, Subscription
 
 DEFAULT_TIMEOUT = 2.0  # seconds; LMQ_PROXY_DEFAULT_TIMEOUT_MS in the C library
 
@@ -92,6 +92,10 @@ class Lab:
         """A Subscription to "DEVICE/STREAM": iterate it for Blocks.
         `timeout` (seconds, None = wait for ever) bounds each wait."""
         return Subscription(self.data_endpoint(), topic, timeout=timeout)
+
+    def events(self, device=None, *, timeout=None):
+        """Change events (protocol 3.1) of one device, or of every device."""
+        return Events(self.data_endpoint(), device, timeout=timeout)
 
     def close(self):
         self._channel.close()
@@ -311,6 +315,12 @@ class Device:
         """A Subscription to one of this device's streams ("wave" or "daq1/wave")."""
         topic = stream if "/" in stream else f"{self._name}/{stream}"
         return Subscription(self.data_endpoint(), topic, timeout=timeout)
+
+    def events(self, *, timeout=None):
+        """This device's change events (protocol 3.1): property changes (by any
+        client's set, a restore, the driver) and state changes. Iterate, or
+        .start(callback)."""
+        return Events(self.data_endpoint(), self._name, timeout=timeout)
 
     def close(self):
         """Closes this process's socket; the next request opens a new one."""

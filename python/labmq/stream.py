@@ -5,13 +5,13 @@ epoch, t_ns, dtype, shape, units) and the raw little-endian payload. seq is
 gap-free at the publisher, so a jump within one epoch is lost blocks; a new
 epoch is a restart of the publisher (daemon or device), not a loss.
 
-(Change events of a device will arrive the same way once the daemon
-publishes them: a Subscription to the device's event topic is the hook a
-`Device.events()` iterator is to be built on; nothing here pretends to
-deliver them before the protocol defines them.)"""
+Change events (protocol 3.1) travel on the same endpoint under
+"$events/DEVICE": Events receives them, as an iterator or with a callback
+run on a thread of its own."""
 
 import json
 import os
+import threading
 import time
 import typing
 
@@ -82,44 +82,36 @@ class Tracker:
         return Block(data, h["seq"], h["epoch"], h["t_ns"], h["units"], topic, lost, restarted)
 
 
+EVENTS_PREFIX = "$events/"
+
+
 def check_topic(topic):
+    if isinstance(topic, str) and topic.startswith(EVENTS_PREFIX):
+        raise errors.ArgError(f"{topic!r} carries change events, not stream blocks: use lab.events() "
+                              "or device.events()")
     if not isinstance(topic, str) or topic.count("/") != 1 or topic.startswith("/") or topic.endswith("/"):
         raise errors.ArgError(f"a stream topic is 'DEVICE/STREAM' (e.g. 'daq1/wave'), not {topic!r}")
     return topic
 
 
-class Subscription:
-    """Blocks of one stream: `for block in sub:` or `sub.recv(timeout)`.
+class _Receiver:
+    """A SUB socket on one topic prefix of a data endpoint, per process."""
 
-    `received`, `lost` and `restarts` count blocks, blocks missing from seq
-    gaps, and epoch changes. The first block sets the starting point: blocks
-    published before it are not lost. After a daemon restart ZeroMQ
-    reconnects by itself and the new epoch counts as a restart.
-
-    A malformed block raises ProtoError (and is skipped; the subscription
-    goes on). In a forked child a subscription opens its own socket and
-    starts afresh (counters at zero). Pickles as (endpoint, topic)."""
-
-    def __init__(self, endpoint, topic, *, timeout=None):
+    def __init__(self, endpoint, prefix, timeout):
         self.endpoint = endpoint
-        self.topic = check_topic(topic)
         self.timeout = timeout
-        self._topic = topic.encode()
+        self._prefix = prefix.encode()
         self._pid = None
         self._sock = None
-        self._t = Tracker()
-
-    received = property(lambda self: self._t.received)
-    lost = property(lambda self: self._t.lost)
-    restarts = property(lambda self: self._t.restarts)
+        self._reset()
 
     def _socket(self):
         pid = os.getpid()
         if self._pid != pid:
             if self._sock is not None:
                 _process.abandon(self._sock)
+                self._reset()  # a forked child starts afresh
             self._sock = None
-            self._t = Tracker()
             self._pid = pid
         if self._sock is None:
             sock = _process.context().socket(zmq.SUB)
@@ -129,19 +121,19 @@ class Subscription:
             except zmq.ZMQError as e:
                 sock.close(linger=0)
                 raise errors.ArgError(f"cannot connect to data endpoint {self.endpoint!r}: {e}") from None
-            sock.setsockopt(zmq.SUBSCRIBE, self._topic)
+            sock.setsockopt(zmq.SUBSCRIBE, self._prefix)
             self._sock = sock
         return self._sock
 
     def open(self):
-        """Connects now (otherwise the first recv does): blocks published
+        """Connects now (otherwise the first recv does): what is published
         from then on can be received."""
         self._socket()
         return self
 
     def recv(self, timeout=...):
-        """The next Block, waiting up to `timeout` seconds (default: the
-        subscription's; None = for ever); TimeoutError when none came."""
+        """The next item, waiting up to `timeout` seconds (default: the
+        receiver's; None = for ever); TimeoutError when none came."""
         if timeout is ...:
             timeout = self.timeout
         sock = self._socket()
@@ -149,10 +141,10 @@ class Subscription:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if not sock.poll(ms):
-                raise errors.TimeoutError(f"no block on {self.topic} within {timeout:g} s from {self.endpoint}")
-            got = parse_block(self._topic, sock.recv_multipart(copy=False))
+                raise errors.TimeoutError(f"no {self._what()} within {timeout:g} s from {self.endpoint}")
+            got = self._parse(sock.recv_multipart(copy=False))
             if got is not None:
-                return self._t.block(self.topic, *got)
+                return got
             if deadline is not None:
                 ms = max(0, int((deadline - time.monotonic()) * 1000))
 
@@ -173,12 +165,202 @@ class Subscription:
     def __exit__(self, *exc):
         self.close()
 
+
+class Subscription(_Receiver):
+    """Blocks of one stream: `for block in sub:` or `sub.recv(timeout)`.
+
+    `received`, `lost` and `restarts` count blocks, blocks missing from seq
+    gaps, and epoch changes. The first block sets the starting point: blocks
+    published before it are not lost. After a daemon restart ZeroMQ
+    reconnects by itself and the new epoch counts as a restart.
+
+    A malformed block raises ProtoError (and is skipped; the subscription
+    goes on). In a forked child a subscription opens its own socket and
+    starts afresh (counters at zero). Pickles as (endpoint, topic)."""
+
+    def __init__(self, endpoint, topic, *, timeout=None):
+        self.topic = check_topic(topic)
+        super().__init__(endpoint, topic, timeout)
+
+    def _reset(self):
+        self._t = Tracker()
+
+    def _what(self):
+        return f"block on {self.topic}"
+
+    def _parse(self, parts):
+        got = parse_block(self._prefix, parts)
+        return None if got is None else self._t.block(self.topic, *got)
+
+    received = property(lambda self: self._t.received)
+    lost = property(lambda self: self._t.lost)
+    restarts = property(lambda self: self._t.restarts)
+
     def __reduce__(self):
         return (_subscription, (self.endpoint, self.topic, self.timeout))
 
     def __repr__(self):
         return (f"<labmq.Subscription {self.topic} at {self.endpoint}: received {self.received}, "
                 f"lost {self.lost}, restarts {self.restarts}>")
+
+class Event(typing.NamedTuple):
+    """A change event (protocol 3.1). kind "property": `name` and `value`
+    (arrays as numpy arrays) are the property's new value, `cause` is "set",
+    "restore" or "driver". kind "state": `state` is the device's new state,
+    `cause` why ("opened", "reconnected", "restored", "lost", "open failed",
+    "stopped"), `error` the reason when there is one. `lost_before` counts
+    this device's events missed just before this one."""
+
+    device: str
+    kind: str
+    name: typing.Optional[str]
+    value: typing.Any
+    cause: typing.Optional[str]
+    state: typing.Optional[str]
+    error: typing.Optional[str]
+    seq: int
+    epoch: int
+    t_ns: int
+    lost_before: int = 0
+    restarted: bool = False
+
+
+def parse_event(prefix, exact, parts):
+    """An Event's fields from a received message (without loss accounting),
+    ProtoError for a malformed one, None for a foreign topic ("$events/psu1"
+    also lets "$events/psu10" through)."""
+    topic = bytes(parts[0].buffer)
+    if (exact and topic != prefix) or not topic.startswith(prefix):
+        return None
+    where = topic.decode(errors="replace")
+    if len(parts) < 2:
+        raise errors.ProtoError(f"event on {where} without a header")
+    try:
+        h = json.loads(parts[1].bytes)
+    except ValueError as e:
+        raise errors.ProtoError(f"event header on {where} is not JSON: {e}") from None
+    if not isinstance(h, dict) or h.get("v") != _wire.PROTOCOL:
+        raise errors.ProtoError(f"event header on {where} is not protocol {_wire.PROTOCOL}: {h!r:.200}")
+    for key in _HEADER_INTS:
+        if not isinstance(h.get(key), int) or isinstance(h.get(key), bool) or h[key] < 0:
+            raise errors.ProtoError(f"event header on {where}: {key} is not a non-negative integer")
+    for key in ("device", "kind"):
+        if not isinstance(h.get(key), str) or not h[key]:
+            raise errors.ProtoError(f"event header on {where}: {key} is not a non-empty string")
+    for key in ("name", "cause", "state", "error"):
+        if h.get(key) is not None and not isinstance(h[key], str):
+            raise errors.ProtoError(f"event header on {where}: {key} is not a string")
+    value = h.get("value")
+    if isinstance(value, (dict, list)):
+        value = _wire.decode_value(value, [p.buffer for p in parts[2:]])
+    return h, value
+
+
+class EventTracker:
+    """Loss and restart bookkeeping of protocol 3.1: seq per device, anew
+    with each epoch. Shared with labmq.aio."""
+
+    def __init__(self):
+        self.received = self.lost = self.restarts = 0
+        self._track = {}  # device -> (epoch, seq)
+
+    def event(self, h, value):
+        lost, restarted = 0, False
+        last = self._track.get(h["device"])
+        if last is not None:
+            if last[0] != h["epoch"]:
+                restarted = True
+                self.restarts += 1
+            elif h["seq"] > last[1] + 1:
+                lost = h["seq"] - last[1] - 1
+                self.lost += lost
+        self._track[h["device"]] = (h["epoch"], h["seq"])
+        self.received += 1
+        return Event(h["device"], h["kind"], h.get("name"), value, h.get("cause"), h.get("state"), h.get("error"),
+                     h["seq"], h["epoch"], h["t_ns"], lost, restarted)
+
+
+class Events(_Receiver):
+    """Change events of one device (device="psu1") or of every device
+    (device=None), as an iterator (`for ev in events:`), with recv(timeout),
+    or handed to a callback on a thread (start(callback) ... stop()).
+
+    `lost` counts events missed (seq gaps per device within an epoch),
+    `restarts` epoch changes; the first event of each device sets its
+    starting point. Events before the subscription reached the daemon are
+    not sent to it: open() (or `with`) subscribes before you act. Pickles as
+    (endpoint, device); a forked child opens its own socket."""
+
+    def __init__(self, endpoint, device=None, *, timeout=None):
+        if device is not None and (not isinstance(device, str) or not device or "/" in device):
+            raise errors.ArgError(f"events: a device name, or None for every device, not {device!r}")
+        self.device = device
+        super().__init__(endpoint, EVENTS_PREFIX + (device or ""), timeout)
+        self._thread = None
+        self._stop = None
+
+    def _reset(self):
+        self._t = EventTracker()
+
+    received = property(lambda self: self._t.received)
+    lost = property(lambda self: self._t.lost)
+    restarts = property(lambda self: self._t.restarts)
+
+    def _what(self):
+        return f"change event of {self.device}" if self.device else "change event"
+
+    def _parse(self, parts):
+        got = parse_event(self._prefix, self.device is not None, parts)
+        return None if got is None else self._t.event(*got)
+
+    def start(self, callback, *, on_error=None):
+        """Calls callback(event) for each event, on a thread of its own (which
+        alone uses the socket from then on) until stop(). A malformed event
+        goes to on_error(exc) if given, else is skipped. Returns self."""
+        if self._thread is not None:
+            raise errors.ArgError("events: already started; stop() first")
+        self.open()  # subscribed before start() returns
+        self._stop = threading.Event()
+        stop = self._stop
+
+        def run():
+            while not stop.is_set():
+                try:
+                    ev = self.recv(0.1)
+                except errors.TimeoutError:
+                    continue
+                except errors.ProtoError as e:
+                    if on_error is not None:
+                        on_error(e)
+                    continue
+                callback(ev)
+
+        self._thread = threading.Thread(target=run, name=f"labmq-events-{self.device or 'all'}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout=5.0):
+        """Stops the callback thread (waiting for a callback that is running)."""
+        if self._thread is not None:
+            self._stop.set()
+            if self._thread is not threading.current_thread():
+                self._thread.join(timeout)
+            self._thread = None
+
+    def close(self):
+        self.stop()
+        super().close()
+
+    def __reduce__(self):
+        return (_events, (self.endpoint, self.device, self.timeout))
+
+    def __repr__(self):
+        return (f"<labmq.Events {self.device or 'all devices'} at {self.endpoint}: received {self.received}, "
+                f"lost {self.lost}, restarts {self.restarts}>")
+
+
+def _events(endpoint, device, timeout):
+    return Events(endpoint, device, timeout=timeout)
 
 
 def _subscription(endpoint, topic, timeout):
