@@ -85,8 +85,8 @@ def encode_value(value, frames, what):
         dt = value.dtype
         if dt.kind not in "uif" or dt.itemsize not in (1, 2, 4, 8) or (dt.kind == "f" and dt.itemsize < 4):
             raise errors.ArgError(f"{what}: arrays of {dt} cannot be sent (dtypes: {' '.join(DTYPES)})")
-        if value.ndim == 0 or value.ndim > MAX_DIMS:
-            raise errors.ArgError(f"{what}: arrays have 1 to {MAX_DIMS} dimensions, this one has {value.ndim}")
+        if value.ndim > MAX_DIMS:
+            raise errors.ArgError(f"{what}: arrays have at most {MAX_DIMS} dimensions, this one has {value.ndim}")
         if len(frames) >= MAX_FRAMES:
             raise errors.ArgError(f"{what}: a request carries at most {MAX_FRAMES} arrays")
         # Little-endian and C order; neither copies an array that already is.
@@ -119,9 +119,10 @@ def array_from_buffer(buf, dtype, shape, what):
     they do not describe it."""
     if dtype not in DTYPES:
         raise errors.ProtoError(f"{what}: dtype {dtype!r} is not one of {' '.join(DTYPES)}")
-    if (not isinstance(shape, list) or not 1 <= len(shape) <= MAX_DIMS
+    # Protocol 2.2: at most 4 dimensions; [] is a 0-dimensional array of one element.
+    if (not isinstance(shape, list) or len(shape) > MAX_DIMS
             or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
-        raise errors.ProtoError(f"{what}: shape {shape!r} is not a list of 1 to {MAX_DIMS} sizes")
+        raise errors.ProtoError(f"{what}: shape {shape!r} is not a list of at most {MAX_DIMS} sizes")
     dt = np.dtype(dtype)
     need = math.prod(shape) * dt.itemsize
     have = memoryview(buf).nbytes
@@ -129,7 +130,7 @@ def array_from_buffer(buf, dtype, shape, what):
         raise errors.ProtoError(f"{what}: the binary frame has {have} bytes; dtype and shape need {need}")
     if need == 0:
         return np.empty(shape, dtype=dt)
-    return np.frombuffer(buf, dtype=dt).reshape(shape)
+    return np.frombuffer(buf, dtype=dt).reshape(shape)  # shape [] gives a 0-d array
 
 
 def decode_array(ref, frames):
