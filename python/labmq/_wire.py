@@ -90,7 +90,8 @@ def encode_value(value, frames, what):
         if len(frames) >= MAX_FRAMES:
             raise errors.ArgError(f"{what}: a request carries at most {MAX_FRAMES} arrays")
         # Little-endian and C order; neither copies an array that already is.
-        a = np.ascontiguousarray(value, dtype=dt.newbyteorder("<") if dt.itemsize > 1 else dt)
+        # (asarray, not ascontiguousarray, which makes a 0-d array 1-d.)
+        a = np.asarray(value, dtype=dt.newbyteorder("<") if dt.itemsize > 1 else dt, order="C")
         frames.append(a)  # sent from the array's own memory (buffer protocol)
         return {"$frame": len(frames), "dtype": a.dtype.str, "shape": list(a.shape)}
     raise errors.ArgError(f"{what}: a {type(value).__name__} cannot be sent "
