@@ -1,9 +1,10 @@
 /* The drivers compiled into liblabmq. A new driver adds itself here. */
 #include <string.h>
 #include "labmq/driver.h"
+#include "scpi/scpi.h"
 #include "sim/sim.h"
 
-static const lmq_driver_t *const builtin[] = {&lmq__sim_psu, &lmq__sim_daq, &lmq__sim_camera, NULL};
+static const lmq_driver_t *const builtin[] = {&lmq__sim_psu, &lmq__sim_daq, &lmq__sim_camera, &lmq__scpi_driver, NULL};
 
 const lmq_driver_t *const *lmq_driver_list(void) { return builtin; }
 

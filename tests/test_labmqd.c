@@ -211,6 +211,14 @@ START_TEST(test_check_config)
     ck_assert_msg(strstr(out, want) != NULL, "%s", out);
     free(out);
 
+    /* A driver's own configuration (the scpi driver's instrument description,
+     * read by its configure) is checked too, not only the YAML's shape. */
+    th_write_file(bad, "devices:\n  - name: psu\n    driver: scpi\n    connection: tcp:127.0.0.1:1\n"
+                       "    options: {model: no-such-description.yaml}\n");
+    ck_assert_int_eq(run_labmqd(&t, &out, "--check-config", "--config", bad), 1);
+    ck_assert_msg(strstr(out, "device 'psu'") && strstr(out, "no-such-description.yaml"), "%s", out);
+    free(out);
+
     snprintf(bad, sizeof bad, "%s/missing.yaml", t.dir);
     ck_assert_int_eq(run_labmqd(&t, &out, "--check-config", "--config", bad), 1);
     ck_assert_msg(strstr(out, bad) != NULL, "%s", out);

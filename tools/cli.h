@@ -102,6 +102,7 @@ int cli_cmd_get(cli_t *c, int argc, char **argv);
 int cli_cmd_set(cli_t *c, int argc, char **argv);
 int cli_cmd_stats(cli_t *c, int argc, char **argv);
 int cli_cmd_scan(cli_t *c, int argc, char **argv);
+int cli_cmd_workers(cli_t *c, int argc, char **argv);
 int cli_cmd_watch(cli_t *c, int argc, char **argv);  /* watch.c */
 int cli_cmd_record(cli_t *c, int argc, char **argv); /* record.c */
 

@@ -624,6 +624,59 @@ int cli_cmd_stats(cli_t *c, int argc, char **argv)
     return rc;
 }
 
+/* ---- workers ---- */
+
+int cli_cmd_workers(cli_t *c, int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    int rc;
+    json_t *j = fetch(c, NULL, lmq_proxy_workers, "workers", NULL, &rc);
+    if (!j)
+        return rc;
+    if (!json_is_array(j)) {
+        json_decref(j);
+        return cli_failf(c, LMQ_EPROTO, "the daemon's workers reply is not a JSON array");
+    }
+    if (json_array_size(j) == 0) {
+        fprintf(c->out, "no workers (labmqd starts those its configuration declares under 'workers:')\n");
+        json_decref(j);
+        return CLI_OK;
+    }
+    cli_table_t *t = cli_table_new(6);
+    cli_table_align_right(t, 2);
+    cli_table_align_right(t, 3);
+    cli_table_align_right(t, 4);
+    cli_table_row(t, "WORKER", "STATE", "PID", "RESTARTS", "UPTIME", "LAST EXIT");
+    size_t i;
+    json_t *w;
+    json_array_foreach(j, i, w)
+    {
+        char pid[32] = "-", restarts[32], up[32] = "-", last[64] = "-";
+        json_t *jp = json_object_get(w, "pid"), *le = json_object_get(w, "last_exit");
+        if (json_is_integer(jp))
+            snprintf(pid, sizeof pid, "%lld", (long long)json_integer_value(jp));
+        fmt_count(restarts, sizeof restarts, json_object_get(w, "restarts"));
+        if (json_is_integer(jp))
+            fmt_uptime(up, sizeof up, json_number_value(json_object_get(w, "uptime_s")));
+        if (json_is_string(json_object_get(le, "signal")))
+            snprintf(last, sizeof last, "%s", json_string_value(json_object_get(le, "signal")));
+        else if (json_is_integer(json_object_get(le, "code")))
+            snprintf(last, sizeof last, "exit %lld", (long long)json_integer_value(json_object_get(le, "code")));
+        cli_table_row(t, jstr(w, "name"), jstr(w, "state"), pid, restarts, up, last);
+    }
+    rc = cli_table_print(t, c->out, "") == 0 ? CLI_OK : cli_failf(c, LMQ_EMEM, "out of memory");
+    cli_table_destroy(&t);
+    json_array_foreach(j, i, w)
+    {
+        const char *why = json_string_value(json_object_get(w, "error"));
+        if (why)
+            fprintf(c->out, "%s: %s\n", jstr(w, "name"), why);
+    }
+    json_decref(j);
+    return rc;
+}
+
 /* ---- scan ---- */
 
 typedef struct scan_ctx {

@@ -55,6 +55,7 @@ static const command_t commands[] = {
     {"record", cli_cmd_record, 1, -1, "record DEV/STREAM... -o FILE [--duration S] [--overwrite]"},
     {"stats", cli_cmd_stats, 0, 1, "stats [DEV]"},
     {"scan", cli_cmd_scan, 0, 0, "scan"},
+    {"workers", cli_cmd_workers, 0, 0, "workers"},
 };
 
 /* ---- errors ---- */
@@ -133,6 +134,9 @@ static void print_help(FILE *out)
             "                               labmq record daq1/wave cam1/frames -o run1.h5 --duration 60\n"
             "  stats [DEV]                state, requests, errors and latency per device\n"
             "                               labmq stats\n"
+            "  workers                    the daemon's supervised workers: state, pid, restarts,\n"
+            "                             uptime, last exit\n"
+            "                               labmq workers\n"
             "  scan                       serial ports (with USB VID:PID, maker, product, serial)\n"
             "                             and USBTMC devices on this machine, as connection strings\n"
             "                               labmq scan\n"
@@ -356,12 +360,13 @@ static int run(cli_t *c, int argc, char **argv)
         goto out;
     }
     if (ps.npos == 0) {
-        rc = cli_usage(c, "no command given (ping, ls, describe, call, get, set, watch, record, stats)");
+        rc = cli_usage(c, "no command given (ping, ls, describe, call, get, set, watch, record, stats, workers, scan)");
         goto out;
     }
     const command_t *cmd = find_command(ps.pos[0]);
     if (!cmd) {
-        rc = cli_usage(c, "unknown command '%s' (ping, ls, describe, call, get, set, watch, record, stats)", ps.pos[0]);
+        rc = cli_usage(c, "unknown command '%s' (ping, ls, describe, call, get, set, watch, record, stats, workers, scan)",
+                       ps.pos[0]);
         goto out;
     }
     int nargs = ps.npos - 1;

@@ -11,6 +11,7 @@
 #include <string.h>
 #include "daemon_internal.h"
 #include "labmq/labmq.h"
+#include "supervise_internal.h"
 
 #define MAX_PARTS (2 + 1 + LMQ__MAX_BINFRAMES)
 #define DEVICE_QUEUE_LIMIT 1000
@@ -26,9 +27,9 @@
 /* A reply ZeroMQ could not take yet: the client's pipe is full. */
 typedef struct pending {
     struct pending *next;
-    zmq_msg_t part[MAX_PARTS];
     size_t n;
     bool accepted;
+    zmq_msg_t part[]; /* n: usually the routing id and a header, ~200 bytes in all */
 } pending_t;
 
 typedef struct broker {
@@ -141,7 +142,7 @@ static void send_parts(broker_t *b, zmq_msg_t *parts, size_t n, bool accepted)
             zmq_msg_close(&parts[i]);
         return;
     }
-    pending_t *p = malloc(sizeof *p);
+    pending_t *p = malloc(sizeof *p + n * sizeof p->part[0]);
     if (!p) {
         b->d->replies_dropped++;
         lmq_log(b->d->log, LMQ_LOG_ERROR, "broker", "out of memory: a reply is lost");
@@ -363,6 +364,9 @@ static void handle_local(broker_t *b, zmq_msg_t *env, size_t nenv, lmq__request_
                            (json_int_t)d->replies_undeliverable, "devices", devs);
         break;
     }
+    case LMQ__OP_WORKERS:
+        result = lmq__supervisor_snapshot(d->sup);
+        break;
     case LMQ__OP_DESCRIBE: {
         lmq_dev_t *dev = find_device(d, req->device);
         if (!dev)

@@ -25,7 +25,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "device_internal.h"
+#include "supervise_internal.h"
 #include "labmq/config.h"
 #include "labmq/log.h"
 #include "labmq/status.h"
@@ -37,6 +39,7 @@
 /* One thread per device: far more than any bench, few enough to be sane. */
 #define CFG_MAX_DEVICES 1024u
 #define CFG_MAX_BACKTRACE 16
+#define CFG_MAX_WORKERS 256u
 
 /* ---- the YAML as libcyaml loads it ---- */
 
@@ -48,6 +51,17 @@ struct raw_device {
     bool restore;
 };
 
+/* A supervised worker process (labmq/supervise.h). */
+struct raw_worker {
+    char *name;
+    char *program;
+    char **args; /* NULL when absent */
+    unsigned args_count;
+    char **env; /* "KEY=VALUE"; NULL when absent (then: the daemon's environment) */
+    unsigned env_count;
+    char *restart; /* always | on-failure | never; NULL when absent */
+};
+
 struct raw_config {
     char *control;
     char *data;
@@ -56,6 +70,8 @@ struct raw_config {
     double *time_scale; /* simulated instruments' time scale; NULL when absent */
     struct raw_device *devices;
     unsigned devices_count;
+    struct raw_worker *workers; /* NULL when absent */
+    unsigned workers_count;
 };
 
 struct lmq_config {
@@ -66,7 +82,10 @@ struct lmq_config {
     cyaml_schema_field_t *opt_fields; /* n_opts + terminator; .key is the option name */
     cyaml_schema_field_t dev_fields[6];
     cyaml_schema_value_t dev_entry;
-    cyaml_schema_field_t top_fields[7];
+    cyaml_schema_field_t top_fields[8];
+    cyaml_schema_value_t str_entry;
+    cyaml_schema_field_t wk_fields[6];
+    cyaml_schema_value_t wk_entry;
     cyaml_schema_value_t top;
 
     struct raw_config *raw;       /* owned, freed with cyaml_free */
@@ -81,6 +100,10 @@ struct lmq_config {
     size_t nplugins;
     char **paths; /* option values resolved against dir (owned), NULL-terminated */
     size_t npaths;
+    lmq_config_worker_t *workers; /* owned; strings borrowed from raw but programs */
+    char **wprograms;             /* programs resolved against dir (owned), one slot per worker */
+    size_t nworkers;              /* slots in workers and wprograms */
+    const char **wargv;           /* owned; every worker's args and env lists in one block */
 };
 
 /* ---- a small growable string for messages ---- */
@@ -467,14 +490,32 @@ static int build_schema(lmq_config_t *c)
         "stop_grace", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, struct raw_config, stop_grace);
     c->top_fields[5] = (cyaml_schema_field_t)CYAML_FIELD_FLOAT_PTR(
         "time_scale", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, struct raw_config, time_scale);
-    c->top_fields[6] = (cyaml_schema_field_t)CYAML_FIELD_END;
+    c->str_entry = (cyaml_schema_value_t){CYAML_VALUE_STRING(CYAML_FLAG_POINTER, char, 0, CYAML_UNLIMITED)};
+    c->wk_fields[0] = (cyaml_schema_field_t)CYAML_FIELD_STRING_PTR("name", CYAML_FLAG_POINTER, struct raw_worker, name,
+                                                                   0, CYAML_UNLIMITED);
+    c->wk_fields[1] = (cyaml_schema_field_t)CYAML_FIELD_STRING_PTR("program", CYAML_FLAG_POINTER, struct raw_worker,
+                                                                   program, 0, CYAML_UNLIMITED);
+    c->wk_fields[2] = (cyaml_schema_field_t)CYAML_FIELD_SEQUENCE(
+        "args", CYAML_FLAG_POINTER_NULL | CYAML_FLAG_OPTIONAL, struct raw_worker, args, &c->str_entry, 0,
+        CYAML_UNLIMITED);
+    c->wk_fields[3] = (cyaml_schema_field_t)CYAML_FIELD_SEQUENCE(
+        "env", CYAML_FLAG_POINTER_NULL | CYAML_FLAG_OPTIONAL, struct raw_worker, env, &c->str_entry, 0,
+        CYAML_UNLIMITED);
+    c->wk_fields[4] = (cyaml_schema_field_t)CYAML_FIELD_STRING_PTR("restart", CYAML_FLAG_OPTIONAL, struct raw_worker,
+                                                                   restart, 0, CYAML_UNLIMITED);
+    c->wk_fields[5] = (cyaml_schema_field_t)CYAML_FIELD_END;
+    c->wk_entry = (cyaml_schema_value_t){CYAML_VALUE_MAPPING(CYAML_FLAG_DEFAULT, struct raw_worker, c->wk_fields)};
+    c->top_fields[6] = (cyaml_schema_field_t)CYAML_FIELD_SEQUENCE(
+        "workers", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, struct raw_config, workers, &c->wk_entry, 0,
+        CFG_MAX_WORKERS);
+    c->top_fields[7] = (cyaml_schema_field_t)CYAML_FIELD_END;
     c->top = (cyaml_schema_value_t){CYAML_VALUE_MAPPING(CYAML_FLAG_POINTER, struct raw_config, c->top_fields)};
     return 0;
 }
 
 /* ---- turning a libcyaml failure into a message with an exact position ---- */
 
-enum ctx { CTX_UNKNOWN, CTX_TOP, CTX_DEVICE, CTX_OPTIONS };
+enum ctx { CTX_UNKNOWN, CTX_TOP, CTX_DEVICE, CTX_OPTIONS, CTX_WORKER };
 
 static const char *event_words(const char *ev)
 {
@@ -545,7 +586,7 @@ static void cyaml_failure(loader_t *L, cyaml_err_t e)
             sb_printf(&path, "%s%s", path.len ? "." : "", s->name);
             /* "devices" alone is no context we phrase messages for; its
              * entries are (next step). */
-            if (depth == 0 && !strcmp(s->name, "devices"))
+            if (depth == 0 && (!strcmp(s->name, "devices") || !strcmp(s->name, "workers")))
                 ctx = CTX_UNKNOWN;
             else if (depth == 2 && ctx == CTX_DEVICE && !strcmp(s->name, "options"))
                 ctx = CTX_OPTIONS;
@@ -558,6 +599,10 @@ static void cyaml_failure(loader_t *L, cyaml_err_t e)
             sb_printf(&path, "[%ld]", s->entry - 1);
             if (depth == 1 && path.p && !strncmp(path.p, "devices[", 8)) {
                 ctx = CTX_DEVICE;
+                entry = n;
+                dev_index = s->entry;
+            } else if (depth == 1 && path.p && !strncmp(path.p, "workers[", 8)) {
+                ctx = CTX_WORKER;
                 entry = n;
                 dev_index = s->entry;
             } else
@@ -586,6 +631,14 @@ static void cyaml_failure(loader_t *L, cyaml_err_t e)
     char dev[96] = "device";
     if ((ctx == CTX_DEVICE || ctx == CTX_OPTIONS) && entry)
         device_label(L, entry, dev_index, dev, sizeof dev);
+    if (ctx == CTX_WORKER && entry) {
+        yaml_node_t *nn = map_get(L, entry, "name", 0, false);
+        if (nn && nn->type == YAML_SCALAR_NODE)
+            snprintf(dev, sizeof dev, "worker '%.*s'", (int)(nn->data.scalar.length < 64 ? nn->data.scalar.length : 64),
+                     (const char *)nn->data.scalar.value);
+        else
+            snprintf(dev, sizeof dev, "workers[%ld]", dev_index - 1);
+    }
     const char *where = path.p && !path.oom ? path.p : "";
 
     if (kind == K_UNKNOWN && ctx == CTX_OPTIONS && entry) {
@@ -608,14 +661,17 @@ static void cyaml_failure(loader_t *L, cyaml_err_t e)
             fail(L, line, col, "%s: unknown option '%s'", dev, key);
         }
     } else if (kind == K_UNKNOWN && ctx == CTX_TOP) {
-        fail(L, line, col, "unknown key '%s' (valid keys: control, data, log_level, stop_grace, time_scale, devices)",
+        fail(L, line, col, "unknown key '%s' (valid keys: control, data, log_level, stop_grace, time_scale, devices, "
+             "workers)",
              key);
     } else if (kind == K_UNKNOWN && ctx == CTX_DEVICE) {
         fail(L, line, col, "%s: unknown key '%s' (valid keys: name, driver, connection, options, restore)", dev, key);
+    } else if (kind == K_UNKNOWN && ctx == CTX_WORKER) {
+        fail(L, line, col, "%s: unknown key '%s' (valid keys: name, program, args, env, restart)", dev, key);
     } else if (kind == K_UNKNOWN) {
         fail(L, line, col, "%s%sunknown key '%s'", where, *where ? ": " : "", key);
     } else if (kind == K_DUP || kind == K_MISSING) {
-        const char *subject = ctx == CTX_DEVICE ? dev : where;
+        const char *subject = ctx == CTX_DEVICE || ctx == CTX_WORKER ? dev : where;
         fail(L, line, col, "%s%s%s key '%s'", subject, *subject ? ": " : "",
              kind == K_DUP ? "duplicate" : "missing required", key);
     } else if (sscanf(m, "Expecting %31[A-Z_], got event: %31[A-Z_]", want, got) == 2) {
@@ -757,6 +813,121 @@ static int build_devices(lmq_config_t *c)
     return 0;
 }
 
+/* ---- workers ---- */
+
+/* The position of worker i, of one of its fields, or of entry k of a list
+ * field (k < 0: the field itself). */
+static void worker_pos(loader_t *L, size_t i, const char *field, long k, int *line, int *col)
+{
+    yaml_node_t *n = doc_root(L), *m;
+    if (!n)
+        return;
+    node_pos(n, line, col);
+    if (!(m = map_get(L, n, "workers", 0, false)))
+        return;
+    node_pos(n = m, line, col);
+    if (!(m = seq_item(L, n, i)))
+        return;
+    node_pos(n = m, line, col);
+    if (!field || !(m = map_get(L, n, field, 0, false)))
+        return;
+    node_pos(n = m, line, col);
+    if (k >= 0 && (m = seq_item(L, n, (size_t)k)))
+        node_pos(m, line, col);
+}
+
+/* Checks the workers with the daemon's and the supervisor's rules (so a
+ * file that loads is not refused when applied, and the messages get
+ * positions) and builds the public view of them. */
+static void load_workers(loader_t *L)
+{
+    lmq_config_t *c = L->cfg;
+    const struct raw_config *r = c->raw;
+    if (!r->workers_count)
+        return;
+    size_t slots = 0;
+    for (size_t i = 0; i < r->workers_count; i++)
+        slots += r->workers[i].args_count + 1 + r->workers[i].env_count + 1;
+    c->workers = calloc(r->workers_count, sizeof *c->workers);
+    c->wargv = calloc(slots, sizeof *c->wargv);
+    c->wprograms = calloc(r->workers_count, sizeof *c->wprograms);
+    if (!c->workers || !c->wargv || !c->wprograms) {
+        fail(L, 0, 0, "out of memory");
+        return;
+    }
+    c->nworkers = r->workers_count;
+    const char **o = c->wargv;
+    for (size_t i = 0; i < r->workers_count; i++) {
+        const struct raw_worker *w = &r->workers[i];
+        int line = 0, col = 0;
+        if (!lmq__worker_name_ok(w->name)) {
+            worker_pos(L, i, "name", -1, &line, &col);
+            fail(L, line, col, "worker name '%s' is invalid (use " LMQ__WORKER_NAME_RULE ")", w->name);
+            return;
+        }
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(r->workers[j].name, w->name) == 0) {
+                int fl = 0, fc = 0;
+                worker_pos(L, j, "name", -1, &fl, &fc);
+                worker_pos(L, i, "name", -1, &line, &col);
+                fail(L, line, col, "worker '%s': duplicate name (first used on line %d)", w->name, fl);
+                return;
+            }
+        int restart = w->restart ? lmq_restart_parse(w->restart) : LMQ_RESTART_ON_FAILURE;
+        if (restart < 0) {
+            worker_pos(L, i, "restart", -1, &line, &col);
+            fail(L, line, col, "worker '%s': restart '%s' is not one of always, on-failure, never", w->name,
+                 w->restart);
+            return;
+        }
+        lmq_config_worker_t *cw = &c->workers[i];
+        cw->name = w->name;
+        cw->restart = (lmq_restart_t)restart;
+        /* A program with a '/' is a path, relative to the file; a bare name
+         * is looked up in PATH when the worker starts. */
+        if (!w->program[0]) {
+            worker_pos(L, i, "program", -1, &line, &col);
+            fail(L, line, col, "worker '%s': empty program", w->name);
+            return;
+        }
+        if (strchr(w->program, '/')) {
+            bool as_is = w->program[0] == '/' || strcmp(c->dir, ".") == 0;
+            if (!(c->wprograms[i] = as_is ? strdup(w->program) : resolve_path(c, w->program))) {
+                fail(L, 0, 0, "out of memory");
+                return;
+            }
+            if (access(c->wprograms[i], X_OK) != 0) {
+                int e = errno;
+                worker_pos(L, i, "program", -1, &line, &col);
+                fail(L, line, col, "worker '%s': program %s%s%s%s: %s", w->name, w->program, as_is ? "" : " (",
+                     as_is ? "" : c->wprograms[i], as_is ? "" : ")", e == EACCES ? "not executable" : strerror(e));
+                return;
+            }
+            cw->program = c->wprograms[i];
+        } else {
+            cw->program = w->program;
+        }
+        cw->args = o;
+        for (unsigned k = 0; k < w->args_count; k++)
+            *o++ = w->args[k];
+        *o++ = NULL;
+        /* libcyaml gives `env: []` as NULL too: an empty environment is
+         * still one the file gives. */
+        yaml_node_t *entry = seq_item(L, map_get(L, doc_root(L), "workers", 0, false), i);
+        cw->env = w->env || map_get(L, entry, "env", 0, false) ? o : NULL;
+        for (unsigned k = 0; k < w->env_count; k++) {
+            const char *eq = strchr(w->env[k], '=');
+            if (!eq || eq == w->env[k]) {
+                worker_pos(L, i, "env", (long)k, &line, &col);
+                fail(L, line, col, "worker '%s': env entry '%s' is not KEY=VALUE", w->name, w->env[k]);
+                return;
+            }
+            *o++ = w->env[k];
+        }
+        *o++ = NULL;
+    }
+}
+
 /* ---- public API ---- */
 
 static void set_err(char **err, const char *fmt, ...) LMQ_PRINTF(2, 3);
@@ -888,6 +1059,8 @@ static lmq_config_t *parse_text(const char *text, size_t len, const char *origin
             validate(&L);
         if (!L.failed)
             resolve_path_options(&L);
+        if (!L.failed)
+            load_workers(&L);
     }
     if (L.doc_state > 0)
         yaml_document_delete(&L.doc);
@@ -994,6 +1167,11 @@ void lmq_config_destroy(lmq_config_t **cfg)
     for (size_t i = 0; i < c->npaths; i++)
         free(c->paths[i]);
     free(c->paths);
+    for (size_t i = 0; c->wprograms && i < c->nworkers; i++)
+        free(c->wprograms[i]);
+    free(c->wprograms);
+    free(c->workers);
+    free(c->wargv);
     free(c->dir);
     free(c);
     *cfg = NULL;
@@ -1010,6 +1188,16 @@ size_t lmq_config_device_count(const lmq_config_t *cfg) { return cfg && cfg->raw
 const lmq_config_device_t *lmq_config_device(const lmq_config_t *cfg, size_t i)
 {
     return i < lmq_config_device_count(cfg) ? &cfg->devices[i] : NULL;
+}
+
+size_t lmq_config_worker_count(const lmq_config_t *cfg)
+{
+    return cfg ? cfg->nworkers : 0;
+}
+
+const lmq_config_worker_t *lmq_config_worker(const lmq_config_t *cfg, size_t i)
+{
+    return i < lmq_config_worker_count(cfg) ? &cfg->workers[i] : NULL;
 }
 
 int lmq_config_apply(const lmq_config_t *cfg, lmq_daemon_t *d, char **err)
@@ -1039,6 +1227,14 @@ int lmq_config_apply(const lmq_config_t *cfg, lmq_daemon_t *d, char **err)
                 set_err(err, "%s", why); /* already names the device */
             else
                 set_err(err, "device '%s': %s", dev->name, why && *why ? why : lmq_strerror(rc));
+            return rc;
+        }
+    }
+    for (size_t i = 0; i < lmq_config_worker_count(cfg); i++) {
+        const lmq_config_worker_t *w = &cfg->workers[i];
+        int rc = lmq_daemon_add_worker(d, w->name, w->program, w->args, w->env, w->restart);
+        if (rc != 0) {
+            set_err(err, "%s", lmq_daemon_last_error(d));
             return rc;
         }
     }

@@ -11,6 +11,9 @@
 #include <unistd.h>
 #include "daemon_internal.h"
 #include "labmq/status.h"
+#include "supervise_internal.h"
+
+extern char **environ;
 
 lmq_daemon_t *lmq_daemon_new(void *zctx, const char *control_endpoint, const char *data_endpoint, lmq_log_t *log)
 {
@@ -24,7 +27,8 @@ lmq_daemon_t *lmq_daemon_new(void *zctx, const char *control_endpoint, const cha
     d->control = strdup(control_endpoint);
     d->data = strdup(data_endpoint);
     d->wires = lmq__wires_new();
-    if (!d->control || !d->data || !d->wires) {
+    d->sup = lmq_supervisor_new(log);
+    if (!d->control || !d->data || !d->wires || !d->sup) {
         lmq_daemon_destroy(&d);
         return NULL;
     }
@@ -101,6 +105,105 @@ int lmq_daemon_set_time_scale(lmq_daemon_t *d, double time_scale)
     return 0;
 }
 
+static void strv_free(char **v)
+{
+    for (size_t i = 0; v && v[i]; i++)
+        free(v[i]);
+    free(v);
+}
+
+/* A copy of head (nhead strings) followed by the NULL-terminated tail. */
+static char **strv_join(const char *const *head, size_t nhead, const char *const *tail)
+{
+    size_t n = 0;
+    while (tail && tail[n])
+        n++;
+    char **v = calloc(nhead + n + 1, sizeof *v);
+    for (size_t i = 0; v && i < nhead + n; i++)
+        if (!(v[i] = strdup(i < nhead ? head[i] : tail[i - nhead]))) {
+            strv_free(v);
+            return NULL;
+        }
+    return v;
+}
+
+int lmq_daemon_add_worker(lmq_daemon_t *d, const char *name, const char *program, const char *const *args,
+                          const char *const *envp, lmq_restart_t restart)
+{
+    if (!d)
+        return LMQ_EARG;
+    if (d->running) {
+        snprintf(d->err, sizeof d->err, "workers must be added before lmq_daemon_start");
+        return LMQ_EARG;
+    }
+    if (!lmq__worker_name_ok(name)) {
+        snprintf(d->err, sizeof d->err, "invalid worker name '%.64s' (use " LMQ__WORKER_NAME_RULE ")",
+                 name ? name : "(null)");
+        return LMQ_EARG;
+    }
+    if (!program || !program[0]) {
+        snprintf(d->err, sizeof d->err, "worker '%s': no program", name);
+        return LMQ_EARG;
+    }
+    if ((unsigned)restart > LMQ_RESTART_NEVER) {
+        snprintf(d->err, sizeof d->err, "worker '%s': unknown restart policy %d", name, (int)restart);
+        return LMQ_EARG;
+    }
+    for (size_t i = 0; i < d->nworkers; i++)
+        if (strcmp(d->workers[i].name, name) == 0) {
+            snprintf(d->err, sizeof d->err, "worker '%s' is declared twice", name);
+            return LMQ_ECONFIG;
+        }
+    struct lmq__worker_decl *nw = realloc(d->workers, (d->nworkers + 1) * sizeof *nw);
+    if (!nw) {
+        snprintf(d->err, sizeof d->err, "worker '%s': out of memory", name);
+        return LMQ_EMEM;
+    }
+    d->workers = nw;
+    struct lmq__worker_decl w = {.restart = restart, .name = strdup(name), .argv = strv_join(&program, 1, args)};
+    if (envp)
+        w.envp = strv_join(NULL, 0, envp);
+    if (!w.name || !w.argv || (envp && !w.envp)) {
+        free(w.name);
+        strv_free(w.argv);
+        strv_free(w.envp);
+        snprintf(d->err, sizeof d->err, "worker '%s': out of memory", name);
+        return LMQ_EMEM;
+    }
+    d->workers[d->nworkers++] = w;
+    return 0;
+}
+
+/* Hands the workers to the supervisor with the standard worker argv, now
+ * that the endpoints are bound, and starts it. */
+static int start_workers(lmq_daemon_t *d)
+{
+    if (!d->nworkers)
+        return 0;
+    if (strncmp(d->bound_control, "inproc://", 9) == 0)
+        lmq_log(d->log, LMQ_LOG_WARN, "daemon",
+                "workers are separate processes: they cannot reach the inproc:// endpoints %s and %s",
+                d->bound_control, d->bound_data);
+    lmq_supervisor_set_stop_grace(d->sup, (int)(d->stop_grace_ns / 1000000));
+    for (size_t i = 0; i < d->nworkers; i++) {
+        struct lmq__worker_decl *w = &d->workers[i];
+        const char *head[] = {w->argv[0], "--control", d->bound_control, "--data", d->bound_data, "--name", w->name};
+        char **argv = strv_join(head, sizeof head / sizeof *head, (const char *const *)w->argv + 1);
+        int rc = argv ? lmq_supervisor_add(d->sup, w->name, argv, w->envp ? w->envp : environ, w->restart)
+                      : LMQ_EMEM;
+        strv_free(argv);
+        if (rc != 0) {
+            snprintf(d->err, sizeof d->err, "worker '%s': %s", w->name,
+                     rc == LMQ_EMEM ? "out of memory" : lmq_supervisor_last_error(d->sup));
+            return rc;
+        }
+    }
+    int rc = lmq_supervisor_start(d->sup);
+    if (rc != 0)
+        snprintf(d->err, sizeof d->err, "%s", lmq_supervisor_last_error(d->sup));
+    return rc;
+}
+
 void lmq_daemon_set_stop_grace(lmq_daemon_t *d, int ms)
 {
     if (d)
@@ -167,8 +270,16 @@ int lmq_daemon_start(lmq_daemon_t *d)
     d->running = true;
     char buf[600];
     int n = zmq_recv(d->pipe, buf, sizeof buf - 1, 0);
-    if (n >= 1 && buf[0] == LMQ__MSG_READY)
-        return 0;
+    if (n >= 1 && buf[0] == LMQ__MSG_READY) {
+        rc = start_workers(d);
+        if (rc != 0) {
+            char why[sizeof d->err];
+            snprintf(why, sizeof why, "%s", d->err);
+            lmq_daemon_stop(d);
+            snprintf(d->err, sizeof d->err, "%s", why);
+        }
+        return rc;
+    }
     /* The broker could not bind: it has cleaned up and exits. */
     pthread_join(d->broker, NULL);
     d->running = false;
@@ -215,6 +326,8 @@ int lmq_daemon_stop(lmq_daemon_t *d)
     if (!d)
         return LMQ_EARG;
     if (d->running) {
+        /* Workers first: they are clients of the devices. */
+        lmq_supervisor_stop(d->sup);
         char term = LMQ__MSG_TERM;
         zmq_send(d->pipe, &term, 1, 0);
         pthread_join(d->broker, NULL);
@@ -237,6 +350,13 @@ void lmq_daemon_destroy(lmq_daemon_t **pd)
     for (size_t i = 0; i < d->ndev; i++)
         lmq__dev_destroy(&d->devs[i]); /* leaves stuck devices to their threads */
     free(d->devs);
+    lmq_supervisor_destroy(&d->sup);
+    for (size_t i = 0; i < d->nworkers; i++) {
+        free(d->workers[i].name);
+        strv_free(d->workers[i].argv);
+        strv_free(d->workers[i].envp);
+    }
+    free(d->workers);
     /* A stuck device may still read the wires. */
     if (!d->nstuck)
         lmq__wires_destroy(&d->wires);

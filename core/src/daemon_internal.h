@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include "device_internal.h"
 #include "labmq/daemon.h"
+#include "labmq/supervise.h"
 
 struct lmq_daemon {
     void *zctx;
@@ -18,6 +19,18 @@ struct lmq_daemon {
     char pipe_endpoint[96];
     char err[512];
     double time_scale;
+
+    /* Workers: declared before start, handed to the supervisor (with the
+     * bound endpoints in their argv) once the broker is up. The broker
+     * reads the supervisor's state, which is thread-safe. */
+    lmq_supervisor_t *sup;
+    struct lmq__worker_decl {
+        char *name;
+        char **argv; /* the program and its own arguments */
+        char **envp; /* NULL: the daemon's environment */
+        lmq_restart_t restart;
+    } *workers;
+    size_t nworkers;
 
     /* caller's thread */
     void *pipe;

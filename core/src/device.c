@@ -347,6 +347,8 @@ lmq_log_t *lmq_dev_log(const lmq_dev_t *dev) { return dev->log; }
 bool lmq_dev_stopping(const lmq_dev_t *dev) { return atomic_load(&dev->stopping); }
 const void *lmq_dev_user(const lmq_dev_t *dev) { return dev ? dev->cur_user : NULL; }
 
+void *lmq_dev_tables_user(const lmq_dev_t *dev) { return dev ? dev->tables.user : NULL; }
+
 static const lmq_value_t *opt_value(const lmq_dev_t *dev, const char *name)
 {
     for (size_t k = 0; k < dev->nopts; k++)

@@ -10,7 +10,7 @@
 #include "proto.h"
 #include "value_internal.h"
 
-static const char *const op_names[LMQ__OP_COUNT] = {"ping", "list", "describe", "call", "get", "set", "stats"};
+static const char *const op_names[LMQ__OP_COUNT] = {"ping", "list", "describe", "call", "get", "set", "stats", "workers"};
 
 /* Which keys each op takes: bit 0 device, 1 name, 2 args, 3 value; high nibble = required. */
 enum { K_DEVICE = 1, K_NAME = 2, K_ARGS = 4, K_VALUE = 8 };
@@ -24,6 +24,7 @@ static const struct {
     [LMQ__OP_GET] = {K_DEVICE | K_NAME, K_DEVICE | K_NAME},
     [LMQ__OP_SET] = {K_DEVICE | K_NAME | K_VALUE, K_DEVICE | K_NAME | K_VALUE},
     [LMQ__OP_STATS] = {K_DEVICE, 0},
+    [LMQ__OP_WORKERS] = {0, 0},
 };
 
 const char *lmq__op_name(lmq__op_t op) { return (unsigned)op < LMQ__OP_COUNT ? op_names[op] : "?"; }
@@ -135,7 +136,7 @@ int lmq__request_parse(const void *data, size_t len, size_t nbin, lmq__request_t
         if (!strcmp(op, op_names[i]))
             found = i;
     if (found < 0)
-        return fail(err, errlen, "unknown op '%.64s' (ops: ping, list, describe, call, get, set, stats)", op);
+        return fail(err, errlen, "unknown op '%.64s' (ops: ping, list, describe, call, get, set, stats, workers)", op);
     req->op = (lmq__op_t)found;
     static const char *const key_names[] = {"device", "name", "args", "value"};
     for (int b = 0; b < 4; b++) {

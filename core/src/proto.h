@@ -24,6 +24,7 @@ typedef enum lmq__op {
     LMQ__OP_GET,
     LMQ__OP_SET,
     LMQ__OP_STATS,
+    LMQ__OP_WORKERS,
     LMQ__OP_COUNT
 } lmq__op_t;
 

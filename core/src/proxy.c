@@ -308,6 +308,11 @@ int lmq_proxy_stats(lmq_proxy_t *p, char **json)
     return json ? roundtrip(p, LMQ__OP_STATS, NULL, NULL, 0, NULL, NULL, json) : LMQ_EARG;
 }
 
+int lmq_proxy_workers(lmq_proxy_t *p, char **json)
+{
+    return json ? roundtrip(p, LMQ__OP_WORKERS, NULL, NULL, 0, NULL, NULL, json) : LMQ_EARG;
+}
+
 int lmq_proxy_data_endpoint(lmq_proxy_t *p, char *buf, size_t size)
 {
     char *text = NULL;

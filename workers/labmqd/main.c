@@ -5,7 +5,9 @@
  * must not fork once it has a ZeroMQ context); supervisors such as systemd
  * keep it in the foreground. Signals are blocked in every thread and taken
  * synchronously in main with sigwait, so no handler runs inside a ZeroMQ or
- * driver call and shutdown happens on an ordinary thread. */
+ * driver call and shutdown happens on an ordinary thread. Workers declared in
+ * the config are started once the endpoints are bound and stopped (SIGTERM,
+ * then SIGKILL after stop_grace) before the devices close. */
 #include <errno.h>
 #include <getopt.h>
 #include <pthread.h>
@@ -61,6 +63,11 @@ static void usage(FILE *out)
           "    - name: daq1\n"
           "      driver: sim-daq\n"
           "      connection: \"\"              # e.g. serial:/dev/ttyUSB0?baud=9600\n"
+          "  workers:                        # optional: processes labmqd starts and\n"
+          "    - name: mean1                 # supervises (see workers/README.md)\n"
+          "      program: ./labmq-example-mean\n"
+          "      args: [--stream, daq1/ai0]\n"
+          "      restart: on-failure         # always | on-failure | never\n"
           "\n"
           "Built-in drivers:\n",
           out);
@@ -118,6 +125,16 @@ static void print_summary(const char *path, const lmq_config_t *cfg, const char 
         for (const char *const *o = d->options; o && o[0]; o += 2)
             printf("  %s=%s", o[0], o[1]);
         putchar('\n');
+    }
+    size_t nw = lmq_config_worker_count(cfg);
+    if (nw)
+        printf("workers:   %zu\n", nw);
+    for (size_t i = 0; i < nw; i++) {
+        const lmq_config_worker_t *w = lmq_config_worker(cfg, i);
+        printf("  %-16s %s", w->name, w->program);
+        for (const char *const *a = w->args; a && a[0]; a++)
+            printf(" %s", a[0]);
+        printf("  (restart: %s%s)\n", lmq_restart_name(w->restart), w->env ? ", own environment" : "");
     }
     fflush(stdout);
 }
@@ -210,6 +227,21 @@ int main(int argc, char **argv)
         data = data_buf;
     }
     if (check_only) {
+        /* Declaring the devices runs each driver's configure() (the scpi
+         * driver reads its instrument description there) without binding or
+         * opening anything. */
+        void *zctx = zmq_ctx_new();
+        lmq_daemon_t *d = zctx ? lmq_daemon_new(zctx, control, data, NULL) : NULL;
+        int rc = d ? lmq_config_apply(cfg, d, &err) : LMQ_EMEM;
+        lmq_daemon_destroy(&d);
+        if (zctx)
+            zmq_ctx_term(zctx);
+        if (rc != 0) {
+            fprintf(stderr, "labmqd: %s: %s\n", config_path, err ? err : "out of memory");
+            free(err);
+            lmq_config_destroy(&cfg);
+            return EXIT_FAIL;
+        }
         print_summary(config_path, cfg, control, data, lmq_log_level_name(level));
         lmq_config_destroy(&cfg);
         return EXIT_OK;

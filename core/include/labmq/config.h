@@ -11,6 +11,13 @@
  *       connection: ""                            # optional, e.g. serial:/dev/ttyUSB0?baud=9600
  *       options: {load_ohms: 100}                 # driver options, optional
  *       restore: false                            # optional: write back settings after a reconnect
+ *   workers:                                      # optional: supervised worker processes
+ *     - name: mean1
+ *       program: ./mean-worker                    # a path (relative to the file) or a name in PATH
+ *       args: [--stream, daq1/wave]               # optional, after the standard worker argv
+ *       env: [LANG=C, PATH=/usr/bin:/bin]         # optional: its whole environment
+ *                                                 #   (absent: labmqd's environment)
+ *       restart: on-failure                       # optional: always | on-failure (default) | never
  *
  * Errors name the file, line and column (from libcyaml) or the device and
  * option at fault. A driver given by path is loaded (lmq_driver_load) when
@@ -38,6 +45,14 @@ typedef struct lmq_config_device {
     bool restore;               /* write back last-set properties after a reconnect */
 } lmq_config_device_t;
 
+typedef struct lmq_config_worker {
+    const char *name;
+    const char *program;     /* a path resolved against the file's directory, or a bare name */
+    const char *const *args; /* NULL-terminated, after the standard worker argv */
+    const char *const *env;  /* NULL-terminated; NULL when the file gives none */
+    lmq_restart_t restart;
+} lmq_config_worker_t;
+
 /* Loads and validates a file. On failure returns NULL and, when err is not
  * NULL, *err receives a message (caller frees). */
 LMQ_EXPORT lmq_config_t *lmq_config_load(const char *path, char **err);
@@ -52,7 +67,11 @@ LMQ_EXPORT const char *lmq_config_log_level(const lmq_config_t *cfg);
 LMQ_EXPORT size_t lmq_config_device_count(const lmq_config_t *cfg);
 LMQ_EXPORT const lmq_config_device_t *lmq_config_device(const lmq_config_t *cfg, size_t i);
 
-/* Adds every device to the daemon (lmq_daemon_add). Returns 0 or the first
+LMQ_EXPORT size_t lmq_config_worker_count(const lmq_config_t *cfg);
+LMQ_EXPORT const lmq_config_worker_t *lmq_config_worker(const lmq_config_t *cfg, size_t i);
+
+/* Adds every device to the daemon (lmq_daemon_add), and every worker
+ * (lmq_daemon_add_worker). Returns 0 or the first
  * error, with the message in *err (caller frees). */
 LMQ_EXPORT int lmq_config_apply(const lmq_config_t *cfg, lmq_daemon_t *d, char **err);
 

@@ -12,6 +12,7 @@
 #include "labmq/driver.h"
 #include "labmq/export.h"
 #include "labmq/log.h"
+#include "labmq/supervise.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -41,7 +42,21 @@ LMQ_EXPORT int lmq_daemon_set_restore(lmq_daemon_t *d, const char *device, bool 
  * 0.001..1e6. Before start. LMQ_EARG outside. */
 LMQ_EXPORT int lmq_daemon_set_time_scale(lmq_daemon_t *d, double time_scale);
 
-/* How long lmq_daemon_stop waits for devices to close (default 5000 ms). */
+/* Declares a worker before start: a program the daemon starts once its
+ * endpoints are bound, supervises (restart policy, back-off, crash budget:
+ * labmq/supervise.h) and stops before it closes the devices. Its argv is the
+ * standard worker argv (workers/README.md), then args:
+ *   PROGRAM --control EP --data EP --name NAME ARGS...
+ * with the endpoints as bound (wildcard ports resolved). program: a path, or
+ * a name searched in PATH. args: NULL-terminated, may be NULL. envp: the
+ * worker's whole environment, NULL-terminated; NULL: the daemon's own.
+ * Returns 0, LMQ_EARG or LMQ_ECONFIG (a duplicate name), the reason in
+ * lmq_daemon_last_error. */
+LMQ_EXPORT int lmq_daemon_add_worker(lmq_daemon_t *d, const char *name, const char *program,
+                                     const char *const *args, const char *const *envp, lmq_restart_t restart);
+
+/* How long lmq_daemon_stop waits for devices to close (default 5000 ms);
+ * the same grace is given to workers between SIGTERM and SIGKILL. */
 LMQ_EXPORT void lmq_daemon_set_stop_grace(lmq_daemon_t *d, int ms);
 
 /* Binds the endpoints and starts the broker and one thread per device, then
@@ -57,7 +72,8 @@ LMQ_EXPORT int lmq_daemon_start(lmq_daemon_t *d);
  * 0 or LMQ_ETIMEOUT (lmq_daemon_last_error names the devices still opening). */
 LMQ_EXPORT int lmq_daemon_wait_ready(lmq_daemon_t *d, int timeout_ms);
 
-/* Stops: answers what was accepted (CLOSED for what the devices never got
+/* Stops: first the workers (SIGTERM, SIGKILL after the grace period, all
+ * reaped), then answers what was accepted (CLOSED for what the devices never got
  * to), closes the devices, joins the threads. A device stuck in its driver
  * beyond the grace period (a vendor call that never returns) is not waited
  * for: the result is LMQ_ETIMEOUT, lmq_daemon_last_error names it, and its

@@ -169,6 +169,11 @@ LMQ_EXPORT const char *lmq_dev_opt_str(const lmq_dev_t *dev, const char *name);
  * (NULL outside a handler). Lets one handler serve many table entries. */
 LMQ_EXPORT const void *lmq_dev_user(const lmq_dev_t *dev);
 
+/* The `user` of the tables this device's configure() built (NULL when it
+ * built none): what open() and close() need from the configuration (the scpi
+ * driver's parsed description). */
+LMQ_EXPORT void *lmq_dev_tables_user(const lmq_dev_t *dev);
+
 /* Opens the transport named by this device's connection string (transport.h)
  * with the device's log and name, and its stop flag as the cancel flag, so
  * no wait outlives a shutdown. 0 or a negative status with lmq_dev_fail()

@@ -16,8 +16,10 @@
 #include "labmq/proxy.h"
 #include "labmq/spawn.h"
 #include "labmq/status.h"
+#include "labmq/supervise.h"
 #include "labmq/sub.h"
 #include "labmq/transport.h"
 #include "labmq/value.h"
+#include "labmq/worker.h"
 
 #endif

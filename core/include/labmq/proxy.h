@@ -53,6 +53,8 @@ LMQ_EXPORT int lmq_proxy_describe(lmq_proxy_t *p, char **json);
 LMQ_EXPORT int lmq_proxy_list(lmq_proxy_t *p, char **json);
 LMQ_EXPORT int lmq_proxy_ping(lmq_proxy_t *p, char **json);
 LMQ_EXPORT int lmq_proxy_stats(lmq_proxy_t *p, char **json);
+/* The daemon's supervised workers (the `workers` op). */
+LMQ_EXPORT int lmq_proxy_workers(lmq_proxy_t *p, char **json);
 
 /* The daemon's data endpoint, for lmq_sub_new, as this process can connect
  * to it: asked of the daemon (ping). A daemon bound to every interface
