@@ -195,6 +195,9 @@ class Lab:
             header["device"] = device
         return await self._channel.request(header)
 
+    async def workers(self):
+        return await self._channel.request({"op": "workers"})
+
     def device(self, name):
         return Device(self.endpoint, name, self.timeout, _data=self._data)
 

@@ -74,6 +74,12 @@ class Lab:
             header["device"] = device
         return self._channel.request(header)
 
+    def workers(self):
+        """The worker processes the daemon supervises: a list of {"name",
+        "state", "pid", "restarts", "uptime_s", "restart", "last_exit",
+        "error"} (protocol 2.4 `workers`)."""
+        return self._channel.request({"op": "workers"})
+
     def device(self, name):
         """The proxy of device `name` (no request is made until it is used)."""
         return Device(self.endpoint, name, self.timeout, _data=self._data)

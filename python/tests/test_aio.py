@@ -23,6 +23,7 @@ def test_ops_attributes_and_arrays(daemon):
         assert {d["name"] for d in await lab.devices()} == {"psu1", "daq1", "cam1"}
         assert (await lab.describe("psu1"))["driver"] == "sim-psu"
         assert (await lab.stats("psu1"))["devices"][0]["name"] == "psu1"
+        assert await lab.workers() == []
         psu = lab.device("psu1")
         await psu.set("voltage", 0.5)
         assert await psu.get("voltage") == 0.5

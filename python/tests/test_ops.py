@@ -65,6 +65,10 @@ def test_stats(lab):
     assert {d["name"] for d in lab.stats()["devices"]} == {"psu1", "daq1", "cam1"}
 
 
+def test_workers_none_configured(lab):
+    assert lab.workers() == []
+
+
 def test_raw_request(lab):
     assert lab.request("ping")["daemon"] == "labmqd"
     assert lab.request("get", device="psu1", name="mode") in ("CV", "CC", "OFF")
