@@ -505,6 +505,9 @@ START_TEST(reconnect_restores_settings)
         while (strcmp(dev_state(p1, state, sizeof state), "disconnected") != 0 && th_now_ms() - t0 < 3000)
             ;
         ck_assert_msg(th_now_ms() - t0 < 1000, "DISCONNECTED after %.0f ms", th_now_ms() - t0);
+        while (strcmp(dev_state(p2, state, sizeof state), "disconnected") != 0 && th_now_ms() - t0 < 3000)
+            ; /* dev2 too, so that it forgets its setting in every round */
+        ck_assert_str_eq(state, "disconnected");
         ck_assert_int_eq(lmq_proxy_get_double(p1, "level", &got), LMQ_EDEVICE);
         ck_assert_msg(strstr(lmq_proxy_last_error(p1), "cable cut"), "%s", lmq_proxy_last_error(p1));
         lmq_value_set_string(&s, "+dev1");

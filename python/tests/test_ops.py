@@ -167,6 +167,38 @@ def test_sweep_result_is_an_n_by_2_array(lab):
     assert frame_of(iv) is not None, "the array was copied out of the received message"
 
 
+@pytest.mark.parametrize("dtype", ["<f8", "<f4", "<i4", ">f8"])
+def test_array_in_and_out_list_sweep(lab, dtype):
+    # An array argument reaches the instrument: the supply measures at each
+    # of the given voltages (in any order, any numeric dtype it accepts).
+    psu = lab.device("psu1")
+    psu.current_limit = 0.05
+    psu.output = True
+    volts = np.array([2, 0, 1], dtype=dtype)
+    try:
+        iv = psu.list_sweep(volts)
+    finally:
+        psu.output = False
+    assert iv.dtype == np.dtype("<f8") and iv.shape == (3, 2)
+    assert iv[:, 0] == pytest.approx([2.0, 0.0, 1.0], abs=0.01)
+
+
+def test_list_sweep_refuses_what_it_cannot_use(lab):
+    psu = lab.device("psu1")
+    psu.output = True
+    try:
+        with pytest.raises(labmq.ArgError, match="1-D array"):
+            psu.list_sweep(np.ones((2, 2)))
+        with pytest.raises(labmq.ArgError, match="must be <f8"):
+            psu.list_sweep(np.ones(3, dtype="|u1"))
+        with pytest.raises(labmq.RangeError, match="outside"):
+            psu.list_sweep(np.array([1.0, 99.0]))
+        with pytest.raises(labmq.ArgError, match="must be array"):
+            psu.list_sweep(1.5)
+    finally:
+        psu.output = False
+
+
 def test_snap_is_a_uint16_frame(lab):
     cam = lab.device("cam1")
     frame = cam.snap()
@@ -188,9 +220,10 @@ ARRAYS = [
 
 @pytest.mark.parametrize("arr", ARRAYS, ids=lambda a: f"{a.dtype.str}{list(a.shape)}")
 def test_arrays_sent_are_well_formed_for_the_daemon(lab, arr):
-    # No sim method takes an array, so the daemon's own frame check is the
-    # judge: a well-formed array reaches the type check (ARG "got array"),
-    # a frame that does not match its dtype and shape would be PROTO.
+    # Every dtype and shape, judged by the daemon's own frame check: a
+    # well-formed array reaches the type check (ARG "got array" where a float
+    # is wanted); a frame not matching its dtype and shape would be PROTO.
+    # (list_sweep above takes an array for real.)
     daq = lab.device("daq1")
     with pytest.raises(labmq.ArgError, match="must be float, got array"):
         daq.write_ao(0, arr)
