@@ -66,6 +66,7 @@ extern char **environ;
 #define PROBE_NS 20000000LL     /* no progress for this long: send one block anyway */
 #define WAIT_NS 1000000LL       /* one futex wait; the device thread then serves requests */
 #define POLL_BATCH 256          /* blocks per driver poll at most */
+#define OPEN_BATCH 4096         /* open loop: blocks per poll at most, catching up after a stall */
 
 static const size_t default_sizes[] = {64, 4096, 65536, 1048576, 4194304};
 #define NSIZES (sizeof default_sizes / sizeof default_sizes[0])
@@ -246,6 +247,7 @@ typedef struct opts {
     size_t sizes[NSIZES];
     size_t nsizes;
     size_t window_bytes;
+    double paced; /* open-loop rows at this fraction of the windowed rate; 0 = none */
     /* roles */
     const char *system; /* sub: labmq | raw */
     const char *endpoint;
@@ -253,6 +255,7 @@ typedef struct opts {
     const char *shm;
     size_t size;
     long window;
+    double rate; /* publisher: open loop at this many blocks/s (0: windowed) */
 } opts_t;
 
 static int pin_self(int cpu)
@@ -284,6 +287,8 @@ typedef struct source {
     gate_t gate;
     size_t size;
     uint64_t seq; /* = the seq the daemon gives the next block: every block is spent */
+    double rate;  /* > 0: open loop, this many blocks/s whatever the subscriber does */
+    int64_t t0;
 } source_t;
 
 static int source_open(lmq_dev_t *dev, void **state)
@@ -304,11 +309,14 @@ static int source_open(lmq_dev_t *dev, void **state)
     }
     s->size = (size_t)size;
     s->gate = (gate_t){.ctl = s->ctl, .window = (uint64_t)window};
+    s->rate = lmq_dev_opt_float(dev, "rate");
     size_t shape[1] = {s->size};
     int rc = lmq_dev_stream_shape(dev, 0, 1, shape);
-    /* Due at every turn of the device loop; the window paces it. */
+    /* Windowed: due at every turn of the device loop, the window paces it.
+     * Open loop: polled every millisecond, publishing what is due, as a DAQ
+     * driver empties its buffer. */
     if (rc == 0)
-        rc = lmq_dev_stream_rate(dev, 0, 1e9);
+        rc = lmq_dev_stream_rate(dev, 0, s->rate > 0 ? 1000 : 1e9);
     if (rc != 0) {
         ctl_unmap(&s->ctl);
         free(s);
@@ -326,12 +334,20 @@ static void source_close(lmq_dev_t *dev, void *state)
     free(s);
 }
 
+/* Open loop: how many blocks should have been published by now. */
+static uint64_t paced_due(double rate, int64_t t0, int64_t now)
+{
+    return (uint64_t)((double)(now - t0) * 1e-9 * rate) + 1;
+}
+
 static int source_poll(lmq_dev_t *dev, void *state, int64_t now_ns)
 {
-    (void)now_ns;
     source_t *s = state;
-    for (int i = 0; i < POLL_BATCH; i++) {
-        if (!gate_open(&s->gate, s->seq, i == 0 ? WAIT_NS : 0))
+    if (s->rate > 0 && !s->t0)
+        s->t0 = now_ns;
+    uint64_t due = s->rate > 0 ? paced_due(s->rate, s->t0, now_ns) : UINT64_MAX;
+    for (int i = 0; i < (s->rate > 0 ? OPEN_BATCH : POLL_BATCH) && s->seq < due; i++) {
+        if (s->rate <= 0 && !gate_open(&s->gate, s->seq, i == 0 ? WAIT_NS : 0))
             return 0;
         void *p = block_new(s->size, s->seq);
         if (!p)
@@ -349,6 +365,7 @@ static const lmq_option_t source_options[] = {
     {.name = "block", .type = LMQ_INT, .def = "65536", .doc = "bytes per block"},
     {.name = "window", .type = LMQ_INT, .def = "64", .doc = "blocks in flight at most"},
     {.name = "shm", .type = LMQ_STRING, .def = NULL, .doc = "the file shared with the subscriber"},
+    {.name = "rate", .type = LMQ_FLOAT, .def = "0", .doc = "blocks/s, open loop; 0 = as the window allows"},
     {.name = NULL},
 };
 
@@ -372,12 +389,13 @@ static int role_labmq_pub(const opts_t *o)
     ctl_t *c = ctl_map(o->shm, false);
     if (!c)
         return 1;
-    char control[PATH_MAX + 16], data[PATH_MAX + 16], block[32], window[32];
+    char control[PATH_MAX + 16], data[PATH_MAX + 16], block[32], window[32], rate[32];
     snprintf(control, sizeof control, "ipc://%s/control", o->dir);
     snprintf(data, sizeof data, "ipc://%s/data", o->dir);
     snprintf(block, sizeof block, "%zu", o->size);
     snprintf(window, sizeof window, "%ld", o->window);
-    const char *const options[] = {"block", block, "window", window, "shm", o->shm, NULL};
+    snprintf(rate, sizeof rate, "%.17g", o->rate);
+    const char *const options[] = {"block", block, "window", window, "shm", o->shm, "rate", rate, NULL};
     int status = 1;
     void *zctx = zmq_ctx_new();
     lmq_log_t *log = lmq_log_new(LMQ_LOG_WARN, NULL, NULL);
@@ -422,6 +440,7 @@ typedef struct raw_pub {
     void *sock;
     size_t size;
     uint64_t window;
+    double rate;
     bool failed;
 } raw_pub_t;
 
@@ -433,9 +452,21 @@ static void *raw_pub_run(void *arg)
 {
     raw_pub_t *r = arg;
     gate_t g = {.ctl = r->ctl, .window = r->window};
-    uint64_t seq = 0;
+    uint64_t seq = 0, due = UINT64_MAX;
+    int64_t t0 = mono_ns();
     while (!atomic_load(&r->ctl->stop)) {
-        if (!gate_open(&g, seq, WAIT_NS))
+        if (r->rate > 0) {
+            /* The labmq driver's rhythm: every millisecond, what is due. */
+            if (seq >= due) {
+                struct timespec nap = {0, 1000000};
+                nanosleep(&nap, NULL);
+            }
+            due = paced_due(r->rate, t0, mono_ns());
+            if (due > seq + OPEN_BATCH)
+                due = seq + OPEN_BATCH;
+            if (seq >= due)
+                continue;
+        } else if (!gate_open(&g, seq, WAIT_NS))
             continue;
         void *p = block_new(r->size, seq);
         if (!p) {
@@ -478,7 +509,7 @@ static int role_raw_pub(const opts_t *o)
     }
     /* pthread_create is the full barrier ZeroMQ asks for when a socket
      * moves to another thread. */
-    raw_pub_t r = {.ctl = c, .sock = pub, .size = o->size, .window = (uint64_t)o->window};
+    raw_pub_t r = {.ctl = c, .sock = pub, .size = o->size, .window = (uint64_t)o->window, .rate = o->rate};
     pthread_t th;
     if (pthread_create(&th, NULL, raw_pub_run, &r) != 0) {
         fprintf(stderr, "streams: raw publisher: cannot start its thread\n");
@@ -794,7 +825,7 @@ static long window_for(const opts_t *o, size_t size)
 }
 
 /* One publisher and one subscriber: adds what the subscriber measured to r. */
-static int run_once(bench_t *b, const layout_t *l, int sys, size_t size, result_t *r)
+static int run_once(bench_t *b, const layout_t *l, int sys, size_t size, double rate, result_t *r)
 {
     const opts_t *o = b->o;
     char shm[128], raw_ep[128], data_ep[128], line[256];
@@ -821,6 +852,8 @@ static int run_once(bench_t *b, const layout_t *l, int sys, size_t size, result_
     av_add(&a, av_fmt(&a, "%.0f", (double)size));
     av_add(&a, "--window");
     av_add(&a, av_fmt(&a, "%.0f", (double)window_for(o, size)));
+    av_add(&a, "--rate");
+    av_add(&a, av_fmt(&a, "%.1f", rate));
     int ok = child_spawn(&pub, a.v) == 0 && child_expect(&pub, "ready", line, sizeof line) == 0;
     if (ok) {
         argvb_t s = {0};
@@ -886,6 +919,22 @@ static void size_name(size_t size, char *buf, size_t n)
         snprintf(buf, n, "%zu B", size);
 }
 
+static void print_row(const layout_t *l, size_t size, const char *name, const result_t *x, const char *last)
+{
+    char sz[32];
+    size_name(size, sz, sizeof sz);
+    double secs = (double)x->elapsed_ns / 1e9;
+    if (x->failed && !x->blocks) {
+        printf("%-6s %8s %-9s %10s\n", l->name, sz, name, "failed");
+        return;
+    }
+    printf("%-6s %8s %-9s %10.0f %9.1f %6" PRIu64 " %6" PRIu64 " %8.0f %8.0f %8.1f %10s\n", l->name, sz, name,
+           secs > 0 ? (double)x->blocks / secs : 0, secs > 0 ? (double)x->bytes / secs / 1e6 : 0, x->lost, x->errors,
+           secs > 0 ? 100.0 * (double)x->pub_cpu_ns / (double)x->elapsed_ns : 0,
+           secs > 0 ? 100.0 * (double)x->sub_cpu_ns / (double)x->elapsed_ns : 0,
+           x->blocks ? (double)x->pub_faults / (double)x->blocks : 0, last);
+}
+
 static void usage(FILE *f)
 {
     fprintf(f,
@@ -902,7 +951,9 @@ static void usage(FILE *f)
             "  --rounds R        runs per system, size and layout, alternating the systems (3)\n"
             "  --layout L        run only one layout\n"
             "  --sizes LIST      block sizes in bytes (64,4096,65536,1048576,4194304)\n"
-            "  --window-bytes N  bytes in flight at most (32 MiB; 4..%d blocks)\n",
+            "  --window-bytes N  bytes in flight at most (32 MiB; 4..%d blocks)\n"
+            "  --paced F         then each system open loop (no window) at F times its own rate,\n"
+            "                    the rows SYSTEM@F: a subscriber that keeps up loses nothing (0.5; 0 = skip)\n",
             MAX_WINDOW);
 }
 
@@ -923,7 +974,7 @@ static int orchestrate(const opts_t *o)
     int status = 0;
     printf("stream throughput, ipc://, %.1f s x %d per row after %.1f s warm-up; window %zu MiB (4..%d blocks)\n",
            o->duration_s, o->rounds, o->warmup_s, o->window_bytes >> 20, MAX_WINDOW);
-    printf("%-6s %8s %-6s %10s %9s %6s %6s %8s %8s %8s %10s\n", "layout", "block", "system", "blocks/s", "MB/s",
+    printf("%-6s %8s %-9s %10s %9s %6s %6s %8s %8s %8s %10s\n", "layout", "block", "system", "blocks/s", "MB/s",
            "lost", "errors", "pub CPU%", "sub CPU%", "pub flt", "labmq/raw");
     fflush(stdout);
     for (size_t li = 0; li < sizeof layouts / sizeof layouts[0]; li++) {
@@ -940,7 +991,7 @@ static int orchestrate(const opts_t *o)
             for (int round = 0; round < o->rounds; round++)
                 for (int k = 0; k < NSYS; k++) {
                     int sys = (round & 1) ? NSYS - 1 - k : k;
-                    if (run_once(&b, l, sys, size, &r[sys]) != 0)
+                    if (run_once(&b, l, sys, size, 0, &r[sys]) != 0)
                         status = 1;
                 }
             double rate[NSYS];
@@ -949,23 +1000,25 @@ static int orchestrate(const opts_t *o)
                 rate[sys] = secs > 0 ? (double)r[sys].blocks / secs : 0;
             }
             for (int sys = 0; sys < NSYS; sys++) {
-                const result_t *x = &r[sys];
-                double secs = (double)x->elapsed_ns / 1e9;
-                char sz[32], ratio[24] = "";
-                size_name(size, sz, sizeof sz);
+                char ratio[24] = "";
                 if (sys == SYS_LABMQ && rate[SYS_RAW] > 0) {
                     double q = rate[SYS_LABMQ] / rate[SYS_RAW];
                     snprintf(ratio, sizeof ratio, "%.2f%s", q, size >= 65536 ? (q >= 0.8 ? " ok" : " MISS") : "");
                 }
-                if (x->failed && !x->blocks) {
-                    printf("%-6s %8s %-6s %10s\n", l->name, sz, sys_name[sys], "failed");
+                print_row(l, size, sys_name[sys], &r[sys], ratio);
+            }
+            /* Open loop: no window, each publisher at a fraction of its own
+             * windowed rate; a subscriber that keeps up must lose nothing. */
+            for (int sys = 0; o->paced > 0 && sys < NSYS; sys++) {
+                result_t p = {0};
+                char name[24], offered[24];
+                if (rate[sys] <= 0)
                     continue;
-                }
-                printf("%-6s %8s %-6s %10.0f %9.1f %6" PRIu64 " %6" PRIu64 " %8.0f %8.0f %8.1f %10s\n", l->name, sz,
-                       sys_name[sys], rate[sys], secs > 0 ? (double)x->bytes / secs / 1e6 : 0, x->lost, x->errors,
-                       secs > 0 ? 100.0 * (double)x->pub_cpu_ns / (double)x->elapsed_ns : 0,
-                       secs > 0 ? 100.0 * (double)x->sub_cpu_ns / (double)x->elapsed_ns : 0,
-                       x->blocks ? (double)x->pub_faults / (double)x->blocks : 0, ratio);
+                if (run_once(&b, l, sys, size, o->paced * rate[sys], &p) != 0)
+                    status = 1;
+                snprintf(name, sizeof name, "%s@%.0f%%", sys_name[sys], o->paced * 100);
+                snprintf(offered, sizeof offered, "%.0f/s", o->paced * rate[sys]);
+                print_row(l, size, name, &p, offered);
             }
             fflush(stdout);
         }
@@ -995,13 +1048,13 @@ static int parse_sizes(opts_t *o, const char *text)
 
 int main(int argc, char **argv)
 {
-    opts_t o = {.cpu = -1, .duration_s = 1.0, .warmup_s = 0.3, .rounds = 3, .window_bytes = 32u << 20,
+    opts_t o = {.cpu = -1, .duration_s = 1.0, .warmup_s = 0.3, .rounds = 3, .window_bytes = 32u << 20, .paced = 0.5,
                 .window = 64};
     memcpy(o.sizes, default_sizes, sizeof default_sizes);
     o.nsizes = NSIZES;
     bool duration_set = false, warmup_set = false, rounds_set = false;
     enum { O_ROLE = 256, O_CPU, O_SYSTEM, O_ENDPOINT, O_DIR, O_SHM, O_SIZE, O_WINDOW, O_WARMUP, O_ROUNDS,
-           O_LAYOUT, O_SIZES, O_WBYTES };
+           O_LAYOUT, O_SIZES, O_WBYTES, O_RATE, O_PACED };
     static const struct option longopts[] = {
         {"help", no_argument, NULL, 'h'},
         {"quick", no_argument, NULL, 'q'},
@@ -1019,6 +1072,8 @@ int main(int argc, char **argv)
         {"shm", required_argument, NULL, O_SHM},
         {"size", required_argument, NULL, O_SIZE},
         {"window", required_argument, NULL, O_WINDOW},
+        {"rate", required_argument, NULL, O_RATE},
+        {"paced", required_argument, NULL, O_PACED},
         {NULL, 0, NULL, 0},
     };
     int ch;
@@ -1045,6 +1100,8 @@ int main(int argc, char **argv)
         case O_SHM: o.shm = optarg; break;
         case O_SIZE: o.size = (size_t)strtoull(optarg, NULL, 10); break;
         case O_WINDOW: o.window = atol(optarg); break;
+        case O_RATE: o.rate = atof(optarg); break;
+        case O_PACED: o.paced = atof(optarg); break;
         default: usage(stderr); return 2;
         }
     }
@@ -1074,7 +1131,7 @@ int main(int argc, char **argv)
         if (!rounds_set)
             o.rounds = 1;
     }
-    if (o.duration_s <= 0 || o.warmup_s < 0 || o.rounds < 1 || o.window_bytes < 1) {
+    if (o.duration_s <= 0 || o.warmup_s < 0 || o.rounds < 1 || o.window_bytes < 1 || !(o.paced >= 0 && o.paced < 1)) {
         usage(stderr);
         return 2;
     }
