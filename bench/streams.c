@@ -256,6 +256,7 @@ typedef struct opts {
     size_t size;
     long window;
     double rate; /* publisher: open loop at this many blocks/s (0: windowed) */
+    int hwm;     /* raw publisher's SNDHWM; orchestrator: passed on */
 } opts_t;
 
 static int pin_self(int cpu)
@@ -498,7 +499,7 @@ static int role_raw_pub(const opts_t *o)
      * 64-byte blocks at a few 100k/s with only 64 in flight, because it
      * learns what its I/O thread has taken only every 500 messages and only
      * when it processes commands (about every millisecond). */
-    int linger = 0, hwm = 10000;
+    int linger = 0, hwm = o->hwm;
     if (pub) {
         zmq_setsockopt(pub, ZMQ_LINGER, &linger, sizeof linger);
         zmq_setsockopt(pub, ZMQ_SNDHWM, &hwm, sizeof hwm);
@@ -852,6 +853,8 @@ static int run_once(bench_t *b, const layout_t *l, int sys, size_t size, double 
     av_add(&a, av_fmt(&a, "%.0f", (double)size));
     av_add(&a, "--window");
     av_add(&a, av_fmt(&a, "%.0f", (double)window_for(o, size)));
+    av_add(&a, "--raw-hwm");
+    av_add(&a, av_fmt(&a, "%.0f", o->hwm));
     av_add(&a, "--rate");
     av_add(&a, av_fmt(&a, "%.1f", rate));
     int ok = child_spawn(&pub, a.v) == 0 && child_expect(&pub, "ready", line, sizeof line) == 0;
@@ -953,7 +956,9 @@ static void usage(FILE *f)
             "  --sizes LIST      block sizes in bytes (64,4096,65536,1048576,4194304)\n"
             "  --window-bytes N  bytes in flight at most (32 MiB; 4..%d blocks)\n"
             "  --paced F         then each system open loop (no window) at F times its own rate,\n"
-            "                    the rows SYSTEM@F: a subscriber that keeps up loses nothing (0.5; 0 = skip)\n",
+            "                    the rows SYSTEM@F: a subscriber that keeps up loses nothing (0.5; 0 = skip)\n"
+            "  --raw-hwm N       the raw PUB's SNDHWM (10000, as labmq's device pipe; labmq's XPUB\n"
+            "                    keeps ZeroMQ's default, 1000)\n",
             MAX_WINDOW);
 }
 
@@ -1048,13 +1053,13 @@ static int parse_sizes(opts_t *o, const char *text)
 
 int main(int argc, char **argv)
 {
-    opts_t o = {.cpu = -1, .duration_s = 1.0, .warmup_s = 0.3, .rounds = 3, .window_bytes = 32u << 20, .paced = 0.5,
+    opts_t o = {.cpu = -1, .duration_s = 1.0, .warmup_s = 0.3, .rounds = 3, .window_bytes = 32u << 20, .paced = 0.5, .hwm = 10000,
                 .window = 64};
     memcpy(o.sizes, default_sizes, sizeof default_sizes);
     o.nsizes = NSIZES;
     bool duration_set = false, warmup_set = false, rounds_set = false;
     enum { O_ROLE = 256, O_CPU, O_SYSTEM, O_ENDPOINT, O_DIR, O_SHM, O_SIZE, O_WINDOW, O_WARMUP, O_ROUNDS,
-           O_LAYOUT, O_SIZES, O_WBYTES, O_RATE, O_PACED };
+           O_LAYOUT, O_SIZES, O_WBYTES, O_RATE, O_PACED, O_HWM };
     static const struct option longopts[] = {
         {"help", no_argument, NULL, 'h'},
         {"quick", no_argument, NULL, 'q'},
@@ -1074,6 +1079,7 @@ int main(int argc, char **argv)
         {"window", required_argument, NULL, O_WINDOW},
         {"rate", required_argument, NULL, O_RATE},
         {"paced", required_argument, NULL, O_PACED},
+        {"raw-hwm", required_argument, NULL, O_HWM},
         {NULL, 0, NULL, 0},
     };
     int ch;
@@ -1102,6 +1108,7 @@ int main(int argc, char **argv)
         case O_WINDOW: o.window = atol(optarg); break;
         case O_RATE: o.rate = atof(optarg); break;
         case O_PACED: o.paced = atof(optarg); break;
+        case O_HWM: o.hwm = atoi(optarg); break;
         default: usage(stderr); return 2;
         }
     }
@@ -1131,7 +1138,8 @@ int main(int argc, char **argv)
         if (!rounds_set)
             o.rounds = 1;
     }
-    if (o.duration_s <= 0 || o.warmup_s < 0 || o.rounds < 1 || o.window_bytes < 1 || !(o.paced >= 0 && o.paced < 1)) {
+    if (o.duration_s <= 0 || o.warmup_s < 0 || o.rounds < 1 || o.window_bytes < 1 || !(o.paced >= 0 && o.paced < 1) ||
+        o.hwm < 0) {
         usage(stderr);
         return 2;
     }
