@@ -540,21 +540,21 @@ out:
 /* ------------------------------------------------------------------ */
 /* the subscriber                                                       */
 
-/* Receives one raw block: 0 and its seq (then *ok says whether the payload
- * is the one sent), 1 on timeout, -1 for a message without a valid header. */
-static int raw_recv(void *sub, int timeout_ms, size_t size, uint64_t *seq, size_t *got, bool *ok)
+/* Receives one raw block the plainest way (a blocking receive with
+ * ZMQ_RCVTIMEO): 0 and its seq (then *ok says whether the payload is the one
+ * sent), 1 on timeout, -1 for a message without a valid header. */
+static int raw_recv(void *sub, size_t size, uint64_t *seq, size_t *got, bool *ok)
 {
-    zmq_pollitem_t item = {sub, 0, ZMQ_POLLIN, 0};
-    if (zmq_poll(&item, 1, timeout_ms) <= 0)
-        return 1;
     zmq_msg_t part[3];
     int n = 0;
     bool more = true;
     while (more) {
         zmq_msg_t m;
         zmq_msg_init(&m);
-        if (zmq_msg_recv(&m, sub, 0) < 0) {
+        if (zmq_msg_recv(&m, sub, 0) < 0) { /* ZMQ_RCVTIMEO: EAGAIN */
             zmq_msg_close(&m);
+            if (n == 0)
+                return 1;
             break;
         }
         more = zmq_msg_more(&m);
@@ -582,7 +582,7 @@ static int raw_recv(void *sub, int timeout_ms, size_t size, uint64_t *seq, size_
 static int sub_recv(void *sub, lmq_sub_t *ls, size_t size, uint64_t *seq, size_t *got, bool *ok)
 {
     if (sub)
-        return raw_recv(sub, 200, size, seq, got, ok);
+        return raw_recv(sub, size, seq, got, ok);
     lmq_frame_t *f = NULL;
     int r = lmq_sub_recv(ls, &f, 200);
     if (r == LMQ_ETIMEOUT)
@@ -612,9 +612,10 @@ static int role_sub(const opts_t *o)
     void *sub = NULL;
     if (raw) {
         sub = zctx ? zmq_socket(zctx, ZMQ_SUB) : NULL;
-        int linger = 0, hwm = 10000; /* as lmq_sub */
+        int linger = 0, hwm = 10000, timeout = 200; /* as lmq_sub; as lmq_sub_recv's wait below */
         if (sub) {
             zmq_setsockopt(sub, ZMQ_LINGER, &linger, sizeof linger);
+            zmq_setsockopt(sub, ZMQ_RCVTIMEO, &timeout, sizeof timeout);
             zmq_setsockopt(sub, ZMQ_RCVHWM, &hwm, sizeof hwm);
             zmq_setsockopt(sub, ZMQ_SUBSCRIBE, TOPIC, strlen(TOPIC));
         }
