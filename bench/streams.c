@@ -62,11 +62,11 @@
 extern char **environ;
 
 #define TOPIC "src/data"
-#define MAX_WINDOW 256
-#define PROBE_NS 20000000LL     /* no progress for this long: send one block anyway */
-#define WAIT_NS 1000000LL       /* one futex wait; the device thread then serves requests */
-#define POLL_BATCH 256          /* blocks per driver poll at most */
-#define OPEN_BATCH 4096         /* open loop: blocks per poll at most, catching up after a stall */
+#define MAX_WINDOW 256      /* blocks: a PUB sees its queue up to ~500 + 1 ms of blocks late; XPUB holds 1000 */
+#define PROBE_NS 20000000LL /* no progress for this long: send one block anyway */
+#define WAIT_NS 1000000LL   /* one futex wait; the device thread then serves requests */
+#define POLL_BATCH 256      /* blocks per driver poll at most */
+#define OPEN_BATCH 4096     /* open loop: blocks per poll at most, catching up after a stall */
 
 static const size_t default_sizes[] = {64, 4096, 65536, 1048576, 4194304};
 #define NSIZES (sizeof default_sizes / sizeof default_sizes[0])
@@ -371,8 +371,11 @@ static const lmq_option_t source_options[] = {
 };
 
 static const lmq_stream_t source_streams[] = {
-    {.name = "data", .doc = "blocks of `block` bytes, as fast as the window allows", .dtype = LMQ_U8,
-     .unit = "", .poll = source_poll},
+    {.name = "data",
+     .doc = "blocks of `block` bytes, as fast as the window allows",
+     .dtype = LMQ_U8,
+     .unit = "",
+     .poll = source_poll},
     {.name = NULL},
 };
 
@@ -881,8 +884,8 @@ static int run_once(bench_t *b, const layout_t *l, int sys, size_t size, double 
         uint64_t blocks, bytes, lost, errors;
         int64_t el, cpu;
         ok = child_spawn(&sub, s.v) == 0 && child_expect(&sub, "result ", line, sizeof line) == 0 &&
-             sscanf(line + 7, "%" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNd64 " %" SCNd64, &blocks,
-                    &bytes, &lost, &errors, &el, &cpu) == 6;
+             sscanf(line + 7, "%" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNd64 " %" SCNd64, &blocks, &bytes,
+                    &lost, &errors, &el, &cpu) == 6;
         if (ok) {
             r->blocks += blocks;
             r->bytes += bytes;
@@ -980,8 +983,8 @@ static int orchestrate(const opts_t *o)
     int status = 0;
     printf("stream throughput, ipc://, %.1f s x %d per row after %.1f s warm-up; window %zu MiB (4..%d blocks)\n",
            o->duration_s, o->rounds, o->warmup_s, o->window_bytes >> 20, MAX_WINDOW);
-    printf("%-6s %8s %-9s %10s %9s %6s %6s %8s %8s %8s %10s\n", "layout", "block", "system", "blocks/s", "MB/s",
-           "lost", "errors", "pub CPU%", "sub CPU%", "pub flt", "labmq/raw");
+    printf("%-6s %8s %-9s %10s %9s %6s %6s %8s %8s %8s %10s\n", "layout", "block", "system", "blocks/s", "MB/s", "lost",
+           "errors", "pub CPU%", "sub CPU%", "pub flt", "labmq/raw");
     fflush(stdout);
     for (size_t li = 0; li < sizeof layouts / sizeof layouts[0]; li++) {
         const layout_t *l = &layouts[li];
@@ -1043,8 +1046,7 @@ static int parse_sizes(opts_t *o, const char *text)
     while (*p) {
         errno = 0;
         unsigned long long v = strtoull(p, &end, 10);
-        if (end == p || errno || v < 16 || v > (1ULL << 30) || o->nsizes >= NSIZES ||
-            (*end && *end != ','))
+        if (end == p || errno || v < 16 || v > (1ULL << 30) || o->nsizes >= NSIZES || (*end && *end != ','))
             return -1;
         o->sizes[o->nsizes++] = (size_t)v;
         p = *end ? end + 1 : end;
@@ -1054,13 +1056,35 @@ static int parse_sizes(opts_t *o, const char *text)
 
 int main(int argc, char **argv)
 {
-    opts_t o = {.cpu = -1, .duration_s = 1.0, .warmup_s = 0.3, .rounds = 3, .window_bytes = 32u << 20, .paced = 0.5, .hwm = 10000,
+    opts_t o = {.cpu = -1,
+                .duration_s = 1.0,
+                .warmup_s = 0.3,
+                .rounds = 3,
+                .window_bytes = 32u << 20,
+                .paced = 0.5,
+                .hwm = 10000,
                 .window = 64};
     memcpy(o.sizes, default_sizes, sizeof default_sizes);
     o.nsizes = NSIZES;
     bool duration_set = false, warmup_set = false, rounds_set = false;
-    enum { O_ROLE = 256, O_CPU, O_SYSTEM, O_ENDPOINT, O_DIR, O_SHM, O_SIZE, O_WINDOW, O_WARMUP, O_ROUNDS,
-           O_LAYOUT, O_SIZES, O_WBYTES, O_RATE, O_PACED, O_HWM };
+    enum {
+        O_ROLE = 256,
+        O_CPU,
+        O_SYSTEM,
+        O_ENDPOINT,
+        O_DIR,
+        O_SHM,
+        O_SIZE,
+        O_WINDOW,
+        O_WARMUP,
+        O_ROUNDS,
+        O_LAYOUT,
+        O_SIZES,
+        O_WBYTES,
+        O_RATE,
+        O_PACED,
+        O_HWM
+    };
     static const struct option longopts[] = {
         {"help", no_argument, NULL, 'h'},
         {"quick", no_argument, NULL, 'q'},
@@ -1086,31 +1110,72 @@ int main(int argc, char **argv)
     int ch;
     while ((ch = getopt_long(argc, argv, "hqd:", longopts, NULL)) != -1) {
         switch (ch) {
-        case 'h': usage(stdout); return 0;
-        case 'q': o.quick = true; break;
-        case 'd': o.duration_s = atof(optarg); duration_set = true; break;
-        case O_WARMUP: o.warmup_s = atof(optarg); warmup_set = true; break;
-        case O_ROUNDS: o.rounds = atoi(optarg); rounds_set = true; break;
-        case O_LAYOUT: o.only = optarg; break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        case 'q':
+            o.quick = true;
+            break;
+        case 'd':
+            o.duration_s = atof(optarg);
+            duration_set = true;
+            break;
+        case O_WARMUP:
+            o.warmup_s = atof(optarg);
+            warmup_set = true;
+            break;
+        case O_ROUNDS:
+            o.rounds = atoi(optarg);
+            rounds_set = true;
+            break;
+        case O_LAYOUT:
+            o.only = optarg;
+            break;
         case O_SIZES:
             if (parse_sizes(&o, optarg) != 0) {
                 fprintf(stderr, "streams: --sizes: up to %zu sizes of 16 B..1 GiB, comma-separated\n", NSIZES);
                 return 2;
             }
             break;
-        case O_WBYTES: o.window_bytes = (size_t)strtoull(optarg, NULL, 10); break;
-        case O_ROLE: o.role = optarg; break;
-        case O_CPU: o.cpu = atoi(optarg); break;
-        case O_SYSTEM: o.system = optarg; break;
-        case O_ENDPOINT: o.endpoint = optarg; break;
-        case O_DIR: o.dir = optarg; break;
-        case O_SHM: o.shm = optarg; break;
-        case O_SIZE: o.size = (size_t)strtoull(optarg, NULL, 10); break;
-        case O_WINDOW: o.window = atol(optarg); break;
-        case O_RATE: o.rate = atof(optarg); break;
-        case O_PACED: o.paced = atof(optarg); break;
-        case O_HWM: o.hwm = atoi(optarg); break;
-        default: usage(stderr); return 2;
+        case O_WBYTES:
+            o.window_bytes = (size_t)strtoull(optarg, NULL, 10);
+            break;
+        case O_ROLE:
+            o.role = optarg;
+            break;
+        case O_CPU:
+            o.cpu = atoi(optarg);
+            break;
+        case O_SYSTEM:
+            o.system = optarg;
+            break;
+        case O_ENDPOINT:
+            o.endpoint = optarg;
+            break;
+        case O_DIR:
+            o.dir = optarg;
+            break;
+        case O_SHM:
+            o.shm = optarg;
+            break;
+        case O_SIZE:
+            o.size = (size_t)strtoull(optarg, NULL, 10);
+            break;
+        case O_WINDOW:
+            o.window = atol(optarg);
+            break;
+        case O_RATE:
+            o.rate = atof(optarg);
+            break;
+        case O_PACED:
+            o.paced = atof(optarg);
+            break;
+        case O_HWM:
+            o.hwm = atoi(optarg);
+            break;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     if (pin_self(o.cpu) != 0)
