@@ -344,6 +344,14 @@ static uint64_t paced_due(double rate, int64_t t0, int64_t now)
 static int source_poll(lmq_dev_t *dev, void *state, int64_t now_ns)
 {
     source_t *s = state;
+    /* A block published while nobody subscribes is dropped without a seq:
+     * publish none then, so that s->seq stays the seq the daemon gives, and
+     * start the open-loop clock with the subscriber. */
+    if (!lmq_dev_stream_wanted(dev, 0)) {
+        s->t0 = 0;
+        lmq_dev_sleep(dev, 1000000); /* not a busy loop until then; a stop ends it early */
+        return 0;
+    }
     if (s->rate > 0 && !s->t0)
         s->t0 = now_ns;
     uint64_t due = s->rate > 0 ? paced_due(s->rate, s->t0, now_ns) : UINT64_MAX;

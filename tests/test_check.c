@@ -180,6 +180,44 @@ START_TEST(bad_requests_answered_before_the_device)
 }
 END_TEST
 
+/* The answers protocol 2.1 and 2.3 give for JSON at the edges: what a strict
+ * parser refuses is PROTO with a null id (the header was never read), a
+ * missing key is PROTO with the id. */
+START_TEST(json_edges)
+{
+    static const struct {
+        const char *header;
+        bool id_null;
+        const char *text;
+    } cases[] = {
+        {"{\"v\":1,\"id\":7,\"op\":\"get\",\"device\":\"psu1\\u0000\",\"name\":\"voltage\"}", true, "JSON"},
+        {"{\"v\":1,\"id\":7,\"op\":\"get\",\"device\":\"\\ud800\",\"name\":\"voltage\"}", true, "JSON"},
+        {SET_V("9223372036854775808"), true, "JSON"},
+        {SET_V("1e400"), true, "JSON"},
+        {"{\"v\":1,\"id\":7,\"id\":8,\"op\":\"ping\"}", true, "JSON"},
+        {"[1,2]", true, "object"},
+        {"", true, "empty header"},
+        {"{\"v\":1,\"id\":7}", false, "missing key 'op'"},
+        {"{\"v\":1,\"id\":7,\"op\":\"get\",\"device\":\"psu1\"}", false, "needs 'name'"},
+        {"{\"id\":7,\"op\":\"ping\"}", false, "missing key 'v'"},
+    };
+    lab_t lab;
+    lab_start(&lab);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        json_t *r = request(&lab, cases[i].header, 0, NULL, 5000);
+        ck_assert_msg(!strcmp(th_reply_code(r), "PROTO"), "case %zu (%s): %s '%s'", i, cases[i].header,
+                      th_reply_code(r), th_reply_message(r));
+        ck_assert_msg(strstr(th_reply_message(r), cases[i].text), "case %zu: '%s' lacks '%s'", i,
+                      th_reply_message(r), cases[i].text);
+        json_t *id = json_object_get(r, "id");
+        ck_assert_msg(cases[i].id_null ? json_is_null(id) : json_integer_value(id) == 7, "case %zu: id %s", i,
+                      json_is_null(id) ? "null" : "set");
+        json_decref(r);
+    }
+    lab_stop(&lab);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("check");
@@ -187,6 +225,7 @@ int main(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, array_references);
     tcase_add_test(tc, bad_requests_answered_before_the_device);
+    tcase_add_test(tc, json_edges);
     suite_add_tcase(s, tc);
     return th_run_suite(s);
 }

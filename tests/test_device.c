@@ -505,6 +505,9 @@ START_TEST(reconnect_restores_settings)
         while (strcmp(dev_state(p1, state, sizeof state), "disconnected") != 0 && th_now_ms() - t0 < 3000)
             ;
         ck_assert_msg(th_now_ms() - t0 < 1000, "DISCONNECTED after %.0f ms", th_now_ms() - t0);
+        while (strcmp(dev_state(p2, state, sizeof state), "disconnected") != 0 && th_now_ms() - t0 < 3000)
+            ; /* dev2 too, so that it forgets its setting in every round */
+        ck_assert_str_eq(state, "disconnected");
         ck_assert_int_eq(lmq_proxy_get_double(p1, "level", &got), LMQ_EDEVICE);
         ck_assert_msg(strstr(lmq_proxy_last_error(p1), "cable cut"), "%s", lmq_proxy_last_error(p1));
         lmq_value_set_string(&s, "+dev1");
@@ -566,6 +569,45 @@ START_TEST(time_scale_speeds_up_simulated_instruments)
 }
 END_TEST
 
+/* A stream nobody subscribes to costs nothing: no block is made or sent
+ * (published stays put); a subscriber starts it, and leaving stops it. */
+START_TEST(unwatched_streams_cost_nothing)
+{
+    lab_t lab;
+    lab_new(&lab);
+    const char *opts[] = {"width", "256", "height", "256", "fps", "50", NULL};
+    lab_add(&lab, "cam1", lmq_driver_find("sim-camera"), opts);
+    lab_start(&lab);
+    lmq_proxy_t *p = proxy(&lab, "cam1");
+    ck_assert_int_eq(lmq_proxy_call(p, "start", NULL, 0, NULL), 0);
+    struct timespec nap = {0, 500 * 1000000L};
+    nanosleep(&nap, NULL);
+    json_t *root;
+    json_t *st = json_array_get(json_object_get(dev_stats(p, &root), "streams"), 0);
+    ck_assert_int_eq(json_integer_value(json_object_get(st, "published")), 0);
+    json_decref(root);
+    lmq_sub_t *sub = lmq_sub_new(lab.zctx, DATA, "cam1/frames");
+    lmq_frame_t *f = NULL;
+    for (int i = 0; i < 5; i++) {
+        ck_assert_int_eq(lmq_sub_recv(sub, &f, 5000), 0);
+        lmq_frame_destroy(&f);
+    }
+    ck_assert_uint_eq(lmq_sub_lost(sub), 0);
+    lmq_sub_destroy(&sub);
+    nanosleep(&nap, NULL); /* the unsubscription reaches the daemon */
+    st = json_array_get(json_object_get(dev_stats(p, &root), "streams"), 0);
+    json_int_t before = json_integer_value(json_object_get(st, "published"));
+    json_decref(root);
+    ck_assert_int_ge(before, 5);
+    nanosleep(&nap, NULL); /* 25 frames' time */
+    st = json_array_get(json_object_get(dev_stats(p, &root), "streams"), 0);
+    ck_assert_int_eq(json_integer_value(json_object_get(st, "published")), before);
+    json_decref(root);
+    lmq_proxy_destroy(&p);
+    lab_end(&lab);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("device");
@@ -577,6 +619,7 @@ int main(void)
     tcase_add_test(tc, describe_lists_configured_inputs_only);
     tcase_add_test(tc, reconnect_restores_settings);
     tcase_add_test(tc, time_scale_speeds_up_simulated_instruments);
+    tcase_add_test(tc, unwatched_streams_cost_nothing);
     suite_add_tcase(s, tc);
     return th_run_suite(s);
 }

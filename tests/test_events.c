@@ -36,12 +36,38 @@ static void lab_stop(lab_t *lab)
     zmq_ctx_term(lab->zctx);
 }
 
+/* The next event that belongs to the test: a device's first "opened" may
+ * come after we subscribed, on a loaded machine. */
 static lmq_event_t *next(lmq_events_t *e)
 {
-    lmq_event_t *ev = NULL;
-    int rc = lmq_events_recv(e, &ev, 5000);
-    ck_assert_msg(rc == 0, "no event: %s %s", lmq_status_name(rc), lmq_events_last_error(e));
-    return ev;
+    for (;;) {
+        lmq_event_t *ev = NULL;
+        int rc = lmq_events_recv(e, &ev, 5000);
+        ck_assert_msg(rc == 0, "no event: %s %s", lmq_status_name(rc), lmq_events_last_error(e));
+        if (strcmp(lmq_event_cause(ev), "opened") != 0)
+            return ev;
+        lmq_event_destroy(&ev);
+    }
+}
+
+/* Waits until the subscription has reached the daemon: sets psu1's fault
+ * knob (to what it is) until that event arrives, then drops the events it
+ * caused. A fixed sleep would be too short on a loaded machine. */
+static void sync_events(lmq_events_t *e, lmq_proxy_t *psu1)
+{
+    lmq_value_t none = {0};
+    lmq_value_set_string(&none, "none");
+    double t0 = th_now_ms();
+    for (bool seen = false; !seen;) {
+        ck_assert_msg(th_now_ms() - t0 < 20000, "the subscription never reached the daemon");
+        ck_assert_int_eq(lmq_proxy_set(psu1, "fault", &none), 0);
+        lmq_event_t *ev = NULL;
+        while (lmq_events_recv(e, &ev, 100) == 0) {
+            seen |= !strcmp(lmq_event_name(ev), "fault");
+            lmq_event_destroy(&ev);
+        }
+    }
+    lmq_value_clear(&none);
 }
 
 START_TEST(set_is_seen_by_another_client)
@@ -51,9 +77,7 @@ START_TEST(set_is_seen_by_another_client)
     lmq_events_t *e = lmq_events_new(lab.zctx, DATA, "psu1");
     ck_assert_ptr_nonnull(e);
     lmq_proxy_t *a = lmq_proxy_new(lab.zctx, CTL, "psu1"), *other = lmq_proxy_new(lab.zctx, CTL, "psu10");
-    /* the subscription must reach the daemon before the first event */
-    struct timespec nap = {0, 100 * 1000000L};
-    nanosleep(&nap, NULL);
+    sync_events(e, a);
     lmq_value_t v = lmq_float(2.5);
     ck_assert_int_eq(lmq_proxy_set(other, "voltage", &v), 0); /* psu10: not ours, never delivered */
     ck_assert_int_eq(lmq_proxy_set(a, "voltage", &v), 0);
@@ -90,8 +114,7 @@ START_TEST(disconnect_reconnect_restore_in_order)
     lab_start(&lab, true);
     lmq_events_t *e = lmq_events_new(lab.zctx, DATA, NULL); /* every device */
     lmq_proxy_t *a = lmq_proxy_new(lab.zctx, CTL, "psu1");
-    struct timespec nap = {0, 100 * 1000000L};
-    nanosleep(&nap, NULL);
+    sync_events(e, a);
     lmq_value_t v = lmq_float(1.5), s = {0};
     ck_assert_int_eq(lmq_proxy_set(a, "voltage", &v), 0);
     lmq_value_set_string(&s, "disconnect:300");
@@ -103,11 +126,6 @@ START_TEST(disconnect_reconnect_restore_in_order)
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         lmq_event_t *ev = next(e);
-        /* the devices' first "opened" may come after we subscribed: not part of this story */
-        while (!strcmp(lmq_event_cause(ev), "opened")) {
-            lmq_event_destroy(&ev);
-            ev = next(e);
-        }
         ck_assert_str_eq(lmq_event_device(ev), "psu1");
         const char *what = !strcmp(lmq_event_kind(ev), "state") ? lmq_event_state(ev) : lmq_event_name(ev);
         ck_assert_msg(!strcmp(lmq_event_kind(ev), want[i][0]) && !strcmp(what, want[i][1]) &&

@@ -153,6 +153,8 @@ typedef struct lab {
     lmq_log_t *log;
 } lab_t;
 
+static double wait_state(lab_t *l, const char *want, int timeout_ms);
+
 static void lab_start(lab_t *l, const sim_t *s, bool restore)
 {
     l->ctx = zmq_ctx_new();
@@ -170,6 +172,9 @@ static void lab_start(lab_t *l, const sim_t *s, bool restore)
     l->p = lmq_proxy_new(l->ctx, "inproc://scpi", "psu");
     ck_assert_ptr_nonnull(l->p);
     lmq_proxy_set_timeout(l->p, 10000);
+    /* On a loaded machine the first open (its *IDN? within TIMEOUT_MS) may
+     * fail and be retried: every test starts from a ready device. */
+    ck_assert_msg(wait_state(l, "ready", 20000) >= 0, "the device did not become ready");
 }
 
 static void lab_stop(lab_t *l)

@@ -42,6 +42,8 @@ typedef struct broker {
     size_t ncache;
     pending_t *pend_head, *pend_tail;
     size_t npend, npend_refused;
+    char **prefixes; /* subscribed topic prefixes (XPUB reports each once) */
+    size_t nprefixes;
 } broker_t;
 
 static lmq__job_t *job_get(broker_t *b)
@@ -590,6 +592,60 @@ static bool handle_device(broker_t *b, lmq_dev_t *dev)
     return true;
 }
 
+/* ---- who listens ----
+ * XPUB passes on the first subscription to a prefix and the last
+ * unsubscription from it; the set of prefixes somebody holds tells each
+ * device which of its streams to publish at all. */
+
+static void update_wanted(broker_t *b)
+{
+    lmq_daemon_t *d = b->d;
+    for (size_t i = 0; i < d->ndev; i++)
+        for (size_t k = 0; k < d->devs[i]->nstreams; k++) {
+            lmq__stream_rt_t *st = &d->devs[i]->streams[k];
+            bool wanted = false;
+            for (size_t p = 0; p < b->nprefixes && !wanted; p++)
+                wanted = strncmp(st->topic, b->prefixes[p], strlen(b->prefixes[p])) == 0;
+            atomic_store(&st->wanted, wanted);
+        }
+}
+
+static bool handle_subscription(broker_t *b)
+{
+    char msg[256];
+    int n = zmq_recv(b->xpub, msg, sizeof msg - 1, ZMQ_DONTWAIT);
+    if (n < 0)
+        return false;
+    if (n < 1 || n >= (int)sizeof msg - 1 || (msg[0] != 0 && msg[0] != 1))
+        return true; /* not a subscription, or a prefix longer than any topic: it matches nothing */
+    msg[n] = '\0';
+    const char *prefix = msg + 1;
+    lmq_log(b->d->log, LMQ_LOG_DEBUG, "broker", "%s '%s'", msg[0] ? "subscribe" : "unsubscribe", prefix);
+    size_t i = 0;
+    while (i < b->nprefixes && strcmp(b->prefixes[i], prefix) != 0)
+        i++;
+    if (msg[0] == 1 && i == b->nprefixes) {
+        char **np = realloc(b->prefixes, (b->nprefixes + 1) * sizeof *np);
+        char *copy = strdup(prefix);
+        if (np)
+            b->prefixes = np;
+        if (!np || !copy) {
+            free(copy);
+            /* Cannot track it: publish everything rather than starve a subscriber. */
+            for (size_t k = 0; k < b->d->ndev; k++)
+                for (size_t j = 0; j < b->d->devs[k]->nstreams; j++)
+                    atomic_store(&b->d->devs[k]->streams[j].wanted, true);
+            return true;
+        }
+        b->prefixes[b->nprefixes++] = copy;
+    } else if (msg[0] == 0 && i < b->nprefixes) {
+        free(b->prefixes[i]);
+        b->prefixes[i] = b->prefixes[--b->nprefixes];
+    }
+    update_wanted(b);
+    return true;
+}
+
 static void report(broker_t *b, int status, const char *msg)
 {
     char buf[600];
@@ -778,19 +834,17 @@ void *lmq__broker_main(void *arg)
         if (b.items[1].revents & ZMQ_POLLIN)
             for (int k = 0; k < 64 && handle_request(&b); k++)
                 ;
-        if (b.items[2].revents & ZMQ_POLLIN) {
-            /* Subscriptions: logged only; XPUB filters by itself. */
-            char sub[256];
-            int n = zmq_recv(b.xpub, sub, sizeof sub, ZMQ_DONTWAIT);
-            if (n > 0)
-                lmq_log(d->log, LMQ_LOG_DEBUG, "broker", "%s %.*s", sub[0] ? "subscribe" : "unsubscribe",
-                        n - 1 < (int)sizeof sub - 1 ? n - 1 : (int)sizeof sub - 1, sub + 1);
-        }
+        if (b.items[2].revents & ZMQ_POLLIN)
+            for (int k = 0; k < 64 && handle_subscription(&b); k++)
+                ;
     }
     lmq_log(d->log, LMQ_LOG_INFO, "broker", "stopping: answering what was accepted, closing devices");
 out:
     shutdown_devices(&b);
     free_backlog(&b);
+    for (size_t i = 0; i < b.nprefixes; i++)
+        free(b.prefixes[i]);
+    free(b.prefixes);
     free(b.items);
     while (b.ncache)
         free(b.cache[--b.ncache]);

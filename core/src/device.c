@@ -475,6 +475,11 @@ int lmq_dev_stream_shape(lmq_dev_t *dev, size_t index, unsigned ndim, const size
     return 0;
 }
 
+bool lmq_dev_stream_wanted(const lmq_dev_t *dev, size_t index)
+{
+    return dev && index < dev->nstreams && atomic_load(&dev->streams[index].wanted);
+}
+
 int lmq_dev_stream_skip(lmq_dev_t *dev, size_t index, uint64_t blocks)
 {
     if (!dev || index >= dev->nstreams)
@@ -514,6 +519,12 @@ static int publish_msg(lmq_dev_t *dev, size_t index, int64_t t_ns, zmq_msg_t *pa
                     s->topic, have, need, (unsigned long long)n);
         return lmq_dev_fail(dev, LMQ_EARG, "stream %s: %zu bytes do not match its shape and dtype (%zu)", s->topic,
                             have, need);
+    }
+    /* Nobody listens: a stream nobody subscribes to costs nothing (no
+     * header, no copy, no send), and its seq counts only published blocks. */
+    if (!atomic_load(&s->wanted)) {
+        zmq_msg_close(payload);
+        return 0;
     }
     uint64_t seq = s->seq++;
     zmq_msg_t kind, topic, header;

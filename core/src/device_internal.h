@@ -32,6 +32,7 @@ typedef struct lmq__stream_rt {
     _Atomic uint64_t dropped;   /* blocks the broker pipe refused (seq spent) */
     _Atomic uint64_t skipped;   /* blocks the driver declared lost (lmq_dev_stream_skip) */
     _Atomic uint64_t errors;    /* blocks refused as malformed, and failed polls */
+    atomic_bool wanted;         /* a subscriber's prefix matches the topic (broker writes) */
 } lmq__stream_rt_t;
 
 #define LMQ__LAT_RING 1024

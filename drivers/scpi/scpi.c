@@ -80,12 +80,40 @@ static void quote_text(const char *line, size_t len, char *out, size_t size)
  * (clear_command usually empties it): a query the instrument refused never
  * answers, and its error says why. Failures here are left for the next
  * request to meet (a broken transport fails it with LMQ_EIO). */
+/* A quiet line is not proof enough: a loaded instrument (or PC) may answer
+ * the timed-out query after any quiet period. When the description names the
+ * instrument's identity, *IDN? is a marker: every line before its answer is
+ * stale and dropped, so the next query reads its own reply. Returns 0 once
+ * in step, else the transport's status. */
+static int sync_marker(lmq_dev_t *dev, scpi_state_t *st, int64_t step)
+{
+    const lmq__scpi_desc_t *d = st->desc;
+    /* only an identity checked at open is a marker we can trust */
+    if (!d->idn || !lmq_dev_opt_bool(dev, "idn_check"))
+        return 0;
+    char buf[16];
+    int n = snprintf(buf, sizeof buf, "*IDN?%s", d->write_term);
+    int64_t dl = lmq_clock_mono_ns() + step;
+    int rc = lmq_transport_write(st->t, buf, (size_t)n, dl);
+    size_t len = 0;
+    while (rc == 0 && (rc = lmq_transport_read_line(st->t, st->line, LMQ__SCPI_MAX_LINE, &len, d->read_term, dl)) == 0 &&
+           !strcasestr(st->line, d->idn)) {
+        char esc[120];
+        lmq__scpi_escape(st->line, len, esc, sizeof esc);
+        lmq_log(lmq_dev_log(dev), LMQ_LOG_DEBUG, lmq_dev_name(dev), "resynchronising: dropped a stale reply \"%s\"",
+                esc);
+    }
+    return rc;
+}
+
 static void resync(lmq_dev_t *dev, scpi_state_t *st, char *diag, size_t dsz)
 {
     const lmq__scpi_desc_t *d = st->desc;
     int64_t step = (int64_t)st->timeout_ms * 1000000;
     int rc = lmq_transport_clear(st->t, d->clear_quiet_ms,
                                  lmq_clock_mono_ns() + (int64_t)d->clear_quiet_ms * 1000000 + step);
+    if (rc == 0)
+        rc = sync_marker(dev, st, step);
     char buf[LMQ__SCPI_MAX_CMD + 4];
     if (rc == 0 && diag && d->error_query) {
         int n = snprintf(buf, sizeof buf, "%s%s", d->error_query, d->write_term);

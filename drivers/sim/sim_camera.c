@@ -90,7 +90,8 @@ static int apply_rate(lmq_dev_t *dev, cam_t *c)
 static int poll_frames(lmq_dev_t *dev, void *state, int64_t now_ns)
 {
     cam_t *c = state;
-    if (!c->acquiring || lmq__fault_streams_down(c))
+    /* Nobody watching: no frame is rendered at all. */
+    if (!c->acquiring || lmq__fault_streams_down(c) || !lmq_dev_stream_wanted(dev, 0))
         return 0;
     /* The frame due now was exposed during the last exposure time. */
     int64_t exp_ns = (int64_t)(c->exposure_ms * 1e6);

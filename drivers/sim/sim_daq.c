@@ -312,6 +312,13 @@ static int poll_wave(lmq_dev_t *dev, void *state, int64_t now_ns)
         if (end > now_ns)
             return rc;
         int64_t t_first = d->t0_real + (int64_t)((double)d->done * period_ns);
+        if (!lmq_dev_stream_wanted(dev, 0)) {
+            /* Nobody listens: nothing is generated, but the generator's
+             * phase moves on, so the wave stays continuous in time. */
+            skip_samples(d, (double)d->block);
+            d->done += d->block;
+            continue;
+        }
         if (lmq__fault_streams_down(d)) {
             /* Unplugged: the samples are lost (their seq too, so subscribers
              * count them), but the generator runs on. */

@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -347,15 +348,76 @@ static int m_sweep(lmq_dev_t *dev, void *state, const lmq_value_t *args, lmq_val
     return rc;
 }
 
+/* A list sweep, as source-measure units have: the voltages come as an
+ * array (any numeric dtype, one dimension), each point is measured after the
+ * output has slewed to it. */
+static int m_list_sweep(lmq_dev_t *dev, void *state, const lmq_value_t *args, lmq_value_t *result)
+{
+    psu_t *p = state;
+    const lmq_array_t *a = &args[0].u.a;
+    size_t n = a->ndim == 1 ? a->shape[0] : 0;
+    if (a->ndim != 1 || n < 1 || n > SWEEP_MAX_POINTS)
+        return lmq_dev_fail(dev, LMQ_EARG, "list_sweep takes a 1-D array of 1..%d voltages (got %u dimensions, %zu)",
+                            SWEEP_MAX_POINTS, a->ndim, a->ndim == 1 ? n : (size_t)0);
+    if (a->dtype != LMQ_F64 && a->dtype != LMQ_F32 && a->dtype != LMQ_I32 && a->dtype != LMQ_I64)
+        return lmq_dev_fail(dev, LMQ_EARG, "list_sweep voltages must be <f8, <f4, <i4 or <i8, not %s",
+                            lmq_dtype_name(a->dtype));
+    if (!p->output)
+        return lmq_dev_fail(dev, LMQ_EDEVICE, "output is off: switch it on before sweeping");
+    double *volts = malloc(n * sizeof *volts);
+    if (!volts)
+        return lmq_dev_fail(dev, LMQ_EMEM, "out of memory for %zu points", n);
+    for (size_t k = 0; k < n; k++) {
+        switch (a->dtype) {
+        case LMQ_F32:
+            volts[k] = ((const float *)a->data)[k];
+            break;
+        case LMQ_I32:
+            volts[k] = ((const int32_t *)a->data)[k];
+            break;
+        case LMQ_I64:
+            volts[k] = (double)((const int64_t *)a->data)[k];
+            break;
+        default:
+            volts[k] = ((const double *)a->data)[k];
+            break;
+        }
+        if (!(volts[k] >= 0.0 && volts[k] <= p->max_v)) {
+            double bad = volts[k];
+            free(volts);
+            return lmq_dev_fail(dev, LMQ_ERANGE, "list_sweep point %zu, %g V, outside 0..%.3f V", k, bad, p->max_v);
+        }
+    }
+    size_t shape[2] = {n, 2};
+    if (lmq_value_set_array(result, LMQ_F64, 2, shape, NULL) != 0) {
+        free(volts);
+        return lmq_dev_fail(dev, LMQ_EMEM, "out of memory for %zu points", n);
+    }
+    double *out = result->u.a.data, v_before = p->v_set;
+    int rc = 0;
+    for (size_t k = 0; k < n && rc == 0; k++) {
+        retarget(p, volts[k], lmq_dev_sim_ns(dev));
+        rc = settle(dev, p);
+        if (rc == 0)
+            rc = measure(dev, p, &out[2 * k], &out[2 * k + 1]);
+    }
+    retarget(p, v_before, lmq_dev_sim_ns(dev));
+    free(volts);
+    if (rc)
+        lmq_value_clear(result);
+    return rc;
+}
+
 /* ---- monitor stream ---- */
 
 static int poll_iv(lmq_dev_t *dev, void *state, int64_t now_ns)
 {
+    (void)now_ns; /* the circuit runs on simulated time (time_scale) */
     psu_t *p = state;
     double vi[2];
     /* The circuit keeps running when the link is down, so the wires follow it
      * even while nothing is published. */
-    operate(dev, p, now_ns, &vi[0], &vi[1]);
+    operate(dev, p, lmq_dev_sim_ns(dev), &vi[0], &vi[1]);
     if (lmq__fault_streams_down(p))
         return 0;
     add_meter_noise(p, &vi[0], &vi[1]);
@@ -535,6 +597,11 @@ static const lmq_arg_t sweep_args[] = {
     {.name = NULL},
 };
 
+static const lmq_arg_t list_sweep_args[] = {
+    {.name = "voltages", .type = LMQ_ARRAY, .unit = "V", .doc = "the points, a 1-D array (up to max_voltage)"},
+    {.name = NULL},
+};
+
 static const lmq_method_t psu_methods[] = {
     {.name = "reset", .doc = "output off, voltage and current limit to 0", .ret = LMQ_NONE, .fn = m_reset},
     {.name = "measure",
@@ -553,6 +620,14 @@ static const lmq_method_t psu_methods[] = {
      .ret_dtype = LMQ_F64,
      .ret_ndim = 2,
      .fn = m_sweep},
+    {.name = "list_sweep",
+     .doc = "measures at each voltage of an array: [n, 2] of [V, A]; then restores the setpoint",
+     .args = list_sweep_args,
+     .ret = LMQ_ARRAY,
+     .ret_unit = "V,A",
+     .ret_dtype = LMQ_F64,
+     .ret_ndim = 2,
+     .fn = m_list_sweep},
     {.name = NULL},
 };
 

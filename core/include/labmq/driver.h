@@ -205,6 +205,11 @@ LMQ_EXPORT int lmq_dev_property_limits(lmq_dev_t *dev, const char *property, dou
  * restore and state changes are announced by the daemon already. */
 LMQ_EXPORT int lmq_dev_notify(lmq_dev_t *dev, const char *property, const lmq_value_t *value);
 
+/* Whether anybody subscribes to stream `index` now. A block published
+ * while nobody does is dropped at once (no seq spent), so a driver with
+ * costly blocks (a rendered frame) can check this and skip the work. */
+LMQ_EXPORT bool lmq_dev_stream_wanted(const lmq_dev_t *dev, size_t index);
+
 /* Declares `blocks` blocks of stream `index` lost inside the driver (an
  * acquisition overrun): their sequence numbers are spent, so every
  * subscriber counts them as lost. */

@@ -1,0 +1,493 @@
+"""labmq on asyncio (zmq.asyncio): the API of labmq with `await`.
+
+    import labmq.aio
+    lab = labmq.aio.connect()
+    psu = lab.device("psu1")
+    await psu.set("voltage", 2.5)         # or: await psu.call("sweep", 0, 3, 16)
+    v = await psu.voltage                 # attribute reads are awaitables ...
+    iv = await psu.sweep(0, 3, 16)        # ... and method calls coroutines
+    async for block in lab.subscribe("daq1/wave"):
+        ...
+
+Requests in flight at once (asyncio.gather) share the proxy's socket; replies
+are matched by id. Protocol 2.5 holds as in the synchronous client: the send
+timeout (ZMQ_SNDTIMEO, which zmq.asyncio honours: an unsent request is
+withdrawn) gives UnreachableError, no reply in time gives TimeoutError and a
+fresh socket, replies nobody awaits are dropped. Proxies pickle as their URI
+and, in a forked child or under another event loop, open a socket of their
+own. Writing a property by assignment is not possible with await: use
+`await psu.set(...)`."""
+
+import asyncio
+import json
+import os
+import random
+
+import zmq
+import zmq.asyncio
+
+from . import _process, _wire, errors
+from ._channel import check_timeout, describe_request, result_of
+from .client import DEFAULT_TIMEOUT, describe_text, names_line
+from .stream import EVENTS_PREFIX, EventTracker, Tracker, check_topic, parse_block, parse_event
+
+_actx = None
+_actx_pid = None
+
+
+def _context():
+    """zmq.asyncio view of this process's one ZeroMQ context."""
+    global _actx, _actx_pid
+    ctx = _process.context()
+    if _actx_pid != os.getpid() or _actx is None:
+        _actx = zmq.asyncio.Context.shadow(ctx.underlying)
+        _actx_pid = os.getpid()
+    return _actx
+
+
+class _Channel:
+    """Channel (labmq._channel) on asyncio: one reader task per socket hands
+    each reply to the future of its id while any are awaited."""
+
+    def __init__(self, endpoint, timeout):
+        if not isinstance(endpoint, str) or not endpoint:
+            raise errors.ArgError(f"an endpoint is a non-empty string such as 'ipc:///path' or "
+                                  f"'tcp://host:port', not {endpoint!r}")
+        self.endpoint = endpoint
+        self.timeout = check_timeout(timeout)
+        self._owner = None  # (pid, loop) the socket belongs to
+        self._sock = None
+        self._sndtimeo = None
+        self._waiting = {}
+        self._reader = None
+        self._next_id = random.randrange(_wire.MAX_ID // 2)
+
+    def _socket(self):
+        owner = (os.getpid(), asyncio.get_running_loop())
+        if self._owner != owner:
+            if self._sock is not None:
+                if self._owner[0] == owner[0]:
+                    self._sock.close(linger=0)  # ours, made under another event loop
+                else:
+                    _process.abandon(self._sock)  # the parent's: never touched
+            self._sock, self._reader, self._waiting, self._owner = None, None, {}, owner
+        if self._sock is None:
+            sock = _context().socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+            try:
+                sock.connect(self.endpoint)
+            except zmq.ZMQError as e:
+                sock.close(linger=0)
+                raise errors.ArgError(f"cannot connect to endpoint {self.endpoint!r}: {e}") from None
+            self._sock, self._sndtimeo = sock, None
+        return self._sock
+
+    def _replace_socket(self):
+        if self._reader is not None:
+            self._reader.cancel()
+        if self._sock is not None and self._owner and self._owner[0] == os.getpid():
+            self._sock.close(linger=0)
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.set_exception(errors.TimeoutError(
+                    "abandoned: the socket it was sent on was replaced after a timeout, so its reply can "
+                    "no longer arrive"))
+        self._sock, self._reader, self._waiting = None, None, {}
+
+    async def _read(self, sock, waiting):
+        while waiting:
+            parts = await sock.recv_multipart(copy=False)
+            try:
+                reply = json.loads(parts[0].bytes)
+                fut = waiting.pop(reply["id"])
+            except (ValueError, TypeError, KeyError, IndexError):
+                continue  # nobody here awaits it: dropped (protocol 2)
+            if not fut.done():
+                fut.set_result((reply, parts[1:]))
+
+    async def request(self, header, frames=(), timeout=None):
+        timeout = self.timeout if timeout is None else check_timeout(timeout)
+        sock = self._socket()
+        ms = int(timeout * 1000)
+        if self._sndtimeo != ms:
+            sock.setsockopt(zmq.SNDTIMEO, ms)
+            self._sndtimeo = ms
+        rid = self._next_id
+        self._next_id = rid + 1 if rid + 1 < _wire.MAX_ID else 0
+        header["v"], header["id"] = _wire.PROTOCOL, rid
+        what = describe_request(header)
+        try:
+            data = _wire.dumps(header)
+        except (ValueError, TypeError) as e:
+            raise errors.ArgError(f"{what}: cannot encode the request: {e}") from None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            await sock.send_multipart([data] + list(frames), copy=False)
+        except zmq.Again:
+            raise errors.UnreachableError(
+                f"no labmqd answers at {self.endpoint} (no connection within {ms} ms)") from None
+        fut = loop.create_future()
+        waiting = self._waiting
+        waiting[rid] = fut
+        if self._reader is None or self._reader.done():
+            self._reader = loop.create_task(self._read(sock, waiting))
+        try:
+            reply, parts = await asyncio.wait_for(fut, max(0.0, deadline - loop.time()))
+        except asyncio.TimeoutError:
+            if sock is self._sock:
+                self._replace_socket()
+            raise errors.TimeoutError(f"{what}: no reply within {ms} ms from {self.endpoint}") from None
+        finally:
+            waiting.pop(rid, None)
+            if not waiting and self._reader is not None and sock is self._sock:
+                self._reader.cancel()  # nothing left to read for (a cancelled caller)
+                self._reader = None
+        return result_of(reply, parts)
+
+    def close(self):
+        self._replace_socket()
+
+
+def connect(endpoint=None, *, timeout=DEFAULT_TIMEOUT, data=None):
+    """labmq.connect on asyncio (no request is made here)."""
+    return Lab(endpoint, timeout=timeout, data=data)
+
+
+class Lab:
+    def __init__(self, endpoint=None, *, timeout=DEFAULT_TIMEOUT, data=None):
+        self._channel = _Channel(endpoint or _wire.default_endpoint("control"), timeout)
+        self._data = data
+
+    endpoint = property(lambda self: self._channel.endpoint)
+
+    @property
+    def timeout(self):
+        return self._channel.timeout
+
+    @timeout.setter
+    def timeout(self, value):
+        self._channel.timeout = check_timeout(value)
+
+    async def request(self, op, *, timeout=None, **fields):
+        frames = []
+        header = {"op": op}
+        for key, value in fields.items():
+            if key == "args" and isinstance(value, (list, tuple)):  # positional arguments, each a value
+                header[key] = [_wire.encode_value(a, frames, f"argument {i} of {op}") for i, a in enumerate(value, 1)]
+            else:
+                header[key] = _wire.encode_value(value, frames, f"{op} field {key!r}")
+        return await self._channel.request(header, frames, timeout)
+
+    async def ping(self):
+        return await self._channel.request({"op": "ping"})
+
+    async def devices(self):
+        return await self._channel.request({"op": "list"})
+
+    async def describe(self, device):
+        return await self._channel.request({"op": "describe", "device": device})
+
+    async def stats(self, device=None):
+        header = {"op": "stats"}
+        if device is not None:
+            header["device"] = device
+        return await self._channel.request(header)
+
+    async def workers(self):
+        return await self._channel.request({"op": "workers"})
+
+    def device(self, name):
+        return Device(self.endpoint, name, self.timeout, _data=self._data)
+
+    __getitem__ = device
+
+    async def data_endpoint(self):
+        if self._data is None:
+            self._data = _wire.connectable_data_endpoint((await self.ping())["data"], self.endpoint)
+        return self._data
+
+    def subscribe(self, topic, *, timeout=None):
+        """An async Subscription (the data endpoint is asked of the daemon on
+        its first recv)."""
+        return Subscription(self.data_endpoint, topic, timeout=timeout)
+
+    def events(self, device=None, *, timeout=None):
+        """Change events of one device or of every device (async iterator)."""
+        return Events(self.data_endpoint, device, timeout=timeout)
+
+    def close(self):
+        self._channel.close()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        self.close()
+
+    def __reduce__(self):
+        return (_lab, (self.endpoint, self.timeout, self._data))
+
+    def __repr__(self):
+        return f"labmq.aio.connect({self.endpoint!r})"
+
+
+def _lab(endpoint, timeout, data):
+    return Lab(endpoint, timeout=timeout, data=data)
+
+
+class Member:
+    """`device.x` on asyncio: `await device.x` reads property x,
+    `await device.x(args)` calls method x (the daemon says NOTFOUND if x is
+    not one)."""
+
+    __slots__ = ("_device", "_name")
+
+    def __init__(self, device, name):
+        self._device, self._name = device, name
+
+    def __await__(self):
+        return self._device.get(self._name).__await__()
+
+    def __call__(self, *args):
+        return self._device.call(self._name, *args)
+
+    def __repr__(self):
+        return f"<labmq.aio member {self._device.name}.{self._name}: await it to get, call it to call>"
+
+
+class Device:
+    """labmq.Device on asyncio."""
+
+    def __init__(self, uri, device=None, timeout=DEFAULT_TIMEOUT, *, _data=None):
+        if device is None:
+            endpoint, device = _wire.split_uri(uri)
+        else:
+            endpoint = uri
+        if not isinstance(device, str) or not device:
+            raise errors.ArgError(f"no device named in {uri!r}: a proxy URI is 'ENDPOINT#DEVICE'")
+        object.__setattr__(self, "_channel", _Channel(endpoint, timeout))
+        object.__setattr__(self, "_name", device)
+        object.__setattr__(self, "_table", None)
+        object.__setattr__(self, "_data", _data)
+
+    name = property(lambda self: self._name)
+    endpoint = property(lambda self: self._channel.endpoint)
+    uri = property(lambda self: f"{self._channel.endpoint}#{self._name}")
+
+    @property
+    def timeout(self):
+        return self._channel.timeout
+
+    @timeout.setter
+    def timeout(self, value):
+        self._channel.timeout = check_timeout(value)
+
+    async def get(self, prop, *, timeout=None):
+        return await self._channel.request({"op": "get", "device": self._name, "name": prop}, (), timeout)
+
+    async def set(self, prop, value, *, timeout=None):
+        frames = []
+        v = _wire.encode_value(value, frames, f"{self._name}.{prop}")
+        await self._channel.request({"op": "set", "device": self._name, "name": prop, "value": v}, frames, timeout)
+
+    async def call(self, method, *args, timeout=None):
+        if len(args) > _wire.MAX_ARGS:
+            raise errors.ArgError(f"{self._name}.{method}: at most {_wire.MAX_ARGS} arguments, got {len(args)}")
+        frames = []
+        enc = [_wire.encode_value(a, frames, f"argument {i} of {self._name}.{method}")
+               for i, a in enumerate(args, 1)]
+        return await self._channel.request({"op": "call", "device": self._name, "name": method, "args": enc},
+                                           frames, timeout)
+
+    async def describe(self):
+        table = await self._channel.request({"op": "describe", "device": self._name})
+        object.__setattr__(self, "_table", table)
+        return table
+
+    async def data_endpoint(self):
+        if self._data is None:
+            ping = await self._channel.request({"op": "ping"})
+            object.__setattr__(self, "_data", _wire.connectable_data_endpoint(ping["data"], self.endpoint))
+        return self._data
+
+    def subscribe(self, stream, *, timeout=None):
+        topic = stream if "/" in stream else f"{self._name}/{stream}"
+        return Subscription(self.data_endpoint, topic, timeout=timeout)
+
+    def events(self, *, timeout=None):
+        return Events(self.data_endpoint, self._name, timeout=timeout)
+
+    def close(self):
+        self._channel.close()
+
+    def __getattr__(self, attr):
+        if attr.startswith("_"):
+            raise AttributeError(attr)
+        return Member(self, attr)
+
+    def __setattr__(self, attr, value):
+        if attr.startswith("_") or hasattr(type(self), attr):
+            object.__setattr__(self, attr, value)
+            return
+        raise AttributeError(f"{self._name}.{attr} = ...: assignment cannot be awaited; "
+                             f"use `await {self._name}.set({attr!r}, value)`")
+
+    def __dir__(self):
+        names = set(super().__dir__())
+        if self._table is not None:  # completion from the last `await dev.describe()`
+            names.update(x.get("name") for x in (self._table.get("properties") or [])
+                         + (self._table.get("methods") or []) if isinstance(x.get("name"), str)
+                         and x.get("name").isidentifier())
+        return sorted(names)
+
+    def __reduce__(self):
+        return (Device, (self.uri, None, self.timeout))
+
+    def __eq__(self, other):
+        return isinstance(other, Device) and other.uri == self.uri
+
+    def __hash__(self):
+        return hash(self.uri)
+
+    def __repr__(self):
+        text = f"labmq.aio.Device({self.uri!r})"
+        if self._table is not None:
+            text += f"  # {self._table.get('driver', '?')}: {names_line(self._table)}"
+        return text
+
+    def _repr_pretty_(self, printer, cycle):
+        printer.text(describe_text(self, self._table) if self._table is not None else repr(self))
+
+
+class _Receiver:
+    """A SUB socket on a topic prefix, per process and event loop. The data
+    endpoint is a string, or a coroutine function that finds it (ping)."""
+
+    def __init__(self, endpoint, prefix, timeout):
+        self._endpoint = endpoint
+        self.timeout = timeout
+        self._prefix = prefix.encode()
+        self._owner = None
+        self._sock = None
+        self._reset()
+
+    @property
+    def endpoint(self):
+        return self._endpoint if isinstance(self._endpoint, str) else None
+
+    async def open(self):
+        owner = (os.getpid(), asyncio.get_running_loop())
+        if self._owner != owner:
+            if self._sock is not None:
+                if self._owner[0] == owner[0]:
+                    self._sock.close(linger=0)
+                else:
+                    _process.abandon(self._sock)
+                    self._reset()  # a forked child starts afresh
+            self._sock, self._owner = None, owner
+        if self._sock is None:
+            if not isinstance(self._endpoint, str):
+                self._endpoint = await self._endpoint()
+            sock = _context().socket(zmq.SUB)
+            sock.setsockopt(zmq.LINGER, 0)
+            try:
+                sock.connect(self._endpoint)
+            except zmq.ZMQError as e:
+                sock.close(linger=0)
+                raise errors.ArgError(f"cannot connect to data endpoint {self._endpoint!r}: {e}") from None
+            sock.setsockopt(zmq.SUBSCRIBE, self._prefix)
+            self._sock = sock
+        return self
+
+    async def recv(self, timeout=...):
+        if timeout is ...:
+            timeout = self.timeout
+        await self.open()
+        sock = self._sock
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            try:
+                parts = await asyncio.wait_for(sock.recv_multipart(copy=False), left)
+            except asyncio.TimeoutError:
+                raise errors.TimeoutError(f"no {self._what()} within {timeout:g} s from "
+                                          f"{self._endpoint}") from None
+            got = self._parse(parts)
+            if got is not None:
+                return got
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        return await self.recv()
+
+    def close(self):
+        if self._sock is not None and self._owner and self._owner[0] == os.getpid():
+            self._sock.close(linger=0)
+        self._sock = None
+
+    async def __aenter__(self):
+        return await self.open()
+
+    async def __aexit__(self, *exc):
+        self.close()
+
+
+class Subscription(_Receiver):
+    """labmq.Subscription on asyncio: `async for block in sub`, or
+    `await sub.recv(timeout)`."""
+
+    def __init__(self, endpoint, topic, *, timeout=None):
+        self.topic = check_topic(topic)
+        super().__init__(endpoint, topic, timeout)
+
+    def _reset(self):
+        self._t = Tracker()
+
+    def _what(self):
+        return f"block on {self.topic}"
+
+    def _parse(self, parts):
+        got = parse_block(self._prefix, parts)
+        return None if got is None else self._t.block(self.topic, *got)
+
+    received = property(lambda self: self._t.received)
+    lost = property(lambda self: self._t.lost)
+    restarts = property(lambda self: self._t.restarts)
+
+    def __repr__(self):
+        return (f"<labmq.aio.Subscription {self.topic}: received {self.received}, lost {self.lost}, "
+                f"restarts {self.restarts}>")
+
+
+class Events(_Receiver):
+    """labmq.Events on asyncio: `async for ev in events` (no callback thread:
+    a task that iterates is the asyncio form)."""
+
+    def __init__(self, endpoint, device=None, *, timeout=None):
+        if device is not None and (not isinstance(device, str) or not device or "/" in device):
+            raise errors.ArgError(f"events: a device name, or None for every device, not {device!r}")
+        self.device = device
+        super().__init__(endpoint, EVENTS_PREFIX + (device or ""), timeout)
+
+    def _reset(self):
+        self._t = EventTracker()
+
+    def _what(self):
+        return f"change event of {self.device}" if self.device else "change event"
+
+    def _parse(self, parts):
+        got = parse_event(self._prefix, self.device is not None, parts)
+        return None if got is None else self._t.event(*got)
+
+    received = property(lambda self: self._t.received)
+    lost = property(lambda self: self._t.lost)
+    restarts = property(lambda self: self._t.restarts)
+
+    def __repr__(self):
+        return (f"<labmq.aio.Events {self.device or 'all devices'}: received {self.received}, lost {self.lost}, "
+                f"restarts {self.restarts}>")

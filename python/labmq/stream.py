@@ -1,0 +1,368 @@
+"""Subscriptions to data streams (docs/protocol.md 3).
+
+A block is three frames: the topic "DEVICE/STREAM", a JSON header (seq,
+epoch, t_ns, dtype, shape, units) and the raw little-endian payload. seq is
+gap-free at the publisher, so a jump within one epoch is lost blocks; a new
+epoch is a restart of the publisher (daemon or device), not a loss.
+
+Change events (protocol 3.1) travel on the same endpoint under
+"$events/DEVICE": Events receives them, as an iterator or with a callback
+run on a thread of its own."""
+
+import json
+import os
+import threading
+import time
+import typing
+
+import numpy as np
+import zmq
+
+from . import _process, _wire, errors
+
+
+class Block(typing.NamedTuple):
+    """One published block. `data` is a numpy array on the
+    received message's own memory (no copy); `lost_before` counts the blocks missing just
+    before this one, `restarted` says it opens a new epoch."""
+
+    data: np.ndarray
+    seq: int
+    epoch: int
+    t_ns: int
+    units: str
+    topic: str
+    lost_before: int = 0
+    restarted: bool = False
+
+
+_HEADER_INTS = ("seq", "epoch", "t_ns")
+
+
+def parse_block(topic, parts):
+    """(header, array) of a received message, or ProtoError. None for a
+    message of another topic (SUBSCRIBE matches prefixes: "daq1/wave" also
+    lets "daq1/wave2" through)."""
+    if bytes(parts[0].buffer) != topic:
+        return None
+    if len(parts) != 3:
+        raise errors.ProtoError(f"block on {topic.decode()} has {len(parts)} frames, expected 3")
+    try:
+        h = json.loads(parts[1].bytes)
+    except ValueError as e:
+        raise errors.ProtoError(f"block header on {topic.decode()} is not JSON: {e}") from None
+    if not isinstance(h, dict) or h.get("v") != _wire.PROTOCOL:
+        raise errors.ProtoError(f"block header on {topic.decode()} is not protocol {_wire.PROTOCOL}: {h!r:.200}")
+    for key in _HEADER_INTS:
+        if not isinstance(h.get(key), int) or isinstance(h.get(key), bool) or h[key] < 0:
+            raise errors.ProtoError(f"block header on {topic.decode()}: {key} is not a non-negative integer")
+    if not isinstance(h.get("units"), str):
+        raise errors.ProtoError(f"block header on {topic.decode()}: units is not a string")
+    data = _wire.array_from_buffer(parts[2].buffer, h.get("dtype"), h.get("shape"), f"block on {topic.decode()}")
+    return h, data
+
+
+class Tracker:
+    """The loss and restart bookkeeping of protocol 3, shared with labmq.aio."""
+
+    def __init__(self):
+        self.received = self.lost = self.restarts = 0
+        self.epoch = self.seq = None
+
+    def block(self, topic, h, data):
+        lost, restarted = 0, False
+        if self.epoch is not None and h["epoch"] != self.epoch:
+            restarted = True
+            self.restarts += 1
+        elif self.seq is not None and h["seq"] > self.seq + 1:
+            lost = h["seq"] - self.seq - 1
+            self.lost += lost
+        self.epoch, self.seq = h["epoch"], h["seq"]
+        self.received += 1
+        return Block(data, h["seq"], h["epoch"], h["t_ns"], h["units"], topic, lost, restarted)
+
+
+EVENTS_PREFIX = "$events/"
+
+
+def check_topic(topic):
+    if isinstance(topic, str) and topic.startswith(EVENTS_PREFIX):
+        raise errors.ArgError(f"{topic!r} carries change events, not stream blocks: use lab.events() "
+                              "or device.events()")
+    if not isinstance(topic, str) or topic.count("/") != 1 or topic.startswith("/") or topic.endswith("/"):
+        raise errors.ArgError(f"a stream topic is 'DEVICE/STREAM' (e.g. 'daq1/wave'), not {topic!r}")
+    return topic
+
+
+class _Receiver:
+    """A SUB socket on one topic prefix of a data endpoint, per process."""
+
+    def __init__(self, endpoint, prefix, timeout):
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self._prefix = prefix.encode()
+        self._pid = None
+        self._sock = None
+        self._reset()
+
+    def _socket(self):
+        pid = os.getpid()
+        if self._pid != pid:
+            if self._sock is not None:
+                _process.abandon(self._sock)
+                self._reset()  # a forked child starts afresh
+            self._sock = None
+            self._pid = pid
+        if self._sock is None:
+            sock = _process.context().socket(zmq.SUB)
+            sock.setsockopt(zmq.LINGER, 0)
+            try:
+                sock.connect(self.endpoint)
+            except zmq.ZMQError as e:
+                sock.close(linger=0)
+                raise errors.ArgError(f"cannot connect to data endpoint {self.endpoint!r}: {e}") from None
+            sock.setsockopt(zmq.SUBSCRIBE, self._prefix)
+            self._sock = sock
+        return self._sock
+
+    def open(self):
+        """Connects now (otherwise the first recv does): what is published
+        from then on can be received."""
+        self._socket()
+        return self
+
+    def recv(self, timeout=...):
+        """The next item, waiting up to `timeout` seconds (default: the
+        receiver's; None = for ever); TimeoutError when none came."""
+        if timeout is ...:
+            timeout = self.timeout
+        sock = self._socket()
+        ms = None if timeout is None else max(0, int(timeout * 1000))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if not sock.poll(ms):
+                raise errors.TimeoutError(f"no {self._what()} within {timeout:g} s from {self.endpoint}")
+            got = self._parse(sock.recv_multipart(copy=False))
+            if got is not None:
+                return got
+            if deadline is not None:
+                ms = max(0, int((deadline - time.monotonic()) * 1000))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.recv()
+
+    def close(self):
+        if self._sock is not None and self._pid == os.getpid():
+            self._sock.close(linger=0)
+        self._sock = None
+
+    def __enter__(self):
+        return self.open()
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Subscription(_Receiver):
+    """Blocks of one stream: `for block in sub:` or `sub.recv(timeout)`.
+
+    `received`, `lost` and `restarts` count blocks, blocks missing from seq
+    gaps, and epoch changes. The first block sets the starting point: blocks
+    published before it are not lost. After a daemon restart ZeroMQ
+    reconnects by itself and the new epoch counts as a restart.
+
+    A malformed block raises ProtoError (and is skipped; the subscription
+    goes on). In a forked child a subscription opens its own socket and
+    starts afresh (counters at zero). Pickles as (endpoint, topic)."""
+
+    def __init__(self, endpoint, topic, *, timeout=None):
+        self.topic = check_topic(topic)
+        super().__init__(endpoint, topic, timeout)
+
+    def _reset(self):
+        self._t = Tracker()
+
+    def _what(self):
+        return f"block on {self.topic}"
+
+    def _parse(self, parts):
+        got = parse_block(self._prefix, parts)
+        return None if got is None else self._t.block(self.topic, *got)
+
+    received = property(lambda self: self._t.received)
+    lost = property(lambda self: self._t.lost)
+    restarts = property(lambda self: self._t.restarts)
+
+    def __reduce__(self):
+        return (_subscription, (self.endpoint, self.topic, self.timeout))
+
+    def __repr__(self):
+        return (f"<labmq.Subscription {self.topic} at {self.endpoint}: received {self.received}, "
+                f"lost {self.lost}, restarts {self.restarts}>")
+
+class Event(typing.NamedTuple):
+    """A change event (protocol 3.1). kind "property": `name` and `value`
+    (arrays as numpy arrays) are the property's new value, `cause` is "set",
+    "restore" or "driver". kind "state": `state` is the device's new state,
+    `cause` why ("opened", "reconnected", "restored", "lost", "open failed",
+    "stopped"), `error` the reason when there is one. `lost_before` counts
+    this device's events missed just before this one."""
+
+    device: str
+    kind: str
+    name: typing.Optional[str]
+    value: typing.Any
+    cause: typing.Optional[str]
+    state: typing.Optional[str]
+    error: typing.Optional[str]
+    seq: int
+    epoch: int
+    t_ns: int
+    lost_before: int = 0
+    restarted: bool = False
+
+
+def parse_event(prefix, exact, parts):
+    """An Event's fields from a received message (without loss accounting),
+    ProtoError for a malformed one, None for a foreign topic ("$events/psu1"
+    also lets "$events/psu10" through)."""
+    topic = bytes(parts[0].buffer)
+    if (exact and topic != prefix) or not topic.startswith(prefix):
+        return None
+    where = topic.decode(errors="replace")
+    if len(parts) < 2:
+        raise errors.ProtoError(f"event on {where} without a header")
+    try:
+        h = json.loads(parts[1].bytes)
+    except ValueError as e:
+        raise errors.ProtoError(f"event header on {where} is not JSON: {e}") from None
+    if not isinstance(h, dict) or h.get("v") != _wire.PROTOCOL:
+        raise errors.ProtoError(f"event header on {where} is not protocol {_wire.PROTOCOL}: {h!r:.200}")
+    for key in _HEADER_INTS:
+        if not isinstance(h.get(key), int) or isinstance(h.get(key), bool) or h[key] < 0:
+            raise errors.ProtoError(f"event header on {where}: {key} is not a non-negative integer")
+    for key in ("device", "kind"):
+        if not isinstance(h.get(key), str) or not h[key]:
+            raise errors.ProtoError(f"event header on {where}: {key} is not a non-empty string")
+    for key in ("name", "cause", "state", "error"):
+        if h.get(key) is not None and not isinstance(h[key], str):
+            raise errors.ProtoError(f"event header on {where}: {key} is not a string")
+    value = h.get("value")
+    if isinstance(value, (dict, list)):
+        value = _wire.decode_value(value, [p.buffer for p in parts[2:]])
+    return h, value
+
+
+class EventTracker:
+    """Loss and restart bookkeeping of protocol 3.1: seq per device, anew
+    with each epoch. Shared with labmq.aio."""
+
+    def __init__(self):
+        self.received = self.lost = self.restarts = 0
+        self._track = {}  # device -> (epoch, seq)
+
+    def event(self, h, value):
+        lost, restarted = 0, False
+        last = self._track.get(h["device"])
+        if last is not None:
+            if last[0] != h["epoch"]:
+                restarted = True
+                self.restarts += 1
+            elif h["seq"] > last[1] + 1:
+                lost = h["seq"] - last[1] - 1
+                self.lost += lost
+        self._track[h["device"]] = (h["epoch"], h["seq"])
+        self.received += 1
+        return Event(h["device"], h["kind"], h.get("name"), value, h.get("cause"), h.get("state"), h.get("error"),
+                     h["seq"], h["epoch"], h["t_ns"], lost, restarted)
+
+
+class Events(_Receiver):
+    """Change events of one device (device="psu1") or of every device
+    (device=None), as an iterator (`for ev in events:`), with recv(timeout),
+    or handed to a callback on a thread (start(callback) ... stop()).
+
+    `lost` counts events missed (seq gaps per device within an epoch),
+    `restarts` epoch changes; the first event of each device sets its
+    starting point. Events before the subscription reached the daemon are
+    not sent to it: open() (or `with`) subscribes before you act. Pickles as
+    (endpoint, device); a forked child opens its own socket."""
+
+    def __init__(self, endpoint, device=None, *, timeout=None):
+        if device is not None and (not isinstance(device, str) or not device or "/" in device):
+            raise errors.ArgError(f"events: a device name, or None for every device, not {device!r}")
+        self.device = device
+        super().__init__(endpoint, EVENTS_PREFIX + (device or ""), timeout)
+        self._thread = None
+        self._stop = None
+
+    def _reset(self):
+        self._t = EventTracker()
+
+    received = property(lambda self: self._t.received)
+    lost = property(lambda self: self._t.lost)
+    restarts = property(lambda self: self._t.restarts)
+
+    def _what(self):
+        return f"change event of {self.device}" if self.device else "change event"
+
+    def _parse(self, parts):
+        got = parse_event(self._prefix, self.device is not None, parts)
+        return None if got is None else self._t.event(*got)
+
+    def start(self, callback, *, on_error=None):
+        """Calls callback(event) for each event, on a thread of its own (which
+        alone uses the socket from then on) until stop(). A malformed event
+        goes to on_error(exc) if given, else is skipped. Returns self."""
+        if self._thread is not None:
+            raise errors.ArgError("events: already started; stop() first")
+        self.open()  # subscribed before start() returns
+        self._stop = threading.Event()
+        stop = self._stop
+
+        def run():
+            while not stop.is_set():
+                try:
+                    ev = self.recv(0.1)
+                except errors.TimeoutError:
+                    continue
+                except errors.ProtoError as e:
+                    if on_error is not None:
+                        on_error(e)
+                    continue
+                callback(ev)
+
+        self._thread = threading.Thread(target=run, name=f"labmq-events-{self.device or 'all'}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout=5.0):
+        """Stops the callback thread (waiting for a callback that is running)."""
+        if self._thread is not None:
+            self._stop.set()
+            if self._thread is not threading.current_thread():
+                self._thread.join(timeout)
+            self._thread = None
+
+    def close(self):
+        self.stop()
+        super().close()
+
+    def __reduce__(self):
+        return (_events, (self.endpoint, self.device, self.timeout))
+
+    def __repr__(self):
+        return (f"<labmq.Events {self.device or 'all devices'} at {self.endpoint}: received {self.received}, "
+                f"lost {self.lost}, restarts {self.restarts}>")
+
+
+def _events(endpoint, device, timeout):
+    return Events(endpoint, device, timeout=timeout)
+
+
+def _subscription(endpoint, topic, timeout):
+    return Subscription(endpoint, topic, timeout=timeout)
+
