@@ -38,13 +38,16 @@ extern char **environ;
 
 typedef struct task {
     uint64_t id;
-    uint64_t seq; /* dispatch order: the oldest in flight on a worker is the one it runs */
     void *data;
     size_t len;
-    unsigned attempts; /* times a worker died while running it */
+    unsigned attempts; /* workers that died while it was in flight on them */
     int worker;        /* slot it is in flight on, -1 while queued */
     struct task *hnext, *qnext;
 } task_t;
+
+typedef struct queue {
+    task_t *head, *tail;
+} queue_t;
 
 typedef struct done {
     uint64_t id;
@@ -62,6 +65,7 @@ typedef struct wslot {
     char name[32];
     size_t namelen;
     bool ready, ever_ready;
+    bool isolated; /* runs a suspect task alone: gets nothing else meanwhile */
     unsigned credit, inflight, handled;
     double started_ms, restart_at_ms;
     unsigned backoff_ms;
@@ -76,10 +80,12 @@ struct lmq_pool {
     wslot_t *w;
     task_t **buckets;
     size_t nbuckets, ntasks;
-    task_t *qhead, *qtail;
+    queue_t queue;    /* new tasks */
+    queue_t suspects; /* tasks that were in flight when a worker died */
+    int draining;     /* a worker fed nothing new until idle, for a suspect; -1 */
     done_t *dhead, *dtail;
     size_t ndone;
-    uint64_t next_id, next_seq;
+    uint64_t next_id;
     unsigned max_attempts, restarts;
     int grace_ms;
     bool startup_failed;
@@ -134,22 +140,30 @@ static void table_remove(lmq_pool_t *p, task_t *t)
         }
 }
 
-static void queue_push(lmq_pool_t *p, task_t *t, bool front)
+static void queue_push(queue_t *q, task_t *t, bool front)
 {
     t->worker = -1;
     if (front) {
-        t->qnext = p->qhead;
-        p->qhead = t;
-        if (!p->qtail)
-            p->qtail = t;
+        t->qnext = q->head;
+        q->head = t;
+        if (!q->tail)
+            q->tail = t;
         return;
     }
     t->qnext = NULL;
-    if (p->qtail)
-        p->qtail->qnext = t;
+    if (q->tail)
+        q->tail->qnext = t;
     else
-        p->qhead = t;
-    p->qtail = t;
+        q->head = t;
+    q->tail = t;
+}
+
+static task_t *queue_pop(queue_t *q)
+{
+    task_t *t = q->head;
+    if (t && !(q->head = t->qnext))
+        q->tail = NULL;
+    return t;
 }
 
 static void task_free(task_t *t)
@@ -221,9 +235,11 @@ static void describe_status(char *buf, size_t size, int status)
         snprintf(buf, size, "ended (wait status %d)", status);
 }
 
-/* Worker i has been reaped: its tasks go back to the queue (the one it was
- * running counts an attempt, and fails when out of attempts), and a restart
- * is scheduled. */
+/* Worker i has been reaped: every task in flight on it counts an attempt
+ * (one of them may have killed it; which, is not known: a result sent just
+ * before a crash can be lost with the process) and becomes a suspect that
+ * runs alone on a worker, so that a second death names the culprit; a task
+ * out of attempts is failed. A restart is scheduled. */
 static void worker_died(lmq_pool_t *p, int i, int status)
 {
     wslot_t *w = &p->w[i];
@@ -235,30 +251,27 @@ static void worker_died(lmq_pool_t *p, int i, int status)
     w->pidfd = -1;
     w->pid = 0;
     w->ready = false;
+    w->isolated = false;
+    if (p->draining == i)
+        p->draining = -1;
     if (!w->ever_ready)
         p->startup_failed = true;
-    /* A worker runs its tasks one at a time in the order it got them: the
-     * oldest in flight is the one it was running; the rest were waiting in
-     * its socket and are innocent. */
-    task_t *running = NULL;
     task_t *mine = NULL;
     for (size_t b = 0; b < p->nbuckets; b++)
         for (task_t *t = p->buckets[b]; t; t = t->hnext)
             if (t->worker == i) {
                 t->qnext = mine;
                 mine = t;
-                if (!running || t->seq < running->seq)
-                    running = t;
             }
     for (task_t *t = mine, *next; t; t = next) {
         next = t->qnext;
-        if (t == running && ++t->attempts >= p->max_attempts) {
+        if (++t->attempts >= p->max_attempts) {
             char why[400];
-            snprintf(why, sizeof why, "task %llu: its worker died %u times while running it (last: %s)",
+            snprintf(why, sizeof why, "task %llu: %u workers died while it was in flight (last: %s)",
                      (unsigned long long)t->id, t->attempts, how);
             finish(p, t, LMQ_EIO, NULL, 0, why);
         } else {
-            queue_push(p, t, true);
+            queue_push(&p->suspects, t, false);
         }
     }
     w->inflight = 0;
@@ -326,11 +339,13 @@ static void handle_message(lmq_pool_t *p, zmq_msg_t parts[3], int nparts)
             return; /* already delivered, or resubmitted elsewhere: the other answer counts */
         w->inflight--;
         w->handled++;
+        if (!w->inflight)
+            w->isolated = false;
         size_t len = zmq_msg_size(&parts[2]);
         if (h[1]) {
             void *data = NULL;
             if (len && !(data = malloc(len))) {
-                queue_push(p, t, true); /* cannot keep the result: run it again later */
+                queue_push(&p->queue, t, true); /* cannot keep the result: run it again later */
                 return;
             }
             if (len)
@@ -380,38 +395,72 @@ static void drain(lmq_pool_t *p)
     }
 }
 
+/* Sends task t to worker i; false (the worker then gets nothing more until
+ * it says ready again) when the socket refuses: a worker that is gone
+ * (EHOSTUNREACH) has its death reported by its pidfd. */
+static bool send_task(lmq_pool_t *p, int i, task_t *t)
+{
+    wslot_t *w = &p->w[i];
+    unsigned char h[9] = {'T'};
+    memcpy(h + 1, &t->id, 8);
+    if (zmq_send(p->sock, w->name, w->namelen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
+        zmq_send(p->sock, h, sizeof h, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
+        zmq_send(p->sock, t->data, t->len, ZMQ_DONTWAIT) < 0) {
+        w->ready = false;
+        return false;
+    }
+    t->worker = i;
+    w->inflight++;
+    return true;
+}
+
+static bool usable(const wslot_t *w) { return w->pid && w->ready; }
+
 static void dispatch(lmq_pool_t *p)
 {
-    while (p->qhead) {
+    /* Suspects first, each alone on an idle worker. */
+    while (p->suspects.head) {
+        int idle = -1;
+        for (int i = 0; i < p->n && idle < 0; i++)
+            if (usable(&p->w[i]) && p->w[i].inflight == 0)
+                idle = i;
+        if (idle < 0) {
+            /* None idle: let the least busy one run dry instead of waiting
+             * for the whole queue to drain. */
+            if (p->draining < 0 || !usable(&p->w[p->draining]))
+                for (int i = 0; i < p->n; i++)
+                    if (usable(&p->w[i]) && !p->w[i].isolated &&
+                        (p->draining < 0 || !usable(&p->w[p->draining]) || p->w[i].inflight < p->w[p->draining].inflight))
+                        p->draining = i;
+            break;
+        }
+        task_t *t = queue_pop(&p->suspects);
+        if (!send_task(p, idle, t)) {
+            queue_push(&p->suspects, t, true);
+            continue;
+        }
+        p->w[idle].isolated = true;
+        if (p->draining == idle)
+            p->draining = -1;
+    }
+    /* Then new tasks to the worker with the most free credit. */
+    while (p->queue.head) {
         int best = -1;
         unsigned best_free = 0;
         for (int i = 0; i < p->n; i++) {
             wslot_t *w = &p->w[i];
-            if (w->pid && w->ready && w->credit > w->inflight && w->credit - w->inflight > best_free) {
+            if (!usable(w) || w->isolated || (i == p->draining && p->suspects.head))
+                continue;
+            if (w->credit > w->inflight && w->credit - w->inflight > best_free) {
                 best = i;
                 best_free = w->credit - w->inflight;
             }
         }
         if (best < 0)
             return;
-        wslot_t *w = &p->w[best];
-        task_t *t = p->qhead;
-        unsigned char h[9] = {'T'};
-        memcpy(h + 1, &t->id, 8);
-        if (zmq_send(p->sock, w->name, w->namelen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
-            zmq_send(p->sock, h, sizeof h, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
-            zmq_send(p->sock, t->data, t->len, ZMQ_DONTWAIT) < 0) {
-            /* Gone (EHOSTUNREACH) or full: no more for it until it says ready
-             * again; its death, if that is what it is, comes through its pidfd. */
-            w->ready = false;
-            continue;
-        }
-        p->qhead = t->qnext;
-        if (!p->qhead)
-            p->qtail = NULL;
-        t->worker = best;
-        t->seq = p->next_seq++;
-        w->inflight++;
+        task_t *t = queue_pop(&p->queue);
+        if (!send_task(p, best, t))
+            queue_push(&p->queue, t, true);
     }
 }
 
@@ -564,7 +613,8 @@ lmq_pool_t *lmq_pool_new(void *zctx, const char *worker_program, char *const wor
     p->grace_ms = 2000;
     p->next_id = 1;
     p->name_arg = 4;
-    if (!(p->w = calloc((size_t)nworkers, sizeof *p->w)) || !(p->argv = calloc(nargs + 6, sizeof *p->argv)) ||
+    p->draining = -1;
+    if (!(p->w = calloc((size_t)nworkers, sizeof *p->w)) || !(p->argv = calloc(nargs + 8, sizeof *p->argv)) ||
         !table_grow(p))
         goto fail;
     for (int i = 0; i < nworkers; i++)
@@ -580,12 +630,15 @@ lmq_pool_t *lmq_pool_new(void *zctx, const char *worker_program, char *const wor
         goto fail;
     }
     snprintf(p->ep, sizeof p->ep, "ipc://%s/pool", p->dir);
-    p->nargv = nargs + 5;
+    p->nargv = nargs + 7;
+    char parent[40];
+    snprintf(parent, sizeof parent, "pool=%d", (int)getpid());
     if (!(p->argv[0] = strdup(worker_program)) || !(p->argv[1] = strdup("--control")) ||
-        !(p->argv[2] = strdup(p->ep)) || !(p->argv[3] = strdup("--name")))
+        !(p->argv[2] = strdup(p->ep)) || !(p->argv[3] = strdup("--name")) || !(p->argv[5] = strdup("--option")) ||
+        !(p->argv[6] = strdup(parent)))
         goto fail;
     for (size_t i = 0; i < nargs; i++)
-        if (!(p->argv[5 + i] = strdup(worker_args[i])))
+        if (!(p->argv[7 + i] = strdup(worker_args[i])))
             goto fail;
     int one = 1, zero = 0;
     if (!(p->sock = zmq_socket(zctx, ZMQ_ROUTER)) ||
@@ -651,7 +704,7 @@ int lmq_pool_submit(lmq_pool_t *p, const void *task, size_t len, uint64_t *task_
     t->hnext = *b;
     *b = t;
     p->ntasks++;
-    queue_push(p, t, false);
+    queue_push(&p->queue, t, false);
     if (task_id)
         *task_id = t->id;
     pump(p, 0);
@@ -791,6 +844,14 @@ int lmq_pool_worker_run(int argc, char *const argv[], lmq_pool_handler_fn handle
             return LMQ_WORKER_EXIT_USAGE;
         }
         credit = (uint32_t)v;
+    }
+    /* A pool that died before the runtime asked for PR_SET_PDEATHSIG sent no
+     * signal: then this worker's parent is already someone else. */
+    const char *pool = lmq_worker_option(w, "pool");
+    if (pool && atol(pool) != (long)getppid()) {
+        fprintf(stderr, "%s: the pool (pid %s) is gone\n", name, pool);
+        lmq_worker_destroy(&w);
+        return LMQ_WORKER_EXIT_OK;
     }
     code = LMQ_WORKER_EXIT_FAILURE;
     void *sock = zmq_socket(lmq_worker_zctx(w), ZMQ_DEALER);

@@ -3,9 +3,11 @@
  * lmq_pool_new spawns N workers (lmq_spawn_ex: never fork; each in a
  * process group of its own) with the standard worker argv
  *
- *   PROGRAM --control ipc://DIR/pool --name pool-SLOT.GEN [worker_args...]
+ *   PROGRAM --control ipc://DIR/pool --name pool-SLOT.GEN --option pool=PID
+ *           [worker_args...]
  *
- * where DIR is a private (0700) temp directory. The pool binds a ROUTER
+ * where DIR is a private (0700) temp directory and PID the pool's process
+ * (a worker whose parent is no longer PID when it starts exits at once). The pool binds a ROUTER
  * there; each worker connects a DEALER whose routing id is its --name, says
  * READY with its credit K (how many tasks it may hold at once: --option
  * credit=K, default 2) and then gets at most K tasks in flight, so a slow
@@ -14,9 +16,12 @@
  * Every task is tracked until its result arrives. A worker that dies (its
  * pidfd tells; it is reaped at once) has its tasks given to the others and
  * is started again (at once if it had done work or ran for a second, else
- * after a back-off from 100 ms doubling to 5 s). A task that was in flight
- * on a worker that died max_attempts times (default 3: a poison task) is
- * reported failed instead. A result is accepted only from the worker the
+ * after a back-off from 100 ms doubling to 5 s). Which of its tasks killed
+ * it is not known (a result sent just before a crash dies with the process),
+ * so each task in flight on it counts an attempt and is then run alone on a
+ * worker that gets nothing else meanwhile: a second death names the
+ * culprit. A task in flight on max_attempts workers that died (default 3:
+ * a poison task) is reported failed instead. A result is accepted only from the worker the
  * task is currently assigned to, so each task's outcome is delivered
  * exactly once: a late answer from a worker taken for dead, or a second
  * answer to a task resubmitted elsewhere, is dropped.
@@ -69,8 +74,8 @@ LMQ_EXPORT int lmq_pool_submit(lmq_pool_t *p, const void *task, size_t len, uint
  *    *len is 0) and *len;
  *  - LMQ_EDEVICE: the handler reported a failure for *task_id (its text in
  *    lmq_pool_last_error); *result NULL, *len 0;
- *  - LMQ_EIO: the task was in flight on a worker that died max_attempts
- *    times in a row, so it is given up (lmq_pool_last_error says how the
+ *  - LMQ_EIO: max_attempts workers died while the task was in flight on
+ *    them, so it is given up (lmq_pool_last_error says how the
  *    last one ended); *result NULL, *len 0;
  *  - LMQ_ETIMEOUT: nothing finished in time; LMQ_ENOTFOUND: no task is
  *    pending (every submitted task was delivered); LMQ_EARG.
@@ -80,8 +85,9 @@ LMQ_EXPORT int lmq_pool_result(lmq_pool_t *p, uint64_t *task_id, void **result, 
 /* Tasks submitted and not yet delivered by lmq_pool_result. */
 LMQ_EXPORT size_t lmq_pool_pending(const lmq_pool_t *p);
 
-/* How many times a task may be in flight on a worker that dies before it is
- * given up (>= 1; default 3). Returns 0 or LMQ_EARG. */
+/* How many workers may die while a task is in flight on them before it is
+ * given up (>= 1; default 3; with 1, the tasks that shared a worker with a
+ * poison task fail with it). Returns 0 or LMQ_EARG. */
 LMQ_EXPORT int lmq_pool_set_max_attempts(lmq_pool_t *p, unsigned attempts);
 /* How long destroy waits after SIGTERM before SIGKILL (default 2000 ms). */
 LMQ_EXPORT void lmq_pool_set_stop_grace(lmq_pool_t *p, int ms);
