@@ -707,7 +707,13 @@ int lmq_pool_submit(lmq_pool_t *p, const void *task, size_t len, uint64_t *task_
     queue_push(&p->queue, t, false);
     if (task_id)
         *task_id = t->id;
-    pump(p, 0);
+    /* Dispatch without a system call while credit lasts; only then read
+     * what came back (credit). Deaths are handled in lmq_pool_result. */
+    dispatch(p);
+    if (p->queue.head) {
+        drain(p);
+        dispatch(p);
+    }
     return 0;
 }
 
