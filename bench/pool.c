@@ -70,7 +70,7 @@ static double minimum(samples_t *s)
 }
 
 typedef struct results {
-    samples_t spawn, fork, py_create, map, imap1;      /* python */
+    samples_t spawn, fork, py_create, map, imap1;       /* python */
     samples_t start, floor, create2, create32, c2, c32; /* labmq */
 } results_t;
 
@@ -171,7 +171,6 @@ fail:
     lmq_pool_destroy(&p);
     return -1;
 }
-
 
 /* Runs bench/pool_mp.py (posix_spawn; its output into a temp file) and
  * reads its lines. */
@@ -290,8 +289,7 @@ int main(int argc, char **argv)
     int per_round = (starts + rounds - 1) / rounds;
     for (int round = 0; round < rounds; round++)
         if (python_side(per_round, ntasks, &r) != 0 || exec_floor(per_round, &r.floor) != 0 ||
-            labmq_starts(ctx, per_round, &r.start) != 0 ||
-            labmq_throughput(ctx, ntasks, "2", &r.c2, &r.create2) != 0 ||
+            labmq_starts(ctx, per_round, &r.start) != 0 || labmq_throughput(ctx, ntasks, "2", &r.c2, &r.create2) != 0 ||
             labmq_throughput(ctx, ntasks, "32", &r.c32, &r.create32) != 0) {
             zmq_ctx_term(ctx);
             return 1;

@@ -3,8 +3,10 @@
  * poison task that crashes its worker is failed after a bounded number of
  * attempts while the rest complete; credit keeps a busy worker from being
  * handed more; handler errors and bad arguments are reported clearly; and
- * destroy leaves no worker and no zombie, even when a worker hangs. The
- * workers are workers/pool/labmq-pool-centroid and tests/pool_child. */
+ * destroy leaves no worker and no zombie, even when a worker hangs; answers
+ * from a reaped worker's name, duplicates, phantoms and malformed messages
+ * are dropped. The workers are workers/pool/labmq-pool-centroid,
+ * tests/pool_child and tests/pool_rogue. */
 #include <check.h>
 #include <dirent.h>
 #include <errno.h>
@@ -20,6 +22,7 @@
 
 #define CENTROID LMQ_BUILD_DIR "/workers/pool/labmq-pool-centroid"
 #define CHILD LMQ_BUILD_DIR "/tests/pool_child"
+#define ROGUE LMQ_BUILD_DIR "/tests/pool_rogue"
 
 /* The state letter of /proc/PID/stat and its parent; 0 when pid is gone. */
 static char proc_state(pid_t pid, pid_t *ppid)
@@ -295,8 +298,8 @@ START_TEST(poison_task_fails_after_bounded_attempts_rest_complete)
             ck_assert_int_eq(rc, LMQ_EIO);
             ck_assert_ptr_null(r);
             const char *e = lmq_pool_last_error(p);
-            ck_assert_msg(strstr(e, "task 57: 3 workers died while it was in flight (last: killed by signal 6"),
-                          "%s", e);
+            ck_assert_msg(strstr(e, "task 57: 3 workers died while it was in flight (last: killed by signal 6"), "%s",
+                          e);
             poison_seen++;
             continue;
         }
@@ -446,6 +449,58 @@ START_TEST(bad_arguments_are_refused)
 }
 END_TEST
 
+START_TEST(late_duplicate_phantom_and_malformed_answers_are_dropped)
+{
+    enum { N = 20 };
+    void *ctx = zmq_ctx_new();
+    lmq_pool_t *p = lmq_pool_new(ctx, ROGUE, NULL, 1);
+    ck_assert_msg(p != NULL, "lmq_pool_new: %s", strerror(errno));
+    /* Its next incarnation answers each task also under this one's name. */
+    pid_t first = lmq_pool_worker_pid(p, 0);
+    ck_assert_int_eq(kill(first, SIGKILL), 0);
+    int seen[N + 1];
+    memset(seen, 0, sizeof seen);
+    for (int i = 1; i <= N; i++) {
+        char task[16];
+        int len = snprintf(task, sizeof task, "%d", i);
+        ck_assert_int_eq(lmq_pool_submit(p, task, (size_t)len, NULL), 0);
+    }
+    for (int i = 0; i < N; i++) {
+        uint64_t id;
+        void *r;
+        size_t len;
+        int rc = lmq_pool_result(p, &id, &r, &len, 30000);
+        ck_assert_msg(rc == 0, "%s: %s", lmq_strerror(rc), lmq_pool_last_error(p));
+        ck_assert_msg(id >= 1 && id <= N && seen[id]++ == 0, "task %llu unknown or delivered twice",
+                      (unsigned long long)id);
+        char text[64] = "", want[64];
+        memcpy(text, r, len < sizeof text - 1 ? len : sizeof text - 1);
+        snprintf(want, sizeof want, "%llu ok", (unsigned long long)id * 3);
+        ck_assert_str_eq(text, want);
+        free(r);
+    }
+    ck_assert_uint_eq(lmq_pool_restarts(p), 1);
+    ck_assert_int_ne(lmq_pool_worker_pid(p, 0), first);
+    /* The duplicates and phantoms that were still on their way: none surfaces. */
+    ck_assert_int_eq(lmq_pool_result(p, NULL, NULL, NULL, 300), LMQ_ENOTFOUND);
+    ck_assert_uint_eq(lmq_pool_pending(p), 0);
+    uint64_t id;
+    ck_assert_int_eq(lmq_pool_submit(p, "7", 1, &id), 0);
+    ck_assert_uint_eq(id, N + 1);
+    void *r;
+    size_t len;
+    ck_assert_int_eq(lmq_pool_result(p, &id, &r, &len, 30000), 0);
+    ck_assert_uint_eq(id, N + 1);
+    ck_assert(len == 5 && memcmp(r, "21 ok", 5) == 0);
+    free(r);
+    uint64_t other;
+    ck_assert_int_eq(lmq_pool_result(p, &other, NULL, NULL, 300), LMQ_ENOTFOUND);
+    lmq_pool_destroy(&p);
+    zmq_ctx_term(ctx);
+    assert_no_children();
+}
+END_TEST
+
 static Suite *pool_suite(void)
 {
     Suite *s = suite_create("pool");
@@ -457,6 +512,7 @@ static Suite *pool_suite(void)
     tcase_add_test(tc, busy_worker_is_not_handed_more_than_its_credit);
     tcase_add_test(tc, destroy_stops_hung_workers_no_zombie_no_process);
     tcase_add_test(tc, bad_arguments_are_refused);
+    tcase_add_test(tc, late_duplicate_phantom_and_malformed_answers_are_dropped);
     suite_add_tcase(s, tc);
     return s;
 }

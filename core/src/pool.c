@@ -101,7 +101,10 @@ static double now_ms(void)
 
 /* ---- the task table (chained hash by id) and the queues ---- */
 
-static task_t **bucket(lmq_pool_t *p, uint64_t id) { return &p->buckets[(id * 0x9E3779B97F4A7C15ull >> 20) & (p->nbuckets - 1)]; }
+static task_t **bucket(lmq_pool_t *p, uint64_t id)
+{
+    return &p->buckets[(id * 0x9E3779B97F4A7C15ull >> 20) & (p->nbuckets - 1)];
+}
 
 static bool table_grow(lmq_pool_t *p)
 {
@@ -430,7 +433,8 @@ static void dispatch(lmq_pool_t *p)
             if (p->draining < 0 || !usable(&p->w[p->draining]))
                 for (int i = 0; i < p->n; i++)
                     if (usable(&p->w[i]) && !p->w[i].isolated &&
-                        (p->draining < 0 || !usable(&p->w[p->draining]) || p->w[i].inflight < p->w[p->draining].inflight))
+                        (p->draining < 0 || !usable(&p->w[p->draining]) ||
+                         p->w[i].inflight < p->w[p->draining].inflight))
                         p->draining = i;
             break;
         }
