@@ -42,21 +42,14 @@ typedef struct task {
     size_t len;
     unsigned attempts; /* workers that died while it was in flight on them */
     int worker;        /* slot it is in flight on, -1 while queued */
+    int status;        /* once finished: 0 or the failure, with error (may be NULL) */
+    char *error;
     struct task *hnext, *qnext;
 } task_t;
 
 typedef struct queue {
     task_t *head, *tail;
 } queue_t;
-
-typedef struct done {
-    uint64_t id;
-    int status;
-    void *data;
-    size_t len;
-    char *error;
-    struct done *next;
-} done_t;
 
 typedef struct wslot {
     pid_t pid; /* 0 while down */
@@ -83,7 +76,7 @@ struct lmq_pool {
     queue_t queue;    /* new tasks */
     queue_t suspects; /* tasks that were in flight when a worker died */
     int draining;     /* a worker fed nothing new until idle, for a suspect; -1 */
-    done_t *dhead, *dtail;
+    queue_t done;     /* finished tasks (data: the result), in completion order */
     size_t ndone;
     uint64_t next_id;
     unsigned max_attempts, restarts;
@@ -173,33 +166,24 @@ static void task_free(task_t *t)
 {
     if (t) {
         free(t->data);
+        free(t->error);
         free(t);
     }
 }
 
-/* Moves a task out of the table into the delivery queue. data (taken) is the
- * result, error (copied) the reason of a failure. */
+/* Moves a task out of the table into the delivery queue, its data replaced
+ * by the result (taken). error (copied; a copy that fails leaves the generic
+ * text) is the reason of a failure. No allocation is needed to finish. */
 static void finish(lmq_pool_t *p, task_t *t, int status, void *data, size_t len, const char *error)
 {
     table_remove(p, t);
-    done_t *d = calloc(1, sizeof *d);
-    if (!d) { /* cannot deliver: the task would wait forever, so fail it loudly in its place */
-        free(data);
-        task_free(t);
-        abort();
-    }
-    d->id = t->id;
-    d->status = status;
-    d->data = data;
-    d->len = len;
-    d->error = error ? strdup(error) : NULL;
-    if (p->dtail)
-        p->dtail->next = d;
-    else
-        p->dhead = d;
-    p->dtail = d;
+    free(t->data);
+    t->data = data;
+    t->len = len;
+    t->status = status;
+    t->error = error ? strdup(error) : NULL;
+    queue_push(&p->done, t, false);
     p->ndone++;
-    task_free(t);
 }
 
 /* ---- workers ---- */
@@ -576,12 +560,8 @@ void lmq_pool_destroy(lmq_pool_t **pp)
             task_free(t);
         }
     free(p->buckets);
-    for (done_t *d = p->dhead, *next; d; d = next) {
-        next = d->next;
-        free(d->data);
-        free(d->error);
-        free(d);
-    }
+    for (task_t *t; (t = queue_pop(&p->done));)
+        task_free(t);
     if (p->dir[0]) {
         char path[300];
         snprintf(path, sizeof path, "%s/pool", p->dir);
@@ -692,8 +672,10 @@ int lmq_pool_submit(lmq_pool_t *p, const void *task, size_t len, uint64_t *task_
             snprintf(p->error, sizeof p->error, "lmq_pool_submit: %s", !task ? "task is NULL" : "bad argument");
         return LMQ_EARG;
     }
-    if (p->ntasks >= p->nbuckets * 2 && !table_grow(p))
+    if (p->ntasks >= p->nbuckets * 2 && !table_grow(p)) {
+        snprintf(p->error, sizeof p->error, "lmq_pool_submit: out of memory for the task table");
         return LMQ_EMEM;
+    }
     task_t *t = calloc(1, sizeof *t);
     if (!t || (len && !(t->data = malloc(len)))) {
         free(t);
@@ -730,13 +712,13 @@ int lmq_pool_result(lmq_pool_t *p, uint64_t *task_id, void **result, size_t *len
     if (len)
         *len = 0;
     double deadline = now_ms() + timeout_ms;
-    if (!p->dhead) {
+    if (!p->done.head) {
         if (p->ntasks == 0) {
             snprintf(p->error, sizeof p->error, "no task is pending");
             return LMQ_ENOTFOUND;
         }
         pump(p, 0);
-        while (!p->dhead) {
+        while (!p->done.head) {
             double left = deadline - now_ms();
             if (timeout_ms >= 0 && left <= 0) {
                 snprintf(p->error, sizeof p->error, "no task finished within %d ms (%zu pending)", timeout_ms,
@@ -746,27 +728,22 @@ int lmq_pool_result(lmq_pool_t *p, uint64_t *task_id, void **result, size_t *len
             pump(p, timeout_ms < 0 ? -1 : (int)left + 1);
         }
     }
-    done_t *d = p->dhead;
-    p->dhead = d->next;
-    if (!p->dhead)
-        p->dtail = NULL;
+    task_t *d = queue_pop(&p->done);
     p->ndone--;
     if (task_id)
         *task_id = d->id;
     int status = d->status;
     if (status == 0) {
-        if (result)
+        if (result) {
             *result = d->data;
-        else
-            free(d->data);
+            d->data = NULL;
+        }
         if (len)
             *len = d->len;
     } else {
         snprintf(p->error, sizeof p->error, "%s", d->error ? d->error : "the task failed");
-        free(d->data);
     }
-    free(d->error);
-    free(d);
+    task_free(d);
     return status;
 }
 
