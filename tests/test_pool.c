@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <zmq.h>
 #include "harness.h"
@@ -23,6 +24,7 @@
 #define CENTROID LMQ_BUILD_DIR "/workers/pool/labmq-pool-centroid"
 #define CHILD LMQ_BUILD_DIR "/tests/pool_child"
 #define ROGUE LMQ_BUILD_DIR "/tests/pool_rogue"
+#define DEMO LMQ_BUILD_DIR "/workers/pool/labmq-pool-demo"
 
 /* The state letter of /proc/PID/stat and its parent; 0 when pid is gone. */
 static char proc_state(pid_t pid, pid_t *ppid)
@@ -501,6 +503,29 @@ START_TEST(late_duplicate_phantom_and_malformed_answers_are_dropped)
 }
 END_TEST
 
+/* The demo program finds its worker beside itself and checks every centroid. */
+START_TEST(demo_program_gets_every_centroid_right)
+{
+    char dir[128], out[192];
+    th_tempdir(dir, sizeof dir);
+    snprintf(out, sizeof out, "%s/out", dir);
+    char *argv[] = {DEMO, "--workers", "3", "--frames", "300", "--size", "17x23", NULL};
+    int status;
+    ck_assert_int_eq(th_wait_exit(th_spawn_to_files(argv, out, NULL), 60000, &status), 0);
+    char *text = th_slurp(out);
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s", text);
+    ck_assert_msg(strstr(text, "300 17x23 frames") && strstr(text, "300 centroids right, 0 failed"), "%s", text);
+    free(text);
+    char *bad[] = {DEMO, "--size", "17", NULL};
+    ck_assert_int_eq(th_wait_exit(th_spawn_to_files(bad, out, NULL), 60000, &status), 0);
+    text = th_slurp(out);
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 2, "%s", text);
+    ck_assert_str_eq(text, "labmq-pool-demo: --size '17' is not HxW (1..4096 each, like 64x64)\n");
+    free(text);
+    th_rmtree(dir);
+}
+END_TEST
+
 static Suite *pool_suite(void)
 {
     Suite *s = suite_create("pool");
@@ -513,6 +538,7 @@ static Suite *pool_suite(void)
     tcase_add_test(tc, destroy_stops_hung_workers_no_zombie_no_process);
     tcase_add_test(tc, bad_arguments_are_refused);
     tcase_add_test(tc, late_duplicate_phantom_and_malformed_answers_are_dropped);
+    tcase_add_test(tc, demo_program_gets_every_centroid_right);
     suite_add_tcase(s, tc);
     return s;
 }

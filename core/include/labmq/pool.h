@@ -28,7 +28,9 @@
  *
  * The pool has no thread of its own: its work (dispatch, results, worker
  * deaths and restarts) is done inside lmq_pool_submit and lmq_pool_result.
- * One thread at a time per pool; the pool's socket lives in the caller's
+ * One thread at a time per pool, and best always the same one: a worker is
+ * asked to stop (PR_SET_PDEATHSIG) when the thread that spawned it ends,
+ * and a worker is (re)spawned by whichever thread calls in; the pool's socket lives in the caller's
  * ZeroMQ context, so destroy the pool before terminating the context.
  *
  * A worker program is a handler run by lmq_pool_worker_run (see below); the
