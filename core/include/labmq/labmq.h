@@ -13,6 +13,7 @@
 #include "labmq/driver.h"
 #include "labmq/events.h"
 #include "labmq/log.h"
+#include "labmq/pool.h"
 #include "labmq/proxy.h"
 #include "labmq/spawn.h"
 #include "labmq/status.h"
