@@ -311,6 +311,8 @@ static json_t *device_stats(lmq_dev_t *dev)
                   s->latency_max_us, "disconnects", (json_int_t)dev->disconnects, "reopens", (json_int_t)dev->reopens,
                   "restores", (json_int_t)dev->restores, "streams", streams);
     pthread_mutex_unlock(&dev->mu);
+    if (j)
+        json_object_set_new(j, "events_dropped", json_integer((json_int_t)atomic_load(&dev->events_dropped)));
     return j;
 }
 
@@ -702,9 +704,11 @@ static void shutdown_devices(broker_t *b)
         lmq_dev_t *dev = d->devs[i];
         if (!dev->broker_pipe)
             continue;
-        if (!dev->abandoned)
-            while (handle_device(b, dev))
-                ;
+        /* Even a device left stuck may have finished jobs before: their
+         * replies are real and go out (its thread writes only its own end of
+         * the pipe; the job it holds now is still in the queue). */
+        while (handle_device(b, dev))
+            ;
         lmq__job_t *running = NULL;
         if (dev->abandoned) {
             pthread_mutex_lock(&dev->mu);

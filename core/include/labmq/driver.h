@@ -107,7 +107,7 @@ typedef struct lmq_driver {
     /* Opens the instrument (on the device thread). Set *state. Return 0 or a
      * negative status with lmq_dev_fail(); the daemon keeps running, reports
      * the device as not open and retries with back-off. The daemon does not
-     * wait for open(): requests meanwhile get LMQ_EDEVICE ("opening").
+     * wait for open(): requests to the device wait until it has returned.
      *
      * A link lost later (unplugged, hung up): return LMQ_EIO from any
      * handler or poll. The daemon then closes the device (state
