@@ -274,3 +274,23 @@ const char *th_reply_message(json_t *r)
     const char *m = json_string_value(json_object_get(json_object_get(r, "error"), "message"));
     return m ? m : "";
 }
+
+char th_proc_state(pid_t pid, pid_t *ppid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    /* The name may hold spaces and parentheses: the state follows the last ')'. */
+    char *p = strrchr(buf, ')'), st = 0;
+    int pp = 0;
+    if (!p || sscanf(p + 1, " %c %d", &st, &pp) != 2)
+        return 0;
+    if (ppid)
+        *ppid = pp;
+    return st;
+}

@@ -52,6 +52,10 @@ void th_daemon_cleanup(th_daemon_t *d);
 
 double th_now_ms(void);
 
+/* The state letter of /proc/PID/stat ('R', 'S', 'Z', ...) and, when ppid is
+ * not NULL, its parent; 0 when the process is gone. */
+char th_proc_state(pid_t pid, pid_t *ppid);
+
 /* Raw protocol clients (a DEALER socket the test owns): the next reply's
  * header as JSON, its binary frames dropped; NULL after timeout_ms. */
 struct json_t;

@@ -26,26 +26,6 @@
 #define ROGUE LMQ_BUILD_DIR "/tests/pool_rogue"
 #define DEMO LMQ_BUILD_DIR "/workers/pool/labmq-pool-demo"
 
-/* The state letter of /proc/PID/stat and its parent; 0 when pid is gone. */
-static char proc_state(pid_t pid, pid_t *ppid)
-{
-    char path[64], buf[512];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "re");
-    if (!f)
-        return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    char *p = strrchr(buf, ')'), st = 0;
-    int pp = 0;
-    if (!p || sscanf(p + 1, " %c %d", &st, &pp) != 2)
-        return 0;
-    if (ppid)
-        *ppid = pp;
-    return st;
-}
-
 /* Fails the test when any process (zombie or not) is a child of this one. */
 static void assert_no_children(void)
 {
@@ -56,7 +36,7 @@ static void assert_no_children(void)
         pid_t pid = (pid_t)atoi(e->d_name), ppid = 0;
         if (pid <= 0)
             continue;
-        char st = proc_state(pid, &ppid);
+        char st = th_proc_state(pid, &ppid);
         ck_assert_msg(ppid != getpid(), "pid %d (state %c) is still a child of the test", (int)pid, st);
     }
     closedir(d);
@@ -245,7 +225,7 @@ START_TEST(worker_killed_mid_run_each_result_still_once)
     pid_t again = lmq_pool_worker_pid(p, 1);
     ck_assert_int_gt(again, 0);
     ck_assert_int_ne(again, victim);
-    ck_assert_int_eq(proc_state(victim, NULL), 0); /* reaped, not a zombie */
+    ck_assert_int_eq(th_proc_state(victim, NULL), 0); /* reaped, not a zombie */
     /* The pool goes on taking work. */
     long more[4] = {0, 7, 8, 9};
     int seen2[4] = {0};

@@ -21,31 +21,10 @@
 #define CHILD LMQ_BUILD_DIR "/tests/supervise_child"
 #define MEAN LMQ_BUILD_DIR "/workers/example/labmq-example-mean"
 
-/* The state letter of /proc/PID/stat and its parent; 0 when pid is gone. */
-static char proc_state(pid_t pid, pid_t *ppid)
-{
-    char path[64], buf[512];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "re");
-    if (!f)
-        return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    /* The name may hold spaces and parentheses: the state follows the last ')'. */
-    char *p = strrchr(buf, ')'), st = 0;
-    int pp = 0;
-    if (!p || sscanf(p + 1, " %c %d", &st, &pp) != 2)
-        return 0;
-    if (ppid)
-        *ppid = pp;
-    return st;
-}
-
 /* A process that still runs (a zombie has ended: reaping it is its parent's job). */
 static bool alive(pid_t pid)
 {
-    char st = proc_state(pid, NULL);
+    char st = th_proc_state(pid, NULL);
     return st != 0 && st != 'Z';
 }
 
@@ -59,7 +38,7 @@ static void assert_no_zombies(void)
         pid_t pid = (pid_t)atoi(e->d_name), ppid = 0;
         if (pid <= 0)
             continue;
-        char st = proc_state(pid, &ppid);
+        char st = th_proc_state(pid, &ppid);
         if (ppid == getpid())
             ck_assert_msg(st != 'Z', "pid %d is a zombie child of the test", (int)pid);
     }
