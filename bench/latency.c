@@ -40,6 +40,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "child.h"
 #include "labmq/labmq.h"
 
 /* LMQ_BENCH_LABMQD: the labmqd of the build tree (set by bench/CMakeLists.txt). */
@@ -81,20 +82,6 @@ typedef struct opts {
     frames_t req, rep;
     char **exec_argv; /* exec role: the rest of argv after "--" */
 } opts_t;
-
-static int pin_self(int cpu)
-{
-    if (cpu < 0)
-        return 0;
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(cpu, &set);
-    if (sched_setaffinity(0, sizeof set, &set) != 0) {
-        fprintf(stderr, "latency: sched_setaffinity(cpu %d): %s\n", cpu, strerror(errno));
-        return -1;
-    }
-    return 0;
-}
 
 /* "58" or "0,58" -> frames */
 static int frames_parse(frames_t *f, const char *text)
@@ -585,12 +572,6 @@ static int role_exec(const opts_t *o)
 /* ------------------------------------------------------------------ */
 /* orchestrator                                                         */
 
-typedef struct child {
-    pid_t pid;
-    FILE *out; /* the child's stdout; NULL when not captured */
-    int in;    /* the child's stdin; -1 when not a pipe */
-} child_t;
-
 typedef struct bench {
     const opts_t *o;
     char self[PATH_MAX];
@@ -602,111 +583,7 @@ typedef struct bench {
     int ncpu;
 } bench_t;
 
-/* Starts argv with stdin/stdout as pipes (or stdout/stderr to log_path). */
-static int child_spawn(child_t *c, char *const argv[], const char *log_path)
-{
-    int in[2] = {-1, -1}, out[2] = {-1, -1};
-    posix_spawn_file_actions_t fa;
-    c->pid = -1;
-    c->out = NULL;
-    c->in = -1;
-    if (!log_path && (pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0)) {
-        int e = errno;
-        for (int i = 0; i < 2; i++)
-            if (in[i] >= 0)
-                close(in[i]);
-        errno = e;
-        return -1;
-    }
-    posix_spawn_file_actions_init(&fa);
-    if (log_path) {
-        posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-        posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, log_path, O_WRONLY | O_CREAT | O_APPEND, 0600);
-        posix_spawn_file_actions_adddup2(&fa, STDOUT_FILENO, STDERR_FILENO);
-    } else {
-        posix_spawn_file_actions_adddup2(&fa, in[0], STDIN_FILENO);
-        posix_spawn_file_actions_adddup2(&fa, out[1], STDOUT_FILENO);
-    }
-    int rc = posix_spawn(&c->pid, argv[0], &fa, NULL, argv, environ);
-    posix_spawn_file_actions_destroy(&fa);
-    if (!log_path) {
-        close(in[0]);
-        close(out[1]);
-        if (rc != 0) {
-            close(in[1]);
-            close(out[0]);
-        } else {
-            c->in = in[1];
-            c->out = fdopen(out[0], "r");
-        }
-    }
-    if (rc != 0) {
-        c->pid = -1;
-        errno = rc;
-        return -1;
-    }
-    return 0;
-}
-
-/* Closes the pipes (a server takes that as "stop") and reaps the child. */
-static int child_finish(child_t *c, int sig, int timeout_ms)
-{
-    if (c->pid <= 0)
-        return -1;
-    if (c->in >= 0)
-        close(c->in);
-    c->in = -1;
-    if (sig)
-        kill(c->pid, sig);
-    int status = 0;
-    int rc = lmq_spawn_wait(c->pid, &status, timeout_ms);
-    if (rc == LMQ_ETIMEOUT) {
-        kill(c->pid, SIGKILL);
-        rc = lmq_spawn_wait(c->pid, &status, -1);
-    }
-    if (c->out)
-        fclose(c->out);
-    c->out = NULL;
-    c->pid = -1;
-    if (rc != 0)
-        return -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
-}
-
-/* Reads lines until one starts with `word`; returns it (without newline) in buf. */
-static int child_expect(child_t *c, const char *word, char *buf, size_t size)
-{
-    size_t n = strlen(word);
-    while (c->out && fgets(buf, (int)size, c->out)) {
-        buf[strcspn(buf, "\n")] = '\0';
-        if (strncmp(buf, word, n) == 0)
-            return 0;
-    }
-    return -1;
-}
-
 /* argv for a role of this program, pinned to cpu. */
-typedef struct argvb {
-    char *v[48];
-    int n;
-    char num[16][32];
-    int nnum;
-} argvb_t;
-
-static void av_add(argvb_t *a, const char *s)
-{
-    if (a->n < 47)
-        a->v[a->n++] = (char *)s;
-    a->v[a->n] = NULL;
-}
-
-static const char *av_num(argvb_t *a, const char *fmt, double v)
-{
-    char *s = a->num[a->nnum++ % 16];
-    snprintf(s, 32, fmt, v);
-    return s;
-}
-
 static void av_role(argvb_t *a, const bench_t *b, const char *role, int cpu)
 {
     a->n = 0;

@@ -57,6 +57,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "child.h"
 #include "labmq/labmq.h"
 
 extern char **environ;
@@ -258,20 +259,6 @@ typedef struct opts {
     double rate; /* publisher: open loop at this many blocks/s (0: windowed) */
     int hwm;     /* raw publisher's SNDHWM; orchestrator: passed on */
 } opts_t;
-
-static int pin_self(int cpu)
-{
-    if (cpu < 0)
-        return 0;
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(cpu, &set);
-    if (sched_setaffinity(0, sizeof set, &set) != 0) {
-        fprintf(stderr, "streams: sched_setaffinity(cpu %d): %s\n", cpu, strerror(errno));
-        return -1;
-    }
-    return 0;
-}
 
 static void say(const char *line)
 {
@@ -712,99 +699,6 @@ out:
 /* ------------------------------------------------------------------ */
 /* orchestrator                                                         */
 
-typedef struct child {
-    pid_t pid;
-    FILE *out;
-    int in;
-} child_t;
-
-static int child_spawn(child_t *c, char *const argv[])
-{
-    int in[2] = {-1, -1}, out[2] = {-1, -1};
-    c->pid = -1;
-    c->out = NULL;
-    c->in = -1;
-    if (pipe2(in, O_CLOEXEC) != 0)
-        return -1;
-    if (pipe2(out, O_CLOEXEC) != 0) {
-        close(in[0]);
-        close(in[1]);
-        return -1;
-    }
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, in[0], STDIN_FILENO);
-    posix_spawn_file_actions_adddup2(&fa, out[1], STDOUT_FILENO);
-    int rc = posix_spawn(&c->pid, argv[0], &fa, NULL, argv, environ);
-    posix_spawn_file_actions_destroy(&fa);
-    close(in[0]);
-    close(out[1]);
-    if (rc != 0) {
-        close(in[1]);
-        close(out[0]);
-        c->pid = -1;
-        errno = rc;
-        return -1;
-    }
-    c->in = in[1];
-    c->out = fdopen(out[0], "r");
-    return 0;
-}
-
-static int child_finish(child_t *c, int timeout_ms)
-{
-    if (c->pid <= 0)
-        return -1;
-    if (c->in >= 0)
-        close(c->in);
-    c->in = -1;
-    int status = 0;
-    int rc = lmq_spawn_wait(c->pid, &status, timeout_ms);
-    if (rc == LMQ_ETIMEOUT) {
-        kill(c->pid, SIGKILL);
-        rc = lmq_spawn_wait(c->pid, &status, -1);
-    }
-    if (c->out)
-        fclose(c->out);
-    c->out = NULL;
-    c->pid = -1;
-    if (rc != 0)
-        return -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
-}
-
-static int child_expect(child_t *c, const char *word, char *buf, size_t size)
-{
-    size_t n = strlen(word);
-    while (c->out && fgets(buf, (int)size, c->out)) {
-        buf[strcspn(buf, "\n")] = '\0';
-        if (strncmp(buf, word, n) == 0)
-            return 0;
-    }
-    return -1;
-}
-
-typedef struct argvb {
-    char *v[32];
-    int n;
-    char num[8][40];
-    int nnum;
-} argvb_t;
-
-static void av_add(argvb_t *a, const char *s)
-{
-    if (a->n < 31)
-        a->v[a->n++] = (char *)s;
-    a->v[a->n] = NULL;
-}
-
-static const char *av_fmt(argvb_t *a, const char *fmt, double v)
-{
-    char *s = a->num[a->nnum++ % 8];
-    snprintf(s, 40, fmt, v);
-    return s;
-}
-
 typedef struct layout {
     const char *name;
     int pub_cpu, sub_cpu;
@@ -854,7 +748,7 @@ static int run_once(bench_t *b, const layout_t *l, int sys, size_t size, double 
     av_add(&a, "--role");
     av_add(&a, sys == SYS_LABMQ ? "labmq-pub" : "raw-pub");
     av_add(&a, "--cpu");
-    av_add(&a, av_fmt(&a, "%.0f", l->pub_cpu));
+    av_add(&a, av_num(&a, "%.0f", l->pub_cpu));
     av_add(&a, "--dir");
     av_add(&a, b->dir);
     av_add(&a, "--endpoint");
@@ -862,14 +756,14 @@ static int run_once(bench_t *b, const layout_t *l, int sys, size_t size, double 
     av_add(&a, "--shm");
     av_add(&a, shm);
     av_add(&a, "--size");
-    av_add(&a, av_fmt(&a, "%.0f", (double)size));
+    av_add(&a, av_num(&a, "%.0f", (double)size));
     av_add(&a, "--window");
-    av_add(&a, av_fmt(&a, "%.0f", (double)window_for(o, size)));
+    av_add(&a, av_num(&a, "%.0f", (double)window_for(o, size)));
     av_add(&a, "--raw-hwm");
-    av_add(&a, av_fmt(&a, "%.0f", o->hwm));
+    av_add(&a, av_num(&a, "%.0f", o->hwm));
     av_add(&a, "--rate");
-    av_add(&a, av_fmt(&a, "%.1f", rate));
-    int ok = child_spawn(&pub, a.v) == 0 && child_expect(&pub, "ready", line, sizeof line) == 0;
+    av_add(&a, av_num(&a, "%.1f", rate));
+    int ok = child_spawn(&pub, a.v, NULL) == 0 && child_expect(&pub, "ready", line, sizeof line) == 0;
     if (ok) {
         argvb_t s = {0};
         av_add(&s, b->self);
@@ -878,20 +772,20 @@ static int run_once(bench_t *b, const layout_t *l, int sys, size_t size, double 
         av_add(&s, "--system");
         av_add(&s, sys_name[sys]);
         av_add(&s, "--cpu");
-        av_add(&s, av_fmt(&s, "%.0f", l->sub_cpu));
+        av_add(&s, av_num(&s, "%.0f", l->sub_cpu));
         av_add(&s, "--endpoint");
         av_add(&s, sys == SYS_LABMQ ? data_ep : raw_ep);
         av_add(&s, "--shm");
         av_add(&s, shm);
         av_add(&s, "--size");
-        av_add(&s, av_fmt(&s, "%.0f", (double)size));
+        av_add(&s, av_num(&s, "%.0f", (double)size));
         av_add(&s, "--duration");
-        av_add(&s, av_fmt(&s, "%.3f", o->duration_s));
+        av_add(&s, av_num(&s, "%.3f", o->duration_s));
         av_add(&s, "--warmup");
-        av_add(&s, av_fmt(&s, "%.3f", o->warmup_s));
+        av_add(&s, av_num(&s, "%.3f", o->warmup_s));
         uint64_t blocks, bytes, lost, errors;
         int64_t el, cpu;
-        ok = child_spawn(&sub, s.v) == 0 && child_expect(&sub, "result ", line, sizeof line) == 0 &&
+        ok = child_spawn(&sub, s.v, NULL) == 0 && child_expect(&sub, "result ", line, sizeof line) == 0 &&
              sscanf(line + 7, "%" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNd64 " %" SCNd64, &blocks, &bytes,
                     &lost, &errors, &el, &cpu) == 6;
         if (ok) {
@@ -902,7 +796,7 @@ static int run_once(bench_t *b, const layout_t *l, int sys, size_t size, double 
             r->elapsed_ns += el;
             r->sub_cpu_ns += cpu;
         }
-        if (sub.pid > 0 && child_finish(&sub, 5000) != 0)
+        if (sub.pid > 0 && child_finish(&sub, 0, 5000) != 0)
             ok = 0;
     }
     atomic_store(&c->stop, 1);
@@ -913,7 +807,7 @@ static int run_once(bench_t *b, const layout_t *l, int sys, size_t size, double 
         r->pub_cpu_ns += pcpu;
         r->pub_faults += faults;
     }
-    if (pub.pid > 0 && child_finish(&pub, 10000) != 0)
+    if (pub.pid > 0 && child_finish(&pub, 0, 10000) != 0)
         ok = 0;
     ctl_unmap(&c);
     unlink(shm);
