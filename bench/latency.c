@@ -27,9 +27,7 @@
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
-#include <sched.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -45,7 +43,6 @@
 
 /* LMQ_BENCH_LABMQD: the labmqd of the build tree (set by bench/CMakeLists.txt). */
 
-extern char **environ;
 
 #define MAX_FRAMES 8
 #define MAX_CLIENTS 16

@@ -37,9 +37,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <linux/futex.h>
-#include <sched.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdalign.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -60,7 +58,6 @@
 #include "child.h"
 #include "labmq/labmq.h"
 
-extern char **environ;
 
 #define TOPIC "src/data"
 #define MAX_WINDOW 256      /* blocks: a PUB sees its queue up to ~500 + 1 ms of blocks late; XPUB holds 1000 */
