@@ -201,14 +201,20 @@ static hid_t topic_type(void)
     return t;
 }
 
-static hid_t gap_type(void)
+/* One column of a table row: its name, offset, and native type (0: the topic string). */
+typedef struct column {
+    const char *name;
+    size_t offset;
+    hid_t type;
+} column_t;
+
+/* The compound type of a table's rows; H5I_INVALID_HID on failure. */
+static hid_t row_type(size_t size, const column_t *cols, size_t ncols)
 {
-    hid_t str = topic_type(), t = H5Tcreate(H5T_COMPOUND, sizeof(gap_row_t));
-    bool ok = str >= 0 && t >= 0 && H5Tinsert(t, "topic", HOFFSET(gap_row_t, topic), str) >= 0 &&
-              H5Tinsert(t, "epoch", HOFFSET(gap_row_t, epoch), H5T_NATIVE_UINT64) >= 0 &&
-              H5Tinsert(t, "first_seq", HOFFSET(gap_row_t, first_seq), H5T_NATIVE_UINT64) >= 0 &&
-              H5Tinsert(t, "count", HOFFSET(gap_row_t, count), H5T_NATIVE_UINT64) >= 0 &&
-              H5Tinsert(t, "t_ns", HOFFSET(gap_row_t, t_ns), H5T_NATIVE_INT64) >= 0;
+    hid_t str = topic_type(), t = H5Tcreate(H5T_COMPOUND, size);
+    bool ok = str >= 0 && t >= 0;
+    for (size_t i = 0; ok && i < ncols; i++)
+        ok = H5Tinsert(t, cols[i].name, cols[i].offset, cols[i].type ? cols[i].type : str) >= 0;
     if (str >= 0)
         H5Tclose(str);
     if (!ok && t >= 0) {
@@ -218,22 +224,29 @@ static hid_t gap_type(void)
     return t;
 }
 
+static hid_t gap_type(void)
+{
+    const column_t cols[] = {
+        {"topic", HOFFSET(gap_row_t, topic), 0},
+        {"epoch", HOFFSET(gap_row_t, epoch), H5T_NATIVE_UINT64},
+        {"first_seq", HOFFSET(gap_row_t, first_seq), H5T_NATIVE_UINT64},
+        {"count", HOFFSET(gap_row_t, count), H5T_NATIVE_UINT64},
+        {"t_ns", HOFFSET(gap_row_t, t_ns), H5T_NATIVE_INT64},
+    };
+    return row_type(sizeof(gap_row_t), cols, sizeof cols / sizeof cols[0]);
+}
+
 static hid_t restart_type(void)
 {
-    hid_t str = topic_type(), t = H5Tcreate(H5T_COMPOUND, sizeof(restart_row_t));
-    bool ok = str >= 0 && t >= 0 && H5Tinsert(t, "topic", HOFFSET(restart_row_t, topic), str) >= 0 &&
-              H5Tinsert(t, "prev_epoch", HOFFSET(restart_row_t, prev_epoch), H5T_NATIVE_UINT64) >= 0 &&
-              H5Tinsert(t, "last_seq", HOFFSET(restart_row_t, last_seq), H5T_NATIVE_UINT64) >= 0 &&
-              H5Tinsert(t, "epoch", HOFFSET(restart_row_t, epoch), H5T_NATIVE_UINT64) >= 0 &&
-              H5Tinsert(t, "first_seq", HOFFSET(restart_row_t, first_seq), H5T_NATIVE_UINT64) >= 0 &&
-              H5Tinsert(t, "t_ns", HOFFSET(restart_row_t, t_ns), H5T_NATIVE_INT64) >= 0;
-    if (str >= 0)
-        H5Tclose(str);
-    if (!ok && t >= 0) {
-        H5Tclose(t);
-        t = H5I_INVALID_HID;
-    }
-    return t;
+    const column_t cols[] = {
+        {"topic", HOFFSET(restart_row_t, topic), 0},
+        {"prev_epoch", HOFFSET(restart_row_t, prev_epoch), H5T_NATIVE_UINT64},
+        {"last_seq", HOFFSET(restart_row_t, last_seq), H5T_NATIVE_UINT64},
+        {"epoch", HOFFSET(restart_row_t, epoch), H5T_NATIVE_UINT64},
+        {"first_seq", HOFFSET(restart_row_t, first_seq), H5T_NATIVE_UINT64},
+        {"t_ns", HOFFSET(restart_row_t, t_ns), H5T_NATIVE_INT64},
+    };
+    return row_type(sizeof(restart_row_t), cols, sizeof cols / sizeof cols[0]);
 }
 
 /* ---- datasets ---- */
