@@ -23,6 +23,16 @@
 #define BACKLOG_RETRY_MS 5
 
 #define JOB_CACHE 64
+/* How often devices a reload stops are checked while they close. */
+#define RETIRE_POLL_MS 10
+
+/* A device a reload stopped, closing on its own thread while the broker
+ * goes on serving the others; or (dev NULL) a device waiting to be launched. */
+typedef struct retiring {
+    lmq_dev_t *dev;       /* stopping; NULL once finished */
+    lmq_dev_t *successor; /* launched once dev has closed: its reconfigured replacement */
+    int64_t deadline;     /* mono ns: abandoned if still in its driver then */
+} retiring_t;
 
 /* A reply ZeroMQ could not take yet: the client's pipe is full. */
 typedef struct pending {
@@ -44,6 +54,9 @@ typedef struct broker {
     size_t npend, npend_refused;
     char **prefixes; /* subscribed topic prefixes (XPUB reports each once) */
     size_t nprefixes;
+    size_t nitems;   /* pipe, router, xpub, each device, each retiring device */
+    retiring_t *retiring;
+    size_t nretiring, retiring_cap;
 } broker_t;
 
 static lmq__job_t *job_get(broker_t *b)
@@ -328,6 +341,19 @@ static void reply_no_device(broker_t *b, zmq_msg_t *env, size_t nenv, const lmq_
     reply_error(b, env, nenv, req, LMQ_ENOTFOUND, msg, false);
 }
 
+/* What ping and stats show of the configuration: its generation, when it
+ * was applied, and how the last reload went. */
+static json_t *config_json(lmq_daemon_t *d)
+{
+    pthread_mutex_lock(&d->cfg_mu);
+    json_t *j = json_pack("{s:I, s:I, s:o, s:o}", "generation", (json_int_t)d->generation, "loaded_ns",
+                          (json_int_t)d->loaded_ns, "last_reload",
+                          d->last_reload_ns ? json_string(d->last_reload) : json_null(), "last_reload_ns",
+                          d->last_reload_ns ? json_integer((json_int_t)d->last_reload_ns) : json_null());
+    pthread_mutex_unlock(&d->cfg_mu);
+    return j;
+}
+
 static void handle_local(broker_t *b, zmq_msg_t *env, size_t nenv, lmq__request_t *req)
 {
     lmq_daemon_t *d = b->d;
@@ -381,6 +407,8 @@ static void handle_local(broker_t *b, zmq_msg_t *env, size_t nenv, lmq__request_
     default:
         break;
     }
+    if (result && (req->op == LMQ__OP_PING || req->op == LMQ__OP_STATS))
+        json_object_set_new(result, "config", config_json(d));
     reply_ok(b, env, nenv, req, result);
     return;
 no_device:
@@ -664,7 +692,53 @@ static void *make_socket(broker_t *b, int type)
     return s;
 }
 
+/* Creates and binds the broker's end of a device's pipe at dev->pipe_endpoint. */
+static int bind_device_pipe(broker_t *b, lmq_dev_t *dev)
+{
+    dev->broker_pipe = make_socket(b, ZMQ_PAIR);
+    if (!dev->broker_pipe)
+        return LMQ_ESYS;
+    int hwm = 10000, linger = 0;
+    zmq_setsockopt(dev->broker_pipe, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(dev->broker_pipe, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(dev->broker_pipe, ZMQ_LINGER, &linger, sizeof linger);
+    if (zmq_bind(dev->broker_pipe, dev->pipe_endpoint) != 0) {
+        zmq_close(dev->broker_pipe);
+        dev->broker_pipe = NULL;
+        return LMQ_ESYS;
+    }
+    return 0;
+}
+
 /* ---- shutdown ---- */
+
+/* Answers CLOSED, in order, every request the device accepted and never
+ * finished (its thread has exited or been abandoned). why: "the daemon is
+ * shutting down". */
+static void answer_queue_closed(broker_t *b, lmq_dev_t *dev, const char *why)
+{
+    lmq__job_t *running = NULL;
+    if (dev->abandoned) {
+        pthread_mutex_lock(&dev->mu);
+        running = dev->current;
+        pthread_mutex_unlock(&dev->mu);
+    }
+    while (dev->queue_head) {
+        lmq__job_t *job = dev->queue_head;
+        queue_remove(dev, job);
+        dev->stats.in_flight--;
+        char msg[300];
+        if (job == running)
+            snprintf(msg, sizeof msg, "%s: %s and the device is stuck in this request; its outcome is unknown",
+                     dev->name, why);
+        else
+            snprintf(msg, sizeof msg, "%s: %s", dev->name, why);
+        reply_error(b, job->envelope, job->nenvelope, &job->req, LMQ_ECLOSED, msg, true);
+        /* The stuck thread still holds the running job: never free it. */
+        if (job != running)
+            lmq__job_destroy(&job);
+    }
+}
 
 /* Stops every device thread (at most the grace period), answers what the
  * devices finished, then answers CLOSED, in order, what they never got to.
@@ -709,29 +783,7 @@ static void shutdown_devices(broker_t *b)
          * the pipe; the job it holds now is still in the queue). */
         while (handle_device(b, dev))
             ;
-        lmq__job_t *running = NULL;
-        if (dev->abandoned) {
-            pthread_mutex_lock(&dev->mu);
-            running = dev->current;
-            pthread_mutex_unlock(&dev->mu);
-        }
-        while (dev->queue_head) {
-            lmq__job_t *job = dev->queue_head;
-            queue_remove(dev, job);
-            dev->stats.in_flight--;
-            char msg[300];
-            if (job == running)
-                snprintf(
-                    msg, sizeof msg,
-                    "%s: the daemon is shutting down and the device is stuck in this request; its outcome is unknown",
-                    dev->name);
-            else
-                snprintf(msg, sizeof msg, "%s: the daemon is shutting down", dev->name);
-            reply_error(b, job->envelope, job->nenvelope, &job->req, LMQ_ECLOSED, msg, true);
-            /* The stuck thread still holds the running job: never free it. */
-            if (job != running)
-                lmq__job_destroy(&job);
-        }
+        answer_queue_closed(b, dev, "the daemon is shutting down");
         zmq_close(dev->broker_pipe);
         dev->broker_pipe = NULL;
     }
@@ -746,6 +798,229 @@ static void shutdown_devices(broker_t *b)
     }
 }
 
+/* ---- reload ----
+ * lmq_daemon_reload (the caller's thread) prepares the new devices and sends
+ * a plan over the daemon pipe; here, between two poll passes, the broker
+ * binds their pipes, swaps the device table and tells the removed devices to
+ * stop. They close on their own threads while the others go on being served;
+ * retire_poll forwards what they still send, and once each has exited (or
+ * overrun the stop grace) answers its unfinished requests CLOSED, frees it,
+ * and launches its reconfigured replacement, which thus never opens the
+ * instrument while the old instance still holds it. */
+
+/* Points the poll items at the current devices and retiring devices. items
+ * must have room for 3 + ndev + nretiring entries. */
+static void fill_items(broker_t *b, zmq_pollitem_t *items)
+{
+    lmq_daemon_t *d = b->d;
+    items[0] = (zmq_pollitem_t){b->pipe, 0, ZMQ_POLLIN, 0};
+    items[1] = (zmq_pollitem_t){b->router, 0, ZMQ_POLLIN, 0};
+    items[2] = (zmq_pollitem_t){b->xpub, 0, ZMQ_POLLIN, 0};
+    size_t n = 3;
+    for (size_t i = 0; i < d->ndev; i++)
+        items[n++] = (zmq_pollitem_t){d->devs[i]->broker_pipe, 0, ZMQ_POLLIN, 0};
+    for (size_t k = 0; k < b->nretiring; k++)
+        if (b->retiring[k].dev)
+            items[n++] = (zmq_pollitem_t){b->retiring[k].dev->broker_pipe, 0, ZMQ_POLLIN, 0};
+    b->nitems = n;
+}
+
+static void reload_reply(broker_t *b, int status, const char *msg)
+{
+    if (status == 0) {
+        char ok = LMQ__MSG_READY;
+        zmq_send(b->pipe, &ok, 1, 0);
+    } else
+        report(b, status, msg);
+}
+
+/* Stops dev (its thread closes the driver) without waiting for it. */
+static void retire_start(broker_t *b, lmq_dev_t *dev, lmq_dev_t *successor, int64_t deadline)
+{
+    char term = LMQ__MSG_TERM;
+    atomic_store(&dev->stopping, true);
+    zmq_send(dev->broker_pipe, &term, 1, ZMQ_DONTWAIT);
+    b->retiring[b->nretiring++] = (retiring_t){.dev = dev, .successor = successor, .deadline = deadline};
+}
+
+static void reload_apply(broker_t *b, lmq__reload_t *r)
+{
+    lmq_daemon_t *d = b->d;
+    /* Everything that can fail comes first, so that a failure leaves the
+     * running devices exactly as they were. */
+    size_t cap = b->nretiring + r->nremoved + r->nadded;
+    if (cap > b->retiring_cap) {
+        retiring_t *grown = realloc(b->retiring, cap * sizeof *grown);
+        if (!grown) {
+            reload_reply(b, LMQ_EMEM, "out of memory");
+            return;
+        }
+        b->retiring = grown;
+        b->retiring_cap = cap;
+    }
+    zmq_pollitem_t *items = calloc(3 + r->ndev + cap, sizeof *items);
+    if (!items) {
+        reload_reply(b, LMQ_EMEM, "out of memory");
+        return;
+    }
+    for (size_t i = 0; i < r->nadded; i++) {
+        lmq_dev_t *dev = r->added[i];
+        snprintf(dev->pipe_endpoint, sizeof dev->pipe_endpoint, "inproc://lmq-%p-dev-r%llu-%zu", (void *)d,
+                 (unsigned long long)r->seq, i);
+        int rc = bind_device_pipe(b, dev);
+        if (rc == 0 && (rc = lmq__dev_connect(dev, d->zctx, d->log, d->wires, r->epoch + i)) != 0) {
+            zmq_close(dev->broker_pipe);
+            dev->broker_pipe = NULL;
+        }
+        if (rc != 0) {
+            for (size_t k = 0; k < i; k++) {
+                zmq_close(r->added[k]->pipe);
+                r->added[k]->pipe = NULL;
+                zmq_close(r->added[k]->broker_pipe);
+                r->added[k]->broker_pipe = NULL;
+            }
+            free(items);
+            char msg[200];
+            snprintf(msg, sizeof msg, "cannot create the pipe of device %s: %s", dev->name, zmq_strerror(zmq_errno()));
+            reload_reply(b, LMQ_ESYS, msg);
+            return;
+        }
+    }
+    int64_t deadline = lmq_clock_mono_ns() + r->stop_grace_ns;
+    for (size_t k = 0; k < r->nremoved; k++)
+        retire_start(b, r->removed[k], r->successor[k], deadline);
+    for (size_t i = 0; i < r->nadded; i++) {
+        bool waits = false;
+        for (size_t k = 0; k < r->nremoved; k++)
+            waits = waits || r->successor[k] == r->added[i];
+        if (!waits && lmq__dev_launch(r->added[i]) != 0) {
+            lmq_log(d->log, LMQ_LOG_ERROR, r->added[i]->name, "cannot start its thread: %s; retrying",
+                    strerror(errno));
+            b->retiring[b->nretiring++] = (retiring_t){.successor = r->added[i]};
+        }
+    }
+    lmq_dev_t **old = d->devs;
+    d->devs = r->devs;
+    d->ndev = d->cap = r->ndev;
+    r->devs = old;
+    d->stop_grace_ns = r->stop_grace_ns;
+    free(b->items);
+    b->items = items;
+    fill_items(b, items);
+    update_wanted(b);
+    reload_reply(b, 0, NULL);
+}
+
+/* A message on the daemon pipe: a reload (applied, true) or TERM (false). */
+static bool daemon_command(broker_t *b)
+{
+    zmq_msg_t m;
+    zmq_msg_init(&m);
+    if (zmq_msg_recv(&m, b->pipe, 0) < 0) {
+        zmq_msg_close(&m);
+        return zmq_errno() == EINTR || zmq_errno() == EAGAIN;
+    }
+    const char *p = zmq_msg_data(&m);
+    bool reload = zmq_msg_size(&m) == 1 + sizeof(void *) && p[0] == LMQ__MSG_RELOAD;
+    if (reload) {
+        lmq__reload_t *r;
+        memcpy(&r, p + 1, sizeof r);
+        reload_apply(b, r);
+    }
+    zmq_msg_close(&m);
+    return reload;
+}
+
+/* Finishes a stopped device: joined (or abandoned past its deadline), what
+ * it sent forwarded, its unfinished requests answered CLOSED, freed. */
+static void retire_one(broker_t *b, retiring_t *r)
+{
+    lmq_daemon_t *d = b->d;
+    lmq_dev_t *dev = r->dev;
+    bool replaced = r->successor != NULL;
+    lmq__dev_join(dev, lmq_clock_mono_ns());
+    if (dev->abandoned) {
+        pthread_mutex_lock(&dev->mu);
+        char what[160];
+        snprintf(what, sizeof what, "%s", dev->busy_since ? dev->busy_what : "its driver");
+        pthread_mutex_unlock(&dev->mu);
+        d->nabandoned++;
+        lmq_log(d->log, LMQ_LOG_ERROR, dev->name,
+                "stuck in its driver (%s) beyond the %.1f s grace period after a reload %s it: abandoned (its thread "
+                "and memory stay; labmqd will exit without waiting for it)",
+                what, (double)d->stop_grace_ns / 1e9, replaced ? "reconfigured" : "removed");
+    }
+    while (handle_device(b, dev))
+        ;
+    answer_queue_closed(b, dev,
+                        replaced ? "reconfigured by a reload; this request was for the old configuration and did not run"
+                                 : "removed from the configuration by a reload");
+    zmq_close(dev->broker_pipe);
+    dev->broker_pipe = NULL;
+    if (!dev->abandoned)
+        lmq_log(d->log, LMQ_LOG_INFO, dev->name, "%s", replaced ? "closed; reopening with its new configuration"
+                                                                : "closed: removed from the configuration");
+    lmq__dev_destroy(&dev); /* an abandoned one stays with its thread */
+    r->dev = NULL;
+}
+
+/* Each pass while devices retire: forward what they send, finish those that
+ * have exited or overrun, launch their replacements. */
+static void retire_poll(broker_t *b)
+{
+    lmq_daemon_t *d = b->d;
+    int64_t now = lmq_clock_mono_ns();
+    bool changed = false;
+    size_t item = 3 + d->ndev;
+    for (size_t k = 0; k < b->nretiring; k++) {
+        retiring_t *r = &b->retiring[k];
+        if (!r->dev)
+            continue;
+        if (b->items[item++].revents & ZMQ_POLLIN)
+            for (int n = 0; n < 64 && handle_device(b, r->dev); n++)
+                ;
+        if (atomic_load(&r->dev->exited) || now >= r->deadline) {
+            retire_one(b, r);
+            changed = true;
+        }
+    }
+    size_t keep = 0;
+    for (size_t k = 0; k < b->nretiring; k++) {
+        retiring_t *r = &b->retiring[k];
+        if (!r->dev && r->successor) {
+            if (lmq__dev_launch(r->successor) == 0)
+                r->successor = NULL;
+            else
+                lmq_log(d->log, LMQ_LOG_ERROR, r->successor->name, "cannot start its thread: %s; retrying",
+                        strerror(errno));
+        }
+        if (r->dev || r->successor)
+            b->retiring[keep++] = *r;
+    }
+    b->nretiring = keep;
+    if (changed)
+        fill_items(b, b->items); /* fewer entries than before: it fits */
+}
+
+/* At shutdown: waits for the retiring devices (each up to its deadline) and
+ * finishes them; a replacement never launched closes its pipe, and
+ * shutdown_devices then answers its queue. */
+static void retire_finish_all(broker_t *b)
+{
+    for (size_t k = 0; k < b->nretiring; k++) {
+        retiring_t *r = &b->retiring[k];
+        if (r->dev) {
+            lmq__dev_join(r->dev, r->deadline);
+            retire_one(b, r);
+        }
+        if (r->successor) {
+            zmq_close(r->successor->pipe);
+            r->successor->pipe = NULL;
+        }
+    }
+    b->nretiring = 0;
+}
+
 void *lmq__broker_main(void *arg)
 {
     broker_t b = {.d = arg};
@@ -757,8 +1032,8 @@ void *lmq__broker_main(void *arg)
     b.router = make_socket(&b, ZMQ_ROUTER);
     b.xpub = make_socket(&b, ZMQ_XPUB);
     char msg[560];
-    size_t nitems = 3 + d->ndev;
-    b.items = calloc(nitems, sizeof *b.items);
+    b.nitems = 3 + d->ndev;
+    b.items = calloc(b.nitems, sizeof *b.items);
     if (!b.router || !b.xpub || !b.items) {
         report(&b, LMQ_ESYS, "cannot create the broker's sockets");
         goto out;
@@ -789,16 +1064,7 @@ void *lmq__broker_main(void *arg)
     for (size_t i = 0; i < d->ndev; i++) {
         lmq_dev_t *dev = d->devs[i];
         snprintf(dev->pipe_endpoint, sizeof dev->pipe_endpoint, "inproc://lmq-%p-dev-%zu", (void *)d, i);
-        dev->broker_pipe = make_socket(&b, ZMQ_PAIR);
-        int hwm = 10000, linger = 0;
-        int rc = dev->broker_pipe ? 0 : LMQ_ESYS;
-        if (rc == 0) {
-            zmq_setsockopt(dev->broker_pipe, ZMQ_SNDHWM, &hwm, sizeof hwm);
-            zmq_setsockopt(dev->broker_pipe, ZMQ_RCVHWM, &hwm, sizeof hwm);
-            zmq_setsockopt(dev->broker_pipe, ZMQ_LINGER, &linger, sizeof linger);
-            if (zmq_bind(dev->broker_pipe, dev->pipe_endpoint) != 0)
-                rc = LMQ_ESYS;
-        }
+        int rc = bind_device_pipe(&b, dev);
         if (rc == 0)
             rc = lmq__dev_start(dev, d->zctx, d->log, d->wires, d->epoch + i);
         if (rc != 0) {
@@ -820,13 +1086,16 @@ void *lmq__broker_main(void *arg)
     zmq_send(b.pipe, &ready, 1, 0);
 
     for (;;) {
-        if (zmq_poll(b.items, (int)nitems, b.npend ? BACKLOG_RETRY_MS : -1) < 0) {
+        if (zmq_poll(b.items, (int)b.nitems, b.npend ? BACKLOG_RETRY_MS : b.nretiring ? RETIRE_POLL_MS : -1) < 0) {
             if (zmq_errno() == EINTR)
                 continue;
             break;
         }
-        if (b.items[0].revents & ZMQ_POLLIN)
-            break; /* the only message on this pipe is TERM */
+        if (b.items[0].revents & ZMQ_POLLIN) {
+            if (!daemon_command(&b))
+                break; /* TERM */
+            continue;  /* a reload has rebuilt the poll items */
+        }
         if (b.npend)
             flush_backlog(&b);
         /* Replies first: they finish work already accepted. */
@@ -835,6 +1104,8 @@ void *lmq__broker_main(void *arg)
             if (b.items[3 + i].revents & ZMQ_POLLIN)
                 for (int k = 0; k < 64 && handle_device(&b, d->devs[i]); k++)
                     ;
+        if (b.nretiring)
+            retire_poll(&b);
         if (b.items[1].revents & ZMQ_POLLIN)
             for (int k = 0; k < 64 && handle_request(&b); k++)
                 ;
@@ -844,12 +1115,14 @@ void *lmq__broker_main(void *arg)
     }
     lmq_log(d->log, LMQ_LOG_INFO, "broker", "stopping: answering what was accepted, closing devices");
 out:
+    retire_finish_all(&b);
     shutdown_devices(&b);
     free_backlog(&b);
     for (size_t i = 0; i < b.nprefixes; i++)
         free(b.prefixes[i]);
     free(b.prefixes);
     free(b.items);
+    free(b.retiring);
     while (b.ncache)
         free(b.cache[--b.ncache]);
     if (b.router)

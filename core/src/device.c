@@ -310,6 +310,37 @@ void lmq__dev_destroy(lmq_dev_t **pdev)
     *pdev = NULL;
 }
 
+static bool value_equal(const lmq_value_t *a, const lmq_value_t *b)
+{
+    if (a->type != b->type)
+        return false;
+    switch (a->type) {
+    case LMQ_BOOL: return a->u.b == b->u.b;
+    case LMQ_INT: return a->u.i == b->u.i;
+    case LMQ_FLOAT: return a->u.f == b->u.f || (isnan(a->u.f) && isnan(b->u.f));
+    case LMQ_STRING: return strcmp(a->u.s, b->u.s) == 0;
+    case LMQ_ARRAY:
+        return a->u.a.dtype == b->u.a.dtype && a->u.a.ndim == b->u.a.ndim &&
+               memcmp(a->u.a.shape, b->u.a.shape, sizeof a->u.a.shape) == 0 && a->u.a.nbytes == b->u.a.nbytes &&
+               (!a->u.a.nbytes || memcmp(a->u.a.data, b->u.a.data, a->u.a.nbytes) == 0);
+    default: return true;
+    }
+}
+
+/* Parsed values, not text: "50" and "50.0" for a float option are the same
+ * configuration, and an option left at its default equals one given as it. */
+bool lmq__dev_same_config(const lmq_dev_t *dev, const lmq_dev_t *other)
+{
+    if (dev->drv != other->drv || strcmp(dev->name, other->name) != 0 ||
+        strcmp(dev->connection, other->connection) != 0 || dev->restore != other->restore ||
+        dev->time_scale != other->time_scale || dev->nopts != other->nopts)
+        return false;
+    for (size_t k = 0; k < dev->nopts; k++)
+        if (dev->opts[k].opt != other->opts[k].opt || !value_equal(&dev->opts[k].val, &other->opts[k].val))
+            return false;
+    return true;
+}
+
 const char *lmq__dev_state_name(lmq__dev_state_t s)
 {
     static const char *const names[] = {"opening", "ready", "disconnected", "stopped"};
@@ -981,7 +1012,7 @@ static void *device_thread(void *arg)
     return NULL;
 }
 
-int lmq__dev_start(lmq_dev_t *dev, void *zctx, lmq_log_t *log, lmq__wires_t *wires, uint64_t epoch)
+int lmq__dev_connect(lmq_dev_t *dev, void *zctx, lmq_log_t *log, lmq__wires_t *wires, uint64_t epoch)
 {
     dev->zctx = zctx;
     dev->log = log;
@@ -1001,14 +1032,29 @@ int lmq__dev_start(lmq_dev_t *dev, void *zctx, lmq_log_t *log, lmq__wires_t *wir
     zmq_setsockopt(dev->pipe, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(dev->pipe, ZMQ_SNDHWM, &hwm, sizeof hwm);
     zmq_setsockopt(dev->pipe, ZMQ_RCVHWM, &hwm, sizeof hwm);
-    if (zmq_connect(dev->pipe, dev->pipe_endpoint) != 0 ||
-        pthread_create(&dev->thread, NULL, device_thread, dev) != 0) {
+    if (zmq_connect(dev->pipe, dev->pipe_endpoint) != 0) {
+        zmq_close(dev->pipe);
+        dev->pipe = NULL;
+        return LMQ_ESYS;
+    }
+    return 0;
+}
+
+int lmq__dev_launch(lmq_dev_t *dev)
+{
+    if (pthread_create(&dev->thread, NULL, device_thread, dev) != 0) {
         zmq_close(dev->pipe);
         dev->pipe = NULL;
         return LMQ_ESYS;
     }
     dev->thread_started = true;
     return 0;
+}
+
+int lmq__dev_start(lmq_dev_t *dev, void *zctx, lmq_log_t *log, lmq__wires_t *wires, uint64_t epoch)
+{
+    int rc = lmq__dev_connect(dev, zctx, log, wires, epoch);
+    return rc ? rc : lmq__dev_launch(dev);
 }
 
 int lmq__dev_join(lmq_dev_t *dev, int64_t deadline_ns)

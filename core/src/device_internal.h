@@ -168,6 +168,16 @@ lmq_dev_t *lmq__dev_new(const char *name, const lmq_driver_t *drv, const char *c
 void lmq__dev_destroy(lmq_dev_t **dev);
 /* Starts the device thread; it connects to dev->pipe_endpoint (bound by the broker). */
 int lmq__dev_start(lmq_dev_t *dev, void *zctx, lmq_log_t *log, lmq__wires_t *wires, uint64_t epoch);
+/* lmq__dev_start in two steps, for a device that must wait before it opens
+ * (a reload's reconfigured device waits for its old instance to close the
+ * instrument): connect creates and connects the device's end of the pipe, so
+ * the broker can queue jobs at once; launch starts the thread. A device
+ * connected but never launched has its dev->pipe closed by the broker. */
+int lmq__dev_connect(lmq_dev_t *dev, void *zctx, lmq_log_t *log, lmq__wires_t *wires, uint64_t epoch);
+int lmq__dev_launch(lmq_dev_t *dev);
+/* True when dev's parsed configuration (driver, connection, option values,
+ * restore, time scale) equals other's: a reload leaves such a device alone. */
+bool lmq__dev_same_config(const lmq_dev_t *dev, const lmq_dev_t *other);
 /* Waits until the device thread has exited, at most until deadline_ns
  * (mono). Returns 0, or LMQ_ETIMEOUT: the thread is stuck in its driver and
  * is left running (dev->abandoned). */

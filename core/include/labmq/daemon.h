@@ -82,6 +82,36 @@ LMQ_EXPORT int lmq_daemon_wait_ready(lmq_daemon_t *d, int timeout_ms);
  * Returns 0 otherwise. Idempotent. */
 LMQ_EXPORT int lmq_daemon_stop(lmq_daemon_t *d);
 
+/* Reloads a running daemon: *next is a daemon declared like the first one
+ * (lmq_daemon_new with the same context and endpoints, then lmq_daemon_add,
+ * lmq_daemon_add_worker, ... -- lmq_config_apply does it from a file) but
+ * never started; declaring it has already checked every device (options,
+ * the driver's configure). The difference is applied:
+ *  - a device whose parsed configuration (driver, connection, option values,
+ *    restore) is unchanged is not touched: same thread, handle, epoch,
+ *    stream seq, queue and stats, no change event;
+ *  - a removed device is stopped as at shutdown (what it had not run is
+ *    answered CLOSED; a device stuck in its driver beyond the stop grace is
+ *    abandoned and logged, and lmq_daemon_stop then returns LMQ_ETIMEOUT);
+ *    requests naming it get NOTFOUND from then on;
+ *  - an added device starts (opening, then ready);
+ *  - a reconfigured device is stopped, then started anew with a new epoch
+ *    once the old instance has closed; requests meanwhile queue for the new;
+ *  - workers likewise: unchanged ones keep running, removed ones are
+ *    stopped (this call waits for them, at most the stop grace), added and
+ *    changed ones are (re)started;
+ *  - the stop grace is taken over.
+ * Refused with LMQ_ECONFIG, nothing changed, when the endpoints or the time
+ * scale differ (they cannot change under running clients and devices);
+ * lmq_daemon_last_error names the key. Call it from the thread that started
+ * the daemon. *next is consumed (destroyed, set to NULL) in every case. The
+ * outcome shows in `ping` and `stats` (docs/protocol.md: config). Returns 0,
+ * LMQ_EARG (d not running), LMQ_ECONFIG, LMQ_EMEM or LMQ_ESYS. */
+LMQ_EXPORT int lmq_daemon_reload(lmq_daemon_t *d, lmq_daemon_t **next);
+/* Records (for `ping` and `stats`) and logs a reload refused before
+ * lmq_daemon_reload could be called: a configuration that did not load.
+ * why: the reason, copied. */
+LMQ_EXPORT void lmq_daemon_reload_refused(lmq_daemon_t *d, const char *why);
 /* Stops (lmq_daemon_stop) if still running, and frees. */
 LMQ_EXPORT void lmq_daemon_destroy(lmq_daemon_t **d);
 
