@@ -837,6 +837,15 @@ static void reload_reply(broker_t *b, int status, const char *msg)
 /* Stops dev (its thread closes the driver) without waiting for it. */
 static void retire_start(broker_t *b, lmq_dev_t *dev, lmq_dev_t *successor, int64_t deadline)
 {
+    /* A replacement from an earlier reload that has not been launched yet
+     * (its predecessor is still closing) is dropped before it ever runs. */
+    for (size_t k = 0; k < b->nretiring; k++)
+        if (b->retiring[k].successor == dev) {
+            b->retiring[k].successor = NULL;
+            zmq_close(dev->pipe);
+            dev->pipe = NULL;
+            atomic_store(&dev->exited, true);
+        }
     char term = LMQ__MSG_TERM;
     atomic_store(&dev->stopping, true);
     zmq_send(dev->broker_pipe, &term, 1, ZMQ_DONTWAIT);

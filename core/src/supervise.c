@@ -393,7 +393,7 @@ static void retire_worker(lmq_supervisor_t *s, worker_t *w, int64_t now)
     if (w->pid && !w->termed) {
         w->termed = true;
         w->kill_at = now + s->grace_ns;
-        lmq_log(s->log, LMQ_LOG_INFO, "supervisor", "stopping worker %s (pid %d): removed from the configuration",
+        lmq_log(s->log, LMQ_LOG_INFO, "supervisor", "stopping worker %s (pid %d): it is being removed",
                 w->name, (int)w->pid);
         signal_worker(w, SIGTERM);
     } else if (w->pid && !w->killed && now >= w->kill_at) {
