@@ -25,6 +25,7 @@
 
 #define LABMQD LMQ_BUILD_DIR "/workers/labmqd/labmqd"
 #define CHILD LMQ_BUILD_DIR "/tests/supervise_child"
+#define CLI LMQ_BUILD_DIR "/tools/labmq"
 /* Generous: sanitizers on two loaded cores. */
 #define WAIT_MS 30000
 
@@ -512,6 +513,20 @@ START_TEST(test_reload_untouched_devices_never_blink)
     char *logtext = th_slurp(t.log);
     ck_assert_msg(strstr(logtext, "reload refused") && strstr(logtext, "no-such-driver"), "%s", logtext);
     free(logtext);
+    /* `labmq ping` and `labmq stats` show it too. */
+    const char *cmds[] = {"ping", "stats"};
+    for (size_t k = 0; k < 2; k++) {
+        char out[160];
+        snprintf(out, sizeof out, "%s/cli.txt", t.dir);
+        char *argv[] = {CLI, "--endpoint", t.control, (char *)cmds[k], NULL};
+        int status;
+        ck_assert_int_eq(th_wait_exit(th_spawn_to_files(argv, out, NULL), WAIT_MS, &status), 0);
+        char *text = th_slurp(out);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0 && strstr(text, "generation 4") &&
+                          strstr(text, "last reload REFUSED: data: the data endpoint cannot change"),
+                      "labmq %s:\n%s", cmds[k], text);
+        free(text);
+    }
 
     /* The untouched devices went on being served through all of it. */
     end = th_now_ms() + WAIT_MS;

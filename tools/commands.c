@@ -265,6 +265,22 @@ static void fmt_uptime(char *buf, size_t size, double s)
         snprintf(buf, size, "%dd %02dh", (int)(s / 86400), (int)fmod(s / 3600, 24));
 }
 
+/* The daemon's configuration generation and how its last reload (SIGHUP)
+ * went; nothing for a daemon too old to say. */
+static void print_config(cli_t *c, json_t *cfg)
+{
+    if (!json_is_object(cfg))
+        return;
+    json_t *last = json_object_get(cfg, "last_reload");
+    fprintf(c->out, "  config   generation %lld, ", (long long)json_integer_value(json_object_get(cfg, "generation")));
+    if (!json_is_string(last))
+        fprintf(c->out, "never reloaded\n");
+    else if (strcmp(json_string_value(last), "ok") == 0)
+        fprintf(c->out, "last reload ok\n");
+    else
+        fprintf(c->out, "last reload REFUSED: %s\n", json_string_value(last));
+}
+
 int cli_cmd_ping(cli_t *c, int argc, char **argv)
 {
     (void)argc;
@@ -281,6 +297,7 @@ int cli_cmd_ping(cli_t *c, int argc, char **argv)
             jstr(j, "version"), proto, up, rtt_ms);
     fprintf(c->out, "  control  %s\n  data     %s\n", *jstr(j, "control") ? jstr(j, "control") : c->control,
             jstr(j, "data"));
+    print_config(c, json_object_get(j, "config"));
     json_decref(j);
     return CLI_OK;
 }
@@ -598,7 +615,9 @@ int cli_cmd_stats(cli_t *c, int argc, char **argv)
     fmt_uptime(up, sizeof up, json_number_value(json_object_get(j, "uptime_s")));
     fmt_count(req, sizeof req, json_object_get(j, "requests"));
     fmt_count(err, sizeof err, json_object_get(j, "errors"));
-    fprintf(c->out, "daemon up %s, %s requests, %s errors\n\n", up, req, err);
+    fprintf(c->out, "daemon up %s, %s requests, %s errors\n", up, req, err);
+    print_config(c, json_object_get(j, "config"));
+    fputc('\n', c->out);
 
     cli_table_t *t = cli_table_new(8);
     for (size_t col = 2; col < 8; col++)
