@@ -693,6 +693,79 @@ START_TEST(test_reload_stuck_device_abandoned)
 }
 END_TEST
 
+/* The library call an embedding program uses: the comparison is of parsed
+ * values (50 and 50.0, an option left at its default and one given as it),
+ * an unchanged device keeps its stats, the endpoints cannot move, a daemon
+ * that is not running cannot be reloaded, and *next is consumed every time. */
+START_TEST(test_reload_in_process)
+{
+    void *ctx = zmq_ctx_new();
+    const lmq_driver_t *psu = lmq_driver_find("sim-psu");
+    ck_assert_ptr_nonnull(psu);
+    lmq_daemon_t *d = lmq_daemon_new(ctx, "inproc://lab", "inproc://lab-data", NULL);
+    const char *const opts[] = {"load_ohms", "50", NULL};
+    ck_assert_int_eq(lmq_daemon_add(d, "psu1", psu, "", opts), 0);
+    lmq_daemon_t *next = lmq_daemon_new(ctx, "inproc://lab", "inproc://lab-data", NULL);
+    ck_assert_int_eq(lmq_daemon_reload(d, &next), LMQ_EARG); /* not started */
+    ck_assert_ptr_null(next);
+    ck_assert_int_eq(lmq_daemon_start(d), 0);
+    ck_assert_int_eq(lmq_daemon_wait_ready(d, WAIT_MS), 0);
+    lmq_proxy_t *p = lmq_proxy_new(ctx, "inproc://lab", "psu1");
+    lmq_proxy_set_timeout(p, WAIT_MS);
+    double v;
+    ck_assert_int_eq(lmq_proxy_get_double(p, "voltage", &v), 0);
+
+    /* The same configuration, written differently, plus a new device. */
+    next = lmq_daemon_new(ctx, "inproc://lab", "inproc://lab-data", NULL);
+    const char *const same[] = {"max_voltage", "30", "load_ohms", "50.0", NULL};
+    ck_assert_int_eq(lmq_daemon_add(next, "psu1", psu, "", same), 0);
+    ck_assert_int_eq(lmq_daemon_add(next, "psu2", psu, "", NULL), 0);
+    ck_assert_int_eq(lmq_daemon_reload(d, &next), 0);
+    ck_assert_ptr_null(next);
+    ck_assert_int_eq(lmq_daemon_wait_ready(d, WAIT_MS), 0);
+    lmq_proxy_t *admin = lmq_proxy_new(ctx, "inproc://lab", NULL);
+    lmq_proxy_set_timeout(admin, WAIT_MS);
+    char *text = NULL;
+    ck_assert_int_eq(lmq_proxy_stats(admin, &text), 0);
+    json_t *stats = json_loads(text, 0, NULL);
+    free(text);
+    json_t *devs = json_object_get(stats, "devices");
+    ck_assert_uint_eq(json_array_size(devs), 2);
+    json_t *d0 = json_array_get(devs, 0);
+    ck_assert_str_eq(json_string_value(json_object_get(d0, "name")), "psu1");
+    ck_assert_int_eq(json_integer_value(json_object_get(d0, "calls")), 1); /* the same device, its stats kept */
+    ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(stats, "config"), "generation")), 2);
+    json_decref(stats);
+
+    /* Endpoints cannot move: refused, nothing changed, the reason recorded. */
+    next = lmq_daemon_new(ctx, "inproc://elsewhere", "inproc://lab-data", NULL);
+    ck_assert_int_eq(lmq_daemon_reload(d, &next), LMQ_ECONFIG);
+    ck_assert_ptr_null(next);
+    ck_assert_msg(strstr(lmq_daemon_last_error(d), "control: the control endpoint cannot change"), "%s",
+                  lmq_daemon_last_error(d));
+    ck_assert_int_eq(lmq_proxy_ping(admin, &text), 0);
+    json_t *pong = json_loads(text, 0, NULL);
+    free(text);
+    json_t *cfg = json_object_get(pong, "config");
+    ck_assert_int_eq(json_integer_value(json_object_get(cfg, "generation")), 2);
+    ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(cfg, "last_reload")), "control"));
+    json_decref(pong);
+    ck_assert_int_eq(lmq_proxy_get_double(p, "voltage", &v), 0);
+
+    /* A refusal recorded by the program itself (a file that did not load). */
+    lmq_daemon_reload_refused(d, "lab.yaml:3:1: syntax error");
+    ck_assert_int_eq(lmq_proxy_ping(admin, &text), 0);
+    ck_assert_msg(strstr(text, "lab.yaml:3:1: syntax error"), "%s", text);
+    free(text);
+
+    lmq_proxy_destroy(&p);
+    lmq_proxy_destroy(&admin);
+    ck_assert_int_eq(lmq_daemon_stop(d), 0);
+    lmq_daemon_destroy(&d);
+    zmq_ctx_term(ctx);
+}
+END_TEST
+
 static Suite *reload_suite(void)
 {
     Suite *s = suite_create("reload");
@@ -700,6 +773,7 @@ static Suite *reload_suite(void)
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_reload_untouched_devices_never_blink);
     tcase_add_test(tc, test_reload_stuck_device_abandoned);
+    tcase_add_test(tc, test_reload_in_process);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -633,8 +633,7 @@ int lmq_daemon_reload(lmq_daemon_t *d, lmq_daemon_t **pnext)
         for (size_t k = 0; k < r->nadded; k++)
             if (next->devs[i] == r->added[k])
                 next->devs[i] = NULL;
-    d->epoch_next += r->nadded;
-    d->stop_grace_ns = next->stop_grace_ns;
+    d->epoch_next += r->nadded; /* the broker has taken over the stop grace */
     free(r->devs);
     r->devs = NULL;
     rc = reload_workers(d, next);

@@ -90,8 +90,8 @@ static void usage(FILE *out)
           "     or another failure to start\n"
           "  2  invalid command line\n"
           "  3  stopped, but a device stayed stuck in its driver beyond the grace\n"
-          "     period (stop_grace in the config, default 5 s): named in the log,\n"
-          "     and not waited for\n",
+          "     period (stop_grace in the config, default 5 s), at shutdown or when\n"
+          "     a reload removed it: named in the log, and not waited for\n",
           out);
 }
 
