@@ -56,7 +56,9 @@ class Lab:
         return self._channel.request(header, frames, timeout)
 
     def ping(self):
-        """{"daemon", "version", "protocol", "control", "data", "uptime_s"}."""
+        """{"daemon", "version", "protocol", "control", "data", "uptime_s",
+        "config"}; config: {"generation", "loaded_ns", "last_reload",
+        "last_reload_ns"} (protocol 2.4)."""
         return self._channel.request({"op": "ping"})
 
     def devices(self):
