@@ -902,6 +902,15 @@ static void reload_apply(broker_t *b, lmq__reload_t *r)
         bool waits = false;
         for (size_t k = 0; k < r->nremoved; k++)
             waits = waits || r->successor[k] == r->added[i];
+        /* Added back while an earlier reload's instance of that name is
+         * still closing: it waits for it, like a reconfigured device. */
+        for (size_t k = 0; k < b->nretiring && !waits; k++) {
+            retiring_t *old = &b->retiring[k];
+            if (old->dev && !old->successor && strcmp(old->dev->name, r->added[i]->name) == 0) {
+                old->successor = r->added[i];
+                waits = true;
+            }
+        }
         if (!waits && lmq__dev_launch(r->added[i]) != 0) {
             lmq_log(d->log, LMQ_LOG_ERROR, r->added[i]->name, "cannot start its thread: %s; retrying",
                     strerror(errno));

@@ -418,6 +418,7 @@ static const struct lmq__worker_decl *find_worker(const struct lmq__worker_decl 
     return NULL;
 }
 
+/* applied: the generation moves on. why: NULL ("ok"), or what went wrong. */
 static void record_reload(lmq_daemon_t *d, bool applied, const char *why)
 {
     int64_t now = lmq_clock_real_ns();
@@ -427,7 +428,7 @@ static void record_reload(lmq_daemon_t *d, bool applied, const char *why)
         d->generation++;
         d->loaded_ns = now;
     }
-    snprintf(d->last_reload, sizeof d->last_reload, "%s", applied ? "ok" : why);
+    snprintf(d->last_reload, sizeof d->last_reload, "%s", why ? why : "ok");
     pthread_mutex_unlock(&d->cfg_mu);
 }
 
@@ -644,10 +645,7 @@ int lmq_daemon_reload(lmq_daemon_t *d, lmq_daemon_t **pnext)
         snprintf(why, sizeof why, "%s", d->err);
         snprintf(d->err, sizeof d->err, "devices reloaded, but %.480s", why);
         lmq_log(d->log, LMQ_LOG_ERROR, "daemon", "reload: %s", d->err);
-        record_reload(d, true, NULL);
-        pthread_mutex_lock(&d->cfg_mu);
-        snprintf(d->last_reload, sizeof d->last_reload, "%s", d->err);
-        pthread_mutex_unlock(&d->cfg_mu);
+        record_reload(d, true, d->err);
         goto out;
     }
     record_reload(d, true, NULL);
