@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
 #include "daemon_internal.h"
 #include "labmq/labmq.h"
 #include "supervise_internal.h"
@@ -46,6 +48,11 @@ typedef struct broker {
     lmq_daemon_t *d;
     void *pipe, *router, *xpub;
     zmq_pollitem_t *items;
+    size_t nitems; /* pipe, router, xpub, each device, each retiring device, the retire timer */
+    /* devices a reload stopped, until they have closed (see "reload") */
+    retiring_t *retiring;
+    size_t nretiring, retiring_cap;
+    int retire_timer; /* timerfd ticking while devices retire; -1 until needed */
     /* Finished jobs kept for reuse: a job is several KB, too big for
      * malloc's per-thread cache, and one is needed per request. */
     lmq__job_t *cache[JOB_CACHE];
@@ -54,9 +61,6 @@ typedef struct broker {
     size_t npend, npend_refused;
     char **prefixes; /* subscribed topic prefixes (XPUB reports each once) */
     size_t nprefixes;
-    size_t nitems;   /* pipe, router, xpub, each device, each retiring device */
-    retiring_t *retiring;
-    size_t nretiring, retiring_cap;
 } broker_t;
 
 static lmq__job_t *job_get(broker_t *b)
@@ -298,6 +302,19 @@ static int cmp_u32(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* What ping and stats show of the configuration: its generation, when it
+ * was applied, and how the last reload went. */
+static json_t *config_json(lmq_daemon_t *d)
+{
+    pthread_mutex_lock(&d->cfg_mu);
+    json_t *j = json_pack("{s:I, s:I, s:o, s:o}", "generation", (json_int_t)d->generation, "loaded_ns",
+                          (json_int_t)d->loaded_ns, "last_reload",
+                          d->last_reload_ns ? json_string(d->last_reload) : json_null(), "last_reload_ns",
+                          d->last_reload_ns ? json_integer((json_int_t)d->last_reload_ns) : json_null());
+    pthread_mutex_unlock(&d->cfg_mu);
+    return j;
+}
+
 static json_t *device_stats(lmq_dev_t *dev)
 {
     const lmq__dev_stats_t *s = &dev->stats;
@@ -339,19 +356,6 @@ static void reply_no_device(broker_t *b, zmq_msg_t *env, size_t nenv, const lmq_
         len += (size_t)snprintf(names + len, sizeof names - len, "%s%s", i ? ", " : "", d->devs[i]->name);
     snprintf(msg, sizeof msg, "no device '%.64s' (devices: %s)", req->device, d->ndev ? names : "none");
     reply_error(b, env, nenv, req, LMQ_ENOTFOUND, msg, false);
-}
-
-/* What ping and stats show of the configuration: its generation, when it
- * was applied, and how the last reload went. */
-static json_t *config_json(lmq_daemon_t *d)
-{
-    pthread_mutex_lock(&d->cfg_mu);
-    json_t *j = json_pack("{s:I, s:I, s:o, s:o}", "generation", (json_int_t)d->generation, "loaded_ns",
-                          (json_int_t)d->loaded_ns, "last_reload",
-                          d->last_reload_ns ? json_string(d->last_reload) : json_null(), "last_reload_ns",
-                          d->last_reload_ns ? json_integer((json_int_t)d->last_reload_ns) : json_null());
-    pthread_mutex_unlock(&d->cfg_mu);
-    return j;
 }
 
 static void handle_local(broker_t *b, zmq_msg_t *env, size_t nenv, lmq__request_t *req)
@@ -692,53 +696,7 @@ static void *make_socket(broker_t *b, int type)
     return s;
 }
 
-/* Creates and binds the broker's end of a device's pipe at dev->pipe_endpoint. */
-static int bind_device_pipe(broker_t *b, lmq_dev_t *dev)
-{
-    dev->broker_pipe = make_socket(b, ZMQ_PAIR);
-    if (!dev->broker_pipe)
-        return LMQ_ESYS;
-    int hwm = 10000, linger = 0;
-    zmq_setsockopt(dev->broker_pipe, ZMQ_SNDHWM, &hwm, sizeof hwm);
-    zmq_setsockopt(dev->broker_pipe, ZMQ_RCVHWM, &hwm, sizeof hwm);
-    zmq_setsockopt(dev->broker_pipe, ZMQ_LINGER, &linger, sizeof linger);
-    if (zmq_bind(dev->broker_pipe, dev->pipe_endpoint) != 0) {
-        zmq_close(dev->broker_pipe);
-        dev->broker_pipe = NULL;
-        return LMQ_ESYS;
-    }
-    return 0;
-}
-
 /* ---- shutdown ---- */
-
-/* Answers CLOSED, in order, every request the device accepted and never
- * finished (its thread has exited or been abandoned). why: "the daemon is
- * shutting down". */
-static void answer_queue_closed(broker_t *b, lmq_dev_t *dev, const char *why)
-{
-    lmq__job_t *running = NULL;
-    if (dev->abandoned) {
-        pthread_mutex_lock(&dev->mu);
-        running = dev->current;
-        pthread_mutex_unlock(&dev->mu);
-    }
-    while (dev->queue_head) {
-        lmq__job_t *job = dev->queue_head;
-        queue_remove(dev, job);
-        dev->stats.in_flight--;
-        char msg[300];
-        if (job == running)
-            snprintf(msg, sizeof msg, "%s: %s and the device is stuck in this request; its outcome is unknown",
-                     dev->name, why);
-        else
-            snprintf(msg, sizeof msg, "%s: %s", dev->name, why);
-        reply_error(b, job->envelope, job->nenvelope, &job->req, LMQ_ECLOSED, msg, true);
-        /* The stuck thread still holds the running job: never free it. */
-        if (job != running)
-            lmq__job_destroy(&job);
-    }
-}
 
 /* Stops every device thread (at most the grace period), answers what the
  * devices finished, then answers CLOSED, in order, what they never got to.
@@ -783,7 +741,29 @@ static void shutdown_devices(broker_t *b)
          * the pipe; the job it holds now is still in the queue). */
         while (handle_device(b, dev))
             ;
-        answer_queue_closed(b, dev, "the daemon is shutting down");
+        lmq__job_t *running = NULL;
+        if (dev->abandoned) {
+            pthread_mutex_lock(&dev->mu);
+            running = dev->current;
+            pthread_mutex_unlock(&dev->mu);
+        }
+        while (dev->queue_head) {
+            lmq__job_t *job = dev->queue_head;
+            queue_remove(dev, job);
+            dev->stats.in_flight--;
+            char msg[300];
+            if (job == running)
+                snprintf(
+                    msg, sizeof msg,
+                    "%s: the daemon is shutting down and the device is stuck in this request; its outcome is unknown",
+                    dev->name);
+            else
+                snprintf(msg, sizeof msg, "%s: the daemon is shutting down", dev->name);
+            reply_error(b, job->envelope, job->nenvelope, &job->req, LMQ_ECLOSED, msg, true);
+            /* The stuck thread still holds the running job: never free it. */
+            if (job != running)
+                lmq__job_destroy(&job);
+        }
         zmq_close(dev->broker_pipe);
         dev->broker_pipe = NULL;
     }
@@ -808,8 +788,76 @@ static void shutdown_devices(broker_t *b)
  * and launches its reconfigured replacement, which thus never opens the
  * instrument while the old instance still holds it. */
 
-/* Points the poll items at the current devices and retiring devices. items
- * must have room for 3 + ndev + nretiring entries. */
+/* Creates and binds the broker's end of an added device's pipe at
+ * dev->pipe_endpoint, with the options lmq__broker_main gives those of the
+ * devices it starts with. */
+static int bind_device_pipe(broker_t *b, lmq_dev_t *dev)
+{
+    dev->broker_pipe = make_socket(b, ZMQ_PAIR);
+    if (!dev->broker_pipe)
+        return LMQ_ESYS;
+    int hwm = 10000, linger = 0;
+    zmq_setsockopt(dev->broker_pipe, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(dev->broker_pipe, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(dev->broker_pipe, ZMQ_LINGER, &linger, sizeof linger);
+    if (zmq_bind(dev->broker_pipe, dev->pipe_endpoint) != 0) {
+        zmq_close(dev->broker_pipe);
+        dev->broker_pipe = NULL;
+        return LMQ_ESYS;
+    }
+    return 0;
+}
+
+/* Answers CLOSED, in order, every request a removed device accepted and
+ * never finished (its thread has exited or been abandoned), as
+ * shutdown_devices does at shutdown. why: "removed from the configuration". */
+static void answer_queue_closed(broker_t *b, lmq_dev_t *dev, const char *why)
+{
+    lmq__job_t *running = NULL;
+    if (dev->abandoned) {
+        pthread_mutex_lock(&dev->mu);
+        running = dev->current;
+        pthread_mutex_unlock(&dev->mu);
+    }
+    while (dev->queue_head) {
+        lmq__job_t *job = dev->queue_head;
+        queue_remove(dev, job);
+        dev->stats.in_flight--;
+        char msg[300];
+        if (job == running)
+            snprintf(msg, sizeof msg, "%s: %s and the device is stuck in this request; its outcome is unknown",
+                     dev->name, why);
+        else
+            snprintf(msg, sizeof msg, "%s: %s", dev->name, why);
+        reply_error(b, job->envelope, job->nenvelope, &job->req, LMQ_ECLOSED, msg, true);
+        /* The stuck thread still holds the running job: never free it. */
+        if (job != running)
+            lmq__job_destroy(&job);
+    }
+}
+
+/* Ticks every RETIRE_POLL_MS while devices retire, so that one overrunning
+ * its deadline is finished even when nothing else wakes the broker (a
+ * poll item of its own: the loop's timeout stays as it is). */
+static void retire_timer_set(broker_t *b, bool on)
+{
+    if (b->retire_timer < 0 && on) {
+        b->retire_timer = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+        if (b->retire_timer < 0)
+            lmq_log(b->d->log, LMQ_LOG_ERROR, "broker",
+                    "cannot create a timer (%s): removed devices are finished only when the broker wakes",
+                    strerror(errno));
+    }
+    if (b->retire_timer < 0)
+        return;
+    struct itimerspec its = {0};
+    if (on)
+        its.it_value.tv_nsec = its.it_interval.tv_nsec = RETIRE_POLL_MS * 1000000L;
+    timerfd_settime(b->retire_timer, 0, &its, NULL);
+}
+
+/* Points the poll items at the current devices, the retiring devices and
+ * the retire timer. items must have room for 3 + ndev + nretiring + 1. */
 static void fill_items(broker_t *b, zmq_pollitem_t *items)
 {
     lmq_daemon_t *d = b->d;
@@ -822,6 +870,8 @@ static void fill_items(broker_t *b, zmq_pollitem_t *items)
     for (size_t k = 0; k < b->nretiring; k++)
         if (b->retiring[k].dev)
             items[n++] = (zmq_pollitem_t){b->retiring[k].dev->broker_pipe, 0, ZMQ_POLLIN, 0};
+    if (b->nretiring && b->retire_timer >= 0)
+        items[n++] = (zmq_pollitem_t){NULL, b->retire_timer, ZMQ_POLLIN, 0};
     b->nitems = n;
 }
 
@@ -867,7 +917,7 @@ static void reload_apply(broker_t *b, lmq__reload_t *r)
         b->retiring = grown;
         b->retiring_cap = cap;
     }
-    zmq_pollitem_t *items = calloc(3 + r->ndev + cap, sizeof *items);
+    zmq_pollitem_t *items = calloc(3 + r->ndev + cap + 1, sizeof *items);
     if (!items) {
         reload_reply(b, LMQ_EMEM, "out of memory");
         return;
@@ -922,6 +972,7 @@ static void reload_apply(broker_t *b, lmq__reload_t *r)
     d->ndev = d->cap = r->ndev;
     r->devs = old;
     d->stop_grace_ns = r->stop_grace_ns;
+    retire_timer_set(b, b->nretiring > 0);
     free(b->items);
     b->items = items;
     fill_items(b, items);
@@ -988,8 +1039,12 @@ static void retire_poll(broker_t *b)
 {
     lmq_daemon_t *d = b->d;
     int64_t now = lmq_clock_mono_ns();
-    bool changed = false;
-    size_t item = 3 + d->ndev;
+    uint64_t ticks;
+    if (b->retire_timer >= 0 && read(b->retire_timer, &ticks, sizeof ticks) < 0) {
+        /* EAGAIN: not this tick's wake-up */
+    }
+    size_t item = 3 + d->ndev, before = b->nretiring;
+    bool finished = false;
     for (size_t k = 0; k < b->nretiring; k++) {
         retiring_t *r = &b->retiring[k];
         if (!r->dev)
@@ -999,7 +1054,7 @@ static void retire_poll(broker_t *b)
                 ;
         if (atomic_load(&r->dev->exited) || now >= r->deadline) {
             retire_one(b, r);
-            changed = true;
+            finished = true;
         }
     }
     size_t keep = 0;
@@ -1016,8 +1071,10 @@ static void retire_poll(broker_t *b)
             b->retiring[keep++] = *r;
     }
     b->nretiring = keep;
-    if (changed)
-        fill_items(b, b->items); /* fewer entries than before: it fits */
+    if (!keep)
+        retire_timer_set(b, false);
+    if (finished || keep != before)
+        fill_items(b, b->items); /* no more entries than before: it fits */
 }
 
 /* At shutdown: waits for the retiring devices (each up to its deadline) and
@@ -1050,8 +1107,10 @@ void *lmq__broker_main(void *arg)
     b.router = make_socket(&b, ZMQ_ROUTER);
     b.xpub = make_socket(&b, ZMQ_XPUB);
     char msg[560];
-    b.nitems = 3 + d->ndev;
-    b.items = calloc(b.nitems, sizeof *b.items);
+    size_t nitems = 3 + d->ndev;
+    b.items = calloc(nitems, sizeof *b.items);
+    b.nitems = nitems;
+    b.retire_timer = -1;
     if (!b.router || !b.xpub || !b.items) {
         report(&b, LMQ_ESYS, "cannot create the broker's sockets");
         goto out;
@@ -1082,7 +1141,16 @@ void *lmq__broker_main(void *arg)
     for (size_t i = 0; i < d->ndev; i++) {
         lmq_dev_t *dev = d->devs[i];
         snprintf(dev->pipe_endpoint, sizeof dev->pipe_endpoint, "inproc://lmq-%p-dev-%zu", (void *)d, i);
-        int rc = bind_device_pipe(&b, dev);
+        dev->broker_pipe = make_socket(&b, ZMQ_PAIR);
+        int hwm = 10000, linger = 0;
+        int rc = dev->broker_pipe ? 0 : LMQ_ESYS;
+        if (rc == 0) {
+            zmq_setsockopt(dev->broker_pipe, ZMQ_SNDHWM, &hwm, sizeof hwm);
+            zmq_setsockopt(dev->broker_pipe, ZMQ_RCVHWM, &hwm, sizeof hwm);
+            zmq_setsockopt(dev->broker_pipe, ZMQ_LINGER, &linger, sizeof linger);
+            if (zmq_bind(dev->broker_pipe, dev->pipe_endpoint) != 0)
+                rc = LMQ_ESYS;
+        }
         if (rc == 0)
             rc = lmq__dev_start(dev, d->zctx, d->log, d->wires, d->epoch + i);
         if (rc != 0) {
@@ -1104,7 +1172,7 @@ void *lmq__broker_main(void *arg)
     zmq_send(b.pipe, &ready, 1, 0);
 
     for (;;) {
-        if (zmq_poll(b.items, (int)b.nitems, b.npend ? BACKLOG_RETRY_MS : b.nretiring ? RETIRE_POLL_MS : -1) < 0) {
+        if (zmq_poll(b.items, (int)nitems, b.npend ? BACKLOG_RETRY_MS : -1) < 0) {
             if (zmq_errno() == EINTR)
                 continue;
             break;
@@ -1112,7 +1180,8 @@ void *lmq__broker_main(void *arg)
         if (b.items[0].revents & ZMQ_POLLIN) {
             if (!daemon_command(&b))
                 break; /* TERM */
-            continue;  /* a reload has rebuilt the poll items */
+            nitems = b.nitems; /* a reload has rebuilt the poll items */
+            continue;
         }
         if (b.npend)
             flush_backlog(&b);
@@ -1122,14 +1191,16 @@ void *lmq__broker_main(void *arg)
             if (b.items[3 + i].revents & ZMQ_POLLIN)
                 for (int k = 0; k < 64 && handle_device(&b, d->devs[i]); k++)
                     ;
-        if (b.nretiring)
-            retire_poll(&b);
         if (b.items[1].revents & ZMQ_POLLIN)
             for (int k = 0; k < 64 && handle_request(&b); k++)
                 ;
         if (b.items[2].revents & ZMQ_POLLIN)
             for (int k = 0; k < 64 && handle_subscription(&b); k++)
                 ;
+        if (b.nretiring) { /* last: it may rebuild the poll items */
+            retire_poll(&b);
+            nitems = b.nitems;
+        }
     }
     lmq_log(d->log, LMQ_LOG_INFO, "broker", "stopping: answering what was accepted, closing devices");
 out:
@@ -1141,6 +1212,8 @@ out:
     free(b.prefixes);
     free(b.items);
     free(b.retiring);
+    if (b.retire_timer >= 0)
+        close(b.retire_timer);
     while (b.ncache)
         free(b.cache[--b.ncache]);
     if (b.router)
