@@ -1098,7 +1098,7 @@ static void retire_finish_all(broker_t *b)
 
 void *lmq__broker_main(void *arg)
 {
-    broker_t b = {.d = arg};
+    broker_t b = {.d = arg, .retire_timer = -1};
     lmq_daemon_t *d = b.d;
     d->started_ns = lmq_clock_mono_ns();
     b.pipe = zmq_socket(d->zctx, ZMQ_PAIR);
@@ -1109,8 +1109,6 @@ void *lmq__broker_main(void *arg)
     char msg[560];
     size_t nitems = 3 + d->ndev;
     b.items = calloc(nitems, sizeof *b.items);
-    b.nitems = nitems;
-    b.retire_timer = -1;
     if (!b.router || !b.xpub || !b.items) {
         report(&b, LMQ_ESYS, "cannot create the broker's sockets");
         goto out;
@@ -1168,6 +1166,7 @@ void *lmq__broker_main(void *arg)
     b.items[2] = (zmq_pollitem_t){b.xpub, 0, ZMQ_POLLIN, 0};
     for (size_t i = 0; i < d->ndev; i++)
         b.items[3 + i] = (zmq_pollitem_t){d->devs[i]->broker_pipe, 0, ZMQ_POLLIN, 0};
+    b.nitems = nitems;
     char ready = LMQ__MSG_READY;
     zmq_send(b.pipe, &ready, 1, 0);
 

@@ -24,11 +24,11 @@ lmq_daemon_t *lmq_daemon_new(void *zctx, const char *control_endpoint, const cha
         return NULL;
     d->zctx = zctx;
     d->log = log;
+    pthread_mutex_init(&d->cfg_mu, NULL);
     d->control = strdup(control_endpoint);
     d->data = strdup(data_endpoint);
     d->wires = lmq__wires_new();
     d->sup = lmq_supervisor_new(log);
-    pthread_mutex_init(&d->cfg_mu, NULL);
     if (!d->control || !d->data || !d->wires || !d->sup) {
         lmq_daemon_destroy(&d);
         return NULL;
@@ -367,6 +367,7 @@ void lmq_daemon_destroy(lmq_daemon_t **pd)
     for (size_t i = 0; i < d->ndev; i++)
         lmq__dev_destroy(&d->devs[i]); /* leaves stuck devices to their threads */
     free(d->devs);
+    pthread_mutex_destroy(&d->cfg_mu);
     lmq_supervisor_destroy(&d->sup);
     for (size_t i = 0; i < d->nworkers; i++) {
         free(d->workers[i].name);
@@ -377,7 +378,6 @@ void lmq_daemon_destroy(lmq_daemon_t **pd)
     /* A stuck device may still read the wires. */
     if (!d->nstuck && !d->nabandoned)
         lmq__wires_destroy(&d->wires);
-    pthread_mutex_destroy(&d->cfg_mu);
     free(d->control);
     free(d->data);
     free(d);
