@@ -312,6 +312,35 @@ static int slot_of(lmq_pool_t *p, const zmq_msg_t *id)
     return -1;
 }
 
+/* Reads one whole message, of at most cap parts, into parts: the number of
+ * parts, 0 when none is waiting, -1 when it had more (dropped entire). */
+static int recv_parts(void *sock, zmq_msg_t *parts, int cap)
+{
+    int n = 0;
+    bool more = true, oversize = false;
+    while (more) {
+        zmq_msg_t extra, *m = n < cap ? &parts[n] : &extra;
+        zmq_msg_init(m);
+        if (zmq_msg_recv(m, sock, n ? 0 : ZMQ_DONTWAIT) < 0) { /* the rest of a message is there */
+            zmq_msg_close(m);
+            break;
+        }
+        more = zmq_msg_more(m);
+        if (m == &extra) {
+            zmq_msg_close(m);
+            oversize = true;
+        } else {
+            n++;
+        }
+    }
+    if (oversize) {
+        for (int k = 0; k < n; k++)
+            zmq_msg_close(&parts[k]);
+        return -1;
+    }
+    return n;
+}
+
 /* One result (a "D" header and its payload) from worker i. */
 static void handle_result(lmq_pool_t *p, int i, const unsigned char *h, zmq_msg_t *payload)
 {
@@ -379,27 +408,9 @@ static void handle_message(lmq_pool_t *p, zmq_msg_t *parts, int nparts)
 /* Reads every message waiting on the socket. */
 static void drain(lmq_pool_t *p)
 {
-    for (;;) {
-        int n = 0;
-        bool more = true, oversize = false;
-        while (more) {
-            zmq_msg_t extra, *m = n < POOL_MAX_PARTS ? &p->parts[n] : &extra;
-            zmq_msg_init(m);
-            if (zmq_msg_recv(m, p->sock, ZMQ_DONTWAIT) < 0) {
-                zmq_msg_close(m);
-                break;
-            }
-            more = zmq_msg_more(m);
-            if (m == &extra) {
-                zmq_msg_close(m);
-                oversize = true;
-            } else {
-                n++;
-            }
-        }
-        if (n == 0)
-            return;
-        if (!oversize)
+    int n;
+    while ((n = recv_parts(p->sock, p->parts, POOL_MAX_PARTS)) != 0) {
+        if (n > 0)
             handle_message(p, p->parts, n);
         for (int k = 0; k < n; k++)
             zmq_msg_close(&p->parts[k]);
@@ -860,35 +871,6 @@ typedef struct batch {
     unsigned char head[POOL_MAX_CREDIT][10];
 } batch_t;
 
-/* Reads one whole message into b->in: the number of parts, 0 when none is
- * waiting, -1 when it had more parts than a batch can hold (dropped). */
-static int recv_message(void *sock, batch_t *b)
-{
-    int n = 0;
-    bool more = true, oversize = false;
-    while (more) {
-        zmq_msg_t extra, *m = n < 2 * POOL_MAX_CREDIT ? &b->in[n] : &extra;
-        zmq_msg_init(m);
-        if (zmq_msg_recv(m, sock, n ? 0 : ZMQ_DONTWAIT) < 0) {
-            zmq_msg_close(m);
-            break;
-        }
-        more = zmq_msg_more(m);
-        if (m == &extra) {
-            zmq_msg_close(m);
-            oversize = true;
-        } else {
-            n++;
-        }
-    }
-    if (oversize) {
-        for (int k = 0; k < n; k++)
-            zmq_msg_close(&b->in[k]);
-        return -1;
-    }
-    return n;
-}
-
 /* Runs the tasks of one message (pairs of "T" header and task) and sends
  * their results back as one message; false when the socket refused. A
  * message that is not all well-formed pairs is not the pool's: ignored. */
@@ -968,7 +950,7 @@ int lmq_pool_worker_run(int argc, char *const argv[], lmq_pool_handler_fn handle
         if (zmq_poll(items, 2, -1) < 0 && errno != EINTR)
             break;
         for (;;) {
-            int n = recv_message(sock, b);
+            int n = recv_parts(sock, b->in, 2 * POOL_MAX_CREDIT);
             if (n == 0)
                 break;
             if (n == 1 && zmq_msg_size(&b->in[0]) == 1 && *(const char *)zmq_msg_data(&b->in[0]) == 'S')
