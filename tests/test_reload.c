@@ -120,8 +120,7 @@ static void *events_main(void *arg)
         if (l->n < MAX_EVENTS) {
             snprintf(l->ev[l->n].device, sizeof l->ev[0].device, "%s", lmq_event_device(ev));
             snprintf(l->ev[l->n].kind, sizeof l->ev[0].kind, "%s", lmq_event_kind(ev));
-            snprintf(l->ev[l->n].state, sizeof l->ev[0].state, "%s",
-                     lmq_event_state(ev) ? lmq_event_state(ev) : "");
+            snprintf(l->ev[l->n].state, sizeof l->ev[0].state, "%s", lmq_event_state(ev) ? lmq_event_state(ev) : "");
             l->n++;
         }
         pthread_mutex_unlock(&l->mu);
@@ -555,9 +554,9 @@ START_TEST(test_reload_untouched_devices_never_blink)
                   "daq1/wave: %llu lost, %llu restarts", (unsigned long long)w_wave.lost,
                   (unsigned long long)w_wave.restarts);
     ck_assert_msg(w_iv.lost == 0 && w_iv.restarts == 0 && w_iv.first_epoch == w_iv.last_epoch,
-                  "psu1/iv: %llu lost, %llu restarts", (unsigned long long)w_iv.lost, (unsigned long long)w_iv.restarts);
-    ck_assert_msg(w_iv3.first_epoch != w_iv3.last_epoch && w_iv3.restarts >= 1,
-                  "the reconfigured psu3 kept its epoch");
+                  "psu1/iv: %llu lost, %llu restarts", (unsigned long long)w_iv.lost,
+                  (unsigned long long)w_iv.restarts);
+    ck_assert_msg(w_iv3.first_epoch != w_iv3.last_epoch && w_iv3.restarts >= 1, "the reconfigured psu3 kept its epoch");
     ck_assert_uint_eq(count_events(&events, "psu1", "", ""), 0);
     ck_assert_uint_eq(count_events(&events, "daq1", "", ""), 0);
     ck_assert_uint_ge(count_events(&events, "psu4", "state", "ready"), 1);
@@ -798,7 +797,4 @@ static Suite *reload_suite(void)
     return s;
 }
 
-int main(void)
-{
-    return th_run_suite(reload_suite());
-}
+int main(void) { return th_run_suite(reload_suite()); }

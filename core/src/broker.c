@@ -962,8 +962,7 @@ static void reload_apply(broker_t *b, lmq__reload_t *r)
             }
         }
         if (!waits && lmq__dev_launch(r->added[i]) != 0) {
-            lmq_log(d->log, LMQ_LOG_ERROR, r->added[i]->name, "cannot start its thread: %s; retrying",
-                    strerror(errno));
+            lmq_log(d->log, LMQ_LOG_ERROR, r->added[i]->name, "cannot start its thread: %s; retrying", strerror(errno));
             b->retiring[b->nretiring++] = (retiring_t){.successor = r->added[i]};
         }
     }
@@ -1022,13 +1021,14 @@ static void retire_one(broker_t *b, retiring_t *r)
     while (handle_device(b, dev))
         ;
     answer_queue_closed(b, dev,
-                        replaced ? "reconfigured by a reload; this request was for the old configuration and did not run"
-                                 : "removed from the configuration by a reload");
+                        replaced
+                            ? "reconfigured by a reload; this request was for the old configuration and did not run"
+                            : "removed from the configuration by a reload");
     zmq_close(dev->broker_pipe);
     dev->broker_pipe = NULL;
     if (!dev->abandoned)
-        lmq_log(d->log, LMQ_LOG_INFO, dev->name, "%s", replaced ? "closed; reopening with its new configuration"
-                                                                : "closed: removed from the configuration");
+        lmq_log(d->log, LMQ_LOG_INFO, dev->name, "%s",
+                replaced ? "closed; reopening with its new configuration" : "closed: removed from the configuration");
     lmq__dev_destroy(&dev); /* an abandoned one stays with its thread */
     r->dev = NULL;
 }
@@ -1178,7 +1178,7 @@ void *lmq__broker_main(void *arg)
         }
         if (b.items[0].revents & ZMQ_POLLIN) {
             if (!daemon_command(&b))
-                break; /* TERM */
+                break;         /* TERM */
             nitems = b.nitems; /* a reload has rebuilt the poll items */
             continue;
         }

@@ -539,7 +539,10 @@ static void describe_plan(const lmq__reload_t *r, char *buf, size_t size)
             APPEND("%s%s", ngone++ ? ", " : nnew ? "; removed: " : "devices removed: ", r->removed[k]->name);
     for (size_t k = 0; k < r->nremoved; k++)
         if (r->successor[k])
-            APPEND("%s%s", nchanged++ ? ", " : nnew || ngone ? "; reconfigured: " : "devices reconfigured: ",
+            APPEND("%s%s",
+                   nchanged++      ? ", "
+                   : nnew || ngone ? "; reconfigured: "
+                                   : "devices reconfigured: ",
                    r->removed[k]->name);
     APPEND("%s%zu unchanged", nnew || ngone || nchanged ? "; " : "devices: ", r->ndev - r->nadded);
 #undef APPEND
@@ -575,8 +578,8 @@ static int reload_workers(lmq_daemon_t *d, lmq_daemon_t *next)
     next->nworkers = tn;
     if (rc == 0 && added && strncmp(d->bound_control, "inproc://", 9) == 0)
         lmq_log(d->log, LMQ_LOG_WARN, "daemon",
-                "workers are separate processes: they cannot reach the inproc:// endpoints %s and %s",
-                d->bound_control, d->bound_data);
+                "workers are separate processes: they cannot reach the inproc:// endpoints %s and %s", d->bound_control,
+                d->bound_data);
     if (rc == 0 && added && lmq_supervisor_count(d->sup) && (rc = lmq_supervisor_start(d->sup)) == LMQ_EARG)
         rc = 0; /* already running: it has started the new ones itself */
     return rc;
@@ -591,8 +594,8 @@ int lmq_daemon_reload(lmq_daemon_t *d, lmq_daemon_t **pnext)
     int rc = 0;
     char summary[400];
     if (!d->running || next->running) {
-        snprintf(d->err, sizeof d->err, "%s", !d->running ? "the daemon is not running" :
-                 "the new declaration must not be started");
+        snprintf(d->err, sizeof d->err, "%s",
+                 !d->running ? "the daemon is not running" : "the new declaration must not be started");
         rc = LMQ_EARG;
         goto out;
     }
@@ -649,8 +652,8 @@ int lmq_daemon_reload(lmq_daemon_t *d, lmq_daemon_t **pnext)
         goto out;
     }
     record_reload(d, true, NULL);
-    lmq_log(d->log, LMQ_LOG_INFO, "daemon", "reloaded (generation %llu): %s",
-            (unsigned long long)d->generation, summary);
+    lmq_log(d->log, LMQ_LOG_INFO, "daemon", "reloaded (generation %llu): %s", (unsigned long long)d->generation,
+            summary);
     goto out;
 refused:
     lmq_daemon_reload_refused(d, d->err);

@@ -50,9 +50,9 @@ struct lmq_daemon {
     char stuck_msg[400]; /* their names and what they were doing */
 
     /* reload (lmq_daemon_reload) */
-    uint64_t epoch_next;   /* caller's thread: the next device epoch to hand out */
-    uint64_t reload_seq;   /* caller's thread: numbers the device pipes of reloads */
-    size_t nabandoned;     /* broker: devices a reload left stuck in their driver */
+    uint64_t epoch_next;    /* caller's thread: the next device epoch to hand out */
+    uint64_t reload_seq;    /* caller's thread: numbers the device pipes of reloads */
+    size_t nabandoned;      /* broker: devices a reload left stuck in their driver */
     pthread_mutex_t cfg_mu; /* guards what ping and stats show of the configuration: */
     uint64_t generation;    /* 1 at start, +1 per reload applied */
     int64_t loaded_ns;      /* real time the running configuration was applied */

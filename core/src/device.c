@@ -315,15 +315,20 @@ static bool value_equal(const lmq_value_t *a, const lmq_value_t *b)
     if (a->type != b->type)
         return false;
     switch (a->type) {
-    case LMQ_BOOL: return a->u.b == b->u.b;
-    case LMQ_INT: return a->u.i == b->u.i;
-    case LMQ_FLOAT: return a->u.f == b->u.f || (isnan(a->u.f) && isnan(b->u.f));
-    case LMQ_STRING: return strcmp(a->u.s, b->u.s) == 0;
+    case LMQ_BOOL:
+        return a->u.b == b->u.b;
+    case LMQ_INT:
+        return a->u.i == b->u.i;
+    case LMQ_FLOAT:
+        return a->u.f == b->u.f || (isnan(a->u.f) && isnan(b->u.f));
+    case LMQ_STRING:
+        return strcmp(a->u.s, b->u.s) == 0;
     case LMQ_ARRAY:
         return a->u.a.dtype == b->u.a.dtype && a->u.a.ndim == b->u.a.ndim &&
                memcmp(a->u.a.shape, b->u.a.shape, sizeof a->u.a.shape) == 0 && a->u.a.nbytes == b->u.a.nbytes &&
                (!a->u.a.nbytes || memcmp(a->u.a.data, b->u.a.data, a->u.a.nbytes) == 0);
-    default: return true;
+    default:
+        return true;
     }
 }
 

@@ -45,8 +45,7 @@ void lmq_log_set_level(lmq_log_t *log, lmq_log_level_t level)
 
 lmq_log_level_t lmq_log_get_level(const lmq_log_t *log)
 {
-    return log ? (lmq_log_level_t)atomic_load_explicit(&((lmq_log_t *)log)->level, memory_order_relaxed)
-               : LMQ_LOG_WARN;
+    return log ? (lmq_log_level_t)atomic_load_explicit(&((lmq_log_t *)log)->level, memory_order_relaxed) : LMQ_LOG_WARN;
 }
 
 int lmq_log_level_parse(const char *text)

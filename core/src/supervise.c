@@ -51,11 +51,11 @@ typedef struct worker {
 
     /* declared or retired while the supervisor runs (lmq_supervisor_add,
      * lmq__supervisor_remove); under mu */
-    bool fresh;   /* added while running: the thread starts it at its next pass */
-    bool retire;  /* to be stopped and forgotten */
-    bool gone;    /* retired and reaped: the remover may drop the entry */
-    bool termed;  /* SIGTERM sent to the retiring worker */
-    bool killed;  /* SIGKILL sent to it */
+    bool fresh;  /* added while running: the thread starts it at its next pass */
+    bool retire; /* to be stopped and forgotten */
+    bool gone;   /* retired and reaped: the remover may drop the entry */
+    bool termed; /* SIGTERM sent to the retiring worker */
+    bool killed; /* SIGKILL sent to it */
     int64_t kill_at;
 } worker_t;
 
@@ -393,8 +393,8 @@ static void retire_worker(lmq_supervisor_t *s, worker_t *w, int64_t now)
     if (w->pid && !w->termed) {
         w->termed = true;
         w->kill_at = now + s->grace_ns;
-        lmq_log(s->log, LMQ_LOG_INFO, "supervisor", "stopping worker %s (pid %d): it is being removed",
-                w->name, (int)w->pid);
+        lmq_log(s->log, LMQ_LOG_INFO, "supervisor", "stopping worker %s (pid %d): it is being removed", w->name,
+                (int)w->pid);
         signal_worker(w, SIGTERM);
     } else if (w->pid && !w->killed && now >= w->kill_at) {
         w->killed = true;

@@ -214,7 +214,8 @@ static void reload(run_t *r)
     const char *control = r->control_arg ? r->control_arg : lmq_config_control(cfg);
     const char *data = r->data_arg ? r->data_arg : lmq_config_data(cfg);
     if (!control)
-        control = lmq_default_endpoint(control_buf, sizeof control_buf, "control", false) == 0 ? control_buf : r->control;
+        control =
+            lmq_default_endpoint(control_buf, sizeof control_buf, "control", false) == 0 ? control_buf : r->control;
     if (!data)
         data = lmq_default_endpoint(data_buf, sizeof data_buf, "data", false) == 0 ? data_buf : r->data;
     next = lmq_daemon_new(r->zctx, control, data, NULL);
@@ -374,8 +375,15 @@ int main(int argc, char **argv)
     fflush(stderr);
     /* Ready = clients can connect; instruments may still be opening (they
      * show as such), as start-up never waits for them. */
-    run_t run = {.config_path = config_path, .control_arg = control_arg, .data_arg = data_arg,
-                 .level_arg = level_arg, .control = control, .data = data, .zctx = zctx, .log = log, .d = d,
+    run_t run = {.config_path = config_path,
+                 .control_arg = control_arg,
+                 .data_arg = data_arg,
+                 .level_arg = level_arg,
+                 .control = control,
+                 .data = data,
+                 .zctx = zctx,
+                 .log = log,
+                 .d = d,
                  .ndevices = lmq_config_device_count(cfg)};
     notify_ready(run.ndevices, control);
 
