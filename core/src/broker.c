@@ -1178,8 +1178,9 @@ void *lmq__broker_main(void *arg)
         }
         if (b.items[0].revents & ZMQ_POLLIN) {
             if (!daemon_command(&b))
-                break;         /* TERM */
-            nitems = b.nitems; /* a reload has rebuilt the poll items */
+                break; /* TERM */
+            /* a reload, which rebuilt the poll items */
+            nitems = b.nitems;
             continue;
         }
         if (b.npend)
