@@ -614,7 +614,7 @@ START_TEST(test_reload_stuck_device_abandoned)
     snprintf(t.log, sizeof t.log, "%s/labmqd.log", t.dir);
     t.zctx = zmq_ctx_new();
     char yaml[2048];
-    const char *fmt = "control: %s\ndata: %s\nstop_grace: 3\ndevices:\n"
+    const char *fmt = "control: %s\ndata: %s\nstop_grace: 5\ndevices:\n"
                       "  - name: psu1\n    driver: sim-psu\n"
                       "%s";
     char stuck[512];
@@ -659,8 +659,9 @@ START_TEST(test_reload_stuck_device_abandoned)
     lmq_proxy_set_timeout(again, WAIT_MS);
     ck_assert_int_eq(lmq_proxy_get_double(again, "fast", &v), LMQ_ENOTFOUND);
 
-    /* Back again, well within the 3 s grace: the old instance still holds
-     * the instrument, so the new one waits, then opens and answers. */
+    /* Back again, well within the 5 s grace (a reload takes milliseconds):
+     * the old instance still holds the instrument, so the new one waits,
+     * then opens and answers. */
     snprintf(dev, sizeof dev, stuck, 0);
     snprintf(yaml, sizeof yaml, fmt, t.control, t.data, dev);
     cfg = reload(&t, yaml);
