@@ -513,7 +513,9 @@ static void on_message(client_t *c, const unsigned char *data, size_t len)
 
 static int on_receive(client_t *c, const void *in, size_t len)
 {
-    if (c->rxlen + len > WEB_MSG_MAX) {
+    /* The frame's announced length counts: a frame claiming 2^62 bytes is
+     * refused at its first bytes, not after a wait for the rest. */
+    if (c->rxlen + len + lws_remaining_packet_payload(c->wsi) > WEB_MSG_MAX) {
         lws_close_reason(c->wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, (unsigned char *)"message over 65536 bytes", 24);
         return -1;
     }
@@ -623,6 +625,14 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
         if (!admit(s, wsi, why, sizeof why)) {
             lwsl_warn("refused a WebSocket: %s\n", why);
+            return 1;
+        }
+        return 0;
+    case LWS_CALLBACK_FILTER_HTTP_CONNECTION:
+        /* The page is files to GET: anything else (POST with a body to
+         * read, PUT, ...) is refused before lws looks further. */
+        if (lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) <= 0 && lws_hdr_total_length(wsi, WSI_TOKEN_HEAD_URI) <= 0) {
+            lws_return_http_status(wsi, HTTP_STATUS_METHOD_NOT_ALLOWED, "labmq-web serves GET and HEAD only");
             return 1;
         }
         return 0;
