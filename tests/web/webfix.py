@@ -41,7 +41,7 @@ def wait_for(what, fn, timeout=20.0, every=0.1):
 class Lab:
     """labmqd + labmq-web in a temp dir. Use as a context manager."""
 
-    def __init__(self, labmqd, web, cli, config, web_args=()):
+    def __init__(self, labmqd, web, cli, config, web_args=(), ndevices=3):
         self.labmqd, self.web_bin, self.cli = labmqd, web, cli
         self.dir = tempfile.mkdtemp(prefix="labmq-web-")
         self.config = os.path.join(self.dir, "lab.yaml")
@@ -52,6 +52,7 @@ class Lab:
         self.web = None
         self.web_args = list(web_args)
         self.url = None
+        self.ndevices = ndevices
 
     def __enter__(self):
         return self
@@ -74,7 +75,7 @@ class Lab:
                 [self.labmqd, "--config", self.config, "--control", self.control, "--data", self.data,
                  "--log-level", "warn"], stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         wait_for("labmqd to answer with every device ready",
-                 lambda: self._daemon_alive() or self.run_cli("ls").count("ready") == 3)
+                 lambda: self._daemon_alive() or self.run_cli("ls").count("ready") == self.ndevices)
 
     def _daemon_alive(self):
         if self.daemon.poll() is not None:
