@@ -178,9 +178,14 @@ static devproxy_t *find_dev(control_t *c, const char *name)
     return NULL;
 }
 
-/* Reads every readable property of dev and posts them as one "values". */
+/* Reads every property of a ready device and posts them as one "values".
+ * A device that stops answering is not asked again for each property: the
+ * calls run one at a time, and the tabs' requests wait behind them. */
 static void refresh_values(control_t *c, devproxy_t *d, json_t *describe)
 {
+    const char *state = json_string_value(json_object_get(describe, "state"));
+    if (!state || strcmp(state, "ready") != 0)
+        return; /* read when it is ready (its state event asks for that) */
     json_t *values = json_object(), *props = json_object_get(describe, "properties"), *prop;
     size_t i;
     json_array_foreach(props, i, prop) {
@@ -188,9 +193,12 @@ static void refresh_values(control_t *c, devproxy_t *d, json_t *describe)
         if (!name)
             continue;
         lmq_value_t v = {0};
-        if (lmq_proxy_get(d->p, name, &v) == 0)
+        int rc = lmq_proxy_get(d->p, name, &v);
+        if (rc == 0)
             json_object_set_new(values, name, value_json(&v));
         lmq_value_clear(&v);
+        if (rc == LMQ_ETIMEOUT || rc == LMQ_EIO || rc == LMQ_EUNREACH || rc == LMQ_ECLOSED)
+            break;
     }
     post(c, 0, json_pack("{s:s,s:s,s:o}", "t", "values", "device", d->name, "values", values));
 }
