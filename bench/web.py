@@ -12,12 +12,16 @@ clients take turns for --duration seconds each:
 Counts come from the page (window.labmq: blocks received, frames drawn,
 lost upstream, skipped by labmq-web's rate limit) or from labmq watch's
 summary; CPU is each process's user+system time over the window, in % of
-one core (/proc/PID/stat). One run, one table (markdown, on stdout).
+one core (/proc/PID/stat; the client's is Chromium's processes together);
+the last column is the daemon's own stats for the stream over the whole run
+(blocks it dropped / the instrument lost), which tells where "lost" came
+from. One run, one table (markdown, on stdout).
 
 Usage: bench/web.py [--build DIR] [--duration S]
 """
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -158,14 +162,18 @@ def main():
                         lab.start_web()
                         r = run_browser(lab, topic, a.duration, f"browser tab, --max-rate {rate}")
                     r["stream"] = name
+                    dev, sname = topic.split("/")
+                    st = json.loads(lab.run_cli("stats", dev, "--json"))["devices"][0]
+                    st = next(x for x in st["streams"] if x["name"] == sname)
+                    r["upstream"] = f"{st['dropped']} / {st['skipped']}"
                     rows.append(r)
                     print(f"# {name}: {r['client']}: {r['recv']:.0f} blocks/s", file=sys.stderr)
     print(f"| stream | client | received blocks/s | drawn/s | lost | skipped/s (rate limit) "
-          f"| labmqd CPU % | labmq-web CPU % | client CPU % |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          f"| labmqd CPU % | labmq-web CPU % | client CPU % | daemon dropped / instrument skipped (whole run) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['stream']} | {r['client']} | {fmt(r['recv'])} | {fmt(r['drawn'])} | {r['lost']} "
-              f"| {fmt(r['skipped'])} | {fmt(r['daemon'])} | {fmt(r['web'])} | {fmt(r['client_cpu'])} |")
+              f"| {fmt(r['skipped'])} | {fmt(r['daemon'])} | {fmt(r['web'])} | {fmt(r['client_cpu'])} | {r['upstream']} |")
     return 0
 
 
