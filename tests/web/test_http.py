@@ -3,7 +3,9 @@
 oversized input, over raw sockets: each gets an error (an HTTP error status,
 an error message, or a WebSocket close with the right code), never a crash.
 At the end the server still serves the page and a well-formed WebSocket, and
-stops with status 0 and no sanitizer report.
+stops with status 0 and no sanitizer report. Then labmq-web runs as a
+supervised worker of labmqd (`workers:`): it serves, reaches the daemon, and
+stops with it.
 
 Usage: test_http.py --labmqd P --web P --cli P --config sim-lab.yaml
 """
@@ -13,12 +15,15 @@ import base64
 import json
 import os
 import random
+import re
+import signal
 import socket
 import struct
 import sys
+import tempfile
 import time
 
-from webfix import Fail, Lab
+from webfix import Fail, Lab, wait_for
 
 TIMEOUT = 10.0
 
@@ -319,6 +324,39 @@ def main():
             print(f"FAIL: labmq-web exited with {rc}:\n{err}", file=sys.stderr)
             return 1
         print("ok: labmq-web stopped with status 0, no sanitizer report")
+    return supervised(a)
+
+
+def supervised(a):
+    """labmq-web as a worker labmqd starts, supervises and stops."""
+    with tempfile.TemporaryDirectory(prefix="labmq-web-sup-") as tmp:
+        cfg = os.path.join(tmp, "lab.yaml")
+        with open(cfg, "w") as f:
+            f.write("devices:\n  - name: psu1\n    driver: sim-psu\n"
+                    f"workers:\n  - name: web\n    program: {os.path.abspath(a.web)}\n"
+                    "    args: [--listen, '127.0.0.1:0']\n    restart: never\n")
+        with Lab(a.labmqd, a.web, a.cli, cfg, ndevices=1) as lab:
+            try:
+                lab.start_daemon()
+                url = wait_for("the worker's URL in labmqd's output", lambda: re.search(
+                    r"web: serving (http://127\.0\.0\.1:(\d+)/)", lab.log("labmqd.log")))
+                port = int(url.group(2))
+                check(status(http(port, f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+                                        .encode())) == 200, "as a supervised worker it serves the page")
+                wait_for("labmq workers to show web running", lambda: "running" in lab.run_cli("workers"))
+                w = WS(port)
+                w.send_text('{"op":"get","id":1,"device":"psu1","name":"voltage"}')
+                check(w.next_json({"reply"})["ok"], "as a worker it reaches the daemon given by --control/--data")
+                w.close()
+                lab.daemon.send_signal(signal.SIGTERM)
+                rc = lab.daemon.wait(30)
+                log = lab.log("labmqd.log")
+                check(rc == 0 and "web: stopped" in log, f"labmqd stops it with its own shutdown (exit {rc})")
+                if "ERROR: AddressSanitizer" in log or "runtime error" in log:
+                    raise Fail(f"sanitizer report:\n{log}")
+            except (Fail, OSError, EOFError) as e:
+                print(f"FAIL: {e}\n--- labmqd (and worker) output:\n{lab.log('labmqd.log')}", file=sys.stderr)
+                return 1
     return 0
 
 
