@@ -280,6 +280,45 @@ def main():
                   f"a block is one binary message: header {hlen} bytes, payload {len(data) - 4 - hlen} bytes, 8-aligned")
             w.close()
 
+            # ---- a tab that stops reading slows nobody ----
+            def first_block(ws):
+                end = time.monotonic() + TIMEOUT
+                while time.monotonic() < end:
+                    op, data = ws.recv()
+                    if op == 2:
+                        hl = struct.unpack("<I", data[:4])[0]
+                        return json.loads(data[4:4 + hl])
+                raise Fail("no block")
+            slow, fast = WS(port), WS(port)
+            for ws in (slow, fast):
+                ws.send_text('{"op":"sub","topic":"cam1/frames"}')
+            first_block(slow)
+            h0 = first_block(fast)
+            t0 = time.monotonic()
+            n = 0
+            while time.monotonic() - t0 < 4:
+                op, data = fast.recv()
+                if op == 2:
+                    n += 1
+                    hl = struct.unpack("<I", data[:4])[0]
+                    h1 = json.loads(data[4:4 + hl])
+            check(n >= 25 and h1["lost"] == 0 and h1["skipped"] - h0["skipped"] <= 2,
+                  f"while another tab reads nothing, this one gets {n} frames in 4 s (10 fps), lost {h1['lost']}, "
+                  f"skipped {h1['skipped'] - h0['skipped']}")
+            last = None
+            end = time.monotonic() + 3
+            while time.monotonic() < end:  # the slow tab reads again: its buffers, its pending frame, then new ones
+                op, data = slow.recv()
+                if op == 2:
+                    hl = struct.unpack("<I", data[:4])[0]
+                    last = json.loads(data[4:4 + hl])
+            check(last and last["skipped"] >= 10 and last["lost"] == 0 and
+                  last["offered"] - last["sent"] - last["skipped"] in (0, 1),
+                  f"the tab that read nothing for 4 s had frames skipped, not queued: offered {last and last['offered']}, "
+                  f"sent {last and last['sent']}, skipped {last and last['skipped']}")
+            slow.close()
+            fast.close()
+
             w = WS(port)
             w.send_text("x" * 70000)
             check(w.expect_close() == 1009, "a 70 kB message -> close 1009 (too big)")
