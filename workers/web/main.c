@@ -29,7 +29,8 @@ static const char about[] =
     "labmq-web - the lab in a browser: devices, properties, methods, streams and stats of a\n"
     "labmqd, live, at http://127.0.0.1:8080/ (no authentication: loopback only by default).\n"
     "\n"
-    "Its own options (besides the worker options below):\n"
+    "Its own options (besides --control, --data and --name above; it takes no --device,\n"
+    "--stream or --option):\n"
     "  --listen [HOST:]PORT   address to serve on (default " DEFAULT_LISTEN "; port 0: any free\n"
     "                         port; the URL is printed on stdout). HOST is a numeric address or\n"
     "                         localhost; one that is not loopback needs --insecure-listen\n"
@@ -140,6 +141,13 @@ static int own_options(int *argc, char **argv, opts_t *o)
                 else
                     return usage("%s needs a value", name);
             }
+        }
+        static const char *const refused[] = {"--device", "--stream", "--option"};
+        for (size_t k = 0; k < sizeof refused / sizeof *refused; k++) {
+            size_t n = strlen(refused[k]);
+            if (strncmp(a, refused[k], n) == 0 && (a[n] == '\0' || a[n] == '='))
+                return usage("%s: labmq-web shows every device and stream and has no --option settings "
+                             "(its settings are --listen, --www, --max-rate, --timeout)", refused[k]);
         }
         if (strcmp(a, "--") == 0) {
             argv[out++] = argv[i];
