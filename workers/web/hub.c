@@ -438,7 +438,9 @@ typedef struct stream {
 static void post_event(const web_hub_cfg_t *cfg, lmq_event_t *ev)
 {
     const char *kind = lmq_event_kind(ev);
-    json_t *msg = json_pack("{s:s,s:s,s:s,s:I,s:I,s:I,s:s}", "t", "event", "device", lmq_event_device(ev), "kind",
+    if (!kind || !lmq_event_device(ev))
+        return;
+    json_t *msg = json_pack("{s:s,s:s,s:s,s:I,s:I,s:I,s:s?}", "t", "event", "device", lmq_event_device(ev), "kind",
                             kind, "seq", (json_int_t)lmq_event_seq(ev), "lost_before",
                             (json_int_t)lmq_event_lost_before(ev), "t_ns", (json_int_t)lmq_event_time_ns(ev),
                             "cause", lmq_event_cause(ev));
@@ -455,7 +457,7 @@ static void post_event(const web_hub_cfg_t *cfg, lmq_event_t *ev)
     json_decref(msg);
     /* A device that is ready again may have other limits or values (restored,
      * or a new daemon): read it anew. */
-    if (strcmp(kind, "state") == 0 && strcmp(lmq_event_state(ev), "ready") == 0)
+    if (strcmp(kind, "state") == 0 && lmq_event_state(ev) && strcmp(lmq_event_state(ev), "ready") == 0)
         web_bridge_post_cmd(cfg->bridge, 0, json_pack("{s:s,s:s}", "op", "refresh", "device", lmq_event_device(ev)));
 }
 
