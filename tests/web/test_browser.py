@@ -6,6 +6,7 @@ labmqd on the simulated lab (examples/sim-lab.yaml). Checks, in order:
 - psu1.voltage set through the page changes it on the device (`labmq get`);
 - an out-of-range value is refused by the page and never sent;
 - an error the daemon gives is shown as the daemon words it;
+- the stats table counts psu1's requests;
 - daq1/wave blocks arrive (the page's counter grows, lost 0);
 - a cam1 frame is drawn (the canvas's pixels are not all equal);
 - a device that disconnects is shown disconnected, then ready again;
@@ -86,6 +87,10 @@ def main():
             wait_for("the change event to show 2.5 in the page", lambda: d.find_element(
                 By.CSS_SELECTOR, '[data-value="psu1.voltage"]').text == "2.5")
             print("ok: psu1.voltage set through the page is 2.5 on the device")
+            calls = wait_for("psu1's requests counted in the page's stats table", lambda: int(d.find_element(
+                By.CSS_SELECTOR, '[data-stats="psu1"] .calls').text) >= 1 and d.find_element(
+                By.CSS_SELECTOR, '[data-stats="psu1"] .calls').text)
+            print(f"ok: stats show psu1 with {calls} requests")
 
             step = "out-of-range value"
             replies = js(d, "return window.labmq.replies;")

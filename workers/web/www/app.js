@@ -390,11 +390,17 @@ function ingest(s, h, data) {
       buf: Array.from({length: L.channels}, () => new Float64Array(cap))};
   }
   const t = s.traces;
-  for (let i = 0; i < L.per; i++) {
-    for (let c = 0; c < L.channels; c++) t.buf[c][t.head] = data[i * L.channels + c];
-    t.head = (t.head + 1) % t.cap;
-    if (t.len < t.cap) t.len++;
-  }
+  // A block that does not follow the last one drawn (skipped, lost, a new
+  // epoch) starts after a gap: one NaN sample, drawn as a break in the line.
+  if (s.lastSeq !== undefined && (h.seq !== s.lastSeq + 1 || h.epoch !== s.lastEpoch)) push(t, L.channels, null);
+  s.lastSeq = h.seq; s.lastEpoch = h.epoch;
+  for (let i = 0; i < L.per; i++) push(t, L.channels, data, i);
+}
+
+function push(t, channels, data, i) {
+  for (let c = 0; c < channels; c++) t.buf[c][t.head] = data ? data[i * channels + c] : NaN;
+  t.head = (t.head + 1) % t.cap;
+  if (t.len < t.cap) t.len++;
 }
 
 const COLOURS = ['#4fc3f7', '#ffb74d', '#aed581', '#f06292', '#ba68c8', '#fff176', '#4db6ac', '#e57373'];
@@ -415,25 +421,32 @@ function drawTrace(s) {
   const pad = (hi - lo) * 0.05; lo -= pad; hi += pad;
   const y = (v) => H - 1 - ((v - lo) / (hi - lo)) * (H - 1);
   const start = (t.head - t.len + t.cap) % t.cap;
+  const gaps = [];
   for (let c = 0; c < t.channels; c++) {
     const b = t.buf[c];
     g.strokeStyle = COLOURS[c % COLOURS.length];
     g.beginPath();
     // min/max per pixel column: every sample counts, the cost is per pixel.
+    let pen = false;
     for (let x = 0; x < W; x++) {
       const i0 = Math.floor((x * t.len) / W), i1 = Math.max(i0 + 1, Math.floor(((x + 1) * t.len) / W));
-      let mn = Infinity, mx = -Infinity;
+      let mn = Infinity, mx = -Infinity, gap = false;
       for (let i = i0; i < i1 && i < t.len; i++) {
         const v = b[(start + i) % t.cap];
+        if (v !== v) gap = true;
         if (v < mn) mn = v;
         if (v > mx) mx = v;
       }
-      if (mn === Infinity) continue;
-      if (x === 0) g.moveTo(x, y(mn)); else g.lineTo(x, y(mn));
+      if (gap && c === 0) gaps.push(x);
+      if (mn === Infinity) { pen = false; continue; }
+      if (!pen || gap) g.moveTo(x, y(mn)); else g.lineTo(x, y(mn));
       if (mx !== mn) g.lineTo(x, y(mx));
+      pen = true;
     }
     g.stroke();
   }
+  g.fillStyle = 'rgba(255, 255, 255, 0.25)'; // where blocks are missing (skipped or lost)
+  for (const x of gaps) g.fillRect(x, 0, 1, H);
   g.fillStyle = '#ccc'; g.font = '11px monospace';
   g.fillText(`${+hi.toPrecision(4)}`, 3, 11);
   g.fillText(`${+lo.toPrecision(4)}`, 3, H - 3);
