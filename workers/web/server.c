@@ -20,6 +20,9 @@
 /* Texts waiting for one tab; more means it stopped reading: it is closed
  * (the page reconnects and starts from the model again). */
 #define WEB_CLIENT_TEXTS_MAX 4096
+/* Requests of one tab waiting for their replies: the control thread runs
+ * them one at a time, so more would only queue behind a slow device. */
+#define WEB_CLIENT_INFLIGHT_MAX 100
 #define WEB_TOPICS_MAX 256
 #define WEB_NAME_MAX 128
 #define WEB_ARGS_MAX 32
@@ -51,6 +54,7 @@ typedef struct client {
     bool closing; /* close at the next WRITEABLE */
     outmsg_t *out, **out_tail;
     size_t nout;
+    unsigned inflight; /* requests posted to the control thread, not yet answered */
     cstream_t *streams;
     size_t nstreams;
     unsigned char *rx;
@@ -367,10 +371,13 @@ static void drain_bridge(web_server_t *s)
     web_text_t *t = web_bridge_take_texts(s->cfg.bridge);
     while (t) {
         web_text_t *nx = t->next;
-        if (t->client) {
+        if (t->client) { /* a reply */
             client_t *c = find_client(s, t->client);
-            if (c)
+            if (c) {
+                if (c->inflight)
+                    c->inflight--;
                 send_text(c, t->json, t->len);
+            }
         } else {
             json_t *msg = json_loadb(t->json, t->len, 0, NULL);
             model_update(s, msg);
@@ -501,7 +508,11 @@ static void on_message(client_t *c, const unsigned char *data, size_t len)
             send_error(c, id, "%s: 'device' and 'name' must have 1 to %d characters", op, WEB_NAME_MAX);
         else if (strcmp(op, "call") == 0 && (!json_is_array(extra) || json_array_size(extra) > WEB_ARGS_MAX))
             send_error(c, id, "call: 'args' must be a list of at most %d values", WEB_ARGS_MAX);
+        else if (c->inflight >= WEB_CLIENT_INFLIGHT_MAX)
+            send_error(c, id, "%s: this tab already has %d requests waiting for their replies", op,
+                       WEB_CLIENT_INFLIGHT_MAX);
         else {
+            c->inflight++;
             web_bridge_post_cmd(c->srv->cfg.bridge, c->id, msg);
             return; /* taken */
         }
