@@ -9,6 +9,7 @@ pkgs=(
   libzmq3-dev libjansson-dev libcyaml-dev libyaml-dev libmuparser-dev libserialport-dev libusb-1.0-0-dev libhdf5-dev check
   umockdev libumockdev-dev libglib2.0-dev
   python3-zmq python3-numpy python3-h5py python3-pytest
+  libwebsockets-dev chromium chromium-driver python3-selenium
 )
 
 missing=()
