@@ -17,6 +17,8 @@ struct lmq_proxy {
     int timeout_ms;
     int sock_timeout; /* ZMQ_SNDTIMEO set on sock; -2 = not yet */
     uint64_t next_id;
+    bool curve; /* lmq_proxy_set_curve: every socket is a CURVE client with these keys */
+    uint8_t server_key[32], public_key[32], secret_key[32];
     char err[600];
 };
 
@@ -46,6 +48,14 @@ static int open_socket(lmq_proxy_t *p)
     zmq_setsockopt(p->sock, ZMQ_IMMEDIATE, &immediate, sizeof immediate);
     zmq_setsockopt(p->sock, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl);
     zmq_setsockopt(p->sock, ZMQ_RECONNECT_IVL_MAX, &ivl_max, sizeof ivl_max);
+    if (p->curve && (zmq_setsockopt(p->sock, ZMQ_CURVE_SERVERKEY, p->server_key, 32) != 0 ||
+                     zmq_setsockopt(p->sock, ZMQ_CURVE_PUBLICKEY, p->public_key, 32) != 0 ||
+                     zmq_setsockopt(p->sock, ZMQ_CURVE_SECRETKEY, p->secret_key, 32) != 0)) {
+        int e = zmq_errno();
+        zmq_close(p->sock);
+        p->sock = NULL;
+        return set_error(p, LMQ_ESYS, "cannot make a CURVE client socket: %s", zmq_strerror(e));
+    }
     if (zmq_connect(p->sock, p->endpoint) != 0) {
         int e = zmq_errno();
         zmq_close(p->sock);
@@ -101,10 +111,27 @@ void lmq_proxy_destroy(lmq_proxy_t **pp)
     lmq_proxy_t *p = *pp;
     if (p->sock)
         zmq_close(p->sock);
+    explicit_bzero(p->secret_key, sizeof p->secret_key);
     free(p->endpoint);
     free(p->device);
     free(p);
     *pp = NULL;
+}
+
+int lmq_proxy_set_curve(lmq_proxy_t *p, const char *server_public_z85, const lmq_keypair_t *client)
+{
+    if (!p)
+        return LMQ_EARG;
+    if (!lmq_key_z85_ok(server_public_z85))
+        return set_error(p, LMQ_EARG, "the daemon's public key is not a 40-character Z85 key");
+    if (!client || !lmq_key_z85_ok(client->public_key) || !lmq_key_z85_ok(client->secret_key))
+        return set_error(p, LMQ_EARG, "the client key pair is incomplete (it needs the secret key: the key file "
+                                      "without .pub)");
+    zmq_z85_decode(p->server_key, server_public_z85);
+    zmq_z85_decode(p->public_key, client->public_key);
+    zmq_z85_decode(p->secret_key, client->secret_key);
+    p->curve = true;
+    return open_socket(p);
 }
 
 char *lmq_proxy_uri(const lmq_proxy_t *p)
@@ -163,6 +190,11 @@ static int send_request(lmq_proxy_t *p, lmq__op_t op, const char *name, const lm
     lmq__frames_close(&bin);
     if (rc < 0) {
         int e = zmq_errno();
+        if (e == EAGAIN && p->curve)
+            return set_error(p, LMQ_EUNREACH,
+                             "no daemon accepts this client at %s within %d ms: is labmqd running, is this client's "
+                             "public key on its allow-list, and is the server key its public key?",
+                             p->endpoint, p->timeout_ms);
         if (e == EAGAIN)
             return set_error(p, LMQ_EUNREACH, "no daemon answers at %s within %d ms (is labmqd running?)", p->endpoint,
                              p->timeout_ms);

@@ -10,7 +10,9 @@
 #include "value_internal.h"
 
 struct lmq_sub {
+    void *zctx;
     void *sock;
+    char *endpoint;
     char *topic;
     size_t topic_len;
     bool have_last;
@@ -32,6 +34,33 @@ struct lmq_frame {
     void *aligned; /* copy of a small payload that ZeroMQ stored unaligned */
 };
 
+/* A SUB socket on the endpoint, subscribed to the topic; with keys a CURVE
+ * client. NULL on failure. */
+static void *open_socket(lmq_sub_t *s, const lmq_keypair_t *client, const uint8_t *server_key)
+{
+    void *sock = zmq_socket(s->zctx, ZMQ_SUB);
+    if (!sock)
+        return NULL;
+    int linger = 0, hwm = 10000;
+    uint8_t pub[32], sec[32];
+    zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(sock, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    int rc = 0;
+    if (client) {
+        zmq_z85_decode(pub, client->public_key);
+        zmq_z85_decode(sec, client->secret_key);
+        rc = zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, server_key, 32) | zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, pub, 32) |
+             zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, sec, 32);
+        explicit_bzero(sec, sizeof sec);
+    }
+    if (rc != 0 || zmq_setsockopt(sock, ZMQ_SUBSCRIBE, s->topic, s->topic_len) != 0 ||
+        zmq_connect(sock, s->endpoint) != 0) {
+        zmq_close(sock);
+        return NULL;
+    }
+    return sock;
+}
+
 lmq_sub_t *lmq_sub_new(void *zctx, const char *data_endpoint, const char *topic)
 {
     if (!zctx || !data_endpoint || !topic || !*topic)
@@ -39,21 +68,38 @@ lmq_sub_t *lmq_sub_new(void *zctx, const char *data_endpoint, const char *topic)
     lmq_sub_t *s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
+    s->zctx = zctx;
     s->topic = strdup(topic);
-    s->topic_len = strlen(topic);
-    s->sock = zmq_socket(zctx, ZMQ_SUB);
-    int linger = 0, hwm = 10000;
-    if (!s->topic || !s->sock)
-        goto fail;
-    zmq_setsockopt(s->sock, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_setsockopt(s->sock, ZMQ_RCVHWM, &hwm, sizeof hwm);
-    zmq_setsockopt(s->sock, ZMQ_SUBSCRIBE, topic, s->topic_len);
-    if (zmq_connect(s->sock, data_endpoint) != 0)
-        goto fail;
+    s->topic_len = s->topic ? strlen(topic) : 0;
+    s->endpoint = strdup(data_endpoint);
+    if (!s->topic || !s->endpoint || !(s->sock = open_socket(s, NULL, NULL)))
+        lmq_sub_destroy(&s);
     return s;
-fail:
-    lmq_sub_destroy(&s);
-    return NULL;
+}
+
+int lmq_sub_set_curve(lmq_sub_t *s, const char *server_public_z85, const lmq_keypair_t *client)
+{
+    if (!s)
+        return LMQ_EARG;
+    if (!lmq_key_z85_ok(server_public_z85)) {
+        snprintf(s->err, sizeof s->err, "the daemon's public key is not a 40-character Z85 key");
+        return LMQ_EARG;
+    }
+    if (!client || !lmq_key_z85_ok(client->public_key) || !lmq_key_z85_ok(client->secret_key)) {
+        snprintf(s->err, sizeof s->err, "the client key pair is incomplete (it needs the secret key)");
+        return LMQ_EARG;
+    }
+    uint8_t server_key[32];
+    zmq_z85_decode(server_key, server_public_z85);
+    void *sock = open_socket(s, client, server_key);
+    if (!sock) {
+        snprintf(s->err, sizeof s->err, "cannot open a CURVE subscription to %s: %s", s->endpoint,
+                 zmq_strerror(zmq_errno()));
+        return LMQ_ESYS;
+    }
+    zmq_close(s->sock);
+    s->sock = sock;
+    return 0;
 }
 
 void lmq_sub_destroy(lmq_sub_t **ps)
@@ -63,6 +109,7 @@ void lmq_sub_destroy(lmq_sub_t **ps)
     lmq_sub_t *s = *ps;
     if (s->sock)
         zmq_close(s->sock);
+    free(s->endpoint);
     free(s->topic);
     free(s);
     *ps = NULL;

@@ -54,8 +54,13 @@ static void usage(FILE *out)
           "Example configuration:\n"
           "  # lab.yaml\n"
           "  log_level: info                 # optional\n"
-          "  # control: tcp://*:5555         # optional, see Defaults\n"
-          "  # data: tcp://*:5556\n"
+          "  # control: tcp://*:5555         # optional, see Defaults; a tcp:// endpoint\n"
+          "  # data: tcp://*:5556            #   is served only with the security: keys\n"
+          "  # security:                     # CURVE encryption + an allow-list of clients\n"
+          "  #   key: labpc.key              #   (docs/security.md); keys: labmq keygen\n"
+          "  #   clients:\n"
+          "  #     - {name: alice, key: alice.key.pub, role: control}\n"
+          "  #     - {name: bob, key: bob.key.pub, role: observe}  # list, get, watch\n"
           "  devices:\n"
           "    - name: psu1                  # letters, digits, _ - .\n"
           "      driver: sim-psu\n"
@@ -78,6 +83,7 @@ static void usage(FILE *out)
           "Exit status:\n"
           "  0  stopped by a signal, or --check-config found no error\n"
           "  1  invalid configuration, endpoint already served by another labmqd,\n"
+          "     a tcp:// endpoint without security keys (and no `insecure: true`),\n"
           "     or another failure to start\n"
           "  2  invalid command line\n"
           "  3  stopped, but a device stayed stuck in its driver beyond the grace\n"
@@ -125,6 +131,16 @@ static void print_summary(const char *path, const lmq_config_t *cfg, const char 
         for (const char *const *o = d->options; o && o[0]; o += 2)
             printf("  %s=%s", o[0], o[1]);
         putchar('\n');
+    }
+    const char *server_key = lmq_config_server_public_key(cfg);
+    if (server_key) {
+        printf("security:  CURVE, server public key %s\n", server_key);
+        for (size_t i = 0; i < lmq_config_client_count(cfg); i++) {
+            const lmq_config_client_t *c = lmq_config_client(cfg, i);
+            printf("  %-16s %-8s %s\n", c->name, lmq_role_name(c->role), c->public_key);
+        }
+    } else {
+        printf("security:  none%s\n", lmq_config_insecure(cfg) ? " (insecure: true)" : "");
     }
     size_t nw = lmq_config_worker_count(cfg);
     if (nw)

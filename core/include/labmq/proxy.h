@@ -13,6 +13,7 @@
 #define LABMQ_PROXY_H
 
 #include <stdint.h>
+#include "labmq/auth.h"
 #include "labmq/export.h"
 #include "labmq/value.h"
 
@@ -31,6 +32,15 @@ LMQ_EXPORT lmq_proxy_t *lmq_proxy_new(void *zctx, const char *endpoint, const ch
 /* Opens "ENDPOINT#DEVICE" (or a bare ENDPOINT). */
 LMQ_EXPORT lmq_proxy_t *lmq_proxy_open(void *zctx, const char *uri);
 LMQ_EXPORT void lmq_proxy_destroy(lmq_proxy_t **p);
+
+/* Talks CURVE (docs/security.md) to a daemon with keys: server_public_z85 is
+ * the daemon's public key (Z85; lmq_key_public reads it from a .pub file),
+ * client this client's key pair (lmq_keypair_load with need_secret). Opens a
+ * fresh socket; later reconnects keep the keys. A daemon that refuses the key
+ * (not on its allow-list, or the wrong server key) never answers: calls then
+ * fail with LMQ_EUNREACH, whose message says to check the keys. Returns 0 or
+ * LMQ_EARG (a malformed key) / LMQ_ESYS. */
+LMQ_EXPORT int lmq_proxy_set_curve(lmq_proxy_t *p, const char *server_public_z85, const lmq_keypair_t *client);
 
 /* The proxy's URI; caller frees. */
 LMQ_EXPORT char *lmq_proxy_uri(const lmq_proxy_t *p);
