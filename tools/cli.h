@@ -27,6 +27,9 @@ typedef struct cli {
     const char *output; /* record -o FILE (borrowed from argv) */
     bool overwrite;     /* record --overwrite */
     int sigfd;         /* watch, record: signalfd for SIGINT/SIGTERM, -1 when unused */
+    bool curve;        /* --key/--server-key (or LABMQ_KEY/LABMQ_SERVER_KEY): talk CURVE */
+    lmq_keypair_t key; /* this client's key pair */
+    char server_key[LMQ_KEY_Z85_LEN + 1]; /* the daemon's public key */
     void *zctx;        /* the process's one ZeroMQ context */
     FILE *out;
     FILE *err;
@@ -43,6 +46,10 @@ int cli_usage(cli_t *c, const char *fmt, ...) LMQ_PRINTF(2, 3);
 /* A proxy for `device` (NULL: daemon-wide) with the CLI's timeout. NULL only on
  * allocation failure, already reported. */
 lmq_proxy_t *cli_proxy(cli_t *c, const char *device);
+/* Applies the CLI's keys (if any) to a subscription or event socket.
+ * Returns the exit code (the failure reported). */
+int cli_secure_sub(cli_t *c, lmq_sub_t *s);
+int cli_secure_events(cli_t *c, lmq_events_t *e);
 /* Fetches and parses `describe` for the proxy's device. Returns the exit code;
  * on CLI_OK *desc is set (caller json_decref's). */
 int cli_describe(cli_t *c, lmq_proxy_t *p, json_t **desc);
@@ -105,5 +112,6 @@ int cli_cmd_scan(cli_t *c, int argc, char **argv);
 int cli_cmd_workers(cli_t *c, int argc, char **argv);
 int cli_cmd_watch(cli_t *c, int argc, char **argv);  /* watch.c */
 int cli_cmd_record(cli_t *c, int argc, char **argv); /* record.c */
+int cli_cmd_keygen(cli_t *c, int argc, char **argv); /* keygen.c */
 
 #endif

@@ -41,6 +41,9 @@ int cli_cmd_record(cli_t *c, int argc, char **argv)
 {
     if (!c->output)
         return cli_usage(c, "record needs an output file: labmq record DEV/STREAM... -o FILE");
+    if (c->curve)
+        return cli_failf(c, LMQ_EARG, "record cannot use keys yet (labmq-recorder has no key options; see "
+                                      "docs/limitations.md): record on the daemon's machine over ipc");
     char prog[PATH_MAX + 32], duration[64] = "", timeout[32];
     find_recorder(prog, sizeof prog);
     snprintf(timeout, sizeof timeout, "%d", c->timeout_ms);

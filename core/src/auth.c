@@ -110,8 +110,7 @@ static int write_file(const char *path, const char *text, mode_t mode, bool over
     int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW | (overwrite ? O_TRUNC : O_EXCL), mode);
     if (fd < 0) {
         int e = errno;
-        seterr(err, errlen, "cannot create %s: %s%s", path, strerror(e),
-               e == EEXIST ? " (pass --force to replace it)" : "");
+        seterr(err, errlen, "cannot create %s: %s", path, strerror(e));
         return e == EEXIST ? LMQ_EBUSY : LMQ_EIO;
     }
     /* An existing file keeps its mode through O_TRUNC: set ours. */

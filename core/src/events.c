@@ -18,6 +18,7 @@ typedef struct track {
 
 struct lmq_events {
     void *sock;
+    char *endpoint;
     char topic[96];
     size_t topic_len;
     bool one_device;
@@ -46,7 +47,8 @@ lmq_events_t *lmq_events_new(void *zctx, const char *data_endpoint, const char *
     e->topic_len = (size_t)snprintf(e->topic, sizeof e->topic, LMQ__EVENTS_PREFIX "%s", device ? device : "");
     e->tracks = calloc(MAX_TRACKED, sizeof *e->tracks);
     e->sock = zmq_socket(zctx, ZMQ_SUB);
-    if (!e->tracks || !e->sock)
+    e->endpoint = strdup(data_endpoint);
+    if (!e->tracks || !e->sock || !e->endpoint)
         goto fail;
     int linger = 0;
     zmq_setsockopt(e->sock, ZMQ_LINGER, &linger, sizeof linger);
@@ -66,9 +68,38 @@ void lmq_events_destroy(lmq_events_t **pe)
     lmq_events_t *e = *pe;
     if (e->sock)
         zmq_close(e->sock);
+    free(e->endpoint);
     free(e->tracks);
     free(e);
     *pe = NULL;
+}
+
+int lmq_events_set_curve(lmq_events_t *e, const char *server_public_z85, const lmq_keypair_t *client)
+{
+    if (!e)
+        return LMQ_EARG;
+    if (!lmq_key_z85_ok(server_public_z85) || !client || !lmq_key_z85_ok(client->public_key) ||
+        !lmq_key_z85_ok(client->secret_key)) {
+        snprintf(e->err, sizeof e->err, "a malformed server public key or an incomplete client key pair");
+        return LMQ_EARG;
+    }
+    /* Security options apply to connections made after them: reconnect. */
+    uint8_t server[32], pub[32], sec[32];
+    zmq_z85_decode(server, server_public_z85);
+    zmq_z85_decode(pub, client->public_key);
+    zmq_z85_decode(sec, client->secret_key);
+    zmq_disconnect(e->sock, e->endpoint);
+    int rc = zmq_setsockopt(e->sock, ZMQ_CURVE_SERVERKEY, server, 32) == 0 &&
+                     zmq_setsockopt(e->sock, ZMQ_CURVE_PUBLICKEY, pub, 32) == 0 &&
+                     zmq_setsockopt(e->sock, ZMQ_CURVE_SECRETKEY, sec, 32) == 0 &&
+                     zmq_connect(e->sock, e->endpoint) == 0
+                 ? 0
+                 : LMQ_ESYS;
+    explicit_bzero(sec, sizeof sec);
+    if (rc != 0)
+        snprintf(e->err, sizeof e->err, "cannot subscribe over CURVE to %s: %s", e->endpoint,
+                 zmq_strerror(zmq_errno()));
+    return rc;
 }
 
 uint64_t lmq_events_lost(const lmq_events_t *e) { return e ? e->lost : 0; }
