@@ -522,6 +522,7 @@ START_TEST(cli_with_keys_against_labmqd)
     char yaml[600], cfg[128];
     snprintf(yaml, sizeof yaml,
              "control: %s\ndata: %s\ndevices:\n  - {name: psu1, driver: sim-psu}\n"
+             "  - {name: daq1, driver: sim-daq, options: {sample_rate: 1000, block_size: 100}}\n"
              "security:\n  key: server.key\n  clients:\n"
              "    - {name: alice, key: alice.key.pub, role: control}\n"
              "    - {name: bob, key: bob.key.pub, role: observe}\n",
@@ -561,6 +562,14 @@ START_TEST(cli_with_keys_against_labmqd)
     ck_assert_int_eq(run(dir, bob_set, &out), 1);
     ck_assert_msg(strstr(out, "labmq: PERMISSION: client 'bob' has role observe; set needs control"), "%s", out);
     free(out);
+    /* record hands the keys to labmq-recorder. */
+    char h5[128];
+    snprintf(h5, sizeof h5, "%s/run.h5", dir);
+    char *rec[] = {(char *)CLI, (char *)"-e", ep, (char *)"record", (char *)"daq1/wave", (char *)"-o", h5,
+                   (char *)"--duration", (char *)"0.5", NULL};
+    ck_assert_int_eq(run(dir, rec, &out), 0);
+    free(out);
+    ck_assert_int_eq(access(h5, R_OK), 0);
     /* Without keys: refused, and told why that may be. */
     unsetenv("LABMQ_SERVER_KEY");
     unsetenv("LABMQ_KEY");

@@ -29,6 +29,7 @@ typedef struct cli {
     int sigfd;         /* watch, record: signalfd for SIGINT/SIGTERM, -1 when unused */
     bool curve;        /* --key/--server-key (or LABMQ_KEY/LABMQ_SERVER_KEY): talk CURVE */
     lmq_keypair_t key; /* this client's key pair */
+    const char *key_path; /* its file (borrowed from argv or the environment) */
     char server_key[LMQ_KEY_Z85_LEN + 1]; /* the daemon's public key */
     void *zctx;        /* the process's one ZeroMQ context */
     FILE *out;

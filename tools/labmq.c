@@ -384,6 +384,7 @@ static int load_keys(cli_t *c, const parsed_t *ps)
     if (rc != 0)
         return cli_failf(c, rc, "--key: %s", err);
     c->curve = true;
+    c->key_path = key;
     return -1;
 }
 
