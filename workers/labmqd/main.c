@@ -35,8 +35,9 @@ static void usage(FILE *out)
           "\n"
           "Options:\n"
           "  -c, --config FILE      YAML lab configuration (required)\n"
-          "  -n, --check-config     parse and validate FILE, print the devices and\n"
-          "                         endpoints, and exit without starting anything\n"
+          "  -n, --check-config     parse and validate FILE (key files included), print\n"
+          "                         the devices, endpoints and allowed clients, and exit\n"
+          "                         without starting anything\n"
           "      --control EP       control endpoint (ROUTER), overrides the config\n"
           "      --data EP          data endpoint (XPUB), overrides the config\n"
           "  -l, --log-level LEVEL  error, warn, info, debug or trace (trace adds a hex\n"
@@ -155,6 +156,12 @@ static void print_summary(const char *path, const lmq_config_t *cfg, const char 
     fflush(stdout);
 }
 
+/* Anything but ipc:// and inproc:// reaches beyond this machine's users. */
+static bool is_network(const char *ep)
+{
+    return strncmp(ep, "ipc://", 6) != 0 && strncmp(ep, "inproc://", 9) != 0;
+}
+
 /* Fills ep with the default endpoint, explaining a failure on stderr. */
 static int default_endpoint(char *ep, size_t size, const char *which, bool create)
 {
@@ -259,8 +266,16 @@ int main(int argc, char **argv)
             return EXIT_FAIL;
         }
         print_summary(config_path, cfg, control, data, lmq_log_level_name(level));
+        /* What lmq_daemon_start would refuse, said without starting. */
+        const char *net = is_network(control) ? control : is_network(data) ? data : NULL;
+        bool refused = net && !lmq_config_server_public_key(cfg) && !lmq_config_insecure(cfg);
+        if (refused)
+            fprintf(stderr,
+                    "labmqd: %s: %s needs CURVE keys: add a security: block (docs/security.md), or "
+                    "`security: {insecure: true}` on an isolated network\n",
+                    config_path, net);
         lmq_config_destroy(&cfg);
-        return EXIT_OK;
+        return refused ? EXIT_FAIL : EXIT_OK;
     }
 
     /* Before any thread exists, so ZeroMQ's and the devices' threads inherit
