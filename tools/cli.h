@@ -28,9 +28,8 @@ typedef struct cli {
     bool overwrite;     /* record --overwrite */
     int sigfd;         /* watch, record: signalfd for SIGINT/SIGTERM, -1 when unused */
     bool curve;        /* --key/--server-key (or LABMQ_KEY/LABMQ_SERVER_KEY): talk CURVE */
-    lmq_keypair_t key; /* this client's key pair */
-    const char *key_path; /* its file (borrowed from argv or the environment) */
-    char server_key[LMQ_KEY_Z85_LEN + 1]; /* the daemon's public key */
+    lmq_client_keys_t keys; /* the daemon's public key and this client's key pair */
+    const char *key_path;   /* the key pair's file (borrowed from argv or the environment) */
     void *zctx;        /* the process's one ZeroMQ context */
     FILE *out;
     FILE *err;
@@ -47,10 +46,8 @@ int cli_usage(cli_t *c, const char *fmt, ...) LMQ_PRINTF(2, 3);
 /* A proxy for `device` (NULL: daemon-wide) with the CLI's timeout. NULL only on
  * allocation failure, already reported. */
 lmq_proxy_t *cli_proxy(cli_t *c, const char *device);
-/* Applies the CLI's keys (if any) to a subscription or event socket.
- * Returns the exit code (the failure reported). */
-int cli_secure_sub(cli_t *c, lmq_sub_t *s);
-int cli_secure_events(cli_t *c, lmq_events_t *e);
+/* The CLI's keys for *_new_keys: NULL without --key. */
+const lmq_client_keys_t *cli_keys(const cli_t *c);
 /* Fetches and parses `describe` for the proxy's device. Returns the exit code;
  * on CLI_OK *desc is set (caller json_decref's). */
 int cli_describe(cli_t *c, lmq_proxy_t *p, json_t **desc);

@@ -14,33 +14,17 @@ static const char *jstr(json_t *obj, const char *key)
 
 lmq_proxy_t *cli_proxy(cli_t *c, const char *device)
 {
-    lmq_proxy_t *p = lmq_proxy_new(c->zctx, c->control, device);
+    lmq_proxy_t *p = lmq_proxy_new_keys(c->zctx, c->control, device, cli_keys(c));
     if (!p) {
         cli_failf(c, LMQ_EARG, "cannot connect to '%s' (not a ZeroMQ endpoint such as ipc:///path or tcp://host:port?)",
                   c->control);
         return NULL;
     }
     lmq_proxy_set_timeout(p, c->timeout_ms);
-    if (c->curve && lmq_proxy_set_curve(p, c->server_key, &c->key) != 0) {
-        cli_fail_proxy(c, p, LMQ_EARG);
-        lmq_proxy_destroy(&p);
-    }
     return p;
 }
 
-int cli_secure_sub(cli_t *c, lmq_sub_t *s)
-{
-    if (c->curve && lmq_sub_set_curve(s, c->server_key, &c->key) != 0)
-        return cli_failf(c, LMQ_EARG, "%s", lmq_sub_last_error(s));
-    return CLI_OK;
-}
-
-int cli_secure_events(cli_t *c, lmq_events_t *e)
-{
-    if (c->curve && lmq_events_set_curve(e, c->server_key, &c->key) != 0)
-        return cli_failf(c, LMQ_EARG, "%s", lmq_events_last_error(e));
-    return CLI_OK;
-}
+const lmq_client_keys_t *cli_keys(const cli_t *c) { return c->curve ? &c->keys : NULL; }
 
 /* Parses JSON text the daemon sent; frees it. NULL with a reported error. */
 static json_t *parse_reply(cli_t *c, char *txt, const char *what)

@@ -378,11 +378,9 @@ static int load_keys(cli_t *c, const parsed_t *ps)
                          key ? "--key (or LABMQ_KEY)" : "--server-key (or LABMQ_SERVER_KEY)",
                          key ? "--server-key (or LABMQ_SERVER_KEY)" : "--key (or LABMQ_KEY)");
     char err[600];
-    int rc = lmq_keypair_load(&c->key, key, true, err, sizeof err);
-    if (rc == 0 && (rc = lmq_key_public(c->server_key, server, err, sizeof err)) != 0)
-        return cli_failf(c, rc, "--server-key: %s", err);
+    int rc = lmq_client_keys_load(&c->keys, key, server, err, sizeof err);
     if (rc != 0)
-        return cli_failf(c, rc, "--key: %s", err);
+        return cli_failf(c, rc, "%s", err);
     c->curve = true;
     c->key_path = key;
     return -1;

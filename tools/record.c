@@ -73,7 +73,7 @@ int cli_cmd_record(cli_t *c, int argc, char **argv)
         args[n++] = "--key";
         args[n++] = (char *)c->key_path;
         args[n++] = "--server-key";
-        args[n++] = c->server_key;
+        args[n++] = c->keys.server_key;
     }
     args[n++] = "--";
     for (int i = 0; i < argc; i++)

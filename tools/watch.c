@@ -307,13 +307,9 @@ static int watch_events(cli_t *c, const char *dev)
     json_decref(desc);
     if (rc != CLI_OK)
         return rc;
-    lmq_events_t *e = lmq_events_new(c->zctx, c->data, dev);
+    lmq_events_t *e = lmq_events_new_keys(c->zctx, c->data, dev, cli_keys(c));
     if (!e)
         return cli_failf(c, LMQ_EARG, "cannot subscribe to %s's events at %s", dev, c->data);
-    if (cli_secure_events(c, e) != CLI_OK) {
-        lmq_events_destroy(&e);
-        return CLI_FAILED;
-    }
     if (!c->json) {
         fprintf(c->out, "watching %s: property changes and state, until Ctrl-C\n", dev);
         fflush(c->out);
@@ -384,13 +380,12 @@ int cli_cmd_watch(cli_t *c, int argc, char **argv)
     lmq_proxy_destroy(&p);
     if (rc != CLI_OK)
         goto out;
-    w.sub = lmq_sub_new(c->zctx, c->data, topic);
+    w.sub = lmq_sub_new_keys(c->zctx, c->data, topic, cli_keys(c));
     if (!w.sub) {
         rc = cli_failf(c, LMQ_EARG, "cannot subscribe to %s at %s", topic, c->data);
         goto out;
     }
-    if ((rc = cli_secure_sub(c, w.sub)) != CLI_OK)
-        goto out;
+
     int st_rc = watch_loop(&w);
     if (st_rc != 0) {
         rc = CLI_FAILED;

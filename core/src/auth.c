@@ -315,6 +315,46 @@ int lmq_key_public(char out[LMQ_KEY_Z85_LEN + 1], const char *z85_or_path, char 
     return rc;
 }
 
+int lmq_client_keys_load(lmq_client_keys_t *k, const char *key_file, const char *server_key, char *err,
+                         size_t errlen)
+{
+    if (!k)
+        return LMQ_EARG;
+    char why[560];
+    int rc = lmq_keypair_load(&k->client, key_file, true, why, sizeof why);
+    if (rc != 0) {
+        seterr(err, errlen, "client key: %s", why);
+        return rc;
+    }
+    rc = lmq_key_public(k->server_key, server_key, why, sizeof why);
+    if (rc != 0) {
+        seterr(err, errlen, "server key: %s", why);
+        explicit_bzero(k, sizeof *k);
+    }
+    return rc;
+}
+
+bool lmq__client_keys_ok(const lmq_client_keys_t *k)
+{
+    return k && lmq_key_z85_ok(k->server_key) && lmq_key_z85_ok(k->client.public_key) &&
+           lmq_key_z85_ok(k->client.secret_key);
+}
+
+int lmq__curve_client(void *sock, const lmq_client_keys_t *k)
+{
+    uint8_t server[32], pub[32], sec[32];
+    zmq_z85_decode(server, k->server_key);
+    zmq_z85_decode(pub, k->client.public_key);
+    zmq_z85_decode(sec, k->client.secret_key);
+    int rc = zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, server, 32) == 0 &&
+                     zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, pub, 32) == 0 &&
+                     zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, sec, 32) == 0
+                 ? 0
+                 : -1;
+    explicit_bzero(sec, sizeof sec);
+    return rc;
+}
+
 /* ---- the allow-list ---- */
 
 lmq__auth_t *lmq__auth_new(void) { return calloc(1, sizeof(lmq__auth_t)); }
@@ -538,6 +578,14 @@ static void handle_monitor(lmq__auth_t *a, void *mon, const char *what)
                         "refused a client on the %s endpoint %s: CURVE handshake failed (protocol error 0x%x; "
                         "0x11000001: it uses a wrong server public key)",
                         what, endpoint, (unsigned)value);
+        else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL && (value == EPIPE || value == ECONNRESET))
+            /* The peer hung up first: usually one that found our security
+             * not its own (a NULL client sees our CURVE greeting), rarely a
+             * client that gave up mid-handshake. */
+            refusal_log(a,
+                        "a client on the %s endpoint %s hung up during the handshake (%s): one without CURVE keys, "
+                        "or one that gave up",
+                        what, endpoint, zmq_strerror((int)value));
         else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL)
             refusal_log(a, "refused a client on the %s endpoint %s: handshake failed (%s)", what, endpoint,
                         zmq_strerror((int)value));

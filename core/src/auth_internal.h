@@ -55,6 +55,11 @@ int lmq__auth_server_socket(lmq__auth_t *a, void *sock, const char *what, char *
  * that called lmq__auth_start, once the sockets are bound. */
 void lmq__auth_watch(lmq__auth_t *a);
 
+/* Client side: whether k holds three valid keys, and making sock a CURVE
+ * client with them (before it connects; 0 or -1 with zmq_errno). */
+bool lmq__client_keys_ok(const lmq_client_keys_t *k);
+int lmq__curve_client(void *sock, const lmq_client_keys_t *k);
+
 /* Who sent msg (any frame of a received request but the ROUTER's routing id
  * frame): the allow-list name the ZAP handler gave the client, else
  * "anonymous@ADDRESS" for an unauthenticated network peer, else "local" (ipc,

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "auth_internal.h"
 #include "device_internal.h"
 #include "labmq/events.h"
 #include "labmq/driver.h"
@@ -18,7 +19,6 @@ typedef struct track {
 
 struct lmq_events {
     void *sock;
-    char *endpoint;
     char topic[96];
     size_t topic_len;
     bool one_device;
@@ -38,7 +38,14 @@ struct lmq_event {
 
 lmq_events_t *lmq_events_new(void *zctx, const char *data_endpoint, const char *device)
 {
-    if (!zctx || !data_endpoint || (device && (!*device || strlen(device) > 64)))
+    return lmq_events_new_keys(zctx, data_endpoint, device, NULL);
+}
+
+lmq_events_t *lmq_events_new_keys(void *zctx, const char *data_endpoint, const char *device,
+                                  const lmq_client_keys_t *keys)
+{
+    if (!zctx || !data_endpoint || (device && (!*device || strlen(device) > 64)) ||
+        (keys && !lmq__client_keys_ok(keys)))
         return NULL;
     lmq_events_t *e = calloc(1, sizeof *e);
     if (!e)
@@ -47,13 +54,12 @@ lmq_events_t *lmq_events_new(void *zctx, const char *data_endpoint, const char *
     e->topic_len = (size_t)snprintf(e->topic, sizeof e->topic, LMQ__EVENTS_PREFIX "%s", device ? device : "");
     e->tracks = calloc(MAX_TRACKED, sizeof *e->tracks);
     e->sock = zmq_socket(zctx, ZMQ_SUB);
-    e->endpoint = strdup(data_endpoint);
-    if (!e->tracks || !e->sock || !e->endpoint)
+    if (!e->tracks || !e->sock)
         goto fail;
     int linger = 0;
     zmq_setsockopt(e->sock, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(e->sock, ZMQ_SUBSCRIBE, e->topic, e->topic_len);
-    if (zmq_connect(e->sock, data_endpoint) != 0)
+    if ((keys && lmq__curve_client(e->sock, keys) != 0) || zmq_connect(e->sock, data_endpoint) != 0)
         goto fail;
     return e;
 fail:
@@ -68,38 +74,9 @@ void lmq_events_destroy(lmq_events_t **pe)
     lmq_events_t *e = *pe;
     if (e->sock)
         zmq_close(e->sock);
-    free(e->endpoint);
     free(e->tracks);
     free(e);
     *pe = NULL;
-}
-
-int lmq_events_set_curve(lmq_events_t *e, const char *server_public_z85, const lmq_keypair_t *client)
-{
-    if (!e)
-        return LMQ_EARG;
-    if (!lmq_key_z85_ok(server_public_z85) || !client || !lmq_key_z85_ok(client->public_key) ||
-        !lmq_key_z85_ok(client->secret_key)) {
-        snprintf(e->err, sizeof e->err, "a malformed server public key or an incomplete client key pair");
-        return LMQ_EARG;
-    }
-    /* Security options apply to connections made after them: reconnect. */
-    uint8_t server[32], pub[32], sec[32];
-    zmq_z85_decode(server, server_public_z85);
-    zmq_z85_decode(pub, client->public_key);
-    zmq_z85_decode(sec, client->secret_key);
-    zmq_disconnect(e->sock, e->endpoint);
-    int rc = zmq_setsockopt(e->sock, ZMQ_CURVE_SERVERKEY, server, 32) == 0 &&
-                     zmq_setsockopt(e->sock, ZMQ_CURVE_PUBLICKEY, pub, 32) == 0 &&
-                     zmq_setsockopt(e->sock, ZMQ_CURVE_SECRETKEY, sec, 32) == 0 &&
-                     zmq_connect(e->sock, e->endpoint) == 0
-                 ? 0
-                 : LMQ_ESYS;
-    explicit_bzero(sec, sizeof sec);
-    if (rc != 0)
-        snprintf(e->err, sizeof e->err, "cannot subscribe over CURVE to %s: %s", e->endpoint,
-                 zmq_strerror(zmq_errno()));
-    return rc;
 }
 
 uint64_t lmq_events_lost(const lmq_events_t *e) { return e ? e->lost : 0; }

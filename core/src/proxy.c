@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "labmq/labmq.h"
+#include "auth_internal.h"
 #include "proto.h"
 
 struct lmq_proxy {
@@ -17,8 +18,8 @@ struct lmq_proxy {
     int timeout_ms;
     int sock_timeout; /* ZMQ_SNDTIMEO set on sock; -2 = not yet */
     uint64_t next_id;
-    bool curve; /* lmq_proxy_set_curve: every socket is a CURVE client with these keys */
-    uint8_t server_key[32], public_key[32], secret_key[32];
+    bool curve; /* lmq_proxy_new_keys: every socket is a CURVE client with keys */
+    lmq_client_keys_t keys;
     char err[600];
 };
 
@@ -48,9 +49,7 @@ static int open_socket(lmq_proxy_t *p)
     zmq_setsockopt(p->sock, ZMQ_IMMEDIATE, &immediate, sizeof immediate);
     zmq_setsockopt(p->sock, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl);
     zmq_setsockopt(p->sock, ZMQ_RECONNECT_IVL_MAX, &ivl_max, sizeof ivl_max);
-    if (p->curve && (zmq_setsockopt(p->sock, ZMQ_CURVE_SERVERKEY, p->server_key, 32) != 0 ||
-                     zmq_setsockopt(p->sock, ZMQ_CURVE_PUBLICKEY, p->public_key, 32) != 0 ||
-                     zmq_setsockopt(p->sock, ZMQ_CURVE_SECRETKEY, p->secret_key, 32) != 0)) {
+    if (p->curve && lmq__curve_client(p->sock, &p->keys) != 0) {
         int e = zmq_errno();
         zmq_close(p->sock);
         p->sock = NULL;
@@ -67,12 +66,21 @@ static int open_socket(lmq_proxy_t *p)
 
 lmq_proxy_t *lmq_proxy_new(void *zctx, const char *endpoint, const char *device)
 {
-    if (!zctx || !endpoint || !*endpoint || (device && !*device))
+    return lmq_proxy_new_keys(zctx, endpoint, device, NULL);
+}
+
+lmq_proxy_t *lmq_proxy_new_keys(void *zctx, const char *endpoint, const char *device, const lmq_client_keys_t *keys)
+{
+    if (!zctx || !endpoint || !*endpoint || (device && !*device) || (keys && !lmq__client_keys_ok(keys)))
         return NULL;
     lmq_proxy_t *p = calloc(1, sizeof *p);
     if (!p)
         return NULL;
     p->zctx = zctx;
+    if (keys) {
+        p->keys = *keys;
+        p->curve = true;
+    }
     p->timeout_ms = LMQ_PROXY_DEFAULT_TIMEOUT_MS;
     p->endpoint = strdup(endpoint);
     p->device = device ? strdup(device) : NULL;
@@ -111,27 +119,11 @@ void lmq_proxy_destroy(lmq_proxy_t **pp)
     lmq_proxy_t *p = *pp;
     if (p->sock)
         zmq_close(p->sock);
-    explicit_bzero(p->secret_key, sizeof p->secret_key);
+    explicit_bzero(&p->keys, sizeof p->keys);
     free(p->endpoint);
     free(p->device);
     free(p);
     *pp = NULL;
-}
-
-int lmq_proxy_set_curve(lmq_proxy_t *p, const char *server_public_z85, const lmq_keypair_t *client)
-{
-    if (!p)
-        return LMQ_EARG;
-    if (!lmq_key_z85_ok(server_public_z85))
-        return set_error(p, LMQ_EARG, "the daemon's public key is not a 40-character Z85 key");
-    if (!client || !lmq_key_z85_ok(client->public_key) || !lmq_key_z85_ok(client->secret_key))
-        return set_error(p, LMQ_EARG, "the client key pair is incomplete (it needs the secret key: the key file "
-                                      "without .pub)");
-    zmq_z85_decode(p->server_key, server_public_z85);
-    zmq_z85_decode(p->public_key, client->public_key);
-    zmq_z85_decode(p->secret_key, client->secret_key);
-    p->curve = true;
-    return open_socket(p);
 }
 
 char *lmq_proxy_uri(const lmq_proxy_t *p)

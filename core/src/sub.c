@@ -6,11 +6,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include "labmq/labmq.h"
+#include "auth_internal.h"
 #include "proto.h"
 #include "value_internal.h"
 
 struct lmq_sub {
-    void *zctx;
     void *sock;
     char *endpoint;
     char *topic;
@@ -36,24 +36,15 @@ struct lmq_frame {
 
 /* A SUB socket on the endpoint, subscribed to the topic; with keys a CURVE
  * client. NULL on failure. */
-static void *open_socket(lmq_sub_t *s, const lmq_keypair_t *client, const uint8_t *server_key)
+static void *open_socket(lmq_sub_t *s, void *zctx, const lmq_client_keys_t *keys)
 {
-    void *sock = zmq_socket(s->zctx, ZMQ_SUB);
+    void *sock = zmq_socket(zctx, ZMQ_SUB);
     if (!sock)
         return NULL;
     int linger = 0, hwm = 10000;
-    uint8_t pub[32], sec[32];
     zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(sock, ZMQ_RCVHWM, &hwm, sizeof hwm);
-    int rc = 0;
-    if (client) {
-        zmq_z85_decode(pub, client->public_key);
-        zmq_z85_decode(sec, client->secret_key);
-        rc = zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, server_key, 32) | zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, pub, 32) |
-             zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, sec, 32);
-        explicit_bzero(sec, sizeof sec);
-    }
-    if (rc != 0 || zmq_setsockopt(sock, ZMQ_SUBSCRIBE, s->topic, s->topic_len) != 0 ||
+    if ((keys && lmq__curve_client(sock, keys) != 0) || zmq_setsockopt(sock, ZMQ_SUBSCRIBE, s->topic, s->topic_len) != 0 ||
         zmq_connect(sock, s->endpoint) != 0) {
         zmq_close(sock);
         return NULL;
@@ -63,43 +54,22 @@ static void *open_socket(lmq_sub_t *s, const lmq_keypair_t *client, const uint8_
 
 lmq_sub_t *lmq_sub_new(void *zctx, const char *data_endpoint, const char *topic)
 {
-    if (!zctx || !data_endpoint || !topic || !*topic)
+    return lmq_sub_new_keys(zctx, data_endpoint, topic, NULL);
+}
+
+lmq_sub_t *lmq_sub_new_keys(void *zctx, const char *data_endpoint, const char *topic, const lmq_client_keys_t *keys)
+{
+    if (!zctx || !data_endpoint || !topic || !*topic || (keys && !lmq__client_keys_ok(keys)))
         return NULL;
     lmq_sub_t *s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
-    s->zctx = zctx;
     s->topic = strdup(topic);
     s->topic_len = s->topic ? strlen(topic) : 0;
     s->endpoint = strdup(data_endpoint);
-    if (!s->topic || !s->endpoint || !(s->sock = open_socket(s, NULL, NULL)))
+    if (!s->topic || !s->endpoint || !(s->sock = open_socket(s, zctx, keys)))
         lmq_sub_destroy(&s);
     return s;
-}
-
-int lmq_sub_set_curve(lmq_sub_t *s, const char *server_public_z85, const lmq_keypair_t *client)
-{
-    if (!s)
-        return LMQ_EARG;
-    if (!lmq_key_z85_ok(server_public_z85)) {
-        snprintf(s->err, sizeof s->err, "the daemon's public key is not a 40-character Z85 key");
-        return LMQ_EARG;
-    }
-    if (!client || !lmq_key_z85_ok(client->public_key) || !lmq_key_z85_ok(client->secret_key)) {
-        snprintf(s->err, sizeof s->err, "the client key pair is incomplete (it needs the secret key)");
-        return LMQ_EARG;
-    }
-    uint8_t server_key[32];
-    zmq_z85_decode(server_key, server_public_z85);
-    void *sock = open_socket(s, client, server_key);
-    if (!sock) {
-        snprintf(s->err, sizeof s->err, "cannot open a CURVE subscription to %s: %s", s->endpoint,
-                 zmq_strerror(zmq_errno()));
-        return LMQ_ESYS;
-    }
-    zmq_close(s->sock);
-    s->sock = sock;
-    return 0;
 }
 
 void lmq_sub_destroy(lmq_sub_t **ps)

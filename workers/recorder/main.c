@@ -45,9 +45,8 @@ typedef struct opts {
     const char **topics;
     size_t ntopics;
     const char *key_file, *server_key; /* --key, --server-key */
-    bool curve;                        /* both given: talk CURVE with these */
-    lmq_keypair_t key;
-    char server_z85[LMQ_KEY_Z85_LEN + 1];
+    lmq_client_keys_t keys;            /* loaded from them */
+    bool curve;                        /* both given */
 } opts_t;
 
 typedef struct stream {
@@ -214,10 +213,7 @@ static int parse_args(opts_t *o, int argc, char **argv)
         return usage("--key and --server-key go together");
     if (o->key_file) {
         char err[600];
-        int rc = lmq_keypair_load(&o->key, o->key_file, true, err, sizeof err);
-        if (rc == 0)
-            rc = lmq_key_public(o->server_z85, o->server_key, err, sizeof err);
-        if (rc != 0)
+        if (lmq_client_keys_load(&o->keys, o->key_file, o->server_key, err, sizeof err) != 0)
             return fail(o, "%s", err);
         o->curve = true;
     }
@@ -241,15 +237,10 @@ static int describe_stream(const opts_t *o, void *zctx, stream_t *st, rec_stream
     char dev[REC_TOPIC_MAX + 1];
     const char *slash = strchr(st->topic, '/');
     snprintf(dev, sizeof dev, "%.*s", (int)(slash - st->topic), st->topic);
-    lmq_proxy_t *p = lmq_proxy_new(zctx, o->control, dev);
+    lmq_proxy_t *p = lmq_proxy_new_keys(zctx, o->control, dev, o->curve ? &o->keys : NULL);
     if (!p)
         return fail(o, "cannot make a proxy for %s at %s", dev, o->control);
     lmq_proxy_set_timeout(p, o->timeout_ms);
-    if (o->curve && lmq_proxy_set_curve(p, o->server_z85, &o->key) != 0) {
-        int rc = fail(o, "%s", lmq_proxy_last_error(p));
-        lmq_proxy_destroy(&p);
-        return rc;
-    }
     char *text = NULL;
     int rc = lmq_proxy_describe(p, &text);
     if (rc != 0) {
@@ -304,15 +295,10 @@ static int resolve_data(opts_t *o, void *zctx)
 {
     if (o->data[0])
         return EXIT_DONE;
-    lmq_proxy_t *p = lmq_proxy_new(zctx, o->control, NULL);
+    lmq_proxy_t *p = lmq_proxy_new_keys(zctx, o->control, NULL, o->curve ? &o->keys : NULL);
     if (!p)
         return fail(o, "cannot make a proxy for %s", o->control);
     lmq_proxy_set_timeout(p, o->timeout_ms);
-    if (o->curve && lmq_proxy_set_curve(p, o->server_z85, &o->key) != 0) {
-        int rc = fail(o, "%s", lmq_proxy_last_error(p));
-        lmq_proxy_destroy(&p);
-        return rc;
-    }
     int rc = lmq_proxy_data_endpoint(p, o->data, sizeof o->data);
     rc = rc ? proxy_fail(o, p, rc, "data endpoint") : EXIT_DONE;
     lmq_proxy_destroy(&p);
@@ -404,11 +390,10 @@ static int record(opts_t *o, void *zctx, int sigfd, bool *hdf5_ok)
     if (rc == EXIT_DONE)
         rc = resolve_data(o, zctx);
     for (size_t i = 0; i < o->ntopics && rc == EXIT_DONE; i++) {
-        st[i].sub = lmq_sub_new(zctx, o->data, st[i].topic);
+        st[i].sub = lmq_sub_new_keys(zctx, o->data, st[i].topic, o->curve ? &o->keys : NULL);
         if (!st[i].sub)
             rc = fail(o, "%s: cannot subscribe at %s: %s", st[i].topic, o->data, zmq_strerror(errno));
-        else if (o->curve && lmq_sub_set_curve(st[i].sub, o->server_z85, &o->key) != 0)
-            rc = fail(o, "%s: %s", st[i].topic, lmq_sub_last_error(st[i].sub));
+
         items[i] = (zmq_pollitem_t){lmq_sub_socket(st[i].sub), 0, ZMQ_POLLIN, 0};
     }
     if (rc != EXIT_DONE)

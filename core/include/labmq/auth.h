@@ -36,6 +36,15 @@ typedef struct lmq_keypair {
     char secret_key[LMQ_KEY_Z85_LEN + 1]; /* Z85; "" when only the public key is known */
 } lmq_keypair_t;
 
+/* What a client needs to talk to a daemon with keys: the daemon's public
+ * key and the client's own key pair. Proxies, subscriptions and event
+ * subscriptions take it at creation (lmq_proxy_new_keys, lmq_sub_new_keys,
+ * lmq_events_new_keys), so their very first connection is already CURVE. */
+typedef struct lmq_client_keys {
+    char server_key[LMQ_KEY_Z85_LEN + 1]; /* the daemon's public key, Z85 */
+    lmq_keypair_t client;                 /* this client's key pair (secret included) */
+} lmq_client_keys_t;
+
 /* What an allow-listed client may do. observe: ping, list, describe, get,
  * stats, workers and subscribing to data; control: everything, including set
  * and call (anything that may change an instrument's state). */
@@ -66,6 +75,13 @@ LMQ_EXPORT int lmq_keypair_load(lmq_keypair_t *kp, const char *path, bool need_s
  * file (its public-key line; a secret key in it is ignored). out receives
  * the Z85 text. Returns 0 or the error of lmq_keypair_load / LMQ_EARG. */
 LMQ_EXPORT int lmq_key_public(char out[LMQ_KEY_Z85_LEN + 1], const char *z85_or_path, char *err, size_t errlen);
+
+/* Fills k from a client key file (the key pair: lmq_keypair_load with
+ * need_secret) and the daemon's public key (a .pub file or Z85 text:
+ * lmq_key_public). Returns 0 or their error, the reason in err (prefixed
+ * with which of the two failed). */
+LMQ_EXPORT int lmq_client_keys_load(lmq_client_keys_t *k, const char *key_file, const char *server_key, char *err,
+                                    size_t errlen);
 
 /* Whether text is a valid Z85-encoded 32-byte key (40 characters). */
 LMQ_EXPORT bool lmq_key_z85_ok(const char *text);

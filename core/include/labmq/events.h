@@ -24,9 +24,9 @@ typedef struct lmq_event lmq_event_t;
 /* device: one device's events, or NULL for every device's. */
 LMQ_EXPORT lmq_events_t *lmq_events_new(void *zctx, const char *data_endpoint, const char *device);
 LMQ_EXPORT void lmq_events_destroy(lmq_events_t **e);
-/* Receives over CURVE from a daemon with keys (as lmq_proxy_set_curve).
- * Returns 0, LMQ_EARG or LMQ_ESYS. */
-LMQ_EXPORT int lmq_events_set_curve(lmq_events_t *e, const char *server_public_z85, const lmq_keypair_t *client);
+/* The same for a daemon with keys (docs/security.md), as lmq_proxy_new_keys. */
+LMQ_EXPORT lmq_events_t *lmq_events_new_keys(void *zctx, const char *data_endpoint, const char *device,
+                                             const lmq_client_keys_t *keys);
 
 /* Waits up to timeout_ms (-1 = forever) for the next event: 0 and *ev set
  * (caller destroys), LMQ_ETIMEOUT, or LMQ_EPROTO for a malformed event

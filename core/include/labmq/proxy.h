@@ -29,18 +29,17 @@ typedef struct lmq_proxy lmq_proxy_t;
  * NULL for a proxy used only for daemon-wide ops (list, ping, stats).
  * Returns NULL on invalid arguments or allocation failure. */
 LMQ_EXPORT lmq_proxy_t *lmq_proxy_new(void *zctx, const char *endpoint, const char *device);
+/* The same for a daemon with keys (docs/security.md): every connection is
+ * CURVE with keys (copied; lmq_client_keys_load reads them from files).
+ * keys NULL: as lmq_proxy_new. A daemon that refuses the key (not on its
+ * allow-list, or a wrong server key) never answers: calls then fail with
+ * LMQ_EUNREACH, and the message says to check the keys. NULL also for
+ * malformed keys. */
+LMQ_EXPORT lmq_proxy_t *lmq_proxy_new_keys(void *zctx, const char *endpoint, const char *device,
+                                           const lmq_client_keys_t *keys);
 /* Opens "ENDPOINT#DEVICE" (or a bare ENDPOINT). */
 LMQ_EXPORT lmq_proxy_t *lmq_proxy_open(void *zctx, const char *uri);
 LMQ_EXPORT void lmq_proxy_destroy(lmq_proxy_t **p);
-
-/* Talks CURVE (docs/security.md) to a daemon with keys: server_public_z85 is
- * the daemon's public key (Z85; lmq_key_public reads it from a .pub file),
- * client this client's key pair (lmq_keypair_load with need_secret). Opens a
- * fresh socket; later reconnects keep the keys. A daemon that refuses the key
- * (not on its allow-list, or the wrong server key) never answers: calls then
- * fail with LMQ_EUNREACH, whose message says to check the keys. Returns 0 or
- * LMQ_EARG (a malformed key) / LMQ_ESYS. */
-LMQ_EXPORT int lmq_proxy_set_curve(lmq_proxy_t *p, const char *server_public_z85, const lmq_keypair_t *client);
 
 /* The proxy's URI; caller frees. */
 LMQ_EXPORT char *lmq_proxy_uri(const lmq_proxy_t *p);

@@ -25,10 +25,10 @@ typedef struct lmq_frame lmq_frame_t;
 /* zctx: the caller's ZeroMQ context. topic: "device/stream". */
 LMQ_EXPORT lmq_sub_t *lmq_sub_new(void *zctx, const char *data_endpoint, const char *topic);
 LMQ_EXPORT void lmq_sub_destroy(lmq_sub_t **s);
-/* Subscribes over CURVE to a daemon with keys (as lmq_proxy_set_curve):
- * replaces the socket with a CURVE client one. A refused key receives
- * nothing (lmq_sub_recv times out). Returns 0, LMQ_EARG or LMQ_ESYS. */
-LMQ_EXPORT int lmq_sub_set_curve(lmq_sub_t *s, const char *server_public_z85, const lmq_keypair_t *client);
+/* The same for a daemon with keys (docs/security.md), as lmq_proxy_new_keys.
+ * A refused key receives nothing (lmq_sub_recv times out). */
+LMQ_EXPORT lmq_sub_t *lmq_sub_new_keys(void *zctx, const char *data_endpoint, const char *topic,
+                                       const lmq_client_keys_t *keys);
 
 /* Waits up to timeout_ms (-1 = forever) for the next block. 0 and *frame set
  * (caller destroys), LMQ_ETIMEOUT, or LMQ_EPROTO for a malformed block (which
