@@ -249,7 +249,8 @@ static int check_security(lmq_daemon_t *d)
             lmq_log(d->log, LMQ_LOG_WARN, "auth", "CURVE keys are set but no client is allowed: every client is refused");
         if (d->nworkers)
             lmq_log(d->log, LMQ_LOG_WARN, "auth",
-                    "workers connect without keys: this daemon refuses them (docs/limitations.md)");
+                    "workers get no keys from labmqd: each needs its own key pair and allow-list entry "
+                    "(labmq-recorder: --key and --server-key in its args), or this daemon refuses it");
         return 0;
     }
     if (!net)
