@@ -38,8 +38,8 @@ static void log_into(void *user, lmq_log_level_t level, const char *source, cons
 {
     logbuf_t *lb = user;
     pthread_mutex_lock(&lb->mu);
-    int n = snprintf(lb->text + lb->len, sizeof lb->text - lb->len, "%s %s: %s\n", lmq_log_level_name(level), source,
-                     msg);
+    int n =
+        snprintf(lb->text + lb->len, sizeof lb->text - lb->len, "%s %s: %s\n", lmq_log_level_name(level), source, msg);
     if (n > 0)
         lb->len += (size_t)n < sizeof lb->text - lb->len ? (size_t)n : sizeof lb->text - lb->len - 1;
     pthread_mutex_unlock(&lb->mu);
@@ -163,8 +163,8 @@ START_TEST(observe_role_reads_but_cannot_write)
     ck_assert_str_eq(lmq_proxy_last_error(p), "client 'bob' has role observe; set needs control");
     ck_assert_int_eq(lmq_proxy_call(p, "reset", NULL, 0, NULL), LMQ_EPERM);
     ck_assert_str_eq(lmq_proxy_last_error(p), "client 'bob' has role observe; call needs control");
-    ck_assert_msg(log_wait(&l.log, "bob set psu1.voltage 1.0 -> PERMISSION: client 'bob' has role observe", 5000),
-                  "%s", l.log.text);
+    ck_assert_msg(log_wait(&l.log, "bob set psu1.voltage 1.0 -> PERMISSION: client 'bob' has role observe", 5000), "%s",
+                  l.log.text);
     /* The voltage is unchanged. */
     ck_assert_int_eq(lmq_proxy_get_double(p, "voltage", &got), 0);
     ck_assert(got == 0.0);
@@ -255,8 +255,8 @@ START_TEST(tcp_without_keys_needs_insecure)
     lab_t l;
     lab_start(&l, false);
     ck_assert_int_eq(lmq_daemon_start(l.d), LMQ_ECONFIG);
-    ck_assert_msg(strstr(lmq_daemon_last_error(l.d), "refusing to serve tcp://127.0.0.1:* without CURVE keys"),
-                  "%s", lmq_daemon_last_error(l.d));
+    ck_assert_msg(strstr(lmq_daemon_last_error(l.d), "refusing to serve tcp://127.0.0.1:* without CURVE keys"), "%s",
+                  lmq_daemon_last_error(l.d));
     lmq_daemon_set_insecure(l.d, true);
     ck_assert_int_eq(lmq_daemon_start(l.d), 0);
     ck_assert_msg(log_wait(&l.log, "warn auth: INSECURE: serving tcp://127.0.0.1:*", 1000), "%s", l.log.text);
@@ -420,7 +420,8 @@ START_TEST(config_security_block)
         {"  key: server.key\n  colour: red\n", "unknown key 'colour'"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-        snprintf(yaml, sizeof yaml, "control: tcp://127.0.0.1:*\ndevices:\n  - {name: psu1, driver: sim-psu}\nsecurity:\n%s",
+        snprintf(yaml, sizeof yaml,
+                 "control: tcp://127.0.0.1:*\ndevices:\n  - {name: psu1, driver: sim-psu}\nsecurity:\n%s",
                  bad[i].security);
         th_write_file(path, yaml);
         e = NULL;
@@ -462,7 +463,8 @@ START_TEST(labmqd_refuses_tcp_without_keys)
     char dir[64], cfg[128];
     th_tempdir(dir, sizeof dir);
     snprintf(cfg, sizeof cfg, "%s/lab.yaml", dir);
-    th_write_file(cfg, "control: tcp://127.0.0.1:*\ndata: tcp://127.0.0.1:*\ndevices:\n  - {name: psu1, driver: sim-psu}\n");
+    th_write_file(cfg,
+                  "control: tcp://127.0.0.1:*\ndata: tcp://127.0.0.1:*\ndevices:\n  - {name: psu1, driver: sim-psu}\n");
     char *out = NULL;
     char *argv[] = {(char *)LABMQD, (char *)"--config", cfg, NULL};
     ck_assert_int_eq(run(dir, argv, &out), 1);
@@ -551,8 +553,10 @@ START_TEST(cli_with_keys_against_labmqd)
     snprintf(bob_key, sizeof bob_key, "%s/bob.key", dir);
     snprintf(server_pub, sizeof server_pub, "%s/server.key.pub", dir);
     /* alice sets (retrying while labmqd starts). */
-    char *set_argv[] = {(char *)CLI, (char *)"-e", ep, (char *)"--key", alice_key, (char *)"--server-key", server_pub,
-                        (char *)"set", (char *)"psu1", (char *)"voltage", (char *)"1.25", NULL};
+    char *set_argv[] = {(char *)CLI,       (char *)"-e",   ep,
+                        (char *)"--key",   alice_key,      (char *)"--server-key",
+                        server_pub,        (char *)"set",  (char *)"psu1",
+                        (char *)"voltage", (char *)"1.25", NULL};
     int rc = -1;
     out = NULL;
     for (double end = th_now_ms() + RUN_LIMIT_MS; rc != 0 && th_now_ms() < end;) {
@@ -569,15 +573,15 @@ START_TEST(cli_with_keys_against_labmqd)
     ck_assert_int_eq(run(dir, get_argv, &out), 0);
     ck_assert_msg(strstr(out, "1.25 V"), "%s", out);
     free(out);
-    char *bob_set[] = {(char *)CLI, (char *)"-e", ep, (char *)"set", (char *)"psu1", (char *)"voltage", (char *)"2",
-                       NULL};
+    char *bob_set[] = {(char *)CLI,    (char *)"-e",      ep,          (char *)"set",
+                       (char *)"psu1", (char *)"voltage", (char *)"2", NULL};
     ck_assert_int_eq(run(dir, bob_set, &out), 1);
     ck_assert_msg(strstr(out, "labmq: PERMISSION: client 'bob' has role observe; set needs control"), "%s", out);
     free(out);
     /* record hands the keys to labmq-recorder. */
     char h5[128];
     snprintf(h5, sizeof h5, "%s/run.h5", dir);
-    char *rec[] = {(char *)CLI, (char *)"-e", ep, (char *)"record", (char *)"daq1/wave", (char *)"-o", h5,
+    char *rec[] = {(char *)CLI,          (char *)"-e",  ep,  (char *)"record", (char *)"daq1/wave", (char *)"-o", h5,
                    (char *)"--duration", (char *)"0.5", NULL};
     ck_assert_int_eq(run(dir, rec, &out), 0);
     free(out);
@@ -599,7 +603,8 @@ START_TEST(cli_with_keys_against_labmqd)
     ck_assert_int_eq(th_wait_exit(daemon, RUN_LIMIT_MS, &status), 0);
     char *log = th_slurp(log_path);
     ck_assert_msg(strstr(log, "audit: alice set psu1.voltage 1.25 -> OK"), "%s", log);
-    ck_assert_msg(strstr(log, "audit: bob set psu1.voltage 2") && strstr(log, "-> PERMISSION: client 'bob'"), "%s", log);
+    ck_assert_msg(strstr(log, "audit: bob set psu1.voltage 2") && strstr(log, "-> PERMISSION: client 'bob'"), "%s",
+                  log);
     ck_assert_msg(strstr(log, "does not use CURVE") || strstr(log, "without CURVE keys"), "%s", log);
     free(log);
     th_rmtree(dir);
@@ -638,8 +643,9 @@ START_TEST(c_example_with_keys)
     char *lab = th_slurp(SIM_LAB);
     size_t len = strlen(lab) + 400;
     char *yaml = malloc(len);
-    snprintf(yaml, len, "%s\nsecurity:\n  key: server.key\n  clients:\n    - {name: alice, key: \"%s\", role: control}\n",
-             lab, alice.public_key);
+    snprintf(yaml, len,
+             "%s\nsecurity:\n  key: server.key\n  clients:\n    - {name: alice, key: \"%s\", role: control}\n", lab,
+             alice.public_key);
     free(lab);
     char cfg[128];
     snprintf(cfg, sizeof cfg, "%s/lab.yaml", dir);
@@ -651,8 +657,10 @@ START_TEST(c_example_with_keys)
     char *dargv[] = {(char *)LABMQD, (char *)"--config", cfg, (char *)"--control", ep, (char *)"--data", data_ep, NULL};
     pid_t daemon = th_spawn_to_files(dargv, log_path, NULL);
     char *out = NULL;
-    char *argv[] = {(char *)IV_SCAN, (char *)"--endpoint", ep, (char *)"--wait", (char *)"20", (char *)"--seconds",
-                    (char *)"0.3", (char *)"--key", alice_key, (char *)"--server-key", server.public_key, NULL};
+    char *argv[] = {(char *)IV_SCAN,        (char *)"--endpoint", ep,
+                    (char *)"--wait",       (char *)"20",         (char *)"--seconds",
+                    (char *)"0.3",          (char *)"--key",      alice_key,
+                    (char *)"--server-key", server.public_key,    NULL};
     int rc = run(dir, argv, &out);
     ck_assert_msg(rc == 0, "iv_scan exited %d:\n%s", rc, out);
     free(out);

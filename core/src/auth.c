@@ -315,8 +315,7 @@ int lmq_key_public(char out[LMQ_KEY_Z85_LEN + 1], const char *z85_or_path, char 
     return rc;
 }
 
-int lmq_client_keys_load(lmq_client_keys_t *k, const char *key_file, const char *server_key, char *err,
-                         size_t errlen)
+int lmq_client_keys_load(lmq_client_keys_t *k, const char *key_file, const char *server_key, char *err, size_t errlen)
 {
     if (!k)
         return LMQ_EARG;
@@ -398,8 +397,7 @@ int lmq__auth_set_server_key(lmq__auth_t *a, const char *secret_z85, char *err, 
     return 0;
 }
 
-int lmq__auth_allow(lmq__auth_t *a, const char *name, const char *public_z85, lmq_role_t role, char *err,
-                    size_t errlen)
+int lmq__auth_allow(lmq__auth_t *a, const char *name, const char *public_z85, lmq_role_t role, char *err, size_t errlen)
 {
     if (!a)
         return LMQ_EARG;
@@ -833,8 +831,8 @@ void lmq__audit(lmq_log_t *log, const char *peer, const lmq__request_t *req, int
     free(text);
     double ms = (double)elapsed_ns / 1e6;
     if (status == 0)
-        lmq_log(log, LMQ_LOG_INFO, "audit", "%s %s %s.%s %s -> OK (%.3f ms)", peer ? peer : "?",
-                lmq__op_name(req->op), req->device ? req->device : "?", req->name ? req->name : "?", args, ms);
+        lmq_log(log, LMQ_LOG_INFO, "audit", "%s %s %s.%s %s -> OK (%.3f ms)", peer ? peer : "?", lmq__op_name(req->op),
+                req->device ? req->device : "?", req->name ? req->name : "?", args, ms);
     else
         lmq_log(log, LMQ_LOG_INFO, "audit", "%s %s %s.%s %s -> %s: %.300s (%.3f ms)", peer ? peer : "?",
                 lmq__op_name(req->op), req->device ? req->device : "?", req->name ? req->name : "?", args,

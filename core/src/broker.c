@@ -569,8 +569,9 @@ static void finish_job(broker_t *b, lmq__job_t *job)
         b->d->errors++;
     }
     bool oom = zmq_msg_size(&job->reply) == 0;
+    int status = job->failed ? job->status : 0;
     if (lmq__op_changes_state(job->req.op))
-        lmq__audit(b->d->log, job->peer, &job->req, oom ? LMQ_EMEM : job->failed ? job->status : 0,
+        lmq__audit(b->d->log, job->peer, &job->req, oom ? LMQ_EMEM : status,
                    oom ? "out of memory encoding the reply" : job->fail_msg, lmq_clock_mono_ns() - job->t_start);
     if (oom)
         reply_error(b, job->envelope, job->nenvelope, &job->req, LMQ_EMEM, "out of memory encoding the reply", true);

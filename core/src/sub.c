@@ -12,7 +12,6 @@
 
 struct lmq_sub {
     void *sock;
-    char *endpoint;
     char *topic;
     size_t topic_len;
     bool have_last;
@@ -34,24 +33,6 @@ struct lmq_frame {
     void *aligned; /* copy of a small payload that ZeroMQ stored unaligned */
 };
 
-/* A SUB socket on the endpoint, subscribed to the topic; with keys a CURVE
- * client. NULL on failure. */
-static void *open_socket(lmq_sub_t *s, void *zctx, const lmq_client_keys_t *keys)
-{
-    void *sock = zmq_socket(zctx, ZMQ_SUB);
-    if (!sock)
-        return NULL;
-    int linger = 0, hwm = 10000;
-    zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_setsockopt(sock, ZMQ_RCVHWM, &hwm, sizeof hwm);
-    if ((keys && lmq__curve_client(sock, keys) != 0) || zmq_setsockopt(sock, ZMQ_SUBSCRIBE, s->topic, s->topic_len) != 0 ||
-        zmq_connect(sock, s->endpoint) != 0) {
-        zmq_close(sock);
-        return NULL;
-    }
-    return sock;
-}
-
 lmq_sub_t *lmq_sub_new(void *zctx, const char *data_endpoint, const char *topic)
 {
     return lmq_sub_new_keys(zctx, data_endpoint, topic, NULL);
@@ -65,11 +46,20 @@ lmq_sub_t *lmq_sub_new_keys(void *zctx, const char *data_endpoint, const char *t
     if (!s)
         return NULL;
     s->topic = strdup(topic);
-    s->topic_len = s->topic ? strlen(topic) : 0;
-    s->endpoint = strdup(data_endpoint);
-    if (!s->topic || !s->endpoint || !(s->sock = open_socket(s, zctx, keys)))
-        lmq_sub_destroy(&s);
+    s->topic_len = strlen(topic);
+    s->sock = zmq_socket(zctx, ZMQ_SUB);
+    int linger = 0, hwm = 10000;
+    if (!s->topic || !s->sock)
+        goto fail;
+    zmq_setsockopt(s->sock, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(s->sock, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(s->sock, ZMQ_SUBSCRIBE, topic, s->topic_len);
+    if ((keys && lmq__curve_client(s->sock, keys) != 0) || zmq_connect(s->sock, data_endpoint) != 0)
+        goto fail;
     return s;
+fail:
+    lmq_sub_destroy(&s);
+    return NULL;
 }
 
 void lmq_sub_destroy(lmq_sub_t **ps)
@@ -79,7 +69,6 @@ void lmq_sub_destroy(lmq_sub_t **ps)
     lmq_sub_t *s = *ps;
     if (s->sock)
         zmq_close(s->sock);
-    free(s->endpoint);
     free(s->topic);
     free(s);
     *ps = NULL;
