@@ -295,6 +295,31 @@ START_TEST(local_ipc_peer_is_local)
 }
 END_TEST
 
+START_TEST(inproc_peer_with_keys_is_local_and_may_control)
+{
+    /* inproc has no handshake: with keys, the daemon's own process is the
+     * one peer without a name, and it keeps every right. */
+    lab_t l;
+    memset(&l, 0, sizeof l);
+    pthread_mutex_init(&l.log.mu, NULL);
+    l.ctx = zmq_ctx_new();
+    l.logger = lmq_log_new(LMQ_LOG_INFO, log_into, &l.log);
+    keypair(&l.server);
+    l.d = lmq_daemon_new(l.ctx, "inproc://c", "inproc://d", l.logger);
+    ck_assert_int_eq(lmq_daemon_add(l.d, "psu1", lmq_driver_find("sim-psu"), "", NULL), 0);
+    ck_assert_int_eq(lmq_daemon_set_curve(l.d, l.server.secret_key), 0);
+    ck_assert_int_eq(lmq_daemon_allow(l.d, "local", l.server.public_key, LMQ_ROLE_CONTROL), LMQ_EARG);
+    ck_assert_msg(strstr(lmq_daemon_last_error(l.d), "invalid client name 'local'"), "%s", lmq_daemon_last_error(l.d));
+    ck_assert_int_eq(lmq_daemon_start(l.d), 0);
+    lmq_proxy_t *p = lmq_proxy_new(l.ctx, "inproc://c", "psu1");
+    lmq_value_t v = lmq_float(0.25);
+    ck_assert_msg(lmq_proxy_set(p, "voltage", &v) == 0, "%s", lmq_proxy_last_error(p));
+    ck_assert_msg(log_wait(&l.log, "audit: local set psu1.voltage 0.25 -> OK", 5000), "%s", l.log.text);
+    lmq_proxy_destroy(&p);
+    lab_stop(&l);
+}
+END_TEST
+
 START_TEST(peer_name_helper)
 {
     zmq_msg_t m;
@@ -693,6 +718,7 @@ static Suite *suite(void)
     tcase_add_test(tc, wrong_server_key_is_refused_and_logged);
     tcase_add_test(tc, tcp_without_keys_needs_insecure);
     tcase_add_test(tc, local_ipc_peer_is_local);
+    tcase_add_test(tc, inproc_peer_with_keys_is_local_and_may_control);
     tcase_add_test(tc, labmqd_refuses_tcp_without_keys);
     tcase_add_test(tc, cli_with_keys_against_labmqd);
     tcase_add_test(tc, c_example_with_keys);

@@ -373,7 +373,8 @@ void lmq__auth_destroy(lmq__auth_t **pa)
 bool lmq__client_name_ok(const char *name)
 {
     size_t n = name ? strlen(name) : 0;
-    if (n < 1 || n > 64)
+    /* The names lmq__peer_name gives unauthenticated peers are not for clients. */
+    if (n < 1 || n > 64 || strcmp(name, "local") == 0 || strncmp(name, "anonymous@", 10) == 0)
         return false;
     for (const char *p = name; *p; p++)
         if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '_' ||
@@ -800,6 +801,10 @@ bool lmq__op_changes_state(lmq__op_t op)
 int lmq__auth_permit(const lmq__auth_t *a, const char *peer, lmq__op_t op, char *err, size_t errlen)
 {
     if (!a || !a->curve || !lmq__op_changes_state(op))
+        return 0;
+    /* With keys every ipc and tcp peer has passed ZAP and has a name; only
+     * inproc peers, in the daemon's own process, have none. */
+    if (peer && strcmp(peer, "local") == 0)
         return 0;
     const client_t *c = peer ? find_client(a, peer) : NULL;
     if (c && c->role == LMQ_ROLE_CONTROL)

@@ -16,7 +16,7 @@
 #define LMQ__ZAP_DOMAIN "labmq"
 /* The rule for client names on the allow-list (they appear in logs and
  * replies, and are the identity other features such as locks record). */
-#define LMQ__CLIENT_NAME_RULE "1 to 64 letters, digits, '_', '-', '.' and '@'"
+#define LMQ__CLIENT_NAME_RULE "1 to 64 letters, digits, '_', '-', '.' and '@'; not local or anonymous@..."
 
 typedef struct lmq__auth lmq__auth_t;
 
@@ -67,7 +67,8 @@ int lmq__curve_client(void *sock, const lmq_client_keys_t *k);
 size_t lmq__peer_name(const zmq_msg_t *msg, char *buf, size_t n);
 
 /* Whether the client `peer` (lmq__peer_name) may perform op. Without keys
- * everyone may do everything. Returns 0, or LMQ_EPERM with a message for the
+ * everyone may do everything; with keys, inproc peers ("local": the daemon's
+ * own process) too. Returns 0, or LMQ_EPERM with a message for the
  * client in err ("client 'alice' has role observe; set needs control"). */
 int lmq__auth_permit(const lmq__auth_t *a, const char *peer, lmq__op_t op, char *err, size_t errlen);
 
