@@ -207,6 +207,41 @@ START_TEST(unknown_client_is_refused_and_logged)
 }
 END_TEST
 
+static size_t count(const char *text, const char *needle)
+{
+    size_t n = 0;
+    for (const char *p = text; (p = strstr(p, needle)) != NULL; p += strlen(needle))
+        n++;
+    return n;
+}
+
+START_TEST(refusals_are_logged_at_a_bounded_rate)
+{
+    lab_t l;
+    lab_start(&l, true);
+    /* carol retries (ZeroMQ reconnects every 100 ms and more) from many sockets at once. */
+    enum { N = 12 };
+    lmq_proxy_t *p[N];
+    for (int i = 0; i < N; i++) {
+        p[i] = proxy_as(&l, NULL, &l.carol, l.server.public_key);
+        lmq_proxy_set_timeout(p[i], 50);
+        char *json = NULL;
+        ck_assert_int_eq(lmq_proxy_ping(p[i], &json), LMQ_EUNREACH);
+    }
+    ck_assert(log_wait(&l.log, "not on the allow-list", 5000));
+    usleep(300 * 1000);
+    for (int i = 0; i < N; i++)
+        lmq_proxy_destroy(&p[i]);
+    lmq_daemon_stop(l.d); /* the handler reports what it did not log */
+    pthread_mutex_lock(&l.log.mu);
+    size_t lines = count(l.log.text, "warn auth: refused") + count(l.log.text, "warn auth: a client");
+    bool summary = strstr(l.log.text, "more refused connections were not logged") != NULL;
+    pthread_mutex_unlock(&l.log.mu);
+    ck_assert_msg(lines == 10 && summary, "%zu refusal lines, summary %d:\n%s", lines, summary, l.log.text);
+    lab_stop(&l);
+}
+END_TEST
+
 START_TEST(null_security_peer_is_refused_and_logged)
 {
     lab_t l;
@@ -535,6 +570,11 @@ START_TEST(cli_with_keys_against_labmqd)
         ck_assert_msg(strstr(out, "public key: "), "%s", out);
         free(out);
     }
+    /* Without -o the pair is printed, in the key file's format. */
+    char *print_argv[] = {(char *)CLI, (char *)"keygen", NULL};
+    ck_assert_int_eq(run(dir, print_argv, &out), 0);
+    ck_assert_msg(strstr(out, "curve\n    public-key = \"") && strstr(out, "    secret-key = \""), "%s", out);
+    free(out);
     char *argv_again[] = {(char *)CLI, (char *)"keygen", (char *)"-o", path, NULL};
     ck_assert_int_eq(run(dir, argv_again, &out), 1);
     ck_assert_msg(strstr(out, "File exists"), "%s", out);
@@ -715,6 +755,7 @@ static Suite *suite(void)
     tcase_add_test(tc, observe_role_reads_but_cannot_write);
     tcase_add_test(tc, unknown_client_is_refused_and_logged);
     tcase_add_test(tc, null_security_peer_is_refused_and_logged);
+    tcase_add_test(tc, refusals_are_logged_at_a_bounded_rate);
     tcase_add_test(tc, wrong_server_key_is_refused_and_logged);
     tcase_add_test(tc, tcp_without_keys_needs_insecure);
     tcase_add_test(tc, local_ipc_peer_is_local);
