@@ -145,3 +145,12 @@ def test_iv_scan_example_with_keys(secured):
     r = subprocess.run(cmd + ["--key", k["bob"], "--server-key", k["server"] + ".pub"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "PERMISSION: client 'bob' has role observe" in r.stderr, r.stdout + r.stderr
+
+
+def test_iv_scan_pkg_example_with_keys(secured):
+    k = secured.keys
+    r = subprocess.run([sys.executable, os.path.join(EXAMPLES, "iv_scan_pkg.py"), secured.control, "--seconds", "0.3",
+                        "--key", k["alice"], "--server-key", k["server"] + ".pub"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.rstrip().endswith("iv_scan_pkg.py: ok")
