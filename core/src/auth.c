@@ -509,10 +509,11 @@ static void handle_zap(lmq__auth_t *a, void *rep)
             break;
         }
         more = zmq_msg_more(&m);
-        if (n < NF)
-            f[n++] = m;
-        else
-            zmq_msg_close(&m);
+        if (n < NF) {
+            zmq_msg_init(&f[n]);
+            zmq_msg_move(&f[n++], &m);
+        }
+        zmq_msg_close(&m);
     }
     if (n < 6) { /* not a ZAP request; REP still owes an answer */
         for (size_t i = 0; i < n; i++)
@@ -520,8 +521,9 @@ static void handle_zap(lmq__auth_t *a, void *rep)
         zmq_send(rep, "", 0, 0);
         return;
     }
-    char version[8], address[64], mech[16];
+    char version[8], domain[32], address[64], mech[16];
     frame_text(&f[0], version, sizeof version);
+    frame_text(&f[2], domain, sizeof domain);
     frame_text(&f[3], address, sizeof address);
     frame_text(&f[5], mech, sizeof mech);
     const client_t *who = NULL;
@@ -531,6 +533,11 @@ static void handle_zap(lmq__auth_t *a, void *rep)
                 who = &a->clients[i];
     if (strcmp(version, "1.0") != 0) {
         zap_reply(rep, &f[1], "500", "unsupported ZAP version", "");
+    } else if (strcmp(domain, LMQ__ZAP_DOMAIN) != 0) {
+        /* Another server socket in this context: not ours to let in. */
+        refusal_log(a, "refused a client from %s of ZAP domain '%s' (this handler serves only '" LMQ__ZAP_DOMAIN "')",
+                    address, domain);
+        zap_reply(rep, &f[1], "400", "unknown ZAP domain", "");
     } else if (who) {
         lmq_log(a->log, LMQ_LOG_DEBUG, "auth", "client '%s' (%s) connected from %s", who->name,
                 lmq_role_name(who->role), address);

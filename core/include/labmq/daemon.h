@@ -65,7 +65,8 @@ LMQ_EXPORT int lmq_daemon_add_worker(lmq_daemon_t *d, const char *name, const ch
  * inproc:// endpoints are then served to every local process that can open
  * them. Return 0, or LMQ_EARG / LMQ_ECONFIG (a duplicate client name or key) /
  * LMQ_ESYS (no CURVE in this libzmq) with the reason in lmq_daemon_last_error.
- * One daemon with keys per ZeroMQ context (the context's ZAP handler). */
+ * One daemon with keys per ZeroMQ context: it runs the context's ZAP handler,
+ * which refuses clients of any other socket there that sets a ZAP domain. */
 LMQ_EXPORT int lmq_daemon_set_curve(lmq_daemon_t *d, const char *secret_z85);
 /* name: who the client is in logs, replies and audit lines
  * (1 to 64 letters, digits, '_', '-', '.', '@'); public_z85: its public key. */
