@@ -194,8 +194,10 @@ START_TEST(test_check_config)
     struct stat st;
     ck_assert_int_ne(lstat(dir, &st), 0);
 
-    ck_assert_int_eq(run_labmqd(&t, &out, "-n", "-c", t.config, "--control", "tcp://127.0.0.1:7000"), 0);
-    ck_assert_msg(strstr(out, "tcp://127.0.0.1:7000") != NULL, "%s", out);
+    /* A tcp endpoint without keys would be refused at start: the check says so. */
+    ck_assert_int_eq(run_labmqd(&t, &out, "-n", "-c", t.config, "--control", "tcp://127.0.0.1:7000"), 1);
+    ck_assert_msg(strstr(out, "control:   tcp://127.0.0.1:7000") && strstr(out, "tcp://127.0.0.1:7000 needs CURVE keys"),
+                  "%s", out);
     free(out);
 
     char bad[128], want[200];

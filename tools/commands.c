@@ -14,7 +14,7 @@ static const char *jstr(json_t *obj, const char *key)
 
 lmq_proxy_t *cli_proxy(cli_t *c, const char *device)
 {
-    lmq_proxy_t *p = lmq_proxy_new(c->zctx, c->control, device);
+    lmq_proxy_t *p = lmq_proxy_new_keys(c->zctx, c->control, device, cli_keys(c));
     if (!p) {
         cli_failf(c, LMQ_EARG, "cannot connect to '%s' (not a ZeroMQ endpoint such as ipc:///path or tcp://host:port?)",
                   c->control);
@@ -23,6 +23,8 @@ lmq_proxy_t *cli_proxy(cli_t *c, const char *device)
     lmq_proxy_set_timeout(p, c->timeout_ms);
     return p;
 }
+
+const lmq_client_keys_t *cli_keys(const cli_t *c) { return c->curve ? &c->keys : NULL; }
 
 /* Parses JSON text the daemon sent; frees it. NULL with a reported error. */
 static json_t *parse_reply(cli_t *c, char *txt, const char *what)

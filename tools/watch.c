@@ -307,7 +307,7 @@ static int watch_events(cli_t *c, const char *dev)
     json_decref(desc);
     if (rc != CLI_OK)
         return rc;
-    lmq_events_t *e = lmq_events_new(c->zctx, c->data, dev);
+    lmq_events_t *e = lmq_events_new_keys(c->zctx, c->data, dev, cli_keys(c));
     if (!e)
         return cli_failf(c, LMQ_EARG, "cannot subscribe to %s's events at %s", dev, c->data);
     if (!c->json) {
@@ -380,11 +380,12 @@ int cli_cmd_watch(cli_t *c, int argc, char **argv)
     lmq_proxy_destroy(&p);
     if (rc != CLI_OK)
         goto out;
-    w.sub = lmq_sub_new(c->zctx, c->data, topic);
+    w.sub = lmq_sub_new_keys(c->zctx, c->data, topic, cli_keys(c));
     if (!w.sub) {
         rc = cli_failf(c, LMQ_EARG, "cannot subscribe to %s at %s", topic, c->data);
         goto out;
     }
+
     int st_rc = watch_loop(&w);
     if (st_rc != 0) {
         rc = CLI_FAILED;

@@ -61,6 +61,7 @@ typedef struct broker {
     size_t npend, npend_refused;
     char **prefixes; /* subscribed topic prefixes (XPUB reports each once) */
     size_t nprefixes;
+    const char *peer; /* who sent the request being handled (audit of refusals); NULL between requests */
 } broker_t;
 
 static lmq__job_t *job_get(broker_t *b)
@@ -72,6 +73,9 @@ static lmq__job_t *job_get(broker_t *b)
     job->method = NULL;
     job->prop = NULL;
     job->failed = false;
+    job->status = 0;
+    job->fail_msg[0] = 0;
+    job->peer[0] = 0;
     job->nenvelope = 0;
     job->nargs = 0;
     memset(&job->value, 0, sizeof job->value);
@@ -256,6 +260,9 @@ static void reply_error(broker_t *b, const zmq_msg_t *env, size_t nenv, const lm
 {
     zmq_msg_t hdr;
     b->d->errors++;
+    /* Accepted requests are audited when their job ends. */
+    if (!accepted && req && b->peer && lmq__op_changes_state(req->op))
+        lmq__audit(b->d->log, b->peer, req, status, msg, 0);
     if (lmq__reply_error(&hdr, req && req->has_id, req ? req->id : 0, status, msg) != 0)
         return;
     send_reply(b, env, nenv, &hdr, NULL, accepted);
@@ -480,6 +487,9 @@ static bool handle_request(broker_t *b)
     }
     zmq_msg_t *hdr = &parts[nenv];
     size_t nbin = n - nenv - 1;
+    char peer[80];
+    lmq__peer_name(hdr, peer, sizeof peer);
+    b->peer = peer;
     if (lmq__request_parse(zmq_msg_data(hdr), zmq_msg_size(hdr), nbin, &req, err, sizeof err) != 0) {
         lmq_log(d->log, LMQ_LOG_DEBUG, "broker", "rejected request: %s", err);
         reply_error(b, parts, nenv, &req, LMQ_EPROTO, err, false);
@@ -487,6 +497,10 @@ static bool handle_request(broker_t *b)
     }
     if (req.op != LMQ__OP_CALL && req.op != LMQ__OP_SET && nbin) {
         reply_error(b, parts, nenv, &req, LMQ_EPROTO, "this op takes no binary frames", false);
+        goto done;
+    }
+    if (lmq__auth_permit(d->auth, peer, req.op, err, sizeof err) != 0) {
+        reply_error(b, parts, nenv, &req, LMQ_EPERM, err, false);
         goto done;
     }
     if (req.op != LMQ__OP_CALL && req.op != LMQ__OP_GET && req.op != LMQ__OP_SET) {
@@ -533,6 +547,7 @@ static bool handle_request(broker_t *b)
     job->method = method;
     job->prop = prop;
     job->req = req;
+    snprintf(job->peer, sizeof job->peer, "%s", peer);
     memset(&req, 0, sizeof req);
     lmq__frames_t bin;
     bin.n = nbin;
@@ -561,6 +576,7 @@ static bool handle_request(broker_t *b)
     dev->stats.in_flight++;
     job = NULL;
 done:
+    b->peer = NULL;
     if (job)
         job_put(b, job);
     lmq__request_clear(&req);
@@ -584,7 +600,12 @@ static void finish_job(broker_t *b, lmq__job_t *job)
         dev->stats.errors++;
         b->d->errors++;
     }
-    if (zmq_msg_size(&job->reply) == 0)
+    bool oom = zmq_msg_size(&job->reply) == 0;
+    int status = job->failed ? job->status : 0;
+    if (lmq__op_changes_state(job->req.op))
+        lmq__audit(b->d->log, job->peer, &job->req, oom ? LMQ_EMEM : status,
+                   oom ? "out of memory encoding the reply" : job->fail_msg, lmq_clock_mono_ns() - job->t_start);
+    if (oom)
         reply_error(b, job->envelope, job->nenvelope, &job->req, LMQ_EMEM, "out of memory encoding the reply", true);
     else
         send_reply(b, job->envelope, job->nenvelope, &job->reply, &job->reply_bin, true);
@@ -759,6 +780,8 @@ static void shutdown_devices(broker_t *b)
                     dev->name);
             else
                 snprintf(msg, sizeof msg, "%s: the daemon is shutting down", dev->name);
+            if (lmq__op_changes_state(job->req.op))
+                lmq__audit(d->log, job->peer, &job->req, LMQ_ECLOSED, msg, lmq_clock_mono_ns() - job->t_start);
             reply_error(b, job->envelope, job->nenvelope, &job->req, LMQ_ECLOSED, msg, true);
             /* The stuck thread still holds the running job: never free it. */
             if (job != running)
@@ -1117,6 +1140,11 @@ void *lmq__broker_main(void *arg)
     int mandatory = 1;
     zmq_setsockopt(b.router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
     zmq_setsockopt(b.router, ZMQ_ROUTER_MANDATORY, &mandatory, sizeof mandatory);
+    if (lmq__auth_server_socket(d->auth, b.router, "control", msg, sizeof msg) != 0 ||
+        lmq__auth_server_socket(d->auth, b.xpub, "data", msg, sizeof msg) != 0) {
+        report(&b, LMQ_ESYS, msg);
+        goto out;
+    }
     if (zmq_bind(b.router, d->control) != 0) {
         int e = zmq_errno();
         snprintf(msg, sizeof msg, "cannot bind control endpoint %s: %s", d->control, zmq_strerror(e));

@@ -29,7 +29,8 @@ lmq_daemon_t *lmq_daemon_new(void *zctx, const char *control_endpoint, const cha
     d->data = strdup(data_endpoint);
     d->wires = lmq__wires_new();
     d->sup = lmq_supervisor_new(log);
-    if (!d->control || !d->data || !d->wires || !d->sup) {
+    d->auth = lmq__auth_new();
+    if (!d->control || !d->data || !d->wires || !d->sup || !d->auth) {
         lmq_daemon_destroy(&d);
         return NULL;
     }
@@ -211,6 +212,71 @@ static int start_workers(lmq_daemon_t *d)
     return rc;
 }
 
+int lmq_daemon_set_curve(lmq_daemon_t *d, const char *secret_z85)
+{
+    if (!d)
+        return LMQ_EARG;
+    if (d->running) {
+        snprintf(d->err, sizeof d->err, "keys must be set before lmq_daemon_start");
+        return LMQ_EARG;
+    }
+    return lmq__auth_set_server_key(d->auth, secret_z85, d->err, sizeof d->err);
+}
+
+int lmq_daemon_allow(lmq_daemon_t *d, const char *name, const char *public_z85, lmq_role_t role)
+{
+    if (!d)
+        return LMQ_EARG;
+    if (d->running) {
+        snprintf(d->err, sizeof d->err, "clients must be allowed before lmq_daemon_start");
+        return LMQ_EARG;
+    }
+    return lmq__auth_allow(d->auth, name, public_z85, role, d->err, sizeof d->err);
+}
+
+void lmq_daemon_set_insecure(lmq_daemon_t *d, bool insecure)
+{
+    if (d && !d->running)
+        d->insecure = insecure;
+}
+
+/* Anything but a local transport reaches beyond this machine's users. */
+static bool is_network(const char *endpoint)
+{
+    return strncmp(endpoint, "ipc://", 6) != 0 && strncmp(endpoint, "inproc://", 9) != 0;
+}
+
+/* A network endpoint without keys lets anyone who reaches it drive the
+ * instruments: refused unless the caller said it knows (insecure). */
+static int check_security(lmq_daemon_t *d)
+{
+    const char *net = is_network(d->control) ? d->control : is_network(d->data) ? d->data : NULL;
+    if (lmq__auth_curve(d->auth)) {
+        if (!lmq__auth_client_count(d->auth))
+            lmq_log(d->log, LMQ_LOG_WARN, "auth", "CURVE keys are set but no client is allowed: every client is refused");
+        if (d->nworkers)
+            lmq_log(d->log, LMQ_LOG_WARN, "auth",
+                    "workers get no keys from labmqd: each needs its own key pair and allow-list entry "
+                    "(labmq-recorder: --key and --server-key in its args), or this daemon refuses it");
+        return 0;
+    }
+    if (!net)
+        return 0;
+    if (!d->insecure) {
+        snprintf(d->err, sizeof d->err,
+                 "refusing to serve %s without CURVE keys: anyone who can reach it could drive the instruments; "
+                 "configure security (a server key and the clients' public keys, docs/security.md), or set "
+                 "`insecure: true` under security: on an isolated network",
+                 net);
+        return LMQ_ECONFIG;
+    }
+    lmq_log(d->log, LMQ_LOG_WARN, "auth",
+            "INSECURE: serving %s without authentication or encryption (security: insecure: true); anyone who "
+            "reaches it can drive the instruments",
+            net);
+    return 0;
+}
+
 void lmq_daemon_set_stop_grace(lmq_daemon_t *d, int ms)
 {
     if (d)
@@ -252,9 +318,14 @@ int lmq_daemon_start(lmq_daemon_t *d)
         snprintf(d->err, sizeof d->err, "daemon already started");
         return LMQ_EARG;
     }
-    int rc = check_ipc_free(d->control, d->err, sizeof d->err);
+    int rc = check_security(d);
+    if (rc == 0)
+        rc = check_ipc_free(d->control, d->err, sizeof d->err);
     if (rc == 0)
         rc = check_ipc_free(d->data, d->err, sizeof d->err);
+    /* The ZAP handler must serve before the sockets bind. */
+    if (rc == 0)
+        rc = lmq__auth_start(d->auth, d->zctx, d->log, d->err, sizeof d->err);
     if (rc != 0)
         return rc;
     /* Epochs in µs since 1970: distinct across restarts, below 2^53. */
@@ -270,12 +341,14 @@ int lmq_daemon_start(lmq_daemon_t *d)
         if (d->pipe)
             zmq_close(d->pipe);
         d->pipe = NULL;
+        lmq__auth_stop(d->auth);
         return LMQ_ESYS;
     }
     int e = pthread_create(&d->broker, NULL, lmq__broker_main, d);
     if (e != 0) {
         zmq_close(d->pipe);
         d->pipe = NULL;
+        lmq__auth_stop(d->auth);
         snprintf(d->err, sizeof d->err, "cannot start the broker thread: %s", strerror(e));
         return LMQ_ESYS;
     }
@@ -283,6 +356,7 @@ int lmq_daemon_start(lmq_daemon_t *d)
     char buf[600];
     int n = zmq_recv(d->pipe, buf, sizeof buf - 1, 0);
     if (n >= 1 && buf[0] == LMQ__MSG_READY) {
+        lmq__auth_watch(d->auth);
         rc = start_workers(d);
         if (rc != 0) {
             char why[sizeof d->err];
@@ -297,6 +371,7 @@ int lmq_daemon_start(lmq_daemon_t *d)
     d->running = false;
     zmq_close(d->pipe);
     d->pipe = NULL;
+    lmq__auth_stop(d->auth);
     if (n > 2) {
         buf[n < (int)sizeof buf ? n : (int)sizeof buf - 1] = 0;
         snprintf(d->err, sizeof d->err, "%.500s", buf + 2);
@@ -344,6 +419,8 @@ int lmq_daemon_stop(lmq_daemon_t *d)
         zmq_send(d->pipe, &term, 1, 0);
         pthread_join(d->broker, NULL);
         d->running = false;
+        /* The sockets it authenticated are closed now. */
+        lmq__auth_stop(d->auth);
         if (d->nstuck)
             snprintf(d->err, sizeof d->err, "%zu device%s stuck in the driver at shutdown: %s", d->nstuck,
                      d->nstuck == 1 ? "" : "s", d->stuck_msg);
@@ -378,6 +455,7 @@ void lmq_daemon_destroy(lmq_daemon_t **pd)
     /* A stuck device may still read the wires. */
     if (!d->nstuck && !d->nabandoned)
         lmq__wires_destroy(&d->wires);
+    lmq__auth_destroy(&d->auth);
     free(d->control);
     free(d->data);
     free(d);

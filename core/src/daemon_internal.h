@@ -4,6 +4,7 @@
 #define LMQ_DAEMON_INTERNAL_H
 
 #include <pthread.h>
+#include "auth_internal.h"
 #include "device_internal.h"
 #include "labmq/daemon.h"
 #include "labmq/supervise.h"
@@ -19,6 +20,8 @@ struct lmq_daemon {
     char pipe_endpoint[96];
     char err[512];
     double time_scale;
+    lmq__auth_t *auth; /* keys and allow-list: set before start, read-only after */
+    bool insecure;     /* network endpoints without keys allowed */
 
     /* Workers: declared before start, handed to the supervisor (with the
      * bound endpoints in their argv) once the broker is up. The broker

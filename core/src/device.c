@@ -902,6 +902,8 @@ static void handle_job(lmq_dev_t *dev, lmq__job_t *job)
             snprintf(msg, sizeof msg, "%s", dev->fail_msg);
         enc = lmq__reply_error(&job->reply, true, job->req.id, rc, msg);
         job->failed = true;
+        job->status = rc;
+        snprintf(job->fail_msg, sizeof job->fail_msg, "%.*s", (int)sizeof job->fail_msg - 1, msg);
         lmq_log(dev->log, LMQ_LOG_DEBUG, dev->name, "%s failed: %s", lmq__op_name(job->req.op), msg);
         if (rc == LMQ_EIO && dev->is_open)
             lose_link(dev, msg);

@@ -137,6 +137,9 @@ struct lmq__job {
     zmq_msg_t reply;
     lmq__frames_t reply_bin;
     bool failed;
+    int status;         /* failed: the reply's status */
+    char fail_msg[200]; /* failed: the start of the reply's message (audit) */
+    char peer[80];      /* who sent it (lmq__peer_name), for the audit line */
 };
 
 /* Topic prefix of change events on the data endpoint: "$events/psu1". */

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "auth_internal.h"
 #include "device_internal.h"
 #include "labmq/events.h"
 #include "labmq/driver.h"
@@ -37,7 +38,14 @@ struct lmq_event {
 
 lmq_events_t *lmq_events_new(void *zctx, const char *data_endpoint, const char *device)
 {
-    if (!zctx || !data_endpoint || (device && (!*device || strlen(device) > 64)))
+    return lmq_events_new_keys(zctx, data_endpoint, device, NULL);
+}
+
+lmq_events_t *lmq_events_new_keys(void *zctx, const char *data_endpoint, const char *device,
+                                  const lmq_client_keys_t *keys)
+{
+    if (!zctx || !data_endpoint || (device && (!*device || strlen(device) > 64)) ||
+        (keys && !lmq__client_keys_ok(keys)))
         return NULL;
     lmq_events_t *e = calloc(1, sizeof *e);
     if (!e)
@@ -51,7 +59,7 @@ lmq_events_t *lmq_events_new(void *zctx, const char *data_endpoint, const char *
     int linger = 0;
     zmq_setsockopt(e->sock, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(e->sock, ZMQ_SUBSCRIBE, e->topic, e->topic_len);
-    if (zmq_connect(e->sock, data_endpoint) != 0)
+    if ((keys && lmq__curve_client(e->sock, keys) != 0) || zmq_connect(e->sock, data_endpoint) != 0)
         goto fail;
     return e;
 fail:

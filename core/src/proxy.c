@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "labmq/labmq.h"
+#include "auth_internal.h"
 #include "proto.h"
 
 struct lmq_proxy {
@@ -17,6 +18,8 @@ struct lmq_proxy {
     int timeout_ms;
     int sock_timeout; /* ZMQ_SNDTIMEO set on sock; -2 = not yet */
     uint64_t next_id;
+    bool curve; /* lmq_proxy_new_keys: every socket is a CURVE client with keys */
+    lmq_client_keys_t keys;
     char err[600];
 };
 
@@ -46,6 +49,12 @@ static int open_socket(lmq_proxy_t *p)
     zmq_setsockopt(p->sock, ZMQ_IMMEDIATE, &immediate, sizeof immediate);
     zmq_setsockopt(p->sock, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl);
     zmq_setsockopt(p->sock, ZMQ_RECONNECT_IVL_MAX, &ivl_max, sizeof ivl_max);
+    if (p->curve && lmq__curve_client(p->sock, &p->keys) != 0) {
+        int e = zmq_errno();
+        zmq_close(p->sock);
+        p->sock = NULL;
+        return set_error(p, LMQ_ESYS, "cannot make a CURVE client socket: %s", zmq_strerror(e));
+    }
     if (zmq_connect(p->sock, p->endpoint) != 0) {
         int e = zmq_errno();
         zmq_close(p->sock);
@@ -57,12 +66,21 @@ static int open_socket(lmq_proxy_t *p)
 
 lmq_proxy_t *lmq_proxy_new(void *zctx, const char *endpoint, const char *device)
 {
-    if (!zctx || !endpoint || !*endpoint || (device && !*device))
+    return lmq_proxy_new_keys(zctx, endpoint, device, NULL);
+}
+
+lmq_proxy_t *lmq_proxy_new_keys(void *zctx, const char *endpoint, const char *device, const lmq_client_keys_t *keys)
+{
+    if (!zctx || !endpoint || !*endpoint || (device && !*device) || (keys && !lmq__client_keys_ok(keys)))
         return NULL;
     lmq_proxy_t *p = calloc(1, sizeof *p);
     if (!p)
         return NULL;
     p->zctx = zctx;
+    if (keys) {
+        p->keys = *keys;
+        p->curve = true;
+    }
     p->timeout_ms = LMQ_PROXY_DEFAULT_TIMEOUT_MS;
     p->endpoint = strdup(endpoint);
     p->device = device ? strdup(device) : NULL;
@@ -101,6 +119,7 @@ void lmq_proxy_destroy(lmq_proxy_t **pp)
     lmq_proxy_t *p = *pp;
     if (p->sock)
         zmq_close(p->sock);
+    explicit_bzero(&p->keys, sizeof p->keys);
     free(p->endpoint);
     free(p->device);
     free(p);
@@ -163,6 +182,11 @@ static int send_request(lmq_proxy_t *p, lmq__op_t op, const char *name, const lm
     lmq__frames_close(&bin);
     if (rc < 0) {
         int e = zmq_errno();
+        if (e == EAGAIN && p->curve)
+            return set_error(p, LMQ_EUNREACH,
+                             "no daemon accepts this client at %s within %d ms: is labmqd running, is this client's "
+                             "public key on its allow-list, and is the server key its public key?",
+                             p->endpoint, p->timeout_ms);
         if (e == EAGAIN)
             return set_error(p, LMQ_EUNREACH, "no daemon answers at %s within %d ms (is labmqd running?)", p->endpoint,
                              p->timeout_ms);

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "labmq/labmq.h"
+#include "auth_internal.h"
 #include "proto.h"
 #include "value_internal.h"
 
@@ -34,7 +35,12 @@ struct lmq_frame {
 
 lmq_sub_t *lmq_sub_new(void *zctx, const char *data_endpoint, const char *topic)
 {
-    if (!zctx || !data_endpoint || !topic || !*topic)
+    return lmq_sub_new_keys(zctx, data_endpoint, topic, NULL);
+}
+
+lmq_sub_t *lmq_sub_new_keys(void *zctx, const char *data_endpoint, const char *topic, const lmq_client_keys_t *keys)
+{
+    if (!zctx || !data_endpoint || !topic || !*topic || (keys && !lmq__client_keys_ok(keys)))
         return NULL;
     lmq_sub_t *s = calloc(1, sizeof *s);
     if (!s)
@@ -48,7 +54,7 @@ lmq_sub_t *lmq_sub_new(void *zctx, const char *data_endpoint, const char *topic)
     zmq_setsockopt(s->sock, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(s->sock, ZMQ_RCVHWM, &hwm, sizeof hwm);
     zmq_setsockopt(s->sock, ZMQ_SUBSCRIBE, topic, s->topic_len);
-    if (zmq_connect(s->sock, data_endpoint) != 0)
+    if ((keys && lmq__curve_client(s->sock, keys) != 0) || zmq_connect(s->sock, data_endpoint) != 0)
         goto fail;
     return s;
 fail:

@@ -44,8 +44,9 @@ static void usage(FILE *out)
           "\n"
           "Options:\n"
           "  -c, --config FILE      YAML lab configuration (required)\n"
-          "  -n, --check-config     parse and validate FILE, print the devices and\n"
-          "                         endpoints, and exit without starting anything\n"
+          "  -n, --check-config     parse and validate FILE (key files included), print\n"
+          "                         the devices, endpoints and allowed clients, and exit\n"
+          "                         without starting anything\n"
           "      --control EP       control endpoint (ROUTER), overrides the config\n"
           "      --data EP          data endpoint (XPUB), overrides the config\n"
           "  -l, --log-level LEVEL  error, warn, info, debug or trace (trace adds a hex\n"
@@ -63,8 +64,13 @@ static void usage(FILE *out)
           "Example configuration:\n"
           "  # lab.yaml\n"
           "  log_level: info                 # optional\n"
-          "  # control: tcp://*:5555         # optional, see Defaults\n"
-          "  # data: tcp://*:5556\n"
+          "  # control: tcp://*:5555         # optional, see Defaults; a tcp:// endpoint\n"
+          "  # data: tcp://*:5556            #   is served only with the security: keys\n"
+          "  # security:                     # CURVE encryption + an allow-list of clients\n"
+          "  #   key: labpc.key              #   (docs/security.md); keys: labmq keygen\n"
+          "  #   clients:\n"
+          "  #     - {name: alice, key: alice.key.pub, role: control}\n"
+          "  #     - {name: bob, key: bob.key.pub, role: observe}  # list, get, watch\n"
           "  devices:\n"
           "    - name: psu1                  # letters, digits, _ - .\n"
           "      driver: sim-psu\n"
@@ -87,6 +93,7 @@ static void usage(FILE *out)
           "Exit status:\n"
           "  0  stopped by a signal, or --check-config found no error\n"
           "  1  invalid configuration, endpoint already served by another labmqd,\n"
+          "     a tcp:// endpoint without security keys (and no `insecure: true`),\n"
           "     or another failure to start\n"
           "  2  invalid command line\n"
           "  3  stopped, but a device stayed stuck in its driver beyond the grace\n"
@@ -154,6 +161,16 @@ static void print_summary(const char *path, const lmq_config_t *cfg, const char 
             printf("  %s=%s", o[0], o[1]);
         putchar('\n');
     }
+    const char *server_key = lmq_config_server_public_key(cfg);
+    if (server_key) {
+        printf("security:  CURVE, server public key %s\n", server_key);
+        for (size_t i = 0; i < lmq_config_client_count(cfg); i++) {
+            const lmq_config_client_t *c = lmq_config_client(cfg, i);
+            printf("  %-16s %-8s %s\n", c->name, lmq_role_name(c->role), c->public_key);
+        }
+    } else {
+        printf("security:  none%s\n", lmq_config_insecure(cfg) ? " (insecure: true)" : "");
+    }
     size_t nw = lmq_config_worker_count(cfg);
     if (nw)
         printf("workers:   %zu\n", nw);
@@ -165,6 +182,12 @@ static void print_summary(const char *path, const lmq_config_t *cfg, const char 
         printf("  (restart: %s%s)\n", lmq_restart_name(w->restart), w->env ? ", own environment" : "");
     }
     fflush(stdout);
+}
+
+/* Anything but ipc:// and inproc:// reaches beyond this machine's users. */
+static bool is_network(const char *ep)
+{
+    return strncmp(ep, "ipc://", 6) != 0 && strncmp(ep, "inproc://", 9) != 0;
 }
 
 /* Fills ep with the default endpoint, explaining a failure on stderr. */
@@ -330,8 +353,16 @@ int main(int argc, char **argv)
             return EXIT_FAIL;
         }
         print_summary(config_path, cfg, control, data, lmq_log_level_name(level));
+        /* What lmq_daemon_start would refuse, said without starting. */
+        const char *net = is_network(control) ? control : is_network(data) ? data : NULL;
+        bool refused = net && !lmq_config_server_public_key(cfg) && !lmq_config_insecure(cfg);
+        if (refused)
+            fprintf(stderr,
+                    "labmqd: %s: %s needs CURVE keys: add a security: block (docs/security.md), or "
+                    "`security: {insecure: true}` on an isolated network\n",
+                    config_path, net);
         lmq_config_destroy(&cfg);
-        return EXIT_OK;
+        return refused ? EXIT_FAIL : EXIT_OK;
     }
 
     /* Before any thread exists, so ZeroMQ's and the devices' threads inherit

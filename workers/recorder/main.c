@@ -44,6 +44,9 @@ typedef struct opts {
     bool overwrite, quiet;
     const char **topics;
     size_t ntopics;
+    const char *key_file, *server_key; /* --key, --server-key */
+    lmq_client_keys_t keys;            /* loaded from them */
+    bool curve;                        /* both given */
 } opts_t;
 
 typedef struct stream {
@@ -103,6 +106,8 @@ static void print_help(void)
            "  -c, --control EP    the daemon's control endpoint (default %s)\n"
            "  -d, --data EP       the data endpoint (default: asked of the daemon)\n"
            "  -t, --timeout MS    wait at most MS ms for each answer of the daemon (default %d)\n"
+           "      --key FILE      this client's key pair, for a daemon with keys (docs/security.md)\n"
+           "      --server-key K  the daemon's public key: its .pub file or the Z85 key\n"
            "  -n, --name NAME     name in messages (as a supervised worker)\n"
            "  -q, --quiet         no progress line on a terminal\n"
            "  -h, --help          show this help\n"
@@ -130,7 +135,8 @@ static const struct option long_opts[] = {
     {"control", required_argument, NULL, 'c'}, {"data", required_argument, NULL, 'd'},
     {"timeout", required_argument, NULL, 't'}, {"name", required_argument, NULL, 'n'},
     {"quiet", no_argument, NULL, 'q'},         {"help", no_argument, NULL, 'h'},
-    {"version", no_argument, NULL, 'V'},       {NULL, 0, NULL, 0},
+    {"version", no_argument, NULL, 'V'},       {"key", required_argument, NULL, 'K'},
+    {"server-key", required_argument, NULL, 'S'}, {NULL, 0, NULL, 0},
 };
 
 static bool valid_topic(const char *t)
@@ -176,6 +182,8 @@ static int parse_args(opts_t *o, int argc, char **argv)
             break;
         }
         case 'n': o->name = optarg; break;
+        case 'K': o->key_file = optarg; break;
+        case 'S': o->server_key = optarg; break;
         case 'q': o->quiet = true; break;
         case 'h': print_help(); return EXIT_DONE;
         case 'V': printf(PROG " %s (protocol %d)\n", LMQ_VERSION_STRING, LMQ_PROTOCOL_VERSION); return EXIT_DONE;
@@ -201,6 +209,14 @@ static int parse_args(opts_t *o, int argc, char **argv)
     }
     if (!o->control[0] && lmq_default_endpoint(o->control, sizeof o->control, "control", false) != 0)
         return fail(o, "cannot work out the default control endpoint; give one with --control");
+    if (!o->key_file != !o->server_key)
+        return usage("--key and --server-key go together");
+    if (o->key_file) {
+        char err[600];
+        if (lmq_client_keys_load(&o->keys, o->key_file, o->server_key, err, sizeof err) != 0)
+            return fail(o, "%s", err);
+        o->curve = true;
+    }
     return -1;
 }
 
@@ -208,7 +224,7 @@ static int parse_args(opts_t *o, int argc, char **argv)
 
 static int proxy_fail(const opts_t *o, const lmq_proxy_t *p, int rc, const char *what)
 {
-    if (rc == LMQ_EUNREACH)
+    if (rc == LMQ_EUNREACH && !o->curve)
         return fail(o, "no daemon answers at %s (is labmqd running?)", o->control);
     const char *msg = lmq_proxy_last_error(p);
     return fail(o, "%s: %s", what, msg && *msg ? msg : lmq_strerror(rc));
@@ -221,7 +237,7 @@ static int describe_stream(const opts_t *o, void *zctx, stream_t *st, rec_stream
     char dev[REC_TOPIC_MAX + 1];
     const char *slash = strchr(st->topic, '/');
     snprintf(dev, sizeof dev, "%.*s", (int)(slash - st->topic), st->topic);
-    lmq_proxy_t *p = lmq_proxy_new(zctx, o->control, dev);
+    lmq_proxy_t *p = lmq_proxy_new_keys(zctx, o->control, dev, o->curve ? &o->keys : NULL);
     if (!p)
         return fail(o, "cannot make a proxy for %s at %s", dev, o->control);
     lmq_proxy_set_timeout(p, o->timeout_ms);
@@ -279,7 +295,7 @@ static int resolve_data(opts_t *o, void *zctx)
 {
     if (o->data[0])
         return EXIT_DONE;
-    lmq_proxy_t *p = lmq_proxy_new(zctx, o->control, NULL);
+    lmq_proxy_t *p = lmq_proxy_new_keys(zctx, o->control, NULL, o->curve ? &o->keys : NULL);
     if (!p)
         return fail(o, "cannot make a proxy for %s", o->control);
     lmq_proxy_set_timeout(p, o->timeout_ms);
@@ -374,9 +390,10 @@ static int record(opts_t *o, void *zctx, int sigfd, bool *hdf5_ok)
     if (rc == EXIT_DONE)
         rc = resolve_data(o, zctx);
     for (size_t i = 0; i < o->ntopics && rc == EXIT_DONE; i++) {
-        st[i].sub = lmq_sub_new(zctx, o->data, st[i].topic);
+        st[i].sub = lmq_sub_new_keys(zctx, o->data, st[i].topic, o->curve ? &o->keys : NULL);
         if (!st[i].sub)
             rc = fail(o, "%s: cannot subscribe at %s: %s", st[i].topic, o->data, zmq_strerror(errno));
+
         items[i] = (zmq_pollitem_t){lmq_sub_socket(st[i].sub), 0, ZMQ_POLLIN, 0};
     }
     if (rc != EXIT_DONE)

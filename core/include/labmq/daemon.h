@@ -9,6 +9,7 @@
 #define LABMQ_DAEMON_H
 
 #include <stdbool.h>
+#include "labmq/auth.h"
 #include "labmq/driver.h"
 #include "labmq/export.h"
 #include "labmq/log.h"
@@ -55,6 +56,23 @@ LMQ_EXPORT int lmq_daemon_set_time_scale(lmq_daemon_t *d, double time_scale);
 LMQ_EXPORT int lmq_daemon_add_worker(lmq_daemon_t *d, const char *name, const char *program,
                                      const char *const *args, const char *const *envp, lmq_restart_t restart);
 
+/* Security (docs/security.md), before start. With a server secret key
+ * (Z85, from a key file: lmq_keypair_load) both endpoints are CURVE servers
+ * and accept only the clients allowed with lmq_daemon_allow, each with a
+ * role (labmq/auth.h); every other connection is refused and logged. Without
+ * keys, lmq_daemon_start refuses a network (tcp://...) endpoint unless
+ * lmq_daemon_set_insecure(d, true), and then logs a warning; ipc:// and
+ * inproc:// endpoints are then served to every local process that can open
+ * them. Return 0, or LMQ_EARG / LMQ_ECONFIG (a duplicate client name or key) /
+ * LMQ_ESYS (no CURVE in this libzmq) with the reason in lmq_daemon_last_error.
+ * One daemon with keys per ZeroMQ context: it runs the context's ZAP handler,
+ * which refuses clients of any other socket there that sets a ZAP domain. */
+LMQ_EXPORT int lmq_daemon_set_curve(lmq_daemon_t *d, const char *secret_z85);
+/* name: who the client is in logs, replies and audit lines
+ * (1 to 64 letters, digits, '_', '-', '.', '@'); public_z85: its public key. */
+LMQ_EXPORT int lmq_daemon_allow(lmq_daemon_t *d, const char *name, const char *public_z85, lmq_role_t role);
+LMQ_EXPORT void lmq_daemon_set_insecure(lmq_daemon_t *d, bool insecure);
+
 /* How long lmq_daemon_stop waits for devices to close (default 5000 ms);
  * the same grace is given to workers between SIGTERM and SIGKILL. */
 LMQ_EXPORT void lmq_daemon_set_stop_grace(lmq_daemon_t *d, int ms);
@@ -64,7 +82,8 @@ LMQ_EXPORT void lmq_daemon_set_stop_grace(lmq_daemon_t *d, int ms);
  * its own thread; requests to it wait until it has, and `list` shows it as
  * "opening"). A device whose open fails does not stop the daemon: it is
  * reported as disconnected and retried with back-off. Returns LMQ_EBUSY when
- * another daemon already serves the control endpoint. */
+ * another daemon already serves the control endpoint, LMQ_ECONFIG for a
+ * network endpoint without keys (see lmq_daemon_set_curve). */
 LMQ_EXPORT int lmq_daemon_start(lmq_daemon_t *d);
 
 /* Waits until every device is past its first open attempt (open or

@@ -10,6 +10,7 @@
 #define LABMQ_EVENTS_H
 
 #include <stdint.h>
+#include "labmq/auth.h"
 #include "labmq/export.h"
 #include "labmq/value.h"
 
@@ -23,6 +24,9 @@ typedef struct lmq_event lmq_event_t;
 /* device: one device's events, or NULL for every device's. */
 LMQ_EXPORT lmq_events_t *lmq_events_new(void *zctx, const char *data_endpoint, const char *device);
 LMQ_EXPORT void lmq_events_destroy(lmq_events_t **e);
+/* The same for a daemon with keys (docs/security.md), as lmq_proxy_new_keys. */
+LMQ_EXPORT lmq_events_t *lmq_events_new_keys(void *zctx, const char *data_endpoint, const char *device,
+                                             const lmq_client_keys_t *keys);
 
 /* Waits up to timeout_ms (-1 = forever) for the next event: 0 and *ev set
  * (caller destroys), LMQ_ETIMEOUT, or LMQ_EPROTO for a malformed event

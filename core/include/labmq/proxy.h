@@ -13,6 +13,7 @@
 #define LABMQ_PROXY_H
 
 #include <stdint.h>
+#include "labmq/auth.h"
 #include "labmq/export.h"
 #include "labmq/value.h"
 
@@ -28,6 +29,14 @@ typedef struct lmq_proxy lmq_proxy_t;
  * NULL for a proxy used only for daemon-wide ops (list, ping, stats).
  * Returns NULL on invalid arguments or allocation failure. */
 LMQ_EXPORT lmq_proxy_t *lmq_proxy_new(void *zctx, const char *endpoint, const char *device);
+/* The same for a daemon with keys (docs/security.md): every connection is
+ * CURVE with keys (copied; lmq_client_keys_load reads them from files).
+ * keys NULL: as lmq_proxy_new. A daemon that refuses the key (not on its
+ * allow-list, or a wrong server key) never answers: calls then fail with
+ * LMQ_EUNREACH, and the message says to check the keys. NULL also for
+ * malformed keys. */
+LMQ_EXPORT lmq_proxy_t *lmq_proxy_new_keys(void *zctx, const char *endpoint, const char *device,
+                                           const lmq_client_keys_t *keys);
 /* Opens "ENDPOINT#DEVICE" (or a bare ENDPOINT). */
 LMQ_EXPORT lmq_proxy_t *lmq_proxy_open(void *zctx, const char *uri);
 LMQ_EXPORT void lmq_proxy_destroy(lmq_proxy_t **p);

@@ -11,6 +11,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include "labmq/auth.h"
 #include "labmq/export.h"
 #include "labmq/value.h"
 
@@ -24,6 +25,10 @@ typedef struct lmq_frame lmq_frame_t;
 /* zctx: the caller's ZeroMQ context. topic: "device/stream". */
 LMQ_EXPORT lmq_sub_t *lmq_sub_new(void *zctx, const char *data_endpoint, const char *topic);
 LMQ_EXPORT void lmq_sub_destroy(lmq_sub_t **s);
+/* The same for a daemon with keys (docs/security.md), as lmq_proxy_new_keys.
+ * A refused key receives nothing (lmq_sub_recv times out). */
+LMQ_EXPORT lmq_sub_t *lmq_sub_new_keys(void *zctx, const char *data_endpoint, const char *topic,
+                                       const lmq_client_keys_t *keys);
 
 /* Waits up to timeout_ms (-1 = forever) for the next block. 0 and *frame set
  * (caller destroys), LMQ_ETIMEOUT, or LMQ_EPROTO for a malformed block (which
