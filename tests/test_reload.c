@@ -772,6 +772,15 @@ START_TEST(test_reload_in_process)
     json_decref(pong);
     ck_assert_int_eq(lmq_proxy_get_double(p, "voltage", &v), 0);
 
+    /* Security settings cannot change live either (keys would need every
+     * connection to be made again). */
+    next = lmq_daemon_new(ctx, "inproc://lab", "inproc://lab-data", NULL);
+    lmq_daemon_set_insecure(next, true);
+    ck_assert_int_eq(lmq_daemon_reload(d, &next), LMQ_ECONFIG);
+    ck_assert_ptr_null(next);
+    ck_assert_msg(strstr(lmq_daemon_last_error(d), "security: "), "%s", lmq_daemon_last_error(d));
+    ck_assert_int_eq(lmq_proxy_get_double(p, "voltage", &v), 0);
+
     /* A refusal recorded by the program itself (a file that did not load). */
     lmq_daemon_reload_refused(d, "lab.yaml:3:1: syntax error");
     ck_assert_int_eq(lmq_proxy_ping(admin, &text), 0);

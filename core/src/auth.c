@@ -440,6 +440,20 @@ int lmq__auth_allow(lmq__auth_t *a, const char *name, const char *public_z85, lm
 bool lmq__auth_curve(const lmq__auth_t *a) { return a && a->curve; }
 size_t lmq__auth_client_count(const lmq__auth_t *a) { return a ? a->nclients : 0; }
 
+bool lmq__auth_same(const lmq__auth_t *a, const lmq__auth_t *b)
+{
+    if (!a || !b)
+        return a == b;
+    if (a->curve != b->curve || a->nclients != b->nclients ||
+        (a->curve && memcmp(a->server_secret, b->server_secret, sizeof a->server_secret) != 0))
+        return false;
+    for (size_t i = 0; i < a->nclients; i++)
+        if (strcmp(a->clients[i].name, b->clients[i].name) != 0 || a->clients[i].role != b->clients[i].role ||
+            memcmp(a->clients[i].key, b->clients[i].key, sizeof a->clients[i].key) != 0)
+            return false;
+    return true;
+}
+
 static const client_t *find_client(const lmq__auth_t *a, const char *name)
 {
     for (size_t i = 0; i < a->nclients; i++)

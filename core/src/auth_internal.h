@@ -34,6 +34,9 @@ int lmq__auth_allow(lmq__auth_t *a, const char *name, const char *public_z85, lm
 /* Whether a server key is set: the daemon's sockets are then CURVE servers. */
 bool lmq__auth_curve(const lmq__auth_t *a);
 size_t lmq__auth_client_count(const lmq__auth_t *a);
+/* Whether two configurations hold the same server key and allow-list (in
+ * the same order): a reload cannot change them under connected clients. */
+bool lmq__auth_same(const lmq__auth_t *a, const lmq__auth_t *b);
 bool lmq__client_name_ok(const char *name);
 
 /* Starts the ZAP handler thread (it binds inproc://zeromq.zap.01 in zctx)

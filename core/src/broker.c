@@ -852,6 +852,8 @@ static void answer_queue_closed(broker_t *b, lmq_dev_t *dev, const char *why)
                      dev->name, why);
         else
             snprintf(msg, sizeof msg, "%s: %s", dev->name, why);
+        if (lmq__op_changes_state(job->req.op))
+            lmq__audit(b->d->log, job->peer, &job->req, LMQ_ECLOSED, msg, lmq_clock_mono_ns() - job->t_start);
         reply_error(b, job->envelope, job->nenvelope, &job->req, LMQ_ECLOSED, msg, true);
         /* The stuck thread still holds the running job: never free it. */
         if (job != running)

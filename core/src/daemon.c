@@ -544,6 +544,14 @@ static int check_fixed_keys(lmq_daemon_t *d, const lmq_daemon_t *next)
                  d->time_scale, next->time_scale);
         return LMQ_ECONFIG;
     }
+    /* The ZAP thread reads the allow-list without a lock, and a revoked
+     * key's connections would stay open anyway. */
+    if (!lmq__auth_same(d->auth, next->auth) || d->insecure != next->insecure) {
+        snprintf(d->err, sizeof d->err,
+                 "security: the server key, the client allow-list and insecure cannot change while labmqd runs; "
+                 "restart labmqd to apply them");
+        return LMQ_ECONFIG;
+    }
     return 0;
 }
 
