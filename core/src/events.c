@@ -50,6 +50,7 @@ lmq_events_t *lmq_events_new(void *zctx, const char *data_endpoint, const char *
         goto fail;
     int linger = 0;
     zmq_setsockopt(e->sock, ZMQ_LINGER, &linger, sizeof linger);
+    lmq__heartbeat_set(e->sock);
     zmq_setsockopt(e->sock, ZMQ_SUBSCRIBE, e->topic, e->topic_len);
     if (zmq_connect(e->sock, data_endpoint) != 0)
         goto fail;
