@@ -26,6 +26,7 @@ typedef struct cli {
     double duration_s; /* watch/record --duration; 0 = unlimited */
     const char *output; /* record -o FILE (borrowed from argv) */
     bool overwrite;     /* record --overwrite */
+    int lease_ms;       /* lock --lease; 0 = the default */
     int sigfd;         /* watch, record: signalfd for SIGINT/SIGTERM, -1 when unused */
     void *zctx;        /* the process's one ZeroMQ context */
     FILE *out;
@@ -103,6 +104,7 @@ int cli_cmd_set(cli_t *c, int argc, char **argv);
 int cli_cmd_stats(cli_t *c, int argc, char **argv);
 int cli_cmd_scan(cli_t *c, int argc, char **argv);
 int cli_cmd_workers(cli_t *c, int argc, char **argv);
+int cli_cmd_lock(cli_t *c, int argc, char **argv);
 int cli_cmd_watch(cli_t *c, int argc, char **argv);  /* watch.c */
 int cli_cmd_record(cli_t *c, int argc, char **argv); /* record.c */
 

@@ -451,9 +451,12 @@ static int admit(broker_t *b, size_t dev_index, const lmq__request_t *req, zmq_m
                  lmq__op_name(req->op), req->device, req->name);
         return LMQ_ETIMEOUT;
     }
-    if (req->op == LMQ__OP_GET)
-        return 0;
     int64_t now = lmq_clock_mono_ns();
+    if (req->op == LMQ__OP_GET) {
+        /* open to all; the holder's get renews its lease */
+        lmq__locks_check(b->locks, dev_index, req, &env[0], now, err, errlen);
+        return 0;
+    }
     zmq_msg_t hdr;
     lmq__frames_t bin;
     int status = 0;

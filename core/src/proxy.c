@@ -124,6 +124,8 @@ static char *default_client(uint64_t salt)
 {
     char host[64] = "?", buf[LMQ__MAX_CLIENT + 1];
     const char *user = getenv("USER");
+    if (!user || !*user)
+        user = getenv("LOGNAME");
     gethostname(host, sizeof host - 1);
     host[sizeof host - 1] = 0;
     snprintf(buf, sizeof buf, "%.40s@%.40s pid %ld #%06llx", user && *user ? user : "?", host, (long)getpid(),
