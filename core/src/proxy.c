@@ -436,7 +436,7 @@ static int lock_op(lmq_proxy_t *p, lmq__op_t op, const char *const *devices, siz
     for (size_t i = 0; rc == 0 && i < n; i++)
         if (!devices[i] || json_array_append_new(list, json_string(devices[i])) != 0)
             rc = set_error(p, LMQ_EARG, "device %zu: NULL or not UTF-8", i + 1);
-    if (rc == 0 && n == 0 && p->device)
+    if (rc == 0 && n == 0 && p->device && op == LMQ__OP_LOCK)
         json_array_append_new(list, json_string(p->device));
     if (rc == 0 && json_array_size(list))
         json_object_set(keys, "devices", list);
