@@ -876,7 +876,9 @@ static void lock_change(lmq_dev_t *dev, char what, const char *holder, size_t le
             enter_driver(dev, "safe_state", NULL, NULL, NULL);
             int rc = dev->drv->safe_state(dev, dev->state);
             enter_driver(dev, NULL, NULL, NULL, NULL);
-            safe = rc == 0 ? "done" : "failed";
+            safe = rc == 0 ? "done" : rc > 0 ? "none" : "failed";
+            if (rc > 0)
+                rc = 0;
             if (rc != 0) {
                 snprintf(why, sizeof why, "%s", dev->fail_msg[0] ? dev->fail_msg : lmq_strerror(rc));
                 lmq_log(dev->log, LMQ_LOG_ERROR, dev->name, "SAFE STATE FAILED after the lock of '%s' expired: %s",

@@ -139,8 +139,10 @@ typedef struct lmq_driver {
      * to leave unattended (a supply's output off, a heater at zero). Runs on
      * the device thread, while the device is open, when a client's lock on
      * it expires (its holder stopped renewing it or disconnected: protocol
-     * 2.6), after the requests already queued. Return 0, or a negative
-     * status with lmq_dev_fail(): the failure is logged and announced. */
+     * 2.6), after the requests already queued. Return 0, 1 when this device
+     * has nothing to do (a driver whose configuration declares no safe
+     * state), or a negative status with lmq_dev_fail(): the failure is
+     * logged and announced. */
     int (*safe_state)(lmq_dev_t *dev, void *state);
 } lmq_driver_t;
 
