@@ -193,33 +193,31 @@ void lmq__request_clear(lmq__request_t *req)
     memset(req, 0, sizeof *req);
 }
 
-int lmq__request_add_keys(zmq_msg_t *msg, int64_t deadline_ms, const char *client)
+int lmq__request_add_keys(zmq_msg_t *msg, int64_t deadline_ms, const char *quoted)
 {
     size_t len = zmq_msg_size(msg);
     const char *old = zmq_msg_data(msg);
     if (len < 2 || old[len - 1] != '}')
-        return LMQ_EARG;
-    char *quoted = NULL;
-    if (client && !(quoted = lmq__json_quote(client)))
         return LMQ_EARG;
     char extra[64] = "";
     if (deadline_ms >= 0)
         snprintf(extra, sizeof extra, ",\"deadline_ms\":%lld", (long long)deadline_ms);
     size_t elen = strlen(extra), qlen = quoted ? strlen(quoted) + sizeof ",\"client\":" - 1 : 0;
     zmq_msg_t out;
-    if (zmq_msg_init_size(&out, len + elen + qlen) != 0) {
-        free(quoted);
+    if (zmq_msg_init_size(&out, len + elen + qlen) != 0)
         return LMQ_EMEM;
-    }
     char *p = zmq_msg_data(&out);
     memcpy(p, old, len - 1);
     p += len - 1;
     memcpy(p, extra, elen);
     p += elen;
-    if (quoted)
-        p += sprintf(p, ",\"client\":%s", quoted);
+    if (quoted) {
+        memcpy(p, ",\"client\":", sizeof ",\"client\":" - 1);
+        p += sizeof ",\"client\":" - 1;
+        memcpy(p, quoted, strlen(quoted));
+        p += strlen(quoted);
+    }
     *p = '}';
-    free(quoted);
     zmq_msg_close(msg);
     zmq_msg_init(msg);
     zmq_msg_move(msg, &out);

@@ -109,11 +109,11 @@ int lmq__value_from_json_used(const json_t *j, const lmq__frames_t *bin, unsigne
 /* Moves an array's data into a new frame of `bin` (v is left LMQ_NONE then). */
 json_t *lmq__value_to_json(lmq_value_t *v, lmq__frames_t *bin);
 
-/* Appends `"deadline_ms":N` (when deadline_ms >= 0) and `"client":...`
- * (when client is not NULL; JSON-quoted here) to an encoded request header.
- * Returns 0, LMQ_EARG (client not UTF-8) or LMQ_EMEM; msg is unchanged on
- * failure. */
-int lmq__request_add_keys(zmq_msg_t *msg, int64_t deadline_ms, const char *client);
+/* Appends `"deadline_ms":N` (when deadline_ms >= 0) and `"client":` with
+ * client_json (when not NULL: already a JSON string, lmq__json_quote) to an
+ * encoded request header. Returns 0, LMQ_EARG (not a header) or LMQ_EMEM;
+ * msg is unchanged on failure. */
+int lmq__request_add_keys(zmq_msg_t *msg, int64_t deadline_ms, const char *client_json);
 
 /* ZMTP heartbeats (protocol 1.1): every labmq socket on tcp:// or ipc://
  * pings its peer every LMQ__HEARTBEAT_IVL_MS and drops a connection that

@@ -19,7 +19,8 @@ struct lmq_proxy {
     void *sock;
     void *mon;        /* PAIR reading the socket's monitor: connection lost */
     unsigned mon_gen; /* makes each socket's monitor endpoint unique */
-    char *client;     /* the `client` key of every request */
+    char *client;      /* the `client` key of every request */
+    char *client_json; /* ... as a JSON string, quoted once */
     char *endpoint;
     char *device;
     int timeout_ms;
@@ -153,7 +154,15 @@ lmq_proxy_t *lmq_proxy_new(void *zctx, const char *endpoint, const char *device)
         r = (uint64_t)lmq_clock_real_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)p;
     p->next_id = r % (LMQ__MAX_ID / 2);
     p->client = default_client(r >> 40);
-    if (!p->endpoint || (device && !p->device) || !p->client || open_socket(p) != 0) {
+    p->client_json = p->client ? lmq__json_quote(p->client) : NULL;
+    if (p->client && !p->client_json) { /* a user or host name that is not UTF-8 */
+        free(p->client);
+        char buf[64];
+        snprintf(buf, sizeof buf, "pid %ld #%06llx", (long)getpid(), (unsigned long long)((r >> 40) & 0xffffff));
+        p->client = strdup(buf);
+        p->client_json = p->client ? lmq__json_quote(p->client) : NULL;
+    }
+    if (!p->endpoint || (device && !p->device) || !p->client_json || open_socket(p) != 0) {
         lmq_proxy_destroy(&p);
         return NULL;
     }
@@ -185,6 +194,7 @@ void lmq_proxy_destroy(lmq_proxy_t **pp)
     lmq_proxy_t *p = *pp;
     close_socket(p);
     free(p->client);
+    free(p->client_json);
     free(p->endpoint);
     free(p->device);
     free(p);
@@ -254,7 +264,7 @@ static int send_request_keys(lmq_proxy_t *p, lmq__op_t op, const char *name, con
      * request that could not start in time never reaches the instrument. */
     bool device_op = op == LMQ__OP_CALL || op == LMQ__OP_GET || op == LMQ__OP_SET;
     if (rc == 0)
-        rc = lmq__request_add_keys(&hdr, device_op && p->timeout_ms > 0 ? p->timeout_ms : -1, p->client);
+        rc = lmq__request_add_keys(&hdr, device_op && p->timeout_ms > 0 ? p->timeout_ms : -1, p->client_json);
     if (rc != 0) {
         lmq__frames_close(&bin);
         return set_error(p, rc, "cannot encode the request (%s: names must be UTF-8, at most %d arrays, floats finite)",
@@ -409,11 +419,14 @@ int lmq_proxy_set_client(lmq_proxy_t *p, const char *name)
         return p ? set_error(p, LMQ_EARG, "a client name is 1 to %d bytes", LMQ__MAX_CLIENT) : LMQ_EARG;
     char *quoted = lmq__json_quote(name); /* NULL: not UTF-8 */
     char *copy = quoted ? strdup(name) : NULL;
-    free(quoted);
-    if (!copy)
+    if (!copy) {
+        free(quoted);
         return set_error(p, LMQ_EARG, "a client name must be UTF-8");
+    }
     free(p->client);
+    free(p->client_json);
     p->client = copy;
+    p->client_json = quoted;
     return 0;
 }
 
