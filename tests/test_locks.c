@@ -378,6 +378,16 @@ START_TEST(killed_holder_leaves_the_output_off)
 }
 END_TEST
 
+/* safe_state was appended in driver ABI 3: a plugin built for ABI 2 has a
+ * shorter struct and is refused, saying why, never read past its end. */
+START_TEST(older_plugins_are_refused)
+{
+    char err[400] = "";
+    ck_assert_ptr_null(lmq_driver_load(ABI2_DRIVER, err, sizeof err));
+    ck_assert_msg(strstr(err, "built for driver ABI 2, this labmq speaks 3 (ABI 3 added safe_state"), "%s", err);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("locks");
@@ -389,6 +399,7 @@ static Suite *suite(void)
     tcase_add_test(tc, retried_set_runs_once);
     tcase_add_test(tc, transport_waits_capped_by_the_deadline);
     tcase_add_test(tc, killed_holder_leaves_the_output_off);
+    tcase_add_test(tc, older_plugins_are_refused);
     suite_add_tcase(s, tc);
     return s;
 }

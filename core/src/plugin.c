@@ -3,9 +3,7 @@
  * process: devices, their tables and their threads point into it, and a
  * daemon may outlive the configuration that named it. */
 #include <dlfcn.h>
-#include <stddef.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include "labmq/driver.h"
@@ -45,23 +43,15 @@ const lmq_driver_t *lmq_driver_load(const char *path, char *err, size_t errlen)
     if (!abi || !entry)
         snprintf(err, errlen, "driver %s: not a labmq driver (it exports no %s/%s; use LMQ_DRIVER_EXPORT)", path,
                  LMQ_DRIVER_ABI_SYMBOL, LMQ_DRIVER_ENTRY);
-    else if (abi() < LMQ_DRIVER_ABI_OLDEST || abi() > LMQ_DRIVER_ABI)
-        snprintf(err, errlen, "driver %s: built for driver ABI %d, this labmq speaks %d to %d: rebuild it", path,
-                 abi(), LMQ_DRIVER_ABI_OLDEST, LMQ_DRIVER_ABI);
+    else if (abi() != LMQ_DRIVER_ABI)
+        /* An older struct is shorter than ours: reading its new members
+         * would read past it. */
+        snprintf(err, errlen, "driver %s: built for driver ABI %d, this labmq speaks %d%s: rebuild it", path, abi(),
+                 LMQ_DRIVER_ABI, abi() < 3 ? " (ABI 3 added safe_state to lmq_driver_t)" : "");
     else if (!(drv = entry()) || !drv->name || !*drv->name)
         snprintf(err, errlen, "driver %s: its entry point returned no driver or a driver without a name", path);
-    if (drv && (!abi || abi() < LMQ_DRIVER_ABI_OLDEST || abi() > LMQ_DRIVER_ABI))
+    if (drv && (!abi || abi() != LMQ_DRIVER_ABI))
         drv = NULL;
-    if (drv && abi() == 2) {
-        /* Its struct ends before safe_state: read only what it has, into a
-         * full one that stays for the life of the process, as the driver. */
-        lmq_driver_t *full = calloc(1, sizeof *full);
-        if (full)
-            memcpy(full, drv, offsetof(lmq_driver_t, safe_state));
-        else
-            snprintf(err, errlen, "driver %s: out of memory", path);
-        drv = full;
-    }
     if (!drv)
         dlclose(h);
     return drv;

@@ -150,11 +150,10 @@ typedef struct lmq_driver {
  * (find_package(labmq) or pkg-config), whose source ends with
  *     LMQ_DRIVER_EXPORT(my_driver)
  * and which a config names by path: `driver: ./libmydriver.so` (relative to
- * the config file). The ABI number is compared when it is loaded. ABI 3
- * appended `safe_state` to lmq_driver_t; a driver built for ABI 2 still
- * loads (as one without a safe state). */
+ * the config file). The ABI number is compared when it is loaded: a driver
+ * built for another ABI is refused and must be rebuilt. ABI 3 appended
+ * `safe_state` to lmq_driver_t (its source needs no change). */
 #define LMQ_DRIVER_ABI 3
-#define LMQ_DRIVER_ABI_OLDEST 2
 #define LMQ_DRIVER_ENTRY "lmq_driver_entry"
 #define LMQ_DRIVER_ABI_SYMBOL "lmq_driver_abi"
 #define LMQ_DRIVER_EXPORT(drv)                                                                                   \
