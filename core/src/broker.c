@@ -812,6 +812,14 @@ static void shutdown_devices(broker_t *b)
                     dev->name);
             else
                 snprintf(msg, sizeof msg, "%s: the daemon is shutting down", dev->name);
+            if (job->tracked) {
+                /* retries waiting for it get the same answer (dedup.c) */
+                zmq_msg_t hdr;
+                if (lmq__reply_error(&hdr, true, job->req.id, LMQ_ECLOSED, msg) == 0) {
+                    lmq__dedup_finish(b->dedup, &job->req, &hdr, NULL, lmq_clock_mono_ns(), send_to_duplicate, b);
+                    zmq_msg_close(&hdr);
+                }
+            }
             reply_error(b, job->envelope, job->nenvelope, &job->req, LMQ_ECLOSED, msg, true);
             /* The stuck thread still holds the running job: never free it. */
             if (job != running)
