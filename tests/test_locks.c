@@ -294,6 +294,42 @@ START_TEST(retried_set_runs_once)
 }
 END_TEST
 
+/* Without a client name the connection is the holder. */
+START_TEST(connection_holds_without_a_client_name)
+{
+    lab_t l;
+    lab_start(&l);
+    void *s1 = dealer(l.ctx, "inproc://lk"), *s2 = dealer(l.ctx, "inproc://lk");
+    json_t *r = ask(s1, "{\"v\":1,\"id\":1,\"op\":\"lock\",\"devices\":[\"psu2\"],\"lease_ms\":5000}");
+    ck_assert_str_eq(th_reply_code(r), "OK");
+    ck_assert_msg(!strncmp(json_string_value(json_object_get(json_object_get(r, "result"), "holder")), "connection ", 11),
+                  "holder of an unnamed lock");
+    json_decref(r);
+    const char *set = "{\"v\":1,\"id\":2,\"op\":\"set\",\"device\":\"psu2\",\"name\":\"voltage\",\"value\":1}";
+    r = ask(s2, set);
+    ck_assert_str_eq(th_reply_code(r), "LOCKED");
+    ck_assert_msg(strstr(th_reply_message(r), "psu2 is locked by 'connection "), "%s", th_reply_message(r));
+    json_decref(r);
+    r = ask(s1, set);
+    ck_assert_str_eq(th_reply_code(r), "OK");
+    json_decref(r);
+    /* unlock by another connection releases nothing, and says so */
+    r = ask(s2, "{\"v\":1,\"id\":3,\"op\":\"unlock\",\"devices\":[\"psu2\"]}");
+    ck_assert_str_eq(th_reply_code(r), "LOCKED");
+    json_decref(r);
+    r = ask(s1, "{\"v\":1,\"id\":4,\"op\":\"unlock\"}");
+    ck_assert_str_eq(th_reply_code(r), "OK");
+    ck_assert_int_eq(json_array_size(json_object_get(json_object_get(r, "result"), "unlocked")), 1);
+    json_decref(r);
+    r = ask(s2, set);
+    ck_assert_str_eq(th_reply_code(r), "OK");
+    json_decref(r);
+    zmq_close(s1);
+    zmq_close(s2);
+    lab_stop(&l);
+}
+END_TEST
+
 /* An instrument that accepts the connection and never answers: the request's
  * deadline, not the driver's 10 s timeout, bounds the wait. */
 START_TEST(transport_waits_capped_by_the_deadline)
@@ -397,6 +433,7 @@ static Suite *suite(void)
     tcase_add_test(tc, lease_not_renewed_puts_the_device_in_its_safe_state);
     tcase_add_test(tc, deadline_passed_never_reaches_the_driver);
     tcase_add_test(tc, retried_set_runs_once);
+    tcase_add_test(tc, connection_holds_without_a_client_name);
     tcase_add_test(tc, transport_waits_capped_by_the_deadline);
     tcase_add_test(tc, killed_holder_leaves_the_output_off);
     tcase_add_test(tc, older_plugins_are_refused);

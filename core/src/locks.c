@@ -31,14 +31,16 @@ void lmq__holder_of(const lmq__request_t *req, const zmq_msg_t *routing_id, lmq_
         snprintf(h->name, sizeof h->name, "%s", req->client);
         return;
     }
-    /* No name given: the connection is the holder, named by its routing id. */
+    /* No name given: the connection is the holder, named by its routing id
+     * (5 bytes as ROUTER makes them; a client's own may be longer: the key
+     * keeps 64 bytes, the name 16). */
     const unsigned char *id = zmq_msg_data((zmq_msg_t *)routing_id);
     size_t n = zmq_msg_size((zmq_msg_t *)routing_id);
-    char hex[2 * 16 + 1] = "";
-    for (size_t i = 0; i < n && i < 16; i++)
+    char hex[2 * 64 + 1] = "";
+    for (size_t i = 0; i < n && i < 64; i++)
         snprintf(hex + 2 * i, 3, "%02x", id[i]);
     snprintf(h->key, sizeof h->key, "r:%s", hex);
-    snprintf(h->name, sizeof h->name, "connection %s", hex);
+    snprintf(h->name, sizeof h->name, "connection %.32s%s", hex, n > 16 ? "..." : "");
 }
 
 lmq__locks_t *lmq__locks_new(lmq_daemon_t *d)
