@@ -263,8 +263,9 @@ static int send_request_keys(lmq_proxy_t *p, lmq__op_t op, const char *name, con
     /* The call's timeout is its deadline at the daemon (protocol 2.1): a
      * request that could not start in time never reaches the instrument. */
     bool device_op = op == LMQ__OP_CALL || op == LMQ__OP_GET || op == LMQ__OP_SET;
+    bool deadline = device_op && p->timeout_ms > 0 && p->timeout_ms <= LMQ__MAX_DEADLINE_MS; /* longer: none */
     if (rc == 0)
-        rc = lmq__request_add_keys(&hdr, device_op && p->timeout_ms > 0 ? p->timeout_ms : -1, p->client_json);
+        rc = lmq__request_add_keys(&hdr, deadline ? p->timeout_ms : -1, p->client_json);
     if (rc != 0) {
         lmq__frames_close(&bin);
         return set_error(p, rc, "cannot encode the request (%s: names must be UTF-8, at most %d arrays, floats finite)",
