@@ -237,8 +237,10 @@ static int encode_keys(zmq_msg_t *hdr, uint64_t id, lmq__op_t op, json_t *keys)
     return rc;
 }
 
+/* keys: a lock/unlock's own keys (else NULL). with_deadline: the proxy's
+ * timeout goes along as the request's deadline (synchronous calls). */
 static int send_request_keys(lmq_proxy_t *p, lmq__op_t op, const char *name, const lmq_value_t *args, size_t nargs,
-                             const lmq_value_t *value, json_t *keys, uint64_t *id)
+                             const lmq_value_t *value, json_t *keys, bool with_deadline, uint64_t *id)
 {
     int rc = p->sock ? 0 : open_socket(p);
     if (rc != 0)
@@ -263,7 +265,8 @@ static int send_request_keys(lmq_proxy_t *p, lmq__op_t op, const char *name, con
     /* The call's timeout is its deadline at the daemon (protocol 2.1): a
      * request that could not start in time never reaches the instrument. */
     bool device_op = op == LMQ__OP_CALL || op == LMQ__OP_GET || op == LMQ__OP_SET;
-    bool deadline = device_op && p->timeout_ms > 0 && p->timeout_ms <= LMQ__MAX_DEADLINE_MS; /* longer: none */
+    bool deadline = with_deadline && device_op && p->timeout_ms > 0 &&
+                    p->timeout_ms <= LMQ__MAX_DEADLINE_MS; /* longer: none */
     if (rc == 0)
         rc = lmq__request_add_keys(&hdr, deadline ? p->timeout_ms : -1, p->client_json);
     if (rc != 0) {
@@ -293,10 +296,12 @@ static int send_request_keys(lmq_proxy_t *p, lmq__op_t op, const char *name, con
     return 0;
 }
 
-static int send_request(lmq_proxy_t *p, lmq__op_t op, const char *name, const lmq_value_t *args, size_t nargs,
-                        const lmq_value_t *value, uint64_t *id)
+/* Pipelined requests carry no deadline: the proxy's timeout bounds the
+ * wait for each next reply, not a request's time in the queue. */
+static int send_pipelined(lmq_proxy_t *p, lmq__op_t op, const char *name, const lmq_value_t *args, size_t nargs,
+                          uint64_t *id)
 {
-    return send_request_keys(p, op, name, args, nargs, value, NULL, id);
+    return send_request_keys(p, op, name, args, nargs, NULL, NULL, false, id);
 }
 
 #define LOST 1 /* recv_reply: the connection to the daemon was lost */
@@ -354,7 +359,7 @@ static int roundtrip_keys(lmq_proxy_t *p, lmq__op_t op, const char *name, const 
     p->err[0] = 0;
     int64_t start = lmq_clock_mono_ns();
     uint64_t id;
-    int rc = send_request_keys(p, op, name, args, nargs, value, keys, &id);
+    int rc = send_request_keys(p, op, name, args, nargs, value, keys, true, &id);
     if (rc != 0)
         return rc;
     for (;;) {
@@ -577,14 +582,14 @@ int lmq_proxy_send_get(lmq_proxy_t *p, const char *property, uint64_t *id)
 {
     if (!p || !property || !id)
         return LMQ_EARG;
-    return send_request(p, LMQ__OP_GET, property, NULL, 0, NULL, id);
+    return send_pipelined(p, LMQ__OP_GET, property, NULL, 0, id);
 }
 
 int lmq_proxy_send_call(lmq_proxy_t *p, const char *method, const lmq_value_t *args, size_t nargs, uint64_t *id)
 {
     if (!p || !method || !id || (nargs && !args))
         return LMQ_EARG;
-    return send_request(p, LMQ__OP_CALL, method, args, nargs, NULL, id);
+    return send_pipelined(p, LMQ__OP_CALL, method, args, nargs, id);
 }
 
 int lmq_proxy_recv(lmq_proxy_t *p, uint64_t *id, lmq_value_t *result)

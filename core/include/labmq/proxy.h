@@ -8,9 +8,9 @@
  * (stopped, killed, its host gone) is noticed by heartbeats within about
  * 2.5 s, sooner than a longer timeout: a get then fails LMQ_EUNREACH, a call
  * or set LMQ_EOUTCOME (it may or may not have run: never retry it blindly).
- * Every call, get and set carries the proxy's timeout as its deadline: the
- * daemon answers LMQ_ETIMEOUT without running a request that could not
- * start in time.
+ * Every synchronous call, get and set carries the proxy's timeout as its
+ * deadline: the daemon answers LMQ_ETIMEOUT without running a request that
+ * could not start in time (pipelined ones carry none).
  *
  * A proxy can be written as a URI ("ENDPOINT#DEVICE", e.g.
  * "ipc:///run/user/1000/labmq/control#psu1") and reopened in any process; that
