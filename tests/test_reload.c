@@ -795,6 +795,61 @@ START_TEST(test_reload_in_process)
 }
 END_TEST
 
+/* A lock follows its device's name through a reload that moves the device
+ * in the daemon's table (locks.c keeps them by position); a removed
+ * device's lock ends with it. */
+START_TEST(test_reload_keeps_locks_by_name)
+{
+    void *ctx = zmq_ctx_new();
+    const lmq_driver_t *psu = lmq_driver_find("sim-psu");
+    lmq_daemon_t *d = lmq_daemon_new(ctx, "inproc://lab", "inproc://lab-data", NULL);
+    ck_assert_int_eq(lmq_daemon_add(d, "psuA", psu, "", NULL), 0);
+    ck_assert_int_eq(lmq_daemon_add(d, "psuB", psu, "", NULL), 0);
+    ck_assert_int_eq(lmq_daemon_add(d, "psuC", psu, "", NULL), 0);
+    ck_assert_int_eq(lmq_daemon_start(d), 0);
+    ck_assert_int_eq(lmq_daemon_wait_ready(d, WAIT_MS), 0);
+    lmq_proxy_t *holder = lmq_proxy_new(ctx, "inproc://lab", "psuC");
+    lmq_proxy_t *other = lmq_proxy_new(ctx, "inproc://lab", "psuC");
+    lmq_proxy_t *otherB = lmq_proxy_new(ctx, "inproc://lab", "psuB");
+    lmq_proxy_set_timeout(holder, WAIT_MS);
+    lmq_proxy_set_timeout(other, WAIT_MS);
+    lmq_proxy_set_timeout(otherB, WAIT_MS);
+    const char *devs[] = {"psuA", "psuC"};
+    ck_assert_msg(lmq_proxy_lock(holder, devs, 2, 60000) == 0, "%s", lmq_proxy_last_error(holder));
+
+    lmq_daemon_t *next = lmq_daemon_new(ctx, "inproc://lab", "inproc://lab-data", NULL);
+    ck_assert_int_eq(lmq_daemon_add(next, "psuB", psu, "", NULL), 0);
+    ck_assert_int_eq(lmq_daemon_add(next, "psuC", psu, "", NULL), 0);
+    ck_assert_int_eq(lmq_daemon_reload(d, &next), 0);
+    ck_assert_int_eq(lmq_daemon_wait_ready(d, WAIT_MS), 0);
+
+    lmq_value_t v = lmq_float(1.0);
+    ck_assert_int_eq(lmq_proxy_set(other, "voltage", &v), LMQ_ELOCKED); /* psuC: now at index 1, still locked */
+    ck_assert_msg(lmq_proxy_set(otherB, "voltage", &v) == 0, "%s", lmq_proxy_last_error(otherB)); /* psuB: never locked */
+    ck_assert_msg(lmq_proxy_set(holder, "voltage", &v) == 0, "%s", lmq_proxy_last_error(holder));
+
+    /* psuA comes back: a new device, unlocked. */
+    next = lmq_daemon_new(ctx, "inproc://lab", "inproc://lab-data", NULL);
+    ck_assert_int_eq(lmq_daemon_add(next, "psuA", psu, "", NULL), 0);
+    ck_assert_int_eq(lmq_daemon_add(next, "psuB", psu, "", NULL), 0);
+    ck_assert_int_eq(lmq_daemon_add(next, "psuC", psu, "", NULL), 0);
+    ck_assert_int_eq(lmq_daemon_reload(d, &next), 0);
+    ck_assert_int_eq(lmq_daemon_wait_ready(d, WAIT_MS), 0);
+    lmq_proxy_t *otherA = lmq_proxy_new(ctx, "inproc://lab", "psuA");
+    lmq_proxy_set_timeout(otherA, WAIT_MS);
+    ck_assert_msg(lmq_proxy_set(otherA, "voltage", &v) == 0, "%s", lmq_proxy_last_error(otherA));
+    ck_assert_int_eq(lmq_proxy_set(other, "voltage", &v), LMQ_ELOCKED);
+
+    lmq_proxy_destroy(&holder);
+    lmq_proxy_destroy(&other);
+    lmq_proxy_destroy(&otherA);
+    lmq_proxy_destroy(&otherB);
+    ck_assert_int_eq(lmq_daemon_stop(d), 0);
+    lmq_daemon_destroy(&d);
+    zmq_ctx_term(ctx);
+}
+END_TEST
+
 static Suite *reload_suite(void)
 {
     Suite *s = suite_create("reload");
@@ -803,6 +858,7 @@ static Suite *reload_suite(void)
     tcase_add_test(tc, test_reload_untouched_devices_never_blink);
     tcase_add_test(tc, test_reload_stuck_device_abandoned);
     tcase_add_test(tc, test_reload_in_process);
+    tcase_add_test(tc, test_reload_keeps_locks_by_name);
     suite_add_tcase(s, tc);
     return s;
 }

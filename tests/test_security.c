@@ -183,6 +183,36 @@ START_TEST(observe_role_reads_but_cannot_write)
 }
 END_TEST
 
+/* With keys a lock belongs to the authenticated client: another control
+ * client that claims the same `client` name is not its holder. */
+START_TEST(lock_holder_is_the_authenticated_client)
+{
+    lab_t l;
+    lab_start(&l, false);
+    lmq_keypair_t dave;
+    keypair(&dave);
+    ck_assert_int_eq(lmq_daemon_set_curve(l.d, l.server.secret_key), 0);
+    ck_assert_int_eq(lmq_daemon_allow(l.d, "alice", l.alice.public_key, LMQ_ROLE_CONTROL), 0);
+    ck_assert_int_eq(lmq_daemon_allow(l.d, "dave", dave.public_key, LMQ_ROLE_CONTROL), 0);
+    ck_assert_int_eq(lmq_daemon_start(l.d), 0);
+    ck_assert_int_eq(lmq_daemon_wait_ready(l.d, 10000), 0);
+    lmq_proxy_t *pa = proxy_as(&l, "psu1", &l.alice, l.server.public_key);
+    lmq_proxy_t *pd = proxy_as(&l, "psu1", &dave, l.server.public_key);
+    ck_assert_int_eq(lmq_proxy_set_client(pa, "script"), 0);
+    ck_assert_int_eq(lmq_proxy_set_client(pd, "script"), 0);
+    const char *devs[] = {"psu1"};
+    ck_assert_msg(lmq_proxy_lock(pa, devs, 1, 10000) == 0, "%s", lmq_proxy_last_error(pa));
+    lmq_value_t v = lmq_float(1.5);
+    ck_assert_int_eq(lmq_proxy_set(pd, "voltage", &v), LMQ_ELOCKED);
+    ck_assert_msg(strstr(lmq_proxy_last_error(pd), "locked by 'alice: script'"), "%s", lmq_proxy_last_error(pd));
+    ck_assert_int_eq(lmq_proxy_lock(pd, devs, 1, 10000), LMQ_ELOCKED);
+    ck_assert_msg(lmq_proxy_set(pa, "voltage", &v) == 0, "%s", lmq_proxy_last_error(pa));
+    lmq_proxy_destroy(&pa);
+    lmq_proxy_destroy(&pd);
+    lab_stop(&l);
+}
+END_TEST
+
 START_TEST(unknown_client_is_refused_and_logged)
 {
     lab_t l;
@@ -753,6 +783,7 @@ static Suite *suite(void)
     tcase_add_test(tc, config_security_block);
     tcase_add_test(tc, control_client_works_and_is_audited);
     tcase_add_test(tc, observe_role_reads_but_cannot_write);
+    tcase_add_test(tc, lock_holder_is_the_authenticated_client);
     tcase_add_test(tc, unknown_client_is_refused_and_logged);
     tcase_add_test(tc, null_security_peer_is_refused_and_logged);
     tcase_add_test(tc, refusals_are_logged_at_a_bounded_rate);

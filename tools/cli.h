@@ -26,6 +26,7 @@ typedef struct cli {
     double duration_s; /* watch/record --duration; 0 = unlimited */
     const char *output; /* record -o FILE (borrowed from argv) */
     bool overwrite;     /* record --overwrite */
+    int lease_ms;       /* lock --lease; 0 = the default */
     int sigfd;         /* watch, record: signalfd for SIGINT/SIGTERM, -1 when unused */
     bool curve;        /* --key/--server-key (or LABMQ_KEY/LABMQ_SERVER_KEY): talk CURVE */
     lmq_client_keys_t keys; /* the daemon's public key and this client's key pair */
@@ -108,6 +109,7 @@ int cli_cmd_set(cli_t *c, int argc, char **argv);
 int cli_cmd_stats(cli_t *c, int argc, char **argv);
 int cli_cmd_scan(cli_t *c, int argc, char **argv);
 int cli_cmd_workers(cli_t *c, int argc, char **argv);
+int cli_cmd_lock(cli_t *c, int argc, char **argv);
 int cli_cmd_watch(cli_t *c, int argc, char **argv);  /* watch.c */
 int cli_cmd_record(cli_t *c, int argc, char **argv); /* record.c */
 int cli_cmd_keygen(cli_t *c, int argc, char **argv); /* keygen.c */

@@ -337,6 +337,20 @@ int cli_cmd_ls(cli_t *c, int argc, char **argv)
         json_array_foreach(j, i, d) if (*jstr(d, "error"))
             fprintf(c->out, "%s: %s\n", jstr(d, "name"), jstr(d, "error"));
     }
+    /* So are the holders of locks (protocol 2.6). */
+    bool first = true;
+    json_array_foreach(j, i, d)
+    {
+        json_t *lk = json_object_get(d, "locked_by");
+        if (rc != CLI_OK || !json_is_object(lk))
+            continue;
+        if (first)
+            fputc('\n', c->out);
+        first = false;
+        fprintf(c->out, "%s: locked by '%s' (lease %.1f s, %.1f s left unless renewed)\n", jstr(d, "name"),
+                jstr(lk, "holder"), (double)json_integer_value(json_object_get(lk, "lease_ms")) / 1000,
+                (double)json_integer_value(json_object_get(lk, "expires_in_ms")) / 1000);
+    }
     json_decref(j);
     return rc;
 }

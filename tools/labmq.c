@@ -17,7 +17,7 @@
 #include <zmq.h>
 #include "cli.h"
 
-enum { OPT_DURATION = 256, OPT_OVERWRITE, OPT_KEY, OPT_SERVER_KEY };
+enum { OPT_DURATION = 256, OPT_OVERWRITE, OPT_KEY, OPT_SERVER_KEY, OPT_LEASE };
 
 static const struct option long_opts[] = {
     {"endpoint", required_argument, NULL, 'e'},
@@ -30,6 +30,7 @@ static const struct option long_opts[] = {
     {"overwrite", no_argument, NULL, OPT_OVERWRITE},
     {"key", required_argument, NULL, OPT_KEY},
     {"server-key", required_argument, NULL, OPT_SERVER_KEY},
+    {"lease", required_argument, NULL, OPT_LEASE},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -59,6 +60,7 @@ static const command_t commands[] = {
     {"scan", cli_cmd_scan, 0, 0, "scan"},
     {"workers", cli_cmd_workers, 0, 0, "workers"},
     {"keygen", cli_cmd_keygen, 0, 0, "keygen [-o FILE] [--overwrite]"},
+    {"lock", cli_cmd_lock, 1, 64, "lock DEV... [--duration S] [--lease MS]"},
 };
 
 /* ---- errors ---- */
@@ -144,6 +146,11 @@ static void print_help(FILE *out)
             "  workers                    the daemon's supervised workers: state, pid, restarts,\n"
             "                             uptime, last exit\n"
             "                               labmq workers\n"
+            "  lock DEV...                lock devices for this command's lifetime: others cannot\n"
+            "                             set or call them; released at the end of --duration or\n"
+            "                             on Ctrl-C; if this process dies, the lease runs out and\n"
+            "                             the devices go to their safe state (output off)\n"
+            "                               labmq lock psu1 daq1 --duration 600 --lease 2000\n"
             "  scan                       serial ports (with USB VID:PID, maker, product, serial)\n"
             "                             and USBTMC devices on this machine, as connection strings\n"
             "                               labmq scan\n"
@@ -158,7 +165,8 @@ static void print_help(FILE *out)
             "  -t, --timeout MS    wait at most MS ms for each reply (default %d)\n"
             "  -j, --json          print the result as one JSON document, for scripts\n"
             "  -n, --count N       watch: stop after N blocks\n"
-            "      --duration S    watch, record: stop after S seconds\n"
+            "      --duration S    watch, record, lock: stop after S seconds\n"
+            "      --lease MS      lock: the lease, renewed every MS/3 ms (default 10000)\n"
             "  -o, --output FILE   record: the HDF5 file to create; keygen: the key file\n"
             "      --overwrite     record, keygen: replace FILE if it exists\n"
             "      --key FILE      this client's key pair (labmq keygen), for a daemon with\n"
@@ -245,6 +253,7 @@ typedef struct parsed {
     bool duration_opt; /* --duration seen */
     bool record_opts;  /* --output or --overwrite seen */
     const char *key, *server_key; /* --key, --server-key */
+    bool lease_opt;    /* --lease seen */
 } parsed_t;
 
 /* Returns -1 to go on, else the exit code. Options may stand anywhere, so
@@ -323,6 +332,12 @@ static int parse_args(cli_t *c, int argc, char **argv, parsed_t *ps, char **optv
             if (!*optarg)
                 return cli_usage(c, "--server-key needs the daemon's public key file or key");
             ps->server_key = optarg;
+            break;
+        case OPT_LEASE:
+            if (parse_long(c, "--lease", optarg, 100, 60000, &v))
+                return CLI_USAGE;
+            c->lease_ms = (int)v;
+            ps->lease_opt = true;
             break;
         case 'h': ps->help = true; break;
         case 'V': ps->version = true; break;
@@ -412,15 +427,15 @@ static int run(cli_t *c, int argc, char **argv)
         goto out;
     }
     if (ps.npos == 0) {
-        rc = cli_usage(c, "no command given (ping, ls, describe, call, get, set, watch, record, stats, workers, scan, "
-                          "keygen)");
+        rc = cli_usage(c, "no command given (ping, ls, describe, call, get, set, watch, record, stats, workers, lock, "
+                          "scan, keygen)");
         goto out;
     }
     const command_t *cmd = find_command(ps.pos[0]);
     if (!cmd) {
         rc = cli_usage(c,
-                       "unknown command '%s' (ping, ls, describe, call, get, set, watch, record, stats, workers, scan, "
-                       "keygen)",
+                       "unknown command '%s' (ping, ls, describe, call, get, set, watch, record, stats, workers, lock, "
+                       "scan, keygen)",
                        ps.pos[0]);
         goto out;
     }
@@ -434,8 +449,12 @@ static int run(cli_t *c, int argc, char **argv)
         rc = cli_usage(c, "--count belongs to watch, not %s", cmd->name);
         goto out;
     }
-    if (ps.duration_opt && cmd->fn != cli_cmd_watch && cmd->fn != cli_cmd_record) {
-        rc = cli_usage(c, "--duration belongs to watch and record, not %s", cmd->name);
+    if (ps.duration_opt && cmd->fn != cli_cmd_watch && cmd->fn != cli_cmd_record && cmd->fn != cli_cmd_lock) {
+        rc = cli_usage(c, "--duration belongs to watch, record and lock, not %s", cmd->name);
+        goto out;
+    }
+    if (ps.lease_opt && cmd->fn != cli_cmd_lock) {
+        rc = cli_usage(c, "--lease belongs to lock, not %s", cmd->name);
         goto out;
     }
     if (ps.record_opts && cmd->fn != cli_cmd_record && cmd->fn != cli_cmd_keygen) {
@@ -448,7 +467,7 @@ static int run(cli_t *c, int argc, char **argv)
         rc = cli_failf(c, LMQ_ECONFIG, "cannot work out the default endpoint; give one with --endpoint");
         goto out;
     }
-    if ((cmd->fn == cli_cmd_watch || cmd->fn == cli_cmd_record) && catch_signals(c) != 0) {
+    if ((cmd->fn == cli_cmd_watch || cmd->fn == cli_cmd_record || cmd->fn == cli_cmd_lock) && catch_signals(c) != 0) {
         rc = cli_failf(c, LMQ_EIO, "cannot set up Ctrl-C handling: %s", strerror(errno));
         goto out;
     }

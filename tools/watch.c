@@ -286,6 +286,10 @@ static void show_event(cli_t *c, const lmq_event_t *ev)
     if (!strcmp(lmq_event_kind(ev), "state")) {
         fprintf(c->out, "%s  %s is %s (%s)%s%s\n", when, lmq_event_device(ev), lmq_event_state(ev),
                 lmq_event_cause(ev), *lmq_event_error(ev) ? ": " : "", lmq_event_error(ev));
+    } else if (!strcmp(lmq_event_kind(ev), "lock")) {
+        fprintf(c->out, "%s  %s %s by '%s'%s%s%s%s\n", when, lmq_event_device(ev), lmq_event_cause(ev),
+                lmq_event_holder(ev), *lmq_event_safe_state(ev) ? "; safe state: " : "", lmq_event_safe_state(ev),
+                *lmq_event_error(ev) ? ": " : "", lmq_event_error(ev));
     } else {
         char val[200];
         lmq_value_format(lmq_event_value(ev), val, sizeof val);

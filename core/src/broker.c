@@ -12,7 +12,9 @@
 #include <sys/timerfd.h>
 #include <unistd.h>
 #include "daemon_internal.h"
+#include "dedup.h"
 #include "labmq/labmq.h"
+#include "locks.h"
 #include "supervise_internal.h"
 
 #define MAX_PARTS (2 + 1 + LMQ__MAX_BINFRAMES)
@@ -62,6 +64,8 @@ typedef struct broker {
     char **prefixes; /* subscribed topic prefixes (XPUB reports each once) */
     size_t nprefixes;
     const char *peer; /* who sent the request being handled (audit of refusals); NULL between requests */
+    lmq__locks_t *locks;  /* who holds which device (locks.c) */
+    lmq__dedup_t *dedup;  /* recent calls and sets of named clients (dedup.c) */
 } broker_t;
 
 static lmq__job_t *job_get(broker_t *b)
@@ -76,6 +80,8 @@ static lmq__job_t *job_get(broker_t *b)
     job->status = 0;
     job->fail_msg[0] = 0;
     job->peer[0] = 0;
+    job->tracked = false;
+    job->deadline_ns = 0;
     job->nenvelope = 0;
     job->nargs = 0;
     memset(&job->value, 0, sizeof job->value);
@@ -381,12 +387,15 @@ static void handle_local(broker_t *b, zmq_msg_t *env, size_t nenv, lmq__request_
             lmq_dev_t *dev = d->devs[i];
             pthread_mutex_lock(&dev->mu);
             bool has_error = dev->dev_state == LMQ__DEV_DISCONNECTED;
-            json_array_append_new(result, json_pack("{s:s, s:s, s:s, s:s, s:b, s:o}", "name", dev->name, "driver",
-                                                    dev->drv->name, "description",
-                                                    dev->drv->description ? dev->drv->description : "", "state",
-                                                    lmq__dev_state_name(dev->dev_state), "open", dev->is_open, "error",
-                                                    has_error ? json_string(dev->open_error) : json_null()));
+            json_t *entry = json_pack("{s:s, s:s, s:s, s:s, s:b, s:o}", "name", dev->name, "driver",
+                                      dev->drv->name, "description",
+                                      dev->drv->description ? dev->drv->description : "", "state",
+                                      lmq__dev_state_name(dev->dev_state), "open", dev->is_open, "error",
+                                      has_error ? json_string(dev->open_error) : json_null());
             pthread_mutex_unlock(&dev->mu);
+            if (entry)
+                json_object_set_new(entry, "locked_by", lmq__locks_info(b->locks, i, lmq_clock_mono_ns()));
+            json_array_append_new(result, entry);
         }
         break;
     case LMQ__OP_STATS: {
@@ -408,6 +417,16 @@ static void handle_local(broker_t *b, zmq_msg_t *env, size_t nenv, lmq__request_
     case LMQ__OP_WORKERS:
         result = lmq__supervisor_snapshot(d->sup);
         break;
+    case LMQ__OP_LOCK:
+    case LMQ__OP_UNLOCK: {
+        char err[400];
+        int rc = lmq__locks_op(b->locks, req, &env[0], b->peer, lmq_clock_mono_ns(), &result, err, sizeof err);
+        if (rc != 0) {
+            reply_error(b, env, nenv, req, rc, err, false);
+            return;
+        }
+        break;
+    }
     case LMQ__OP_DESCRIBE: {
         lmq_dev_t *dev = find_device(d, req->device);
         if (!dev)
@@ -452,6 +471,48 @@ static void queue_remove(lmq_dev_t *dev, lmq__job_t *job)
     else
         dev->queue_tail = job->prev;
     job->prev = job->next = NULL;
+}
+
+/* For duplicates that waited for the request they repeat (dedup.c). */
+static void send_to_duplicate(void *user, const zmq_msg_t *env, size_t nenv, zmq_msg_t *hdr, lmq__frames_t *bin)
+{
+    send_reply(user, env, nenv, hdr, bin, true);
+}
+
+/* What a call/get/set passes before its checks: its deadline, a retry
+ * (answered from memory, never run again) and the device's lock. Returns 0
+ * to go on, 1 when answered here, or an error status with err. */
+static int admit(broker_t *b, size_t dev_index, const lmq__request_t *req, zmq_msg_t *env, size_t nenv, char *err,
+                 size_t errlen)
+{
+    if (req->deadline_ms == 0) {
+        snprintf(err, errlen, "%s %s.%s: deadline passed before the device ran it (deadline_ms 0)",
+                 lmq__op_name(req->op), req->device, req->name);
+        return LMQ_ETIMEOUT;
+    }
+    int64_t now = lmq_clock_mono_ns();
+    if (req->op == LMQ__OP_GET) {
+        /* open to all; the holder's get renews its lease */
+        lmq__locks_check(b->locks, dev_index, req, &env[0], b->peer, now, err, errlen);
+        return 0;
+    }
+    zmq_msg_t hdr;
+    lmq__frames_t bin;
+    int status = 0;
+    switch (lmq__dedup_lookup(b->dedup, req, env, nenv, now, &hdr, &bin, &status, err, errlen)) {
+    case LMQ__DEDUP_REPLAY:
+        lmq_log(b->d->log, LMQ_LOG_INFO, req->device, "retry of %s %s (id %llu of '%s') answered from memory",
+                lmq__op_name(req->op), req->name, (unsigned long long)req->id, req->client);
+        send_reply(b, env, nenv, &hdr, &bin, false);
+        return 1;
+    case LMQ__DEDUP_JOINED:
+        return 1;
+    case LMQ__DEDUP_REFUSED:
+        return status;
+    default:
+        break;
+    }
+    return lmq__locks_check(b->locks, dev_index, req, &env[0], b->peer, now, err, errlen);
 }
 
 /* Reads one whole multipart message from the ROUTER and acts on it; false
@@ -532,6 +593,16 @@ static bool handle_request(broker_t *b)
         reply_error(b, parts, nenv, &req, LMQ_EREADONLY, err, false);
         goto done;
     }
+    size_t dev_index = 0;
+    while (d->devs[dev_index] != dev)
+        dev_index++;
+    int admitted = admit(b, dev_index, &req, parts, nenv, err, sizeof err);
+    if (admitted != 0) {
+        if (admitted < 0)
+            reply_error(b, parts, nenv, &req, admitted, err, false);
+        goto done;
+    }
+    int64_t deadline_ns = req.deadline_ms > 0 ? lmq_clock_mono_ns() + req.deadline_ms * 1000000 : 0;
     /* The running request counts: in_flight is everything accepted and not
      * yet answered. */
     if (dev->stats.in_flight >= DEVICE_QUEUE_LIMIT) {
@@ -546,6 +617,7 @@ static bool handle_request(broker_t *b)
     job->dev = dev;
     job->method = method;
     job->prop = prop;
+    job->deadline_ns = deadline_ns;
     job->req = req;
     snprintf(job->peer, sizeof job->peer, "%s", peer);
     memset(&req, 0, sizeof req);
@@ -574,6 +646,8 @@ static bool handle_request(broker_t *b)
     }
     queue_append(dev, job);
     dev->stats.in_flight++;
+    if (job->req.op != LMQ__OP_GET)
+        job->tracked = lmq__dedup_start(b->dedup, &job->req, lmq_clock_mono_ns());
     job = NULL;
 done:
     b->peer = NULL;
@@ -605,7 +679,18 @@ static void finish_job(broker_t *b, lmq__job_t *job)
     if (lmq__op_changes_state(job->req.op))
         lmq__audit(b->d->log, job->peer, &job->req, oom ? LMQ_EMEM : status,
                    oom ? "out of memory encoding the reply" : job->fail_msg, lmq_clock_mono_ns() - job->t_start);
-    if (oom)
+    if (oom) {
+        /* The driver's reply could not be encoded: MEM is the outcome, for a
+         * retry too. */
+        zmq_msg_close(&job->reply);
+        lmq__frames_close(&job->reply_bin);
+        if (lmq__reply_error(&job->reply, true, job->req.id, LMQ_EMEM, "out of memory encoding the reply") != 0)
+            zmq_msg_init(&job->reply);
+    }
+    if (job->tracked)
+        lmq__dedup_finish(b->dedup, &job->req, &job->reply, &job->reply_bin, lmq_clock_mono_ns(), send_to_duplicate,
+                          b);
+    if (zmq_msg_size(&job->reply) == 0)
         reply_error(b, job->envelope, job->nenvelope, &job->req, LMQ_EMEM, "out of memory encoding the reply", true);
     else
         send_reply(b, job->envelope, job->nenvelope, &job->reply, &job->reply_bin, true);
@@ -782,6 +867,14 @@ static void shutdown_devices(broker_t *b)
                 snprintf(msg, sizeof msg, "%s: the daemon is shutting down", dev->name);
             if (lmq__op_changes_state(job->req.op))
                 lmq__audit(d->log, job->peer, &job->req, LMQ_ECLOSED, msg, lmq_clock_mono_ns() - job->t_start);
+            if (job->tracked) {
+                /* retries waiting for it get the same answer (dedup.c) */
+                zmq_msg_t hdr;
+                if (lmq__reply_error(&hdr, true, job->req.id, LMQ_ECLOSED, msg) == 0) {
+                    lmq__dedup_finish(b->dedup, &job->req, &hdr, NULL, lmq_clock_mono_ns(), send_to_duplicate, b);
+                    zmq_msg_close(&hdr);
+                }
+            }
             reply_error(b, job->envelope, job->nenvelope, &job->req, LMQ_ECLOSED, msg, true);
             /* The stuck thread still holds the running job: never free it. */
             if (job != running)
@@ -943,7 +1036,8 @@ static void reload_apply(broker_t *b, lmq__reload_t *r)
         b->retiring_cap = cap;
     }
     zmq_pollitem_t *items = calloc(3 + r->ndev + cap + 1, sizeof *items);
-    if (!items) {
+    if (!items || lmq__locks_prepare(b->locks, r->ndev) != 0) {
+        free(items);
         reload_reply(b, LMQ_EMEM, "out of memory");
         return;
     }
@@ -993,8 +1087,10 @@ static void reload_apply(broker_t *b, lmq__reload_t *r)
     }
     lmq_dev_t **old = d->devs;
     d->devs = r->devs;
+    size_t nold = d->ndev;
     d->ndev = d->cap = r->ndev;
     r->devs = old;
+    lmq__locks_remap(b->locks, old, nold);
     d->stop_grace_ns = r->stop_grace_ns;
     retire_timer_set(b, b->nretiring > 0);
     free(b->items);
@@ -1138,6 +1234,14 @@ void *lmq__broker_main(void *arg)
         report(&b, LMQ_ESYS, "cannot create the broker's sockets");
         goto out;
     }
+    b.locks = lmq__locks_new(d);
+    b.dedup = lmq__dedup_new();
+    if (!b.locks || !b.dedup) {
+        report(&b, LMQ_EMEM, "out of memory");
+        goto out;
+    }
+    lmq__heartbeat_set(b.router);
+    lmq__heartbeat_set(b.xpub);
     int64_t maxmsg = LMQ__MAX_FRAME;
     int mandatory = 1;
     zmq_setsockopt(b.router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
@@ -1201,7 +1305,8 @@ void *lmq__broker_main(void *arg)
     zmq_send(b.pipe, &ready, 1, 0);
 
     for (;;) {
-        if (zmq_poll(b.items, (int)nitems, b.npend ? BACKLOG_RETRY_MS : -1) < 0) {
+        int wait_ms = lmq__locks_expire(b.locks, lmq_clock_mono_ns(), b.npend ? BACKLOG_RETRY_MS : -1);
+        if (zmq_poll(b.items, (int)nitems, wait_ms) < 0) {
             if (zmq_errno() == EINTR)
                 continue;
             break;
@@ -1237,6 +1342,8 @@ out:
     retire_finish_all(&b);
     shutdown_devices(&b);
     free_backlog(&b);
+    lmq__locks_destroy(&b.locks);
+    lmq__dedup_destroy(&b.dedup);
     for (size_t i = 0; i < b.nprefixes; i++)
         free(b.prefixes[i]);
     free(b.prefixes);

@@ -14,6 +14,8 @@
 #include <time.h>
 #include "device_internal.h"
 #include "labmq/status.h"
+#include "locks.h"
+#include "transport_internal.h"
 #include "value_internal.h"
 
 #define REOPEN_INTERVAL_NS (2LL * 1000000000)
@@ -438,6 +440,8 @@ int lmq_dev_transport_open(lmq_dev_t *dev, lmq_transport_t **t, int open_timeout
         .log = dev->log, .source = dev->name, .cancel = &dev->stopping, .open_timeout_ms = open_timeout_ms};
     char err[400];
     int rc = lmq_transport_open(t, dev->connection, &opts, err, sizeof err);
+    if (rc == 0) /* the request's deadline caps its waits (protocol 2.1 deadline_ms) */
+        lmq__transport_set_cap(*t, &dev->deadline_ns);
     return rc ? lmq_dev_fail(dev, rc, "%s", err) : 0;
 }
 
@@ -672,18 +676,25 @@ static void enter_driver(lmq_dev_t *dev, const char *what, const char *name, lmq
 /* Publishes a change event on the data endpoint (protocol 3.1), through the
  * broker like a stream block: never blocking the device thread; a refused
  * event spends its seq so subscribers see the gap. value may be NULL. */
-static void emit_event(lmq_dev_t *dev, const char *kind, const char *name, const lmq_value_t *value,
-                       const char *cause, const char *state, const char *error)
+static void emit_event_extra(lmq_dev_t *dev, const char *kind, const char *name, const lmq_value_t *value,
+                             const char *cause, const char *state, const char *error, json_t *extra)
 {
-    if (!dev->pipe)
+    if (!dev->pipe) {
+        json_decref(extra);
         return;
+    }
     lmq__frames_t bin;
     lmq__frames_init(&bin);
     json_t *h = json_pack("{s:i, s:I, s:I, s:I, s:s, s:s}", "v", LMQ__PROTOCOL, "seq", (json_int_t)dev->ev_seq++,
                           "epoch", (json_int_t)dev->epoch, "t_ns", (json_int_t)lmq_clock_real_ns(), "device",
                           dev->name, "kind", kind);
-    if (!h)
+    if (!h) {
+        json_decref(extra);
         return;
+    }
+    if (extra)
+        json_object_update(h, extra);
+    json_decref(extra);
     if (name)
         json_object_set_new(h, "name", json_string(name));
     if (value) {
@@ -722,6 +733,12 @@ static void emit_event(lmq_dev_t *dev, const char *kind, const char *name, const
     for (size_t i = 0; i < bin.n; i++)
         zmq_msg_send(&bin.msg[i], dev->pipe, i + 1 < bin.n ? ZMQ_SNDMORE : 0);
     lmq__frames_close(&bin);
+}
+
+static void emit_event(lmq_dev_t *dev, const char *kind, const char *name, const lmq_value_t *value,
+                       const char *cause, const char *state, const char *error)
+{
+    emit_event_extra(dev, kind, name, value, cause, state, error, NULL);
 }
 
 /* cause: why the state changed ("opened", "reconnected", "restored",
@@ -876,12 +893,59 @@ static int run_job(lmq_dev_t *dev, lmq__job_t *job, lmq_value_t *result)
     return rc;
 }
 
+/* A lock on the device was taken, released or has expired (locks.c). An
+ * expired lock puts the instrument in its safe state first; the event tells
+ * how that went. */
+static void lock_change(lmq_dev_t *dev, char what, const char *holder, size_t len)
+{
+    char name[LMQ__MAX_CLIENT + 48];
+    snprintf(name, sizeof name, "%.*s", (int)(len < sizeof name ? len : sizeof name - 1), holder);
+    const char *cause = what == LMQ__LOCK_TAKEN ? "locked" : what == LMQ__LOCK_RELEASED ? "unlocked" : "lock expired";
+    const char *safe = NULL;
+    char why[512] = "";
+    if (what == LMQ__LOCK_EXPIRED) {
+        if (!dev->drv->safe_state)
+            safe = "none";
+        else if (!dev->is_open)
+            safe = "not open";
+        else {
+            enter_driver(dev, "safe_state", NULL, NULL, NULL);
+            int rc = dev->drv->safe_state(dev, dev->state);
+            enter_driver(dev, NULL, NULL, NULL, NULL);
+            safe = rc == 0 ? "done" : rc > 0 ? "none" : "failed";
+            if (rc > 0)
+                rc = 0;
+            if (rc != 0) {
+                snprintf(why, sizeof why, "%s", dev->fail_msg[0] ? dev->fail_msg : lmq_strerror(rc));
+                lmq_log(dev->log, LMQ_LOG_ERROR, dev->name, "SAFE STATE FAILED after the lock of '%s' expired: %s",
+                        name, why);
+            } else
+                lmq_log(dev->log, LMQ_LOG_WARN, dev->name, "safe state set: the lock of '%s' expired", name);
+            if (rc == LMQ_EIO && dev->is_open)
+                lose_link(dev, why);
+        }
+    }
+    json_t *extra = json_pack("{s:s}", "holder", name);
+    if (extra && safe)
+        json_object_set_new(extra, "safe_state", json_string(safe));
+    emit_event_extra(dev, "lock", NULL, NULL, cause, NULL, why[0] ? why : NULL, extra);
+}
+
 static void handle_job(lmq_dev_t *dev, lmq__job_t *job)
 {
     lmq_value_t result = {0};
     dev->fail_status = 0;
     dev->fail_msg[0] = 0;
-    int rc = run_job(dev, job, &result);
+    int rc;
+    if (job->deadline_ns && lmq_clock_mono_ns() >= job->deadline_ns)
+        /* Waited out its budget in the queue: the instrument never sees it. */
+        rc = lmq_dev_fail(dev, LMQ_ETIMEOUT, "%s %s.%s: deadline passed before the device ran it",
+                          lmq__op_name(job->req.op), dev->name, job->req.name);
+    else {
+        dev->deadline_ns = job->deadline_ns;
+        rc = run_job(dev, job, &result);
+        dev->deadline_ns = 0;
+    }
     int enc = 0;
     if (rc == 0) {
         enc = lmq__reply_value(&job->reply, job->req.id, &result, &job->reply_bin);
@@ -987,7 +1051,9 @@ static void *device_thread(void *arg)
                 memcpy(&job, d + 1, sizeof job);
                 handle_job(dev, job);
                 lmq__send_ptr(dev->pipe, LMQ__MSG_DONE, job, 0);
-            } else if (n >= 1 && d[0] == LMQ__MSG_TERM)
+            } else if (n >= 2 && d[0] == LMQ__MSG_LOCK)
+                lock_change(dev, d[1], d + 2, n - 2);
+            else if (n >= 1 && d[0] == LMQ__MSG_TERM)
                 atomic_store(&dev->stopping, true);
             zmq_msg_close(&msg);
         }

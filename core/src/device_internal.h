@@ -98,6 +98,7 @@ struct lmq_dev {
     char *ev_topic;            /* "$events/<name>" */
     uint64_t ev_seq;           /* the next change event's number */
     lmq_value_t *last_set;     /* [nprops]: what clients last set (for restore) */
+    int64_t deadline_ns;       /* the running request's deadline (mono), 0 when none: caps transport waits */
 
     /* shared: written under mu */
     pthread_mutex_t mu;
@@ -134,6 +135,8 @@ struct lmq__job {
     size_t nargs;
     lmq_value_t value; /* set: the checked value */
     int64_t t_start;
+    int64_t deadline_ns; /* mono; 0: none (protocol 2.1 deadline_ms) */
+    bool tracked;        /* remembered for retries (dedup.h) */
     zmq_msg_t reply;
     lmq__frames_t reply_bin;
     bool failed;
@@ -147,6 +150,8 @@ struct lmq__job {
 
 /* inproc message kinds (first byte of the first frame) */
 enum { LMQ__MSG_JOB = 'Q', LMQ__MSG_DONE = 'R', LMQ__MSG_PUBLISH = 'P', LMQ__MSG_READY = 'Y', LMQ__MSG_TERM = 'T' };
+/* A lock change for the device thread (locks.h): kind, what, holder's name. */
+#define LMQ__MSG_LOCK 'K'
 
 /* The rules lmq_daemon_add applies, shared with the config file's checks so
  * that what a config accepts the daemon accepts too. */

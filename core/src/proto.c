@@ -10,10 +10,11 @@
 #include "proto.h"
 #include "value_internal.h"
 
-static const char *const op_names[LMQ__OP_COUNT] = {"ping", "list", "describe", "call", "get", "set", "stats", "workers"};
+static const char *const op_names[LMQ__OP_COUNT] = {"ping",  "list",    "describe", "call", "get",
+                                                    "set",   "stats",   "workers",  "lock", "unlock"};
 
-/* Which keys each op takes: bit 0 device, 1 name, 2 args, 3 value; high nibble = required. */
-enum { K_DEVICE = 1, K_NAME = 2, K_ARGS = 4, K_VALUE = 8 };
+/* Which keys each op takes (`client` and `deadline_ms` go with every op). */
+enum { K_DEVICE = 1, K_NAME = 2, K_ARGS = 4, K_VALUE = 8, K_DEVICES = 16, K_LEASE = 32 };
 static const struct {
     unsigned allowed, required;
 } op_keys[LMQ__OP_COUNT] = {
@@ -25,6 +26,8 @@ static const struct {
     [LMQ__OP_SET] = {K_DEVICE | K_NAME | K_VALUE, K_DEVICE | K_NAME | K_VALUE},
     [LMQ__OP_STATS] = {K_DEVICE, 0},
     [LMQ__OP_WORKERS] = {0, 0},
+    [LMQ__OP_LOCK] = {K_DEVICES | K_LEASE, K_DEVICES},
+    [LMQ__OP_UNLOCK] = {K_DEVICES, 0},
 };
 
 const char *lmq__op_name(lmq__op_t op) { return (unsigned)op < LMQ__OP_COUNT ? op_names[op] : "?"; }
@@ -83,6 +86,8 @@ int lmq__request_parse(const void *data, size_t len, size_t nbin, lmq__request_t
     if (jid && read_id(jid, &req->id))
         req->has_id = true;
 
+    req->deadline_ms = -1;
+    req->lease_ms = LMQ__LEASE_DEFAULT_MS;
     unsigned seen = 0;
     const char *key;
     json_t *val;
@@ -115,8 +120,36 @@ int lmq__request_parse(const void *data, size_t len, size_t nbin, lmq__request_t
         } else if (!strcmp(key, "value")) {
             req->value = val;
             seen |= K_VALUE;
+        } else if (!strcmp(key, "client")) {
+            if (!json_is_string(val) || json_string_length(val) < 1 || json_string_length(val) > LMQ__MAX_CLIENT)
+                return fail(err, errlen, "'client' must be a string of 1 to %d bytes", LMQ__MAX_CLIENT);
+            req->client = json_string_value(val);
+        } else if (!strcmp(key, "deadline_ms")) {
+            if (!json_is_integer(val) || json_integer_value(val) < 0 ||
+                json_integer_value(val) > LMQ__MAX_DEADLINE_MS)
+                return fail(err, errlen, "'deadline_ms' must be an integer from 0 to %d", LMQ__MAX_DEADLINE_MS);
+            req->deadline_ms = json_integer_value(val);
+        } else if (!strcmp(key, "devices")) {
+            size_t n = json_is_array(val) ? json_array_size(val) : 0;
+            if (n < 1 || n > LMQ__MAX_LOCK_DEVICES)
+                return fail(err, errlen, "'devices' must be a list of 1 to %d device names", LMQ__MAX_LOCK_DEVICES);
+            for (size_t i = 0; i < n; i++)
+                if (!json_is_string(json_array_get(val, i)))
+                    return fail(err, errlen, "'devices' entry %zu is not a string", i + 1);
+            req->devices = val;
+            seen |= K_DEVICES;
+        } else if (!strcmp(key, "lease_ms")) {
+            if (!json_is_integer(val) || json_integer_value(val) < LMQ__LEASE_MIN_MS ||
+                json_integer_value(val) > LMQ__LEASE_MAX_MS)
+                return fail(err, errlen, "'lease_ms' must be an integer from %d to %d", LMQ__LEASE_MIN_MS,
+                            LMQ__LEASE_MAX_MS);
+            req->lease_ms = json_integer_value(val);
+            seen |= K_LEASE;
         } else
-            return fail(err, errlen, "unknown key '%s' (keys: v, id, op, device, name, args, value)", key);
+            return fail(err, errlen,
+                        "unknown key '%s' (keys: v, id, op, device, name, args, value, client, deadline_ms, devices, "
+                        "lease_ms)",
+                        key);
     }
     if (!jv)
         return fail(err, errlen, "missing key 'v' (protocol version, 1)");
@@ -136,10 +169,12 @@ int lmq__request_parse(const void *data, size_t len, size_t nbin, lmq__request_t
         if (!strcmp(op, op_names[i]))
             found = i;
     if (found < 0)
-        return fail(err, errlen, "unknown op '%.64s' (ops: ping, list, describe, call, get, set, stats, workers)", op);
+        return fail(err, errlen,
+                    "unknown op '%.64s' (ops: ping, list, describe, call, get, set, stats, workers, lock, unlock)",
+                    op);
     req->op = (lmq__op_t)found;
-    static const char *const key_names[] = {"device", "name", "args", "value"};
-    for (int b = 0; b < 4; b++) {
+    static const char *const key_names[] = {"device", "name", "args", "value", "devices", "lease_ms"};
+    for (int b = 0; b < 6; b++) {
         unsigned bit = 1u << b;
         if ((seen & bit) && !(op_keys[found].allowed & bit))
             return fail(err, errlen, "op '%s' takes no '%s'", op, key_names[b]);
@@ -156,6 +191,45 @@ void lmq__request_clear(lmq__request_t *req)
     if (req->json)
         json_decref(req->json);
     memset(req, 0, sizeof *req);
+}
+
+int lmq__request_add_keys(zmq_msg_t *msg, int64_t deadline_ms, const char *quoted)
+{
+    size_t len = zmq_msg_size(msg);
+    const char *old = zmq_msg_data(msg);
+    if (len < 2 || old[len - 1] != '}')
+        return LMQ_EARG;
+    char extra[64] = "";
+    if (deadline_ms >= 0)
+        snprintf(extra, sizeof extra, ",\"deadline_ms\":%lld", (long long)deadline_ms);
+    size_t elen = strlen(extra), qlen = quoted ? strlen(quoted) + sizeof ",\"client\":" - 1 : 0;
+    zmq_msg_t out;
+    if (zmq_msg_init_size(&out, len + elen + qlen) != 0)
+        return LMQ_EMEM;
+    char *p = zmq_msg_data(&out);
+    memcpy(p, old, len - 1);
+    p += len - 1;
+    memcpy(p, extra, elen);
+    p += elen;
+    if (quoted) {
+        memcpy(p, ",\"client\":", sizeof ",\"client\":" - 1);
+        p += sizeof ",\"client\":" - 1;
+        memcpy(p, quoted, strlen(quoted));
+        p += strlen(quoted);
+    }
+    *p = '}';
+    zmq_msg_close(msg);
+    zmq_msg_init(msg);
+    zmq_msg_move(msg, &out);
+    return 0;
+}
+
+void lmq__heartbeat_set(void *sock)
+{
+    int ivl = LMQ__HEARTBEAT_IVL_MS, timeout = LMQ__HEARTBEAT_TIMEOUT_MS, ttl = LMQ__HEARTBEAT_TTL_MS;
+    zmq_setsockopt(sock, ZMQ_HEARTBEAT_IVL, &ivl, sizeof ivl);
+    zmq_setsockopt(sock, ZMQ_HEARTBEAT_TIMEOUT, &timeout, sizeof timeout);
+    zmq_setsockopt(sock, ZMQ_HEARTBEAT_TTL, &ttl, sizeof ttl);
 }
 
 size_t lmq__recv_rest(void *sock, zmq_msg_t *parts, size_t max)

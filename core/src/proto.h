@@ -15,6 +15,12 @@
 #define LMQ__MAX_ARGS 32
 #define LMQ__MAX_FRAME ((int64_t)64 << 20)
 #define LMQ__MAX_ID ((uint64_t)1 << 53)
+#define LMQ__MAX_CLIENT 128        /* bytes of a request's `client` */
+#define LMQ__MAX_LOCK_DEVICES 64   /* devices one `lock` names */
+#define LMQ__LEASE_MIN_MS 100
+#define LMQ__LEASE_MAX_MS 60000
+#define LMQ__LEASE_DEFAULT_MS 10000
+#define LMQ__MAX_DEADLINE_MS 86400000 /* a day */
 
 typedef enum lmq__op {
     LMQ__OP_PING,
@@ -25,6 +31,8 @@ typedef enum lmq__op {
     LMQ__OP_SET,
     LMQ__OP_STATS,
     LMQ__OP_WORKERS,
+    LMQ__OP_LOCK,
+    LMQ__OP_UNLOCK,
     LMQ__OP_COUNT
 } lmq__op_t;
 
@@ -49,6 +57,10 @@ typedef struct lmq__request {
     const char *name;
     json_t *args;
     json_t *value;
+    const char *client;  /* NULL when the request has none */
+    int64_t deadline_ms; /* -1 when the request has none */
+    json_t *devices;     /* lock/unlock: array of device names (checked), NULL when absent */
+    int64_t lease_ms;    /* lock: the lease (default LMQ__LEASE_DEFAULT_MS) */
 } lmq__request_t;
 
 /* Parses and validates a request header frame followed by nbin binary
@@ -96,6 +108,20 @@ int lmq__value_from_json_used(const json_t *j, const lmq__frames_t *bin, unsigne
                               size_t errlen);
 /* Moves an array's data into a new frame of `bin` (v is left LMQ_NONE then). */
 json_t *lmq__value_to_json(lmq_value_t *v, lmq__frames_t *bin);
+
+/* Appends `"deadline_ms":N` (when deadline_ms >= 0) and `"client":` with
+ * client_json (when not NULL: already a JSON string, lmq__json_quote) to an
+ * encoded request header. Returns 0, LMQ_EARG (not a header) or LMQ_EMEM;
+ * msg is unchanged on failure. */
+int lmq__request_add_keys(zmq_msg_t *msg, int64_t deadline_ms, const char *client_json);
+
+/* ZMTP heartbeats (protocol 1.1): every labmq socket on tcp:// or ipc://
+ * pings its peer every LMQ__HEARTBEAT_IVL_MS and drops a connection that
+ * has sent nothing for LMQ__HEARTBEAT_TIMEOUT_MS. */
+#define LMQ__HEARTBEAT_IVL_MS 500
+#define LMQ__HEARTBEAT_TIMEOUT_MS 1500
+#define LMQ__HEARTBEAT_TTL_MS 3000
+void lmq__heartbeat_set(void *sock);
 
 /* Receives the remaining parts of a multipart message whose last part had
  * ZMQ_RCVMORE: up to max of them into parts (initialised here; the caller

@@ -53,6 +53,7 @@ lmq_sub_t *lmq_sub_new_keys(void *zctx, const char *data_endpoint, const char *t
         goto fail;
     zmq_setsockopt(s->sock, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(s->sock, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    lmq__heartbeat_set(s->sock); /* a stopped daemon drops the connection: ZeroMQ reconnects */
     zmq_setsockopt(s->sock, ZMQ_SUBSCRIBE, topic, s->topic_len);
     if ((keys && lmq__curve_client(s->sock, keys) != 0) || zmq_connect(s->sock, data_endpoint) != 0)
         goto fail;

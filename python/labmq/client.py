@@ -55,6 +55,8 @@ class Lab:
         for key, value in fields.items():
             if key == "args" and isinstance(value, (list, tuple)):  # positional arguments, each a value
                 header[key] = [_wire.encode_value(a, frames, f"argument {i} of {op}") for i, a in enumerate(value, 1)]
+            elif key == "devices" and isinstance(value, (list, tuple)):  # lock/unlock: names, not an array
+                header[key] = [str(name) for name in value]
             else:
                 header[key] = _wire.encode_value(value, frames, f"{op} field {key!r}")
         return self._channel.request(header, frames, timeout)

@@ -39,7 +39,7 @@ LMQ_EXPORT void *lmq_events_socket(lmq_events_t *e);
 
 LMQ_EXPORT void lmq_event_destroy(lmq_event_t **ev);
 LMQ_EXPORT const char *lmq_event_device(const lmq_event_t *ev);
-/* "property" or "state". */
+/* "property", "state" or "lock". */
 LMQ_EXPORT const char *lmq_event_kind(const lmq_event_t *ev);
 /* property events: the property and its new value (borrowed) */
 LMQ_EXPORT const char *lmq_event_name(const lmq_event_t *ev);
@@ -50,6 +50,11 @@ LMQ_EXPORT const char *lmq_event_cause(const lmq_event_t *ev);
 /* state events: "ready", "disconnected", "stopped", and why ("" when none). */
 LMQ_EXPORT const char *lmq_event_state(const lmq_event_t *ev);
 LMQ_EXPORT const char *lmq_event_error(const lmq_event_t *ev);
+/* lock events (cause "locked", "unlocked", "lock expired"): the holder's
+ * name, and for an expiry what the safe state did: "done", "failed" (why:
+ * lmq_event_error), "none" (the driver has none), "not open"; "" otherwise. */
+LMQ_EXPORT const char *lmq_event_holder(const lmq_event_t *ev);
+LMQ_EXPORT const char *lmq_event_safe_state(const lmq_event_t *ev);
 LMQ_EXPORT uint64_t lmq_event_seq(const lmq_event_t *ev);
 LMQ_EXPORT int64_t lmq_event_time_ns(const lmq_event_t *ev); /* CLOCK_REALTIME ns */
 /* Events of this device missed just before this one. */
