@@ -114,4 +114,20 @@ char *lmq__json_quote(const char *text);
 int lmq__data_header(zmq_msg_t *msg, uint64_t seq, uint64_t epoch, int64_t t_ns, lmq_dtype_t dtype, unsigned ndim,
                      const size_t *shape, const char *units_json);
 
+/* A stream block's header as a subscriber reads it (protocol 3). */
+typedef struct lmq__block_header {
+    uint64_t seq, epoch;
+    int64_t t_ns;
+    lmq_dtype_t dtype;
+    unsigned ndim;
+    size_t shape[LMQ_MAX_DIMS];
+    char units[32]; /* cut at a character boundary when longer */
+} lmq__block_header_t;
+
+/* Parses and validates a block header, and checks that a payload of
+ * payload_size bytes is what it announces. Returns 0, or LMQ_EPROTO with the
+ * reason in err. Accepts any bytes: it is a subscriber's boundary. */
+int lmq__data_header_parse(const void *data, size_t len, size_t payload_size, lmq__block_header_t *h, char *err,
+                           size_t errlen);
+
 #endif
