@@ -68,6 +68,7 @@ struct raw_config {
     char *log_level;
     double *stop_grace; /* seconds; NULL when absent */
     double *time_scale; /* simulated instruments' time scale; NULL when absent */
+    double *fault_after; /* seconds; NULL when absent */
     struct raw_device *devices;
     unsigned devices_count;
     struct raw_worker *workers; /* NULL when absent */
@@ -82,7 +83,7 @@ struct lmq_config {
     cyaml_schema_field_t *opt_fields; /* n_opts + terminator; .key is the option name */
     cyaml_schema_field_t dev_fields[6];
     cyaml_schema_value_t dev_entry;
-    cyaml_schema_field_t top_fields[8];
+    cyaml_schema_field_t top_fields[9];
     cyaml_schema_value_t str_entry;
     cyaml_schema_field_t wk_fields[6];
     cyaml_schema_value_t wk_entry;
@@ -508,7 +509,9 @@ static int build_schema(lmq_config_t *c)
     c->top_fields[6] = (cyaml_schema_field_t)CYAML_FIELD_SEQUENCE(
         "workers", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, struct raw_config, workers, &c->wk_entry, 0,
         CFG_MAX_WORKERS);
-    c->top_fields[7] = (cyaml_schema_field_t)CYAML_FIELD_END;
+    c->top_fields[7] = (cyaml_schema_field_t)CYAML_FIELD_FLOAT_PTR(
+        "fault_after", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, struct raw_config, fault_after);
+    c->top_fields[8] = (cyaml_schema_field_t)CYAML_FIELD_END;
     c->top = (cyaml_schema_value_t){CYAML_VALUE_MAPPING(CYAML_FLAG_POINTER, struct raw_config, c->top_fields)};
     return 0;
 }
@@ -661,8 +664,8 @@ static void cyaml_failure(loader_t *L, cyaml_err_t e)
             fail(L, line, col, "%s: unknown option '%s'", dev, key);
         }
     } else if (kind == K_UNKNOWN && ctx == CTX_TOP) {
-        fail(L, line, col, "unknown key '%s' (valid keys: control, data, log_level, stop_grace, time_scale, devices, "
-             "workers)",
+        fail(L, line, col, "unknown key '%s' (valid keys: control, data, log_level, stop_grace, fault_after, time_scale, "
+             "devices, workers)",
              key);
     } else if (kind == K_UNKNOWN && ctx == CTX_DEVICE) {
         fail(L, line, col, "%s: unknown key '%s' (valid keys: name, driver, connection, options, restore)", dev, key);
@@ -711,6 +714,11 @@ static void validate(loader_t *L)
     if (r->stop_grace && !(*r->stop_grace >= 0 && *r->stop_grace <= 3600)) {
         top_pos(L, "stop_grace", &line, &col);
         fail(L, line, col, "stop_grace %g s is outside 0..3600 s", *r->stop_grace);
+        return;
+    }
+    if (r->fault_after && !(*r->fault_after >= 0 && *r->fault_after <= 3600)) {
+        top_pos(L, "fault_after", &line, &col);
+        fail(L, line, col, "fault_after %g s is outside 0..3600 s (0: never)", *r->fault_after);
         return;
     }
     if (r->time_scale && !(*r->time_scale >= 1e-3 && *r->time_scale <= 1e6)) {
@@ -776,6 +784,27 @@ static void validate(loader_t *L)
                  type_wanted(f.opt->type), f.text ? f.text : "");
             return;
         }
+    }
+}
+
+/* What a driver checks itself when a device is made (configure(): the scpi
+ * driver's connection and description file), so that a file that loads is
+ * not refused by lmq_daemon_add later; here the message gets a position.
+ * After resolve_path_options: option paths are final. */
+static void probe_devices(loader_t *L)
+{
+    for (size_t i = 0; i < L->cfg->raw->devices_count && !L->failed; i++) {
+        const lmq_config_device_t *d = &L->cfg->devices[i];
+        if (!d->drv->configure)
+            continue;
+        char why[600];
+        lmq_dev_t *probe = lmq__dev_new(d->name, d->drv, d->connection, d->options, why, sizeof why);
+        if (!probe) {
+            int line = 0, col = 0;
+            device_pos(L, i, NULL, NULL, false, &line, &col);
+            fail(L, line, col, "%s", why);
+        }
+        lmq__dev_destroy(&probe);
     }
 }
 
@@ -1060,6 +1089,8 @@ static lmq_config_t *parse_text(const char *text, size_t len, const char *origin
         if (!L.failed)
             resolve_path_options(&L);
         if (!L.failed)
+            probe_devices(&L);
+        if (!L.failed)
             load_workers(&L);
     }
     if (L.doc_state > 0)
@@ -1210,6 +1241,8 @@ int lmq_config_apply(const lmq_config_t *cfg, lmq_daemon_t *d, char **err)
     }
     if (cfg->raw->stop_grace)
         lmq_daemon_set_stop_grace(d, (int)(*cfg->raw->stop_grace * 1000));
+    if (cfg->raw->fault_after)
+        lmq_daemon_set_fault_after(d, (int)(*cfg->raw->fault_after * 1000));
     if (cfg->raw->time_scale && lmq_daemon_set_time_scale(d, *cfg->raw->time_scale) != 0) {
         set_err(err, "time_scale %g cannot be set (outside 0.001..1000000, or the daemon has started)",
                 *cfg->raw->time_scale);
