@@ -343,7 +343,7 @@ static void handle_local(broker_t *b, zmq_msg_t *env, size_t nenv, lmq__request_
         for (size_t i = 0; i < d->ndev; i++) {
             lmq_dev_t *dev = d->devs[i];
             pthread_mutex_lock(&dev->mu);
-            bool has_error = dev->dev_state == LMQ__DEV_DISCONNECTED;
+            bool has_error = dev->dev_state == LMQ__DEV_DISCONNECTED || dev->dev_state == LMQ__DEV_FAULT;
             json_array_append_new(result, json_pack("{s:s, s:s, s:s, s:s, s:b, s:o}", "name", dev->name, "driver",
                                                     dev->drv->name, "description",
                                                     dev->drv->description ? dev->drv->description : "", "state",
@@ -664,6 +664,27 @@ static void *make_socket(broker_t *b, int type)
     return s;
 }
 
+/* ---- hung devices ---- */
+
+static void drain_device(void *arg, lmq_dev_t *dev)
+{
+    /* Bounded by the pipe's high-water mark, with room for what arrives meanwhile. */
+    for (int k = 0; k < 20000 && handle_device(arg, dev); k++)
+        ;
+}
+
+/* Marks devices stuck in their driver FAULT; returns when to look again. */
+static int64_t watch_devices(broker_t *b, int64_t now)
+{
+    int64_t next = INT64_MAX;
+    for (size_t i = 0; i < b->d->ndev; i++) {
+        int64_t due = lmq__dev_watch(b->d->devs[i], now, b->d->fault_after_ns, b->xpub, drain_device, b);
+        if (due < next)
+            next = due;
+    }
+    return next;
+}
+
 /* ---- shutdown ---- */
 
 /* Stops every device thread (at most the grace period), answers what the
@@ -819,8 +840,20 @@ void *lmq__broker_main(void *arg)
     char ready = LMQ__MSG_READY;
     zmq_send(b.pipe, &ready, 1, 0);
 
+    int64_t watch_due = d->fault_after_ns ? lmq_clock_mono_ns() : INT64_MAX;
     for (;;) {
-        if (zmq_poll(b.items, (int)nitems, b.npend ? BACKLOG_RETRY_MS : -1) < 0) {
+        long timeout = b.npend ? BACKLOG_RETRY_MS : -1;
+        if (watch_due != INT64_MAX) {
+            int64_t now = lmq_clock_mono_ns();
+            if (now >= watch_due)
+                watch_due = watch_devices(&b, now);
+            long watch_ms = (long)((watch_due - now + 999999) / 1000000);
+            if (watch_ms < 1)
+                watch_ms = 1;
+            if (timeout < 0 || watch_ms < timeout)
+                timeout = watch_ms;
+        }
+        if (zmq_poll(b.items, (int)nitems, timeout) < 0) {
             if (zmq_errno() == EINTR)
                 continue;
             break;

@@ -34,6 +34,7 @@ lmq_daemon_t *lmq_daemon_new(void *zctx, const char *control_endpoint, const cha
     }
     snprintf(d->pipe_endpoint, sizeof d->pipe_endpoint, "inproc://lmq-daemon-%p", (void *)d);
     d->stop_grace_ns = 5000LL * 1000000;
+    d->fault_after_ns = (int64_t)LMQ_DAEMON_DEFAULT_FAULT_AFTER_MS * 1000000;
     d->time_scale = 1.0;
     return d;
 }
@@ -208,6 +209,12 @@ void lmq_daemon_set_stop_grace(lmq_daemon_t *d, int ms)
 {
     if (d)
         d->stop_grace_ns = (int64_t)(ms < 0 ? 0 : ms) * 1000000;
+}
+
+void lmq_daemon_set_fault_after(lmq_daemon_t *d, int ms)
+{
+    if (d && !d->running)
+        d->fault_after_ns = (int64_t)(ms < 0 ? 0 : ms) * 1000000;
 }
 
 /* ZeroMQ silently takes over an ipc socket file that another process still
