@@ -574,6 +574,7 @@ static bool handle_device(broker_t *b, lmq_dev_t *dev)
     if (n == 1 + sizeof(void *) && p[0] == LMQ__MSG_DONE) {
         lmq__job_t *job;
         memcpy(&job, p + 1, sizeof job);
+        lmq__handoff_acquire(job);
         finish_job(b, job);
     } else if (n == 1 && p[0] == LMQ__MSG_PUBLISH) {
         /* topic, header, payload frames (a stream block, or a change event

@@ -557,6 +557,7 @@ static int publish_msg(lmq_dev_t *dev, size_t index, int64_t t_ns, zmq_msg_t *pa
     }
     zmq_msg_send(&topic, dev->pipe, ZMQ_SNDMORE);
     zmq_msg_send(&header, dev->pipe, ZMQ_SNDMORE);
+    lmq__handoff_release(zmq_msg_data(payload)); /* a subscriber over inproc reads it in place */
     zmq_msg_send(payload, dev->pipe, 0);
     atomic_fetch_add(&s->published, 1);
     return 0;
@@ -590,6 +591,7 @@ int lmq_dev_publish_take(lmq_dev_t *dev, size_t index, int64_t t_ns, void **data
 int lmq__send_ptr(void *sock, char kind, void *ptr, int flags)
 {
     char buf[1 + sizeof ptr];
+    lmq__handoff_release(ptr);
     buf[0] = kind;
     memcpy(buf + 1, &ptr, sizeof ptr);
     return zmq_send(sock, buf, sizeof buf, flags) < 0 ? -1 : 0;
@@ -1009,6 +1011,7 @@ static void *device_thread(void *arg)
             if (n == 1 + sizeof(void *) && d[0] == LMQ__MSG_JOB) {
                 lmq__job_t *job;
                 memcpy(&job, d + 1, sizeof job);
+                lmq__handoff_acquire(job);
                 handle_job(dev, job);
                 lmq__send_ptr(dev->pipe, LMQ__MSG_DONE, job, 0);
             } else if (n >= 1 && d[0] == LMQ__MSG_TERM)
@@ -1049,7 +1052,9 @@ int lmq__dev_start(lmq_dev_t *dev, void *zctx, lmq_log_t *log, lmq__wires_t *wir
     dev->log = log;
     dev->wires = wires;
     dev->epoch = epoch;
+    pthread_mutex_lock(&dev->mu); /* lmq_daemon_wait_ready reads it meanwhile */
     dev->dev_state = LMQ__DEV_OPENING;
+    pthread_mutex_unlock(&dev->mu);
     dev->sim_t0 = lmq_clock_mono_ns();
     atomic_store(&dev->stopping, false);
     atomic_store(&dev->exited, false);

@@ -208,7 +208,8 @@ int64_t lmq__dev_watch(lmq_dev_t *dev, int64_t now, int64_t fault_after_ns, void
 lmq__wires_t *lmq__wires_new(void);
 void lmq__wires_destroy(lmq__wires_t **w);
 
-/* Sends a pointer-carrying message (JOB or DONE). */
+/* Sends a pointer-carrying message (JOB or DONE); what ptr points to passes
+ * to the receiver, which calls lmq__handoff_acquire(ptr) before touching it. */
 int lmq__send_ptr(void *sock, char kind, void *ptr, int flags);
 
 void lmq__job_destroy(lmq__job_t **job);

@@ -97,6 +97,29 @@ int lmq__value_from_json_used(const json_t *j, const lmq__frames_t *bin, unsigne
 /* Moves an array's data into a new frame of `bin` (v is left LMQ_NONE then). */
 json_t *lmq__value_to_json(lmq_value_t *v, lmq__frames_t *bin);
 
+/* Memory handed to another thread through ZeroMQ (a job's pointer, a
+ * zero-copy payload over inproc): ZeroMQ orders the sender's writes before
+ * the receiver's reads, but
+ * through atomics in libzmq, which ThreadSanitizer does not see (Debian's
+ * libzmq is not instrumented): these say so in an LMQ_TSAN build, and are
+ * nothing otherwise. */
+#if defined(__SANITIZE_THREAD__)
+#define LMQ__TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define LMQ__TSAN 1
+#endif
+#endif
+#ifdef LMQ__TSAN
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+#define lmq__handoff_release(p) __tsan_release(p)
+#define lmq__handoff_acquire(p) __tsan_acquire(p)
+#else
+#define lmq__handoff_release(p) ((void)(p))
+#define lmq__handoff_acquire(p) ((void)(p))
+#endif
+
 /* Receives the remaining parts of a multipart message whose last part had
  * ZMQ_RCVMORE: up to max of them into parts (initialised here; the caller
  * closes them), the rest received and dropped. Returns how many parts

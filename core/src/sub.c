@@ -144,6 +144,7 @@ int lmq_sub_recv(lmq_sub_t *s, lmq_frame_t **frame, int timeout_ms)
         else if (f) {
             zmq_msg_init(&f->payload);
             zmq_msg_move(&f->payload, &rest[1]);
+            lmq__handoff_acquire(zmq_msg_data(&f->payload));
             rc = parse_header(s, &rest[0], f);
         }
         for (size_t i = 0; i < nrest && i < 2; i++)
