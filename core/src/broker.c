@@ -848,10 +848,8 @@ void *lmq__broker_main(void *arg)
             int64_t now = lmq_clock_mono_ns();
             if (now >= watch_due)
                 watch_due = watch_devices(&b, now);
-            long watch_ms = (long)((watch_due - now + 999999) / 1000000);
-            if (watch_ms < 1)
-                watch_ms = 1;
-            if (timeout < 0 || watch_ms < timeout)
+            long watch_ms = watch_due == INT64_MAX ? -1 : (long)((watch_due - now) / 1000000 + 1);
+            if (watch_ms >= 0 && (timeout < 0 || watch_ms < timeout))
                 timeout = watch_ms;
         }
         if (zmq_poll(b.items, (int)nitems, timeout) < 0) {
