@@ -115,8 +115,8 @@ static const char *const malformed[] = {
 typedef struct flood {
     void *ctx;
     const char *endpoint;
-    bool reads;     /* a peer that reads its replies, or one that never does */
-    size_t sent;    /* messages sent */
+    bool reads;      /* a peer that reads its replies, or one that never does */
+    size_t sent;     /* messages sent */
     size_t oversize; /* of which headers over the 64 KiB limit */
 } flood_t;
 
@@ -221,7 +221,8 @@ START_TEST(malformed_flood_leaves_calls_and_memory_alone)
     free(stats);
     ck_assert_int_ge(requests, (json_int_t)(warm.sent + sent));
     long after = rss_kb(d.pid);
-    fprintf(stderr, "malformed flood: %zu messages (%zu oversize headers), 1000 calls ok; labmqd RSS %ld -> %ld kB (%+ld kB)\n",
+    fprintf(stderr,
+            "malformed flood: %zu messages (%zu oversize headers), 1000 calls ok; labmqd RSS %ld -> %ld kB (%+ld kB)\n",
             sent, oversize, before, after, after - before);
     ck_assert_msg(after - before < 10 * 1024, "labmqd grew by %ld kB (limit 10 MB)", after - before);
     lmq_proxy_destroy(&p);
@@ -298,7 +299,8 @@ START_TEST(oversize_frame_disconnects_only_its_sender)
     ck_assert_int_eq(zmq_msg_init_size(&m, size), 0);
     memset(zmq_msg_data(&m), ' ', size);
     ck_assert_int_eq(zmq_msg_send(&m, big, 0), (int)size);
-    ck_assert_msg(monitor_wait(mon_big, ZMQ_EVENT_DISCONNECTED, 20000), "the sender of the oversize frame is still connected");
+    ck_assert_msg(monitor_wait(mon_big, ZMQ_EVENT_DISCONNECTED, 20000),
+                  "the sender of the oversize frame is still connected");
     /* The other client never noticed, and is still served. */
     ck_assert(!monitor_wait(mon_good, ZMQ_EVENT_DISCONNECTED, 200));
     for (int i = 0; i < 10; i++)
@@ -392,10 +394,9 @@ END_TEST
 
 /* ---- a hung device ---- */
 
-static const char *two_psus =
-    "devices:\n"
-    "  - name: psu1\n    driver: sim-psu\n    options: {monitor_hz: 0}\n"
-    "  - name: psu2\n    driver: sim-psu\n    options: {monitor_hz: 0}\n";
+static const char *two_psus = "devices:\n"
+                              "  - name: psu1\n    driver: sim-psu\n    options: {monitor_hz: 0}\n"
+                              "  - name: psu2\n    driver: sim-psu\n    options: {monitor_hz: 0}\n";
 
 static void set_fault(lmq_proxy_t *p, const char *fault)
 {
@@ -712,8 +713,8 @@ START_TEST(sigterm_under_streaming_load)
     char *log = th_read_file(d.log);
     fprintf(stderr, "SIGTERM under load: %llu blocks read before; exit status 0x%x after %.0f ms\n",
             (unsigned long long)got, (unsigned)status, took);
-    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "labmqd ended with status 0x%x:\n%s",
-                  (unsigned)status, log ? log : "");
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "labmqd ended with status 0x%x:\n%s", (unsigned)status,
+                  log ? log : "");
     ck_assert_double_lt(took, 5000);
     /* No thread left stuck, nothing leaked, no sanitizer report. */
     ck_assert_msg(!strstr(log, "stuck"), "%s", log);

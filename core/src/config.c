@@ -664,7 +664,8 @@ static void cyaml_failure(loader_t *L, cyaml_err_t e)
             fail(L, line, col, "%s: unknown option '%s'", dev, key);
         }
     } else if (kind == K_UNKNOWN && ctx == CTX_TOP) {
-        fail(L, line, col, "unknown key '%s' (valid keys: control, data, log_level, stop_grace, fault_after, time_scale, "
+        fail(L, line, col,
+             "unknown key '%s' (valid keys: control, data, log_level, stop_grace, fault_after, time_scale, "
              "devices, workers)",
              key);
     } else if (kind == K_UNKNOWN && ctx == CTX_DEVICE) {

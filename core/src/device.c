@@ -709,8 +709,8 @@ static void send_event(lmq_dev_t *dev, void *sock, bool to_broker, const char *k
     lmq__frames_close(&bin);
 }
 
-static void emit_event(lmq_dev_t *dev, const char *kind, const char *name, const lmq_value_t *value,
-                       const char *cause, const char *state, const char *error)
+static void emit_event(lmq_dev_t *dev, const char *kind, const char *name, const lmq_value_t *value, const char *cause,
+                       const char *state, const char *error)
 {
     pthread_mutex_lock(&dev->ev_mu);
     send_event(dev, dev->pipe, true, kind, name, value, cause, state, error);

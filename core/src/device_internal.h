@@ -46,11 +46,11 @@ typedef struct lmq__dev_stats {
 
 /* Where a device is in its life; shown by list, describe and stats. */
 typedef enum lmq__dev_state {
-    LMQ__DEV_OPENING = 0, /* the first open() has not returned yet */
-    LMQ__DEV_READY,       /* open, serving */
+    LMQ__DEV_OPENING = 0,  /* the first open() has not returned yet */
+    LMQ__DEV_READY,        /* open, serving */
     LMQ__DEV_DISCONNECTED, /* open() failed or the link was lost: reopened with back-off */
-    LMQ__DEV_STOPPED,     /* closed at shutdown */
-    LMQ__DEV_FAULT        /* open, but its driver has been busy for longer than fault_after */
+    LMQ__DEV_STOPPED,      /* closed at shutdown */
+    LMQ__DEV_FAULT         /* open, but its driver has been busy for longer than fault_after */
 } lmq__dev_state_t;
 
 const char *lmq__dev_state_name(lmq__dev_state_t s);
