@@ -325,7 +325,7 @@ int cli_cmd_ls(cli_t *c, int argc, char **argv)
     json_t *d;
     json_array_foreach(j, i, d)
     {
-        /* "opening", "ready", "disconnected" (with the reason below), "stopped" */
+        /* "opening", "ready", "fault" and "disconnected" (with the reason below), "stopped" */
         nerr += *jstr(d, "error") != '\0';
         cli_table_row(t, jstr(d, "name"), jstr(d, "driver"), jstr(d, "state"), jstr(d, "description"));
     }

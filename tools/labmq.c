@@ -134,7 +134,7 @@ static void print_help(FILE *out)
             "  watch DEV/STREAM           live summary of a data stream until Ctrl-C\n"
             "                               labmq watch daq1/wave --duration 10\n"
             "  watch DEV                  the device's changes as they happen: properties\n"
-            "                             set by any client, state (ready, disconnected)\n"
+            "                             set by any client, state (ready, fault, disconnected)\n"
             "                               labmq watch psu1\n"
             "  record DEV/STREAM... -o FILE\n"
             "                             record streams into an HDF5 file until Ctrl-C or\n"

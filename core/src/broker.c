@@ -386,7 +386,7 @@ static void handle_local(broker_t *b, zmq_msg_t *env, size_t nenv, lmq__request_
         for (size_t i = 0; i < d->ndev; i++) {
             lmq_dev_t *dev = d->devs[i];
             pthread_mutex_lock(&dev->mu);
-            bool has_error = dev->dev_state == LMQ__DEV_DISCONNECTED;
+            bool has_error = dev->dev_state == LMQ__DEV_DISCONNECTED || dev->dev_state == LMQ__DEV_FAULT;
             json_t *entry = json_pack("{s:s, s:s, s:s, s:s, s:b, s:o}", "name", dev->name, "driver",
                                       dev->drv->name, "description",
                                       dev->drv->description ? dev->drv->description : "", "state",
@@ -712,6 +712,7 @@ static bool handle_device(broker_t *b, lmq_dev_t *dev)
     if (n == 1 + sizeof(void *) && p[0] == LMQ__MSG_DONE) {
         lmq__job_t *job;
         memcpy(&job, p + 1, sizeof job);
+        lmq__handoff_acquire(job);
         finish_job(b, job);
     } else if (n == 1 && p[0] == LMQ__MSG_PUBLISH) {
         /* topic, header, payload frames (a stream block, or a change event
@@ -800,6 +801,27 @@ static void *make_socket(broker_t *b, int type)
     if (s)
         zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
     return s;
+}
+
+/* ---- hung devices ---- */
+
+static void drain_device(void *arg, lmq_dev_t *dev)
+{
+    /* Bounded by the pipe's high-water mark, with room for what arrives meanwhile. */
+    for (int k = 0; k < 20000 && handle_device(arg, dev); k++)
+        ;
+}
+
+/* Marks devices stuck in their driver FAULT; returns when to look again. */
+static int64_t watch_devices(broker_t *b, int64_t now)
+{
+    int64_t next = INT64_MAX;
+    for (size_t i = 0; i < b->d->ndev; i++) {
+        int64_t due = lmq__dev_watch(b->d->devs[i], now, b->d->fault_after_ns, b->xpub, drain_device, b);
+        if (due < next)
+            next = due;
+    }
+    return next;
 }
 
 /* ---- shutdown ---- */
@@ -1304,9 +1326,18 @@ void *lmq__broker_main(void *arg)
     char ready = LMQ__MSG_READY;
     zmq_send(b.pipe, &ready, 1, 0);
 
+    int64_t watch_due = d->fault_after_ns ? lmq_clock_mono_ns() : INT64_MAX;
     for (;;) {
-        int wait_ms = lmq__locks_expire(b.locks, lmq_clock_mono_ns(), b.npend ? BACKLOG_RETRY_MS : -1);
-        if (zmq_poll(b.items, (int)nitems, wait_ms) < 0) {
+        long timeout = lmq__locks_expire(b.locks, lmq_clock_mono_ns(), b.npend ? BACKLOG_RETRY_MS : -1);
+        if (watch_due != INT64_MAX) {
+            int64_t now = lmq_clock_mono_ns();
+            if (now >= watch_due)
+                watch_due = watch_devices(&b, now);
+            long watch_ms = watch_due == INT64_MAX ? -1 : (long)((watch_due - now) / 1000000 + 1);
+            if (watch_ms >= 0 && (timeout < 0 || watch_ms < timeout))
+                timeout = watch_ms;
+        }
+        if (zmq_poll(b.items, (int)nitems, timeout) < 0) {
             if (zmq_errno() == EINTR)
                 continue;
             break;

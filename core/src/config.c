@@ -83,6 +83,7 @@ struct raw_config {
     char *log_level;
     double *stop_grace; /* seconds; NULL when absent */
     double *time_scale; /* simulated instruments' time scale; NULL when absent */
+    double *fault_after; /* seconds; NULL when absent */
     struct raw_device *devices;
     unsigned devices_count;
     struct raw_worker *workers; /* NULL when absent */
@@ -98,7 +99,7 @@ struct lmq_config {
     cyaml_schema_field_t *opt_fields; /* n_opts + terminator; .key is the option name */
     cyaml_schema_field_t dev_fields[6];
     cyaml_schema_value_t dev_entry;
-    cyaml_schema_field_t top_fields[9];
+    cyaml_schema_field_t top_fields[10];
     cyaml_schema_field_t sec_fields[4];
     cyaml_schema_field_t cl_fields[4];
     cyaml_schema_value_t cl_entry;
@@ -547,7 +548,9 @@ static int build_schema(lmq_config_t *c)
     c->sec_fields[3] = (cyaml_schema_field_t)CYAML_FIELD_END;
     c->top_fields[7] = (cyaml_schema_field_t)CYAML_FIELD_MAPPING_PTR(
         "security", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, struct raw_config, security, c->sec_fields);
-    c->top_fields[8] = (cyaml_schema_field_t)CYAML_FIELD_END;
+    c->top_fields[8] = (cyaml_schema_field_t)CYAML_FIELD_FLOAT_PTR(
+        "fault_after", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, struct raw_config, fault_after);
+    c->top_fields[9] = (cyaml_schema_field_t)CYAML_FIELD_END;
     c->top = (cyaml_schema_value_t){CYAML_VALUE_MAPPING(CYAML_FLAG_POINTER, struct raw_config, c->top_fields)};
     return 0;
 }
@@ -700,8 +703,9 @@ static void cyaml_failure(loader_t *L, cyaml_err_t e)
             fail(L, line, col, "%s: unknown option '%s'", dev, key);
         }
     } else if (kind == K_UNKNOWN && ctx == CTX_TOP) {
-        fail(L, line, col, "unknown key '%s' (valid keys: control, data, log_level, stop_grace, time_scale, devices, "
-             "workers, security)",
+        fail(L, line, col,
+             "unknown key '%s' (valid keys: control, data, log_level, stop_grace, fault_after, time_scale, "
+             "devices, workers, security)",
              key);
     } else if (kind == K_UNKNOWN && ctx == CTX_DEVICE) {
         fail(L, line, col, "%s: unknown key '%s' (valid keys: name, driver, connection, options, restore)", dev, key);
@@ -750,6 +754,11 @@ static void validate(loader_t *L)
     if (r->stop_grace && !(*r->stop_grace >= 0 && *r->stop_grace <= 3600)) {
         top_pos(L, "stop_grace", &line, &col);
         fail(L, line, col, "stop_grace %g s is outside 0..3600 s", *r->stop_grace);
+        return;
+    }
+    if (r->fault_after && !(*r->fault_after >= 0 && *r->fault_after <= 3600)) {
+        top_pos(L, "fault_after", &line, &col);
+        fail(L, line, col, "fault_after %g s is outside 0..3600 s (0: never)", *r->fault_after);
         return;
     }
     if (r->time_scale && !(*r->time_scale >= 1e-3 && *r->time_scale <= 1e6)) {
@@ -815,6 +824,27 @@ static void validate(loader_t *L)
                  type_wanted(f.opt->type), f.text ? f.text : "");
             return;
         }
+    }
+}
+
+/* What a driver checks itself when a device is made (configure(): the scpi
+ * driver's connection and description file), so that a file that loads is
+ * not refused by lmq_daemon_add later; here the message gets a position.
+ * After resolve_path_options: option paths are final. */
+static void probe_devices(loader_t *L)
+{
+    for (size_t i = 0; i < L->cfg->raw->devices_count && !L->failed; i++) {
+        const lmq_config_device_t *d = &L->cfg->devices[i];
+        if (!d->drv->configure)
+            continue;
+        char why[600];
+        lmq_dev_t *probe = lmq__dev_new(d->name, d->drv, d->connection, d->options, why, sizeof why);
+        if (!probe) {
+            int line = 0, col = 0;
+            device_pos(L, i, NULL, NULL, false, &line, &col);
+            fail(L, line, col, "%s", why);
+        }
+        lmq__dev_destroy(&probe);
     }
 }
 
@@ -1202,6 +1232,8 @@ static lmq_config_t *parse_text(const char *text, size_t len, const char *origin
         if (!L.failed)
             resolve_path_options(&L);
         if (!L.failed)
+            probe_devices(&L);
+        if (!L.failed)
             load_workers(&L);
         if (!L.failed)
             load_security(&L);
@@ -1370,6 +1402,8 @@ int lmq_config_apply(const lmq_config_t *cfg, lmq_daemon_t *d, char **err)
     }
     if (cfg->raw->stop_grace)
         lmq_daemon_set_stop_grace(d, (int)(*cfg->raw->stop_grace * 1000));
+    if (cfg->raw->fault_after)
+        lmq_daemon_set_fault_after(d, (int)(*cfg->raw->fault_after * 1000));
     if (cfg->raw->time_scale && lmq_daemon_set_time_scale(d, *cfg->raw->time_scale) != 0) {
         set_err(err, "time_scale %g cannot be set (outside 0.001..1000000, or the daemon has started)",
                 *cfg->raw->time_scale);

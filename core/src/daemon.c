@@ -36,6 +36,7 @@ lmq_daemon_t *lmq_daemon_new(void *zctx, const char *control_endpoint, const cha
     }
     snprintf(d->pipe_endpoint, sizeof d->pipe_endpoint, "inproc://lmq-daemon-%p", (void *)d);
     d->stop_grace_ns = 5000LL * 1000000;
+    d->fault_after_ns = (int64_t)LMQ_DAEMON_DEFAULT_FAULT_AFTER_MS * 1000000;
     d->time_scale = 1.0;
     return d;
 }
@@ -281,6 +282,12 @@ void lmq_daemon_set_stop_grace(lmq_daemon_t *d, int ms)
 {
     if (d)
         d->stop_grace_ns = (int64_t)(ms < 0 ? 0 : ms) * 1000000;
+}
+
+void lmq_daemon_set_fault_after(lmq_daemon_t *d, int ms)
+{
+    if (d && !d->running)
+        d->fault_after_ns = (int64_t)(ms < 0 ? 0 : ms) * 1000000;
 }
 
 /* ZeroMQ silently takes over an ipc socket file that another process still
@@ -542,6 +549,13 @@ static int check_fixed_keys(lmq_daemon_t *d, const lmq_daemon_t *next)
                  "time_scale: cannot change while labmqd runs (%g now, %g in the new configuration): it applies to "
                  "every simulated device; restart labmqd",
                  d->time_scale, next->time_scale);
+        return LMQ_ECONFIG;
+    }
+    if (d->fault_after_ns != next->fault_after_ns) {
+        snprintf(d->err, sizeof d->err,
+                 "fault_after: cannot change while labmqd runs (%g s now, %g s in the new configuration); restart "
+                 "labmqd",
+                 (double)d->fault_after_ns / 1e9, (double)next->fault_after_ns / 1e9);
         return LMQ_ECONFIG;
     }
     /* The ZAP thread reads the allow-list without a lock, and a revoked

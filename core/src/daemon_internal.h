@@ -49,6 +49,7 @@ struct lmq_daemon {
 
     /* shutdown: set before start, read after the broker has exited */
     int64_t stop_grace_ns;
+    int64_t fault_after_ns; /* a ready device busy in its driver this long is FAULT; 0: never */
     size_t nstuck;       /* devices left stuck in their driver */
     char stuck_msg[400]; /* their names and what they were doing */
 

@@ -211,6 +211,7 @@ lmq_dev_t *lmq__dev_new(const char *name, const lmq_driver_t *drv, const char *c
         return NULL;
     }
     pthread_mutex_init(&dev->mu, NULL);
+    pthread_mutex_init(&dev->ev_mu, NULL);
     dev->drv = drv;
     dev->time_scale = 1.0;
     dev->sim_t0 = lmq_clock_mono_ns();
@@ -308,6 +309,7 @@ void lmq__dev_destroy(lmq_dev_t **pdev)
     free(dev->connection);
     free(dev->ev_topic);
     pthread_mutex_destroy(&dev->mu);
+    pthread_mutex_destroy(&dev->ev_mu);
     free(dev);
     *pdev = NULL;
 }
@@ -350,7 +352,7 @@ bool lmq__dev_same_config(const lmq_dev_t *dev, const lmq_dev_t *other)
 
 const char *lmq__dev_state_name(lmq__dev_state_t s)
 {
-    static const char *const names[] = {"opening", "ready", "disconnected", "stopped"};
+    static const char *const names[] = {"opening", "ready", "disconnected", "stopped", "fault"};
     return (unsigned)s < sizeof names / sizeof *names ? names[s] : "?";
 }
 
@@ -595,6 +597,7 @@ static int publish_msg(lmq_dev_t *dev, size_t index, int64_t t_ns, zmq_msg_t *pa
     }
     zmq_msg_send(&topic, dev->pipe, ZMQ_SNDMORE);
     zmq_msg_send(&header, dev->pipe, ZMQ_SNDMORE);
+    lmq__handoff_release(zmq_msg_data(payload)); /* a subscriber over inproc reads it in place */
     zmq_msg_send(payload, dev->pipe, 0);
     atomic_fetch_add(&s->published, 1);
     return 0;
@@ -628,6 +631,7 @@ int lmq_dev_publish_take(lmq_dev_t *dev, size_t index, int64_t t_ns, void **data
 int lmq__send_ptr(void *sock, char kind, void *ptr, int flags)
 {
     char buf[1 + sizeof ptr];
+    lmq__handoff_release(ptr);
     buf[0] = kind;
     memcpy(buf + 1, &ptr, sizeof ptr);
     return zmq_send(sock, buf, sizeof buf, flags) < 0 ? -1 : 0;
@@ -654,8 +658,17 @@ void lmq__job_destroy(lmq__job_t **pjob)
 #define REOPEN_MAX_NS (1000LL * 1000000)
 #define CHECK_INTERVAL_NS (250LL * 1000000)
 
+static void set_state(lmq_dev_t *dev, lmq__dev_state_t st, const char *error, const char *cause);
+
+/* The driver is back after the broker marked the device FAULT. */
+static void driver_returned(lmq_dev_t *dev)
+{
+    lmq_log(dev->log, LMQ_LOG_INFO, dev->name, "responding again: its driver returned");
+    set_state(dev, LMQ__DEV_READY, NULL, "responding");
+}
+
 /* Marks the thread as inside the driver (for the stuck-device report at
- * shutdown) or, with what == NULL, as back in the daemon. */
+ * shutdown and FAULT) or, with what == NULL, as back in the daemon. */
 static void enter_driver(lmq_dev_t *dev, const char *what, const char *name, lmq__job_t *job, const void *user)
 {
     pthread_mutex_lock(&dev->mu);
@@ -665,21 +678,26 @@ static void enter_driver(lmq_dev_t *dev, const char *what, const char *name, lmq
     } else
         dev->busy_since = 0;
     dev->current = job;
+    bool recovered = !what && dev->dev_state == LMQ__DEV_FAULT;
     pthread_mutex_unlock(&dev->mu);
     dev->cur_user = user;
     if (what) { /* a failure the driver reports stays readable after it returns */
         dev->fail_status = 0;
         dev->fail_msg[0] = 0;
     }
+    if (recovered)
+        driver_returned(dev);
 }
 
-/* Publishes a change event on the data endpoint (protocol 3.1), through the
- * broker like a stream block: never blocking the device thread; a refused
- * event spends its seq so subscribers see the gap. value may be NULL. */
-static void emit_event_extra(lmq_dev_t *dev, const char *kind, const char *name, const lmq_value_t *value,
-                             const char *cause, const char *state, const char *error, json_t *extra)
+/* Sends a change event (protocol 3.1) on sock, under ev_mu: the device
+ * thread's go through the broker like a stream block (to_broker: the kind
+ * frame first), never blocking the device thread; a refused event spends its
+ * seq so subscribers see the gap. The broker's go out on its XPUB directly.
+ * value and extra (more header keys, taken) may be NULL. */
+static void send_event(lmq_dev_t *dev, void *sock, bool to_broker, const char *kind, const char *name,
+                       const lmq_value_t *value, const char *cause, const char *state, const char *error, json_t *extra)
 {
-    if (!dev->pipe) {
+    if (!sock) {
         json_decref(extra);
         return;
     }
@@ -720,7 +738,7 @@ static void emit_event_extra(lmq_dev_t *dev, const char *kind, const char *name,
     *(char *)zmq_msg_data(&kindm) = LMQ__MSG_PUBLISH;
     zmq_msg_init_size(&topic, strlen(dev->ev_topic));
     memcpy(zmq_msg_data(&topic), dev->ev_topic, strlen(dev->ev_topic));
-    if (zmq_msg_send(&kindm, dev->pipe, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+    if (to_broker && zmq_msg_send(&kindm, sock, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
         atomic_fetch_add(&dev->events_dropped, 1);
         zmq_msg_close(&kindm);
         zmq_msg_close(&topic);
@@ -728,17 +746,61 @@ static void emit_event_extra(lmq_dev_t *dev, const char *kind, const char *name,
         lmq__frames_close(&bin);
         return;
     }
-    zmq_msg_send(&topic, dev->pipe, ZMQ_SNDMORE);
-    zmq_msg_send(&header, dev->pipe, bin.n ? ZMQ_SNDMORE : 0);
+    zmq_msg_close(&kindm);
+    /* XPUB never blocks: a slow subscriber loses the event (a gap in seq). */
+    int wait = to_broker ? 0 : ZMQ_DONTWAIT;
+    zmq_msg_send(&topic, sock, ZMQ_SNDMORE | wait);
+    zmq_msg_send(&header, sock, (bin.n ? ZMQ_SNDMORE : 0) | wait);
     for (size_t i = 0; i < bin.n; i++)
-        zmq_msg_send(&bin.msg[i], dev->pipe, i + 1 < bin.n ? ZMQ_SNDMORE : 0);
+        zmq_msg_send(&bin.msg[i], sock, (i + 1 < bin.n ? ZMQ_SNDMORE : 0) | wait);
     lmq__frames_close(&bin);
 }
 
-static void emit_event(lmq_dev_t *dev, const char *kind, const char *name, const lmq_value_t *value,
-                       const char *cause, const char *state, const char *error)
+static void emit_event_extra(lmq_dev_t *dev, const char *kind, const char *name, const lmq_value_t *value,
+                             const char *cause, const char *state, const char *error, json_t *extra)
+{
+    pthread_mutex_lock(&dev->ev_mu);
+    send_event(dev, dev->pipe, true, kind, name, value, cause, state, error, extra);
+    pthread_mutex_unlock(&dev->ev_mu);
+}
+
+static void emit_event(lmq_dev_t *dev, const char *kind, const char *name, const lmq_value_t *value, const char *cause,
+                       const char *state, const char *error)
 {
     emit_event_extra(dev, kind, name, value, cause, state, error, NULL);
+}
+
+int64_t lmq__dev_watch(lmq_dev_t *dev, int64_t now, int64_t fault_after_ns, void *xpub,
+                       void (*drain)(void *arg, lmq_dev_t *dev), void *arg)
+{
+    pthread_mutex_lock(&dev->mu);
+    int64_t since = dev->dev_state == LMQ__DEV_READY ? dev->busy_since : 0;
+    pthread_mutex_unlock(&dev->mu);
+    if (!since)
+        return now + fault_after_ns; /* a driver entered from now on is due no earlier */
+    if (now - since < fault_after_ns)
+        return since + fault_after_ns;
+    /* Events the device sent before it got stuck go out first; it can send
+     * no new one while we hold ev_mu. */
+    pthread_mutex_lock(&dev->ev_mu);
+    drain(arg, dev);
+    char error[256];
+    pthread_mutex_lock(&dev->mu);
+    bool fault = dev->dev_state == LMQ__DEV_READY && dev->busy_since == since; /* still in that same entry */
+    if (fault) {
+        dev->dev_state = LMQ__DEV_FAULT;
+        snprintf(error, sizeof error, "in its driver (%.160s) for %.1f s, longer than fault_after (%.1f s)",
+                 dev->busy_what, (double)(now - since) / 1e9, (double)fault_after_ns / 1e9);
+        snprintf(dev->open_error, sizeof dev->open_error, "%s", error);
+    }
+    pthread_mutex_unlock(&dev->mu);
+    if (fault) {
+        send_event(dev, xpub, false, "state", NULL, NULL, "stuck", lmq__dev_state_name(LMQ__DEV_FAULT), error,
+                   NULL);
+        lmq_log(dev->log, LMQ_LOG_WARN, dev->name, "FAULT: %s", error);
+    }
+    pthread_mutex_unlock(&dev->ev_mu);
+    return now + fault_after_ns;
 }
 
 /* cause: why the state changed ("opened", "reconnected", "restored",
@@ -748,7 +810,7 @@ static void set_state(lmq_dev_t *dev, lmq__dev_state_t st, const char *error, co
     pthread_mutex_lock(&dev->mu);
     bool changed = dev->dev_state != st; /* not each retry's new reason: no event storm */
     dev->dev_state = st;
-    dev->is_open = st == LMQ__DEV_READY;
+    dev->is_open = st == LMQ__DEV_READY || st == LMQ__DEV_FAULT;
     if (error)
         snprintf(dev->open_error, sizeof dev->open_error, "%.255s", error);
     else
@@ -882,8 +944,11 @@ static int run_job(lmq_dev_t *dev, lmq__job_t *job, lmq_value_t *result)
     pthread_mutex_lock(&dev->mu);
     dev->busy_since = 0;
     dev->current = NULL;
+    bool recovered = dev->dev_state == LMQ__DEV_FAULT;
     pthread_mutex_unlock(&dev->mu);
     dev->cur_user = NULL;
+    if (recovered)
+        driver_returned(dev);
     if (rc == 0 && req->op == LMQ__OP_SET) {
         size_t i = (size_t)(job->prop - dev->props);
         lmq_value_clear(&dev->last_set[i]);
@@ -1049,6 +1114,7 @@ static void *device_thread(void *arg)
             if (n == 1 + sizeof(void *) && d[0] == LMQ__MSG_JOB) {
                 lmq__job_t *job;
                 memcpy(&job, d + 1, sizeof job);
+                lmq__handoff_acquire(job);
                 handle_job(dev, job);
                 lmq__send_ptr(dev->pipe, LMQ__MSG_DONE, job, 0);
             } else if (n >= 2 && d[0] == LMQ__MSG_LOCK)
@@ -1091,7 +1157,9 @@ int lmq__dev_connect(lmq_dev_t *dev, void *zctx, lmq_log_t *log, lmq__wires_t *w
     dev->log = log;
     dev->wires = wires;
     dev->epoch = epoch;
+    pthread_mutex_lock(&dev->mu); /* lmq_daemon_wait_ready reads it meanwhile */
     dev->dev_state = LMQ__DEV_OPENING;
+    pthread_mutex_unlock(&dev->mu);
     dev->sim_t0 = lmq_clock_mono_ns();
     atomic_store(&dev->stopping, false);
     atomic_store(&dev->exited, false);

@@ -46,10 +46,11 @@ typedef struct lmq__dev_stats {
 
 /* Where a device is in its life; shown by list, describe and stats. */
 typedef enum lmq__dev_state {
-    LMQ__DEV_OPENING = 0, /* the first open() has not returned yet */
-    LMQ__DEV_READY,       /* open, serving */
+    LMQ__DEV_OPENING = 0,  /* the first open() has not returned yet */
+    LMQ__DEV_READY,        /* open, serving */
     LMQ__DEV_DISCONNECTED, /* open() failed or the link was lost: reopened with back-off */
-    LMQ__DEV_STOPPED      /* closed at shutdown */
+    LMQ__DEV_STOPPED,      /* closed at shutdown */
+    LMQ__DEV_FAULT         /* open, but its driver has been busy for longer than fault_after */
 } lmq__dev_state_t;
 
 const char *lmq__dev_state_name(lmq__dev_state_t s);
@@ -96,7 +97,11 @@ struct lmq_dev {
     char fail_msg[512];
     const void *cur_user;      /* lmq_dev_user() */
     char *ev_topic;            /* "$events/<name>" */
-    uint64_t ev_seq;           /* the next change event's number */
+    uint64_t ev_seq;           /* the next change event's number (under ev_mu) */
+    /* Held while an event takes its seq and goes into the pipe: the broker,
+     * which also publishes this device's events (FAULT), takes it to keep
+     * seq in the order events reach the data endpoint. */
+    pthread_mutex_t ev_mu;
     lmq_value_t *last_set;     /* [nprops]: what clients last set (for restore) */
     int64_t deadline_ns;       /* the running request's deadline (mono), 0 when none: caps transport waits */
 
@@ -207,11 +212,22 @@ void lmq__dev_limits(lmq_dev_t *dev, const lmq_property_t *p, double *min, doubl
 /* describe: a JSON object for the device (with runtime shape/rate and state). */
 json_t *lmq__describe(lmq_dev_t *dev);
 
+/* Broker thread: marks the device FAULT when it is ready and its driver has
+ * been busy (a request, a stream poll, a link check) for fault_after_ns or
+ * longer, and publishes that state event on xpub itself (the device thread
+ * is the one that is stuck). drain(arg, dev) must forward everything the
+ * device has sent on its pipe so far, so that its earlier events go out
+ * first. The device thread makes it ready again when the driver returns.
+ * Returns when (mono ns) to look at the device again. */
+int64_t lmq__dev_watch(lmq_dev_t *dev, int64_t now, int64_t fault_after_ns, void *xpub,
+                       void (*drain)(void *arg, lmq_dev_t *dev), void *arg);
+
 /* Wires (simulated signals), owned by the daemon. */
 lmq__wires_t *lmq__wires_new(void);
 void lmq__wires_destroy(lmq__wires_t **w);
 
-/* Sends a pointer-carrying message (JOB or DONE). */
+/* Sends a pointer-carrying message (JOB or DONE); what ptr points to passes
+ * to the receiver, which calls lmq__handoff_acquire(ptr) before touching it. */
 int lmq__send_ptr(void *sock, char kind, void *ptr, int flags);
 
 void lmq__job_destroy(lmq__job_t **job);

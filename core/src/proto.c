@@ -533,6 +533,78 @@ int lmq__data_header(zmq_msg_t *msg, uint64_t seq, uint64_t epoch, int64_t t_ns,
     return 0;
 }
 
+static bool get_u53(json_t *o, const char *key, uint64_t *out)
+{
+    json_t *j = json_object_get(o, key);
+    if (!json_is_integer(j) || json_integer_value(j) < 0)
+        return false;
+    *out = (uint64_t)json_integer_value(j);
+    return true;
+}
+
+/* Copies UTF-8 text into dst[size], cut before a character that does not fit
+ * whole, so that what is kept is still valid UTF-8. */
+static void copy_utf8(char *dst, size_t size, const char *src)
+{
+    size_t n = strlen(src);
+    if (n >= size) {
+        n = size - 1;
+        while (n > 0 && ((unsigned char)src[n] & 0xC0) == 0x80) /* src[n] continues a character */
+            n--;
+    }
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+int lmq__data_header_parse(const void *data, size_t len, size_t payload_size, lmq__block_header_t *h, char *err,
+                           size_t errlen)
+{
+    memset(h, 0, sizeof *h);
+    json_error_t jerr;
+    json_t *j = json_loadb(data, len, 0, &jerr);
+    if (!j) {
+        snprintf(err, errlen, "block header is not JSON: %s", jerr.text);
+        return LMQ_EPROTO;
+    }
+    const char *why = NULL;
+    uint64_t t = 0;
+    json_t *shape = json_object_get(j, "shape");
+    json_t *units = json_object_get(j, "units");
+    if (!json_is_object(j))
+        why = "block header is not a JSON object";
+    else if (!get_u53(j, "seq", &h->seq) || !get_u53(j, "epoch", &h->epoch) || !get_u53(j, "t_ns", &t))
+        why = "block header lacks seq, epoch or t_ns";
+    else if ((h->dtype = lmq_dtype_parse(json_string_value(json_object_get(j, "dtype")))) == LMQ_DT_INVALID)
+        why = "block header has no valid dtype";
+    else if (!json_is_array(shape) || json_array_size(shape) > LMQ_MAX_DIMS)
+        why = "block header has no valid shape";
+    else if (units && !json_is_string(units))
+        why = "block header's units is not a string";
+    else {
+        h->t_ns = (int64_t)t;
+        h->ndim = (unsigned)json_array_size(shape);
+        for (unsigned i = 0; i < h->ndim && !why; i++) {
+            json_t *d = json_array_get(shape, i);
+            if (!json_is_integer(d) || json_integer_value(d) < 0)
+                why = "block header has no valid shape";
+            else
+                h->shape[i] = (size_t)json_integer_value(d);
+        }
+        copy_utf8(h->units, sizeof h->units, units ? json_string_value(units) : "");
+    }
+    json_decref(j);
+    size_t need = 0;
+    if (why)
+        snprintf(err, errlen, "%s", why);
+    else if (lmq__array_nbytes(h->dtype, h->ndim, h->shape, &need) != 0)
+        snprintf(err, errlen, "block header announces a shape too large to address");
+    else if (need != payload_size)
+        snprintf(err, errlen, "block payload has %zu bytes; its header announces %zu", payload_size, need);
+    else
+        return 0;
+    return LMQ_EPROTO;
+}
+
 /* ---- direct encoders for the common, fixed-shape headers ----
  * A get of a number is most of what a lab program does in a loop; building a
  * jansson tree to print a dozen bytes costs more than the round trip's

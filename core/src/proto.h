@@ -123,6 +123,29 @@ int lmq__request_add_keys(zmq_msg_t *msg, int64_t deadline_ms, const char *clien
 #define LMQ__HEARTBEAT_TTL_MS 3000
 void lmq__heartbeat_set(void *sock);
 
+/* Memory handed to another thread through ZeroMQ (a job's pointer, a
+ * zero-copy payload over inproc): ZeroMQ orders the sender's writes before
+ * the receiver's reads, but
+ * through atomics in libzmq, which ThreadSanitizer does not see (Debian's
+ * libzmq is not instrumented): these say so in an LMQ_TSAN build, and are
+ * nothing otherwise. */
+#if defined(__SANITIZE_THREAD__)
+#define LMQ__TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define LMQ__TSAN 1
+#endif
+#endif
+#ifdef LMQ__TSAN
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+#define lmq__handoff_release(p) __tsan_release(p)
+#define lmq__handoff_acquire(p) __tsan_acquire(p)
+#else
+#define lmq__handoff_release(p) ((void)(p))
+#define lmq__handoff_acquire(p) ((void)(p))
+#endif
+
 /* Receives the remaining parts of a multipart message whose last part had
  * ZMQ_RCVMORE: up to max of them into parts (initialised here; the caller
  * closes them), the rest received and dropped. Returns how many parts
@@ -139,5 +162,21 @@ char *lmq__json_quote(const char *text);
 /* Data header for a stream block; units_json is already quoted (lmq__json_quote). */
 int lmq__data_header(zmq_msg_t *msg, uint64_t seq, uint64_t epoch, int64_t t_ns, lmq_dtype_t dtype, unsigned ndim,
                      const size_t *shape, const char *units_json);
+
+/* A stream block's header as a subscriber reads it (protocol 3). */
+typedef struct lmq__block_header {
+    uint64_t seq, epoch;
+    int64_t t_ns;
+    lmq_dtype_t dtype;
+    unsigned ndim;
+    size_t shape[LMQ_MAX_DIMS];
+    char units[32]; /* cut at a character boundary when longer */
+} lmq__block_header_t;
+
+/* Parses and validates a block header, and checks that a payload of
+ * payload_size bytes is what it announces. Returns 0, or LMQ_EPROTO with the
+ * reason in err. Accepts any bytes: it is a subscriber's boundary. */
+int lmq__data_header_parse(const void *data, size_t len, size_t payload_size, lmq__block_header_t *h, char *err,
+                           size_t errlen);
 
 #endif

@@ -91,45 +91,20 @@ static int bad(lmq_sub_t *s, const char *fmt, ...)
     return LMQ_EPROTO;
 }
 
-static bool get_u53(json_t *o, const char *key, uint64_t *out)
-{
-    json_t *j = json_object_get(o, key);
-    if (!json_is_integer(j) || json_integer_value(j) < 0)
-        return false;
-    *out = (uint64_t)json_integer_value(j);
-    return true;
-}
-
 static int parse_header(lmq_sub_t *s, const zmq_msg_t *hdr, lmq_frame_t *f)
 {
-    json_error_t jerr;
-    json_t *j = json_loadb(zmq_msg_data((zmq_msg_t *)hdr), zmq_msg_size((zmq_msg_t *)hdr), 0, &jerr);
-    if (!j)
-        return bad(s, "block header is not JSON: %s", jerr.text);
-    int rc = 0;
-    uint64_t t;
-    json_t *shape = json_object_get(j, "shape");
-    const char *units = json_string_value(json_object_get(j, "units"));
-    if (!get_u53(j, "seq", &f->seq) || !get_u53(j, "epoch", &f->epoch) || !get_u53(j, "t_ns", &t))
-        rc = bad(s, "block header lacks seq, epoch or t_ns");
-    else if ((f->dtype = lmq_dtype_parse(json_string_value(json_object_get(j, "dtype")))) == LMQ_DT_INVALID)
-        rc = bad(s, "block header has no valid dtype");
-    else if (!json_is_array(shape) || json_array_size(shape) > LMQ_MAX_DIMS)
-        rc = bad(s, "block header has no valid shape");
-    else {
-        f->t_ns = (int64_t)t;
-        f->ndim = (unsigned)json_array_size(shape);
-        for (unsigned i = 0; i < f->ndim && rc == 0; i++) {
-            json_t *d = json_array_get(shape, i);
-            if (!json_is_integer(d) || json_integer_value(d) < 0)
-                rc = bad(s, "block header has no valid shape");
-            else
-                f->shape[i] = (size_t)json_integer_value(d);
-        }
-        snprintf(f->units, sizeof f->units, "%s", units ? units : "");
-    }
-    json_decref(j);
-    return rc;
+    lmq__block_header_t h;
+    if (lmq__data_header_parse(zmq_msg_data((zmq_msg_t *)hdr), zmq_msg_size((zmq_msg_t *)hdr),
+                               zmq_msg_size(&f->payload), &h, s->err, sizeof s->err) != 0)
+        return LMQ_EPROTO;
+    f->seq = h.seq;
+    f->epoch = h.epoch;
+    f->t_ns = h.t_ns;
+    f->dtype = h.dtype;
+    f->ndim = h.ndim;
+    memcpy(f->shape, h.shape, sizeof f->shape);
+    memcpy(f->units, h.units, sizeof f->units);
+    return 0;
 }
 
 int lmq_sub_recv(lmq_sub_t *s, lmq_frame_t **frame, int timeout_ms)
@@ -176,12 +151,8 @@ int lmq_sub_recv(lmq_sub_t *s, lmq_frame_t **frame, int timeout_ms)
         else if (f) {
             zmq_msg_init(&f->payload);
             zmq_msg_move(&f->payload, &rest[1]);
+            lmq__handoff_acquire(zmq_msg_data(&f->payload));
             rc = parse_header(s, &rest[0], f);
-            size_t need;
-            if (rc == 0 && (lmq__array_nbytes(f->dtype, f->ndim, f->shape, &need) != 0 ||
-                            need != zmq_msg_size(&f->payload)))
-                rc = bad(s, "block payload has %zu bytes; its header announces %zu", zmq_msg_size(&f->payload),
-                         need);
         }
         for (size_t i = 0; i < nrest && i < 2; i++)
             zmq_msg_close(&rest[i]);

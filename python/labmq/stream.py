@@ -212,7 +212,8 @@ class Event(typing.NamedTuple):
     (arrays as numpy arrays) are the property's new value, `cause` is "set",
     "restore" or "driver". kind "state": `state` is the device's new state,
     `cause` why ("opened", "reconnected", "restored", "lost", "open failed",
-    "stopped"), `error` the reason when there is one. `lost_before` counts
+    "stuck" (to "fault"), "responding" (back from "fault"), "stopped"),
+    `error` the reason when there is one. `lost_before` counts
     this device's events missed just before this one."""
 
     device: str

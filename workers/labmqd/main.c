@@ -38,7 +38,7 @@ static void usage(FILE *out)
           "SIGHUP reloads FILE: devices and workers that were added are started,\n"
           "removed ones stopped, changed ones restarted; unchanged ones are not\n"
           "touched. A new FILE with any error (or a changed control, data,\n"
-          "time_scale or security) is refused as a whole and the running configuration stays;\n"
+          "time_scale, fault_after or security) is refused as a whole and the running configuration stays;\n"
           "`labmq ping` shows the outcome (config generation, last reload).\n"
           "log_level and stop_grace are taken over on reload.\n"
           "\n"

@@ -4,6 +4,7 @@
  *   data: ipc:///run/user/1000/labmq/data         # optional
  *   log_level: info                               # optional
  *   stop_grace: 5                                 # optional: s to wait for devices at stop
+ *   fault_after: 3                                # optional: s in a driver before a device is "fault"
  *   time_scale: 1                                 # optional: simulated instruments run this much faster
  *   devices:
  *     - name: psu1

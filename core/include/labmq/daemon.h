@@ -77,6 +77,15 @@ LMQ_EXPORT void lmq_daemon_set_insecure(lmq_daemon_t *d, bool insecure);
  * the same grace is given to workers between SIGTERM and SIGKILL. */
 LMQ_EXPORT void lmq_daemon_set_stop_grace(lmq_daemon_t *d, int ms);
 
+/* A ready device whose driver has been busy (a request, a stream poll, a
+ * link check) for this long is shown as "fault" (list, describe, stats, and a
+ * state change event) until the driver returns; 0 never marks one. Before
+ * lmq_daemon_start only. The default, 3000 ms, marks a device hung under a
+ * client's default call timeout (LMQ_PROXY_DEFAULT_TIMEOUT_MS, 2000) within
+ * twice that timeout. */
+#define LMQ_DAEMON_DEFAULT_FAULT_AFTER_MS 3000
+LMQ_EXPORT void lmq_daemon_set_fault_after(lmq_daemon_t *d, int ms);
+
 /* Binds the endpoints and starts the broker and one thread per device, then
  * returns: it does not wait for instruments to open (each device opens on
  * its own thread; requests to it wait until it has, and `list` shows it as
