@@ -11,6 +11,7 @@
 #include <string.h>
 #include "daemon_internal.h"
 #include "labmq/labmq.h"
+#include "local.h"
 #include "supervise_internal.h"
 
 #define MAX_PARTS (2 + 1 + LMQ__MAX_BINFRAMES)
@@ -57,6 +58,7 @@ static lmq__job_t *job_get(broker_t *b)
     job->failed = false;
     job->nenvelope = 0;
     job->nargs = 0;
+    job->lclient = NULL; /* local channel: a ZeroMQ job */
     memset(&job->value, 0, sizeof job->value);
     memset(&job->req, 0, sizeof job->req);
     lmq__frames_init(&job->reply_bin);
@@ -313,6 +315,8 @@ static json_t *device_stats(lmq_dev_t *dev)
     pthread_mutex_unlock(&dev->mu);
     if (j)
         json_object_set_new(j, "events_dropped", json_integer((json_int_t)atomic_load(&dev->events_dropped)));
+    if (j)
+        lmq__local_stats(dev, j); /* local channel: calls per path */
     return j;
 }
 
@@ -376,6 +380,7 @@ static void handle_local(broker_t *b, zmq_msg_t *env, size_t nenv, lmq__request_
         if (!dev)
             goto no_device;
         result = lmq__describe(dev);
+        lmq__local_describe(dev, result); /* local channel: where it listens */
         break;
     }
     default:
@@ -799,8 +804,10 @@ void *lmq__broker_main(void *arg)
             if (zmq_bind(dev->broker_pipe, dev->pipe_endpoint) != 0)
                 rc = LMQ_ESYS;
         }
-        if (rc == 0)
+        if (rc == 0) {
+            lmq__local_bind(dev, d->bound_control, d->log); /* local channel (none: logged, not fatal) */
             rc = lmq__dev_start(dev, d->zctx, d->log, d->wires, d->epoch + i);
+        }
         if (rc != 0) {
             snprintf(msg, sizeof msg, "cannot start device %s: %s", dev->name, strerror(errno));
             report(&b, LMQ_ESYS, msg);

@@ -14,6 +14,7 @@
 #include <time.h>
 #include "device_internal.h"
 #include "labmq/status.h"
+#include "local.h"
 #include "value_internal.h"
 
 #define REOPEN_INTERVAL_NS (2LL * 1000000000)
@@ -288,6 +289,7 @@ void lmq__dev_destroy(lmq_dev_t **pdev)
         *pdev = NULL;
         return;
     }
+    lmq__local_destroy(dev);
     for (size_t k = 0; dev->opts && k < dev->nopts; k++)
         lmq_value_clear(&dev->opts[k].val);
     for (size_t i = 0; dev->streams && i < dev->nstreams; i++) {
@@ -840,7 +842,7 @@ static int run_job(lmq_dev_t *dev, lmq__job_t *job, lmq_value_t *result)
     return rc;
 }
 
-static void handle_job(lmq_dev_t *dev, lmq__job_t *job)
+void lmq__dev_handle_job(lmq_dev_t *dev, lmq__job_t *job)
 {
     lmq_value_t result = {0};
     dev->fail_status = 0;
@@ -932,10 +934,10 @@ static void *device_thread(void *arg)
             timeout = 0;
         if (timeout > 100) /* wake now and then to notice `stopping` */
             timeout = 100;
-        zmq_pollitem_t item = {dev->pipe, 0, ZMQ_POLLIN, 0};
-        if (zmq_poll(&item, 1, timeout) < 0 && zmq_errno() == ETERM)
+        /* local channel: waits for the pipe and the channel's clients */
+        if (lmq__local_wait(dev, timeout) < 0)
             break;
-        for (int burst = 0; burst < 64 && !atomic_load(&dev->stopping); burst++) {
+        for (int burst = 0; burst < LMQ__LOCAL_BUDGET && !atomic_load(&dev->stopping); burst++) {
             zmq_msg_t msg;
             zmq_msg_init(&msg);
             if (zmq_msg_recv(&msg, dev->pipe, ZMQ_DONTWAIT) < 0) {
@@ -947,12 +949,13 @@ static void *device_thread(void *arg)
             if (n == 1 + sizeof(void *) && d[0] == LMQ__MSG_JOB) {
                 lmq__job_t *job;
                 memcpy(&job, d + 1, sizeof job);
-                handle_job(dev, job);
+                lmq__dev_handle_job(dev, job);
                 lmq__send_ptr(dev->pipe, LMQ__MSG_DONE, job, 0);
             } else if (n >= 1 && d[0] == LMQ__MSG_TERM)
                 atomic_store(&dev->stopping, true);
             zmq_msg_close(&msg);
         }
+        lmq__local_serve(dev); /* local channel: its turn, within the same budget */
         now = lmq_clock_mono_ns();
         if (atomic_load(&dev->stopping))
             break;
@@ -968,6 +971,7 @@ static void *device_thread(void *arg)
         } else if (!dev->is_open && now >= dev->next_open_try)
             try_open(dev);
     }
+    lmq__local_stop(dev); /* local channel: CLOSED answers, then closed and unlinked */
     if (dev->is_open && dev->drv->close) {
         enter_driver(dev, "close", NULL, NULL, NULL);
         dev->drv->close(dev, dev->state);

@@ -12,6 +12,7 @@
 #ifndef LABMQ_PROXY_H
 #define LABMQ_PROXY_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include "labmq/export.h"
 #include "labmq/value.h"
@@ -72,6 +73,18 @@ LMQ_EXPORT int lmq_proxy_send_call(lmq_proxy_t *p, const char *method, const lmq
 /* Waits up to the proxy's timeout for the next reply; *id receives its id,
  * result (may be NULL) its value. Returns the reply's status. */
 LMQ_EXPORT int lmq_proxy_recv(lmq_proxy_t *p, uint64_t *id, lmq_value_t *result);
+
+/* The local channel (docs/protocol.md 6): with a daemon on this host (an
+ * ipc:// endpoint) call/get/set go straight to the device's thread over a
+ * Unix socket the daemon names in describe; everything else, requests
+ * larger than a channel record, and daemons that offer none go by ZeroMQ,
+ * chosen per request without the caller noticing. enable=false (or
+ * LABMQ_NO_LOCAL=1 in the environment when the proxy is created) keeps
+ * this proxy on ZeroMQ. */
+LMQ_EXPORT void lmq_proxy_set_local(lmq_proxy_t *p, bool enable);
+/* The path the last call/get/set request took: "local", "zmq", or "" before
+ * the first. Static string. */
+LMQ_EXPORT const char *lmq_proxy_last_path(const lmq_proxy_t *p);
 
 /* Why the last failed call failed ("device 'psu9' not found"). Borrowed,
  * valid until the next call on this proxy. */
