@@ -670,6 +670,20 @@ int lmq__local_wait(lmq_dev_t *dev, long timeout_ms)
     return 0;
 }
 
+/* Reads and admits requests, one record per client per pass so that
+ * clients share the budget. */
+static void read_some(local_t *L, lmq_dev_t *dev, int *budget)
+{
+    for (bool progress = true; *budget > 0 && progress;) {
+        progress = false;
+        for (lclient_t *c = L->clients; c && *budget > 0; c = c->next)
+            if (c->fd >= 0 && c->readable && c->reading && read_one(L, dev, c) > 0) {
+                (*budget)--;
+                progress = true;
+            }
+    }
+}
+
 void lmq__local_serve(lmq_dev_t *dev)
 {
     local_t *L = dev->local;
@@ -677,20 +691,19 @@ void lmq__local_serve(lmq_dev_t *dev)
         return;
     if (L->accept_ready)
         accept_clients(L, dev);
-    /* One record per client per pass, so clients share the budget. */
-    int budget = LMQ__LOCAL_BUDGET;
-    for (bool progress = true; budget > 0 && progress;) {
-        progress = false;
-        for (lclient_t *c = L->clients; c && budget > 0; c = c->next)
-            if (c->fd >= 0 && c->readable && c->reading && read_one(L, dev, c) > 0) {
-                budget--;
-                progress = true;
-            }
-    }
-    for (int k = 0; k < LMQ__LOCAL_BUDGET && L->fifo_head && !atomic_load(&dev->stopping); k++) {
+    int budget = LMQ__LOCAL_BUDGET, ran = 0;
+    read_some(L, dev, &budget);
+    for (; ran < LMQ__LOCAL_BUDGET && L->fifo_head && !atomic_load(&dev->stopping); ran++) {
         lmq__job_t *job = fifo_pop(L);
         lmq__dev_handle_job(dev, job);
         answer(L, dev, job);
+    }
+    /* What came while the jobs ran is checked now, not after the pipe's
+     * next turn: refusals are answered as soon as the thread is free. */
+    if (ran) {
+        for (lclient_t *c = L->clients; c; c = c->next)
+            c->readable = c->fd >= 0;
+        read_some(L, dev, &budget);
     }
     reap(L);
 }
