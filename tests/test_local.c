@@ -18,8 +18,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include <zmq.h>
+#include "device_internal.h"
 #include "harness.h"
 #include "labmq/labmq.h"
+#include "local.h"
 
 static const char *lab_yaml = "devices:\n"
                               "  - name: psu1\n    driver: sim-psu\n"
@@ -29,14 +31,7 @@ static const char *lab_yaml = "devices:\n"
 
 /* Loop index 0: proxies use the channel; 1: LABMQ_NO_LOCAL keeps them (and
  * the daemons started after) on ZeroMQ. */
-static const char *use_path(int i)
-{
-    if (i == 0)
-        unsetenv("LABMQ_NO_LOCAL");
-    else
-        setenv("LABMQ_NO_LOCAL", "1", 1);
-    return i == 0 ? "local" : "zmq";
-}
+#define use_path th_use_path
 
 static lmq_proxy_t *proxy(void *ctx, const th_daemon_t *d, const char *dev)
 {
@@ -745,6 +740,79 @@ START_TEST(malformed_records_are_answered)
 }
 END_TEST
 
+/* A driver whose one method says who called: the uid the device thread
+ * knows for a local-channel job, -1 for a ZeroMQ job. */
+static int m_whoami(lmq_dev_t *dev, void *state, const lmq_value_t *args, lmq_value_t *result)
+{
+    (void)state;
+    (void)args;
+    pthread_mutex_lock(&dev->mu);
+    const lmq__job_t *job = dev->current;
+    pthread_mutex_unlock(&dev->mu);
+    uid_t uid;
+    gid_t gid;
+    pid_t pid;
+    *result = lmq_int(lmq__local_job_peer(job, &uid, &gid, &pid) && pid == getpid() && gid == getgid() ? (long)uid : -1);
+    return 0;
+}
+
+static const lmq_method_t who_methods[] = {{.name = "whoami", .ret = LMQ_INT, .fn = m_whoami}, {.name = NULL}};
+static const lmq_driver_t who_driver = {.name = "test-who", .description = "says who called", .methods = who_methods};
+
+typedef struct {
+    pthread_mutex_t mu;
+    char text[8192];
+} logbuf_t;
+
+static void keep_log(void *user, lmq_log_level_t level, const char *source, const char *msg)
+{
+    (void)level;
+    logbuf_t *b = user;
+    pthread_mutex_lock(&b->mu);
+    size_t n = strlen(b->text);
+    snprintf(b->text + n, sizeof b->text - n, "%s: %s\n", source, msg);
+    pthread_mutex_unlock(&b->mu);
+}
+
+/* The device thread knows a local client's credentials (SO_PEERCRED): they
+ * are logged, and a job tells them (lmq__local_job_peer) for access roles. */
+START_TEST(peer_credentials_are_known)
+{
+    use_path(0);
+    char dir[128], control[200], data[200];
+    th_tempdir(dir, sizeof dir);
+    snprintf(control, sizeof control, "ipc://%s/control", dir);
+    snprintf(data, sizeof data, "ipc://%s/data", dir);
+    logbuf_t lb = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    lmq_log_t *log = lmq_log_new(LMQ_LOG_DEBUG, keep_log, &lb);
+    void *ctx = zmq_ctx_new();
+    lmq_daemon_t *d = lmq_daemon_new(ctx, control, data, log);
+    ck_assert_int_eq(lmq_daemon_add(d, "who", &who_driver, NULL, NULL), 0);
+    ck_assert_int_eq(lmq_daemon_start(d), 0);
+    ck_assert_int_eq(lmq_daemon_wait_ready(d, 20000), 0);
+    lmq_proxy_t *p = lmq_proxy_new(ctx, control, "who");
+    lmq_value_t r = {0};
+    CK_OK(p, lmq_proxy_call(p, "whoami", NULL, 0, &r));
+    ck_assert_str_eq(lmq_proxy_last_path(p), "local");
+    ck_assert_int_eq(r.u.i, (long)getuid());
+    lmq_proxy_set_local(p, false);
+    CK_OK(p, lmq_proxy_call(p, "whoami", NULL, 0, &r));
+    ck_assert_str_eq(lmq_proxy_last_path(p), "zmq");
+    ck_assert_int_eq(r.u.i, -1);
+    char want[120];
+    snprintf(want, sizeof want, "local client #1: pid %ld, uid %ld, gid %ld", (long)getpid(), (long)getuid(),
+             (long)getgid());
+    pthread_mutex_lock(&lb.mu);
+    ck_assert_msg(strstr(lb.text, want), "no '%s' in the log:\n%s", want, lb.text);
+    pthread_mutex_unlock(&lb.mu);
+    lmq_proxy_destroy(&p);
+    lmq_daemon_destroy(&d);
+    zmq_ctx_term(ctx);
+    lmq_log_destroy(&log);
+    th_rmtree(dir);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("local");
@@ -763,6 +831,7 @@ int main(void)
     tcase_add_test(local, connect_cycles_keep_fd_count);
     tcase_add_test(local, fallback_without_a_channel);
     tcase_add_test(local, malformed_records_are_answered);
+    tcase_add_test(local, peer_credentials_are_known);
     suite_add_tcase(s, local);
     return th_run_suite(s);
 }
