@@ -691,16 +691,17 @@ void lmq__local_serve(lmq_dev_t *dev)
         return;
     if (L->accept_ready)
         accept_clients(L, dev);
-    int budget = LMQ__LOCAL_BUDGET, ran = 0;
+    int budget = LMQ__LOCAL_BUDGET;
     read_some(L, dev, &budget);
-    for (; ran < LMQ__LOCAL_BUDGET && L->fifo_head && !atomic_load(&dev->stopping); ran++) {
+    int64_t t0 = L->fifo_head ? lmq_clock_mono_ns() : 0;
+    for (int ran = 0; ran < LMQ__LOCAL_BUDGET && L->fifo_head && !atomic_load(&dev->stopping); ran++) {
         lmq__job_t *job = fifo_pop(L);
         lmq__dev_handle_job(dev, job);
         answer(L, dev, job);
     }
-    /* What came while the jobs ran is checked now, not after the pipe's
+    /* What came while slow jobs ran is checked now, not after the pipe's
      * next turn: refusals are answered as soon as the thread is free. */
-    if (ran) {
+    if (t0 && lmq_clock_mono_ns() - t0 > 1000000) {
         for (lclient_t *c = L->clients; c; c = c->next)
             c->readable = c->fd >= 0;
         read_some(L, dev, &budget);

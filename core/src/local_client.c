@@ -152,6 +152,10 @@ int lmq__lchan_recv(lmq__lchan_t *ch, int timeout_ms, zmq_msg_t *hdr, lmq__frame
 {
     int64_t deadline = lmq_clock_mono_ns() + (int64_t)timeout_ms * 1000000;
     zmq_msg_init(hdr);
+    /* Waiting first saves a receive that would only say EAGAIN: a reply is
+     * rarely there before the call has waited. */
+    if (wait_for(ch->fd, POLLIN, timeout_ms) != 0)
+        return LMQ_ETIMEOUT;
     for (;;) {
         ssize_t n = recv(ch->fd, ch->rbuf, LMQ__LOCAL_RECORD_MAX + 1, MSG_DONTWAIT | MSG_TRUNC);
         if (n < 0 && errno == EINTR)
