@@ -33,6 +33,10 @@
 #define STOP_FLUSH_MS 200
 #define MAX_EVENTS 64
 #define MAX_FRAMES (1 + LMQ__MAX_BINFRAMES)
+/* Records taken from a client by one recvmmsg: a pipelining client costs
+ * one system call per batch, and a drained socket needs no extra EAGAIN. */
+#define RBATCH 8
+#define RECSZ ((size_t)LMQ__LOCAL_RECORD_MAX + 1)
 
 typedef struct outmsg {
     struct outmsg *next;
@@ -54,6 +58,11 @@ typedef struct lmq__lclient {
 
 struct lmq__local {
     int lfd, ep;
+    atomic_bool listening; /* read by the broker (describe) */
+    bool use_zmq_poll;     /* LABMQ_LOCAL_POLL=zmq: wait with zmq_poll instead of epoll (to compare) */
+    zmq_pollitem_t *items;
+    lclient_t **item_client;
+    size_t items_cap;
     bool pipe_watched;
     bool accept_ready;
     char path[sizeof(((struct sockaddr_un *)NULL)->sun_path)];
@@ -61,7 +70,7 @@ struct lmq__local {
     lclient_t *clients;
     uint64_t serial;
     lmq__job_t *fifo_head, *fifo_tail; /* accepted jobs, oldest first (linked by next) */
-    unsigned char *rbuf;               /* one record, plus a byte to see truncation */
+    unsigned char *rbuf; /* RBATCH records of RECSZ bytes: a record and a byte to see truncation */
     /* written by the device thread, read by the broker (stats) */
     _Atomic uint64_t calls, errors, clients_now, clients_total;
 };
@@ -161,7 +170,7 @@ void lmq__local_bind(lmq_dev_t *dev, const char *control, lmq_log_t *log)
         return;
     }
     local_t *L = calloc(1, sizeof *L);
-    if (!L || !(L->rbuf = malloc(LMQ__LOCAL_RECORD_MAX + 1))) {
+    if (!L || !(L->rbuf = malloc(RBATCH * RECSZ))) {
         if (L)
             free(L);
         lmq_log(log, LMQ_LOG_ERROR, dev->name, "no local channel: out of memory");
@@ -195,8 +204,11 @@ void lmq__local_bind(lmq_dev_t *dev, const char *control, lmq_log_t *log)
         unlink(L->path);
         goto fail;
     }
+    const char *how = getenv("LABMQ_LOCAL_POLL");
+    L->use_zmq_poll = how && strcmp(how, "zmq") == 0;
+    atomic_store(&L->listening, true);
     dev->local = L;
-    lmq_log(log, LMQ_LOG_INFO, dev->name, "local channel at %s", L->path);
+    lmq_log(log, LMQ_LOG_INFO, dev->name, "local channel at %s%s", L->path, L->use_zmq_poll ? " (zmq_poll)" : "");
     return;
 fail:
     if (L->lfd >= 0)
@@ -210,7 +222,7 @@ fail:
 void lmq__local_describe(lmq_dev_t *dev, json_t *obj)
 {
     local_t *L = dev->local;
-    if (obj && L && L->lfd >= 0)
+    if (obj && L && atomic_load(&L->listening))
         json_object_set_new(obj, "local", json_pack("{s:s, s:i}", "path", L->path, "record_max", LMQ__LOCAL_RECORD_MAX));
 }
 
@@ -557,44 +569,69 @@ done:
     lmq__request_clear(&req);
 }
 
-/* Reads one record from c: 1 when one was read, 0 when none waits, -1 when
- * the client is gone. */
-static int read_one(local_t *L, lmq_dev_t *dev, lclient_t *c)
+/* Answers or admits one record of n bytes (its real length: more than the
+ * buffer when the kernel truncated it). */
+static void take_record(local_t *L, lmq_dev_t *dev, lclient_t *c, const unsigned char *rec, size_t n)
 {
-    ssize_t n;
+    char err[300];
+    if (n > LMQ__LOCAL_RECORD_MAX) {
+        snprintf(err, sizeof err,
+                 "local channel: a record of %zu bytes is larger than the %d the channel carries; send it over ZeroMQ",
+                 n, LMQ__LOCAL_RECORD_MAX);
+        reply_error(L, dev, c, NULL, LMQ_EPROTO, err);
+        return;
+    }
+    if (rec[0] != 0) {
+        snprintf(err, sizeof err, "local channel: a request must be one record with flag byte 0 (got 0x%02x)",
+                 rec[0]);
+        reply_error(L, dev, c, NULL, LMQ_EPROTO, err);
+        return;
+    }
+    const unsigned char *frame[MAX_FRAMES];
+    size_t flen[MAX_FRAMES], nf;
+    if (lmq__local_split(rec + 1, n - 1, frame, flen, &nf, err, sizeof err) != 0) {
+        reply_error(L, dev, c, NULL, LMQ_EPROTO, err);
+        return;
+    }
+    admit(L, dev, c, frame, flen, nf);
+}
+
+/* Reads up to max records from c in one call: how many were read (fewer
+ * than max: the socket is drained), or -1 when the client is gone. */
+static int read_batch(local_t *L, lmq_dev_t *dev, lclient_t *c, int max)
+{
+    struct mmsghdr mv[RBATCH];
+    struct iovec iov[RBATCH];
+    if (max > RBATCH)
+        max = RBATCH;
+    for (int i = 0; i < max; i++) {
+        iov[i] = (struct iovec){L->rbuf + (size_t)i * RECSZ, RECSZ};
+        mv[i] = (struct mmsghdr){.msg_hdr = {.msg_iov = &iov[i], .msg_iovlen = 1}};
+    }
+    int n;
     do
-        n = recv(c->fd, L->rbuf, LMQ__LOCAL_RECORD_MAX + 1, MSG_DONTWAIT | MSG_TRUNC);
+        n = recvmmsg(c->fd, mv, (unsigned)max, MSG_DONTWAIT | MSG_TRUNC, NULL);
     while (n < 0 && errno == EINTR);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
         c->readable = false;
         return 0;
     }
-    if (n <= 0) { /* a record is never empty: 0 is the end of the connection */
-        client_gone(L, dev, c, n == 0 ? "closed" : strerror(errno));
+    if (n < 0) {
+        client_gone(L, dev, c, strerror(errno));
         return -1;
     }
-    char err[300];
-    if (n > LMQ__LOCAL_RECORD_MAX) {
-        snprintf(err, sizeof err,
-                 "local channel: a record of %zd bytes is larger than the %d the channel carries; send it over ZeroMQ",
-                 n, LMQ__LOCAL_RECORD_MAX);
-        reply_error(L, dev, c, NULL, LMQ_EPROTO, err);
-        return 1;
+    for (int i = 0; i < n; i++) {
+        if (mv[i].msg_len == 0) { /* a record is never empty: 0 is the end of the connection */
+            client_gone(L, dev, c, "closed");
+            return -1;
+        }
+        take_record(L, dev, c, L->rbuf + (size_t)i * RECSZ, mv[i].msg_len);
+        if (c->fd < 0)
+            return -1;
     }
-    if (L->rbuf[0] != 0) {
-        snprintf(err, sizeof err, "local channel: a request must be one record with flag byte 0 (got 0x%02x)",
-                 L->rbuf[0]);
-        reply_error(L, dev, c, NULL, LMQ_EPROTO, err);
-        return 1;
-    }
-    const unsigned char *frame[MAX_FRAMES];
-    size_t flen[MAX_FRAMES], nf;
-    if (lmq__local_split(L->rbuf + 1, (size_t)n - 1, frame, flen, &nf, err, sizeof err) != 0) {
-        reply_error(L, dev, c, NULL, LMQ_EPROTO, err);
-        return 1;
-    }
-    admit(L, dev, c, frame, flen, nf);
-    return 1;
+    if (n < max)
+        c->readable = false;
+    return n;
 }
 
 static lmq__job_t *fifo_pop(local_t *L)
@@ -627,6 +664,51 @@ static void answer(local_t *L, lmq_dev_t *dev, lmq__job_t *job)
 
 /* ---- the device thread ---- */
 
+/* The same wait with zmq_poll over the pipe, the listener and the clients
+ * (LABMQ_LOCAL_POLL=zmq), kept to measure one against the other. */
+static int wait_zmq_poll(local_t *L, lmq_dev_t *dev, long timeout_ms)
+{
+    size_t n = 2;
+    for (lclient_t *c = L->clients; c; c = c->next)
+        n += c->fd >= 0;
+    if (n > L->items_cap) {
+        zmq_pollitem_t *ni = realloc(L->items, n * sizeof *ni);
+        if (ni)
+            L->items = ni;
+        lclient_t **nc = realloc(L->item_client, n * sizeof *nc);
+        if (nc)
+            L->item_client = nc;
+        if (!ni || !nc)
+            return 0; /* out of memory: the loop comes round again */
+        L->items_cap = n;
+    }
+    L->items[0] = (zmq_pollitem_t){dev->pipe, 0, ZMQ_POLLIN, 0};
+    L->items[1] = (zmq_pollitem_t){NULL, L->lfd, ZMQ_POLLIN, 0};
+    size_t k = 2;
+    for (lclient_t *c = L->clients; c; c = c->next)
+        if (c->fd >= 0) {
+            L->item_client[k] = c;
+            L->items[k++] = (zmq_pollitem_t){NULL, c->fd,
+                                             (short)((c->reading ? ZMQ_POLLIN : 0) | (c->writing ? ZMQ_POLLOUT : 0)), 0};
+        }
+    if (L->fifo_head || L->accept_ready)
+        timeout_ms = 0;
+    if (zmq_poll(L->items, (int)k, timeout_ms) < 0)
+        return zmq_errno() == ETERM ? -1 : 0;
+    L->accept_ready = L->items[1].revents & ZMQ_POLLIN;
+    for (size_t i = 2; i < k; i++) {
+        lclient_t *c = L->item_client[i];
+        short re = L->items[i].revents;
+        if (re & (ZMQ_POLLIN | ZMQ_POLLERR))
+            c->readable = true;
+        if ((re & ZMQ_POLLERR) && !c->reading)
+            client_gone(L, dev, c, "hung up");
+        else if (re & ZMQ_POLLOUT)
+            flush_out(L, dev, c);
+    }
+    return 0;
+}
+
 int lmq__local_wait(lmq_dev_t *dev, long timeout_ms)
 {
     local_t *L = dev->local;
@@ -634,6 +716,8 @@ int lmq__local_wait(lmq_dev_t *dev, long timeout_ms)
         zmq_pollitem_t item = {dev->pipe, 0, ZMQ_POLLIN, 0};
         return zmq_poll(&item, 1, timeout_ms) < 0 && zmq_errno() == ETERM ? -1 : 0;
     }
+    if (L->use_zmq_poll)
+        return wait_zmq_poll(L, dev, timeout_ms);
     if (!L->pipe_watched) {
         int zfd;
         size_t len = sizeof zfd;
@@ -670,17 +754,19 @@ int lmq__local_wait(lmq_dev_t *dev, long timeout_ms)
     return 0;
 }
 
-/* Reads and admits requests, one record per client per pass so that
- * clients share the budget. */
+/* Reads and admits requests, a batch per client per pass so that clients
+ * share the budget. */
 static void read_some(local_t *L, lmq_dev_t *dev, int *budget)
 {
     for (bool progress = true; *budget > 0 && progress;) {
         progress = false;
-        for (lclient_t *c = L->clients; c && *budget > 0; c = c->next)
-            if (c->fd >= 0 && c->readable && c->reading && read_one(L, dev, c) > 0) {
-                (*budget)--;
+        for (lclient_t *c = L->clients; c && *budget > 0; c = c->next) {
+            int got = c->fd >= 0 && c->readable && c->reading ? read_batch(L, dev, c, *budget) : 0;
+            if (got > 0) {
+                *budget -= got;
                 progress = true;
             }
+        }
     }
 }
 
@@ -715,6 +801,7 @@ void lmq__local_stop(lmq_dev_t *dev)
     if (!L || L->lfd < 0)
         return;
     /* No new clients: the socket goes first. */
+    atomic_store(&L->listening, false);
     close(L->lfd);
     L->lfd = -1;
     unlink(L->path);
@@ -789,6 +876,8 @@ void lmq__local_destroy(lmq_dev_t *dev)
     }
     if (L->ep >= 0)
         close(L->ep);
+    free(L->items);
+    free(L->item_client);
     free(L->rbuf);
     free(L);
     dev->local = NULL;
