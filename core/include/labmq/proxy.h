@@ -1,7 +1,8 @@
 /* labmq — device proxies: remote method calls and typed properties.
  *
- * A proxy names a device at a control endpoint. It owns one DEALER socket, so
- * it must be used by one thread at a time. It survives daemon restarts: after
+ * A proxy names a device at a control endpoint. It owns one DEALER socket
+ * (and, with a daemon on this host, a connection to the device's local
+ * channel), so it must be used by one thread at a time. It survives daemon restarts: after
  * a timeout or a lost daemon the same object simply works again once a daemon
  * answers (no re-creation). A missing daemon gives LMQ_EUNREACH within the
  * call's timeout, never a hang.
