@@ -5,7 +5,12 @@
  *
  *   labmq       workers/labmqd with one sim-psu device; clients use
  *               lmq_proxy_get (1 in flight) and lmq_proxy_send_get/recv
- *               (pipelined).
+ *               (pipelined), kept on ZeroMQ (lmq_proxy_set_local false).
+ *   labmq-local the same daemon and calls over the device's local channel
+ *               (a Unix SOCK_SEQPACKET socket served by the device thread).
+ *   unix-floor  the kernel's floor for that: a raw SOCK_SEQPACKET ping-pong
+ *               with a one-thread poll server, records of the local
+ *               channel's sizes.
  *   raw-broker  client DEALER -> ROUTER + zmq_poll -> inproc PAIR -> device
  *               thread -> back; opaque frames of the sizes labmq puts on the
  *               wire (measured at start-up), no JSON.
@@ -33,7 +38,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/socket.h>
 #include <sys/types.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -214,6 +222,73 @@ static int role_echo(const opts_t *o)
 }
 
 /* ------------------------------------------------------------------ */
+/* role: unix-echo — the floor of the local channel                     */
+
+/* The local channel's framing adds a flag byte and a 4-byte frame count and
+ * length to a one-frame message. */
+#define LOCAL_OVERHEAD 9
+
+static int unix_socket_at(const char *path, struct sockaddr_un *sa)
+{
+    memset(sa, 0, sizeof *sa);
+    sa->sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof sa->sun_path)
+        return -1;
+    memcpy(sa->sun_path, path, strlen(path) + 1);
+    return socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+}
+
+/* One thread polls the listening socket and its clients, and answers each
+ * record with one of the reply's size: what a device thread does, minus
+ * labmq. */
+static int role_unix_echo(const opts_t *o)
+{
+    struct sockaddr_un sa;
+    int lfd = unix_socket_at(o->endpoint, &sa);
+    unlink(o->endpoint);
+    if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(lfd, 16) != 0) {
+        fprintf(stderr, "latency unix-echo: %s: %s\n", o->endpoint, strerror(errno));
+        return 1;
+    }
+    say_ready();
+    char buf[FRAME_MAX_BYTES + 64], reply[FRAME_MAX_BYTES + 64];
+    memset(reply, 'x', sizeof reply);
+    size_t rlen = o->rep.size[0] + LOCAL_OVERHEAD;
+    struct pollfd pf[2 + MAX_CLIENTS];
+    nfds_t n = 2;
+    pf[0] = (struct pollfd){.fd = STDIN_FILENO, .events = POLLIN};
+    pf[1] = (struct pollfd){.fd = lfd, .events = POLLIN};
+    for (;;) {
+        if (poll(pf, n, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        if (pf[0].revents && stdin_closed())
+            break;
+        if ((pf[1].revents & POLLIN) && n < 2 + MAX_CLIENTS) {
+            int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+            if (fd >= 0)
+                pf[n++] = (struct pollfd){.fd = fd, .events = POLLIN};
+        }
+        for (nfds_t i = 2; i < n; i++) {
+            if (!pf[i].revents)
+                continue;
+            ssize_t got = recv(pf[i].fd, buf, sizeof buf, 0);
+            if (got <= 0 || send(pf[i].fd, reply, rlen, MSG_NOSIGNAL) < 0) {
+                close(pf[i].fd);
+                pf[i--] = pf[--n];
+            }
+        }
+    }
+    for (nfds_t i = 2; i < n; i++)
+        close(pf[i].fd);
+    close(lfd);
+    unlink(o->endpoint);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
 /* role: raw-broker — the labmq daemon's shape without labmq            */
 
 typedef struct raw_device {
@@ -310,6 +385,7 @@ typedef struct client {
     void *dealer; /* raw, echo */
     char payload[FRAME_MAX_BYTES];
     lmq_proxy_t *proxy; /* labmq */
+    int ufd;            /* unix: the floor's socket; -1 otherwise */
 } client_t;
 
 static int client_send(client_t *c)
@@ -318,6 +394,8 @@ static int client_send(client_t *c)
         uint64_t id;
         return lmq_proxy_send_get(c->proxy, c->o->property, &id);
     }
+    if (c->ufd >= 0)
+        return send(c->ufd, c->payload, c->o->req.size[0] + LOCAL_OVERHEAD, MSG_NOSIGNAL) < 0 ? -1 : 0;
     return send_frames(c->dealer, &c->o->req, c->payload, false);
 }
 
@@ -329,6 +407,11 @@ static int client_recv(client_t *c)
         int rc = lmq_proxy_recv(c->proxy, &id, &v);
         lmq_value_clear(&v);
         return rc;
+    }
+    if (c->ufd >= 0) {
+        char buf[FRAME_MAX_BYTES + 64];
+        struct pollfd pf = {.fd = c->ufd, .events = POLLIN};
+        return poll(&pf, 1, 5000) == 1 && recv(c->ufd, buf, sizeof buf, 0) > 0 ? 0 : -1;
     }
     zmq_pollitem_t item = {c->dealer, 0, ZMQ_POLLIN, 0};
     int n = zmq_poll(&item, 1, 5000);
@@ -366,15 +449,22 @@ static int cmp_i64(const void *a, const void *b)
 
 static int role_client(const opts_t *o)
 {
-    client_t c = {.o = o};
+    client_t c = {.o = o, .ufd = -1};
     memset(c.payload, 'x', sizeof c.payload);
     c.ctx = zmq_ctx_new();
-    bool labmq = strcmp(o->system, "labmq") == 0;
-    if (labmq) {
+    bool labmq = strcmp(o->system, "labmq") == 0, local = strcmp(o->system, "local") == 0;
+    if (labmq || local) {
         c.proxy = lmq_proxy_new(c.ctx, o->endpoint, o->device);
         if (!c.proxy)
             return 1;
         lmq_proxy_set_timeout(c.proxy, 5000);
+        lmq_proxy_set_local(c.proxy, local); /* labmq: today's ZeroMQ path */
+    } else if (strcmp(o->system, "unix") == 0) {
+        struct sockaddr_un sa;
+        c.ufd = unix_socket_at(o->endpoint, &sa);
+        if (c.ufd < 0 || connect(c.ufd, (struct sockaddr *)&sa, sizeof sa) != 0 ||
+            o->req.size[0] + LOCAL_OVERHEAD > sizeof c.payload)
+            return 1;
     } else {
         c.dealer = socket_new(c.ctx, ZMQ_DEALER);
         int hwm = 0;
@@ -449,7 +539,14 @@ static int role_client(const opts_t *o)
     }
     if (rc != 0)
         fprintf(stderr, "latency client (%s): call failed: %s\n", o->system, client_error(&c, rc));
+    if (rc == 0 && local && strcmp(lmq_proxy_last_path(c.proxy), "local") != 0) {
+        fprintf(stderr, "latency client (local): the calls went by %s: the daemon offers no local channel\n",
+                lmq_proxy_last_path(c.proxy));
+        rc = 1;
+    }
     fflush(stdout);
+    if (c.ufd >= 0)
+        close(c.ufd);
     lmq_proxy_destroy(&c.proxy);
     if (c.dealer)
         zmq_close(c.dealer);
@@ -573,7 +670,7 @@ typedef struct bench {
     const opts_t *o;
     char self[PATH_MAX];
     char dir[64];
-    char control[128], data[128], raw_ep[128], echo_ep[128];
+    char control[128], data[128], raw_ep[128], echo_ep[128], floor_path[128];
     char config[128], daemon_log[128];
     frames_t req, rep;
     bool have_labmq;
@@ -597,9 +694,9 @@ typedef struct layout {
     int server_cpu, client_cpu;
 } layout_t;
 
-enum { SYS_LABMQ, SYS_RAW, SYS_ECHO, NSYS };
-static const char *const sys_name[NSYS] = {"labmq", "raw-broker", "echo"};
-static const char *const sys_arg[NSYS] = {"labmq", "raw", "echo"};
+enum { SYS_LABMQ, SYS_LOCAL, SYS_RAW, SYS_ECHO, SYS_FLOOR, NSYS };
+static const char *const sys_name[NSYS] = {"labmq", "labmq-local", "raw-broker", "echo", "unix-floor"};
+static const char *const sys_arg[NSYS] = {"labmq", "local", "raw", "echo", "unix"};
 
 enum { M_LAT, M_THR1, M_THRN, NMODE };
 
@@ -647,6 +744,13 @@ static int start_servers(bench_t *b, const layout_t *l, child_t srv[NSYS])
     av_add(&a, b->echo_ep);
     if (child_spawn(&srv[SYS_ECHO], a.v, NULL) != 0 || child_expect(&srv[SYS_ECHO], "ready", line, sizeof line))
         return -1;
+    av_role(&a, b, "unix-echo", l->server_cpu);
+    av_add(&a, "--endpoint");
+    av_add(&a, b->floor_path);
+    av_add(&a, "--rep");
+    av_add(&a, rep);
+    if (child_spawn(&srv[SYS_FLOOR], a.v, NULL) != 0 || child_expect(&srv[SYS_FLOOR], "ready", line, sizeof line))
+        return -1;
     return 0;
 }
 
@@ -657,18 +761,27 @@ static void stop_servers(child_t srv[NSYS])
             child_finish(&srv[i], i == SYS_LABMQ ? SIGTERM : 0, 5000);
 }
 
-/* One measurement: nclients clients of one system, started together. */
+/* One measurement: nclients clients of one system, started together. With
+ * mix_sys >= 0 (pipelined, mode M_THR1): one client of sys and one of
+ * mix_sys at once, the second's results into mix_r: the mixed load. */
 static int run_clients(bench_t *b, const layout_t *l, int sys, int mode, long count, double duration,
-                       result_t *r)
+                       result_t *r, int mix_sys, result_t *mix_r)
 {
     const opts_t *o = b->o;
-    int nclients = mode == M_THRN ? o->clients : 1;
+    int nclients = mode == M_THRN ? o->clients : mix_sys >= 0 ? 2 : 1;
+    result_t *rr[MAX_CLIENTS];
+    int first_sys = sys;
     child_t c[MAX_CLIENTS];
     char req[64], line[128];
     frames_format(&b->req, req, sizeof req);
-    const char *ep = sys == SYS_LABMQ ? b->control : sys == SYS_RAW ? b->raw_ep : b->echo_ep;
     int started = 0, rc = 0;
     for (; started < nclients; started++) {
+        sys = started == 1 && mix_sys >= 0 ? mix_sys : first_sys;
+        rr[started] = started == 1 && mix_sys >= 0 ? mix_r : r;
+        const char *ep = sys == SYS_LABMQ || sys == SYS_LOCAL ? b->control
+                         : sys == SYS_RAW                    ? b->raw_ep
+                         : sys == SYS_FLOOR                  ? b->floor_path
+                                                             : b->echo_ep;
         argvb_t a;
         av_role(&a, b, "client", l->client_cpu);
         av_add(&a, "--system");
@@ -708,6 +821,7 @@ static int run_clients(bench_t *b, const layout_t *l, int sys, int mode, long co
         if (rc == 0 && (child_expect(&c[i], "result", line, sizeof line) != 0 ||
                         sscanf(line, "result %ld %" SCNd64, &calls, &elapsed) != 2))
             rc = -1;
+        r = rr[i];
         if (rc == 0 && mode == M_LAT) {
             while (fgets(line, sizeof line, c[i].out)) {
                 int64_t v;
@@ -734,11 +848,12 @@ static int run_clients(bench_t *b, const layout_t *l, int sys, int mode, long co
         if (child_finish(&c[i], rc == 0 ? 0 : SIGTERM, 10000) != 0)
             rc = -1;
     }
-    if (rc == 0 && mode != M_LAT)
-        r->rate_runs[mode]++;
+    for (int i = 0; i < nclients && rc == 0 && mode != M_LAT; i++)
+        if (i == 0 || rr[i] != rr[0])
+            rr[i]->rate_runs[mode]++;
     if (rc != 0) {
-        r->failed = true;
-        fprintf(stderr, "latency: %s clients failed (%s layout)\n", sys_name[sys], l->name);
+        rr[0]->failed = true;
+        fprintf(stderr, "latency: %s clients failed (%s layout)\n", sys_name[first_sys], l->name);
     }
     return rc;
 }
@@ -821,6 +936,7 @@ static int orchestrate(const opts_t *o)
     snprintf(b.data, sizeof b.data, "ipc://%s/data", b.dir);
     snprintf(b.raw_ep, sizeof b.raw_ep, "ipc://%s/raw", b.dir);
     snprintf(b.echo_ep, sizeof b.echo_ep, "ipc://%s/echo", b.dir);
+    snprintf(b.floor_path, sizeof b.floor_path, "%s/floor", b.dir);
     snprintf(b.config, sizeof b.config, "%s/labmqd.yaml", b.dir);
     snprintf(b.daemon_log, sizeof b.daemon_log, "%s/labmqd.log", b.dir);
     b.ncpu = (int)sysconf(_SC_NPROCESSORS_ONLN);
@@ -874,8 +990,9 @@ static int orchestrate(const opts_t *o)
     layout_t layouts[] = {{"same", 0, 0}, {"split", 0, 1}, {"free", -1, -1}};
     const char *layout_doc[] = {"server and clients on CPU 0", "server on CPU 0, clients on CPU 1",
                                 "no affinity set"};
-    result_t res[3][NSYS];
+    result_t res[3][NSYS], mix[3][2];
     memset(res, 0, sizeof res);
+    memset(mix, 0, sizeof mix);
     bool ran[3] = {false, false, false};
     int rounds = o->rounds < 1 ? 1 : o->rounds;
     for (int li = 0; li < 3; li++) {
@@ -898,14 +1015,19 @@ static int orchestrate(const opts_t *o)
                 for (int k = 0; k < NSYS; k++) {
                     /* alternate the order so no system always goes first */
                     int sys = (k + round) % NSYS;
-                    if (sys == SYS_LABMQ && !b.have_labmq)
+                    if ((sys == SYS_LABMQ || sys == SYS_LOCAL) && !b.have_labmq)
                         continue;
                     if (res[li][sys].failed)
                         continue;
                     long count = (o->samples + rounds - 1) / rounds;
-                    if (run_clients(&b, l, sys, mode, count, o->duration_s / rounds, &res[li][sys]) != 0)
+                    if (run_clients(&b, l, sys, mode, count, o->duration_s / rounds, &res[li][sys], -1, NULL) != 0)
                         status = 1;
                 }
+        /* mixed load: a pipelined client on each path of the same device at once */
+        for (int round = 0; round < rounds && b.have_labmq; round++)
+            if (run_clients(&b, l, SYS_LOCAL, M_THR1, 1, o->duration_s / rounds, &mix[li][0], SYS_LABMQ,
+                            &mix[li][1]) != 0)
+                status = 1;
         stop_servers(srv);
     }
 
@@ -949,19 +1071,46 @@ static int orchestrate(const opts_t *o)
         print_ratio(have ? rate(lm, M_LAT) : 0, rate(rw, M_LAT), false, 0.8, r3, sizeof r3);
         print_ratio(have ? rate(lm, M_THR1) : 0, rate(rw, M_THR1), false, 0.8, r4, sizeof r4);
         print_ratio(have ? rate(lm, M_THRN) : 0, rate(rw, M_THRN), false, 0.8, r5, sizeof r5);
-        printf("%-6s %-12s %10s %10s %13s %13s %13s\n\n", "", "labmq/raw", r1, r2, r3, r4, r5);
+        printf("%-6s %-12s %10s %10s %13s %13s %13s\n", "", "labmq/raw", r1, r2, r3, r4, r5);
+        /* the local channel against its floor (<= 1.5x) and against the ZeroMQ path (>= 5x faster; pipelined >= 1x) */
+        result_t *lo = &res[li][SYS_LOCAL], *fl = &res[li][SYS_FLOOR];
+        have = lo->ns && fl->ns && !lo->failed && !fl->failed;
+        print_ratio(have ? pct(lo, 0.5) : 0, pct(fl, 0.5), true, 1.5, r1, sizeof r1);
+        print_ratio(have ? pct(lo, 0.99) : 0, pct(fl, 0.99), true, 1.5, r2, sizeof r2);
+        printf("%-6s %-12s %10s %10s\n", "", "local/floor", r1, r2);
+        have = lo->ns && lm->ns && !lo->failed && !lm->failed;
+        print_ratio(have ? pct(lm, 0.5) : 0, pct(lo, 0.5), false, 5.0, r1, sizeof r1);
+        print_ratio(have ? pct(lm, 0.99) : 0, pct(lo, 0.99), false, 5.0, r2, sizeof r2);
+        print_ratio(have ? rate(lo, M_LAT) : 0, rate(lm, M_LAT), false, 5.0, r3, sizeof r3);
+        print_ratio(have ? rate(lo, M_THR1) : 0, rate(lm, M_THR1), false, 1.0, r4, sizeof r4);
+        print_ratio(have ? rate(lo, M_THRN) : 0, rate(lm, M_THRN), false, 1.0, r5, sizeof r5);
+        printf("%-6s %-12s %10s %10s %13s %13s %13s\n\n", "", "zmq/local", r1, r2, r3, r4, r5);
+    }
+    if (b.have_labmq) {
+        printf("mixed load: one labmq-local and one labmq client, %d in flight each, on the same device at once\n",
+               o->inflight);
+        printf("%-6s %15s %15s %15s %15s\n", "layout", "local calls/s", "alone", "zmq calls/s", "alone");
+        for (int li = 0; li < 3; li++)
+            if (ran[li] && !mix[li][0].failed)
+                printf("%-6s %15.0f %15.0f %15.0f %15.0f\n", layouts[li].name, rate(&mix[li][0], M_THR1),
+                       rate(&res[li][SYS_LOCAL], M_THR1), rate(&mix[li][1], M_THR1), rate(&res[li][SYS_LABMQ], M_THR1));
+        printf("\n");
     }
     printf("layouts: ");
     for (int li = 0; li < 3; li++)
         printf("%s%s = %s", li ? "; " : "", layouts[li].name, layout_doc[li]);
     printf(".\n");
-    printf("systems: labmq = labmqd + lmq_proxy_get / lmq_proxy_send_get+recv; raw-broker = DEALER -> ROUTER\n"
+    printf("systems: labmq = labmqd + lmq_proxy_get / lmq_proxy_send_get+recv on ZeroMQ; labmq-local = the same\n"
+           "  over the device's local channel; unix-floor = SOCK_SEQPACKET ping-pong to a one-thread poll\n"
+           "  server, records of the channel's sizes; raw-broker = DEALER -> ROUTER\n"
            "  + zmq_poll -> inproc PAIR -> device thread -> back, opaque frames of labmq's sizes, no JSON;\n"
            "  echo = DEALER -> ROUTER that returns each message (the floor of one process hop).\n");
     printf("columns: p50/p99 = round trip of one client with 1 call in flight (microseconds);\n"
            "  calls/s AxB = completed calls per second, summed over A client processes with up to B in\n"
            "  flight each (1x1 comes from the latency run).\n");
-    printf("ratio: labmq/raw-broker; targets p50, p99 <= 1.25x, calls/s >= 0.80x (ok / MISS).\n");
+    printf("ratio: labmq/raw-broker; targets p50, p99 <= 1.25x, calls/s >= 0.80x (ok / MISS).\n"
+           "  local/floor: labmq-local / unix-floor, target p50, p99 <= 1.5x. zmq/local: how many times\n"
+           "  labmq-local beats labmq: targets p50, p99, calls/s 1x1 >= 5x, pipelined calls/s >= 1x.\n");
 
     for (int li = 0; li < 3; li++)
         for (int sys = 0; sys < NSYS; sys++)
@@ -1070,10 +1219,15 @@ int main(int argc, char **argv)
         }
         if (strcmp(o.role, "echo") == 0)
             return role_echo(&o);
+        if (strcmp(o.role, "unix-echo") == 0)
+            return o.rep.n ? role_unix_echo(&o) : 2;
         if (strcmp(o.role, "raw-broker") == 0)
             return o.rep.n ? role_raw_broker(&o) : 2;
         if (strcmp(o.role, "client") == 0)
-            return o.system && (o.req.n || strcmp(o.system, "labmq") == 0) && o.count > 0 ? role_client(&o) : 2;
+            return o.system && (o.req.n || strcmp(o.system, "labmq") == 0 || strcmp(o.system, "local") == 0) &&
+                           o.count > 0
+                       ? role_client(&o)
+                       : 2;
         if (strcmp(o.role, "sniff") == 0)
             return role_sniff(&o);
         fprintf(stderr, "latency: unknown role '%s'\n", o.role);

@@ -294,3 +294,12 @@ char th_proc_state(pid_t pid, pid_t *ppid)
         *ppid = pp;
     return st;
 }
+
+const char *th_use_path(int path)
+{
+    if (path == 0)
+        unsetenv("LABMQ_NO_LOCAL");
+    else
+        setenv("LABMQ_NO_LOCAL", "1", 1);
+    return path == 0 ? "local" : "zmq";
+}

@@ -52,6 +52,12 @@ void th_daemon_cleanup(th_daemon_t *d);
 
 double th_now_ms(void);
 
+/* Loop tests over the proxy's two paths (protocol.md 6): path 0 leaves
+ * LABMQ_NO_LOCAL unset (the local channel), path 1 sets it (ZeroMQ only,
+ * also for daemons started afterwards). Returns "local" or "zmq", what
+ * lmq_proxy_last_path then reports. */
+const char *th_use_path(int path);
+
 /* The state letter of /proc/PID/stat ('R', 'S', 'Z', ...) and, when ppid is
  * not NULL, its parent; 0 when the process is gone. */
 char th_proc_state(pid_t pid, pid_t *ppid);

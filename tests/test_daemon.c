@@ -1,6 +1,7 @@
 /* The daemon with clients in other processes: every simulated device through
  * proxies, isolation of a hung device, recovery after SIGKILL, an absent
- * daemon, and the same API against an in-process daemon. */
+ * daemon (each over both paths: the local channel and ZeroMQ), and the same
+ * API against an in-process daemon. */
 #include <check.h>
 #include <jansson.h>
 #include <signal.h>
@@ -30,6 +31,7 @@ static lmq_proxy_t *proxy(void *ctx, const th_daemon_t *d, const char *dev)
 /* Every property of every device can be read; describe agrees with get. */
 START_TEST(every_device_describes_and_gets)
 {
+    const char *path = th_use_path(_i); /* both paths: the local channel and ZeroMQ */
     th_daemon_t d;
     th_daemon_start(&d, lab_yaml);
     void *ctx = zmq_ctx_new();
@@ -62,6 +64,7 @@ START_TEST(every_device_describes_and_gets)
             lmq_value_clear(&v);
         }
         ck_assert_uint_gt(k, 3);
+        ck_assert_str_eq(lmq_proxy_last_path(p), path);
         json_decref(j);
         free(text);
         lmq_proxy_destroy(&p);
@@ -73,6 +76,7 @@ END_TEST
 
 START_TEST(calls_and_sets_on_each_device)
 {
+    const char *path = th_use_path(_i); /* both paths: the local channel and ZeroMQ */
     th_daemon_t d;
     th_daemon_start(&d, lab_yaml);
     void *ctx = zmq_ctx_new();
@@ -84,6 +88,7 @@ START_TEST(calls_and_sets_on_each_device)
     v = lmq_float(0.1);
     CK_OK(psu, lmq_proxy_set(psu, "current_limit", &v));
     CK_OK(psu, lmq_proxy_set(psu, "output", &on));
+    ck_assert_str_eq(lmq_proxy_last_path(psu), path);
     double volts, amps;
     CK_OK(psu, lmq_proxy_get_double(psu, "voltage", &volts));
     ck_assert_double_eq_tol(volts, 5.0, 1e-12);
@@ -138,6 +143,7 @@ END_TEST
  * the daemon still stops cleanly with a device hung. */
 START_TEST(hung_device_is_isolated)
 {
+    const char *path = th_use_path(_i); /* both paths: the local channel and ZeroMQ */
     th_daemon_t d;
     th_daemon_start(&d, lab_yaml);
     void *ctx = zmq_ctx_new();
@@ -176,6 +182,7 @@ START_TEST(hung_device_is_isolated)
     ck_assert_msg(below >= 10, "most daq1 calls slowed beyond %.1f ms (normally %.2f ms)", 50 + 10 * normal_ms,
                   normal_ms);
     ck_assert_msg(worst < 1000, "a daq1 call took %.1f ms while psu1 hung", worst);
+    ck_assert_str_eq(lmq_proxy_last_path(daq), path);
     /* And the hung device keeps failing fast for its callers, never hanging them. */
     ck_assert_int_eq(lmq_proxy_get_double(psu, "voltage", &v), LMQ_ETIMEOUT);
 
@@ -192,6 +199,7 @@ END_TEST
 
 START_TEST(same_proxy_survives_daemon_kill)
 {
+    const char *path = th_use_path(_i); /* both paths: the local channel and ZeroMQ */
     th_daemon_t d;
     th_daemon_start(&d, lab_yaml);
     void *ctx = zmq_ctx_new();
@@ -214,6 +222,7 @@ START_TEST(same_proxy_survives_daemon_kill)
     CK_OK(psu, lmq_proxy_set(psu, "voltage", &nv));
     CK_OK(psu, lmq_proxy_get_double(psu, "voltage", &v));
     ck_assert_double_eq_tol(v, 1.5, 1e-12);
+    ck_assert_str_eq(lmq_proxy_last_path(psu), path);
     lmq_proxy_destroy(&psu);
     zmq_ctx_term(ctx);
     th_daemon_finish(&d);
@@ -222,6 +231,7 @@ END_TEST
 
 START_TEST(absent_daemon_fails_within_timeout)
 {
+    th_use_path(_i); /* both paths: the local channel and ZeroMQ */
     char dir[128], ep[200];
     th_tempdir(dir, sizeof dir);
     snprintf(ep, sizeof ep, "ipc://%s/control", dir);
@@ -402,11 +412,11 @@ int main(void)
     Suite *s = suite_create("daemon");
     TCase *tc = tcase_create("processes");
     tcase_set_timeout(tc, 60);
-    tcase_add_test(tc, every_device_describes_and_gets);
-    tcase_add_test(tc, calls_and_sets_on_each_device);
-    tcase_add_test(tc, hung_device_is_isolated);
-    tcase_add_test(tc, same_proxy_survives_daemon_kill);
-    tcase_add_test(tc, absent_daemon_fails_within_timeout);
+    tcase_add_loop_test(tc, every_device_describes_and_gets, 0, 2);
+    tcase_add_loop_test(tc, calls_and_sets_on_each_device, 0, 2);
+    tcase_add_loop_test(tc, hung_device_is_isolated, 0, 2);
+    tcase_add_loop_test(tc, same_proxy_survives_daemon_kill, 0, 2);
+    tcase_add_loop_test(tc, absent_daemon_fails_within_timeout, 0, 2);
     suite_add_tcase(s, tc);
     TCase *inproc = tcase_create("inproc");
     tcase_set_timeout(inproc, 60);

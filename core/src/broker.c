@@ -14,6 +14,7 @@
 #include "daemon_internal.h"
 #include "dedup.h"
 #include "labmq/labmq.h"
+#include "local.h"
 #include "locks.h"
 #include "supervise_internal.h"
 
@@ -84,6 +85,7 @@ static lmq__job_t *job_get(broker_t *b)
     job->deadline_ns = 0;
     job->nenvelope = 0;
     job->nargs = 0;
+    job->lclient = NULL; /* local channel: a ZeroMQ job */
     memset(&job->value, 0, sizeof job->value);
     memset(&job->req, 0, sizeof job->req);
     lmq__frames_init(&job->reply_bin);
@@ -356,6 +358,8 @@ static json_t *device_stats(lmq_dev_t *dev)
     pthread_mutex_unlock(&dev->mu);
     if (j)
         json_object_set_new(j, "events_dropped", json_integer((json_int_t)atomic_load(&dev->events_dropped)));
+    if (j)
+        lmq__local_stats(dev, j); /* local channel: calls per path */
     return j;
 }
 
@@ -432,6 +436,7 @@ static void handle_local(broker_t *b, zmq_msg_t *env, size_t nenv, lmq__request_
         if (!dev)
             goto no_device;
         result = lmq__describe(dev);
+        lmq__local_describe(dev, result); /* local channel: where it listens */
         break;
     }
     default:
@@ -1102,6 +1107,8 @@ static void reload_apply(broker_t *b, lmq__reload_t *r)
                 waits = true;
             }
         }
+        if (!waits)
+            lmq__local_bind(r->added[i], d->bound_control, d->log); /* local channel (none: logged, not fatal) */
         if (!waits && lmq__dev_launch(r->added[i]) != 0) {
             lmq_log(d->log, LMQ_LOG_ERROR, r->added[i]->name, "cannot start its thread: %s; retrying", strerror(errno));
             b->retiring[b->nretiring++] = (retiring_t){.successor = r->added[i]};
@@ -1204,6 +1211,9 @@ static void retire_poll(broker_t *b)
     for (size_t k = 0; k < b->nretiring; k++) {
         retiring_t *r = &b->retiring[k];
         if (!r->dev && r->successor) {
+            /* Bound now, not with the plan: the instance it replaces had the
+             * same path until it closed. */
+            lmq__local_bind(r->successor, d->bound_control, d->log);
             if (lmq__dev_launch(r->successor) == 0)
                 r->successor = NULL;
             else
@@ -1305,8 +1315,10 @@ void *lmq__broker_main(void *arg)
             if (zmq_bind(dev->broker_pipe, dev->pipe_endpoint) != 0)
                 rc = LMQ_ESYS;
         }
-        if (rc == 0)
+        if (rc == 0) {
+            lmq__local_bind(dev, d->bound_control, d->log); /* local channel (none: logged, not fatal) */
             rc = lmq__dev_start(dev, d->zctx, d->log, d->wires, d->epoch + i);
+        }
         if (rc != 0) {
             snprintf(msg, sizeof msg, "cannot start device %s: %s", dev->name, strerror(errno));
             report(&b, LMQ_ESYS, msg);

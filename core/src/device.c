@@ -16,6 +16,7 @@
 #include "labmq/status.h"
 #include "locks.h"
 #include "transport_internal.h"
+#include "local.h"
 #include "value_internal.h"
 
 #define REOPEN_INTERVAL_NS (2LL * 1000000000)
@@ -291,6 +292,7 @@ void lmq__dev_destroy(lmq_dev_t **pdev)
         *pdev = NULL;
         return;
     }
+    lmq__local_destroy(dev);
     for (size_t k = 0; dev->opts && k < dev->nopts; k++)
         lmq_value_clear(&dev->opts[k].val);
     for (size_t i = 0; dev->streams && i < dev->nstreams; i++) {
@@ -966,6 +968,8 @@ static void lock_change(lmq_dev_t *dev, char what, const char *holder, size_t le
     char name[LMQ__MAX_CLIENT + 48];
     snprintf(name, sizeof name, "%.*s", (int)(len < sizeof name ? len : sizeof name - 1), holder);
     const char *cause = what == LMQ__LOCK_TAKEN ? "locked" : what == LMQ__LOCK_RELEASED ? "unlocked" : "lock expired";
+    /* The local channel bypasses the broker's lock check: it asks this. */
+    snprintf(dev->lock_holder, sizeof dev->lock_holder, "%s", what == LMQ__LOCK_TAKEN ? name : "");
     const char *safe = NULL;
     char why[512] = "";
     if (what == LMQ__LOCK_EXPIRED) {
@@ -996,7 +1000,7 @@ static void lock_change(lmq_dev_t *dev, char what, const char *holder, size_t le
     emit_event_extra(dev, "lock", NULL, NULL, cause, NULL, why[0] ? why : NULL, extra);
 }
 
-static void handle_job(lmq_dev_t *dev, lmq__job_t *job)
+void lmq__dev_handle_job(lmq_dev_t *dev, lmq__job_t *job)
 {
     lmq_value_t result = {0};
     dev->fail_status = 0;
@@ -1099,10 +1103,10 @@ static void *device_thread(void *arg)
             timeout = 0;
         if (timeout > 100) /* wake now and then to notice `stopping` */
             timeout = 100;
-        zmq_pollitem_t item = {dev->pipe, 0, ZMQ_POLLIN, 0};
-        if (zmq_poll(&item, 1, timeout) < 0 && zmq_errno() == ETERM)
+        /* local channel: waits for the pipe and the channel's clients */
+        if (lmq__local_wait(dev, timeout) < 0)
             break;
-        for (int burst = 0; burst < 64 && !atomic_load(&dev->stopping); burst++) {
+        for (int burst = 0; burst < LMQ__LOCAL_BUDGET && !atomic_load(&dev->stopping); burst++) {
             zmq_msg_t msg;
             zmq_msg_init(&msg);
             if (zmq_msg_recv(&msg, dev->pipe, ZMQ_DONTWAIT) < 0) {
@@ -1115,7 +1119,7 @@ static void *device_thread(void *arg)
                 lmq__job_t *job;
                 memcpy(&job, d + 1, sizeof job);
                 lmq__handoff_acquire(job);
-                handle_job(dev, job);
+                lmq__dev_handle_job(dev, job);
                 lmq__send_ptr(dev->pipe, LMQ__MSG_DONE, job, 0);
             } else if (n >= 2 && d[0] == LMQ__MSG_LOCK)
                 lock_change(dev, d[1], d + 2, n - 2);
@@ -1123,6 +1127,7 @@ static void *device_thread(void *arg)
                 atomic_store(&dev->stopping, true);
             zmq_msg_close(&msg);
         }
+        lmq__local_serve(dev); /* local channel: its turn, within the same budget */
         now = lmq_clock_mono_ns();
         if (atomic_load(&dev->stopping))
             break;
@@ -1138,6 +1143,7 @@ static void *device_thread(void *arg)
         } else if (!dev->is_open && now >= dev->next_open_try)
             try_open(dev);
     }
+    lmq__local_stop(dev); /* local channel: CLOSED answers, then closed and unlinked */
     if (dev->is_open && dev->drv->close) {
         enter_driver(dev, "close", NULL, NULL, NULL);
         dev->drv->close(dev, dev->state);

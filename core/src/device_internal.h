@@ -38,7 +38,10 @@ typedef struct lmq__stream_rt {
 #define LMQ__LAT_RING 1024
 
 typedef struct lmq__dev_stats {
-    uint64_t calls, errors, in_flight;
+    uint64_t calls, errors;
+    /* accepted and not answered, the running one included, on both paths:
+     * the broker's and the local channel's (local.c, device thread) */
+    _Atomic uint64_t in_flight;
     double latency_sum_us, latency_max_us;
     uint32_t ring[LMQ__LAT_RING]; /* recent latencies, µs */
     size_t ring_n;
@@ -104,6 +107,7 @@ struct lmq_dev {
     pthread_mutex_t ev_mu;
     lmq_value_t *last_set;     /* [nprops]: what clients last set (for restore) */
     int64_t deadline_ns;       /* the running request's deadline (mono), 0 when none: caps transport waits */
+    char lock_holder[LMQ__MAX_CLIENT + 120]; /* device thread: who holds its lock ("": none), for local.c */
 
     /* shared: written under mu */
     pthread_mutex_t mu;
@@ -122,6 +126,8 @@ struct lmq_dev {
     void *broker_pipe;
     lmq__dev_stats_t stats;
     lmq__job_t *queue_head, *queue_tail; /* accepted jobs in order, oldest first */
+
+    struct lmq__local *local; /* local.c: the device's local channel; NULL when it has none */
 };
 
 /* A request on its way from the broker to a device thread and back. The
@@ -148,6 +154,7 @@ struct lmq__job {
     int status;         /* failed: the reply's status */
     char fail_msg[200]; /* failed: the start of the reply's message (audit) */
     char peer[80];      /* who sent it (lmq__peer_name), for the audit line */
+    struct lmq__lclient *lclient; /* local.c: the client of a local-channel job; NULL for ZeroMQ */
 };
 
 /* Topic prefix of change events on the data endpoint: "$events/psu1". */
@@ -231,5 +238,9 @@ void lmq__wires_destroy(lmq__wires_t **w);
 int lmq__send_ptr(void *sock, char kind, void *ptr, int flags);
 
 void lmq__job_destroy(lmq__job_t **job);
+
+/* Device thread: runs a checked job and fills its reply (the local channel
+ * runs its jobs through this too). */
+void lmq__dev_handle_job(lmq_dev_t *dev, lmq__job_t *job);
 
 #endif

@@ -13,7 +13,15 @@
 #include <unistd.h>
 #include "labmq/labmq.h"
 #include "auth_internal.h"
+#include "local.h"
 #include "proto.h"
+
+/* The local channel's state in a proxy (docs/protocol.md 6). */
+enum { LOCAL_OFF, LOCAL_PROBE, LOCAL_NONE, LOCAL_CONNECT, LOCAL_ON };
+/* How long a proxy goes by ZeroMQ alone after the daemon offered no channel
+ * (or it could not be reached) before it asks again. */
+#define LOCAL_RETRY_NS (2LL * 1000000000)
+enum { FROM_ZMQ, FROM_LOCAL, FROM_ANY };
 
 struct lmq_proxy {
     void *zctx;
@@ -30,6 +38,16 @@ struct lmq_proxy {
     bool curve; /* lmq_proxy_new_keys: every socket is a CURVE client with keys */
     lmq_client_keys_t keys;
     char err[600];
+    /* local channel: call/get/set of the device straight to its thread */
+    lmq__lchan_t *lch;
+    int local;              /* LOCAL_* */
+    int64_t local_retry_ns; /* LOCAL_NONE: when to ask the daemon again */
+    char *local_path;
+    size_t local_max;
+    unsigned pend_local, pend_zmq; /* pipelined requests in flight per path */
+    const char *last_path;
+    bool local_wanted; /* lmq_proxy_set_local's choice */
+    bool locking;      /* holds (or may hold) a lock: the channel stays off (protocol 6) */
 };
 
 static int set_error(lmq_proxy_t *p, int status, const char *fmt, ...) LMQ_PRINTF(3, 4);
@@ -179,10 +197,12 @@ lmq_proxy_t *lmq_proxy_new_keys(void *zctx, const char *endpoint, const char *de
         p->client = strdup(buf);
         p->client_json = p->client ? lmq__json_quote(p->client) : NULL;
     }
+    p->last_path = "";
     if (!p->endpoint || (device && !p->device) || !p->client_json || open_socket(p) != 0) {
         lmq_proxy_destroy(&p);
         return NULL;
     }
+    lmq_proxy_set_local(p, true);
     return p;
 }
 
@@ -213,6 +233,8 @@ void lmq_proxy_destroy(lmq_proxy_t **pp)
     explicit_bzero(&p->keys, sizeof p->keys);
     free(p->client);
     free(p->client_json);
+    lmq__lchan_close(&p->lch);
+    free(p->local_path);
     free(p->endpoint);
     free(p->device);
     free(p);
@@ -240,6 +262,78 @@ void lmq_proxy_set_timeout(lmq_proxy_t *p, int timeout_ms)
 
 const char *lmq_proxy_last_error(const lmq_proxy_t *p) { return p ? p->err : "no proxy"; }
 
+/* ---- local channel ---- */
+
+static void local_drop(lmq_proxy_t *p, int next)
+{
+    lmq__lchan_close(&p->lch);
+    p->pend_local = 0;
+    p->local = next;
+    if (next == LOCAL_NONE)
+        p->local_retry_ns = lmq_clock_mono_ns() + LOCAL_RETRY_NS;
+}
+
+void lmq_proxy_set_local(lmq_proxy_t *p, bool enable)
+{
+    if (!p)
+        return;
+    const char *no = getenv("LABMQ_NO_LOCAL");
+    bool usable = p->device && strncmp(p->endpoint, "ipc://", 6) == 0 && !(no && *no && strcmp(no, "0") != 0);
+    p->local_wanted = enable;
+    /* A locked device's set and call go through the broker, which keeps
+     * the lease: a lock holder stays on ZeroMQ until it unlocks all. */
+    local_drop(p, enable && usable && !p->locking ? LOCAL_PROBE : LOCAL_OFF);
+}
+
+const char *lmq_proxy_last_path(const lmq_proxy_t *p) { return p ? p->last_path : ""; }
+
+static int roundtrip(lmq_proxy_t *p, lmq__op_t op, const char *name, const lmq_value_t *args, size_t nargs,
+                     const lmq_value_t *value, lmq_value_t *result, char **json);
+
+/* Makes sure the proxy has its channel when the daemon offers one: asks
+ * the daemon (describe) and connects. Returns 0 (with or without a
+ * channel: without, requests go by ZeroMQ), or the status of a daemon that
+ * does not answer at all (UNREACHABLE, TIMEOUT), which the request would
+ * meet too. */
+static int local_ensure(lmq_proxy_t *p)
+{
+    if (p->lch || p->local == LOCAL_OFF)
+        return 0;
+    if (p->local == LOCAL_NONE) {
+        if (lmq_clock_mono_ns() < p->local_retry_ns)
+            return 0;
+        p->local = LOCAL_PROBE;
+    }
+    if (p->local == LOCAL_PROBE) {
+        char *text = NULL;
+        int rc = roundtrip(p, LMQ__OP_DESCRIBE, NULL, NULL, 0, NULL, NULL, &text);
+        if (rc == LMQ_EUNREACH || rc == LMQ_ETIMEOUT)
+            return rc;
+        json_t *j = rc == 0 ? json_loads(text, 0, NULL) : NULL;
+        free(text);
+        json_t *loc = json_object_get(j, "local");
+        const char *path = json_string_value(json_object_get(loc, "path"));
+        json_int_t max = json_integer_value(json_object_get(loc, "record_max"));
+        free(p->local_path);
+        p->local_path = path && max > 0 ? strdup(path) : NULL;
+        p->local_max = (size_t)max;
+        json_decref(j);
+        p->err[0] = 0;
+        /* An older daemon, a daemon that offers none, or no such device. */
+        if (!p->local_path) {
+            local_drop(p, LOCAL_NONE);
+            return 0;
+        }
+        p->local = LOCAL_CONNECT;
+    }
+    char err[300];
+    if (!(p->lch = lmq__lchan_connect(p->local_path, p->local_max, err, sizeof err)))
+        local_drop(p, LOCAL_NONE); /* gone, refused, not permitted: ZeroMQ */
+    else
+        p->local = LOCAL_ON;
+    return 0;
+}
+
 /* The header of a lock/unlock (lmq_proxy_lock): keys besides v, id, op. */
 static int encode_keys(zmq_msg_t *hdr, uint64_t id, lmq__op_t op, json_t *keys)
 {
@@ -258,8 +352,9 @@ static int encode_keys(zmq_msg_t *hdr, uint64_t id, lmq__op_t op, json_t *keys)
 /* keys: a lock/unlock's own keys (else NULL). with_deadline: the proxy's
  * timeout goes along as the request's deadline (synchronous calls). */
 static int send_request_keys(lmq_proxy_t *p, lmq__op_t op, const char *name, const lmq_value_t *args, size_t nargs,
-                             const lmq_value_t *value, json_t *keys, bool with_deadline, uint64_t *id)
+                             const lmq_value_t *value, json_t *keys, bool with_deadline, uint64_t *id, bool *on_local)
 {
+    *on_local = false;
     int rc = p->sock ? 0 : open_socket(p);
     if (rc != 0)
         return rc; /* the reason is in p->err */
@@ -292,6 +387,28 @@ static int send_request_keys(lmq_proxy_t *p, lmq__op_t op, const char *name, con
         return set_error(p, rc, "cannot encode the request (%s: names must be UTF-8, at most %d arrays, floats finite)",
                          lmq_strerror(rc), LMQ__MAX_BINFRAMES);
     }
+    if (device_op && p->lch) {
+        rc = lmq__lchan_send(p->lch, &hdr, &bin, p->timeout_ms);
+        if (rc == 0 || rc == LMQ_ETIMEOUT) {
+            zmq_msg_close(&hdr);
+            lmq__frames_close(&bin);
+        }
+        if (rc == 0) {
+            *on_local = true;
+            p->last_path = "local";
+            return 0;
+        }
+        if (rc == LMQ_ETIMEOUT) {
+            local_drop(p, LOCAL_CONNECT);
+            return set_error(p, LMQ_ETIMEOUT, "%s: the local channel took no request within %d ms", p->device,
+                             p->timeout_ms);
+        }
+        if (rc == LMQ_ECLOSED) /* nothing was sent: the daemon went away, or restarted */
+            local_drop(p, LOCAL_PROBE);
+        /* else too large for one record: by ZeroMQ */
+    }
+    if (device_op)
+        p->last_path = "zmq";
     if (p->sock_timeout != p->timeout_ms) {
         zmq_setsockopt(p->sock, ZMQ_SNDTIMEO, &p->timeout_ms, sizeof p->timeout_ms);
         p->sock_timeout = p->timeout_ms;
@@ -324,14 +441,69 @@ static int send_request_keys(lmq_proxy_t *p, lmq__op_t op, const char *name, con
 static int send_pipelined(lmq_proxy_t *p, lmq__op_t op, const char *name, const lmq_value_t *args, size_t nargs,
                           uint64_t *id)
 {
-    return send_request_keys(p, op, name, args, nargs, NULL, NULL, false, id);
+    bool local = false;
+    p->err[0] = 0;
+    int rc = local_ensure(p);
+    if (rc == 0)
+        rc = send_request_keys(p, op, name, args, nargs, NULL, NULL, false, id, &local);
+    if (rc == 0 && local)
+        p->pend_local++;
+    else if (rc == 0)
+        p->pend_zmq++;
+    return rc;
 }
 
 #define LOST 1 /* recv_reply: the connection to the daemon was lost */
 
-/* Receives one reply into rep (+ its binary frames). */
-static int recv_reply(lmq_proxy_t *p, int timeout_ms, lmq__reply_t *rep, lmq__frames_t *bin)
+/* Receives one reply into rep (+ its binary frames), from one path or
+ * (FROM_ANY, pipelining) whichever has one first; *came says which. */
+static int recv_reply(lmq_proxy_t *p, int timeout_ms, int from, lmq__reply_t *rep, lmq__frames_t *bin, int *came)
 {
+    if (from == FROM_ANY) {
+        from = !p->lch || !p->pend_local ? FROM_ZMQ : !p->pend_zmq ? FROM_LOCAL : FROM_ANY;
+        if (from == FROM_ANY) {
+            zmq_pollitem_t two[2] = {{p->sock, 0, ZMQ_POLLIN, 0}, {NULL, lmq__lchan_fd(p->lch), ZMQ_POLLIN, 0}};
+            int n = zmq_poll(two, 2, timeout_ms);
+            if (n < 0)
+                return set_error(p, zmq_errno() == ETERM ? LMQ_ECLOSED : LMQ_EIO, "poll: %s",
+                                 zmq_strerror(zmq_errno()));
+            if (n == 0)
+                return LMQ_ETIMEOUT;
+            from = two[1].revents ? FROM_LOCAL : FROM_ZMQ;
+        }
+    }
+    *came = from;
+    if (from == FROM_LOCAL && p->mon && timeout_ms != 0) {
+        /* The channel has no heartbeats; the ZeroMQ socket beside it does
+         * (protocol 1.2): a stopped daemon is noticed by its monitor. */
+        zmq_pollitem_t it[2] = {{NULL, lmq__lchan_fd(p->lch), ZMQ_POLLIN, 0}, {p->mon, 0, ZMQ_POLLIN, 0}};
+        int64_t end = lmq_clock_mono_ns() + (int64_t)timeout_ms * 1000000;
+        for (;;) {
+            int64_t left = (end - lmq_clock_mono_ns() + 999999) / 1000000;
+            int n = zmq_poll(it, 2, timeout_ms < 0 ? -1 : left > 0 ? (long)left : 0);
+            if (n < 0)
+                return set_error(p, zmq_errno() == ETERM ? LMQ_ECLOSED : LMQ_EIO, "poll: %s",
+                                 zmq_strerror(zmq_errno()));
+            if (n == 0)
+                return LMQ_ETIMEOUT;
+            if (it[0].revents)
+                break;
+            if (monitor_lost(p))
+                return LOST;
+        }
+        if (timeout_ms > 0) {
+            int64_t left = (end - lmq_clock_mono_ns() + 999999) / 1000000;
+            timeout_ms = left > 0 ? (int)left : 0;
+        }
+    }
+    if (from == FROM_LOCAL) {
+        zmq_msg_t hdr;
+        int rc = lmq__lchan_recv(p->lch, timeout_ms, &hdr, bin, p->err, sizeof p->err);
+        if (rc == 0)
+            rc = lmq__reply_parse(zmq_msg_data(&hdr), zmq_msg_size(&hdr), rep, p->err, sizeof p->err);
+        zmq_msg_close(&hdr);
+        return rc;
+    }
     zmq_pollitem_t items[2] = {{p->sock, 0, ZMQ_POLLIN, 0}, {p->mon, 0, ZMQ_POLLIN, 0}};
     int64_t end = lmq_clock_mono_ns() + (int64_t)timeout_ms * 1000000;
     for (;;) {
@@ -380,9 +552,15 @@ static int roundtrip_keys(lmq_proxy_t *p, lmq__op_t op, const char *name, const 
     if (!p)
         return LMQ_EARG;
     p->err[0] = 0;
-    int64_t start = lmq_clock_mono_ns();
     uint64_t id;
-    int rc = send_request_keys(p, op, name, args, nargs, value, keys, true, &id);
+    bool local = false;
+    int came, rc = 0;
+    if (op == LMQ__OP_CALL || op == LMQ__OP_GET || op == LMQ__OP_SET)
+        rc = local_ensure(p);
+    if (rc != 0)
+        return rc;
+    int64_t start = lmq_clock_mono_ns();
+    rc = send_request_keys(p, op, name, args, nargs, value, keys, true, &id, &local);
     if (rc != 0)
         return rc;
     for (;;) {
@@ -390,13 +568,16 @@ static int roundtrip_keys(lmq_proxy_t *p, lmq__op_t op, const char *name, const 
         lmq__reply_t rep = {0};
         lmq__frames_t bin;
         lmq__frames_init(&bin);
-        rc = recv_reply(p, left > 0 ? left : 0, &rep, &bin);
+        rc = recv_reply(p, left > 0 ? left : 0, local ? FROM_LOCAL : FROM_ZMQ, &rep, &bin, &came);
         bool effect = op == LMQ__OP_CALL || op == LMQ__OP_SET || op == LMQ__OP_LOCK || op == LMQ__OP_UNLOCK;
         if (rc == LMQ_ETIMEOUT) {
             /* The request may still be queued at a hung device or lost with a
              * dead daemon; a new socket guarantees its late reply is never
              * read as the answer to a later call. */
-            open_socket(p);
+            if (local)
+                local_drop(p, LOCAL_CONNECT); /* the same rule for the local channel */
+            else
+                open_socket(p);
             return set_error(p, LMQ_ETIMEOUT, "%s%s%s %s: no reply within %d ms%s", p->device ? p->device : "",
                              p->device ? ": " : "", lmq__op_name(op), name ? name : "", p->timeout_ms,
                              effect ? " (it may or may not have run)" : "");
@@ -404,6 +585,8 @@ static int roundtrip_keys(lmq_proxy_t *p, lmq__op_t op, const char *name, const 
         if (rc == LOST) {
             /* Whether the daemon read the request is unknowable: say so, and
              * never guess (protocol 2.5). */
+            if (local)
+                local_drop(p, LOCAL_PROBE);
             open_socket(p);
             if (effect)
                 return set_error(p, LMQ_EOUTCOME,
@@ -414,6 +597,19 @@ static int roundtrip_keys(lmq_proxy_t *p, lmq__op_t op, const char *name, const 
             return set_error(p, LMQ_EUNREACH,
                              "daemon not responding (connection to %s lost: stopped, gone, or no heartbeat for %d ms)",
                              p->endpoint, LMQ__HEARTBEAT_TIMEOUT_MS);
+        }
+        if (rc != 0 && local) {
+            lmq__reply_clear(&rep);
+            lmq__frames_close(&bin);
+            local_drop(p, rc == LMQ_ECLOSED ? LOCAL_PROBE : LOCAL_CONNECT);
+            /* As a lost ZeroMQ connection (protocol 2.5): never guessed. */
+            if (rc == LMQ_ECLOSED)
+                return set_error(p, effect ? LMQ_EOUTCOME : LMQ_EUNREACH,
+                                 "%s: %s %s: the daemon closed the local channel before answering (it stopped or "
+                                 "died)%s",
+                                 p->device, lmq__op_name(op), name ? name : "",
+                                 effect ? "; the outcome is unknown: it may or may not have run" : "");
+            return rc;
         }
         if (rc != 0) {
             lmq__reply_clear(&rep);
@@ -485,8 +681,16 @@ static int lock_op(lmq_proxy_t *p, lmq__op_t op, const char *const *devices, siz
     if (rc == 0 && lease_ms)
         json_object_set_new(keys, "lease_ms", json_integer(lease_ms));
     char *text = NULL;
+    if (rc == 0 && op == LMQ__OP_LOCK && !p->locking) {
+        p->locking = true;
+        lmq_proxy_set_local(p, p->local_wanted);
+    }
     if (rc == 0)
         rc = roundtrip_keys(p, op, NULL, NULL, 0, NULL, keys, NULL, &text);
+    if (rc == 0 && op == LMQ__OP_UNLOCK && n == 0 && p->locking) {
+        p->locking = false;
+        lmq_proxy_set_local(p, p->local_wanted);
+    }
     if (json)
         *json = text;
     else
@@ -622,9 +826,24 @@ int lmq_proxy_recv(lmq_proxy_t *p, uint64_t *id, lmq_value_t *result)
     lmq__reply_t rep = {0};
     lmq__frames_t bin;
     lmq__frames_init(&bin);
-    int rc = recv_reply(p, p->timeout_ms, &rep, &bin);
+    int came;
+    int rc = recv_reply(p, p->timeout_ms, FROM_ANY, &rep, &bin, &came);
     if (rc == LMQ_ETIMEOUT)
         return set_error(p, rc, "no reply within %d ms", p->timeout_ms);
+    if (rc != 0 && came == FROM_LOCAL) {
+        unsigned lost = p->pend_local;
+        char why[300];
+        snprintf(why, sizeof why, "%.299s", p->err[0] ? p->err : lmq_strerror(rc));
+        local_drop(p, rc == LMQ_ECLOSED ? LOCAL_PROBE : LOCAL_CONNECT);
+        lmq__reply_clear(&rep);
+        lmq__frames_close(&bin);
+        return set_error(p, rc, "the local channel failed with %u request%s in flight (%s)", lost, lost == 1 ? "" : "s",
+                         why);
+    }
+    if (came == FROM_LOCAL && p->pend_local)
+        p->pend_local--;
+    else if (came == FROM_ZMQ && p->pend_zmq)
+        p->pend_zmq--;
     if (rc == LOST)
         return set_error(p, LMQ_EOUTCOME,
                          "daemon not responding (connection to %s lost: stopped, gone, or no heartbeat for %d ms): "

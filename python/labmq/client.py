@@ -4,7 +4,7 @@ import inspect
 import keyword
 import os
 
-from . import _wire, errors
+from . import _local, _wire, errors
 from . import keys as _keys
 from ._channel import Channel, check_timeout, describe_request, result_of
 from .stream import Events, Subscription
@@ -240,6 +240,7 @@ class Device:
             raise errors.ArgError(f"no device named in {uri!r}: a proxy URI is 'ENDPOINT#DEVICE'")
         object.__setattr__(self, "_channel", Channel(endpoint, timeout, _keys.make(keys)))
         object.__setattr__(self, "_name", device)
+        object.__setattr__(self, "_lane", _local.Lane(endpoint, device))
         object.__setattr__(self, "_table", None)
         object.__setattr__(self, "_data", _data)
 
@@ -270,16 +271,34 @@ class Device:
     # -- operations --------------------------------------------------------------
 
     def get(self, prop, *, timeout=None):
-        return self._channel.request({"op": "get", "device": self._name, "name": prop}, (), timeout)
+        return self._request({"op": "get", "device": self._name, "name": prop}, (), timeout)
 
     def set(self, prop, value, *, timeout=None):
         frames = []
         v = _wire.encode_value(value, frames, f"{self._name}.{prop}")
-        self._channel.request({"op": "set", "device": self._name, "name": prop, "value": v}, frames, timeout)
+        self._request({"op": "set", "device": self._name, "name": prop, "value": v}, frames, timeout)
 
     def call(self, method, *args, timeout=None):
         header, frames = self._call_header(method, args)
-        return self._channel.request(header, frames, timeout)
+        return self._request(header, frames, timeout)
+
+    def _request(self, header, frames, timeout):
+        """A get/set/call over the device's local channel when the daemon
+        offers one (protocol 6), else over ZeroMQ."""
+        ch = self._channel
+        t = ch.timeout if timeout is None else check_timeout(timeout)
+        with ch._own():
+            got = self._lane.request(header, frames, t,
+                                     lambda: ch.request({"op": "describe", "device": self._name}, (), t))
+        if got is _local.FALLBACK:
+            return ch.request(header, frames, timeout)
+        return result_of(*got)
+
+    @property
+    def last_path(self):
+        """The path the last get/set/call took: "local" (the device's local
+        channel), "zmq", or "" before the first."""
+        return self._lane.last_path
 
     def _call_header(self, method, args):
         if len(args) > _wire.MAX_ARGS:
@@ -337,8 +356,9 @@ class Device:
         return Events(self.data_endpoint(), self._name, timeout=timeout, keys=self._channel.keys)
 
     def close(self):
-        """Closes this process's socket; the next request opens a new one."""
+        """Closes this process's sockets; the next request opens new ones."""
         self._channel.close()
+        self._lane.close()
 
     def __enter__(self):
         return self

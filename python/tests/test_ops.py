@@ -153,7 +153,8 @@ def frame_of(arr):
     return None
 
 
-def test_sweep_result_is_an_n_by_2_array(lab):
+def test_sweep_result_is_an_n_by_2_array(lab, monkeypatch):
+    monkeypatch.setenv("LABMQ_NO_LOCAL", "1")  # ZeroMQ's frames (the local channel: test_local.py)
     psu = lab.device("psu1")
     psu.current_limit = 0.05
     psu.output = True
@@ -199,7 +200,8 @@ def test_list_sweep_refuses_what_it_cannot_use(lab):
         psu.output = False
 
 
-def test_snap_is_a_uint16_frame(lab):
+def test_snap_is_a_uint16_frame(lab, monkeypatch):
+    monkeypatch.setenv("LABMQ_NO_LOCAL", "1")  # ZeroMQ's frames (the local channel: test_local.py)
     cam = lab.device("cam1")
     frame = cam.snap()
     assert frame.dtype == np.dtype("<u2") and frame.shape == (cam.height, cam.width) == (48, 64)

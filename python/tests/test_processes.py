@@ -58,7 +58,8 @@ def test_errors_cross_back_from_workers(lab):
             pool.apply(procs.reach, (lab.device("psu9"),))
 
 
-def test_forked_child_never_touches_the_parents_socket(lab):
+def test_forked_child_never_touches_the_parents_socket(lab, monkeypatch):
+    monkeypatch.setenv("LABMQ_NO_LOCAL", "1")  # the DEALER's rules (the local channel: test_local.py)
     psu = lab.device("psu1")
     psu.voltage = 2.5
     psu.fault = "delay:400"  # keeps the parent's request in flight across the fork

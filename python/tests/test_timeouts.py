@@ -38,7 +38,8 @@ def test_unsent_request_never_reaches_a_daemon_started_later(own_daemon):
     assert psu.get("voltage") == 0.0
 
 
-def test_timeout_replaces_the_socket_and_late_replies_are_never_taken(lab):
+def test_timeout_replaces_the_socket_and_late_replies_are_never_taken(lab, monkeypatch):
+    monkeypatch.setenv("LABMQ_NO_LOCAL", "1")  # the DEALER's rules (the local channel: test_local.py)
     psu = lab.device("psu1")
     psu.voltage = 1.25
     psu.fault = "hang:1500"

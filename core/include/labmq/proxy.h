@@ -1,7 +1,8 @@
 /* labmq — device proxies: remote method calls and typed properties.
  *
- * A proxy names a device at a control endpoint. It owns one DEALER socket, so
- * it must be used by one thread at a time. It survives daemon restarts: after
+ * A proxy names a device at a control endpoint. It owns one DEALER socket
+ * (and, with a daemon on this host, a connection to the device's local
+ * channel), so it must be used by one thread at a time. It survives daemon restarts: after
  * a timeout or a lost daemon the same object simply works again once a daemon
  * answers (no re-creation). A missing daemon gives LMQ_EUNREACH within the
  * call's timeout, never a hang. A daemon that stops answering mid-call
@@ -18,6 +19,7 @@
 #ifndef LABMQ_PROXY_H
 #define LABMQ_PROXY_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include "labmq/auth.h"
 #include "labmq/export.h"
@@ -115,6 +117,17 @@ LMQ_EXPORT int lmq_proxy_unlock(lmq_proxy_t *p, const char *const *devices, size
  * authenticated. Borrowed. */
 LMQ_EXPORT const char *lmq_proxy_client(const lmq_proxy_t *p);
 LMQ_EXPORT int lmq_proxy_set_client(lmq_proxy_t *p, const char *name);
+/* The local channel (docs/protocol.md 6): with a daemon on this host (an
+ * ipc:// endpoint) call/get/set go straight to the device's thread over a
+ * Unix socket the daemon names in describe; everything else, requests
+ * larger than a channel record, and daemons that offer none go by ZeroMQ,
+ * chosen per request without the caller noticing. enable=false (or
+ * LABMQ_NO_LOCAL=1 in the environment when the proxy is created) keeps
+ * this proxy on ZeroMQ. */
+LMQ_EXPORT void lmq_proxy_set_local(lmq_proxy_t *p, bool enable);
+/* The path the last call/get/set request took: "local", "zmq", or "" before
+ * the first. Static string. */
+LMQ_EXPORT const char *lmq_proxy_last_path(const lmq_proxy_t *p);
 
 /* Why the last failed call failed ("device 'psu9' not found"). Borrowed,
  * valid until the next call on this proxy. */
