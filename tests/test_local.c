@@ -855,6 +855,9 @@ START_TEST(peer_credentials_are_known)
              (long)getgid());
     pthread_mutex_lock(&lb.mu);
     ck_assert_msg(strstr(lb.text, want), "no '%s' in the log:\n%s", want, lb.text);
+    /* a call on the channel is audited like one through the broker */
+    snprintf(want, sizeof want, "audit: local uid %ld pid %ld call who.whoami", (long)getuid(), (long)getpid());
+    ck_assert_msg(strstr(lb.text, want), "no '%s' in the log:\n%s", want, lb.text);
     pthread_mutex_unlock(&lb.mu);
     lmq_proxy_destroy(&p);
     lmq_daemon_destroy(&d);

@@ -21,6 +21,7 @@
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
+#include "auth_internal.h"
 #include "labmq/labmq.h"
 
 /* The broker's per-device bound (protocol 2.5); the two paths share it. */
@@ -467,9 +468,22 @@ static void send_msg(local_t *L, lmq_dev_t *dev, lclient_t *c, const void *hdr, 
     flush_out(L, dev, c);
 }
 
+/* The audit line of a state-changing request (as the broker writes it for
+ * the control endpoint): the channel's client is named by its uid and pid. */
+static void audit(const local_t *L, const lclient_t *c, const lmq__request_t *req, int status, const char *msg,
+                  int64_t elapsed_ns)
+{
+    if (!req || !req->device || !lmq__op_changes_state(req->op))
+        return;
+    char peer[64];
+    snprintf(peer, sizeof peer, "local uid %ld pid %ld", (long)c->cred.uid, (long)c->cred.pid);
+    lmq__audit(L->log, peer, req, status, msg, elapsed_ns);
+}
+
 static void reply_error(local_t *L, lmq_dev_t *dev, lclient_t *c, const lmq__request_t *req, int status,
                         const char *msg)
 {
+    audit(L, c, req, status, msg, 0);
     zmq_msg_t hdr;
     if (lmq__reply_error(&hdr, req && req->has_id, req ? req->id : 0, status, msg) != 0)
         return;
@@ -687,7 +701,10 @@ static void answer(local_t *L, lmq_dev_t *dev, lmq__job_t *job)
     atomic_fetch_add(&L->calls, 1);
     if (job->failed)
         atomic_fetch_add(&L->errors, 1);
-    if (zmq_msg_size(&job->reply) == 0)
+    bool oom = zmq_msg_size(&job->reply) == 0;
+    if (!oom) /* (an oom reply is audited by reply_error) */
+        audit(L, c, &job->req, job->failed ? job->status : 0, job->fail_msg, lmq_clock_mono_ns() - job->t_start);
+    if (oom)
         reply_error(L, dev, c, &job->req, LMQ_EMEM, "out of memory encoding the reply");
     else
         send_msg(L, dev, c, zmq_msg_data(&job->reply), zmq_msg_size(&job->reply), &job->reply_bin);
