@@ -43,13 +43,41 @@ def cli_value(lab, dev, prop):
 
 def set_in_page(d, key, text):
     """Types text into the property's input and presses its set button;
-    returns the message element next to it."""
+    returns a function giving the text of the message next to it. The page
+    redraws panels as events arrive, so every element is looked up afresh
+    (an element kept across a redraw is stale)."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
-    inp = d.find_element(By.CSS_SELECTOR, f'[data-input="{key}"]')
-    inp.clear()
-    inp.send_keys(text)
-    d.find_element(By.CSS_SELECTOR, f'[data-set="{key}"]').click()
-    return d.find_element(By.CSS_SELECTOR, f'[data-error="{key}"]')
+    for attempt in range(10):
+        try:
+            inp = d.find_element(By.CSS_SELECTOR, f'[data-input="{key}"]')
+            inp.clear()
+            inp.send_keys(text)
+            d.find_element(By.CSS_SELECTOR, f'[data-set="{key}"]').click()
+            break
+        except StaleElementReferenceException:
+            if attempt == 9:
+                raise
+            time.sleep(0.1)
+
+    def message():
+        for attempt in range(10):
+            try:
+                return text_of(d, f'[data-error="{key}"]')
+            except StaleElementReferenceException:
+                if attempt == 9:
+                    raise
+                time.sleep(0.05)
+    return message
+
+
+def text_of(d, css):
+    """The text of the element css selects, read in the page in one step (a
+    WebElement kept across one of the page's redraws would be stale)."""
+    t = js(d, "const n = document.querySelector(arguments[0]); return n ? n.innerText : null;", css)
+    if t is None:
+        raise LookupError(f"no element {css}")
+    return t
 
 
 def device_state(d, dev):
@@ -80,38 +108,35 @@ def main():
 
             step = "set psu1.voltage"
             msg = set_in_page(d, "psu1.voltage", "2.5")
-            wait_for("the set's reply", lambda: msg.text == "done" or (msg.text.startswith(("RANGE", "ARG", "DEVICE",
-                     "TIMEOUT", "CLOSED", "WEB")) and Fail(f"the set failed: {msg.text}")))
+            wait_for("the set's reply", lambda: msg() == "done" or (msg().startswith(("RANGE", "ARG", "DEVICE",
+                     "TIMEOUT", "CLOSED", "WEB")) and Fail(f"the set failed: {msg()}")))
             if abs(cli_value(lab, "psu1", "voltage") - 2.5) > 1e-9:
                 raise Fail(f"labmq get psu1 voltage gives {cli_value(lab, 'psu1', 'voltage')}, not 2.5")
-            wait_for("the change event to show 2.5 in the page", lambda: d.find_element(
-                By.CSS_SELECTOR, '[data-value="psu1.voltage"]').text == "2.5")
+            wait_for("the change event to show 2.5 in the page", lambda: text_of(d, '[data-value="psu1.voltage"]') == "2.5")
             print("ok: psu1.voltage set through the page is 2.5 on the device")
-            calls = wait_for("psu1's requests counted in the page's stats table", lambda: int(d.find_element(
-                By.CSS_SELECTOR, '[data-stats="psu1"] .calls').text) >= 1 and d.find_element(
-                By.CSS_SELECTOR, '[data-stats="psu1"] .calls').text)
+            calls = wait_for("psu1's requests counted in the page's stats table", lambda: int(text_of(d, '[data-stats="psu1"] .calls')) >= 1 and text_of(d, '[data-stats="psu1"] .calls'))
             print(f"ok: stats show psu1 with {calls} requests")
 
             step = "out-of-range value"
             replies = js(d, "return window.labmq.replies;")
             msg = set_in_page(d, "psu1.voltage", "50")
-            if not (msg.text.startswith("not sent") and "maximum 10" in msg.text):
-                raise Fail(f"an out-of-range voltage was not refused by the page: '{msg.text}'")
+            if not (msg().startswith("not sent") and "maximum 10" in msg()):
+                raise Fail(f"an out-of-range voltage was not refused by the page: '{msg()}'")
             time.sleep(0.5)
             if js(d, "return window.labmq.replies;") != replies:
                 raise Fail("the page sent the out-of-range value anyway (a reply came back)")
             if cli_value(lab, "psu1", "voltage") != 2.5:
                 raise Fail("the out-of-range value reached the device")
-            print(f"ok: refused in the page: '{msg.text}'")
+            print(f"ok: refused in the page: '{msg()}'")
             msg = set_in_page(d, "psu1.voltage", "abc")
-            if "not a number" not in msg.text:
-                raise Fail(f"'abc' was not refused as not a number: '{msg.text}'")
-            print(f"ok: refused in the page: '{msg.text}'")
+            if "not a number" not in msg():
+                raise Fail(f"'abc' was not refused as not a number: '{msg()}'")
+            print(f"ok: refused in the page: '{msg()}'")
 
             step = "daemon's error wording"
             msg = set_in_page(d, "psu1.fault", "sometimes")
-            wait_for("the daemon's error for fault=sometimes", lambda: msg.text.startswith(("ARG", "DEVICE", "RANGE")))
-            print(f"ok: the daemon's error is shown: '{msg.text}'")
+            wait_for("the daemon's error for fault=sometimes", lambda: msg().startswith(("ARG", "DEVICE", "RANGE")))
+            print(f"ok: the daemon's error is shown: '{msg()}'")
 
             step = "daq1/wave"
             first = wait_for("daq1/wave blocks", lambda: (stream(d, "daq1/wave") or {}).get("blocks", 0) >= 3 and
@@ -120,7 +145,7 @@ def main():
                          and stream(d, "daq1/wave"))
             if s["lost"] != 0 or s["drawn"] == 0:
                 raise Fail(f"daq1/wave: {s}")
-            shown = d.find_element(By.CSS_SELECTOR, '[data-stream="daq1/wave"] .blocks').text
+            shown = text_of(d, '[data-stream="daq1/wave"] .blocks')
             if int(shown) < first["blocks"]:
                 raise Fail(f"the page's daq1/wave counter shows {shown}")
             print(f"ok: daq1/wave {s['blocks']} blocks, {s['drawn']} drawn, lost {s['lost']}")
@@ -142,8 +167,8 @@ def main():
             set_in_page(d, "psu1.fault", "disconnect:3000")
             wait_for("psu1 shown disconnected", lambda: device_state(d, "psu1") == "disconnected")
             msg = set_in_page(d, "psu1.voltage", "1")
-            wait_for("a set to the disconnected psu1 answered", lambda: msg.text.startswith(("DEVICE", "IO", "TIMEOUT")))
-            print(f"ok: psu1 disconnected, a set answers '{msg.text}'")
+            wait_for("a set to the disconnected psu1 answered", lambda: msg().startswith(("DEVICE", "IO", "TIMEOUT")))
+            print(f"ok: psu1 disconnected, a set answers '{msg()}'")
             wait_for("psu1 ready again", lambda: device_state(d, "psu1") == "ready", timeout=30)
             print("ok: psu1 ready again")
 
@@ -161,10 +186,9 @@ def main():
                          s["blocks"] >= before["blocks"] + 10 and s)(stream(d, "daq1/wave")), timeout=30)
             if s["restarts"] < 1:
                 raise Fail(f"daq1/wave after the restart counts no restart: {s}")
-            wait_for("psu1's value from the new daemon (0)", lambda: d.find_element(
-                By.CSS_SELECTOR, '[data-value="psu1.voltage"]').text == "0")
+            wait_for("psu1's value from the new daemon (0)", lambda: text_of(d, '[data-value="psu1.voltage"]') == "0")
             msg = set_in_page(d, "psu1.voltage", "1.5")
-            wait_for("the set after the restart", lambda: msg.text == "done")
+            wait_for("the set after the restart", lambda: msg() == "done")
             if cli_value(lab, "psu1", "voltage") != 1.5:
                 raise Fail("the set after the restart did not reach the device")
             print(f"ok: recovered from a daemon restart (daq1/wave epoch {before['epoch']} -> {s['epoch']}, "
