@@ -15,7 +15,7 @@
 # tests/fuzz/regressions/TARGET, where the test suite replays it for ever.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-targets=(proto scpi block config usbtmc)
+targets=(proto scpi block config usbtmc webmsg)
 target=${1:-}
 seconds=${2:-600}
 if [[ -z "$target" || ! "$seconds" =~ ^[0-9]+$ ]]; then

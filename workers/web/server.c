@@ -3,6 +3,7 @@
  * from. Everything here runs on the lws thread; the other threads reach it
  * only through the bridge and lws_cancel_service. */
 #include "server.h"
+#include "msg.h"
 #include <arpa/inet.h>
 #include <stdarg.h>
 #include <libwebsockets.h>
@@ -24,10 +25,6 @@
  * them one at a time, so more would only queue behind a slow device. */
 #define WEB_CLIENT_INFLIGHT_MAX 100
 #define WEB_TOPICS_MAX 256
-#define WEB_NAME_MAX 128
-#define WEB_ARGS_MAX 32
-/* Ids the page chooses: JSON-safe integers. */
-#define WEB_ID_MAX 9007199254740991LL
 
 typedef struct outmsg {
     struct outmsg *next;
@@ -425,22 +422,9 @@ static void unsubscribe(client_t *c, size_t i)
 }
 
 /* A topic is DEVICE/STREAM: device and stream names of the daemon's kind. */
-static bool topic_ok(const char *topic)
-{
-    size_t n = strlen(topic);
-    const char *slash = strchr(topic, '/');
-    if (n < 3 || n >= WEB_TOPIC_MAX || !slash || slash == topic || !slash[1] || strchr(slash + 1, '/'))
-        return false;
-    for (const char *p = topic; *p; p++)
-        if (!(('a' <= *p && *p <= 'z') || ('A' <= *p && *p <= 'Z') || ('0' <= *p && *p <= '9') ||
-              strchr("_-./", *p)))
-            return false;
-    return true;
-}
-
 static void on_sub(client_t *c, const char *op, const char *topic)
 {
-    if (!topic_ok(topic)) {
+    if (!web_topic_ok(topic)) {
         send_error(c, NULL, "%s: '%.160s' is not a stream topic (DEVICE/STREAM)", op, topic);
         return;
     }
@@ -470,56 +454,23 @@ static void on_sub(client_t *c, const char *op, const char *topic)
         web_bridge_post_subop(c->srv->cfg.bridge, topic, true);
 }
 
-static bool name_ok(const char *s) { return s[0] && strlen(s) <= WEB_NAME_MAX; }
-
 static void on_message(client_t *c, const unsigned char *data, size_t len)
 {
-    json_error_t e;
-    json_t *msg = json_loadb((const char *)data, len, JSON_REJECT_DUPLICATES, &e);
-    if (!json_is_object(msg)) {
-        send_error(c, NULL, "not a JSON object: %s", msg ? "another JSON value" : e.text);
-        json_decref(msg);
-        return;
+    web_msg_t m;
+    char err[300];
+    if (web_msg_parse(data, len, &m, err, sizeof err) != 0)
+        send_error(c, m.id, "%s", err);
+    else if (m.kind != WEB_MSG_CMD)
+        on_sub(c, m.kind == WEB_MSG_SUB ? "sub" : "unsub", m.topic);
+    else if (c->inflight >= WEB_CLIENT_INFLIGHT_MAX)
+        send_error(c, m.id, "%s: this tab already has %d requests waiting for their replies",
+                   json_string_value(json_object_get(m.msg, "op")), WEB_CLIENT_INFLIGHT_MAX);
+    else {
+        c->inflight++;
+        web_bridge_post_cmd(c->srv->cfg.bridge, c->id, m.msg);
+        return; /* taken */
     }
-    json_t *id = json_object_get(msg, "id");
-    const char *op = json_string_value(json_object_get(msg, "op"));
-    if (!op) {
-        send_error(c, id, "'op' is missing or not a string (sub, unsub, get, set, call)");
-    } else if (strcmp(op, "sub") == 0 || strcmp(op, "unsub") == 0) {
-        const char *topic;
-        if (json_unpack_ex(msg, &e, JSON_STRICT, "{s:s,s:s}", "op", &op, "topic", &topic) != 0)
-            send_error(c, id, "%s: %s", op, e.text);
-        else
-            on_sub(c, op, topic);
-    } else if (strcmp(op, "get") == 0 || strcmp(op, "set") == 0 || strcmp(op, "call") == 0) {
-        json_int_t n;
-        const char *device, *name;
-        json_t *extra = NULL;
-        int rc = strcmp(op, "get") == 0
-                     ? json_unpack_ex(msg, &e, JSON_STRICT, "{s:s,s:I,s:s,s:s}", "op", &op, "id", &n, "device",
-                                      &device, "name", &name)
-                     : json_unpack_ex(msg, &e, JSON_STRICT, "{s:s,s:I,s:s,s:s,s:o}", "op", &op, "id", &n, "device",
-                                      &device, "name", &name, strcmp(op, "set") == 0 ? "value" : "args", &extra);
-        if (rc != 0)
-            send_error(c, id, "%s: %s", op, e.text);
-        else if (n < 0 || n > WEB_ID_MAX)
-            send_error(c, id, "%s: 'id' must be an integer from 0 to 2^53-1", op);
-        else if (!name_ok(device) || !name_ok(name))
-            send_error(c, id, "%s: 'device' and 'name' must have 1 to %d characters", op, WEB_NAME_MAX);
-        else if (strcmp(op, "call") == 0 && (!json_is_array(extra) || json_array_size(extra) > WEB_ARGS_MAX))
-            send_error(c, id, "call: 'args' must be a list of at most %d values", WEB_ARGS_MAX);
-        else if (c->inflight >= WEB_CLIENT_INFLIGHT_MAX)
-            send_error(c, id, "%s: this tab already has %d requests waiting for their replies", op,
-                       WEB_CLIENT_INFLIGHT_MAX);
-        else {
-            c->inflight++;
-            web_bridge_post_cmd(c->srv->cfg.bridge, c->id, msg);
-            return; /* taken */
-        }
-    } else {
-        send_error(c, id, "unknown op '%.64s' (sub, unsub, get, set, call)", op);
-    }
-    json_decref(msg);
+    json_decref(m.msg);
 }
 
 static int on_receive(client_t *c, const void *in, size_t len)
@@ -548,29 +499,6 @@ static int on_receive(client_t *c, const void *in, size_t len)
 
 /* ---- who may open a WebSocket ---- */
 
-static bool host_is_loopback(const char *host)
-{
-    char name[256];
-    snprintf(name, sizeof name, "%s", host);
-    char *end;
-    if (name[0] == '[') { /* [::1]:port */
-        end = strchr(name, ']');
-        if (!end)
-            return false;
-        *end = '\0';
-        memmove(name, name + 1, strlen(name + 1) + 1);
-    } else if ((end = strrchr(name, ':')) != NULL) {
-        *end = '\0';
-    }
-    if (strcasecmp(name, "localhost") == 0)
-        return true;
-    struct in_addr a4;
-    struct in6_addr a6;
-    if (inet_pton(AF_INET, name, &a4) == 1)
-        return (ntohl(a4.s_addr) >> 24) == 127;
-    return inet_pton(AF_INET6, name, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
-}
-
 /* Another web site open in the same browser must not drive the lab: a
  * browser always names the page's origin, which must be this server (the
  * Host the browser asked for). A loopback server also wants a loopback Host,
@@ -582,7 +510,7 @@ static bool admit(web_server_t *s, struct lws *wsi, char *why, size_t whysize)
         snprintf(why, whysize, "no Host header");
         return false;
     }
-    if (s->cfg.loopback && !host_is_loopback(host)) {
+    if (s->cfg.loopback && !web_host_is_loopback(host)) {
         snprintf(why, whysize, "Host '%s' is not a loopback name", host);
         return false;
     }
