@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "daemon_internal.h"
+#include "flow.h"
 #include "labmq/status.h"
 #include "supervise_internal.h"
 
@@ -35,6 +36,7 @@ lmq_daemon_t *lmq_daemon_new(void *zctx, const char *control_endpoint, const cha
     snprintf(d->pipe_endpoint, sizeof d->pipe_endpoint, "inproc://lmq-daemon-%p", (void *)d);
     d->stop_grace_ns = 5000LL * 1000000;
     d->time_scale = 1.0;
+    d->subscriber_memory = LMQ__FLOW_DEFAULT_MEMORY;
     return d;
 }
 
@@ -202,6 +204,14 @@ static int start_workers(lmq_daemon_t *d)
     if (rc != 0)
         snprintf(d->err, sizeof d->err, "%s", lmq_supervisor_last_error(d->sup));
     return rc;
+}
+
+int lmq_daemon_set_subscriber_memory(lmq_daemon_t *d, size_t bytes)
+{
+    if (!d || d->running || bytes < LMQ__FLOW_MIN_MEMORY || bytes > LMQ__FLOW_MAX_MEMORY)
+        return LMQ_EARG;
+    d->subscriber_memory = bytes;
+    return 0;
 }
 
 void lmq_daemon_set_stop_grace(lmq_daemon_t *d, int ms)

@@ -19,6 +19,7 @@ struct lmq_daemon {
     char pipe_endpoint[96];
     char err[512];
     double time_scale;
+    size_t subscriber_memory; /* bytes held per stream subscriber at most (protocol 3.2) */
 
     /* Workers: declared before start, handed to the supervisor (with the
      * bound endpoints in their argv) once the broker is up. The broker

@@ -33,6 +33,7 @@ typedef struct lmq__stream_rt {
     _Atomic uint64_t skipped;   /* blocks the driver declared lost (lmq_dev_stream_skip) */
     _Atomic uint64_t errors;    /* blocks refused as malformed, and failed polls */
     atomic_bool wanted;         /* a subscriber's prefix matches the topic (broker writes) */
+    uint64_t subscriber_drops;  /* broker: blocks flow subscriptions dropped at their bound */
 } lmq__stream_rt_t;
 
 #define LMQ__LAT_RING 1024
@@ -116,6 +117,7 @@ struct lmq_dev {
     void *broker_pipe;
     lmq__dev_stats_t stats;
     lmq__job_t *queue_head, *queue_tail; /* accepted jobs in order, oldest first */
+    uint64_t events_subscriber_drops;    /* change events flow subscriptions dropped at their bound */
 };
 
 /* A request on its way from the broker to a device thread and back. The

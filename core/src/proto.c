@@ -10,10 +10,11 @@
 #include "proto.h"
 #include "value_internal.h"
 
-static const char *const op_names[LMQ__OP_COUNT] = {"ping", "list", "describe", "call", "get", "set", "stats", "workers"};
+static const char *const op_names[LMQ__OP_COUNT] = {"ping",  "list",    "describe",  "call",        "get", "set",
+                                                    "stats", "workers", "subscribe", "credit",      "unsubscribe"};
 
-/* Which keys each op takes: bit 0 device, 1 name, 2 args, 3 value; high nibble = required. */
-enum { K_DEVICE = 1, K_NAME = 2, K_ARGS = 4, K_VALUE = 8 };
+/* Which keys each op takes, and which it needs. */
+enum { K_DEVICE = 1, K_NAME = 2, K_ARGS = 4, K_VALUE = 8, K_TOPICS = 16, K_MODE = 32, K_WINDOW = 64, K_N = 128 };
 static const struct {
     unsigned allowed, required;
 } op_keys[LMQ__OP_COUNT] = {
@@ -25,6 +26,9 @@ static const struct {
     [LMQ__OP_SET] = {K_DEVICE | K_NAME | K_VALUE, K_DEVICE | K_NAME | K_VALUE},
     [LMQ__OP_STATS] = {K_DEVICE, 0},
     [LMQ__OP_WORKERS] = {0, 0},
+    [LMQ__OP_SUBSCRIBE] = {K_TOPICS | K_MODE | K_WINDOW, K_TOPICS | K_MODE},
+    [LMQ__OP_CREDIT] = {K_N, K_N},
+    [LMQ__OP_UNSUBSCRIBE] = {0, 0},
 };
 
 const char *lmq__op_name(lmq__op_t op) { return (unsigned)op < LMQ__OP_COUNT ? op_names[op] : "?"; }
@@ -115,8 +119,31 @@ int lmq__request_parse(const void *data, size_t len, size_t nbin, lmq__request_t
         } else if (!strcmp(key, "value")) {
             req->value = val;
             seen |= K_VALUE;
+        } else if (!strcmp(key, "topics")) {
+            if (!json_is_array(val))
+                return fail(err, errlen, "'topics' must be an array of strings");
+            req->topics = val;
+            seen |= K_TOPICS;
+        } else if (!strcmp(key, "mode")) {
+            if (!json_is_string(val))
+                return fail(err, errlen, "'mode' must be a string");
+            req->mode = json_string_value(val);
+            seen |= K_MODE;
+        } else if (!strcmp(key, "window")) {
+            if (!json_is_integer(val))
+                return fail(err, errlen, "'window' must be an integer");
+            req->window = json_integer_value(val);
+            req->has_window = true;
+            seen |= K_WINDOW;
+        } else if (!strcmp(key, "n")) {
+            if (!json_is_integer(val))
+                return fail(err, errlen, "'n' must be an integer");
+            req->n = json_integer_value(val);
+            req->has_n = true;
+            seen |= K_N;
         } else
-            return fail(err, errlen, "unknown key '%s' (keys: v, id, op, device, name, args, value)", key);
+            return fail(err, errlen,
+                        "unknown key '%s' (keys: v, id, op, device, name, args, value, topics, mode, window, n)", key);
     }
     if (!jv)
         return fail(err, errlen, "missing key 'v' (protocol version, 1)");
@@ -136,10 +163,13 @@ int lmq__request_parse(const void *data, size_t len, size_t nbin, lmq__request_t
         if (!strcmp(op, op_names[i]))
             found = i;
     if (found < 0)
-        return fail(err, errlen, "unknown op '%.64s' (ops: ping, list, describe, call, get, set, stats, workers)", op);
+        return fail(err, errlen,
+                    "unknown op '%.64s' (ops: ping, list, describe, call, get, set, stats, workers, subscribe, credit, "
+                    "unsubscribe)",
+                    op);
     req->op = (lmq__op_t)found;
-    static const char *const key_names[] = {"device", "name", "args", "value"};
-    for (int b = 0; b < 4; b++) {
+    static const char *const key_names[] = {"device", "name", "args", "value", "topics", "mode", "window", "n"};
+    for (int b = 0; b < 8; b++) {
         unsigned bit = 1u << b;
         if ((seen & bit) && !(op_keys[found].allowed & bit))
             return fail(err, errlen, "op '%s' takes no '%s'", op, key_names[b]);

@@ -1,5 +1,7 @@
-/* Stream subscriptions: SUB socket, strict header parsing, loss accounting
- * from seq gaps within an epoch. */
+/* Stream subscriptions: a SUB socket, or a flow subscription on a DEALER
+ * (protocol 3.2: subscribe, credit as blocks are consumed, lease renewal,
+ * subscribing again when the daemon forgot us); strict header parsing, loss
+ * accounting from seq gaps within an epoch. */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -9,10 +11,27 @@
 #include "proto.h"
 #include "value_internal.h"
 
+/* Where a flow subscription stands with the daemon. */
+enum flow_state { FLOW_SUBSCRIBING, FLOW_ACTIVE, FLOW_REFUSED };
+
+#define NS_PER_MS 1000000LL
+#define RETRY_NS (1000 * NS_PER_MS)     /* asking again after a refusal */
+#define DEFAULT_LEASE_NS (10000 * NS_PER_MS)
+
 struct lmq_sub {
     void *sock;
     char *topic;
     size_t topic_len;
+    /* flow subscriptions */
+    bool flow;
+    lmq_sub_mode_t mode;
+    unsigned window;
+    enum flow_state state;
+    uint64_t next_id, sub_id; /* request ids; sub_id: the latest subscribe */
+    unsigned owed;            /* blocks consumed and not yet credited back */
+    int64_t sent_ns;          /* when the last request went out */
+    int64_t retry_ns;         /* FLOW_REFUSED: when to ask again */
+    int64_t lease_ns;
     bool have_last;
     uint64_t last_seq, last_epoch;
     uint64_t received, lost, restarts;
@@ -31,6 +50,110 @@ struct lmq_frame {
     zmq_msg_t payload;
     void *aligned; /* copy of a small payload that ZeroMQ stored unaligned */
 };
+
+static int send_request(lmq_sub_t *s, json_t *j, uint64_t *id)
+{
+    if (!j)
+        return LMQ_EMEM;
+    *id = ++s->next_id;
+    json_object_set_new(j, "v", json_integer(LMQ__PROTOCOL));
+    json_object_set_new(j, "id", json_integer((json_int_t)*id));
+    zmq_msg_t m;
+    int rc = lmq__json_to_msg(j, &m);
+    json_decref(j);
+    s->sent_ns = lmq_clock_mono_ns(); /* an attempt: a failed one is retried when next due */
+    if (rc != 0)
+        return rc;
+    /* The DEALER queues while no daemon is connected; a full queue means a
+     * daemon that has not read for long: try again later. */
+    if (zmq_msg_send(&m, s->sock, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&m);
+        return LMQ_EUNREACH;
+    }
+    return 0;
+}
+
+static void send_subscribe(lmq_sub_t *s)
+{
+    uint64_t id;
+    s->state = FLOW_SUBSCRIBING;
+    s->owed = 0;
+    if (send_request(s,
+                     json_pack("{s:s, s:[s], s:s, s:i}", "op", "subscribe", "topics", s->topic, "mode",
+                               s->mode == LMQ_SUB_LOSSLESS ? "lossless" : "lossy", "window", (int)s->window),
+                     &id) == 0)
+        s->sub_id = id;
+}
+
+/* Returns credit and renews the lease when due, asks again after a
+ * refusal or an unanswered subscribe. Returns ms until it is next due. */
+static int64_t flow_service(lmq_sub_t *s)
+{
+    int64_t now = lmq_clock_mono_ns(), due;
+    switch (s->state) {
+    case FLOW_SUBSCRIBING:
+        /* A daemon answers subscribe at once; silence for a lease means it
+         * went away with our request (a new one answers the new request). */
+        if (now - s->sent_ns >= s->lease_ns)
+            send_subscribe(s);
+        due = s->sent_ns + s->lease_ns;
+        break;
+    case FLOW_REFUSED:
+        if (now >= s->retry_ns)
+            send_subscribe(s);
+        due = s->state == FLOW_REFUSED ? s->retry_ns : s->sent_ns + s->lease_ns;
+        break;
+    default: {
+        /* Pipelined: half the window comes back while the other half is
+         * still on its way, so the daemon never waits for us at full rate.
+         * Renewing at a third of the lease survives one lost renewal. */
+        unsigned half = s->window / 2 ? s->window / 2 : 1;
+        uint64_t id;
+        if ((s->owed >= half || now - s->sent_ns >= s->lease_ns / 3) &&
+            send_request(s, json_pack("{s:s, s:i}", "op", "credit", "n", (int)s->owed), &id) == 0)
+            s->owed = 0;
+        due = s->sent_ns + s->lease_ns / 3;
+        break;
+    }
+    }
+    int64_t ms = (due - now) / NS_PER_MS + 1;
+    return ms < 0 ? 0 : ms;
+}
+
+lmq_sub_t *lmq_sub_new_opts(void *zctx, const char *control_endpoint, const char *topic, const lmq_sub_opts_t *opts)
+{
+    if (!zctx || !control_endpoint || !topic || !*topic || !opts ||
+        (opts->mode != LMQ_SUB_LOSSLESS && opts->mode != LMQ_SUB_LOSSY) || opts->window > LMQ_SUB_MAX_WINDOW)
+        return NULL;
+    lmq_sub_t *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->flow = true;
+    s->mode = opts->mode;
+    s->window = opts->window ? opts->window : LMQ_SUB_DEFAULT_WINDOW;
+    s->lease_ns = DEFAULT_LEASE_NS;
+    s->topic = strdup(topic);
+    s->topic_len = strlen(topic);
+    s->sock = zmq_socket(zctx, ZMQ_DEALER);
+    /* Linger a little: the unsubscribe sent by destroy frees the daemon's
+     * queue at once instead of after the lease. */
+    int linger = 100, hwm = 10000;
+    int64_t maxmsg = -1;
+    if (!s->topic || !s->sock)
+        goto fail;
+    zmq_setsockopt(s->sock, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(s->sock, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(s->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
+    if (zmq_connect(s->sock, control_endpoint) != 0)
+        goto fail;
+    send_subscribe(s);
+    return s;
+fail:
+    lmq_sub_destroy(&s);
+    return NULL;
+}
+
+bool lmq_sub_active(const lmq_sub_t *s) { return s && (!s->flow || s->state == FLOW_ACTIVE); }
 
 lmq_sub_t *lmq_sub_new(void *zctx, const char *data_endpoint, const char *topic)
 {
@@ -61,6 +184,10 @@ void lmq_sub_destroy(lmq_sub_t **ps)
     if (!ps || !*ps)
         return;
     lmq_sub_t *s = *ps;
+    if (s->sock && s->flow && s->state == FLOW_ACTIVE) {
+        uint64_t id;
+        send_request(s, json_pack("{s:s}", "op", "unsubscribe"), &id);
+    }
     if (s->sock)
         zmq_close(s->sock);
     free(s->topic);
@@ -125,6 +252,47 @@ static int parse_header(lmq_sub_t *s, const zmq_msg_t *hdr, lmq_frame_t *f)
     return rc;
 }
 
+/* A reply on a flow subscription's socket (header already received). Returns
+ * 0, or the status to hand to the caller (a refusal). */
+static int flow_reply(lmq_sub_t *s, zmq_msg_t *hdr)
+{
+    lmq__reply_t rep;
+    char perr[200];
+    if (lmq__reply_parse(zmq_msg_data(hdr), zmq_msg_size(hdr), &rep, perr, sizeof perr) != 0) {
+        lmq__reply_clear(&rep);
+        return bad(s, "malformed reply from the daemon: %s", perr);
+    }
+    int rc = 0;
+    /* Ids only grow: a reply older than the latest subscribe belongs to a
+     * subscription that is gone. */
+    if (!rep.has_id || rep.id < s->sub_id) {
+    } else if (rep.id == s->sub_id && s->state == FLOW_SUBSCRIBING) {
+        if (rep.ok) {
+            s->state = FLOW_ACTIVE;
+            s->owed = 0;
+            double lease = json_number_value(json_object_get(rep.result, "lease_s"));
+            if (lease >= 1 && lease <= 3600)
+                s->lease_ns = (int64_t)(lease * 1e9);
+        } else {
+            s->state = FLOW_REFUSED;
+            s->retry_ns = lmq_clock_mono_ns() + RETRY_NS;
+            snprintf(s->err, sizeof s->err, "subscription to %s refused: %s", s->topic, rep.message);
+            rc = rep.status;
+        }
+    } else if (!rep.ok && s->state == FLOW_ACTIVE) {
+        if (rep.status == LMQ_ENOTFOUND) {
+            /* The lease expired, or the daemon restarted: subscribe again;
+             * whatever was missed shows as a seq gap or a new epoch. */
+            send_subscribe(s);
+        } else {
+            snprintf(s->err, sizeof s->err, "credit for %s refused: %s", s->topic, rep.message);
+            rc = rep.status;
+        }
+    }
+    lmq__reply_clear(&rep);
+    return rc;
+}
+
 int lmq_sub_recv(lmq_sub_t *s, lmq_frame_t **frame, int timeout_ms)
 {
     if (!s || !frame)
@@ -148,13 +316,39 @@ int lmq_sub_recv(lmq_sub_t *s, lmq_frame_t **frame, int timeout_ms)
                 if (left < 0)
                     left = 0;
             }
+            int wait = left;
+            if (s->flow) {
+                int64_t due = flow_service(s);
+                if (wait < 0 || due < wait)
+                    wait = (int)due;
+            }
             zmq_pollitem_t item = {s->sock, 0, ZMQ_POLLIN, 0};
-            int n = zmq_poll(&item, 1, left);
-            if (n <= 0) {
+            int n = zmq_poll(&item, 1, wait);
+            if (n < 0 || (n == 0 && wait == left)) {
                 zmq_msg_close(&topic);
                 return n < 0 ? LMQ_ECLOSED : LMQ_ETIMEOUT;
             }
-            zmq_msg_recv(&topic, s->sock, 0);
+            if (n == 0 || zmq_msg_recv(&topic, s->sock, ZMQ_DONTWAIT) < 0) {
+                zmq_msg_close(&topic);
+                continue;
+            }
+        }
+        if (s->flow && zmq_msg_size(&topic) > 0 && *(const char *)zmq_msg_data(&topic) == '{') {
+            /* A reply: its first frame is JSON, a topic never starts with '{'. */
+            if (zmq_msg_more(&topic)) {
+                zmq_msg_t scratch;
+                lmq__recv_rest(s->sock, &scratch, 0);
+            }
+            int rc = flow_reply(s, &topic);
+            zmq_msg_close(&topic);
+            if (rc != 0)
+                return rc;
+            continue;
+        }
+        if (s->flow && s->state == FLOW_ACTIVE) {
+            /* Every message the daemon sent spent one credit, ours or not,
+             * well-formed or not. */
+            s->owed++;
         }
         size_t nrest = zmq_msg_more(&topic) ? lmq__recv_rest(s->sock, rest, 2) : 0;
         /* SUB filters by prefix: "daq1/wave" also matches "daq1/wave2". */
@@ -178,6 +372,8 @@ int lmq_sub_recv(lmq_sub_t *s, lmq_frame_t **frame, int timeout_ms)
         }
         for (size_t i = 0; i < nrest && i < 2; i++)
             zmq_msg_close(&rest[i]);
+        if (s->flow)
+            flow_service(s);
         if (!ours)
             continue;
         if (rc != 0) {
