@@ -354,6 +354,7 @@ static void handle_flow(broker_t *b, zmq_msg_t *env, size_t nenv, const lmq__req
         reply_error(b, env, nenv, req, rc, err, false);
     else
         reply_ok(b, env, nenv, req, result);
+    lmq__flow_pump(b->flow);
     if (lmq__flow_take_changed(b->flow))
         update_wanted(b);
 }

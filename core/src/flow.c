@@ -302,24 +302,31 @@ int lmq__flow_timeout_ms(const lmq__flow_t *f)
     return left < 0 ? 0 : left > 60000 ? 60000 : (int)left;
 }
 
+void lmq__flow_pump(lmq__flow_t *f)
+{
+    f->stalled = false;
+    for (fsub_t *s = f->subs; s; s = s->next)
+        pump(f, s);
+    reap(f);
+}
+
 void lmq__flow_tick(lmq__flow_t *f)
 {
     if (!f->subs)
         return;
     int64_t now = now_ms();
     bool retry = f->stalled;
-    f->stalled = false;
-    for (fsub_t *s = f->subs; s; s = s->next) {
+    for (fsub_t *s = f->subs; s; s = s->next)
         if (!s->dead && now > s->lease_until) {
             lmq_log(f->d->log, LMQ_LOG_INFO, "flow",
                     "subscription %llu ended: no credit or renewal for %d s (%zu blocks, %zu bytes freed)",
                     (unsigned long long)s->id, LMQ__FLOW_LEASE_MS / 1000, s->qn, s->qbytes);
             s->dead = true;
         }
-        if (retry && !s->dead)
-            pump(f, s);
-    }
-    reap(f);
+    if (retry)
+        lmq__flow_pump(f);
+    else
+        reap(f);
 }
 
 /* ---- requests ---- */
@@ -477,7 +484,7 @@ static int subscribe(lmq__flow_t *f, const zmq_msg_t *env, size_t nenv, const lm
     return 0;
 }
 
-static int credit(lmq__flow_t *f, fsub_t *s, const lmq__request_t *req, json_t **result, char *err, size_t errlen)
+static int credit(fsub_t *s, const lmq__request_t *req, json_t **result, char *err, size_t errlen)
 {
     if (req->n < 0 || (uint64_t)req->n > s->window - s->credit)
         return failf(err, errlen, LMQ_ERANGE,
@@ -492,10 +499,8 @@ static int credit(lmq__flow_t *f, fsub_t *s, const lmq__request_t *req, json_t *
     }
     s->credit += n;
     s->lease_until = now_ms() + LMQ__FLOW_LEASE_MS;
-    pump(f, s);
+    /* The blocks this releases go out after the reply (lmq__flow_pump). */
     *result = json_pack("{s:I}", "credit", (json_int_t)s->credit);
-    if (s->dead)
-        reap(f);
     return *result ? 0 : failf(err, errlen, LMQ_EMEM, "out of memory");
 }
 
@@ -511,7 +516,7 @@ int lmq__flow_request(lmq__flow_t *f, const zmq_msg_t *env, size_t nenv, const l
                      "no flow subscription on this connection (never made, ended, or its lease of %d s expired)",
                      LMQ__FLOW_LEASE_MS / 1000);
     if (req->op == LMQ__OP_CREDIT)
-        return credit(f, s, req, result, err, errlen);
+        return credit(s, req, result, err, errlen);
     *result = json_pack("{s:I, s:I}", "delivered", (json_int_t)s->delivered, "dropped", (json_int_t)s->dropped);
     if (!*result)
         return failf(err, errlen, LMQ_EMEM, "out of memory");

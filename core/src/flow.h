@@ -39,6 +39,10 @@ static inline bool lmq__flow_op(lmq__op_t op)
 int lmq__flow_request(lmq__flow_t *f, const zmq_msg_t *env, size_t nenv, const lmq__request_t *req, json_t **result,
                       char *err, size_t errlen);
 
+/* Sends what credit allows to every subscription: after a credit's reply,
+ * so that the reply comes before the blocks it releases. */
+void lmq__flow_pump(lmq__flow_t *f);
+
 /* A message dev published (topic, header, payload frames): a reference to
  * each part is queued for every subscription whose topics match, and sent
  * as credit allows. parts stay the caller's. */
