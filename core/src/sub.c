@@ -27,7 +27,11 @@ struct lmq_sub {
     lmq_sub_mode_t mode;
     unsigned window;
     enum flow_state state;
-    uint64_t next_id, sub_id; /* request ids; sub_id: the latest subscribe */
+    void *mon;                /* the DEALER's disconnect events: a daemon restart */
+    /* Request ids only grow. The subscribes of one attempt are
+     * series..last_sub (more than one after a disconnect: the daemon answers
+     * the first, and refuses the duplicates); later ids are credits. */
+    uint64_t next_id, series, last_sub;
     unsigned owed;            /* blocks consumed and not yet credited back */
     int64_t sent_ns;          /* when the last request went out */
     int64_t retry_ns;         /* FLOW_REFUSED: when to ask again */
@@ -73,22 +77,54 @@ static int send_request(lmq_sub_t *s, json_t *j, uint64_t *id)
     return 0;
 }
 
+/* Subscribes; a new attempt unless one is under way (then a duplicate, for
+ * a daemon that may never have seen the first). */
 static void send_subscribe(lmq_sub_t *s)
 {
     uint64_t id;
+    bool new_series = s->state != FLOW_SUBSCRIBING || s->series == 0;
     s->state = FLOW_SUBSCRIBING;
     s->owed = 0;
     if (send_request(s,
                      json_pack("{s:s, s:[s], s:s, s:i}", "op", "subscribe", "topics", s->topic, "mode",
                                s->mode == LMQ_SUB_LOSSLESS ? "lossless" : "lossy", "window", (int)s->window),
-                     &id) == 0)
-        s->sub_id = id;
+                     &id) == 0) {
+        if (new_series)
+            s->series = id;
+        s->last_sub = id;
+    }
+}
+
+/* True when the connection to the daemon was lost since the last call. */
+static bool disconnected(lmq_sub_t *s)
+{
+    bool lost = false;
+    for (;;) {
+        zmq_msg_t ev;
+        zmq_msg_init(&ev);
+        if (zmq_msg_recv(&ev, s->mon, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&ev);
+            return lost;
+        }
+        bool more = zmq_msg_more(&ev);
+        zmq_msg_close(&ev);
+        if (more) {
+            zmq_msg_t scratch;
+            lmq__recv_rest(s->mon, &scratch, 0);
+        }
+        lost = true; /* the only event monitored */
+    }
 }
 
 /* Returns credit and renews the lease when due, asks again after a
  * refusal or an unanswered subscribe. Returns ms until it is next due. */
 static int64_t flow_service(lmq_sub_t *s)
 {
+    /* A lost connection is a daemon gone (restarted, or the link down):
+     * whatever comes next knows nothing of us. The subscribe waits in the
+     * DEALER until it has reconnected. */
+    if (s->mon && disconnected(s) && s->state != FLOW_REFUSED)
+        send_subscribe(s);
     int64_t now = lmq_clock_mono_ns(), due;
     switch (s->state) {
     case FLOW_SUBSCRIBING:
@@ -144,7 +180,14 @@ lmq_sub_t *lmq_sub_new_opts(void *zctx, const char *control_endpoint, const char
     zmq_setsockopt(s->sock, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(s->sock, ZMQ_RCVHWM, &hwm, sizeof hwm);
     zmq_setsockopt(s->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
-    if (zmq_connect(s->sock, control_endpoint) != 0)
+    char mon_ep[64];
+    snprintf(mon_ep, sizeof mon_ep, "inproc://lmq-sub-monitor-%p", (void *)s);
+    if (zmq_socket_monitor(s->sock, mon_ep, ZMQ_EVENT_DISCONNECTED) != 0 ||
+        !(s->mon = zmq_socket(zctx, ZMQ_PAIR)))
+        goto fail;
+    linger = 0;
+    zmq_setsockopt(s->mon, ZMQ_LINGER, &linger, sizeof linger);
+    if (zmq_connect(s->mon, mon_ep) != 0 || zmq_connect(s->sock, control_endpoint) != 0)
         goto fail;
     send_subscribe(s);
     return s;
@@ -187,6 +230,10 @@ void lmq_sub_destroy(lmq_sub_t **ps)
     if (s->sock && s->flow && s->state == FLOW_ACTIVE) {
         uint64_t id;
         send_request(s, json_pack("{s:s}", "op", "unsubscribe"), &id);
+    }
+    if (s->mon) {
+        zmq_socket_monitor(s->sock, NULL, 0);
+        zmq_close(s->mon);
     }
     if (s->sock)
         zmq_close(s->sock);
@@ -263,11 +310,13 @@ static int flow_reply(lmq_sub_t *s, zmq_msg_t *hdr)
         return bad(s, "malformed reply from the daemon: %s", perr);
     }
     int rc = 0;
-    /* Ids only grow: a reply older than the latest subscribe belongs to a
-     * subscription that is gone. */
-    if (!rep.has_id || rep.id < s->sub_id) {
-    } else if (rep.id == s->sub_id && s->state == FLOW_SUBSCRIBING) {
-        if (rep.ok) {
+    if (!rep.has_id || rep.id < s->series) {
+        /* older than this attempt: about a subscription that is gone */
+    } else if (rep.id <= s->last_sub) {
+        /* A subscribe of this attempt: the first answer counts; once active,
+         * a duplicate's refusal ("already has a flow subscription") does not. */
+        if (s->state != FLOW_SUBSCRIBING) {
+        } else if (rep.ok) {
             s->state = FLOW_ACTIVE;
             s->owed = 0;
             double lease = json_number_value(json_object_get(rep.result, "lease_s"));
@@ -322,13 +371,13 @@ int lmq_sub_recv(lmq_sub_t *s, lmq_frame_t **frame, int timeout_ms)
                 if (wait < 0 || due < wait)
                     wait = (int)due;
             }
-            zmq_pollitem_t item = {s->sock, 0, ZMQ_POLLIN, 0};
-            int n = zmq_poll(&item, 1, wait);
+            zmq_pollitem_t item[2] = {{s->sock, 0, ZMQ_POLLIN, 0}, {s->mon, 0, ZMQ_POLLIN, 0}};
+            int n = zmq_poll(item, s->mon ? 2 : 1, wait);
             if (n < 0 || (n == 0 && wait == left)) {
                 zmq_msg_close(&topic);
                 return n < 0 ? LMQ_ECLOSED : LMQ_ETIMEOUT;
             }
-            if (n == 0 || zmq_msg_recv(&topic, s->sock, ZMQ_DONTWAIT) < 0) {
+            if (!(item[0].revents & ZMQ_POLLIN) || zmq_msg_recv(&topic, s->sock, ZMQ_DONTWAIT) < 0) {
                 zmq_msg_close(&topic);
                 continue;
             }
