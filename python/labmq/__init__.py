@@ -20,10 +20,11 @@ from .client import DEFAULT_TIMEOUT, Device, Lab, Method, Pending, connect
 from .errors import (ArgError, BusyError, ClosedError, ConfigError, DeviceError, Error, IOError, MemError,  # noqa: F401
                      NotFoundError, PermissionError, ProtoError, RangeError, ReadOnlyError, SystemError,
                      TimeoutError, UnreachableError)
-from .stream import Block, Event, Events, Subscription
+from .stream import Block, Event, Events, FlowSubscription, Subscription
 
 # Not star-exported: the error classes whose names are also built-ins.
 __all__ = ["__version__", "connect", "default_endpoint", "Lab", "Device", "Method", "Pending", "Subscription",
+           "FlowSubscription",
            "Block", "Events", "Event", "Error", "ArgError", "MemError", "DeviceError", "ClosedError", "ProtoError",
            "NotFoundError", "UnreachableError", "BusyError", "ConfigError", "RangeError", "ReadOnlyError",
            "DEFAULT_TIMEOUT"]
