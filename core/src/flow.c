@@ -21,7 +21,7 @@ typedef struct fblock {
     size_t bytes, n;
     lmq__stream_rt_t *stream; /* for its drop count; NULL for a change event */
     lmq_dev_t *dev;
-    zmq_msg_t part[MAX_BLOCK_PARTS];
+    zmq_msg_t part[];
 } fblock_t;
 
 typedef struct fsub {
@@ -233,7 +233,9 @@ void lmq__flow_publish(lmq__flow_t *f, lmq_dev_t *dev, zmq_msg_t *parts, size_t 
     if (!f->subs || n < 2 || n > MAX_BLOCK_PARTS)
         return;
     const char *topic = zmq_msg_data(&parts[0]);
-    size_t tlen = zmq_msg_size(&parts[0]), bytes = 0;
+    /* The bound counts the frames and this daemon's bookkeeping of the
+     * block: with tiny blocks the latter is most of it. */
+    size_t tlen = zmq_msg_size(&parts[0]), bytes = sizeof(fblock_t) + n * sizeof(zmq_msg_t);
     for (size_t i = 0; i < n; i++)
         bytes += zmq_msg_size(&parts[i]);
     lmq__stream_rt_t *stream = NULL;
@@ -253,21 +255,23 @@ void lmq__flow_publish(lmq__flow_t *f, lmq_dev_t *dev, zmq_msg_t *parts, size_t 
                 held = s->qbytes + s->inflight_bytes;
             }
         }
-        fblock_t tmp = {.stream = stream, .dev = dev};
+        fblock_t drop = {.stream = stream, .dev = dev};
         /* Beyond the bound the new block is dropped: for a lossless
          * subscriber that keeps what it got an unbroken prefix; for a lossy
          * one it happens only when everything held is already in flight. A
          * block is always taken when nothing is held, however large. */
         if (held > 0 && held + bytes > f->memory) {
-            count_drop(s, &tmp);
+            count_drop(s, &drop);
             continue;
         }
-        fblock_t *b = malloc(sizeof *b);
+        fblock_t *b = malloc(sizeof *b + n * sizeof b->part[0]);
         if (!b) {
-            count_drop(s, &tmp);
+            count_drop(s, &drop);
             continue;
         }
-        *b = tmp;
+        b->next = NULL;
+        b->stream = stream;
+        b->dev = dev;
         b->bytes = bytes;
         b->n = n;
         for (size_t i = 0; i < n; i++) {
