@@ -257,9 +257,9 @@ static void credit(void *sock, int n)
 }
 
 /* What one block counts against the bound: its frames (topic, a header of
- * about 110 bytes, 8000 bytes of payload) and the daemon's bookkeeping
- * (about 250 bytes). The bound is set between k and k + 1 blocks so that
- * exactly k fit. */
+ * about 110 bytes, 8000 bytes of payload) and the protocol's 256 bytes of
+ * bookkeeping. The bound is set between k and k + 1 blocks so that exactly k
+ * fit. */
 static size_t bound_for(int k) { return (size_t)k * (8000 + 500) + 100; }
 
 START_TEST(lossless_drops_newest_exactly)

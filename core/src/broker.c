@@ -46,6 +46,8 @@ typedef struct broker {
     char **prefixes; /* subscribed topic prefixes (XPUB reports each once) */
     size_t nprefixes;
     lmq__flow_t *flow; /* flow-controlled subscriptions on the control endpoint */
+    size_t largest_block; /* payload bytes, the largest published so far */
+    int plain_hwm;        /* the XPUB's SNDHWM now */
 } broker_t;
 
 static lmq__job_t *job_get(broker_t *b)
@@ -337,12 +339,23 @@ static void reply_no_device(broker_t *b, zmq_msg_t *env, size_t nenv, const lmq_
 static void flow_stats(broker_t *b, json_t *result)
 {
     json_object_set_new(result, "subscriber_memory", json_integer((json_int_t)lmq__flow_memory(b->flow)));
-    json_object_set_new(result, "plain_subscriber_hwm",
-                        json_integer(lmq__flow_plain_hwm(b->d, lmq__flow_memory(b->flow))));
+    json_object_set_new(result, "plain_subscriber_hwm", json_integer(b->plain_hwm));
     json_object_set_new(result, "subscribers", lmq__flow_stats(b->flow));
 }
 
 static void update_wanted(broker_t *b);
+
+/* A plain SUB client that does not read makes the daemon hold at most about
+ * the flow subscribers' bound (protocol 3.2): the XPUB's high-water mark
+ * follows the largest block, as the shapes say (drivers set them when they
+ * open: each state event recomputes) and as blocks show. It applies to
+ * clients that connect afterwards. */
+static void update_plain_hwm(broker_t *b)
+{
+    int hwm = lmq__flow_plain_hwm(b->d, lmq__flow_memory(b->flow), b->largest_block);
+    if (hwm != b->plain_hwm && zmq_setsockopt(b->xpub, ZMQ_SNDHWM, &hwm, sizeof hwm) == 0)
+        b->plain_hwm = hwm;
+}
 
 /* subscribe, credit, unsubscribe: answered by the flow module. */
 static void handle_flow(broker_t *b, zmq_msg_t *env, size_t nenv, const lmq__request_t *req)
@@ -623,6 +636,14 @@ static bool handle_device(broker_t *b, lmq_dev_t *dev)
         lmq__flow_publish(b->flow, dev, parts, np);
         if (lmq__flow_take_changed(b->flow))
             update_wanted(b);
+        size_t payload = np >= 3 ? zmq_msg_size(&parts[2]) : 0;
+        if (payload > b->largest_block || (zmq_msg_size(&parts[0]) > sizeof LMQ__EVENTS_PREFIX - 1 &&
+                                           memcmp(zmq_msg_data(&parts[0]), LMQ__EVENTS_PREFIX,
+                                                  sizeof LMQ__EVENTS_PREFIX - 1) == 0)) {
+            if (payload > b->largest_block)
+                b->largest_block = payload;
+            update_plain_hwm(b);
+        }
         for (size_t i = 0; i < np; i++) {
             zmq_msg_send(&parts[i], b->xpub, (i + 1 < np ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT);
             zmq_msg_close(&parts[i]);
@@ -812,10 +833,7 @@ void *lmq__broker_main(void *arg)
         report(&b, e == EADDRINUSE ? LMQ_EBUSY : LMQ_ECONFIG, msg);
         goto out;
     }
-    /* A plain SUB client that does not read makes the daemon hold at most
-     * about the flow subscribers' bound (protocol 3.2). */
-    int plain_hwm = lmq__flow_plain_hwm(d, d->subscriber_memory);
-    zmq_setsockopt(b.xpub, ZMQ_SNDHWM, &plain_hwm, sizeof plain_hwm);
+    update_plain_hwm(&b);
     if (zmq_bind(b.xpub, d->data) != 0) {
         int e = zmq_errno();
         snprintf(msg, sizeof msg, "cannot bind data endpoint %s: %s", d->data, zmq_strerror(e));

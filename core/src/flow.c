@@ -233,9 +233,9 @@ void lmq__flow_publish(lmq__flow_t *f, lmq_dev_t *dev, zmq_msg_t *parts, size_t 
     if (!f->subs || n < 2 || n > MAX_BLOCK_PARTS)
         return;
     const char *topic = zmq_msg_data(&parts[0]);
-    /* The bound counts the frames and this daemon's bookkeeping of the
+    /* The bound counts the frames and the daemon's bookkeeping of the
      * block: with tiny blocks the latter is most of it. */
-    size_t tlen = zmq_msg_size(&parts[0]), bytes = sizeof(fblock_t) + n * sizeof(zmq_msg_t);
+    size_t tlen = zmq_msg_size(&parts[0]), bytes = LMQ__FLOW_BLOCK_OVERHEAD;
     for (size_t i = 0; i < n; i++)
         bytes += zmq_msg_size(&parts[i]);
     lmq__stream_rt_t *stream = NULL;
@@ -469,9 +469,10 @@ static int subscribe(lmq__flow_t *f, const zmq_msg_t *env, size_t nenv, const lm
         s->window = s->credit = (uint32_t)window;
         s->since = now_ms();
         s->lease_until = s->since + LMQ__FLOW_LEASE_MS;
-        r = json_pack("{s:I, s:s, s:o, s:I, s:I, s:f}", "subscription", (json_int_t)s->id, "mode",
+        r = json_pack("{s:I, s:s, s:o, s:I, s:I, s:I, s:f}", "subscription", (json_int_t)s->id, "mode",
                       lossless ? "lossless" : "lossy", "topics", topics_json(s), "window", (json_int_t)window,
-                      "memory_limit", (json_int_t)f->memory, "lease_s", LMQ__FLOW_LEASE_MS / 1000.0);
+                      "memory_limit", (json_int_t)f->memory, "block_overhead", (json_int_t)LMQ__FLOW_BLOCK_OVERHEAD,
+                      "lease_s", LMQ__FLOW_LEASE_MS / 1000.0);
     }
     if (!r) {
         sub_free(s);
@@ -547,16 +548,20 @@ json_t *lmq__flow_stats(const lmq__flow_t *f)
     return a;
 }
 
-int lmq__flow_plain_hwm(const lmq_daemon_t *d, size_t memory)
+int lmq__flow_plain_hwm(const lmq_daemon_t *d, size_t memory, size_t seen)
 {
-    size_t largest = 0;
-    for (size_t i = 0; i < d->ndev; i++)
-        for (size_t k = 0; k < d->devs[i]->nstreams; k++) {
-            const lmq__stream_rt_t *st = &d->devs[i]->streams[k];
+    size_t largest = seen;
+    for (size_t i = 0; i < d->ndev; i++) {
+        lmq_dev_t *dev = d->devs[i];
+        pthread_mutex_lock(&dev->mu); /* a driver sets its shapes when it opens */
+        for (size_t k = 0; k < dev->nstreams; k++) {
+            const lmq__stream_rt_t *st = &dev->streams[k];
             size_t n;
-            if (lmq__array_nbytes(d->devs[i]->stream_defs[k].dtype, st->ndim, st->shape, &n) == 0 && n > largest)
+            if (lmq__array_nbytes(dev->stream_defs[k].dtype, st->ndim, st->shape, &n) == 0 && n > largest)
                 largest = n;
         }
+        pthread_mutex_unlock(&dev->mu);
+    }
     size_t hwm = largest ? memory / largest : 1000;
     return hwm < 2 ? 2 : hwm > 1000 ? 1000 : (int)hwm;
 }

@@ -19,6 +19,9 @@
 #define LMQ__FLOW_MAX_WINDOW 1000 /* a ROUTER's per-connection high-water mark */
 #define LMQ__FLOW_MAX_TOPICS 64
 #define LMQ__FLOW_LEASE_MS 10000
+/* What a block counts against the bound besides its frames: the daemon's
+ * bookkeeping, fixed by the protocol so that a client can count the same. */
+#define LMQ__FLOW_BLOCK_OVERHEAD 256
 
 typedef struct lmq__flow lmq__flow_t;
 
@@ -65,7 +68,8 @@ json_t *lmq__flow_stats(const lmq__flow_t *f);
 size_t lmq__flow_memory(const lmq__flow_t *f);
 
 /* The XPUB's per-subscriber high-water mark for plain SUB clients: the
- * memory bound over the largest block of d's streams, within [2, 1000]. */
-int lmq__flow_plain_hwm(const lmq_daemon_t *d, size_t memory);
+ * memory bound over the largest block of d's streams (their shapes now, or
+ * `seen`, the largest payload published so far), within [2, 1000]. */
+int lmq__flow_plain_hwm(const lmq_daemon_t *d, size_t memory, size_t seen);
 
 #endif

@@ -33,6 +33,9 @@ struct lmq_sub {
      * the first, and refuses the duplicates); later ids are credits. */
     uint64_t next_id, series, last_sub;
     unsigned owed;            /* blocks consumed and not yet credited back */
+    uint64_t owed_bytes;      /* ... and what they count against the daemon's bound */
+    uint64_t memory_limit;    /* the daemon's bound for this subscription */
+    uint64_t block_overhead;  /* what a block counts besides its frames */
     int64_t sent_ns;          /* when the last request went out */
     int64_t retry_ns;         /* FLOW_REFUSED: when to ask again */
     int64_t lease_ns;
@@ -85,6 +88,7 @@ static void send_subscribe(lmq_sub_t *s)
     bool new_series = s->state != FLOW_SUBSCRIBING || s->series == 0;
     s->state = FLOW_SUBSCRIBING;
     s->owed = 0;
+    s->owed_bytes = 0;
     if (send_request(s,
                      json_pack("{s:s, s:[s], s:s, s:i}", "op", "subscribe", "topics", s->topic, "mode",
                                s->mode == LMQ_SUB_LOSSLESS ? "lossless" : "lossy", "window", (int)s->window),
@@ -141,13 +145,18 @@ static int64_t flow_service(lmq_sub_t *s)
         break;
     default: {
         /* Pipelined: half the window comes back while the other half is
-         * still on its way, so the daemon never waits for us at full rate.
-         * Renewing at a third of the lease survives one lost renewal. */
+         * still on its way, so the daemon never waits for us at full rate;
+         * with large blocks the bound fills before the window, so a quarter
+         * of it comes back too. Renewing at a third of the lease survives
+         * one lost renewal. */
         unsigned half = s->window / 2 ? s->window / 2 : 1;
         uint64_t id;
-        if ((s->owed >= half || now - s->sent_ns >= s->lease_ns / 3) &&
-            send_request(s, json_pack("{s:s, s:i}", "op", "credit", "n", (int)s->owed), &id) == 0)
+        if ((s->owed >= half || (s->owed && s->owed_bytes >= s->memory_limit / 4) ||
+             now - s->sent_ns >= s->lease_ns / 3) &&
+            send_request(s, json_pack("{s:s, s:i}", "op", "credit", "n", (int)s->owed), &id) == 0) {
             s->owed = 0;
+            s->owed_bytes = 0;
+        }
         due = s->sent_ns + s->lease_ns / 3;
         break;
     }
@@ -319,6 +328,14 @@ static int flow_reply(lmq_sub_t *s, zmq_msg_t *hdr)
         } else if (rep.ok) {
             s->state = FLOW_ACTIVE;
             s->owed = 0;
+            s->owed_bytes = 0;
+            json_t *limit = json_object_get(rep.result, "memory_limit");
+            json_t *overhead = json_object_get(rep.result, "block_overhead");
+            s->memory_limit = json_is_integer(limit) && json_integer_value(limit) > 0
+                                  ? (uint64_t)json_integer_value(limit)
+                                  : UINT64_MAX;
+            s->block_overhead =
+                json_is_integer(overhead) && json_integer_value(overhead) >= 0 ? (uint64_t)json_integer_value(overhead) : 0;
             double lease = json_number_value(json_object_get(rep.result, "lease_s"));
             if (lease >= 1 && lease <= 3600)
                 s->lease_ns = (int64_t)(lease * 1e9);
@@ -394,12 +411,15 @@ int lmq_sub_recv(lmq_sub_t *s, lmq_frame_t **frame, int timeout_ms)
                 return rc;
             continue;
         }
+        size_t nrest = zmq_msg_more(&topic) ? lmq__recv_rest(s->sock, rest, 2) : 0;
         if (s->flow && s->state == FLOW_ACTIVE) {
             /* Every message the daemon sent spent one credit, ours or not,
              * well-formed or not. */
             s->owed++;
+            s->owed_bytes += s->block_overhead + zmq_msg_size(&topic);
+            for (size_t i = 0; i < nrest && i < 2; i++)
+                s->owed_bytes += zmq_msg_size(&rest[i]);
         }
-        size_t nrest = zmq_msg_more(&topic) ? lmq__recv_rest(s->sock, rest, 2) : 0;
         /* SUB filters by prefix: "daq1/wave" also matches "daq1/wave2". */
         bool ours = zmq_msg_size(&topic) == s->topic_len && memcmp(zmq_msg_data(&topic), s->topic, s->topic_len) == 0;
         zmq_msg_close(&topic);

@@ -235,6 +235,7 @@ class FlowSubscription:
         self._pid = self._sock = None
         self._t = Tracker()
         self._lease = 10.0
+        self._limit, self._overhead = float("inf"), 0
 
     def _socket(self):
         if self._pid != os.getpid():
@@ -267,7 +268,7 @@ class FlowSubscription:
         return self._next_id
 
     def _subscribe(self):
-        self._state, self._owed = "subscribing", 0
+        self._state, self._owed, self._owed_bytes = "subscribing", 0, 0
         rid = self._send({"op": "subscribe", "topics": [self.topic], "mode": self.mode, "window": self.window})
         if rid is not None:
             self._series, self._last_sub = rid, rid
@@ -284,9 +285,12 @@ class FlowSubscription:
                 self._subscribe()
                 return self._lease
             return self._retry - now
-        if self._owed >= max(1, self.window // 2) or now - self._sent >= self._lease / 3:
+        # Pipelined: half the window (or, with large blocks, a quarter of the
+        # daemon's bound) comes back while the rest is on its way.
+        if (self._owed >= max(1, self.window // 2) or (self._owed and self._owed_bytes >= self._limit / 4)
+                or now - self._sent >= self._lease / 3):
             if self._send({"op": "credit", "n": self._owed}) is not None:
-                self._owed = 0
+                self._owed = self._owed_bytes = 0
         return self._sent + self._lease / 3 - now
 
     def _reply(self, parts):
@@ -302,10 +306,13 @@ class FlowSubscription:
             if self._state != "subscribing":
                 return  # a duplicate subscribe's answer
             if ok:
-                self._state, self._owed = "active", 0
-                lease = (reply.get("result") or {}).get("lease_s")
+                self._state, self._owed, self._owed_bytes = "active", 0, 0
+                result = reply.get("result") or {}
+                lease, limit, overhead = result.get("lease_s"), result.get("memory_limit"), result.get("block_overhead")
                 if isinstance(lease, (int, float)) and 1 <= lease <= 3600:
                     self._lease = float(lease)
+                self._limit = limit if isinstance(limit, int) and limit > 0 else float("inf")
+                self._overhead = overhead if isinstance(overhead, int) and overhead >= 0 else 0
                 return
             self._state, self._retry = "refused", time.monotonic() + 1.0
             raise errors.from_reply(reply.get("error"))
@@ -342,6 +349,7 @@ class FlowSubscription:
                 continue
             if self._state == "active":
                 self._owed += 1  # every block sent spends a credit
+                self._owed_bytes += self._overhead + sum(len(p) for p in parts)
             got = parse_block(self._topic, parts)
             if got is not None:
                 return self._t.block(self.topic, *got)
