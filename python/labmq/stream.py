@@ -365,10 +365,19 @@ class FlowSubscription:
         return self.recv()
 
     def close(self):
+        """Unsubscribes (the daemon frees its queue at once) and closes."""
         if self._sock is not None and self._pid == os.getpid():
-            if self._state == "active":
-                self._send({"op": "unsubscribe"})
-            self._sock.close(linger=100)
+            rid = self._send({"op": "unsubscribe"}) if self._state == "active" else None
+            deadline = time.monotonic() + 0.2
+            while rid is not None and self._sock.poll(max(0, int((deadline - time.monotonic()) * 1000))):
+                head = self._sock.recv_multipart()[0]
+                try:
+                    reply = json.loads(head) if head[:1] == b"{" else None
+                except ValueError:
+                    reply = None
+                if isinstance(reply, dict) and reply.get("id") == rid:
+                    break
+            self._sock.close(linger=0)
         self._sock = None
 
     def __enter__(self):
