@@ -40,6 +40,9 @@ struct options {
     double vmax, ilimit, seconds;
     int steps;
     double wait_s;
+    const char *key_file, *server_key; /* a daemon with keys (docs/security.md) */
+    lmq_client_keys_t keys; /* loaded from them */
+    const lmq_client_keys_t *use_keys; /* &keys when given, else NULL */
 };
 
 static void usage(FILE *out)
@@ -61,6 +64,8 @@ static void usage(FILE *out)
             "      --ilimit A      supply current limit (default 0.05)\n"
             "      --seconds S     how long to watch the stream (default 1)\n"
             "      --wait S        wait up to S seconds for the daemon to come up (default 0)\n"
+            "      --key FILE      this client's key pair, for a daemon with keys\n"
+            "      --server-key K  the daemon's public key: its .pub file or the Z85 key\n"
             "  -h, --help          this text\n"
             "\n"
             "Exit status 0 only if every step worked and no stream block was lost.\n");
@@ -74,6 +79,7 @@ static int parse_args(int argc, char **argv, struct options *o)
         {"vmax", required_argument, NULL, 'V'},     {"steps", required_argument, NULL, 'n'},
         {"ilimit", required_argument, NULL, 'I'},   {"seconds", required_argument, NULL, 's'},
         {"wait", required_argument, NULL, 'w'},     {"help", no_argument, NULL, 'h'},
+        {"key", required_argument, NULL, 'K'},      {"server-key", required_argument, NULL, 'S'},
         {NULL, 0, NULL, 0}};
     int c;
     char *end;
@@ -83,6 +89,8 @@ static int parse_args(int argc, char **argv, struct options *o)
         case 'd': o->data = optarg; break;
         case 'P': o->psu = optarg; break;
         case 'D': o->daq = optarg; break;
+        case 'K': o->key_file = optarg; break;
+        case 'S': o->server_key = optarg; break;
         case 'h': usage(stdout); exit(0);
         case 'n':
             o->steps = (int)strtol(optarg, &end, 10);
@@ -104,6 +112,18 @@ static int parse_args(int argc, char **argv, struct options *o)
     if (optind < argc) {
         fprintf(stderr, "iv_scan: unexpected argument '%s' (see --help)\n", argv[optind]);
         return -1;
+    }
+    if (!o->key_file != !o->server_key) {
+        fprintf(stderr, "iv_scan: --key and --server-key go together\n");
+        return -1;
+    }
+    if (o->key_file) {
+        char err[600];
+        if (lmq_client_keys_load(&o->keys, o->key_file, o->server_key, err, sizeof err) != 0) {
+            fprintf(stderr, "iv_scan: %s\n", err);
+            return -1;
+        }
+        o->use_keys = &o->keys;
     }
     return 0;
 bad:
@@ -218,7 +238,7 @@ static int watch_stream(void *zctx, const char *data_ep, const struct options *o
 {
     char topic[256];
     snprintf(topic, sizeof topic, "%s/%s", o->daq, WAVE_STREAM);
-    lmq_sub_t *sub = lmq_sub_new(zctx, data_ep, topic);
+    lmq_sub_t *sub = lmq_sub_new_keys(zctx, data_ep, topic, o->use_keys);
     if (!sub) {
         fprintf(stderr, "iv_scan: cannot subscribe to %s at %s\n", topic, data_ep);
         return -1;
@@ -304,12 +324,13 @@ int main(int argc, char **argv)
     double range_before = 0;
 
     /* A proxy with no device talks to the daemon itself (ping, list, stats). */
-    daemon = lmq_proxy_new(zctx, o.endpoint, NULL);
+    daemon = lmq_proxy_new_keys(zctx, o.endpoint, NULL, o.use_keys);
     if (!daemon) {
         fprintf(stderr, "iv_scan: cannot use endpoint '%s' (expected e.g. ipc:///path or tcp://host:port)\n",
                 o.endpoint);
         goto out;
     }
+
     /* Unless told, ask the daemon where it publishes (this also waits for it). */
     if (find_daemon(daemon, o.endpoint, o.wait_s, datadef, sizeof datadef))
         goto out;
@@ -319,14 +340,16 @@ int main(int argc, char **argv)
 
     /* Two ways to name a device: endpoint + name, or one URI string (which
      * is what you would hand to another process). */
-    psu = lmq_proxy_new(zctx, o.endpoint, o.psu);
+    psu = lmq_proxy_new_keys(zctx, o.endpoint, o.psu, o.use_keys);
     char uri[1024];
     snprintf(uri, sizeof uri, "%s#%s", o.endpoint, o.daq);
-    daq = lmq_proxy_open(zctx, uri);
+    /* A URI names no keys: with keys, the daq proxy is made like the psu's. */
+    daq = o.use_keys ? lmq_proxy_new_keys(zctx, o.endpoint, o.daq, o.use_keys) : lmq_proxy_open(zctx, uri);
     if (!psu || !daq) {
         fprintf(stderr, "iv_scan: cannot create proxies (bad endpoint or device name?)\n");
         goto out;
     }
+
 
     /* The range is shared with every other user of the board: put it back. */
     if (get_double(daq, DAQ_RANGE, &range_before))

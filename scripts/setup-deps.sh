@@ -6,9 +6,11 @@ set -euo pipefail
 
 pkgs=(
   build-essential cmake pkg-config clang
+  clang-14 libclang-rt-14-dev util-linux
   libzmq3-dev libjansson-dev libcyaml-dev libyaml-dev libmuparser-dev libserialport-dev libusb-1.0-0-dev libhdf5-dev check
   umockdev libumockdev-dev libglib2.0-dev
   python3-zmq python3-numpy python3-h5py python3-pytest
+  libwebsockets-dev chromium chromium-driver python3-selenium
 )
 
 missing=()

@@ -1,6 +1,8 @@
 #!/bin/bash
 # README command 2: build everything with AddressSanitizer + UBSan into
-# build-asan/ and run the whole test suite. Exit status is ctest's.
+# build-asan/ and run the whole test suite; then fuzz each fuzz target for a
+# bounded time (scripts/fuzz.sh) and run the daemon-level tests under
+# ThreadSanitizer (scripts/tsan.sh). Fails when any of the three fails.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -29,10 +31,23 @@ cd build-asan
 set +e
 ctest --output-on-failure -j"$jobs"
 rc=$?
+cd "$root"
+# Each fuzz target for a bounded time from its committed corpus (clang-14,
+# libFuzzer, ASan/UBSan; build-fuzz/); scripts/fuzz.sh TARGET SECONDS runs
+# one longer.
+scripts/fuzz.sh all "${LMQ_FUZZ_SECONDS:-20}"
+fuzz_rc=$?
+# The daemon-level tests again under ThreadSanitizer (build-tsan/).
+scripts/tsan.sh -j"$jobs"
+tsan_rc=$?
 set -e
-if ((rc == 0)); then
-  echo "test.sh: all tests passed"
-else
-  echo "test.sh: ctest failed (exit $rc); see the output above" >&2
+failed=()
+((rc == 0)) || failed+=("ctest (exit $rc)")
+((fuzz_rc == 0)) || failed+=("fuzzing (exit $fuzz_rc)")
+((tsan_rc == 0)) || failed+=("ThreadSanitizer tests (exit $tsan_rc)")
+if ((${#failed[@]} == 0)); then
+  echo "test.sh: all tests passed (ASan/UBSan suite, fuzzing, ThreadSanitizer)"
+  exit 0
 fi
-exit "$rc"
+echo "test.sh: failed: ${failed[*]}; see the output above" >&2
+exit 1

@@ -148,6 +148,11 @@ static const struct bad {
     {"top level not a mapping", "- a\n", {"<config>:1:1:", "expected a mapping"}},
     {"bad log level", "log_level: loud\ndevices: []\n", {"<config>:1:12:", "log_level 'loud'"}},
     {"bad endpoint", "devices: []\ndata: /tmp/sock\n", {"<config>:2:7:", "data endpoint '/tmp/sock'"}},
+    {"fault_after out of range", "devices: []\nfault_after: -1\n", {"<config>:2:14:", "fault_after -1 s", "0..3600"}},
+    {"scpi without a connection",
+     "devices:\n  - name: k\n    driver: scpi\n    options: {model: " LMQ_SOURCE_DIR
+     "/examples/instruments/keithley-2400.yaml}\n",
+     {"<config>:2:5:", "device 'k'", "needs a connection"}},
     {"empty", "", {"<config>: ", "empty"}},
     {"only a comment", "# nothing yet\n", {"empty"}},
 };

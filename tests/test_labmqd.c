@@ -16,6 +16,7 @@
 #include <sys/un.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -193,8 +194,10 @@ START_TEST(test_check_config)
     struct stat st;
     ck_assert_int_ne(lstat(dir, &st), 0);
 
-    ck_assert_int_eq(run_labmqd(&t, &out, "-n", "-c", t.config, "--control", "tcp://127.0.0.1:7000"), 0);
-    ck_assert_msg(strstr(out, "tcp://127.0.0.1:7000") != NULL, "%s", out);
+    /* A tcp endpoint without keys would be refused at start: the check says so. */
+    ck_assert_int_eq(run_labmqd(&t, &out, "-n", "-c", t.config, "--control", "tcp://127.0.0.1:7000"), 1);
+    ck_assert_msg(strstr(out, "control:   tcp://127.0.0.1:7000") && strstr(out, "tcp://127.0.0.1:7000 needs CURVE keys"),
+                  "%s", out);
     free(out);
 
     char bad[128], want[200];
@@ -357,8 +360,8 @@ START_TEST(test_stuck_driver_bounded_stop)
 }
 END_TEST
 
-/* Under systemd (Type=notify): READY=1 once clients can connect, STOPPING=1
- * when told to stop. */
+/* Under systemd (Type=notify): READY=1 once clients can connect,
+ * RELOADING=1 then READY=1 around a reload, STOPPING=1 when told to stop. */
 START_TEST(test_systemd_notify)
 {
     char dir[64], config[128], sock_path[128], log[128], control[160], data[160];
@@ -393,6 +396,24 @@ START_TEST(test_systemd_notify)
     free(pong);
     lmq_proxy_destroy(&p);
     zmq_ctx_term(ctx);
+    /* SIGHUP: RELOADING=1 with the monotonic time (systemd >= 253 wants
+     * it), then READY=1 once the reload is done; a device added shows in
+     * the status. */
+    th_write_file(config, "devices:\n  - name: psu1\n    driver: sim-psu\n    options: {load_ohms: 50}\n"
+                          "  - name: daq1\n    driver: sim-daq\n  - name: psu2\n    driver: sim-psu\n");
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    unsigned long long before_us = (unsigned long long)now.tv_sec * 1000000ULL + (unsigned long long)now.tv_nsec / 1000;
+    kill(pid, SIGHUP);
+    n = recv(fd, buf, sizeof buf - 1, 0);
+    ck_assert_msg(n > 0, "no RELOADING=1 from labmqd");
+    buf[n] = 0;
+    unsigned long long usec = 0;
+    ck_assert_msg(sscanf(buf, "RELOADING=1\nMONOTONIC_USEC=%llu", &usec) == 1 && usec >= before_us, "%s", buf);
+    n = recv(fd, buf, sizeof buf - 1, 0);
+    ck_assert_msg(n > 0, "no READY=1 after the reload");
+    buf[n] = 0;
+    ck_assert_msg(!strncmp(buf, "READY=1\n", 8) && strstr(buf, "STATUS=serving 3 devices"), "%s", buf);
     kill(pid, SIGTERM);
     n = recv(fd, buf, sizeof buf - 1, 0);
     ck_assert_msg(n > 0, "no STOPPING=1 from labmqd");

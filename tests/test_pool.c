@@ -180,11 +180,14 @@ static int collect_echoes(lmq_pool_t *p, int n, const long *values, int *seen, p
     return from_count;
 }
 
+/* Run 0 with the default credit (one task per message), run 1 with credit
+ * 16: the victim dies holding whole batches of tasks. */
 START_TEST(worker_killed_mid_run_each_result_still_once)
 {
     enum { N = 600 };
     void *ctx = zmq_ctx_new();
-    lmq_pool_t *p = lmq_pool_new(ctx, CHILD, NULL, 3);
+    char *batched[] = {"--option", "credit=16", NULL};
+    lmq_pool_t *p = lmq_pool_new(ctx, CHILD, _i ? batched : NULL, 3);
     ck_assert_msg(p != NULL, "lmq_pool_new: %s", strerror(errno));
     long values[N + 1];
     int seen[N + 1];
@@ -521,7 +524,7 @@ static Suite *pool_suite(void)
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, centroid_2000_tasks_three_workers_each_result_once);
-    tcase_add_test(tc, worker_killed_mid_run_each_result_still_once);
+    tcase_add_loop_test(tc, worker_killed_mid_run_each_result_still_once, 0, 2);
     tcase_add_test(tc, poison_task_fails_after_bounded_attempts_rest_complete);
     tcase_add_test(tc, busy_worker_is_not_handed_more_than_its_credit);
     tcase_add_test(tc, destroy_stops_hung_workers_no_zombie_no_process);

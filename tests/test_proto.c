@@ -31,6 +31,54 @@ START_TEST(parse_valid_request)
 }
 END_TEST
 
+/* client, deadline_ms, lock and unlock (protocol 2.1, 2.6), and the keys a
+ * proxy appends to an encoded header reading back the same. */
+START_TEST(parse_lock_keys_and_appended_keys)
+{
+    lmq__request_t req;
+    char err[256];
+    const char *h = "{\"v\":1,\"id\":1,\"op\":\"lock\",\"devices\":[\"psu1\",\"daq1\"],\"lease_ms\":2000,"
+                    "\"client\":\"alice\"}";
+    ck_assert_int_eq(lmq__request_parse(h, strlen(h), 0, &req, err, sizeof err), 0);
+    ck_assert_int_eq(req.op, LMQ__OP_LOCK);
+    ck_assert_uint_eq(json_array_size(req.devices), 2);
+    ck_assert_int_eq(req.lease_ms, 2000);
+    ck_assert_str_eq(req.client, "alice");
+    ck_assert_int_eq(req.deadline_ms, -1);
+    lmq__request_clear(&req);
+    static const struct {
+        const char *h, *why;
+    } bad[] = {
+        {"{\"v\":1,\"id\":1,\"op\":\"lock\"}", "op 'lock' needs 'devices'"},
+        {"{\"v\":1,\"id\":1,\"op\":\"lock\",\"devices\":[]}", "'devices' must be a list of 1 to 64"},
+        {"{\"v\":1,\"id\":1,\"op\":\"lock\",\"devices\":[1]}", "'devices' entry 1 is not a string"},
+        {"{\"v\":1,\"id\":1,\"op\":\"lock\",\"devices\":[\"a\"],\"lease_ms\":99}", "'lease_ms' must be"},
+        {"{\"v\":1,\"id\":1,\"op\":\"unlock\",\"lease_ms\":200}", "op 'unlock' takes no 'lease_ms'"},
+        {"{\"v\":1,\"id\":1,\"op\":\"ping\",\"devices\":[\"a\"]}", "op 'ping' takes no 'devices'"},
+        {"{\"v\":1,\"id\":1,\"op\":\"ping\",\"client\":\"\"}", "'client' must be a string of 1 to 128"},
+        {"{\"v\":1,\"id\":1,\"op\":\"ping\",\"deadline_ms\":1.5}", "'deadline_ms' must be an integer"},
+        {"{\"v\":1,\"id\":1,\"op\":\"ping\",\"deadline_ms\":86400001}", "'deadline_ms' must be an integer"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        ck_assert_int_eq(lmq__request_parse(bad[i].h, strlen(bad[i].h), 0, &req, err, sizeof err), LMQ_EPROTO);
+        ck_assert_msg(strstr(err, bad[i].why), "%s: %s", bad[i].h, err);
+        lmq__request_clear(&req);
+    }
+    zmq_msg_t m;
+    lmq_value_t v = lmq_float(2.5);
+    ck_assert_int_eq(lmq__request_encode_fast(&m, 9, LMQ__OP_SET, "psu1", "voltage", NULL, 0, &v), 0);
+    char *quoted = lmq__json_quote("bob \"the\" builder");
+    ck_assert_int_eq(lmq__request_add_keys(&m, 1500, quoted), 0);
+    free(quoted);
+    ck_assert_int_eq(lmq__request_parse(zmq_msg_data(&m), zmq_msg_size(&m), 0, &req, err, sizeof err), 0);
+    ck_assert_int_eq(req.deadline_ms, 1500);
+    ck_assert_str_eq(req.client, "bob \"the\" builder");
+    ck_assert(json_real_value(req.value) == 2.5);
+    lmq__request_clear(&req);
+    zmq_msg_close(&m);
+}
+END_TEST
+
 START_TEST(parse_keeps_id_on_error)
 {
     const char *h = "{\"v\":1,\"id\":7,\"op\":\"nope\"}";
@@ -976,6 +1024,7 @@ int main(void)
     TCase *codec = tcase_create("codec");
     tcase_add_test(codec, parse_valid_request);
     tcase_add_test(codec, parse_keeps_id_on_error);
+    tcase_add_test(codec, parse_lock_keys_and_appended_keys);
     tcase_add_test(codec, array_value_round_trip);
     tcase_add_test(codec, scalar_values_encode_as_json);
     tcase_add_test(codec, data_header_is_valid_json);

@@ -615,6 +615,32 @@ START_TEST(idn_mismatch)
 }
 END_TEST
 
+/* A lock that expires sends the description's safe_state commands: the
+ * DP832's outputs go off in the simulated instrument. */
+START_TEST(expired_lock_sends_safe_state)
+{
+    sim_t s;
+    sim_start(&s, &insts[0], true);
+    lab_t l;
+    lab_start(&l, &s, false);
+    lmq_proxy_t *other = lmq_proxy_new(l.ctx, "inproc://scpi", "psu");
+    lmq_proxy_set_timeout(other, 10000);
+    lmq_value_t on = lmq_bool(true), out = {0};
+    ck_assert_msg(lmq_proxy_set(l.p, "output", &on) == 0, "%s", lmq_proxy_last_error(l.p));
+    ck_assert_int_eq(lmq_proxy_lock(l.p, NULL, 0, 300), 0);
+    ck_assert_int_eq(lmq_proxy_get(other, "output", &out), 0);
+    ck_assert(out.type == LMQ_BOOL && out.u.b);
+    double end = th_now_ms() + 10000;
+    while (lmq_proxy_get(other, "output", &out) == 0 && out.u.b && th_now_ms() < end)
+        usleep(50000);
+    ck_assert_msg(out.type == LMQ_BOOL && !out.u.b, "output still on after the lock expired");
+    ck_assert_int_eq(lmq_proxy_set(other, "output", &on), 0); /* the lock is gone */
+    lmq_proxy_destroy(&other);
+    lab_stop(&l);
+    sim_stop(&s);
+}
+END_TEST
+
 /* Configuration errors surface at lmq_daemon_add, naming the file and line. */
 START_TEST(configure_errors)
 {
@@ -656,6 +682,7 @@ int main(void)
     tcase_add_loop_test(tc, stop_during_a_long_read, 0, 2);
     tcase_add_test(tc, idn_mismatch);
     tcase_add_test(tc, configure_errors);
+    tcase_add_test(tc, expired_lock_sends_safe_state);
     suite_add_tcase(s, tc);
     return th_run_suite(s);
 }

@@ -17,6 +17,7 @@
 #include <zmq.h>
 #include "harness.h"
 #include "labmq/labmq.h"
+#include "supervise_internal.h"
 
 #define CHILD LMQ_BUILD_DIR "/tests/supervise_child"
 #define MEAN LMQ_BUILD_DIR "/workers/example/labmq-example-mean"
@@ -350,8 +351,12 @@ START_TEST(bad_declarations_and_missing_program)
     ck_assert_int_eq(lmq_supervisor_add(s, "w", argv, NULL, LMQ_RESTART_ALWAYS), LMQ_EARG);
     ck_assert_ptr_nonnull(strstr(lmq_supervisor_last_error(s), "declared twice"));
     ck_assert_int_eq(lmq_supervisor_start(s), 0);
-    ck_assert_int_eq(lmq_supervisor_add(s, "late", argv, NULL, LMQ_RESTART_ALWAYS), LMQ_EARG);
     lmq_worker_info_t in = wait_state(s, 0, LMQ_WORKER_FAILED, 10000);
+    ck_assert_str_eq(in.error, "cannot start /nonexistent/worker: no such program");
+    /* Declared while running: started (and refused) like the others. */
+    ck_assert_int_eq(lmq_supervisor_add(s, "late", argv, NULL, LMQ_RESTART_ALWAYS), 0);
+    ck_assert_int_eq(lmq_supervisor_add(s, "late", argv, NULL, LMQ_RESTART_ALWAYS), LMQ_EARG);
+    in = wait_state(s, 1, LMQ_WORKER_FAILED, 10000);
     ck_assert_str_eq(in.error, "cannot start /nonexistent/worker: no such program");
     ck_assert_int_eq(lmq_restart_parse("on-failure"), LMQ_RESTART_ON_FAILURE);
     ck_assert_int_eq(lmq_restart_parse("always"), LMQ_RESTART_ALWAYS);
@@ -359,6 +364,66 @@ START_TEST(bad_declarations_and_missing_program)
     ck_assert_int_eq(lmq_restart_parse("sometimes"), -1);
     lmq_supervisor_destroy(&s);
     assert_no_zombies();
+}
+END_TEST
+
+/* What a reload does to workers: one added while the others run is started,
+ * one removed is stopped (SIGKILL after the grace when it ignores SIGTERM)
+ * and reaped before lmq__supervisor_remove returns, and the rest are not
+ * touched. */
+START_TEST(add_and_remove_while_running)
+{
+    char dir[128], keep[256], late[256], pids[256];
+    th_tempdir(dir, sizeof dir);
+    snprintf(keep, sizeof keep, "%s/keep", dir);
+    snprintf(late, sizeof late, "%s/late", dir);
+    snprintf(pids, sizeof pids, "%s/pids", dir);
+    lmq_supervisor_t *s = lmq_supervisor_new(NULL);
+    char *a0[] = {CHILD, "sleep", keep, NULL}, *a1[] = {CHILD, "stubborn", pids, NULL},
+         *a2[] = {CHILD, "sleep", late, NULL};
+    ck_assert_int_eq(lmq_supervisor_add(s, "keep", a0, NULL, LMQ_RESTART_ALWAYS), 0);
+    ck_assert_int_eq(lmq_supervisor_add(s, "stubborn", a1, NULL, LMQ_RESTART_ALWAYS), 0);
+    lmq_supervisor_set_stop_grace(s, 300);
+    ck_assert_int_eq(lmq_supervisor_start(s), 0);
+    char *text = wait_file(keep, 10000);
+    int kept = atoi(text);
+    free(text);
+    text = wait_file(pids, 10000);
+    int stubborn = 0, grandchild = 0;
+    ck_assert_int_eq(sscanf(text, "%d %d", &stubborn, &grandchild), 2);
+    free(text);
+
+    ck_assert_int_eq(lmq_supervisor_add(s, "late", a2, NULL, LMQ_RESTART_ALWAYS), 0);
+    text = wait_file(late, 10000);
+    int latecomer = atoi(text);
+    free(text);
+    ck_assert_int_eq(lmq_supervisor_count(s), 3);
+    ck_assert_int_eq(info_of(s, 2).pid, latecomer);
+    ck_assert(alive(latecomer));
+
+    ck_assert_int_eq(lmq__supervisor_remove(s, "stubborn"), 0);
+    ck_assert(!alive(stubborn));
+    ck_assert_int_eq(lmq_supervisor_count(s), 2);
+    ck_assert_str_eq(info_of(s, 0).name, "keep");
+    ck_assert_str_eq(info_of(s, 1).name, "late");
+    ck_assert_int_eq(lmq__supervisor_remove(s, "stubborn"), LMQ_ENOTFOUND);
+    /* The same name can come back at once (a changed worker). */
+    unlink(pids);
+    ck_assert_int_eq(lmq_supervisor_add(s, "stubborn", a1, NULL, LMQ_RESTART_ALWAYS), 0);
+    text = wait_file(pids, 10000);
+    int again = 0;
+    ck_assert_int_eq(sscanf(text, "%d", &again), 1);
+    free(text);
+    ck_assert_int_ne(again, stubborn);
+
+    lmq_worker_info_t in = info_of(s, 0);
+    ck_assert_int_eq(in.pid, kept);
+    ck_assert_int_eq(in.restarts, 0);
+    ck_assert(alive(kept));
+    lmq_supervisor_destroy(&s);
+    ck_assert(!alive(kept) && !alive(latecomer) && !alive(again));
+    assert_no_zombies();
+    th_rmtree(dir);
 }
 END_TEST
 
@@ -516,6 +581,7 @@ static Suite *supervise_suite(void)
     tcase_add_test(tc, stop_kills_worker_ignoring_sigterm_and_its_children);
     tcase_add_test(tc, crashing_worker_leaves_no_orphan);
     tcase_add_test(tc, bad_declarations_and_missing_program);
+    tcase_add_test(tc, add_and_remove_while_running);
     tcase_add_test(tc, host_ignoring_sigchld_does_not_hang_the_supervisor);
     suite_add_tcase(s, tc);
     TCase *rt = tcase_create("runtime");

@@ -26,7 +26,11 @@ typedef struct cli {
     double duration_s; /* watch/record --duration; 0 = unlimited */
     const char *output; /* record -o FILE (borrowed from argv) */
     bool overwrite;     /* record --overwrite */
+    int lease_ms;       /* lock --lease; 0 = the default */
     int sigfd;         /* watch, record: signalfd for SIGINT/SIGTERM, -1 when unused */
+    bool curve;        /* --key/--server-key (or LABMQ_KEY/LABMQ_SERVER_KEY): talk CURVE */
+    lmq_client_keys_t keys; /* the daemon's public key and this client's key pair */
+    const char *key_path;   /* the key pair's file (borrowed from argv or the environment) */
     void *zctx;        /* the process's one ZeroMQ context */
     FILE *out;
     FILE *err;
@@ -43,6 +47,8 @@ int cli_usage(cli_t *c, const char *fmt, ...) LMQ_PRINTF(2, 3);
 /* A proxy for `device` (NULL: daemon-wide) with the CLI's timeout. NULL only on
  * allocation failure, already reported. */
 lmq_proxy_t *cli_proxy(cli_t *c, const char *device);
+/* The CLI's keys for *_new_keys: NULL without --key. */
+const lmq_client_keys_t *cli_keys(const cli_t *c);
 /* Fetches and parses `describe` for the proxy's device. Returns the exit code;
  * on CLI_OK *desc is set (caller json_decref's). */
 int cli_describe(cli_t *c, lmq_proxy_t *p, json_t **desc);
@@ -103,7 +109,9 @@ int cli_cmd_set(cli_t *c, int argc, char **argv);
 int cli_cmd_stats(cli_t *c, int argc, char **argv);
 int cli_cmd_scan(cli_t *c, int argc, char **argv);
 int cli_cmd_workers(cli_t *c, int argc, char **argv);
+int cli_cmd_lock(cli_t *c, int argc, char **argv);
 int cli_cmd_watch(cli_t *c, int argc, char **argv);  /* watch.c */
 int cli_cmd_record(cli_t *c, int argc, char **argv); /* record.c */
+int cli_cmd_keygen(cli_t *c, int argc, char **argv); /* keygen.c */
 
 #endif

@@ -14,7 +14,7 @@ static const char *jstr(json_t *obj, const char *key)
 
 lmq_proxy_t *cli_proxy(cli_t *c, const char *device)
 {
-    lmq_proxy_t *p = lmq_proxy_new(c->zctx, c->control, device);
+    lmq_proxy_t *p = lmq_proxy_new_keys(c->zctx, c->control, device, cli_keys(c));
     if (!p) {
         cli_failf(c, LMQ_EARG, "cannot connect to '%s' (not a ZeroMQ endpoint such as ipc:///path or tcp://host:port?)",
                   c->control);
@@ -23,6 +23,8 @@ lmq_proxy_t *cli_proxy(cli_t *c, const char *device)
     lmq_proxy_set_timeout(p, c->timeout_ms);
     return p;
 }
+
+const lmq_client_keys_t *cli_keys(const cli_t *c) { return c->curve ? &c->keys : NULL; }
 
 /* Parses JSON text the daemon sent; frees it. NULL with a reported error. */
 static json_t *parse_reply(cli_t *c, char *txt, const char *what)
@@ -265,6 +267,22 @@ static void fmt_uptime(char *buf, size_t size, double s)
         snprintf(buf, size, "%dd %02dh", (int)(s / 86400), (int)fmod(s / 3600, 24));
 }
 
+/* The daemon's configuration generation and how its last reload (SIGHUP)
+ * went; nothing for a daemon too old to say. */
+static void print_config(cli_t *c, json_t *cfg)
+{
+    if (!json_is_object(cfg))
+        return;
+    json_t *last = json_object_get(cfg, "last_reload");
+    fprintf(c->out, "  config   generation %lld, ", (long long)json_integer_value(json_object_get(cfg, "generation")));
+    if (!json_is_string(last))
+        fprintf(c->out, "never reloaded\n");
+    else if (strcmp(json_string_value(last), "ok") == 0)
+        fprintf(c->out, "last reload ok\n");
+    else
+        fprintf(c->out, "last reload REFUSED: %s\n", json_string_value(last));
+}
+
 int cli_cmd_ping(cli_t *c, int argc, char **argv)
 {
     (void)argc;
@@ -281,6 +299,7 @@ int cli_cmd_ping(cli_t *c, int argc, char **argv)
             jstr(j, "version"), proto, up, rtt_ms);
     fprintf(c->out, "  control  %s\n  data     %s\n", *jstr(j, "control") ? jstr(j, "control") : c->control,
             jstr(j, "data"));
+    print_config(c, json_object_get(j, "config"));
     json_decref(j);
     return CLI_OK;
 }
@@ -306,7 +325,7 @@ int cli_cmd_ls(cli_t *c, int argc, char **argv)
     json_t *d;
     json_array_foreach(j, i, d)
     {
-        /* "opening", "ready", "disconnected" (with the reason below), "stopped" */
+        /* "opening", "ready", "fault" and "disconnected" (with the reason below), "stopped" */
         nerr += *jstr(d, "error") != '\0';
         cli_table_row(t, jstr(d, "name"), jstr(d, "driver"), jstr(d, "state"), jstr(d, "description"));
     }
@@ -317,6 +336,20 @@ int cli_cmd_ls(cli_t *c, int argc, char **argv)
         fputc('\n', c->out);
         json_array_foreach(j, i, d) if (*jstr(d, "error"))
             fprintf(c->out, "%s: %s\n", jstr(d, "name"), jstr(d, "error"));
+    }
+    /* So are the holders of locks (protocol 2.6). */
+    bool first = true;
+    json_array_foreach(j, i, d)
+    {
+        json_t *lk = json_object_get(d, "locked_by");
+        if (rc != CLI_OK || !json_is_object(lk))
+            continue;
+        if (first)
+            fputc('\n', c->out);
+        first = false;
+        fprintf(c->out, "%s: locked by '%s' (lease %.1f s, %.1f s left unless renewed)\n", jstr(d, "name"),
+                jstr(lk, "holder"), (double)json_integer_value(json_object_get(lk, "lease_ms")) / 1000,
+                (double)json_integer_value(json_object_get(lk, "expires_in_ms")) / 1000);
     }
     json_decref(j);
     return rc;
@@ -636,7 +669,9 @@ int cli_cmd_stats(cli_t *c, int argc, char **argv)
     fmt_uptime(up, sizeof up, json_number_value(json_object_get(j, "uptime_s")));
     fmt_count(req, sizeof req, json_object_get(j, "requests"));
     fmt_count(err, sizeof err, json_object_get(j, "errors"));
-    fprintf(c->out, "daemon up %s, %s requests, %s errors\n\n", up, req, err);
+    fprintf(c->out, "daemon up %s, %s requests, %s errors\n", up, req, err);
+    print_config(c, json_object_get(j, "config"));
+    fputc('\n', c->out);
 
     cli_table_t *t = cli_table_new(8);
     for (size_t col = 2; col < 8; col++)

@@ -17,7 +17,7 @@
 #include <zmq.h>
 #include "cli.h"
 
-enum { OPT_DURATION = 256, OPT_OVERWRITE };
+enum { OPT_DURATION = 256, OPT_OVERWRITE, OPT_KEY, OPT_SERVER_KEY, OPT_LEASE };
 
 static const struct option long_opts[] = {
     {"endpoint", required_argument, NULL, 'e'},
@@ -28,6 +28,9 @@ static const struct option long_opts[] = {
     {"duration", required_argument, NULL, OPT_DURATION},
     {"output", required_argument, NULL, 'o'},
     {"overwrite", no_argument, NULL, OPT_OVERWRITE},
+    {"key", required_argument, NULL, OPT_KEY},
+    {"server-key", required_argument, NULL, OPT_SERVER_KEY},
+    {"lease", required_argument, NULL, OPT_LEASE},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -56,6 +59,8 @@ static const command_t commands[] = {
     {"stats", cli_cmd_stats, 0, 1, "stats [DEV]"},
     {"scan", cli_cmd_scan, 0, 0, "scan"},
     {"workers", cli_cmd_workers, 0, 0, "workers"},
+    {"keygen", cli_cmd_keygen, 0, 0, "keygen [-o FILE] [--overwrite]"},
+    {"lock", cli_cmd_lock, 1, 64, "lock DEV... [--duration S] [--lease MS]"},
 };
 
 /* ---- errors ---- */
@@ -73,9 +78,12 @@ int cli_failf(cli_t *c, int status, const char *fmt, ...)
 
 int cli_fail_proxy(cli_t *c, const lmq_proxy_t *p, int status)
 {
-    if (status == LMQ_EUNREACH) {
+    if (status == LMQ_EUNREACH && !c->curve) {
         /* The single most common mistake deserves a sentence, not a code. */
-        fprintf(c->err, "labmq: no daemon answers at %s (is labmqd running?)\n", c->control);
+        fprintf(c->err, "labmq: no daemon answers at %s (is labmqd running?%s)\n", c->control,
+                strncmp(c->control, "tcp://", 6) == 0 ? " A daemon with keys answers only a client with --key and "
+                                                        "--server-key"
+                                                      : "");
         return CLI_FAILED;
     }
     const char *msg = p ? lmq_proxy_last_error(p) : NULL;
@@ -110,7 +118,8 @@ static void print_help(FILE *out)
             "Usage: labmq [OPTIONS] COMMAND [ARGS...]\n"
             "\n"
             "Commands:\n"
-            "  ping                       is a daemon there? version, endpoints, uptime\n"
+            "  ping                       is a daemon there? version, endpoints, uptime,\n"
+            "                             config generation and how its last reload went\n"
             "                               labmq ping\n"
             "  ls                         devices: name, driver, state, description\n"
             "                               labmq ls\n"
@@ -126,7 +135,7 @@ static void print_help(FILE *out)
             "                             subscription: it never holds up a recording)\n"
             "                               labmq watch daq1/wave --duration 10\n"
             "  watch DEV                  the device's changes as they happen: properties\n"
-            "                             set by any client, state (ready, disconnected)\n"
+            "                             set by any client, state (ready, fault, disconnected)\n"
             "                               labmq watch psu1\n"
             "  record DEV/STREAM... -o FILE\n"
             "                             record streams into an HDF5 file until Ctrl-C or\n"
@@ -139,9 +148,17 @@ static void print_help(FILE *out)
             "  workers                    the daemon's supervised workers: state, pid, restarts,\n"
             "                             uptime, last exit\n"
             "                               labmq workers\n"
+            "  lock DEV...                lock devices for this command's lifetime: others cannot\n"
+            "                             set or call them; released at the end of --duration or\n"
+            "                             on Ctrl-C; if this process dies, the lease runs out and\n"
+            "                             the devices go to their safe state (output off)\n"
+            "                               labmq lock psu1 daq1 --duration 600 --lease 2000\n"
             "  scan                       serial ports (with USB VID:PID, maker, product, serial)\n"
             "                             and USBTMC devices on this machine, as connection strings\n"
             "                               labmq scan\n"
+            "  keygen [-o FILE]           make a CURVE key pair: FILE (secret, mode 0600) and\n"
+            "                             FILE.pub (public, to hand out); without -o, print it\n"
+            "                               labmq keygen -o ~/.config/labmq/alice.key\n"
             "\n"
             "Options (anywhere on the line):\n"
             "  -e, --endpoint EP   control endpoint (default %s)\n"
@@ -150,21 +167,28 @@ static void print_help(FILE *out)
             "  -t, --timeout MS    wait at most MS ms for each reply (default %d)\n"
             "  -j, --json          print the result as one JSON document, for scripts\n"
             "  -n, --count N       watch: stop after N blocks\n"
-            "      --duration S    watch, record: stop after S seconds\n"
-            "  -o, --output FILE   record: the HDF5 file to create\n"
-            "      --overwrite     record: replace FILE if it exists\n"
+            "      --duration S    watch, record, lock: stop after S seconds\n"
+            "      --lease MS      lock: the lease, renewed every MS/3 ms (default 10000)\n"
+            "  -o, --output FILE   record: the HDF5 file to create; keygen: the key file\n"
+            "      --overwrite     record, keygen: replace FILE if it exists\n"
+            "      --key FILE      this client's key pair (labmq keygen), for a daemon with\n"
+            "                      keys (default: $LABMQ_KEY)\n"
+            "      --server-key K  the daemon's public key: its .pub file or the 40-character\n"
+            "                      key (default: $LABMQ_SERVER_KEY); see docs/security.md\n"
             "  -h, --help          show this help\n"
             "  -V, --version       show the version\n"
             "\n"
             "Values: numbers, true/false, or text; an array argument as 1,2,3. Negative numbers\n"
             "are values, not options (labmq set psu1 voltage -0.5); '--' ends the options.\n"
-            "A daemon on another machine: labmq -e tcp://labpc:5555 ls\n"
+            "A daemon on another machine (with keys):\n"
+            "  labmq -e tcp://labpc:5555 --key alice.key --server-key labpc.key.pub ls\n"
             "\n"
             "Exit status:\n"
             "  0  success\n"
             "  1  the operation failed: no daemon, unknown device, method or property, a value\n"
             "     of the wrong type or out of range, an instrument error or timeout, watch\n"
-            "     saw no data, or record could not create or write its file\n"
+            "     saw no data, record could not create or write its file, a key file that\n"
+            "     cannot be read (or that others can read), or PERMISSION (an observe key)\n"
             "  2  usage error: unknown command or option, missing or extra arguments\n",
             control, data, LMQ_PROXY_DEFAULT_TIMEOUT_MS);
 }
@@ -230,6 +254,8 @@ typedef struct parsed {
     bool count_opt;    /* --count seen */
     bool duration_opt; /* --duration seen */
     bool record_opts;  /* --output or --overwrite seen */
+    const char *key, *server_key; /* --key, --server-key */
+    bool lease_opt;    /* --lease seen */
 } parsed_t;
 
 /* Returns -1 to go on, else the exit code. Options may stand anywhere, so
@@ -299,6 +325,22 @@ static int parse_args(cli_t *c, int argc, char **argv, parsed_t *ps, char **optv
             c->overwrite = true;
             ps->record_opts = true;
             break;
+        case OPT_KEY:
+            if (!*optarg)
+                return cli_usage(c, "--key needs a key file (made by labmq keygen)");
+            ps->key = optarg;
+            break;
+        case OPT_SERVER_KEY:
+            if (!*optarg)
+                return cli_usage(c, "--server-key needs the daemon's public key file or key");
+            ps->server_key = optarg;
+            break;
+        case OPT_LEASE:
+            if (parse_long(c, "--lease", optarg, 100, 60000, &v))
+                return CLI_USAGE;
+            c->lease_ms = (int)v;
+            ps->lease_opt = true;
+            break;
         case 'h': ps->help = true; break;
         case 'V': ps->version = true; break;
         case ':': return cli_usage(c, "option '%s' needs a value", optv[optind - 1]);
@@ -337,6 +379,31 @@ static int catch_signals(cli_t *c)
     return c->sigfd < 0 ? -1 : 0;
 }
 
+/* --key/--server-key, else $LABMQ_KEY/$LABMQ_SERVER_KEY: both or neither.
+ * Returns -1 to go on, else the exit code. */
+static int load_keys(cli_t *c, const parsed_t *ps)
+{
+    const char *key = ps->key ? ps->key : getenv("LABMQ_KEY");
+    const char *server = ps->server_key ? ps->server_key : getenv("LABMQ_SERVER_KEY");
+    if (key && !*key)
+        key = NULL;
+    if (server && !*server)
+        server = NULL;
+    if (!key && !server)
+        return -1;
+    if (!key || !server)
+        return cli_usage(c, "%s needs %s too: the client's key pair and the daemon's public key go together",
+                         key ? "--key (or LABMQ_KEY)" : "--server-key (or LABMQ_SERVER_KEY)",
+                         key ? "--server-key (or LABMQ_SERVER_KEY)" : "--key (or LABMQ_KEY)");
+    char err[600];
+    int rc = lmq_client_keys_load(&c->keys, key, server, err, sizeof err);
+    if (rc != 0)
+        return cli_failf(c, rc, "%s", err);
+    c->curve = true;
+    c->key_path = key;
+    return -1;
+}
+
 static int run(cli_t *c, int argc, char **argv)
 {
     parsed_t ps = {0};
@@ -362,12 +429,15 @@ static int run(cli_t *c, int argc, char **argv)
         goto out;
     }
     if (ps.npos == 0) {
-        rc = cli_usage(c, "no command given (ping, ls, describe, call, get, set, watch, record, stats, workers, scan)");
+        rc = cli_usage(c, "no command given (ping, ls, describe, call, get, set, watch, record, stats, workers, lock, "
+                          "scan, keygen)");
         goto out;
     }
     const command_t *cmd = find_command(ps.pos[0]);
     if (!cmd) {
-        rc = cli_usage(c, "unknown command '%s' (ping, ls, describe, call, get, set, watch, record, stats, workers, scan)",
+        rc = cli_usage(c,
+                       "unknown command '%s' (ping, ls, describe, call, get, set, watch, record, stats, workers, lock, "
+                       "scan, keygen)",
                        ps.pos[0]);
         goto out;
     }
@@ -381,19 +451,25 @@ static int run(cli_t *c, int argc, char **argv)
         rc = cli_usage(c, "--count belongs to watch, not %s", cmd->name);
         goto out;
     }
-    if (ps.duration_opt && cmd->fn != cli_cmd_watch && cmd->fn != cli_cmd_record) {
-        rc = cli_usage(c, "--duration belongs to watch and record, not %s", cmd->name);
+    if (ps.duration_opt && cmd->fn != cli_cmd_watch && cmd->fn != cli_cmd_record && cmd->fn != cli_cmd_lock) {
+        rc = cli_usage(c, "--duration belongs to watch, record and lock, not %s", cmd->name);
         goto out;
     }
-    if (ps.record_opts && cmd->fn != cli_cmd_record) {
-        rc = cli_usage(c, "--output and --overwrite belong to record, not %s", cmd->name);
+    if (ps.lease_opt && cmd->fn != cli_cmd_lock) {
+        rc = cli_usage(c, "--lease belongs to lock, not %s", cmd->name);
         goto out;
     }
+    if (ps.record_opts && cmd->fn != cli_cmd_record && cmd->fn != cli_cmd_keygen) {
+        rc = cli_usage(c, "--output and --overwrite belong to record and keygen, not %s", cmd->name);
+        goto out;
+    }
+    if (cmd->fn != cli_cmd_keygen && (rc = load_keys(c, &ps)) >= 0)
+        goto out;
     if (!c->control[0] && lmq_default_endpoint(c->control, sizeof c->control, "control", false) != 0) {
         rc = cli_failf(c, LMQ_ECONFIG, "cannot work out the default endpoint; give one with --endpoint");
         goto out;
     }
-    if ((cmd->fn == cli_cmd_watch || cmd->fn == cli_cmd_record) && catch_signals(c) != 0) {
+    if ((cmd->fn == cli_cmd_watch || cmd->fn == cli_cmd_record || cmd->fn == cli_cmd_lock) && catch_signals(c) != 0) {
         rc = cli_failf(c, LMQ_EIO, "cannot set up Ctrl-C handling: %s", strerror(errno));
         goto out;
     }

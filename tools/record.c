@@ -46,8 +46,8 @@ int cli_cmd_record(cli_t *c, int argc, char **argv)
     snprintf(timeout, sizeof timeout, "%d", c->timeout_ms);
     if (c->duration_s > 0)
         snprintf(duration, sizeof duration, "%.17g", c->duration_s);
-    /* prog, 8 option words at most, "--", the streams, NULL */
-    char **args = calloc((size_t)argc + 16, sizeof *args);
+    /* prog, 15 option words at most, "--", the streams, NULL */
+    char **args = calloc((size_t)argc + 18, sizeof *args);
     if (!args)
         return cli_failf(c, LMQ_EMEM, "out of memory");
     size_t n = 0;
@@ -68,6 +68,13 @@ int cli_cmd_record(cli_t *c, int argc, char **argv)
     }
     if (c->overwrite)
         args[n++] = "--overwrite";
+    if (c->curve) {
+        /* The server key as Z85: no second lookup of a file in the child. */
+        args[n++] = "--key";
+        args[n++] = (char *)c->key_path;
+        args[n++] = "--server-key";
+        args[n++] = c->keys.server_key;
+    }
     args[n++] = "--";
     for (int i = 0; i < argc; i++)
         args[n++] = argv[i];

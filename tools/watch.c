@@ -287,6 +287,10 @@ static void show_event(cli_t *c, const lmq_event_t *ev)
     if (!strcmp(lmq_event_kind(ev), "state")) {
         fprintf(c->out, "%s  %s is %s (%s)%s%s\n", when, lmq_event_device(ev), lmq_event_state(ev),
                 lmq_event_cause(ev), *lmq_event_error(ev) ? ": " : "", lmq_event_error(ev));
+    } else if (!strcmp(lmq_event_kind(ev), "lock")) {
+        fprintf(c->out, "%s  %s %s by '%s'%s%s%s%s\n", when, lmq_event_device(ev), lmq_event_cause(ev),
+                lmq_event_holder(ev), *lmq_event_safe_state(ev) ? "; safe state: " : "", lmq_event_safe_state(ev),
+                *lmq_event_error(ev) ? ": " : "", lmq_event_error(ev));
     } else {
         char val[200];
         lmq_value_format(lmq_event_value(ev), val, sizeof val);
@@ -308,7 +312,7 @@ static int watch_events(cli_t *c, const char *dev)
     json_decref(desc);
     if (rc != CLI_OK)
         return rc;
-    lmq_events_t *e = lmq_events_new(c->zctx, c->data, dev);
+    lmq_events_t *e = lmq_events_new_keys(c->zctx, c->data, dev, cli_keys(c));
     if (!e)
         return cli_failf(c, LMQ_EARG, "cannot subscribe to %s's events at %s", dev, c->data);
     if (!c->json) {
@@ -380,12 +384,13 @@ int cli_cmd_watch(cli_t *c, int argc, char **argv)
     lmq_proxy_destroy(&p);
     /* Lossy: a display never holds up anything; when it falls behind, the
      * daemon keeps the newest blocks for it (at most WATCH_WINDOW queued). */
-    const lmq_sub_opts_t lossy = {.mode = LMQ_SUB_LOSSY, .window = WATCH_WINDOW};
+    const lmq_sub_opts_t lossy = {.mode = LMQ_SUB_LOSSY, .window = WATCH_WINDOW, .keys = cli_keys(c)};
     w.sub = lmq_sub_new_opts(c->zctx, c->control, topic, &lossy);
     if (!w.sub) {
         rc = cli_failf(c, LMQ_EARG, "cannot subscribe to %s at %s", topic, c->control);
         goto out;
     }
+
     int st_rc = watch_loop(&w);
     if (st_rc != 0) {
         rc = CLI_FAILED;

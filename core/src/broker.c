@@ -9,9 +9,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
 #include "daemon_internal.h"
+#include "dedup.h"
 #include "flow.h"
 #include "labmq/labmq.h"
+#include "locks.h"
 #include "supervise_internal.h"
 
 #define MAX_PARTS (2 + 1 + LMQ__MAX_BINFRAMES)
@@ -24,6 +28,16 @@
 #define BACKLOG_RETRY_MS 5
 
 #define JOB_CACHE 64
+/* How often devices a reload stops are checked while they close. */
+#define RETIRE_POLL_MS 10
+
+/* A device a reload stopped, closing on its own thread while the broker
+ * goes on serving the others; or (dev NULL) a device waiting to be launched. */
+typedef struct retiring {
+    lmq_dev_t *dev;       /* stopping; NULL once finished */
+    lmq_dev_t *successor; /* launched once dev has closed: its reconfigured replacement */
+    int64_t deadline;     /* mono ns: abandoned if still in its driver then */
+} retiring_t;
 
 /* A reply ZeroMQ could not take yet: the client's pipe is full. */
 typedef struct pending {
@@ -37,6 +51,11 @@ typedef struct broker {
     lmq_daemon_t *d;
     void *pipe, *router, *xpub;
     zmq_pollitem_t *items;
+    size_t nitems; /* pipe, router, xpub, each device, each retiring device, the retire timer */
+    /* devices a reload stopped, until they have closed (see "reload") */
+    retiring_t *retiring;
+    size_t nretiring, retiring_cap;
+    int retire_timer; /* timerfd ticking while devices retire; -1 until needed */
     /* Finished jobs kept for reuse: a job is several KB, too big for
      * malloc's per-thread cache, and one is needed per request. */
     lmq__job_t *cache[JOB_CACHE];
@@ -45,6 +64,9 @@ typedef struct broker {
     size_t npend, npend_refused;
     char **prefixes; /* subscribed topic prefixes (XPUB reports each once) */
     size_t nprefixes;
+    const char *peer; /* who sent the request being handled (audit of refusals); NULL between requests */
+    lmq__locks_t *locks;  /* who holds which device (locks.c) */
+    lmq__dedup_t *dedup;  /* recent calls and sets of named clients (dedup.c) */
     lmq__flow_t *flow; /* flow-controlled subscriptions on the control endpoint */
     size_t largest_block; /* payload bytes, the largest published so far */
     int plain_hwm;        /* the XPUB's SNDHWM now */
@@ -59,6 +81,11 @@ static lmq__job_t *job_get(broker_t *b)
     job->method = NULL;
     job->prop = NULL;
     job->failed = false;
+    job->status = 0;
+    job->fail_msg[0] = 0;
+    job->peer[0] = 0;
+    job->tracked = false;
+    job->deadline_ns = 0;
     job->nenvelope = 0;
     job->nargs = 0;
     memset(&job->value, 0, sizeof job->value);
@@ -243,6 +270,9 @@ static void reply_error(broker_t *b, const zmq_msg_t *env, size_t nenv, const lm
 {
     zmq_msg_t hdr;
     b->d->errors++;
+    /* Accepted requests are audited when their job ends. */
+    if (!accepted && req && b->peer && lmq__op_changes_state(req->op))
+        lmq__audit(b->d->log, b->peer, req, status, msg, 0);
     if (lmq__reply_error(&hdr, req && req->has_id, req ? req->id : 0, status, msg) != 0)
         return;
     send_reply(b, env, nenv, &hdr, NULL, accepted);
@@ -287,6 +317,19 @@ static int cmp_u32(const void *a, const void *b)
 {
     uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
     return x < y ? -1 : x > y;
+}
+
+/* What ping and stats show of the configuration: its generation, when it
+ * was applied, and how the last reload went. */
+static json_t *config_json(lmq_daemon_t *d)
+{
+    pthread_mutex_lock(&d->cfg_mu);
+    json_t *j = json_pack("{s:I, s:I, s:o, s:o}", "generation", (json_int_t)d->generation, "loaded_ns",
+                          (json_int_t)d->loaded_ns, "last_reload",
+                          d->last_reload_ns ? json_string(d->last_reload) : json_null(), "last_reload_ns",
+                          d->last_reload_ns ? json_integer((json_int_t)d->last_reload_ns) : json_null());
+    pthread_mutex_unlock(&d->cfg_mu);
+    return j;
 }
 
 static json_t *device_stats(lmq_dev_t *dev)
@@ -387,13 +430,16 @@ static void handle_local(broker_t *b, zmq_msg_t *env, size_t nenv, lmq__request_
         for (size_t i = 0; i < d->ndev; i++) {
             lmq_dev_t *dev = d->devs[i];
             pthread_mutex_lock(&dev->mu);
-            bool has_error = dev->dev_state == LMQ__DEV_DISCONNECTED;
-            json_array_append_new(result, json_pack("{s:s, s:s, s:s, s:s, s:b, s:o}", "name", dev->name, "driver",
-                                                    dev->drv->name, "description",
-                                                    dev->drv->description ? dev->drv->description : "", "state",
-                                                    lmq__dev_state_name(dev->dev_state), "open", dev->is_open, "error",
-                                                    has_error ? json_string(dev->open_error) : json_null()));
+            bool has_error = dev->dev_state == LMQ__DEV_DISCONNECTED || dev->dev_state == LMQ__DEV_FAULT;
+            json_t *entry = json_pack("{s:s, s:s, s:s, s:s, s:b, s:o}", "name", dev->name, "driver",
+                                      dev->drv->name, "description",
+                                      dev->drv->description ? dev->drv->description : "", "state",
+                                      lmq__dev_state_name(dev->dev_state), "open", dev->is_open, "error",
+                                      has_error ? json_string(dev->open_error) : json_null());
             pthread_mutex_unlock(&dev->mu);
+            if (entry)
+                json_object_set_new(entry, "locked_by", lmq__locks_info(b->locks, i, lmq_clock_mono_ns()));
+            json_array_append_new(result, entry);
         }
         break;
     case LMQ__OP_STATS: {
@@ -417,6 +463,16 @@ static void handle_local(broker_t *b, zmq_msg_t *env, size_t nenv, lmq__request_
     case LMQ__OP_WORKERS:
         result = lmq__supervisor_snapshot(d->sup);
         break;
+    case LMQ__OP_LOCK:
+    case LMQ__OP_UNLOCK: {
+        char err[400];
+        int rc = lmq__locks_op(b->locks, req, &env[0], b->peer, lmq_clock_mono_ns(), &result, err, sizeof err);
+        if (rc != 0) {
+            reply_error(b, env, nenv, req, rc, err, false);
+            return;
+        }
+        break;
+    }
     case LMQ__OP_DESCRIBE: {
         lmq_dev_t *dev = find_device(d, req->device);
         if (!dev)
@@ -427,6 +483,8 @@ static void handle_local(broker_t *b, zmq_msg_t *env, size_t nenv, lmq__request_
     default:
         break;
     }
+    if (result && (req->op == LMQ__OP_PING || req->op == LMQ__OP_STATS))
+        json_object_set_new(result, "config", config_json(d));
     reply_ok(b, env, nenv, req, result);
     return;
 no_device:
@@ -459,6 +517,48 @@ static void queue_remove(lmq_dev_t *dev, lmq__job_t *job)
     else
         dev->queue_tail = job->prev;
     job->prev = job->next = NULL;
+}
+
+/* For duplicates that waited for the request they repeat (dedup.c). */
+static void send_to_duplicate(void *user, const zmq_msg_t *env, size_t nenv, zmq_msg_t *hdr, lmq__frames_t *bin)
+{
+    send_reply(user, env, nenv, hdr, bin, true);
+}
+
+/* What a call/get/set passes before its checks: its deadline, a retry
+ * (answered from memory, never run again) and the device's lock. Returns 0
+ * to go on, 1 when answered here, or an error status with err. */
+static int admit(broker_t *b, size_t dev_index, const lmq__request_t *req, zmq_msg_t *env, size_t nenv, char *err,
+                 size_t errlen)
+{
+    if (req->deadline_ms == 0) {
+        snprintf(err, errlen, "%s %s.%s: deadline passed before the device ran it (deadline_ms 0)",
+                 lmq__op_name(req->op), req->device, req->name);
+        return LMQ_ETIMEOUT;
+    }
+    int64_t now = lmq_clock_mono_ns();
+    if (req->op == LMQ__OP_GET) {
+        /* open to all; the holder's get renews its lease */
+        lmq__locks_check(b->locks, dev_index, req, &env[0], b->peer, now, err, errlen);
+        return 0;
+    }
+    zmq_msg_t hdr;
+    lmq__frames_t bin;
+    int status = 0;
+    switch (lmq__dedup_lookup(b->dedup, req, env, nenv, now, &hdr, &bin, &status, err, errlen)) {
+    case LMQ__DEDUP_REPLAY:
+        lmq_log(b->d->log, LMQ_LOG_INFO, req->device, "retry of %s %s (id %llu of '%s') answered from memory",
+                lmq__op_name(req->op), req->name, (unsigned long long)req->id, req->client);
+        send_reply(b, env, nenv, &hdr, &bin, false);
+        return 1;
+    case LMQ__DEDUP_JOINED:
+        return 1;
+    case LMQ__DEDUP_REFUSED:
+        return status;
+    default:
+        break;
+    }
+    return lmq__locks_check(b->locks, dev_index, req, &env[0], b->peer, now, err, errlen);
 }
 
 /* Reads one whole multipart message from the ROUTER and acts on it; false
@@ -494,6 +594,9 @@ static bool handle_request(broker_t *b)
     }
     zmq_msg_t *hdr = &parts[nenv];
     size_t nbin = n - nenv - 1;
+    char peer[80];
+    lmq__peer_name(hdr, peer, sizeof peer);
+    b->peer = peer;
     if (lmq__request_parse(zmq_msg_data(hdr), zmq_msg_size(hdr), nbin, &req, err, sizeof err) != 0) {
         lmq_log(d->log, LMQ_LOG_DEBUG, "broker", "rejected request: %s", err);
         reply_error(b, parts, nenv, &req, LMQ_EPROTO, err, false);
@@ -501,6 +604,10 @@ static bool handle_request(broker_t *b)
     }
     if (req.op != LMQ__OP_CALL && req.op != LMQ__OP_SET && nbin) {
         reply_error(b, parts, nenv, &req, LMQ_EPROTO, "this op takes no binary frames", false);
+        goto done;
+    }
+    if (lmq__auth_permit(d->auth, peer, req.op, err, sizeof err) != 0) {
+        reply_error(b, parts, nenv, &req, LMQ_EPERM, err, false);
         goto done;
     }
     if (lmq__flow_op(req.op)) {
@@ -536,6 +643,16 @@ static bool handle_request(broker_t *b)
         reply_error(b, parts, nenv, &req, LMQ_EREADONLY, err, false);
         goto done;
     }
+    size_t dev_index = 0;
+    while (d->devs[dev_index] != dev)
+        dev_index++;
+    int admitted = admit(b, dev_index, &req, parts, nenv, err, sizeof err);
+    if (admitted != 0) {
+        if (admitted < 0)
+            reply_error(b, parts, nenv, &req, admitted, err, false);
+        goto done;
+    }
+    int64_t deadline_ns = req.deadline_ms > 0 ? lmq_clock_mono_ns() + req.deadline_ms * 1000000 : 0;
     /* The running request counts: in_flight is everything accepted and not
      * yet answered. */
     if (dev->stats.in_flight >= DEVICE_QUEUE_LIMIT) {
@@ -550,7 +667,9 @@ static bool handle_request(broker_t *b)
     job->dev = dev;
     job->method = method;
     job->prop = prop;
+    job->deadline_ns = deadline_ns;
     job->req = req;
+    snprintf(job->peer, sizeof job->peer, "%s", peer);
     memset(&req, 0, sizeof req);
     lmq__frames_t bin;
     bin.n = nbin;
@@ -577,8 +696,11 @@ static bool handle_request(broker_t *b)
     }
     queue_append(dev, job);
     dev->stats.in_flight++;
+    if (job->req.op != LMQ__OP_GET)
+        job->tracked = lmq__dedup_start(b->dedup, &job->req, lmq_clock_mono_ns());
     job = NULL;
 done:
+    b->peer = NULL;
     if (job)
         job_put(b, job);
     lmq__request_clear(&req);
@@ -602,6 +724,22 @@ static void finish_job(broker_t *b, lmq__job_t *job)
         dev->stats.errors++;
         b->d->errors++;
     }
+    bool oom = zmq_msg_size(&job->reply) == 0;
+    int status = job->failed ? job->status : 0;
+    if (lmq__op_changes_state(job->req.op))
+        lmq__audit(b->d->log, job->peer, &job->req, oom ? LMQ_EMEM : status,
+                   oom ? "out of memory encoding the reply" : job->fail_msg, lmq_clock_mono_ns() - job->t_start);
+    if (oom) {
+        /* The driver's reply could not be encoded: MEM is the outcome, for a
+         * retry too. */
+        zmq_msg_close(&job->reply);
+        lmq__frames_close(&job->reply_bin);
+        if (lmq__reply_error(&job->reply, true, job->req.id, LMQ_EMEM, "out of memory encoding the reply") != 0)
+            zmq_msg_init(&job->reply);
+    }
+    if (job->tracked)
+        lmq__dedup_finish(b->dedup, &job->req, &job->reply, &job->reply_bin, lmq_clock_mono_ns(), send_to_duplicate,
+                          b);
     if (zmq_msg_size(&job->reply) == 0)
         reply_error(b, job->envelope, job->nenvelope, &job->req, LMQ_EMEM, "out of memory encoding the reply", true);
     else
@@ -624,6 +762,7 @@ static bool handle_device(broker_t *b, lmq_dev_t *dev)
     if (n == 1 + sizeof(void *) && p[0] == LMQ__MSG_DONE) {
         lmq__job_t *job;
         memcpy(&job, p + 1, sizeof job);
+        lmq__handoff_acquire(job);
         finish_job(b, job);
     } else if (n == 1 && p[0] == LMQ__MSG_PUBLISH && zmq_msg_more(&m)) {
         /* topic, header, payload frames (a stream block, or a change event
@@ -723,6 +862,27 @@ static void *make_socket(broker_t *b, int type)
     return s;
 }
 
+/* ---- hung devices ---- */
+
+static void drain_device(void *arg, lmq_dev_t *dev)
+{
+    /* Bounded by the pipe's high-water mark, with room for what arrives meanwhile. */
+    for (int k = 0; k < 20000 && handle_device(arg, dev); k++)
+        ;
+}
+
+/* Marks devices stuck in their driver FAULT; returns when to look again. */
+static int64_t watch_devices(broker_t *b, int64_t now)
+{
+    int64_t next = INT64_MAX;
+    for (size_t i = 0; i < b->d->ndev; i++) {
+        int64_t due = lmq__dev_watch(b->d->devs[i], now, b->d->fault_after_ns, b->xpub, drain_device, b);
+        if (due < next)
+            next = due;
+    }
+    return next;
+}
+
 /* ---- shutdown ---- */
 
 /* Stops every device thread (at most the grace period), answers what the
@@ -786,6 +946,16 @@ static void shutdown_devices(broker_t *b)
                     dev->name);
             else
                 snprintf(msg, sizeof msg, "%s: the daemon is shutting down", dev->name);
+            if (lmq__op_changes_state(job->req.op))
+                lmq__audit(d->log, job->peer, &job->req, LMQ_ECLOSED, msg, lmq_clock_mono_ns() - job->t_start);
+            if (job->tracked) {
+                /* retries waiting for it get the same answer (dedup.c) */
+                zmq_msg_t hdr;
+                if (lmq__reply_error(&hdr, true, job->req.id, LMQ_ECLOSED, msg) == 0) {
+                    lmq__dedup_finish(b->dedup, &job->req, &hdr, NULL, lmq_clock_mono_ns(), send_to_duplicate, b);
+                    zmq_msg_close(&hdr);
+                }
+            }
             reply_error(b, job->envelope, job->nenvelope, &job->req, LMQ_ECLOSED, msg, true);
             /* The stuck thread still holds the running job: never free it. */
             if (job != running)
@@ -805,9 +975,332 @@ static void shutdown_devices(broker_t *b)
     }
 }
 
+/* ---- reload ----
+ * lmq_daemon_reload (the caller's thread) prepares the new devices and sends
+ * a plan over the daemon pipe; here, between two poll passes, the broker
+ * binds their pipes, swaps the device table and tells the removed devices to
+ * stop. They close on their own threads while the others go on being served;
+ * retire_poll forwards what they still send, and once each has exited (or
+ * overrun the stop grace) answers its unfinished requests CLOSED, frees it,
+ * and launches its reconfigured replacement, which thus never opens the
+ * instrument while the old instance still holds it. */
+
+/* Creates and binds the broker's end of an added device's pipe at
+ * dev->pipe_endpoint, with the options lmq__broker_main gives those of the
+ * devices it starts with. */
+static int bind_device_pipe(broker_t *b, lmq_dev_t *dev)
+{
+    dev->broker_pipe = make_socket(b, ZMQ_PAIR);
+    if (!dev->broker_pipe)
+        return LMQ_ESYS;
+    int hwm = 10000, linger = 0;
+    zmq_setsockopt(dev->broker_pipe, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(dev->broker_pipe, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(dev->broker_pipe, ZMQ_LINGER, &linger, sizeof linger);
+    if (zmq_bind(dev->broker_pipe, dev->pipe_endpoint) != 0) {
+        zmq_close(dev->broker_pipe);
+        dev->broker_pipe = NULL;
+        return LMQ_ESYS;
+    }
+    return 0;
+}
+
+/* Answers CLOSED, in order, every request a removed device accepted and
+ * never finished (its thread has exited or been abandoned), as
+ * shutdown_devices does at shutdown. why: "removed from the configuration". */
+static void answer_queue_closed(broker_t *b, lmq_dev_t *dev, const char *why)
+{
+    lmq__job_t *running = NULL;
+    if (dev->abandoned) {
+        pthread_mutex_lock(&dev->mu);
+        running = dev->current;
+        pthread_mutex_unlock(&dev->mu);
+    }
+    while (dev->queue_head) {
+        lmq__job_t *job = dev->queue_head;
+        queue_remove(dev, job);
+        dev->stats.in_flight--;
+        char msg[300];
+        if (job == running)
+            snprintf(msg, sizeof msg, "%s: %s and the device is stuck in this request; its outcome is unknown",
+                     dev->name, why);
+        else
+            snprintf(msg, sizeof msg, "%s: %s", dev->name, why);
+        if (lmq__op_changes_state(job->req.op))
+            lmq__audit(b->d->log, job->peer, &job->req, LMQ_ECLOSED, msg, lmq_clock_mono_ns() - job->t_start);
+        reply_error(b, job->envelope, job->nenvelope, &job->req, LMQ_ECLOSED, msg, true);
+        /* The stuck thread still holds the running job: never free it. */
+        if (job != running)
+            lmq__job_destroy(&job);
+    }
+}
+
+/* Ticks every RETIRE_POLL_MS while devices retire, so that one overrunning
+ * its deadline is finished even when nothing else wakes the broker (a
+ * poll item of its own: the loop's timeout stays as it is). */
+static void retire_timer_set(broker_t *b, bool on)
+{
+    if (b->retire_timer < 0 && on) {
+        b->retire_timer = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+        if (b->retire_timer < 0)
+            lmq_log(b->d->log, LMQ_LOG_ERROR, "broker",
+                    "cannot create a timer (%s): removed devices are finished only when the broker wakes",
+                    strerror(errno));
+    }
+    if (b->retire_timer < 0)
+        return;
+    struct itimerspec its = {0};
+    if (on)
+        its.it_value.tv_nsec = its.it_interval.tv_nsec = RETIRE_POLL_MS * 1000000L;
+    timerfd_settime(b->retire_timer, 0, &its, NULL);
+}
+
+/* Points the poll items at the current devices, the retiring devices and
+ * the retire timer. items must have room for 3 + ndev + nretiring + 1. */
+static void fill_items(broker_t *b, zmq_pollitem_t *items)
+{
+    lmq_daemon_t *d = b->d;
+    items[0] = (zmq_pollitem_t){b->pipe, 0, ZMQ_POLLIN, 0};
+    items[1] = (zmq_pollitem_t){b->router, 0, ZMQ_POLLIN, 0};
+    items[2] = (zmq_pollitem_t){b->xpub, 0, ZMQ_POLLIN, 0};
+    size_t n = 3;
+    for (size_t i = 0; i < d->ndev; i++)
+        items[n++] = (zmq_pollitem_t){d->devs[i]->broker_pipe, 0, ZMQ_POLLIN, 0};
+    for (size_t k = 0; k < b->nretiring; k++)
+        if (b->retiring[k].dev)
+            items[n++] = (zmq_pollitem_t){b->retiring[k].dev->broker_pipe, 0, ZMQ_POLLIN, 0};
+    if (b->nretiring && b->retire_timer >= 0)
+        items[n++] = (zmq_pollitem_t){NULL, b->retire_timer, ZMQ_POLLIN, 0};
+    b->nitems = n;
+}
+
+static void reload_reply(broker_t *b, int status, const char *msg)
+{
+    if (status == 0) {
+        char ok = LMQ__MSG_READY;
+        zmq_send(b->pipe, &ok, 1, 0);
+    } else
+        report(b, status, msg);
+}
+
+/* Stops dev (its thread closes the driver) without waiting for it. */
+static void retire_start(broker_t *b, lmq_dev_t *dev, lmq_dev_t *successor, int64_t deadline)
+{
+    /* A replacement from an earlier reload that has not been launched yet
+     * (its predecessor is still closing) is dropped before it ever runs. */
+    for (size_t k = 0; k < b->nretiring; k++)
+        if (b->retiring[k].successor == dev) {
+            b->retiring[k].successor = NULL;
+            zmq_close(dev->pipe);
+            dev->pipe = NULL;
+            atomic_store(&dev->exited, true);
+        }
+    char term = LMQ__MSG_TERM;
+    atomic_store(&dev->stopping, true);
+    zmq_send(dev->broker_pipe, &term, 1, ZMQ_DONTWAIT);
+    b->retiring[b->nretiring++] = (retiring_t){.dev = dev, .successor = successor, .deadline = deadline};
+}
+
+static void reload_apply(broker_t *b, lmq__reload_t *r)
+{
+    lmq_daemon_t *d = b->d;
+    /* Everything that can fail comes first, so that a failure leaves the
+     * running devices exactly as they were. */
+    size_t cap = b->nretiring + r->nremoved + r->nadded;
+    if (cap > b->retiring_cap) {
+        retiring_t *grown = realloc(b->retiring, cap * sizeof *grown);
+        if (!grown) {
+            reload_reply(b, LMQ_EMEM, "out of memory");
+            return;
+        }
+        b->retiring = grown;
+        b->retiring_cap = cap;
+    }
+    zmq_pollitem_t *items = calloc(3 + r->ndev + cap + 1, sizeof *items);
+    if (!items || lmq__locks_prepare(b->locks, r->ndev) != 0) {
+        free(items);
+        reload_reply(b, LMQ_EMEM, "out of memory");
+        return;
+    }
+    for (size_t i = 0; i < r->nadded; i++) {
+        lmq_dev_t *dev = r->added[i];
+        snprintf(dev->pipe_endpoint, sizeof dev->pipe_endpoint, "inproc://lmq-%p-dev-r%llu-%zu", (void *)d,
+                 (unsigned long long)r->seq, i);
+        int rc = bind_device_pipe(b, dev);
+        if (rc == 0 && (rc = lmq__dev_connect(dev, d->zctx, d->log, d->wires, r->epoch + i)) != 0) {
+            zmq_close(dev->broker_pipe);
+            dev->broker_pipe = NULL;
+        }
+        if (rc != 0) {
+            for (size_t k = 0; k < i; k++) {
+                zmq_close(r->added[k]->pipe);
+                r->added[k]->pipe = NULL;
+                zmq_close(r->added[k]->broker_pipe);
+                r->added[k]->broker_pipe = NULL;
+            }
+            free(items);
+            char msg[200];
+            snprintf(msg, sizeof msg, "cannot create the pipe of device %s: %s", dev->name, zmq_strerror(zmq_errno()));
+            reload_reply(b, LMQ_ESYS, msg);
+            return;
+        }
+    }
+    int64_t deadline = lmq_clock_mono_ns() + r->stop_grace_ns;
+    for (size_t k = 0; k < r->nremoved; k++)
+        retire_start(b, r->removed[k], r->successor[k], deadline);
+    for (size_t i = 0; i < r->nadded; i++) {
+        bool waits = false;
+        for (size_t k = 0; k < r->nremoved; k++)
+            waits = waits || r->successor[k] == r->added[i];
+        /* Added back while an earlier reload's instance of that name is
+         * still closing: it waits for it, like a reconfigured device. */
+        for (size_t k = 0; k < b->nretiring && !waits; k++) {
+            retiring_t *old = &b->retiring[k];
+            if (old->dev && !old->successor && strcmp(old->dev->name, r->added[i]->name) == 0) {
+                old->successor = r->added[i];
+                waits = true;
+            }
+        }
+        if (!waits && lmq__dev_launch(r->added[i]) != 0) {
+            lmq_log(d->log, LMQ_LOG_ERROR, r->added[i]->name, "cannot start its thread: %s; retrying", strerror(errno));
+            b->retiring[b->nretiring++] = (retiring_t){.successor = r->added[i]};
+        }
+    }
+    lmq_dev_t **old = d->devs;
+    d->devs = r->devs;
+    size_t nold = d->ndev;
+    d->ndev = d->cap = r->ndev;
+    r->devs = old;
+    lmq__locks_remap(b->locks, old, nold);
+    d->stop_grace_ns = r->stop_grace_ns;
+    retire_timer_set(b, b->nretiring > 0);
+    free(b->items);
+    b->items = items;
+    fill_items(b, items);
+    update_wanted(b);
+    reload_reply(b, 0, NULL);
+}
+
+/* A message on the daemon pipe: a reload (applied, true) or TERM (false). */
+static bool daemon_command(broker_t *b)
+{
+    zmq_msg_t m;
+    zmq_msg_init(&m);
+    if (zmq_msg_recv(&m, b->pipe, 0) < 0) {
+        zmq_msg_close(&m);
+        return zmq_errno() == EINTR || zmq_errno() == EAGAIN;
+    }
+    const char *p = zmq_msg_data(&m);
+    bool reload = zmq_msg_size(&m) == 1 + sizeof(void *) && p[0] == LMQ__MSG_RELOAD;
+    if (reload) {
+        lmq__reload_t *r;
+        memcpy(&r, p + 1, sizeof r);
+        reload_apply(b, r);
+    }
+    zmq_msg_close(&m);
+    return reload;
+}
+
+/* Finishes a stopped device: joined (or abandoned past its deadline), what
+ * it sent forwarded, its unfinished requests answered CLOSED, freed. */
+static void retire_one(broker_t *b, retiring_t *r)
+{
+    lmq_daemon_t *d = b->d;
+    lmq_dev_t *dev = r->dev;
+    bool replaced = r->successor != NULL;
+    lmq__dev_join(dev, lmq_clock_mono_ns());
+    if (dev->abandoned) {
+        pthread_mutex_lock(&dev->mu);
+        char what[160];
+        snprintf(what, sizeof what, "%s", dev->busy_since ? dev->busy_what : "its driver");
+        pthread_mutex_unlock(&dev->mu);
+        d->nabandoned++;
+        lmq_log(d->log, LMQ_LOG_ERROR, dev->name,
+                "stuck in its driver (%s) beyond the %.1f s grace period after a reload %s it: abandoned (its thread "
+                "and memory stay; labmqd will exit without waiting for it)",
+                what, (double)d->stop_grace_ns / 1e9, replaced ? "reconfigured" : "removed");
+    }
+    while (handle_device(b, dev))
+        ;
+    answer_queue_closed(b, dev,
+                        replaced
+                            ? "reconfigured by a reload; this request was for the old configuration and did not run"
+                            : "removed from the configuration by a reload");
+    zmq_close(dev->broker_pipe);
+    dev->broker_pipe = NULL;
+    if (!dev->abandoned)
+        lmq_log(d->log, LMQ_LOG_INFO, dev->name, "%s",
+                replaced ? "closed; reopening with its new configuration" : "closed: removed from the configuration");
+    lmq__dev_destroy(&dev); /* an abandoned one stays with its thread */
+    r->dev = NULL;
+}
+
+/* Each pass while devices retire: forward what they send, finish those that
+ * have exited or overrun, launch their replacements. */
+static void retire_poll(broker_t *b)
+{
+    lmq_daemon_t *d = b->d;
+    int64_t now = lmq_clock_mono_ns();
+    uint64_t ticks;
+    if (b->retire_timer >= 0 && read(b->retire_timer, &ticks, sizeof ticks) < 0) {
+        /* EAGAIN: not this tick's wake-up */
+    }
+    size_t item = 3 + d->ndev, before = b->nretiring;
+    bool finished = false;
+    for (size_t k = 0; k < b->nretiring; k++) {
+        retiring_t *r = &b->retiring[k];
+        if (!r->dev)
+            continue;
+        if (b->items[item++].revents & ZMQ_POLLIN)
+            for (int n = 0; n < 64 && handle_device(b, r->dev); n++)
+                ;
+        if (atomic_load(&r->dev->exited) || now >= r->deadline) {
+            retire_one(b, r);
+            finished = true;
+        }
+    }
+    size_t keep = 0;
+    for (size_t k = 0; k < b->nretiring; k++) {
+        retiring_t *r = &b->retiring[k];
+        if (!r->dev && r->successor) {
+            if (lmq__dev_launch(r->successor) == 0)
+                r->successor = NULL;
+            else
+                lmq_log(d->log, LMQ_LOG_ERROR, r->successor->name, "cannot start its thread: %s; retrying",
+                        strerror(errno));
+        }
+        if (r->dev || r->successor)
+            b->retiring[keep++] = *r;
+    }
+    b->nretiring = keep;
+    if (!keep)
+        retire_timer_set(b, false);
+    if (finished || keep != before)
+        fill_items(b, b->items); /* no more entries than before: it fits */
+}
+
+/* At shutdown: waits for the retiring devices (each up to its deadline) and
+ * finishes them; a replacement never launched closes its pipe, and
+ * shutdown_devices then answers its queue. */
+static void retire_finish_all(broker_t *b)
+{
+    for (size_t k = 0; k < b->nretiring; k++) {
+        retiring_t *r = &b->retiring[k];
+        if (r->dev) {
+            lmq__dev_join(r->dev, r->deadline);
+            retire_one(b, r);
+        }
+        if (r->successor) {
+            zmq_close(r->successor->pipe);
+            r->successor->pipe = NULL;
+        }
+    }
+    b->nretiring = 0;
+}
+
 void *lmq__broker_main(void *arg)
 {
-    broker_t b = {.d = arg};
+    broker_t b = {.d = arg, .retire_timer = -1};
     lmq_daemon_t *d = b.d;
     d->started_ns = lmq_clock_mono_ns();
     b.pipe = zmq_socket(d->zctx, ZMQ_PAIR);
@@ -823,10 +1316,23 @@ void *lmq__broker_main(void *arg)
         report(&b, LMQ_ESYS, "cannot create the broker's sockets");
         goto out;
     }
+    b.locks = lmq__locks_new(d);
+    b.dedup = lmq__dedup_new();
+    if (!b.locks || !b.dedup) {
+        report(&b, LMQ_EMEM, "out of memory");
+        goto out;
+    }
+    lmq__heartbeat_set(b.router);
+    lmq__heartbeat_set(b.xpub);
     int64_t maxmsg = LMQ__MAX_FRAME;
     int mandatory = 1;
     zmq_setsockopt(b.router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
     zmq_setsockopt(b.router, ZMQ_ROUTER_MANDATORY, &mandatory, sizeof mandatory);
+    if (lmq__auth_server_socket(d->auth, b.router, "control", msg, sizeof msg) != 0 ||
+        lmq__auth_server_socket(d->auth, b.xpub, "data", msg, sizeof msg) != 0) {
+        report(&b, LMQ_ESYS, msg);
+        goto out;
+    }
     if (zmq_bind(b.router, d->control) != 0) {
         int e = zmq_errno();
         snprintf(msg, sizeof msg, "cannot bind control endpoint %s: %s", d->control, zmq_strerror(e));
@@ -877,11 +1383,22 @@ void *lmq__broker_main(void *arg)
     b.items[2] = (zmq_pollitem_t){b.xpub, 0, ZMQ_POLLIN, 0};
     for (size_t i = 0; i < d->ndev; i++)
         b.items[3 + i] = (zmq_pollitem_t){d->devs[i]->broker_pipe, 0, ZMQ_POLLIN, 0};
+    b.nitems = nitems;
     char ready = LMQ__MSG_READY;
     zmq_send(b.pipe, &ready, 1, 0);
 
+    int64_t watch_due = d->fault_after_ns ? lmq_clock_mono_ns() : INT64_MAX;
     for (;;) {
-        int timeout = b.npend ? BACKLOG_RETRY_MS : -1, flow_timeout = lmq__flow_timeout_ms(b.flow);
+        long timeout = lmq__locks_expire(b.locks, lmq_clock_mono_ns(), b.npend ? BACKLOG_RETRY_MS : -1);
+        if (watch_due != INT64_MAX) {
+            int64_t now = lmq_clock_mono_ns();
+            if (now >= watch_due)
+                watch_due = watch_devices(&b, now);
+            long watch_ms = watch_due == INT64_MAX ? -1 : (long)((watch_due - now) / 1000000 + 1);
+            if (watch_ms >= 0 && (timeout < 0 || watch_ms < timeout))
+                timeout = watch_ms;
+        }
+        int flow_timeout = lmq__flow_timeout_ms(b.flow);
         if (flow_timeout >= 0 && (timeout < 0 || flow_timeout < timeout))
             timeout = flow_timeout;
         if (zmq_poll(b.items, (int)nitems, timeout) < 0) {
@@ -889,8 +1406,13 @@ void *lmq__broker_main(void *arg)
                 continue;
             break;
         }
-        if (b.items[0].revents & ZMQ_POLLIN)
-            break; /* the only message on this pipe is TERM */
+        if (b.items[0].revents & ZMQ_POLLIN) {
+            if (!daemon_command(&b))
+                break; /* TERM */
+            /* a reload, which rebuilt the poll items */
+            nitems = b.nitems;
+            continue;
+        }
         if (b.npend)
             flush_backlog(&b);
         lmq__flow_tick(b.flow);
@@ -908,16 +1430,26 @@ void *lmq__broker_main(void *arg)
         if (b.items[2].revents & ZMQ_POLLIN)
             for (int k = 0; k < 64 && handle_subscription(&b); k++)
                 ;
+        if (b.nretiring) { /* last: it may rebuild the poll items */
+            retire_poll(&b);
+            nitems = b.nitems;
+        }
     }
     lmq_log(d->log, LMQ_LOG_INFO, "broker", "stopping: answering what was accepted, closing devices");
 out:
+    retire_finish_all(&b);
     shutdown_devices(&b);
     free_backlog(&b);
+    lmq__locks_destroy(&b.locks);
+    lmq__dedup_destroy(&b.dedup);
     lmq__flow_destroy(&b.flow);
     for (size_t i = 0; i < b.nprefixes; i++)
         free(b.prefixes[i]);
     free(b.prefixes);
     free(b.items);
+    free(b.retiring);
+    if (b.retire_timer >= 0)
+        close(b.retire_timer);
     while (b.ncache)
         free(b.cache[--b.ncache]);
     if (b.router)

@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include "auth_internal.h"
 #include "device_internal.h"
 #include "supervise_internal.h"
 #include "labmq/config.h"
@@ -62,17 +63,33 @@ struct raw_worker {
     char *restart; /* always | on-failure | never; NULL when absent */
 };
 
+/* security: (docs/security.md) */
+struct raw_client {
+    char *name;
+    char *key;  /* Z85 public key, or the path of a key file */
+    char *role; /* observe | control; NULL when absent (observe) */
+};
+
+struct raw_security {
+    char *key; /* the daemon's key file (key pair); NULL when absent */
+    struct raw_client *clients;
+    unsigned clients_count;
+    bool insecure;
+};
+
 struct raw_config {
     char *control;
     char *data;
     char *log_level;
     double *stop_grace; /* seconds; NULL when absent */
     double *time_scale; /* simulated instruments' time scale; NULL when absent */
+    double *fault_after; /* seconds; NULL when absent */
     uint64_t *subscriber_memory; /* bytes held per stream subscriber; NULL when absent */
     struct raw_device *devices;
     unsigned devices_count;
     struct raw_worker *workers; /* NULL when absent */
     unsigned workers_count;
+    struct raw_security *security; /* NULL when absent */
 };
 
 struct lmq_config {
@@ -83,7 +100,10 @@ struct lmq_config {
     cyaml_schema_field_t *opt_fields; /* n_opts + terminator; .key is the option name */
     cyaml_schema_field_t dev_fields[6];
     cyaml_schema_value_t dev_entry;
-    cyaml_schema_field_t top_fields[9];
+    cyaml_schema_field_t top_fields[11];
+    cyaml_schema_field_t sec_fields[4];
+    cyaml_schema_field_t cl_fields[4];
+    cyaml_schema_value_t cl_entry;
     cyaml_schema_value_t str_entry;
     cyaml_schema_field_t wk_fields[6];
     cyaml_schema_value_t wk_entry;
@@ -105,6 +125,9 @@ struct lmq_config {
     char **wprograms;             /* programs resolved against dir (owned), one slot per worker */
     size_t nworkers;              /* slots in workers and wprograms */
     const char **wargv;           /* owned; every worker's args and env lists in one block */
+    lmq_keypair_t server;         /* security.key: the daemon's key pair; public_key "" when none */
+    lmq_config_client_t *clients; /* owned; names borrowed from raw */
+    size_t nclients;
 };
 
 /* ---- a small growable string for messages ---- */
@@ -509,9 +532,28 @@ static int build_schema(lmq_config_t *c)
     c->top_fields[6] = (cyaml_schema_field_t)CYAML_FIELD_SEQUENCE(
         "workers", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, struct raw_config, workers, &c->wk_entry, 0,
         CFG_MAX_WORKERS);
-    c->top_fields[7] = (cyaml_schema_field_t)CYAML_FIELD_UINT_PTR(
+    c->cl_fields[0] = (cyaml_schema_field_t)CYAML_FIELD_STRING_PTR("name", CYAML_FLAG_POINTER, struct raw_client, name,
+                                                                   0, CYAML_UNLIMITED);
+    c->cl_fields[1] = (cyaml_schema_field_t)CYAML_FIELD_STRING_PTR("key", CYAML_FLAG_POINTER, struct raw_client, key, 0,
+                                                                   CYAML_UNLIMITED);
+    c->cl_fields[2] = (cyaml_schema_field_t)CYAML_FIELD_STRING_PTR("role", CYAML_FLAG_OPTIONAL, struct raw_client, role,
+                                                                   0, CYAML_UNLIMITED);
+    c->cl_fields[3] = (cyaml_schema_field_t)CYAML_FIELD_END;
+    c->cl_entry = (cyaml_schema_value_t){CYAML_VALUE_MAPPING(CYAML_FLAG_DEFAULT, struct raw_client, c->cl_fields)};
+    c->sec_fields[0] = (cyaml_schema_field_t)CYAML_FIELD_STRING_PTR("key", CYAML_FLAG_OPTIONAL, struct raw_security,
+                                                                    key, 0, CYAML_UNLIMITED);
+    c->sec_fields[1] = (cyaml_schema_field_t)CYAML_FIELD_SEQUENCE(
+        "clients", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, struct raw_security, clients, &c->cl_entry, 0, 4096);
+    c->sec_fields[2] =
+        (cyaml_schema_field_t)CYAML_FIELD_BOOL("insecure", CYAML_FLAG_OPTIONAL, struct raw_security, insecure);
+    c->sec_fields[3] = (cyaml_schema_field_t)CYAML_FIELD_END;
+    c->top_fields[7] = (cyaml_schema_field_t)CYAML_FIELD_MAPPING_PTR(
+        "security", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, struct raw_config, security, c->sec_fields);
+    c->top_fields[8] = (cyaml_schema_field_t)CYAML_FIELD_FLOAT_PTR(
+        "fault_after", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, struct raw_config, fault_after);
+    c->top_fields[9] = (cyaml_schema_field_t)CYAML_FIELD_UINT_PTR(
         "subscriber_memory", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, struct raw_config, subscriber_memory);
-    c->top_fields[8] = (cyaml_schema_field_t)CYAML_FIELD_END;
+    c->top_fields[10] = (cyaml_schema_field_t)CYAML_FIELD_END;
     c->top = (cyaml_schema_value_t){CYAML_VALUE_MAPPING(CYAML_FLAG_POINTER, struct raw_config, c->top_fields)};
     return 0;
 }
@@ -664,8 +706,9 @@ static void cyaml_failure(loader_t *L, cyaml_err_t e)
             fail(L, line, col, "%s: unknown option '%s'", dev, key);
         }
     } else if (kind == K_UNKNOWN && ctx == CTX_TOP) {
-        fail(L, line, col, "unknown key '%s' (valid keys: control, data, log_level, stop_grace, time_scale, "
-             "subscriber_memory, devices, workers)",
+        fail(L, line, col,
+             "unknown key '%s' (valid keys: control, data, log_level, stop_grace, fault_after, time_scale, "
+             "subscriber_memory, devices, workers, security)",
              key);
     } else if (kind == K_UNKNOWN && ctx == CTX_DEVICE) {
         fail(L, line, col, "%s: unknown key '%s' (valid keys: name, driver, connection, options, restore)", dev, key);
@@ -714,6 +757,11 @@ static void validate(loader_t *L)
     if (r->stop_grace && !(*r->stop_grace >= 0 && *r->stop_grace <= 3600)) {
         top_pos(L, "stop_grace", &line, &col);
         fail(L, line, col, "stop_grace %g s is outside 0..3600 s", *r->stop_grace);
+        return;
+    }
+    if (r->fault_after && !(*r->fault_after >= 0 && *r->fault_after <= 3600)) {
+        top_pos(L, "fault_after", &line, &col);
+        fail(L, line, col, "fault_after %g s is outside 0..3600 s (0: never)", *r->fault_after);
         return;
     }
     if (r->time_scale && !(*r->time_scale >= 1e-3 && *r->time_scale <= 1e6)) {
@@ -785,6 +833,27 @@ static void validate(loader_t *L)
                  type_wanted(f.opt->type), f.text ? f.text : "");
             return;
         }
+    }
+}
+
+/* What a driver checks itself when a device is made (configure(): the scpi
+ * driver's connection and description file), so that a file that loads is
+ * not refused by lmq_daemon_add later; here the message gets a position.
+ * After resolve_path_options: option paths are final. */
+static void probe_devices(loader_t *L)
+{
+    for (size_t i = 0; i < L->cfg->raw->devices_count && !L->failed; i++) {
+        const lmq_config_device_t *d = &L->cfg->devices[i];
+        if (!d->drv->configure)
+            continue;
+        char why[600];
+        lmq_dev_t *probe = lmq__dev_new(d->name, d->drv, d->connection, d->options, why, sizeof why);
+        if (!probe) {
+            int line = 0, col = 0;
+            device_pos(L, i, NULL, NULL, false, &line, &col);
+            fail(L, line, col, "%s", why);
+        }
+        lmq__dev_destroy(&probe);
     }
 }
 
@@ -937,6 +1006,109 @@ static void load_workers(loader_t *L)
     }
 }
 
+/* Position of security.FIELD, or of clients[i].FIELD (i >= 0). */
+static void security_pos(loader_t *L, const char *field, long i, const char *cfield, int *line, int *col)
+{
+    yaml_node_t *n = doc_root(L), *m;
+    if (!n)
+        return;
+    node_pos(n, line, col);
+    if (!(m = map_get(L, n, "security", 0, false)))
+        return;
+    node_pos(n = m, line, col);
+    if (!(m = map_get(L, n, field, 0, false)))
+        return;
+    node_pos(n = m, line, col);
+    if (i >= 0 && (m = seq_item(L, n, (size_t)i))) {
+        node_pos(n = m, line, col);
+        if (cfield && (m = map_get(L, n, cfield, 0, false)))
+            node_pos(m, line, col);
+    }
+}
+
+/* Reads the daemon's key pair and the clients' public keys now, so a wrong
+ * path, a bad key or a key file open to others is an error with a
+ * position, not a failure at start. */
+static void load_security(loader_t *L)
+{
+    lmq_config_t *c = L->cfg;
+    const struct raw_security *sec = c->raw->security;
+    if (!sec)
+        return;
+    int line = 0, col = 0;
+    char why[700];
+    if (sec->key && sec->insecure) {
+        security_pos(L, "insecure", -1, NULL, &line, &col);
+        fail(L, line, col, "security: insecure: true contradicts key: (with a key the daemon is secured; drop one)");
+        return;
+    }
+    if (!sec->key && sec->clients_count) {
+        security_pos(L, "clients", -1, NULL, &line, &col);
+        fail(L, line, col, "security: clients need the daemon's own key pair (key: FILE, made by labmq keygen)");
+        return;
+    }
+    if (sec->key) {
+        char *path = sec->key[0] == '/' ? strdup(sec->key) : resolve_path(c, sec->key);
+        int rc = path ? lmq_keypair_load(&c->server, path, true, why, sizeof why) : LMQ_EMEM;
+        free(path);
+        if (rc != 0) {
+            security_pos(L, "key", -1, NULL, &line, &col);
+            fail(L, line, col, "security: key: %s", rc == LMQ_EMEM ? "out of memory" : why);
+            return;
+        }
+    }
+    if (!sec->clients_count)
+        return;
+    if (!(c->clients = calloc(sec->clients_count, sizeof *c->clients))) {
+        fail(L, 0, 0, "out of memory");
+        return;
+    }
+    for (unsigned i = 0; i < sec->clients_count; i++) {
+        const struct raw_client *rc = &sec->clients[i];
+        lmq_config_client_t *cc = &c->clients[i];
+        if (!lmq__client_name_ok(rc->name)) {
+            security_pos(L, "clients", (long)i, "name", &line, &col);
+            fail(L, line, col, "security: client name '%s' is invalid (use " LMQ__CLIENT_NAME_RULE ")", rc->name);
+            return;
+        }
+        for (unsigned j = 0; j < i; j++)
+            if (strcmp(sec->clients[j].name, rc->name) == 0) {
+                security_pos(L, "clients", (long)i, "name", &line, &col);
+                fail(L, line, col, "security: client '%s' is listed twice", rc->name);
+                return;
+            }
+        int role = rc->role ? lmq_role_parse(rc->role) : LMQ_ROLE_OBSERVE;
+        if (role < 0) {
+            security_pos(L, "clients", (long)i, "role", &line, &col);
+            fail(L, line, col, "security: client '%s': role '%s' is not observe or control", rc->name, rc->role);
+            return;
+        }
+        char *path = lmq_key_z85_ok(rc->key) || rc->key[0] == '/' ? strdup(rc->key) : resolve_path(c, rc->key);
+        int st = path ? lmq_key_public(cc->public_key, path, why, sizeof why) : LMQ_EMEM;
+        free(path);
+        if (st != 0) {
+            security_pos(L, "clients", (long)i, "key", &line, &col);
+            fail(L, line, col, "security: client '%s': %s", rc->name, st == LMQ_EMEM ? "out of memory" : why);
+            return;
+        }
+        for (unsigned j = 0; j < i; j++)
+            if (strcmp(c->clients[j].public_key, cc->public_key) == 0) {
+                security_pos(L, "clients", (long)i, "key", &line, &col);
+                fail(L, line, col, "security: clients '%s' and '%s' have the same key", c->clients[j].name, rc->name);
+                return;
+            }
+        if (strcmp(cc->public_key, c->server.public_key) == 0) {
+            security_pos(L, "clients", (long)i, "key", &line, &col);
+            fail(L, line, col, "security: client '%s' has the daemon's own key; give each client its own key pair",
+                 rc->name);
+            return;
+        }
+        cc->name = rc->name;
+        cc->role = (lmq_role_t)role;
+        c->nclients++;
+    }
+}
+
 /* ---- public API ---- */
 
 static void set_err(char **err, const char *fmt, ...) LMQ_PRINTF(2, 3);
@@ -1069,7 +1241,11 @@ static lmq_config_t *parse_text(const char *text, size_t len, const char *origin
         if (!L.failed)
             resolve_path_options(&L);
         if (!L.failed)
+            probe_devices(&L);
+        if (!L.failed)
             load_workers(&L);
+        if (!L.failed)
+            load_security(&L);
     }
     if (L.doc_state > 0)
         yaml_document_delete(&L.doc);
@@ -1181,6 +1357,8 @@ void lmq_config_destroy(lmq_config_t **cfg)
     free(c->wprograms);
     free(c->workers);
     free(c->wargv);
+    free(c->clients);
+    explicit_bzero(&c->server, sizeof c->server);
     free(c->dir);
     free(c);
     *cfg = NULL;
@@ -1209,6 +1387,20 @@ const lmq_config_worker_t *lmq_config_worker(const lmq_config_t *cfg, size_t i)
     return i < lmq_config_worker_count(cfg) ? &cfg->workers[i] : NULL;
 }
 
+const char *lmq_config_server_public_key(const lmq_config_t *cfg)
+{
+    return cfg && cfg->server.public_key[0] ? cfg->server.public_key : NULL;
+}
+
+bool lmq_config_insecure(const lmq_config_t *cfg) { return cfg && cfg->raw && cfg->raw->security && cfg->raw->security->insecure; }
+
+size_t lmq_config_client_count(const lmq_config_t *cfg) { return cfg ? cfg->nclients : 0; }
+
+const lmq_config_client_t *lmq_config_client(const lmq_config_t *cfg, size_t i)
+{
+    return i < lmq_config_client_count(cfg) ? &cfg->clients[i] : NULL;
+}
+
 int lmq_config_apply(const lmq_config_t *cfg, lmq_daemon_t *d, char **err)
 {
     if (err)
@@ -1219,6 +1411,8 @@ int lmq_config_apply(const lmq_config_t *cfg, lmq_daemon_t *d, char **err)
     }
     if (cfg->raw->stop_grace)
         lmq_daemon_set_stop_grace(d, (int)(*cfg->raw->stop_grace * 1000));
+    if (cfg->raw->fault_after)
+        lmq_daemon_set_fault_after(d, (int)(*cfg->raw->fault_after * 1000));
     if (cfg->raw->time_scale && lmq_daemon_set_time_scale(d, *cfg->raw->time_scale) != 0) {
         set_err(err, "time_scale %g cannot be set (outside 0.001..1000000, or the daemon has started)",
                 *cfg->raw->time_scale);
@@ -1252,5 +1446,13 @@ int lmq_config_apply(const lmq_config_t *cfg, lmq_daemon_t *d, char **err)
             return rc;
         }
     }
+    int rc = cfg->server.secret_key[0] ? lmq_daemon_set_curve(d, cfg->server.secret_key) : 0;
+    for (size_t i = 0; rc == 0 && i < cfg->nclients; i++)
+        rc = lmq_daemon_allow(d, cfg->clients[i].name, cfg->clients[i].public_key, cfg->clients[i].role);
+    if (rc != 0) {
+        set_err(err, "security: %s", lmq_daemon_last_error(d));
+        return rc;
+    }
+    lmq_daemon_set_insecure(d, lmq_config_insecure(cfg));
     return 0;
 }

@@ -4,6 +4,7 @@
 #define LMQ_DAEMON_INTERNAL_H
 
 #include <pthread.h>
+#include "auth_internal.h"
 #include "device_internal.h"
 #include "labmq/daemon.h"
 #include "labmq/supervise.h"
@@ -20,6 +21,8 @@ struct lmq_daemon {
     char err[512];
     double time_scale;
     size_t subscriber_memory; /* bytes held per stream subscriber at most (protocol 3.2) */
+    lmq__auth_t *auth; /* keys and allow-list: set before start, read-only after */
+    bool insecure;     /* network endpoints without keys allowed */
 
     /* Workers: declared before start, handed to the supervisor (with the
      * bound endpoints in their argv) once the broker is up. The broker
@@ -47,9 +50,40 @@ struct lmq_daemon {
 
     /* shutdown: set before start, read after the broker has exited */
     int64_t stop_grace_ns;
+    int64_t fault_after_ns; /* a ready device busy in its driver this long is FAULT; 0: never */
     size_t nstuck;       /* devices left stuck in their driver */
     char stuck_msg[400]; /* their names and what they were doing */
+
+    /* reload (lmq_daemon_reload) */
+    uint64_t epoch_next;    /* caller's thread: the next device epoch to hand out */
+    uint64_t reload_seq;    /* caller's thread: numbers the device pipes of reloads */
+    size_t nabandoned;      /* broker: devices a reload left stuck in their driver */
+    pthread_mutex_t cfg_mu; /* guards what ping and stats show of the configuration: */
+    uint64_t generation;    /* 1 at start, +1 per reload applied */
+    int64_t loaded_ns;      /* real time the running configuration was applied */
+    int64_t last_reload_ns; /* real time of the last reload attempt; 0: none */
+    char last_reload[512];  /* "ok" or why the last reload was refused */
 };
+
+/* A reload on its way from lmq_daemon_reload (caller's thread) to the broker,
+ * which applies it and answers 'Y' or 'E'+status+message on the daemon pipe.
+ * The broker swaps `devs` in (leaving the old table here for the caller to
+ * free), starts `added`, and stops `removed` without blocking its loop. */
+typedef struct lmq__reload {
+    lmq_dev_t **devs; /* the new device table, in the new config's order */
+    size_t ndev;
+    lmq_dev_t **added; /* new and reconfigured devices (owned here until applied) */
+    size_t nadded;
+    lmq_dev_t **removed;   /* devices to stop: gone, or reconfigured */
+    lmq_dev_t **successor; /* [nremoved]: its reconfigured replacement, or NULL */
+    size_t nremoved;
+    uint64_t epoch;        /* added[i] gets epoch + i */
+    uint64_t seq;          /* d->reload_seq, for unique pipe endpoints */
+    int64_t stop_grace_ns; /* the new config's; applies to the removed devices */
+} lmq__reload_t;
+
+/* The daemon pipe's message carrying a reload (lmq__send_ptr). */
+#define LMQ__MSG_RELOAD 'L'
 
 /* The broker thread; arg is the daemon. Reports 'Y' (ready) or 'E'+message on
  * its pipe, then serves until it receives LMQ__MSG_TERM. */

@@ -76,8 +76,8 @@ json_t *lmq__describe(lmq_dev_t *dev)
     }
     json_object_set_new(j, "state", json_string(lmq__dev_state_name(dev->dev_state)));
     json_object_set_new(j, "open", json_boolean(dev->is_open));
-    json_object_set_new(j, "error",
-                        dev->dev_state == LMQ__DEV_DISCONNECTED ? json_string(dev->open_error) : json_null());
+    bool has_error = dev->dev_state == LMQ__DEV_DISCONNECTED || dev->dev_state == LMQ__DEV_FAULT;
+    json_object_set_new(j, "error", has_error ? json_string(dev->open_error) : json_null());
     for (size_t i = 0; i < dev->nstreams; i++) {
         json_t *js = json_array_get(streams, i), *shape = json_object_get(js, "shape");
         for (unsigned d = 0; d < dev->streams[i].ndim; d++)

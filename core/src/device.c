@@ -14,6 +14,8 @@
 #include <time.h>
 #include "device_internal.h"
 #include "labmq/status.h"
+#include "locks.h"
+#include "transport_internal.h"
 #include "value_internal.h"
 
 #define REOPEN_INTERVAL_NS (2LL * 1000000000)
@@ -209,6 +211,7 @@ lmq_dev_t *lmq__dev_new(const char *name, const lmq_driver_t *drv, const char *c
         return NULL;
     }
     pthread_mutex_init(&dev->mu, NULL);
+    pthread_mutex_init(&dev->ev_mu, NULL);
     dev->drv = drv;
     dev->time_scale = 1.0;
     dev->sim_t0 = lmq_clock_mono_ns();
@@ -306,13 +309,50 @@ void lmq__dev_destroy(lmq_dev_t **pdev)
     free(dev->connection);
     free(dev->ev_topic);
     pthread_mutex_destroy(&dev->mu);
+    pthread_mutex_destroy(&dev->ev_mu);
     free(dev);
     *pdev = NULL;
 }
 
+static bool value_equal(const lmq_value_t *a, const lmq_value_t *b)
+{
+    if (a->type != b->type)
+        return false;
+    switch (a->type) {
+    case LMQ_BOOL:
+        return a->u.b == b->u.b;
+    case LMQ_INT:
+        return a->u.i == b->u.i;
+    case LMQ_FLOAT:
+        return a->u.f == b->u.f || (isnan(a->u.f) && isnan(b->u.f));
+    case LMQ_STRING:
+        return strcmp(a->u.s, b->u.s) == 0;
+    case LMQ_ARRAY:
+        return a->u.a.dtype == b->u.a.dtype && a->u.a.ndim == b->u.a.ndim &&
+               memcmp(a->u.a.shape, b->u.a.shape, sizeof a->u.a.shape) == 0 && a->u.a.nbytes == b->u.a.nbytes &&
+               (!a->u.a.nbytes || memcmp(a->u.a.data, b->u.a.data, a->u.a.nbytes) == 0);
+    default:
+        return true;
+    }
+}
+
+/* Parsed values, not text: "50" and "50.0" for a float option are the same
+ * configuration, and an option left at its default equals one given as it. */
+bool lmq__dev_same_config(const lmq_dev_t *dev, const lmq_dev_t *other)
+{
+    if (dev->drv != other->drv || strcmp(dev->name, other->name) != 0 ||
+        strcmp(dev->connection, other->connection) != 0 || dev->restore != other->restore ||
+        dev->time_scale != other->time_scale || dev->nopts != other->nopts)
+        return false;
+    for (size_t k = 0; k < dev->nopts; k++)
+        if (dev->opts[k].opt != other->opts[k].opt || !value_equal(&dev->opts[k].val, &other->opts[k].val))
+            return false;
+    return true;
+}
+
 const char *lmq__dev_state_name(lmq__dev_state_t s)
 {
-    static const char *const names[] = {"opening", "ready", "disconnected", "stopped"};
+    static const char *const names[] = {"opening", "ready", "disconnected", "stopped", "fault"};
     return (unsigned)s < sizeof names / sizeof *names ? names[s] : "?";
 }
 
@@ -402,6 +442,8 @@ int lmq_dev_transport_open(lmq_dev_t *dev, lmq_transport_t **t, int open_timeout
         .log = dev->log, .source = dev->name, .cancel = &dev->stopping, .open_timeout_ms = open_timeout_ms};
     char err[400];
     int rc = lmq_transport_open(t, dev->connection, &opts, err, sizeof err);
+    if (rc == 0) /* the request's deadline caps its waits (protocol 2.1 deadline_ms) */
+        lmq__transport_set_cap(*t, &dev->deadline_ns);
     return rc ? lmq_dev_fail(dev, rc, "%s", err) : 0;
 }
 
@@ -555,6 +597,7 @@ static int publish_msg(lmq_dev_t *dev, size_t index, int64_t t_ns, zmq_msg_t *pa
     }
     zmq_msg_send(&topic, dev->pipe, ZMQ_SNDMORE);
     zmq_msg_send(&header, dev->pipe, ZMQ_SNDMORE);
+    lmq__handoff_release(zmq_msg_data(payload)); /* a subscriber over inproc reads it in place */
     zmq_msg_send(payload, dev->pipe, 0);
     atomic_fetch_add(&s->published, 1);
     return 0;
@@ -588,6 +631,7 @@ int lmq_dev_publish_take(lmq_dev_t *dev, size_t index, int64_t t_ns, void **data
 int lmq__send_ptr(void *sock, char kind, void *ptr, int flags)
 {
     char buf[1 + sizeof ptr];
+    lmq__handoff_release(ptr);
     buf[0] = kind;
     memcpy(buf + 1, &ptr, sizeof ptr);
     return zmq_send(sock, buf, sizeof buf, flags) < 0 ? -1 : 0;
@@ -614,8 +658,17 @@ void lmq__job_destroy(lmq__job_t **pjob)
 #define REOPEN_MAX_NS (1000LL * 1000000)
 #define CHECK_INTERVAL_NS (250LL * 1000000)
 
+static void set_state(lmq_dev_t *dev, lmq__dev_state_t st, const char *error, const char *cause);
+
+/* The driver is back after the broker marked the device FAULT. */
+static void driver_returned(lmq_dev_t *dev)
+{
+    lmq_log(dev->log, LMQ_LOG_INFO, dev->name, "responding again: its driver returned");
+    set_state(dev, LMQ__DEV_READY, NULL, "responding");
+}
+
 /* Marks the thread as inside the driver (for the stuck-device report at
- * shutdown) or, with what == NULL, as back in the daemon. */
+ * shutdown and FAULT) or, with what == NULL, as back in the daemon. */
 static void enter_driver(lmq_dev_t *dev, const char *what, const char *name, lmq__job_t *job, const void *user)
 {
     pthread_mutex_lock(&dev->mu);
@@ -625,29 +678,41 @@ static void enter_driver(lmq_dev_t *dev, const char *what, const char *name, lmq
     } else
         dev->busy_since = 0;
     dev->current = job;
+    bool recovered = !what && dev->dev_state == LMQ__DEV_FAULT;
     pthread_mutex_unlock(&dev->mu);
     dev->cur_user = user;
     if (what) { /* a failure the driver reports stays readable after it returns */
         dev->fail_status = 0;
         dev->fail_msg[0] = 0;
     }
+    if (recovered)
+        driver_returned(dev);
 }
 
-/* Publishes a change event on the data endpoint (protocol 3.1), through the
- * broker like a stream block: never blocking the device thread; a refused
- * event spends its seq so subscribers see the gap. value may be NULL. */
-static void emit_event(lmq_dev_t *dev, const char *kind, const char *name, const lmq_value_t *value,
-                       const char *cause, const char *state, const char *error)
+/* Sends a change event (protocol 3.1) on sock, under ev_mu: the device
+ * thread's go through the broker like a stream block (to_broker: the kind
+ * frame first), never blocking the device thread; a refused event spends its
+ * seq so subscribers see the gap. The broker's go out on its XPUB directly.
+ * value and extra (more header keys, taken) may be NULL. */
+static void send_event(lmq_dev_t *dev, void *sock, bool to_broker, const char *kind, const char *name,
+                       const lmq_value_t *value, const char *cause, const char *state, const char *error, json_t *extra)
 {
-    if (!dev->pipe)
+    if (!sock) {
+        json_decref(extra);
         return;
+    }
     lmq__frames_t bin;
     lmq__frames_init(&bin);
     json_t *h = json_pack("{s:i, s:I, s:I, s:I, s:s, s:s}", "v", LMQ__PROTOCOL, "seq", (json_int_t)dev->ev_seq++,
                           "epoch", (json_int_t)dev->epoch, "t_ns", (json_int_t)lmq_clock_real_ns(), "device",
                           dev->name, "kind", kind);
-    if (!h)
+    if (!h) {
+        json_decref(extra);
         return;
+    }
+    if (extra)
+        json_object_update(h, extra);
+    json_decref(extra);
     if (name)
         json_object_set_new(h, "name", json_string(name));
     if (value) {
@@ -673,7 +738,7 @@ static void emit_event(lmq_dev_t *dev, const char *kind, const char *name, const
     *(char *)zmq_msg_data(&kindm) = LMQ__MSG_PUBLISH;
     zmq_msg_init_size(&topic, strlen(dev->ev_topic));
     memcpy(zmq_msg_data(&topic), dev->ev_topic, strlen(dev->ev_topic));
-    if (zmq_msg_send(&kindm, dev->pipe, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+    if (to_broker && zmq_msg_send(&kindm, sock, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
         atomic_fetch_add(&dev->events_dropped, 1);
         zmq_msg_close(&kindm);
         zmq_msg_close(&topic);
@@ -681,11 +746,61 @@ static void emit_event(lmq_dev_t *dev, const char *kind, const char *name, const
         lmq__frames_close(&bin);
         return;
     }
-    zmq_msg_send(&topic, dev->pipe, ZMQ_SNDMORE);
-    zmq_msg_send(&header, dev->pipe, bin.n ? ZMQ_SNDMORE : 0);
+    zmq_msg_close(&kindm);
+    /* XPUB never blocks: a slow subscriber loses the event (a gap in seq). */
+    int wait = to_broker ? 0 : ZMQ_DONTWAIT;
+    zmq_msg_send(&topic, sock, ZMQ_SNDMORE | wait);
+    zmq_msg_send(&header, sock, (bin.n ? ZMQ_SNDMORE : 0) | wait);
     for (size_t i = 0; i < bin.n; i++)
-        zmq_msg_send(&bin.msg[i], dev->pipe, i + 1 < bin.n ? ZMQ_SNDMORE : 0);
+        zmq_msg_send(&bin.msg[i], sock, (i + 1 < bin.n ? ZMQ_SNDMORE : 0) | wait);
     lmq__frames_close(&bin);
+}
+
+static void emit_event_extra(lmq_dev_t *dev, const char *kind, const char *name, const lmq_value_t *value,
+                             const char *cause, const char *state, const char *error, json_t *extra)
+{
+    pthread_mutex_lock(&dev->ev_mu);
+    send_event(dev, dev->pipe, true, kind, name, value, cause, state, error, extra);
+    pthread_mutex_unlock(&dev->ev_mu);
+}
+
+static void emit_event(lmq_dev_t *dev, const char *kind, const char *name, const lmq_value_t *value, const char *cause,
+                       const char *state, const char *error)
+{
+    emit_event_extra(dev, kind, name, value, cause, state, error, NULL);
+}
+
+int64_t lmq__dev_watch(lmq_dev_t *dev, int64_t now, int64_t fault_after_ns, void *xpub,
+                       void (*drain)(void *arg, lmq_dev_t *dev), void *arg)
+{
+    pthread_mutex_lock(&dev->mu);
+    int64_t since = dev->dev_state == LMQ__DEV_READY ? dev->busy_since : 0;
+    pthread_mutex_unlock(&dev->mu);
+    if (!since)
+        return now + fault_after_ns; /* a driver entered from now on is due no earlier */
+    if (now - since < fault_after_ns)
+        return since + fault_after_ns;
+    /* Events the device sent before it got stuck go out first; it can send
+     * no new one while we hold ev_mu. */
+    pthread_mutex_lock(&dev->ev_mu);
+    drain(arg, dev);
+    char error[256];
+    pthread_mutex_lock(&dev->mu);
+    bool fault = dev->dev_state == LMQ__DEV_READY && dev->busy_since == since; /* still in that same entry */
+    if (fault) {
+        dev->dev_state = LMQ__DEV_FAULT;
+        snprintf(error, sizeof error, "in its driver (%.160s) for %.1f s, longer than fault_after (%.1f s)",
+                 dev->busy_what, (double)(now - since) / 1e9, (double)fault_after_ns / 1e9);
+        snprintf(dev->open_error, sizeof dev->open_error, "%s", error);
+    }
+    pthread_mutex_unlock(&dev->mu);
+    if (fault) {
+        send_event(dev, xpub, false, "state", NULL, NULL, "stuck", lmq__dev_state_name(LMQ__DEV_FAULT), error,
+                   NULL);
+        lmq_log(dev->log, LMQ_LOG_WARN, dev->name, "FAULT: %s", error);
+    }
+    pthread_mutex_unlock(&dev->ev_mu);
+    return now + fault_after_ns;
 }
 
 /* cause: why the state changed ("opened", "reconnected", "restored",
@@ -695,7 +810,7 @@ static void set_state(lmq_dev_t *dev, lmq__dev_state_t st, const char *error, co
     pthread_mutex_lock(&dev->mu);
     bool changed = dev->dev_state != st; /* not each retry's new reason: no event storm */
     dev->dev_state = st;
-    dev->is_open = st == LMQ__DEV_READY;
+    dev->is_open = st == LMQ__DEV_READY || st == LMQ__DEV_FAULT;
     if (error)
         snprintf(dev->open_error, sizeof dev->open_error, "%.255s", error);
     else
@@ -829,8 +944,11 @@ static int run_job(lmq_dev_t *dev, lmq__job_t *job, lmq_value_t *result)
     pthread_mutex_lock(&dev->mu);
     dev->busy_since = 0;
     dev->current = NULL;
+    bool recovered = dev->dev_state == LMQ__DEV_FAULT;
     pthread_mutex_unlock(&dev->mu);
     dev->cur_user = NULL;
+    if (recovered)
+        driver_returned(dev);
     if (rc == 0 && req->op == LMQ__OP_SET) {
         size_t i = (size_t)(job->prop - dev->props);
         lmq_value_clear(&dev->last_set[i]);
@@ -840,12 +958,59 @@ static int run_job(lmq_dev_t *dev, lmq__job_t *job, lmq_value_t *result)
     return rc;
 }
 
+/* A lock on the device was taken, released or has expired (locks.c). An
+ * expired lock puts the instrument in its safe state first; the event tells
+ * how that went. */
+static void lock_change(lmq_dev_t *dev, char what, const char *holder, size_t len)
+{
+    char name[LMQ__MAX_CLIENT + 48];
+    snprintf(name, sizeof name, "%.*s", (int)(len < sizeof name ? len : sizeof name - 1), holder);
+    const char *cause = what == LMQ__LOCK_TAKEN ? "locked" : what == LMQ__LOCK_RELEASED ? "unlocked" : "lock expired";
+    const char *safe = NULL;
+    char why[512] = "";
+    if (what == LMQ__LOCK_EXPIRED) {
+        if (!dev->drv->safe_state)
+            safe = "none";
+        else if (!dev->is_open)
+            safe = "not open";
+        else {
+            enter_driver(dev, "safe_state", NULL, NULL, NULL);
+            int rc = dev->drv->safe_state(dev, dev->state);
+            enter_driver(dev, NULL, NULL, NULL, NULL);
+            safe = rc == 0 ? "done" : rc > 0 ? "none" : "failed";
+            if (rc > 0)
+                rc = 0;
+            if (rc != 0) {
+                snprintf(why, sizeof why, "%s", dev->fail_msg[0] ? dev->fail_msg : lmq_strerror(rc));
+                lmq_log(dev->log, LMQ_LOG_ERROR, dev->name, "SAFE STATE FAILED after the lock of '%s' expired: %s",
+                        name, why);
+            } else
+                lmq_log(dev->log, LMQ_LOG_WARN, dev->name, "safe state set: the lock of '%s' expired", name);
+            if (rc == LMQ_EIO && dev->is_open)
+                lose_link(dev, why);
+        }
+    }
+    json_t *extra = json_pack("{s:s}", "holder", name);
+    if (extra && safe)
+        json_object_set_new(extra, "safe_state", json_string(safe));
+    emit_event_extra(dev, "lock", NULL, NULL, cause, NULL, why[0] ? why : NULL, extra);
+}
+
 static void handle_job(lmq_dev_t *dev, lmq__job_t *job)
 {
     lmq_value_t result = {0};
     dev->fail_status = 0;
     dev->fail_msg[0] = 0;
-    int rc = run_job(dev, job, &result);
+    int rc;
+    if (job->deadline_ns && lmq_clock_mono_ns() >= job->deadline_ns)
+        /* Waited out its budget in the queue: the instrument never sees it. */
+        rc = lmq_dev_fail(dev, LMQ_ETIMEOUT, "%s %s.%s: deadline passed before the device ran it",
+                          lmq__op_name(job->req.op), dev->name, job->req.name);
+    else {
+        dev->deadline_ns = job->deadline_ns;
+        rc = run_job(dev, job, &result);
+        dev->deadline_ns = 0;
+    }
     int enc = 0;
     if (rc == 0) {
         enc = lmq__reply_value(&job->reply, job->req.id, &result, &job->reply_bin);
@@ -866,6 +1031,8 @@ static void handle_job(lmq_dev_t *dev, lmq__job_t *job)
             snprintf(msg, sizeof msg, "%s", dev->fail_msg);
         enc = lmq__reply_error(&job->reply, true, job->req.id, rc, msg);
         job->failed = true;
+        job->status = rc;
+        snprintf(job->fail_msg, sizeof job->fail_msg, "%.*s", (int)sizeof job->fail_msg - 1, msg);
         lmq_log(dev->log, LMQ_LOG_DEBUG, dev->name, "%s failed: %s", lmq__op_name(job->req.op), msg);
         if (rc == LMQ_EIO && dev->is_open)
             lose_link(dev, msg);
@@ -947,9 +1114,12 @@ static void *device_thread(void *arg)
             if (n == 1 + sizeof(void *) && d[0] == LMQ__MSG_JOB) {
                 lmq__job_t *job;
                 memcpy(&job, d + 1, sizeof job);
+                lmq__handoff_acquire(job);
                 handle_job(dev, job);
                 lmq__send_ptr(dev->pipe, LMQ__MSG_DONE, job, 0);
-            } else if (n >= 1 && d[0] == LMQ__MSG_TERM)
+            } else if (n >= 2 && d[0] == LMQ__MSG_LOCK)
+                lock_change(dev, d[1], d + 2, n - 2);
+            else if (n >= 1 && d[0] == LMQ__MSG_TERM)
                 atomic_store(&dev->stopping, true);
             zmq_msg_close(&msg);
         }
@@ -981,13 +1151,15 @@ static void *device_thread(void *arg)
     return NULL;
 }
 
-int lmq__dev_start(lmq_dev_t *dev, void *zctx, lmq_log_t *log, lmq__wires_t *wires, uint64_t epoch)
+int lmq__dev_connect(lmq_dev_t *dev, void *zctx, lmq_log_t *log, lmq__wires_t *wires, uint64_t epoch)
 {
     dev->zctx = zctx;
     dev->log = log;
     dev->wires = wires;
     dev->epoch = epoch;
+    pthread_mutex_lock(&dev->mu); /* lmq_daemon_wait_ready reads it meanwhile */
     dev->dev_state = LMQ__DEV_OPENING;
+    pthread_mutex_unlock(&dev->mu);
     dev->sim_t0 = lmq_clock_mono_ns();
     atomic_store(&dev->stopping, false);
     atomic_store(&dev->exited, false);
@@ -1001,14 +1173,29 @@ int lmq__dev_start(lmq_dev_t *dev, void *zctx, lmq_log_t *log, lmq__wires_t *wir
     zmq_setsockopt(dev->pipe, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(dev->pipe, ZMQ_SNDHWM, &hwm, sizeof hwm);
     zmq_setsockopt(dev->pipe, ZMQ_RCVHWM, &hwm, sizeof hwm);
-    if (zmq_connect(dev->pipe, dev->pipe_endpoint) != 0 ||
-        pthread_create(&dev->thread, NULL, device_thread, dev) != 0) {
+    if (zmq_connect(dev->pipe, dev->pipe_endpoint) != 0) {
+        zmq_close(dev->pipe);
+        dev->pipe = NULL;
+        return LMQ_ESYS;
+    }
+    return 0;
+}
+
+int lmq__dev_launch(lmq_dev_t *dev)
+{
+    if (pthread_create(&dev->thread, NULL, device_thread, dev) != 0) {
         zmq_close(dev->pipe);
         dev->pipe = NULL;
         return LMQ_ESYS;
     }
     dev->thread_started = true;
     return 0;
+}
+
+int lmq__dev_start(lmq_dev_t *dev, void *zctx, lmq_log_t *log, lmq__wires_t *wires, uint64_t epoch)
+{
+    int rc = lmq__dev_connect(dev, zctx, log, wires, epoch);
+    return rc ? rc : lmq__dev_launch(dev);
 }
 
 int lmq__dev_join(lmq_dev_t *dev, int64_t deadline_ns)

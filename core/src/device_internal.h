@@ -47,10 +47,11 @@ typedef struct lmq__dev_stats {
 
 /* Where a device is in its life; shown by list, describe and stats. */
 typedef enum lmq__dev_state {
-    LMQ__DEV_OPENING = 0, /* the first open() has not returned yet */
-    LMQ__DEV_READY,       /* open, serving */
+    LMQ__DEV_OPENING = 0,  /* the first open() has not returned yet */
+    LMQ__DEV_READY,        /* open, serving */
     LMQ__DEV_DISCONNECTED, /* open() failed or the link was lost: reopened with back-off */
-    LMQ__DEV_STOPPED      /* closed at shutdown */
+    LMQ__DEV_STOPPED,      /* closed at shutdown */
+    LMQ__DEV_FAULT         /* open, but its driver has been busy for longer than fault_after */
 } lmq__dev_state_t;
 
 const char *lmq__dev_state_name(lmq__dev_state_t s);
@@ -97,8 +98,13 @@ struct lmq_dev {
     char fail_msg[512];
     const void *cur_user;      /* lmq_dev_user() */
     char *ev_topic;            /* "$events/<name>" */
-    uint64_t ev_seq;           /* the next change event's number */
+    uint64_t ev_seq;           /* the next change event's number (under ev_mu) */
+    /* Held while an event takes its seq and goes into the pipe: the broker,
+     * which also publishes this device's events (FAULT), takes it to keep
+     * seq in the order events reach the data endpoint. */
+    pthread_mutex_t ev_mu;
     lmq_value_t *last_set;     /* [nprops]: what clients last set (for restore) */
+    int64_t deadline_ns;       /* the running request's deadline (mono), 0 when none: caps transport waits */
 
     /* shared: written under mu */
     pthread_mutex_t mu;
@@ -136,9 +142,14 @@ struct lmq__job {
     size_t nargs;
     lmq_value_t value; /* set: the checked value */
     int64_t t_start;
+    int64_t deadline_ns; /* mono; 0: none (protocol 2.1 deadline_ms) */
+    bool tracked;        /* remembered for retries (dedup.h) */
     zmq_msg_t reply;
     lmq__frames_t reply_bin;
     bool failed;
+    int status;         /* failed: the reply's status */
+    char fail_msg[200]; /* failed: the start of the reply's message (audit) */
+    char peer[80];      /* who sent it (lmq__peer_name), for the audit line */
 };
 
 /* Topic prefix of change events on the data endpoint: "$events/psu1". */
@@ -146,6 +157,8 @@ struct lmq__job {
 
 /* inproc message kinds (first byte of the first frame) */
 enum { LMQ__MSG_JOB = 'Q', LMQ__MSG_DONE = 'R', LMQ__MSG_PUBLISH = 'P', LMQ__MSG_READY = 'Y', LMQ__MSG_TERM = 'T' };
+/* A lock change for the device thread (locks.h): kind, what, holder's name. */
+#define LMQ__MSG_LOCK 'K'
 
 /* The rules lmq_daemon_add applies, shared with the config file's checks so
  * that what a config accepts the daemon accepts too. */
@@ -170,6 +183,16 @@ lmq_dev_t *lmq__dev_new(const char *name, const lmq_driver_t *drv, const char *c
 void lmq__dev_destroy(lmq_dev_t **dev);
 /* Starts the device thread; it connects to dev->pipe_endpoint (bound by the broker). */
 int lmq__dev_start(lmq_dev_t *dev, void *zctx, lmq_log_t *log, lmq__wires_t *wires, uint64_t epoch);
+/* lmq__dev_start in two steps, for a device that must wait before it opens
+ * (a reload's reconfigured device waits for its old instance to close the
+ * instrument): connect creates and connects the device's end of the pipe, so
+ * the broker can queue jobs at once; launch starts the thread. A device
+ * connected but never launched has its dev->pipe closed by the broker. */
+int lmq__dev_connect(lmq_dev_t *dev, void *zctx, lmq_log_t *log, lmq__wires_t *wires, uint64_t epoch);
+int lmq__dev_launch(lmq_dev_t *dev);
+/* True when dev's parsed configuration (driver, connection, option values,
+ * restore, time scale) equals other's: a reload leaves such a device alone. */
+bool lmq__dev_same_config(const lmq_dev_t *dev, const lmq_dev_t *other);
 /* Waits until the device thread has exited, at most until deadline_ns
  * (mono). Returns 0, or LMQ_ETIMEOUT: the thread is stuck in its driver and
  * is left running (dev->abandoned). */
@@ -191,11 +214,22 @@ void lmq__dev_limits(lmq_dev_t *dev, const lmq_property_t *p, double *min, doubl
 /* describe: a JSON object for the device (with runtime shape/rate and state). */
 json_t *lmq__describe(lmq_dev_t *dev);
 
+/* Broker thread: marks the device FAULT when it is ready and its driver has
+ * been busy (a request, a stream poll, a link check) for fault_after_ns or
+ * longer, and publishes that state event on xpub itself (the device thread
+ * is the one that is stuck). drain(arg, dev) must forward everything the
+ * device has sent on its pipe so far, so that its earlier events go out
+ * first. The device thread makes it ready again when the driver returns.
+ * Returns when (mono ns) to look at the device again. */
+int64_t lmq__dev_watch(lmq_dev_t *dev, int64_t now, int64_t fault_after_ns, void *xpub,
+                       void (*drain)(void *arg, lmq_dev_t *dev), void *arg);
+
 /* Wires (simulated signals), owned by the daemon. */
 lmq__wires_t *lmq__wires_new(void);
 void lmq__wires_destroy(lmq__wires_t **w);
 
-/* Sends a pointer-carrying message (JOB or DONE). */
+/* Sends a pointer-carrying message (JOB or DONE); what ptr points to passes
+ * to the receiver, which calls lmq__handoff_acquire(ptr) before touching it. */
 int lmq__send_ptr(void *sock, char kind, void *ptr, int flags);
 
 void lmq__job_destroy(lmq__job_t **job);

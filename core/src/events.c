@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "auth_internal.h"
 #include "device_internal.h"
 #include "labmq/events.h"
 #include "labmq/driver.h"
@@ -29,7 +30,7 @@ struct lmq_events {
 
 struct lmq_event {
     json_t *json;
-    const char *device, *kind, *name, *cause, *state, *error;
+    const char *device, *kind, *name, *cause, *state, *error, *holder, *safe_state;
     lmq_value_t value;
     uint64_t seq, lost_before;
     int64_t t_ns;
@@ -37,7 +38,14 @@ struct lmq_event {
 
 lmq_events_t *lmq_events_new(void *zctx, const char *data_endpoint, const char *device)
 {
-    if (!zctx || !data_endpoint || (device && (!*device || strlen(device) > 64)))
+    return lmq_events_new_keys(zctx, data_endpoint, device, NULL);
+}
+
+lmq_events_t *lmq_events_new_keys(void *zctx, const char *data_endpoint, const char *device,
+                                  const lmq_client_keys_t *keys)
+{
+    if (!zctx || !data_endpoint || (device && (!*device || strlen(device) > 64)) ||
+        (keys && !lmq__client_keys_ok(keys)))
         return NULL;
     lmq_events_t *e = calloc(1, sizeof *e);
     if (!e)
@@ -50,8 +58,9 @@ lmq_events_t *lmq_events_new(void *zctx, const char *data_endpoint, const char *
         goto fail;
     int linger = 0;
     zmq_setsockopt(e->sock, ZMQ_LINGER, &linger, sizeof linger);
+    lmq__heartbeat_set(e->sock);
     zmq_setsockopt(e->sock, ZMQ_SUBSCRIBE, e->topic, e->topic_len);
-    if (zmq_connect(e->sock, data_endpoint) != 0)
+    if ((keys && lmq__curve_client(e->sock, keys) != 0) || zmq_connect(e->sock, data_endpoint) != 0)
         goto fail;
     return e;
 fail:
@@ -160,6 +169,8 @@ static int recv_one(lmq_events_t *e, lmq_event_t **out, int timeout_ms)
         ev->cause = jstr(ev->json, "cause");
         ev->state = jstr(ev->json, "state");
         ev->error = jstr(ev->json, "error");
+        ev->holder = jstr(ev->json, "holder");
+        ev->safe_state = jstr(ev->json, "safe_state");
         ev->seq = (uint64_t)json_integer_value(json_object_get(ev->json, "seq"));
         ev->t_ns = (int64_t)json_integer_value(json_object_get(ev->json, "t_ns"));
         json_t *jv = json_object_get(ev->json, "value");
@@ -222,6 +233,8 @@ const lmq_value_t *lmq_event_value(const lmq_event_t *ev) { return &ev->value; }
 const char *lmq_event_cause(const lmq_event_t *ev) { return ev->cause; }
 const char *lmq_event_state(const lmq_event_t *ev) { return ev->state; }
 const char *lmq_event_error(const lmq_event_t *ev) { return ev->error; }
+const char *lmq_event_holder(const lmq_event_t *ev) { return ev->holder; }
+const char *lmq_event_safe_state(const lmq_event_t *ev) { return ev->safe_state; }
 uint64_t lmq_event_seq(const lmq_event_t *ev) { return ev->seq; }
 int64_t lmq_event_time_ns(const lmq_event_t *ev) { return ev->t_ns; }
 uint64_t lmq_event_lost_before(const lmq_event_t *ev) { return ev->lost_before; }

@@ -2,6 +2,7 @@
  * default, one fprintf per line so threads never interleave) and the hex
  * trace of instrument I/O. */
 #include <ctype.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,7 +11,7 @@
 #include "labmq/log.h"
 
 struct lmq_log {
-    lmq_log_level_t level;
+    atomic_int level; /* labmqd changes it on a reload while every thread logs */
     lmq_log_fn handler;
     void *user;
 };
@@ -22,7 +23,7 @@ lmq_log_t *lmq_log_new(lmq_log_level_t level, lmq_log_fn handler, void *user)
     lmq_log_t *log = calloc(1, sizeof *log);
     if (!log)
         return NULL;
-    log->level = level;
+    atomic_init(&log->level, (int)level);
     log->handler = handler;
     log->user = user;
     return log;
@@ -39,10 +40,13 @@ void lmq_log_destroy(lmq_log_t **log)
 void lmq_log_set_level(lmq_log_t *log, lmq_log_level_t level)
 {
     if (log)
-        log->level = level;
+        atomic_store_explicit(&log->level, (int)level, memory_order_relaxed);
 }
 
-lmq_log_level_t lmq_log_get_level(const lmq_log_t *log) { return log ? log->level : LMQ_LOG_WARN; }
+lmq_log_level_t lmq_log_get_level(const lmq_log_t *log)
+{
+    return log ? (lmq_log_level_t)atomic_load_explicit(&((lmq_log_t *)log)->level, memory_order_relaxed) : LMQ_LOG_WARN;
+}
 
 int lmq_log_level_parse(const char *text)
 {

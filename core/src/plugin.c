@@ -44,8 +44,10 @@ const lmq_driver_t *lmq_driver_load(const char *path, char *err, size_t errlen)
         snprintf(err, errlen, "driver %s: not a labmq driver (it exports no %s/%s; use LMQ_DRIVER_EXPORT)", path,
                  LMQ_DRIVER_ABI_SYMBOL, LMQ_DRIVER_ENTRY);
     else if (abi() != LMQ_DRIVER_ABI)
-        snprintf(err, errlen, "driver %s: built for driver ABI %d, this labmq speaks %d: rebuild it", path, abi(),
-                 LMQ_DRIVER_ABI);
+        /* An older struct is shorter than ours: reading its new members
+         * would read past it. */
+        snprintf(err, errlen, "driver %s: built for driver ABI %d, this labmq speaks %d%s: rebuild it", path, abi(),
+                 LMQ_DRIVER_ABI, abi() < 3 ? " (ABI 3 added safe_state to lmq_driver_t)" : "");
     else if (!(drv = entry()) || !drv->name || !*drv->name)
         snprintf(err, errlen, "driver %s: its entry point returned no driver or a driver without a name", path);
     if (drv && (!abi || abi() != LMQ_DRIVER_ABI))

@@ -6,9 +6,14 @@
  *
  * Wire (internal; pool ROUTER <-> worker DEALER, routing id = --name):
  *   worker -> pool  ["R", u32 credit]                  ready, may hold `credit` tasks
- *   worker -> pool  ["D", u8 ok, u64 id] [payload]     a task's result (ok 0: error text)
- *   pool -> worker  ["T", u64 id] [task]               a task
+ *   worker -> pool  (["D", u8 ok, u64 id] [payload])+  results (ok 0: error text)
+ *   pool -> worker  (["T", u64 id] [task])+            tasks
  *   pool -> worker  ["S"]                              stop
+ * Several tasks travel in one message, and their results come back in one:
+ * for tiny tasks the cost is per message (a wake-up on each side), not per
+ * task. A batch is at most half the worker's credit, so the next one is on
+ * its way while the worker runs this one. A message that is not a whole
+ * number of well-formed pairs is dropped entire.
  * Integers in native byte order: both ends are on this machine (ipc://). */
 #include <errno.h>
 #include <poll.h>
@@ -35,6 +40,8 @@ extern char **environ;
 #define POOL_ASK_MS 500 /* destroy: how long a stop request gets before SIGTERM */
 #define POOL_BACKOFF_MIN_MS 100
 #define POOL_BACKOFF_MAX_MS 5000
+#define POOL_MAX_CREDIT 1024
+#define POOL_MAX_PARTS (1 + 2 * POOL_MAX_CREDIT) /* routing id + a full batch of pairs */
 
 typedef struct task {
     uint64_t id;
@@ -49,6 +56,7 @@ typedef struct task {
 
 typedef struct queue {
     task_t *head, *tail;
+    size_t n;
 } queue_t;
 
 typedef struct wslot {
@@ -83,6 +91,8 @@ struct lmq_pool {
     int grace_ms;
     bool startup_failed;
     char error[512];
+    zmq_msg_t parts[POOL_MAX_PARTS]; /* drain's receive buffer */
+    task_t *batch[POOL_MAX_CREDIT];  /* send_batch's */
 };
 
 static double now_ms(void)
@@ -139,6 +149,7 @@ static void table_remove(lmq_pool_t *p, task_t *t)
 static void queue_push(queue_t *q, task_t *t, bool front)
 {
     t->worker = -1;
+    q->n++;
     if (front) {
         t->qnext = q->head;
         q->head = t;
@@ -157,8 +168,11 @@ static void queue_push(queue_t *q, task_t *t, bool front)
 static task_t *queue_pop(queue_t *q)
 {
     task_t *t = q->head;
-    if (t && !(q->head = t->qnext))
-        q->tail = NULL;
+    if (t) {
+        q->n--;
+        if (!(q->head = t->qnext))
+            q->tail = NULL;
+    }
     return t;
 }
 
@@ -298,9 +312,72 @@ static int slot_of(lmq_pool_t *p, const zmq_msg_t *id)
     return -1;
 }
 
-/* One message from a worker. Anything malformed or from a worker that is no
- * longer the slot's current one is dropped. */
-static void handle_message(lmq_pool_t *p, zmq_msg_t parts[3], int nparts)
+/* Reads one whole message, of at most cap parts, into parts: the number of
+ * parts, 0 when none is waiting, -1 when it had more (dropped entire). */
+static int recv_parts(void *sock, zmq_msg_t *parts, int cap)
+{
+    int n = 0;
+    bool more = true, oversize = false;
+    while (more) {
+        zmq_msg_t extra, *m = n < cap ? &parts[n] : &extra;
+        zmq_msg_init(m);
+        if (zmq_msg_recv(m, sock, n ? 0 : ZMQ_DONTWAIT) < 0) { /* the rest of a message is there */
+            zmq_msg_close(m);
+            break;
+        }
+        more = zmq_msg_more(m);
+        if (m == &extra) {
+            zmq_msg_close(m);
+            oversize = true;
+        } else {
+            n++;
+        }
+    }
+    if (oversize) {
+        for (int k = 0; k < n; k++)
+            zmq_msg_close(&parts[k]);
+        return -1;
+    }
+    return n;
+}
+
+/* One result (a "D" header and its payload) from worker i. */
+static void handle_result(lmq_pool_t *p, int i, const unsigned char *h, zmq_msg_t *payload)
+{
+    wslot_t *w = &p->w[i];
+    uint64_t id;
+    memcpy(&id, h + 2, 8);
+    task_t *t = table_find(p, id);
+    if (!t || t->worker != i)
+        return; /* already delivered, or resubmitted elsewhere: the other answer counts */
+    w->inflight--;
+    w->handled++;
+    if (!w->inflight)
+        w->isolated = false;
+    size_t len = zmq_msg_size(payload);
+    if (h[1]) {
+        void *data = NULL;
+        if (len && !(data = malloc(len))) {
+            queue_push(&p->queue, t, true); /* cannot keep the result: run it again later */
+            return;
+        }
+        if (len)
+            memcpy(data, zmq_msg_data(payload), len);
+        finish(p, t, 0, data, len, NULL);
+    } else {
+        char why[400];
+        snprintf(why, sizeof why, "task %llu: %.*s", (unsigned long long)id, len > 300 ? 300 : (int)len,
+                 (const char *)zmq_msg_data(payload));
+        if (!len)
+            snprintf(why, sizeof why, "task %llu: the handler failed", (unsigned long long)id);
+        finish(p, t, LMQ_EDEVICE, NULL, 0, why);
+    }
+}
+
+/* One message from a worker: parts[0] is its routing id. Anything malformed
+ * (checked whole before any of it counts) or from a worker that is no longer
+ * the slot's current one is dropped. */
+static void handle_message(lmq_pool_t *p, zmq_msg_t *parts, int nparts)
 {
     if (nparts < 2)
         return;
@@ -309,101 +386,74 @@ static void handle_message(lmq_pool_t *p, zmq_msg_t parts[3], int nparts)
         return; /* a late word from a worker already reaped */
     wslot_t *w = &p->w[i];
     const unsigned char *h = zmq_msg_data(&parts[1]);
-    size_t hl = zmq_msg_size(&parts[1]);
-    if (hl == 5 && h[0] == 'R' && nparts == 2) {
+    if (nparts == 2 && zmq_msg_size(&parts[1]) == 5 && h[0] == 'R') {
         uint32_t credit;
         memcpy(&credit, h + 1, 4);
-        w->credit = credit < 1 ? 1 : credit > 1024 ? 1024 : credit;
+        w->credit = credit < 1 ? 1 : credit > POOL_MAX_CREDIT ? POOL_MAX_CREDIT : credit;
         w->ready = w->ever_ready = true;
         w->backoff_ms = POOL_BACKOFF_MIN_MS;
         return;
     }
-    if (hl == 10 && h[0] == 'D' && nparts == 3) {
-        uint64_t id;
-        memcpy(&id, h + 2, 8);
-        task_t *t = table_find(p, id);
-        if (!t || t->worker != i)
-            return; /* already delivered, or resubmitted elsewhere: the other answer counts */
-        w->inflight--;
-        w->handled++;
-        if (!w->inflight)
-            w->isolated = false;
-        size_t len = zmq_msg_size(&parts[2]);
-        if (h[1]) {
-            void *data = NULL;
-            if (len && !(data = malloc(len))) {
-                queue_push(&p->queue, t, true); /* cannot keep the result: run it again later */
-                return;
-            }
-            if (len)
-                memcpy(data, zmq_msg_data(&parts[2]), len);
-            finish(p, t, 0, data, len, NULL);
-        } else {
-            char why[400];
-            snprintf(why, sizeof why, "task %llu: %.*s", (unsigned long long)id, len > 300 ? 300 : (int)len,
-                     (const char *)zmq_msg_data(&parts[2]));
-            if (!len)
-                snprintf(why, sizeof why, "task %llu: the handler failed", (unsigned long long)id);
-            finish(p, t, LMQ_EDEVICE, NULL, 0, why);
-        }
+    if (nparts % 2 == 0)
+        return;
+    for (int k = 1; k < nparts; k += 2) {
+        h = zmq_msg_data(&parts[k]);
+        if (zmq_msg_size(&parts[k]) != 10 || h[0] != 'D')
+            return;
     }
+    for (int k = 1; k < nparts; k += 2)
+        handle_result(p, i, zmq_msg_data(&parts[k]), &parts[k + 1]);
 }
 
 /* Reads every message waiting on the socket. */
 static void drain(lmq_pool_t *p)
 {
-    for (;;) {
-        zmq_msg_t parts[3];
-        int n = 0;
-        bool more = true, oversize = false;
-        while (more) {
-            zmq_msg_t *m = &parts[n < 3 ? n : 2], extra;
-            if (n >= 3)
-                m = &extra;
-            zmq_msg_init(m);
-            if (zmq_msg_recv(m, p->sock, ZMQ_DONTWAIT) < 0) {
-                zmq_msg_close(m);
-                break;
-            }
-            more = zmq_msg_more(m);
-            if (m == &extra) {
-                zmq_msg_close(m);
-                oversize = true;
-            } else {
-                n++;
-            }
-        }
-        if (n == 0)
-            return;
-        if (!oversize)
-            handle_message(p, parts, n);
+    int n;
+    while ((n = recv_parts(p->sock, p->parts, POOL_MAX_PARTS)) != 0) {
+        if (n > 0)
+            handle_message(p, p->parts, n);
         for (int k = 0; k < n; k++)
-            zmq_msg_close(&parts[k]);
+            zmq_msg_close(&p->parts[k]);
     }
 }
 
-/* Sends task t to worker i; false (the worker then gets nothing more until
- * it says ready again) when the socket refuses: a worker that is gone
- * (EHOSTUNREACH) has its death reported by its pidfd. */
-static bool send_task(lmq_pool_t *p, int i, task_t *t)
+/* Sends the first n tasks of p->batch to worker i as one message; false
+ * (the worker then gets nothing more until it says ready again) when the
+ * socket refuses: a worker that is gone (EHOSTUNREACH) has its death
+ * reported by its pidfd. The caller puts unsent tasks back. */
+static bool send_batch(lmq_pool_t *p, int i, int n)
 {
     wslot_t *w = &p->w[i];
-    unsigned char h[9] = {'T'};
-    memcpy(h + 1, &t->id, 8);
-    if (zmq_send(p->sock, w->name, w->namelen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
-        zmq_send(p->sock, h, sizeof h, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
-        zmq_send(p->sock, t->data, t->len, ZMQ_DONTWAIT) < 0) {
+    if (zmq_send(p->sock, w->name, w->namelen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
         w->ready = false;
         return false;
     }
-    t->worker = i;
-    w->inflight++;
+    /* Past the routing id a ROUTER takes the rest of the message whole. */
+    for (int k = 0; k < n; k++) {
+        task_t *t = p->batch[k];
+        unsigned char h[9] = {'T'};
+        memcpy(h + 1, &t->id, 8);
+        zmq_send(p->sock, h, sizeof h, ZMQ_SNDMORE | ZMQ_DONTWAIT);
+        zmq_send(p->sock, t->data, t->len, (k + 1 < n ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT);
+        t->worker = i;
+    }
+    w->inflight += (unsigned)n;
     return true;
+}
+
+/* Sends one task alone to worker i; false when the socket refused. */
+static bool send_task(lmq_pool_t *p, int i, task_t *t)
+{
+    p->batch[0] = t;
+    return send_batch(p, i, 1);
 }
 
 static bool usable(const wslot_t *w) { return w->pid && w->ready; }
 
-static void dispatch(lmq_pool_t *p)
+/* lazy (while the caller is still submitting): a worker that is busy gets
+ * only a full batch, so tasks submitted in a burst travel together; an idle
+ * one gets what there is at once. */
+static void dispatch(lmq_pool_t *p, bool lazy)
 {
     /* Suspects first, each alone on an idle worker. */
     while (p->suspects.head) {
@@ -431,14 +481,18 @@ static void dispatch(lmq_pool_t *p)
         if (p->draining == idle)
             p->draining = -1;
     }
-    /* Then new tasks to the worker with the most free credit. */
+    /* Then new tasks to the worker with the most free credit, in batches:
+     * at most half its credit (so the next batch is under way while it runs
+     * this one) and at most its share of the queue (so a few slow tasks
+     * still spread over the workers). */
     while (p->queue.head) {
-        int best = -1;
+        int best = -1, usable_n = 0;
         unsigned best_free = 0;
         for (int i = 0; i < p->n; i++) {
             wslot_t *w = &p->w[i];
             if (!usable(w) || w->isolated || (i == p->draining && p->suspects.head))
                 continue;
+            usable_n++;
             if (w->credit > w->inflight && w->credit - w->inflight > best_free) {
                 best = i;
                 best_free = w->credit - w->inflight;
@@ -446,9 +500,18 @@ static void dispatch(lmq_pool_t *p)
         }
         if (best < 0)
             return;
-        task_t *t = queue_pop(&p->queue);
-        if (!send_task(p, best, t))
-            queue_push(&p->queue, t, true);
+        size_t share = (p->queue.n + (size_t)usable_n - 1) / (size_t)usable_n;
+        size_t half = p->w[best].credit / 2 ? p->w[best].credit / 2 : 1;
+        size_t n = best_free;
+        n = n > half ? half : n;
+        n = n > share ? share : n;
+        if (lazy && p->w[best].inflight && n < half)
+            return;
+        for (size_t k = 0; k < n; k++)
+            p->batch[k] = queue_pop(&p->queue);
+        if (!send_batch(p, best, (int)n))
+            while (n)
+                queue_push(&p->queue, p->batch[--n], true);
     }
 }
 
@@ -494,7 +557,7 @@ static void pump(lmq_pool_t *p, int timeout_ms)
                 w->restart_at_ms = now + POOL_BACKOFF_MAX_MS;
         }
     }
-    dispatch(p);
+    dispatch(p, false);
 }
 
 /* ---- the public API ---- */
@@ -693,12 +756,13 @@ int lmq_pool_submit(lmq_pool_t *p, const void *task, size_t len, uint64_t *task_
     queue_push(&p->queue, t, false);
     if (task_id)
         *task_id = t->id;
-    /* Dispatch without a system call while credit lasts; only then read
-     * what came back (credit). Deaths are handled in lmq_pool_result. */
-    dispatch(p);
+    /* An idle worker gets the task at once, a busy one full batches; only
+     * while tasks wait read what came back (credit). Deaths are handled in
+     * lmq_pool_result. */
+    dispatch(p, true);
     if (p->queue.head) {
         drain(p);
-        dispatch(p);
+        dispatch(p, true);
     }
     return 0;
 }
@@ -779,28 +843,56 @@ static void free_result(void *data, void *hint)
     free(data);
 }
 
-/* Runs one task and sends its result; false when the socket refused. */
-static bool run_task(void *sock, lmq_pool_handler_fn handler, void *user, const unsigned char *h, zmq_msg_t *task)
+/* Runs one task; its result goes to *reply (a "D" header) and *m (the
+ * payload, taken by the message: sent without a copy). */
+static void run_task(lmq_pool_handler_fn handler, void *user, const unsigned char *h, zmq_msg_t *task,
+                     unsigned char reply[10], zmq_msg_t *m)
 {
     void *result = NULL;
     size_t rlen = 0;
     int rc = handler(user, zmq_msg_data(task), zmq_msg_size(task), &result, &rlen);
     if (!result)
         rlen = 0;
-    unsigned char reply[10] = {'D', rc == 0};
+    reply[0] = 'D';
+    reply[1] = rc == 0;
     memcpy(reply + 2, h + 1, 8);
-    zmq_msg_t m;
     if (rlen)
-        zmq_msg_init_data(&m, result, rlen, free_result, NULL); /* taken: sent without a copy */
+        zmq_msg_init_data(m, result, rlen, free_result, NULL);
     else {
         free(result);
-        zmq_msg_init(&m);
+        zmq_msg_init(m);
     }
-    if (zmq_send(sock, reply, sizeof reply, ZMQ_SNDMORE) < 0 || zmq_msg_send(&m, sock, 0) < 0) {
-        zmq_msg_close(&m);
-        return false;
+}
+
+/* The worker's buffers for one message of tasks and its results. */
+typedef struct batch {
+    zmq_msg_t in[2 * POOL_MAX_CREDIT];
+    zmq_msg_t out[POOL_MAX_CREDIT];
+    unsigned char head[POOL_MAX_CREDIT][10];
+} batch_t;
+
+/* Runs the tasks of one message (pairs of "T" header and task) and sends
+ * their results back as one message; false when the socket refused. A
+ * message that is not all well-formed pairs is not the pool's: ignored. */
+static bool run_batch(void *sock, lmq_pool_handler_fn handler, void *user, batch_t *b, int n)
+{
+    if (n % 2)
+        return true;
+    for (int k = 0; k < n; k += 2)
+        if (zmq_msg_size(&b->in[k]) != 9 || *(const unsigned char *)zmq_msg_data(&b->in[k]) != 'T')
+            return true;
+    int tasks = n / 2;
+    for (int k = 0; k < tasks; k++)
+        run_task(handler, user, zmq_msg_data(&b->in[2 * k]), &b->in[2 * k + 1], b->head[k], &b->out[k]);
+    bool ok = true;
+    for (int k = 0; k < tasks; k++) {
+        int more = k + 1 < tasks ? ZMQ_SNDMORE : 0;
+        if (ok && (zmq_send(sock, b->head[k], 10, ZMQ_SNDMORE) < 0 || zmq_msg_send(&b->out[k], sock, more) < 0))
+            ok = false;
+        if (!ok)
+            zmq_msg_close(&b->out[k]);
     }
-    return true;
+    return ok;
 }
 
 int lmq_pool_worker_run(int argc, char *const argv[], lmq_pool_handler_fn handler, void *user)
@@ -825,7 +917,7 @@ int lmq_pool_worker_run(int argc, char *const argv[], lmq_pool_handler_fn handle
         char *end;
         errno = 0;
         unsigned long v = strtoul(c, &end, 10);
-        if (errno || end == c || *end || v < 1 || v > 1024 || *c == '-') {
+        if (errno || end == c || *end || v < 1 || v > POOL_MAX_CREDIT || *c == '-') {
             fprintf(stderr, "%s: --option credit=%s is not a whole number from 1 to 1024\n", name, c);
             lmq_worker_destroy(&w);
             return LMQ_WORKER_EXIT_USAGE;
@@ -841,7 +933,8 @@ int lmq_pool_worker_run(int argc, char *const argv[], lmq_pool_handler_fn handle
         return LMQ_WORKER_EXIT_OK;
     }
     code = LMQ_WORKER_EXIT_FAILURE;
-    void *sock = zmq_socket(lmq_worker_zctx(w), ZMQ_DEALER);
+    batch_t *b = malloc(sizeof *b);
+    void *sock = b ? zmq_socket(lmq_worker_zctx(w), ZMQ_DEALER) : NULL;
     int linger = 2000;
     unsigned char ready[5] = {'R'};
     memcpy(ready + 1, &credit, 4);
@@ -857,32 +950,17 @@ int lmq_pool_worker_run(int argc, char *const argv[], lmq_pool_handler_fn handle
         if (zmq_poll(items, 2, -1) < 0 && errno != EINTR)
             break;
         for (;;) {
-            zmq_msg_t head, body;
-            zmq_msg_init(&head);
-            if (zmq_msg_recv(&head, sock, ZMQ_DONTWAIT) < 0) {
-                zmq_msg_close(&head);
+            int n = recv_parts(sock, b->in, 2 * POOL_MAX_CREDIT);
+            if (n == 0)
                 break;
-            }
-            const unsigned char *h = zmq_msg_data(&head);
-            size_t hl = zmq_msg_size(&head);
-            bool more = zmq_msg_more(&head);
-            zmq_msg_init(&body);
-            bool has_body = more && zmq_msg_recv(&body, sock, 0) >= 0;
-            while (has_body && zmq_msg_more(&body)) { /* not ours: drop the rest */
-                zmq_msg_t extra;
-                zmq_msg_init(&extra);
-                zmq_msg_recv(&extra, sock, 0);
-                zmq_msg_close(&extra);
-                has_body = false;
-            }
-            if (hl == 1 && h[0] == 'S')
+            if (n == 1 && zmq_msg_size(&b->in[0]) == 1 && *(const char *)zmq_msg_data(&b->in[0]) == 'S')
                 stop = true;
-            else if (hl == 9 && h[0] == 'T' && has_body && !run_task(sock, handler, user, h, &body)) {
+            else if (n > 0 && !run_batch(sock, handler, user, b, n)) {
                 fprintf(stderr, "%s: cannot send a result: %s\n", name, zmq_strerror(errno));
                 stop = true;
             }
-            zmq_msg_close(&body);
-            zmq_msg_close(&head);
+            for (int k = 0; k < n; k++)
+                zmq_msg_close(&b->in[k]);
             if (stop || lmq_worker_stopping(w))
                 break;
         }
@@ -891,6 +969,7 @@ int lmq_pool_worker_run(int argc, char *const argv[], lmq_pool_handler_fn handle
 out:
     if (sock)
         zmq_close(sock);
+    free(b);
     lmq_worker_destroy(&w);
     return code;
 }

@@ -10,11 +10,23 @@
 #include "proto.h"
 #include "value_internal.h"
 
-static const char *const op_names[LMQ__OP_COUNT] = {"ping",  "list",    "describe",  "call",        "get", "set",
-                                                    "stats", "workers", "subscribe", "credit",      "unsubscribe"};
+static const char *const op_names[LMQ__OP_COUNT] = {"ping",      "list",   "describe",    "call", "get",
+                                                    "set",       "stats",  "workers",     "subscribe",
+                                                    "credit",    "unsubscribe", "lock", "unlock"};
 
-/* Which keys each op takes, and which it needs. */
-enum { K_DEVICE = 1, K_NAME = 2, K_ARGS = 4, K_VALUE = 8, K_TOPICS = 16, K_MODE = 32, K_WINDOW = 64, K_N = 128 };
+/* Which keys each op takes (`client` and `deadline_ms` go with every op). */
+enum {
+    K_DEVICE = 1,
+    K_NAME = 2,
+    K_ARGS = 4,
+    K_VALUE = 8,
+    K_DEVICES = 16,
+    K_LEASE = 32,
+    K_TOPICS = 64,
+    K_MODE = 128,
+    K_WINDOW = 256,
+    K_N = 512
+};
 static const struct {
     unsigned allowed, required;
 } op_keys[LMQ__OP_COUNT] = {
@@ -29,6 +41,8 @@ static const struct {
     [LMQ__OP_SUBSCRIBE] = {K_TOPICS | K_MODE | K_WINDOW, K_TOPICS | K_MODE},
     [LMQ__OP_CREDIT] = {K_N, K_N},
     [LMQ__OP_UNSUBSCRIBE] = {0, 0},
+    [LMQ__OP_LOCK] = {K_DEVICES | K_LEASE, K_DEVICES},
+    [LMQ__OP_UNLOCK] = {K_DEVICES, 0},
 };
 
 const char *lmq__op_name(lmq__op_t op) { return (unsigned)op < LMQ__OP_COUNT ? op_names[op] : "?"; }
@@ -87,6 +101,8 @@ int lmq__request_parse(const void *data, size_t len, size_t nbin, lmq__request_t
     if (jid && read_id(jid, &req->id))
         req->has_id = true;
 
+    req->deadline_ms = -1;
+    req->lease_ms = LMQ__LEASE_DEFAULT_MS;
     unsigned seen = 0;
     const char *key;
     json_t *val;
@@ -119,6 +135,31 @@ int lmq__request_parse(const void *data, size_t len, size_t nbin, lmq__request_t
         } else if (!strcmp(key, "value")) {
             req->value = val;
             seen |= K_VALUE;
+        } else if (!strcmp(key, "client")) {
+            if (!json_is_string(val) || json_string_length(val) < 1 || json_string_length(val) > LMQ__MAX_CLIENT)
+                return fail(err, errlen, "'client' must be a string of 1 to %d bytes", LMQ__MAX_CLIENT);
+            req->client = json_string_value(val);
+        } else if (!strcmp(key, "deadline_ms")) {
+            if (!json_is_integer(val) || json_integer_value(val) < 0 ||
+                json_integer_value(val) > LMQ__MAX_DEADLINE_MS)
+                return fail(err, errlen, "'deadline_ms' must be an integer from 0 to %d", LMQ__MAX_DEADLINE_MS);
+            req->deadline_ms = json_integer_value(val);
+        } else if (!strcmp(key, "devices")) {
+            size_t n = json_is_array(val) ? json_array_size(val) : 0;
+            if (n < 1 || n > LMQ__MAX_LOCK_DEVICES)
+                return fail(err, errlen, "'devices' must be a list of 1 to %d device names", LMQ__MAX_LOCK_DEVICES);
+            for (size_t i = 0; i < n; i++)
+                if (!json_is_string(json_array_get(val, i)))
+                    return fail(err, errlen, "'devices' entry %zu is not a string", i + 1);
+            req->devices = val;
+            seen |= K_DEVICES;
+        } else if (!strcmp(key, "lease_ms")) {
+            if (!json_is_integer(val) || json_integer_value(val) < LMQ__LEASE_MIN_MS ||
+                json_integer_value(val) > LMQ__LEASE_MAX_MS)
+                return fail(err, errlen, "'lease_ms' must be an integer from %d to %d", LMQ__LEASE_MIN_MS,
+                            LMQ__LEASE_MAX_MS);
+            req->lease_ms = json_integer_value(val);
+            seen |= K_LEASE;
         } else if (!strcmp(key, "topics")) {
             if (!json_is_array(val))
                 return fail(err, errlen, "'topics' must be an array of strings");
@@ -143,7 +184,9 @@ int lmq__request_parse(const void *data, size_t len, size_t nbin, lmq__request_t
             seen |= K_N;
         } else
             return fail(err, errlen,
-                        "unknown key '%s' (keys: v, id, op, device, name, args, value, topics, mode, window, n)", key);
+                        "unknown key '%s' (keys: v, id, op, device, name, args, value, client, deadline_ms, devices, "
+                        "lease_ms, topics, mode, window, n)",
+                        key);
     }
     if (!jv)
         return fail(err, errlen, "missing key 'v' (protocol version, 1)");
@@ -165,11 +208,12 @@ int lmq__request_parse(const void *data, size_t len, size_t nbin, lmq__request_t
     if (found < 0)
         return fail(err, errlen,
                     "unknown op '%.64s' (ops: ping, list, describe, call, get, set, stats, workers, subscribe, credit, "
-                    "unsubscribe)",
+                    "unsubscribe, lock, unlock)",
                     op);
     req->op = (lmq__op_t)found;
-    static const char *const key_names[] = {"device", "name", "args", "value", "topics", "mode", "window", "n"};
-    for (int b = 0; b < 8; b++) {
+    static const char *const key_names[] = {"device", "name",   "args", "value",  "devices",
+                                            "lease_ms", "topics", "mode", "window", "n"};
+    for (int b = 0; b < 10; b++) {
         unsigned bit = 1u << b;
         if ((seen & bit) && !(op_keys[found].allowed & bit))
             return fail(err, errlen, "op '%s' takes no '%s'", op, key_names[b]);
@@ -186,6 +230,45 @@ void lmq__request_clear(lmq__request_t *req)
     if (req->json)
         json_decref(req->json);
     memset(req, 0, sizeof *req);
+}
+
+int lmq__request_add_keys(zmq_msg_t *msg, int64_t deadline_ms, const char *quoted)
+{
+    size_t len = zmq_msg_size(msg);
+    const char *old = zmq_msg_data(msg);
+    if (len < 2 || old[len - 1] != '}')
+        return LMQ_EARG;
+    char extra[64] = "";
+    if (deadline_ms >= 0)
+        snprintf(extra, sizeof extra, ",\"deadline_ms\":%lld", (long long)deadline_ms);
+    size_t elen = strlen(extra), qlen = quoted ? strlen(quoted) + sizeof ",\"client\":" - 1 : 0;
+    zmq_msg_t out;
+    if (zmq_msg_init_size(&out, len + elen + qlen) != 0)
+        return LMQ_EMEM;
+    char *p = zmq_msg_data(&out);
+    memcpy(p, old, len - 1);
+    p += len - 1;
+    memcpy(p, extra, elen);
+    p += elen;
+    if (quoted) {
+        memcpy(p, ",\"client\":", sizeof ",\"client\":" - 1);
+        p += sizeof ",\"client\":" - 1;
+        memcpy(p, quoted, strlen(quoted));
+        p += strlen(quoted);
+    }
+    *p = '}';
+    zmq_msg_close(msg);
+    zmq_msg_init(msg);
+    zmq_msg_move(msg, &out);
+    return 0;
+}
+
+void lmq__heartbeat_set(void *sock)
+{
+    int ivl = LMQ__HEARTBEAT_IVL_MS, timeout = LMQ__HEARTBEAT_TIMEOUT_MS, ttl = LMQ__HEARTBEAT_TTL_MS;
+    zmq_setsockopt(sock, ZMQ_HEARTBEAT_IVL, &ivl, sizeof ivl);
+    zmq_setsockopt(sock, ZMQ_HEARTBEAT_TIMEOUT, &timeout, sizeof timeout);
+    zmq_setsockopt(sock, ZMQ_HEARTBEAT_TTL, &ttl, sizeof ttl);
 }
 
 size_t lmq__recv_rest(void *sock, zmq_msg_t *parts, size_t max)
@@ -487,6 +570,78 @@ int lmq__data_header(zmq_msg_t *msg, uint64_t seq, uint64_t epoch, int64_t t_ns,
         return LMQ_EMEM;
     memcpy(zmq_msg_data(msg), buf, (size_t)n);
     return 0;
+}
+
+static bool get_u53(json_t *o, const char *key, uint64_t *out)
+{
+    json_t *j = json_object_get(o, key);
+    if (!json_is_integer(j) || json_integer_value(j) < 0)
+        return false;
+    *out = (uint64_t)json_integer_value(j);
+    return true;
+}
+
+/* Copies UTF-8 text into dst[size], cut before a character that does not fit
+ * whole, so that what is kept is still valid UTF-8. */
+static void copy_utf8(char *dst, size_t size, const char *src)
+{
+    size_t n = strlen(src);
+    if (n >= size) {
+        n = size - 1;
+        while (n > 0 && ((unsigned char)src[n] & 0xC0) == 0x80) /* src[n] continues a character */
+            n--;
+    }
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+int lmq__data_header_parse(const void *data, size_t len, size_t payload_size, lmq__block_header_t *h, char *err,
+                           size_t errlen)
+{
+    memset(h, 0, sizeof *h);
+    json_error_t jerr;
+    json_t *j = json_loadb(data, len, 0, &jerr);
+    if (!j) {
+        snprintf(err, errlen, "block header is not JSON: %s", jerr.text);
+        return LMQ_EPROTO;
+    }
+    const char *why = NULL;
+    uint64_t t = 0;
+    json_t *shape = json_object_get(j, "shape");
+    json_t *units = json_object_get(j, "units");
+    if (!json_is_object(j))
+        why = "block header is not a JSON object";
+    else if (!get_u53(j, "seq", &h->seq) || !get_u53(j, "epoch", &h->epoch) || !get_u53(j, "t_ns", &t))
+        why = "block header lacks seq, epoch or t_ns";
+    else if ((h->dtype = lmq_dtype_parse(json_string_value(json_object_get(j, "dtype")))) == LMQ_DT_INVALID)
+        why = "block header has no valid dtype";
+    else if (!json_is_array(shape) || json_array_size(shape) > LMQ_MAX_DIMS)
+        why = "block header has no valid shape";
+    else if (units && !json_is_string(units))
+        why = "block header's units is not a string";
+    else {
+        h->t_ns = (int64_t)t;
+        h->ndim = (unsigned)json_array_size(shape);
+        for (unsigned i = 0; i < h->ndim && !why; i++) {
+            json_t *d = json_array_get(shape, i);
+            if (!json_is_integer(d) || json_integer_value(d) < 0)
+                why = "block header has no valid shape";
+            else
+                h->shape[i] = (size_t)json_integer_value(d);
+        }
+        copy_utf8(h->units, sizeof h->units, units ? json_string_value(units) : "");
+    }
+    json_decref(j);
+    size_t need = 0;
+    if (why)
+        snprintf(err, errlen, "%s", why);
+    else if (lmq__array_nbytes(h->dtype, h->ndim, h->shape, &need) != 0)
+        snprintf(err, errlen, "block header announces a shape too large to address");
+    else if (need != payload_size)
+        snprintf(err, errlen, "block payload has %zu bytes; its header announces %zu", payload_size, need);
+    else
+        return 0;
+    return LMQ_EPROTO;
 }
 
 /* ---- direct encoders for the common, fixed-shape headers ----

@@ -1,22 +1,34 @@
 /* Device proxies: a DEALER socket per proxy, request ids to match replies,
  * and a fresh socket after any timeout so that a stale request can never
- * reach a daemon later (the "lazy pirate" pattern of the ZeroMQ guide). */
+ * reach a daemon later (the "lazy pirate" pattern of the ZeroMQ guide).
+ * ZMTP heartbeats and a monitor of the socket tell a call that its daemon
+ * stopped or went away without waiting out the call's timeout; locks and
+ * the retry memory know the proxy by its client name (protocol 2.5, 2.6). */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
 #include "labmq/labmq.h"
+#include "auth_internal.h"
 #include "proto.h"
 
 struct lmq_proxy {
     void *zctx;
     void *sock;
+    void *mon;        /* PAIR reading the socket's monitor: connection lost */
+    unsigned mon_gen; /* makes each socket's monitor endpoint unique */
+    char *client;      /* the `client` key of every request */
+    char *client_json; /* ... as a JSON string, quoted once */
     char *endpoint;
     char *device;
     int timeout_ms;
     int sock_timeout; /* ZMQ_SNDTIMEO set on sock; -2 = not yet */
     uint64_t next_id;
+    bool curve; /* lmq_proxy_new_keys: every socket is a CURVE client with keys */
+    lmq_client_keys_t keys;
     char err[600];
 };
 
@@ -30,10 +42,65 @@ static int set_error(lmq_proxy_t *p, int status, const char *fmt, ...)
     return status;
 }
 
+static void close_socket(lmq_proxy_t *p)
+{
+    if (p->sock) {
+        zmq_socket_monitor(p->sock, NULL, 0);
+        zmq_close(p->sock);
+        p->sock = NULL;
+    }
+    if (p->mon) {
+        zmq_close(p->mon);
+        p->mon = NULL;
+    }
+}
+
+/* Watches the socket for a lost connection: the daemon closed it, or
+ * heartbeats went unanswered (a stopped or hung daemon). Without a monitor
+ * the proxy still works, with only its timeouts. */
+static void open_monitor(lmq_proxy_t *p)
+{
+    char ep[96];
+    snprintf(ep, sizeof ep, "inproc://lmq-proxy-monitor-%p-%u", (void *)p, p->mon_gen++);
+    if (zmq_socket_monitor(p->sock, ep, ZMQ_EVENT_DISCONNECTED) != 0)
+        return;
+    p->mon = zmq_socket(p->zctx, ZMQ_PAIR);
+    int linger = 0;
+    if (p->mon)
+        zmq_setsockopt(p->mon, ZMQ_LINGER, &linger, sizeof linger);
+    if (p->mon && zmq_connect(p->mon, ep) != 0) {
+        zmq_close(p->mon);
+        p->mon = NULL;
+    }
+}
+
+/* Reads one monitor event; true when it says the connection was lost. */
+static bool monitor_lost(lmq_proxy_t *p)
+{
+    zmq_msg_t ev, addr;
+    zmq_msg_init(&ev);
+    if (zmq_msg_recv(&ev, p->mon, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&ev);
+        return false;
+    }
+    bool lost = false;
+    if (zmq_msg_size(&ev) >= 2) {
+        uint16_t event;
+        memcpy(&event, zmq_msg_data(&ev), sizeof event);
+        lost = event == ZMQ_EVENT_DISCONNECTED;
+    }
+    if (zmq_msg_more(&ev)) {
+        zmq_msg_init(&addr);
+        zmq_msg_recv(&addr, p->mon, 0);
+        zmq_msg_close(&addr);
+    }
+    zmq_msg_close(&ev);
+    return lost;
+}
+
 static int open_socket(lmq_proxy_t *p)
 {
-    if (p->sock)
-        zmq_close(p->sock);
+    close_socket(p);
     p->sock = zmq_socket(p->zctx, ZMQ_DEALER);
     p->sock_timeout = -2;
     if (!p->sock)
@@ -46,30 +113,73 @@ static int open_socket(lmq_proxy_t *p)
     zmq_setsockopt(p->sock, ZMQ_IMMEDIATE, &immediate, sizeof immediate);
     zmq_setsockopt(p->sock, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl);
     zmq_setsockopt(p->sock, ZMQ_RECONNECT_IVL_MAX, &ivl_max, sizeof ivl_max);
+    if (p->curve && lmq__curve_client(p->sock, &p->keys) != 0) {
+        int e = zmq_errno();
+        close_socket(p);
+        return set_error(p, LMQ_ESYS, "cannot make a CURVE client socket: %s", zmq_strerror(e));
+    }
+    lmq__heartbeat_set(p->sock);
+    open_monitor(p);
     if (zmq_connect(p->sock, p->endpoint) != 0) {
         int e = zmq_errno();
-        zmq_close(p->sock);
-        p->sock = NULL;
+        close_socket(p);
         return set_error(p, LMQ_EARG, "cannot connect to '%s': %s", p->endpoint, zmq_strerror(e));
     }
     return 0;
 }
 
+/* "alice@lab3 pid 4242 #1f2e3d": who the proxy is, unique per proxy. */
+static char *default_client(uint64_t salt)
+{
+    char host[64] = "?", buf[LMQ__MAX_CLIENT + 1];
+    const char *user = getenv("USER");
+    if (!user || !*user)
+        user = getenv("LOGNAME");
+    gethostname(host, sizeof host - 1);
+    host[sizeof host - 1] = 0;
+    snprintf(buf, sizeof buf, "%.40s@%.40s pid %ld #%06llx", user && *user ? user : "?", host, (long)getpid(),
+             (unsigned long long)(salt & 0xffffff));
+    return strdup(buf);
+}
+
 lmq_proxy_t *lmq_proxy_new(void *zctx, const char *endpoint, const char *device)
 {
-    if (!zctx || !endpoint || !*endpoint || (device && !*device))
+    return lmq_proxy_new_keys(zctx, endpoint, device, NULL);
+}
+
+lmq_proxy_t *lmq_proxy_new_keys(void *zctx, const char *endpoint, const char *device, const lmq_client_keys_t *keys)
+{
+    if (!zctx || !endpoint || !*endpoint || (device && !*device) || (keys && !lmq__client_keys_ok(keys)))
         return NULL;
     lmq_proxy_t *p = calloc(1, sizeof *p);
     if (!p)
         return NULL;
     p->zctx = zctx;
+    if (keys) {
+        p->keys = *keys;
+        p->curve = true;
+    }
     p->timeout_ms = LMQ_PROXY_DEFAULT_TIMEOUT_MS;
     p->endpoint = strdup(endpoint);
     p->device = device ? strdup(device) : NULL;
-    /* Ids start at a random-ish point so replies meant for an earlier proxy
-     * on a reused connection can't be mistaken for ours. */
-    p->next_id = ((uint64_t)lmq_clock_real_ns() / 1000) % (LMQ__MAX_ID / 2);
-    if (!p->endpoint || (device && !p->device) || open_socket(p) != 0) {
+    /* Ids start at a random point so replies meant for an earlier proxy on
+     * a reused connection can't be mistaken for ours, and proxies sharing a
+     * client name (lmq_proxy_set_client) don't share ids in the daemon's
+     * retry memory. */
+    uint64_t r = 0;
+    if (getrandom(&r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r)
+        r = (uint64_t)lmq_clock_real_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)p;
+    p->next_id = r % (LMQ__MAX_ID / 2);
+    p->client = default_client(r >> 40);
+    p->client_json = p->client ? lmq__json_quote(p->client) : NULL;
+    if (p->client && !p->client_json) { /* a user or host name that is not UTF-8 */
+        free(p->client);
+        char buf[64];
+        snprintf(buf, sizeof buf, "pid %ld #%06llx", (long)getpid(), (unsigned long long)((r >> 40) & 0xffffff));
+        p->client = strdup(buf);
+        p->client_json = p->client ? lmq__json_quote(p->client) : NULL;
+    }
+    if (!p->endpoint || (device && !p->device) || !p->client_json || open_socket(p) != 0) {
         lmq_proxy_destroy(&p);
         return NULL;
     }
@@ -99,8 +209,10 @@ void lmq_proxy_destroy(lmq_proxy_t **pp)
     if (!pp || !*pp)
         return;
     lmq_proxy_t *p = *pp;
-    if (p->sock)
-        zmq_close(p->sock);
+    close_socket(p);
+    explicit_bzero(&p->keys, sizeof p->keys);
+    free(p->client);
+    free(p->client_json);
     free(p->endpoint);
     free(p->device);
     free(p);
@@ -128,8 +240,25 @@ void lmq_proxy_set_timeout(lmq_proxy_t *p, int timeout_ms)
 
 const char *lmq_proxy_last_error(const lmq_proxy_t *p) { return p ? p->err : "no proxy"; }
 
-static int send_request(lmq_proxy_t *p, lmq__op_t op, const char *name, const lmq_value_t *args, size_t nargs,
-                        const lmq_value_t *value, uint64_t *id)
+/* The header of a lock/unlock (lmq_proxy_lock): keys besides v, id, op. */
+static int encode_keys(zmq_msg_t *hdr, uint64_t id, lmq__op_t op, json_t *keys)
+{
+    json_t *j = json_deep_copy(keys);
+    if (!j || json_object_set_new(j, "v", json_integer(LMQ__PROTOCOL)) != 0 ||
+        json_object_set_new(j, "id", json_integer((json_int_t)id)) != 0 ||
+        json_object_set_new(j, "op", json_string(lmq__op_name(op))) != 0) {
+        json_decref(j);
+        return LMQ_EMEM;
+    }
+    int rc = lmq__json_to_msg(j, hdr);
+    json_decref(j);
+    return rc;
+}
+
+/* keys: a lock/unlock's own keys (else NULL). with_deadline: the proxy's
+ * timeout goes along as the request's deadline (synchronous calls). */
+static int send_request_keys(lmq_proxy_t *p, lmq__op_t op, const char *name, const lmq_value_t *args, size_t nargs,
+                             const lmq_value_t *value, json_t *keys, bool with_deadline, uint64_t *id)
 {
     int rc = p->sock ? 0 : open_socket(p);
     if (rc != 0)
@@ -144,9 +273,20 @@ static int send_request(lmq_proxy_t *p, lmq__op_t op, const char *name, const lm
     lmq__frames_init(&bin);
     *id = p->next_id++ % LMQ__MAX_ID;
     const char *device = (needs_device || op == LMQ__OP_STATS) ? p->device : NULL;
-    rc = lmq__request_encode_fast(&hdr, *id, op, device, name, args, nargs, value);
-    if (rc == 1)
-        rc = lmq__request_encode(&hdr, *id, op, device, name, args, nargs, value, &bin);
+    if (keys)
+        rc = encode_keys(&hdr, *id, op, keys);
+    else {
+        rc = lmq__request_encode_fast(&hdr, *id, op, device, name, args, nargs, value);
+        if (rc == 1)
+            rc = lmq__request_encode(&hdr, *id, op, device, name, args, nargs, value, &bin);
+    }
+    /* The call's timeout is its deadline at the daemon (protocol 2.1): a
+     * request that could not start in time never reaches the instrument. */
+    bool device_op = op == LMQ__OP_CALL || op == LMQ__OP_GET || op == LMQ__OP_SET;
+    bool deadline = with_deadline && device_op && p->timeout_ms > 0 &&
+                    p->timeout_ms <= LMQ__MAX_DEADLINE_MS; /* longer: none */
+    if (rc == 0)
+        rc = lmq__request_add_keys(&hdr, deadline ? p->timeout_ms : -1, p->client_json);
     if (rc != 0) {
         lmq__frames_close(&bin);
         return set_error(p, rc, "cannot encode the request (%s: names must be UTF-8, at most %d arrays, floats finite)",
@@ -156,6 +296,9 @@ static int send_request(lmq_proxy_t *p, lmq__op_t op, const char *name, const lm
         zmq_setsockopt(p->sock, ZMQ_SNDTIMEO, &p->timeout_ms, sizeof p->timeout_ms);
         p->sock_timeout = p->timeout_ms;
     }
+    /* A connection lost before this request was sent is no news for it. */
+    while (p->mon && monitor_lost(p))
+        ;
     rc = zmq_msg_send(&hdr, p->sock, bin.n ? ZMQ_SNDMORE : 0);
     for (size_t i = 0; rc >= 0 && i < bin.n; i++)
         rc = zmq_msg_send(&bin.msg[i], p->sock, i + 1 < bin.n ? ZMQ_SNDMORE : 0);
@@ -163,6 +306,11 @@ static int send_request(lmq_proxy_t *p, lmq__op_t op, const char *name, const lm
     lmq__frames_close(&bin);
     if (rc < 0) {
         int e = zmq_errno();
+        if (e == EAGAIN && p->curve)
+            return set_error(p, LMQ_EUNREACH,
+                             "no daemon accepts this client at %s within %d ms: is labmqd running, is this client's "
+                             "public key on its allow-list, and is the server key its public key?",
+                             p->endpoint, p->timeout_ms);
         if (e == EAGAIN)
             return set_error(p, LMQ_EUNREACH, "no daemon answers at %s within %d ms (is labmqd running?)", p->endpoint,
                              p->timeout_ms);
@@ -171,15 +319,33 @@ static int send_request(lmq_proxy_t *p, lmq__op_t op, const char *name, const lm
     return 0;
 }
 
+/* Pipelined requests carry no deadline: the proxy's timeout bounds the
+ * wait for each next reply, not a request's time in the queue. */
+static int send_pipelined(lmq_proxy_t *p, lmq__op_t op, const char *name, const lmq_value_t *args, size_t nargs,
+                          uint64_t *id)
+{
+    return send_request_keys(p, op, name, args, nargs, NULL, NULL, false, id);
+}
+
+#define LOST 1 /* recv_reply: the connection to the daemon was lost */
+
 /* Receives one reply into rep (+ its binary frames). */
 static int recv_reply(lmq_proxy_t *p, int timeout_ms, lmq__reply_t *rep, lmq__frames_t *bin)
 {
-    zmq_pollitem_t item = {p->sock, 0, ZMQ_POLLIN, 0};
-    int n = zmq_poll(&item, 1, timeout_ms);
-    if (n < 0)
-        return set_error(p, zmq_errno() == ETERM ? LMQ_ECLOSED : LMQ_EIO, "poll: %s", zmq_strerror(zmq_errno()));
-    if (n == 0)
-        return LMQ_ETIMEOUT;
+    zmq_pollitem_t items[2] = {{p->sock, 0, ZMQ_POLLIN, 0}, {p->mon, 0, ZMQ_POLLIN, 0}};
+    int64_t end = lmq_clock_mono_ns() + (int64_t)timeout_ms * 1000000;
+    for (;;) {
+        int64_t left = (end - lmq_clock_mono_ns() + 999999) / 1000000;
+        int n = zmq_poll(items, p->mon ? 2 : 1, timeout_ms < 0 ? -1 : left > 0 ? (long)left : 0);
+        if (n < 0)
+            return set_error(p, zmq_errno() == ETERM ? LMQ_ECLOSED : LMQ_EIO, "poll: %s", zmq_strerror(zmq_errno()));
+        if (n == 0)
+            return LMQ_ETIMEOUT;
+        if (items[0].revents & ZMQ_POLLIN)
+            break; /* a reply that made it wins over the loss that followed it */
+        if (monitor_lost(p))
+            return LOST;
+    }
     zmq_msg_t hdr;
     zmq_msg_init(&hdr);
     zmq_msg_recv(&hdr, p->sock, 0);
@@ -208,15 +374,15 @@ static int elapsed_ms(int64_t since) { return (int)((lmq_clock_mono_ns() - since
 
 /* One synchronous round trip. On success, exactly one of result/json is
  * filled (when not NULL). */
-static int roundtrip(lmq_proxy_t *p, lmq__op_t op, const char *name, const lmq_value_t *args, size_t nargs,
-                     const lmq_value_t *value, lmq_value_t *result, char **json)
+static int roundtrip_keys(lmq_proxy_t *p, lmq__op_t op, const char *name, const lmq_value_t *args, size_t nargs,
+                          const lmq_value_t *value, json_t *keys, lmq_value_t *result, char **json)
 {
     if (!p)
         return LMQ_EARG;
     p->err[0] = 0;
     int64_t start = lmq_clock_mono_ns();
     uint64_t id;
-    int rc = send_request(p, op, name, args, nargs, value, &id);
+    int rc = send_request_keys(p, op, name, args, nargs, value, keys, true, &id);
     if (rc != 0)
         return rc;
     for (;;) {
@@ -225,13 +391,29 @@ static int roundtrip(lmq_proxy_t *p, lmq__op_t op, const char *name, const lmq_v
         lmq__frames_t bin;
         lmq__frames_init(&bin);
         rc = recv_reply(p, left > 0 ? left : 0, &rep, &bin);
+        bool effect = op == LMQ__OP_CALL || op == LMQ__OP_SET || op == LMQ__OP_LOCK || op == LMQ__OP_UNLOCK;
         if (rc == LMQ_ETIMEOUT) {
             /* The request may still be queued at a hung device or lost with a
              * dead daemon; a new socket guarantees its late reply is never
              * read as the answer to a later call. */
             open_socket(p);
-            return set_error(p, LMQ_ETIMEOUT, "%s%s%s %s: no reply within %d ms", p->device ? p->device : "",
-                             p->device ? ": " : "", lmq__op_name(op), name ? name : "", p->timeout_ms);
+            return set_error(p, LMQ_ETIMEOUT, "%s%s%s %s: no reply within %d ms%s", p->device ? p->device : "",
+                             p->device ? ": " : "", lmq__op_name(op), name ? name : "", p->timeout_ms,
+                             effect ? " (it may or may not have run)" : "");
+        }
+        if (rc == LOST) {
+            /* Whether the daemon read the request is unknowable: say so, and
+             * never guess (protocol 2.5). */
+            open_socket(p);
+            if (effect)
+                return set_error(p, LMQ_EOUTCOME,
+                                 "%s%s%s %s: daemon not responding (connection to %s lost: stopped, gone, or no "
+                                 "heartbeat for %d ms); the outcome is unknown: it may or may not have run",
+                                 p->device ? p->device : "", p->device ? ": " : "", lmq__op_name(op), name ? name : "",
+                                 p->endpoint, LMQ__HEARTBEAT_TIMEOUT_MS);
+            return set_error(p, LMQ_EUNREACH,
+                             "daemon not responding (connection to %s lost: stopped, gone, or no heartbeat for %d ms)",
+                             p->endpoint, LMQ__HEARTBEAT_TIMEOUT_MS);
         }
         if (rc != 0) {
             lmq__reply_clear(&rep);
@@ -252,6 +434,76 @@ static int roundtrip(lmq_proxy_t *p, lmq__op_t op, const char *name, const lmq_v
         lmq__frames_close(&bin);
         return rc;
     }
+}
+
+static int roundtrip(lmq_proxy_t *p, lmq__op_t op, const char *name, const lmq_value_t *args, size_t nargs,
+                     const lmq_value_t *value, lmq_value_t *result, char **json)
+{
+    return roundtrip_keys(p, op, name, args, nargs, value, NULL, result, json);
+}
+
+int lmq_proxy_set_client(lmq_proxy_t *p, const char *name)
+{
+    if (!p || !name || !*name || strlen(name) > LMQ__MAX_CLIENT)
+        return p ? set_error(p, LMQ_EARG, "a client name is 1 to %d bytes", LMQ__MAX_CLIENT) : LMQ_EARG;
+    char *quoted = lmq__json_quote(name); /* NULL: not UTF-8 */
+    char *copy = quoted ? strdup(name) : NULL;
+    if (!copy) {
+        free(quoted);
+        return set_error(p, LMQ_EARG, "a client name must be UTF-8");
+    }
+    free(p->client);
+    free(p->client_json);
+    p->client = copy;
+    p->client_json = quoted;
+    return 0;
+}
+
+const char *lmq_proxy_client(const lmq_proxy_t *p) { return p ? p->client : NULL; }
+
+/* lock/unlock: the devices named, or the proxy's own. */
+static int lock_op(lmq_proxy_t *p, lmq__op_t op, const char *const *devices, size_t n, int lease_ms, char **json)
+{
+    if (!p)
+        return LMQ_EARG;
+    if ((n && !devices) || n > LMQ__MAX_LOCK_DEVICES)
+        return set_error(p, LMQ_EARG, "devices: NULL, or more than %d", LMQ__MAX_LOCK_DEVICES);
+    if (op == LMQ__OP_LOCK && lease_ms != 0 && (lease_ms < LMQ__LEASE_MIN_MS || lease_ms > LMQ__LEASE_MAX_MS))
+        return set_error(p, LMQ_EARG, "a lease is %d to %d ms, not %d", LMQ__LEASE_MIN_MS, LMQ__LEASE_MAX_MS,
+                         lease_ms);
+    if (n == 0 && !p->device && op == LMQ__OP_LOCK)
+        return set_error(p, LMQ_EARG, "no devices to lock, and this proxy names none");
+    json_t *keys = json_object(), *list = json_array();
+    int rc = keys && list ? 0 : LMQ_EMEM;
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        if (!devices[i] || json_array_append_new(list, json_string(devices[i])) != 0)
+            rc = set_error(p, LMQ_EARG, "device %zu: NULL or not UTF-8", i + 1);
+    if (rc == 0 && n == 0 && p->device && op == LMQ__OP_LOCK)
+        json_array_append_new(list, json_string(p->device));
+    if (rc == 0 && json_array_size(list))
+        json_object_set(keys, "devices", list);
+    if (rc == 0 && lease_ms)
+        json_object_set_new(keys, "lease_ms", json_integer(lease_ms));
+    char *text = NULL;
+    if (rc == 0)
+        rc = roundtrip_keys(p, op, NULL, NULL, 0, NULL, keys, NULL, &text);
+    if (json)
+        *json = text;
+    else
+        free(text);
+    json_decref(keys);
+    json_decref(list);
+    return rc == LMQ_EMEM && !p->err[0] ? set_error(p, rc, "out of memory") : rc;
+}
+
+int lmq_proxy_lock(lmq_proxy_t *p, const char *const *devices, size_t ndevices, int lease_ms)
+{
+    return lock_op(p, LMQ__OP_LOCK, devices, ndevices, lease_ms, NULL);
+}
+
+int lmq_proxy_unlock(lmq_proxy_t *p, const char *const *devices, size_t ndevices)
+{
+    return lock_op(p, LMQ__OP_UNLOCK, devices, ndevices, 0, NULL);
 }
 
 int lmq_proxy_call(lmq_proxy_t *p, const char *method, const lmq_value_t *args, size_t nargs, lmq_value_t *result)
@@ -353,14 +605,14 @@ int lmq_proxy_send_get(lmq_proxy_t *p, const char *property, uint64_t *id)
 {
     if (!p || !property || !id)
         return LMQ_EARG;
-    return send_request(p, LMQ__OP_GET, property, NULL, 0, NULL, id);
+    return send_pipelined(p, LMQ__OP_GET, property, NULL, 0, id);
 }
 
 int lmq_proxy_send_call(lmq_proxy_t *p, const char *method, const lmq_value_t *args, size_t nargs, uint64_t *id)
 {
     if (!p || !method || !id || (nargs && !args))
         return LMQ_EARG;
-    return send_request(p, LMQ__OP_CALL, method, args, nargs, NULL, id);
+    return send_pipelined(p, LMQ__OP_CALL, method, args, nargs, id);
 }
 
 int lmq_proxy_recv(lmq_proxy_t *p, uint64_t *id, lmq_value_t *result)
@@ -373,6 +625,11 @@ int lmq_proxy_recv(lmq_proxy_t *p, uint64_t *id, lmq_value_t *result)
     int rc = recv_reply(p, p->timeout_ms, &rep, &bin);
     if (rc == LMQ_ETIMEOUT)
         return set_error(p, rc, "no reply within %d ms", p->timeout_ms);
+    if (rc == LOST)
+        return set_error(p, LMQ_EOUTCOME,
+                         "daemon not responding (connection to %s lost: stopped, gone, or no heartbeat for %d ms): "
+                         "the requests in flight may or may not have run",
+                         p->endpoint, LMQ__HEARTBEAT_TIMEOUT_MS);
     if (rc != 0) {
         lmq__reply_clear(&rep);
         lmq__frames_close(&bin);

@@ -23,6 +23,8 @@ static const struct {
     {LMQ_EREADONLY, "READONLY", "read-only"},
     {LMQ_EPERM, "PERMISSION", "permission denied"},
     {LMQ_ESYS, "SYSTEM", "system resource unavailable"},
+    {LMQ_ELOCKED, "LOCKED", "locked by another client"},
+    {LMQ_EOUTCOME, "OUTCOME_UNKNOWN", "outcome unknown: the reply was lost"},
 };
 
 #define NTABLE (sizeof table / sizeof table[0])

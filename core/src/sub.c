@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "labmq/labmq.h"
+#include "auth_internal.h"
 #include "proto.h"
 #include "value_internal.h"
 
@@ -158,7 +159,8 @@ static int64_t flow_service(lmq_sub_t *s)
 lmq_sub_t *lmq_sub_new_opts(void *zctx, const char *control_endpoint, const char *topic, const lmq_sub_opts_t *opts)
 {
     if (!zctx || !control_endpoint || !topic || !*topic || !opts ||
-        (opts->mode != LMQ_SUB_LOSSLESS && opts->mode != LMQ_SUB_LOSSY) || opts->window > LMQ_SUB_MAX_WINDOW)
+        (opts->mode != LMQ_SUB_LOSSLESS && opts->mode != LMQ_SUB_LOSSY) || opts->window > LMQ_SUB_MAX_WINDOW ||
+        (opts->keys && !lmq__client_keys_ok(opts->keys)))
         return NULL;
     lmq_sub_t *s = calloc(1, sizeof *s);
     if (!s)
@@ -180,7 +182,7 @@ lmq_sub_t *lmq_sub_new_opts(void *zctx, const char *control_endpoint, const char
     zmq_setsockopt(s->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
     /* Unique within the context: a subscription freed just before at this
      * address may still hold its name until ZeroMQ has reaped its socket. */
-    if (zmq_connect(s->sock, control_endpoint) != 0)
+    if ((opts->keys && lmq__curve_client(s->sock, opts->keys) != 0) || zmq_connect(s->sock, control_endpoint) != 0)
         goto fail;
     send_subscribe(s);
     return s;
@@ -193,7 +195,12 @@ bool lmq_sub_active(const lmq_sub_t *s) { return s && (!s->flow || s->state == F
 
 lmq_sub_t *lmq_sub_new(void *zctx, const char *data_endpoint, const char *topic)
 {
-    if (!zctx || !data_endpoint || !topic || !*topic)
+    return lmq_sub_new_keys(zctx, data_endpoint, topic, NULL);
+}
+
+lmq_sub_t *lmq_sub_new_keys(void *zctx, const char *data_endpoint, const char *topic, const lmq_client_keys_t *keys)
+{
+    if (!zctx || !data_endpoint || !topic || !*topic || (keys && !lmq__client_keys_ok(keys)))
         return NULL;
     lmq_sub_t *s = calloc(1, sizeof *s);
     if (!s)
@@ -206,8 +213,9 @@ lmq_sub_t *lmq_sub_new(void *zctx, const char *data_endpoint, const char *topic)
         goto fail;
     zmq_setsockopt(s->sock, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(s->sock, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    lmq__heartbeat_set(s->sock); /* a stopped daemon drops the connection: ZeroMQ reconnects */
     zmq_setsockopt(s->sock, ZMQ_SUBSCRIBE, topic, s->topic_len);
-    if (zmq_connect(s->sock, data_endpoint) != 0)
+    if ((keys && lmq__curve_client(s->sock, keys) != 0) || zmq_connect(s->sock, data_endpoint) != 0)
         goto fail;
     return s;
 fail:
@@ -280,45 +288,20 @@ static int bad(lmq_sub_t *s, const char *fmt, ...)
     return LMQ_EPROTO;
 }
 
-static bool get_u53(json_t *o, const char *key, uint64_t *out)
-{
-    json_t *j = json_object_get(o, key);
-    if (!json_is_integer(j) || json_integer_value(j) < 0)
-        return false;
-    *out = (uint64_t)json_integer_value(j);
-    return true;
-}
-
 static int parse_header(lmq_sub_t *s, const zmq_msg_t *hdr, lmq_frame_t *f)
 {
-    json_error_t jerr;
-    json_t *j = json_loadb(zmq_msg_data((zmq_msg_t *)hdr), zmq_msg_size((zmq_msg_t *)hdr), 0, &jerr);
-    if (!j)
-        return bad(s, "block header is not JSON: %s", jerr.text);
-    int rc = 0;
-    uint64_t t;
-    json_t *shape = json_object_get(j, "shape");
-    const char *units = json_string_value(json_object_get(j, "units"));
-    if (!get_u53(j, "seq", &f->seq) || !get_u53(j, "epoch", &f->epoch) || !get_u53(j, "t_ns", &t))
-        rc = bad(s, "block header lacks seq, epoch or t_ns");
-    else if ((f->dtype = lmq_dtype_parse(json_string_value(json_object_get(j, "dtype")))) == LMQ_DT_INVALID)
-        rc = bad(s, "block header has no valid dtype");
-    else if (!json_is_array(shape) || json_array_size(shape) > LMQ_MAX_DIMS)
-        rc = bad(s, "block header has no valid shape");
-    else {
-        f->t_ns = (int64_t)t;
-        f->ndim = (unsigned)json_array_size(shape);
-        for (unsigned i = 0; i < f->ndim && rc == 0; i++) {
-            json_t *d = json_array_get(shape, i);
-            if (!json_is_integer(d) || json_integer_value(d) < 0)
-                rc = bad(s, "block header has no valid shape");
-            else
-                f->shape[i] = (size_t)json_integer_value(d);
-        }
-        snprintf(f->units, sizeof f->units, "%s", units ? units : "");
-    }
-    json_decref(j);
-    return rc;
+    lmq__block_header_t h;
+    if (lmq__data_header_parse(zmq_msg_data((zmq_msg_t *)hdr), zmq_msg_size((zmq_msg_t *)hdr),
+                               zmq_msg_size(&f->payload), &h, s->err, sizeof s->err) != 0)
+        return LMQ_EPROTO;
+    f->seq = h.seq;
+    f->epoch = h.epoch;
+    f->t_ns = h.t_ns;
+    f->dtype = h.dtype;
+    f->ndim = h.ndim;
+    memcpy(f->shape, h.shape, sizeof f->shape);
+    memcpy(f->units, h.units, sizeof f->units);
+    return 0;
 }
 
 /* A reply on a flow subscription's socket (header already received). Returns
@@ -448,12 +431,8 @@ int lmq_sub_recv(lmq_sub_t *s, lmq_frame_t **frame, int timeout_ms)
         else if (f) {
             zmq_msg_init(&f->payload);
             zmq_msg_move(&f->payload, &rest[1]);
+            lmq__handoff_acquire(zmq_msg_data(&f->payload));
             rc = parse_header(s, &rest[0], f);
-            size_t need;
-            if (rc == 0 && (lmq__array_nbytes(f->dtype, f->ndim, f->shape, &need) != 0 ||
-                            need != zmq_msg_size(&f->payload)))
-                rc = bad(s, "block payload has %zu bytes; its header announces %zu", zmq_msg_size(&f->payload),
-                         need);
         }
         for (size_t i = 0; i < nrest && i < 2; i++)
             zmq_msg_close(&rest[i]);

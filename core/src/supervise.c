@@ -48,6 +48,15 @@ typedef struct worker {
     bool has_exited;
     int last_code, last_signal;
     char error[256];
+
+    /* declared or retired while the supervisor runs (lmq_supervisor_add,
+     * lmq__supervisor_remove); under mu */
+    bool fresh;  /* added while running: the thread starts it at its next pass */
+    bool retire; /* to be stopped and forgotten */
+    bool gone;   /* retired and reaped: the remover may drop the entry */
+    bool termed; /* SIGTERM sent to the retiring worker */
+    bool killed; /* SIGKILL sent to it */
+    int64_t kill_at;
 } worker_t;
 
 struct lmq_supervisor {
@@ -55,6 +64,7 @@ struct lmq_supervisor {
     worker_t *w;
     size_t n, cap;
     pthread_mutex_t mu;
+    pthread_cond_t gone; /* a retired worker has been reaped */
     int64_t grace_ns;
     char err[256];
 
@@ -97,6 +107,7 @@ lmq_supervisor_t *lmq_supervisor_new(lmq_log_t *log)
     s->grace_ns = 5000 * MS;
     s->wake[0] = s->wake[1] = -1;
     pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->gone, NULL);
     return s;
 }
 
@@ -105,6 +116,14 @@ static void strv_free(char **v)
     for (size_t i = 0; v && v[i]; i++)
         free(v[i]);
     free(v);
+}
+
+/* Tells the supervisor thread to look at its table again. */
+static void wake_thread(lmq_supervisor_t *s)
+{
+    char b = 1;
+    while (write(s->wake[1], &b, 1) < 0 && errno == EINTR)
+        ;
 }
 
 static char **strv_copy(char *const *v)
@@ -138,10 +157,6 @@ int lmq_supervisor_add(lmq_supervisor_t *s, const char *name, char *const argv[]
 {
     if (!s)
         return LMQ_EARG;
-    if (s->running) {
-        snprintf(s->err, sizeof s->err, "workers must be added before lmq_supervisor_start");
-        return LMQ_EARG;
-    }
     if (!lmq__worker_name_ok(name)) {
         snprintf(s->err, sizeof s->err, "invalid worker name '%.64s' (use " LMQ__WORKER_NAME_RULE ")",
                  name ? name : "(null)");
@@ -155,12 +170,16 @@ int lmq_supervisor_add(lmq_supervisor_t *s, const char *name, char *const argv[]
         snprintf(s->err, sizeof s->err, "worker '%s': unknown restart policy %d", name, (int)restart);
         return LMQ_EARG;
     }
+    bool dup = false;
+    pthread_mutex_lock(&s->mu);
     for (size_t i = 0; i < s->n; i++)
-        if (strcmp(s->w[i].name, name) == 0) {
-            snprintf(s->err, sizeof s->err, "worker '%s' is declared twice", name);
-            return LMQ_EARG;
-        }
-    worker_t nw = {.restart = restart, .pidfd = -1, .backoff_ns = BACKOFF_MIN_NS};
+        dup = dup || strcmp(s->w[i].name, name) == 0;
+    pthread_mutex_unlock(&s->mu);
+    if (dup) {
+        snprintf(s->err, sizeof s->err, "worker '%s' is declared twice", name);
+        return LMQ_EARG;
+    }
+    worker_t nw = {.restart = restart, .pidfd = -1, .backoff_ns = BACKOFF_MIN_NS, .fresh = s->running};
     snprintf(nw.name, sizeof nw.name, "%s", name);
     nw.argv = strv_copy(argv);
     nw.envp = strv_copy(envp);
@@ -181,6 +200,8 @@ int lmq_supervisor_add(lmq_supervisor_t *s, const char *name, char *const argv[]
     }
     s->w[s->n++] = nw;
     pthread_mutex_unlock(&s->mu);
+    if (s->running)
+        wake_thread(s);
     return 0;
 oom:
     strv_free(nw.argv);
@@ -191,8 +212,12 @@ oom:
 
 void lmq_supervisor_set_stop_grace(lmq_supervisor_t *s, int ms)
 {
-    if (s)
-        s->grace_ns = (int64_t)(ms < 0 ? 0 : ms) * MS;
+    if (!s)
+        return;
+    /* The thread reads it under mu (a reload changes it while running). */
+    pthread_mutex_lock(&s->mu);
+    s->grace_ns = (int64_t)(ms < 0 ? 0 : ms) * MS;
+    pthread_mutex_unlock(&s->mu);
 }
 
 /* ---- the supervisor thread ---- */
@@ -331,21 +356,96 @@ static void check_worker(lmq_supervisor_t *s, worker_t *w, int64_t now, bool sto
     worker_ended(s, w, status, now, stopping);
 }
 
+int lmq__supervisor_remove(lmq_supervisor_t *s, const char *name)
+{
+    if (!s || !name)
+        return LMQ_EARG;
+    pthread_mutex_lock(&s->mu);
+    size_t i = 0;
+    while (i < s->n && strcmp(s->w[i].name, name) != 0)
+        i++;
+    if (i == s->n) {
+        pthread_mutex_unlock(&s->mu);
+        snprintf(s->err, sizeof s->err, "no worker '%s'", name);
+        return LMQ_ENOTFOUND;
+    }
+    if (s->running) {
+        s->w[i].retire = true;
+        wake_thread(s);
+        /* The supervisor thread only marks the entry gone; entries leave the
+         * table here, on the thread that declares workers, so i still
+         * indexes this worker after the wait. */
+        while (!s->w[i].gone)
+            pthread_cond_wait(&s->gone, &s->mu);
+    }
+    strv_free(s->w[i].argv);
+    strv_free(s->w[i].envp);
+    memmove(&s->w[i], &s->w[i + 1], (s->n - i - 1) * sizeof *s->w);
+    s->n--;
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}
+
+/* Under mu: a worker being retired gets SIGTERM, then SIGKILL after the
+ * grace period; once reaped it is marked gone for lmq__supervisor_remove. */
+static void retire_worker(lmq_supervisor_t *s, worker_t *w, int64_t now)
+{
+    if (w->pid && !w->termed) {
+        w->termed = true;
+        w->kill_at = now + s->grace_ns;
+        lmq_log(s->log, LMQ_LOG_INFO, "supervisor", "stopping worker %s (pid %d): it is being removed", w->name,
+                (int)w->pid);
+        signal_worker(w, SIGTERM);
+    } else if (w->pid && !w->killed && now >= w->kill_at) {
+        w->killed = true;
+        lmq_log(s->log, LMQ_LOG_WARN, "supervisor", "worker %s (pid %d) still running %.1f s after SIGTERM: killing it",
+                w->name, (int)w->pid, (double)s->grace_ns / 1e9);
+        signal_worker(w, SIGKILL);
+    }
+    if (w->pid)
+        check_worker(s, w, now, true);
+    if (!w->pid) {
+        if (w->state == LMQ_WORKER_BACKOFF)
+            w->state = LMQ_WORKER_STOPPED;
+        w->gone = true;
+        pthread_cond_broadcast(&s->gone);
+    }
+}
+
 static void *supervisor_main(void *arg)
 {
     lmq_supervisor_t *s = arg;
     pthread_mutex_lock(&s->mu);
     int64_t now = lmq_clock_mono_ns();
-    for (size_t i = 0; i < s->n; i++)
+    for (size_t i = 0; i < s->n; i++) {
+        s->w[i].fresh = false;
         spawn_worker(s, &s->w[i], now);
+    }
     pthread_mutex_unlock(&s->mu);
 
     bool stopping = false, killed = false;
     int64_t kill_at = 0;
-    struct pollfd *pfd = calloc(s->n + 1, sizeof *pfd);
+    size_t pfd_cap = s->n + 1;
+    struct pollfd *pfd = calloc(pfd_cap, sizeof *pfd);
     for (;;) {
         pthread_mutex_lock(&s->mu);
         now = lmq_clock_mono_ns();
+        if (pfd && s->n + 1 > pfd_cap) { /* workers added while running */
+            struct pollfd *grown = realloc(pfd, (s->n + 1) * sizeof *pfd);
+            if (grown) {
+                pfd = grown;
+                pfd_cap = s->n + 1;
+            }
+        }
+        for (size_t i = 0; i < s->n; i++) {
+            worker_t *w = &s->w[i];
+            if (w->retire && !w->gone)
+                retire_worker(s, w, now);
+            else if (w->fresh && !stopping) {
+                w->fresh = false;
+                spawn_worker(s, w, now);
+            }
+        }
         if (!stopping && atomic_load(&s->stop_requested)) {
             stopping = true;
             kill_at = now + s->grace_ns;
@@ -360,7 +460,7 @@ static void *supervisor_main(void *arg)
             }
         }
         for (size_t i = 0; i < s->n; i++)
-            if (s->w[i].pid)
+            if (s->w[i].pid && !s->w[i].retire)
                 check_worker(s, &s->w[i], now, stopping);
         if (stopping && !killed && now >= kill_at) {
             killed = true;
@@ -381,13 +481,15 @@ static void *supervisor_main(void *arg)
             pfd[nfd++] = (struct pollfd){.fd = s->wake[0], .events = POLLIN};
         for (size_t i = 0; i < s->n; i++) {
             worker_t *w = &s->w[i];
-            if (!stopping && w->state == LMQ_WORKER_BACKOFF && w->next_start_ns <= now)
+            if (!stopping && !w->retire && w->state == LMQ_WORKER_BACKOFF && w->next_start_ns <= now)
                 spawn_worker(s, w, now);
-            if (!stopping && w->state == LMQ_WORKER_BACKOFF && (next < 0 || w->next_start_ns < next))
+            if (!stopping && !w->retire && w->state == LMQ_WORKER_BACKOFF && (next < 0 || w->next_start_ns < next))
                 next = w->next_start_ns;
+            if (w->retire && w->pid && !w->killed && (next < 0 || w->kill_at < next))
+                next = w->kill_at;
             if (w->pid) {
                 running++;
-                if (w->pidfd >= 0 && pfd)
+                if (w->pidfd >= 0 && pfd && nfd < pfd_cap)
                     pfd[nfd++] = (struct pollfd){.fd = w->pidfd, .events = POLLIN};
                 else
                     blind = true;
@@ -401,9 +503,13 @@ static void *supervisor_main(void *arg)
         int timeout = next < 0 ? -1 : (int)((next - now + MS - 1) / MS);
         if (blind || !pfd)
             timeout = timeout < 0 || timeout > POLL_FALLBACK_MS ? POLL_FALLBACK_MS : timeout;
-        if (pfd)
+        if (pfd) {
             poll(pfd, nfd, timeout);
-        else
+            char drain[64];
+            if (!stopping && (pfd[0].revents & POLLIN))
+                while (read(s->wake[0], drain, sizeof drain) > 0)
+                    ;
+        } else
             usleep((useconds_t)timeout * 1000);
     }
     free(pfd);
@@ -465,6 +571,7 @@ void lmq_supervisor_destroy(lmq_supervisor_t **ps)
         strv_free(s->w[i].envp);
     }
     free(s->w);
+    pthread_cond_destroy(&s->gone);
     pthread_mutex_destroy(&s->mu);
     free(s);
     *ps = NULL;

@@ -14,4 +14,11 @@ json_t *lmq__supervisor_snapshot(lmq_supervisor_t *s);
 #define LMQ__WORKER_NAME_RULE "1..63 letters, digits, _ - ."
 bool lmq__worker_name_ok(const char *name);
 
+/* Forgets a worker: while the supervisor runs, stops it first (SIGTERM to
+ * its process group, SIGKILL after the grace period) and waits until it is
+ * reaped, so a worker of the same name can be added right after (a reload's
+ * changed worker). Call it from the thread that adds workers. 0 or
+ * LMQ_ENOTFOUND. */
+int lmq__supervisor_remove(lmq_supervisor_t *s, const char *name);
+
 #endif

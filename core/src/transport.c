@@ -221,6 +221,29 @@ int lmq__transport_check_fd(lmq_transport_t *t, int fd)
 }
 const char *lmq_transport_last_error(const lmq_transport_t *t) { return t ? t->err : ""; }
 
+void lmq__transport_set_cap(lmq_transport_t *t, const int64_t *cap_ns)
+{
+    if (t)
+        t->cap_ns = cap_ns;
+}
+
+/* The deadline of one wait: the caller's, or the request's when sooner. */
+static int64_t capped(const lmq_transport_t *t, int64_t deadline_ns, bool *by_cap)
+{
+    int64_t cap = t->cap_ns ? *t->cap_ns : 0;
+    *by_cap = cap != 0 && cap != t->cap_fired && cap < deadline_ns;
+    return *by_cap ? cap : deadline_ns;
+}
+
+/* A wait that the request's deadline ended says so. */
+static int cap_result(lmq_transport_t *t, int rc, bool by_cap, const char *what)
+{
+    if (rc != LMQ_ETIMEOUT || !by_cap)
+        return rc;
+    t->cap_fired = *t->cap_ns;
+    return lmq__transport_fail(t, LMQ_ETIMEOUT, "the request's deadline passed while waiting to %s", what);
+}
+
 /* What every operation checks before touching the handle. */
 static int ready(lmq_transport_t *t)
 {
@@ -242,7 +265,9 @@ int lmq_transport_write(lmq_transport_t *t, const void *data, size_t len, int64_
     lmq_log_hex(t->log, t->source, "tx", data, len);
     if (len == 0)
         return 0;
-    return t->ops->write(t, data, len, deadline_ns);
+    bool by_cap;
+    int64_t dl = capped(t, deadline_ns, &by_cap);
+    return cap_result(t, t->ops->write(t, data, len, dl), by_cap, "write");
 }
 
 /* Raw read from the kind, traced. */
@@ -250,7 +275,9 @@ static int raw_read(lmq_transport_t *t, void *buf, size_t size, size_t *got, boo
 {
     *got = 0;
     *eom = false;
-    int rc = t->ops->read(t, buf, size, got, eom, deadline_ns);
+    bool by_cap;
+    int64_t dl = capped(t, deadline_ns, &by_cap);
+    int rc = cap_result(t, t->ops->read(t, buf, size, got, eom, dl), by_cap, "read");
     if (rc == 0)
         lmq_log_hex(t->log, t->source, "rx", buf, *got);
     return rc;
@@ -441,7 +468,9 @@ int lmq_transport_status_byte(lmq_transport_t *t, uint8_t *stb, int64_t deadline
     int rc = ready(t);
     if (rc < 0)
         return rc;
-    return t->ops->status_byte(t, stb, deadline_ns);
+    bool by_cap;
+    int64_t dl = capped(t, deadline_ns, &by_cap);
+    return cap_result(t, t->ops->status_byte(t, stb, dl), by_cap, "read the status byte");
 }
 
 int lmq_transport_scan(lmq_port_fn fn, void *user, char *err, size_t errlen)

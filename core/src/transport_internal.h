@@ -51,7 +51,17 @@ struct lmq_transport {
     size_t rpos, rlen;
     bool reom; /* the buffered bytes end a USBTMC message */
     void *impl;
+    /* The running request's deadline (mono ns, 0: none), owned by the device
+     * that opened the transport: it caps every write and read wait. Once a
+     * wait ended at it, the rest of that request (a driver's resync after
+     * the timeout) runs on the driver's own timeouts, so the link stays in
+     * step: cap_fired holds the deadline that fired. */
+    const int64_t *cap_ns;
+    int64_t cap_fired;
 };
+
+/* Caps this transport's waits by *cap_ns while it is not 0 (see above). */
+void lmq__transport_set_cap(lmq_transport_t *t, const int64_t *cap_ns);
 
 /* Records why the current operation failed; returns status. LMQ_EIO also
  * marks the transport broken. */

@@ -618,6 +618,35 @@ oom:
     return lmq_dev_fail(dev, LMQ_EMEM, "out of memory");
 }
 
+/* A lock on the device expired: the description's safe_state commands, in
+ * order, each checked against the error queue when the description has one.
+ * All are tried even when one fails: half safe beats not at all. */
+static int scpi_safe_state(lmq_dev_t *dev, void *state)
+{
+    scpi_state_t *st = state;
+    const lmq__scpi_desc_t *d = st->desc;
+    if (!d->n_safe_state)
+        return 1; /* nothing declared: the daemon reports "none" */
+    static const lmq__scpi_cmd_t safe_cmd = {.name = "safe_state"};
+    int first = 0;
+    size_t nfailed = 0, first_i = 0;
+    for (size_t i = 0; i < d->n_safe_state; i++) {
+        int rc = send_line(dev, st, &safe_cmd, d->safe_state[i], deadline_of(st, NULL));
+        if (rc == 0 && d->error_query)
+            rc = check_errors(dev, st, &safe_cmd, d->safe_state[i]);
+        if (rc && !nfailed++) {
+            first = rc;
+            first_i = i;
+        }
+        if (rc == LMQ_EIO) /* the link is gone: the rest cannot go either */
+            break;
+    }
+    if (!nfailed)
+        return 0;
+    return lmq_dev_fail(dev, first, "safe_state: %zu of %zu commands failed, the first '%s' (%s)", nfailed,
+                        d->n_safe_state, d->safe_state[first_i], lmq_strerror(first));
+}
+
 const lmq_driver_t lmq__scpi_driver = {
     .name = "scpi",
     .description = "text instruments (SCPI and alike) declared in a YAML description: no C needed",
@@ -626,4 +655,5 @@ const lmq_driver_t lmq__scpi_driver = {
     .close = scpi_close,
     .check = scpi_check,
     .configure = scpi_configure,
+    .safe_state = scpi_safe_state,
 };

@@ -1224,6 +1224,9 @@ void lmq__scpi_desc_free(lmq__scpi_desc_t **pd)
     for (size_t i = 0; i < d->n_init; i++)
         free(d->init[i]);
     free(d->init);
+    for (size_t i = 0; i < d->n_safe_state; i++)
+        free(d->safe_state[i]);
+    free(d->safe_state);
     free(d->clear_command);
     free(d->error_query);
     for (size_t i = 0; i < d->n_no_error; i++)
@@ -1263,7 +1266,7 @@ static int load_root(loader_t *L, lmq__scpi_desc_t *d)
 {
     static const char *const keys[] = {"instrument",  "terminators", "idn",         "init",       "clear_command",
                                        "error_query", "no_error",    "error_check", "timeout_ms", "clear_quiet_ms",
-                                       "properties",  "methods",     NULL};
+                                       "properties",  "methods",     "safe_state",  NULL};
     yaml_node_t *root = yaml_document_get_root_node(&L->doc);
     if (!root)
         return lfail(L, NULL, NULL, "empty description");
@@ -1273,6 +1276,7 @@ static int load_root(loader_t *L, lmq__scpi_desc_t *d)
         return -1;
     if (get_str(L, root, NULL, "instrument", false, &d->instrument) || load_terms(L, root, d) ||
         get_str(L, root, NULL, "idn", false, &d->idn) || get_strlist(L, root, "init", "init", &d->init, &d->n_init) ||
+        get_strlist(L, root, "safe_state", "safe_state", &d->safe_state, &d->n_safe_state) ||
         get_str(L, root, NULL, "clear_command", false, &d->clear_command) ||
         get_str(L, root, NULL, "error_query", false, &d->error_query) ||
         get_strlist(L, root, "no_error", "no_error", &d->no_error, &d->n_no_error) ||
@@ -1286,6 +1290,10 @@ static int load_root(loader_t *L, lmq__scpi_desc_t *d)
     for (size_t i = 0; i < d->n_init; i++)
         if (!*d->init[i] || has_control(d->init[i]))
             return lfail(L, find(L, root, "init"), "init", "command %zu is empty or holds a control character", i + 1);
+    for (size_t i = 0; i < d->n_safe_state; i++)
+        if (!*d->safe_state[i] || has_control(d->safe_state[i]))
+            return lfail(L, find(L, root, "safe_state"), "safe_state",
+                         "command %zu is empty or holds a control character", i + 1);
     const char *single[] = {d->clear_command, d->error_query};
     const char *single_names[] = {"clear_command", "error_query"};
     for (size_t i = 0; i < 2; i++)

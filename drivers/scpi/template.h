@@ -108,6 +108,8 @@ typedef struct lmq__scpi_desc {
     char *idn;                    /* substring the *IDN? reply must contain; NULL = no check */
     char **init;                  /* commands sent at open */
     size_t n_init;
+    char **safe_state;            /* commands that make the instrument safe (a lock expired) */
+    size_t n_safe_state;
     char *clear_command; /* sent after a timeout, once the input is drained; NULL = none */
     char *error_query;   /* "SYST:ERR?"; NULL = no error checks */
     char **no_error;     /* reply prefixes meaning "no error" ("0", "+0") */

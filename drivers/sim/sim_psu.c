@@ -457,6 +457,21 @@ static int psu_before(lmq_dev_t *dev, void *state, const char *name)
     return lmq__fault_before(dev, state, name);
 }
 
+/* A lock on the supply expired (its holder crashed or stopped renewing it):
+ * the output goes off at once, announced to subscribers like a change the
+ * instrument made, and the transcript records it. */
+static int psu_safe_state(lmq_dev_t *dev, void *state)
+{
+    psu_t *p = state;
+    if (p->transcript_fd >= 0)
+        transcript_write(dev, p, "safe_state");
+    p->output = false;
+    operate(dev, p, lmq_dev_sim_ns(dev), NULL, NULL);
+    lmq_value_t off = lmq_bool(false);
+    lmq_dev_notify(dev, "output", &off);
+    return 0;
+}
+
 /* ---- open / close ---- */
 
 static void psu_close(lmq_dev_t *dev, void *state)
@@ -686,4 +701,5 @@ const lmq_driver_t lmq__sim_psu = {
     .methods = psu_methods,
     .properties = psu_properties,
     .streams = psu_streams,
+    .safe_state = psu_safe_state,
 };

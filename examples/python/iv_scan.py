@@ -11,6 +11,10 @@ daemon:
     labmqd --config examples/sim-lab.yaml &
     /usr/bin/python3 examples/python/iv_scan.py
 
+A daemon with keys (docs/security.md) needs this client's key pair and the
+daemon's public key: --key alice.key --server-key labpc.key.pub (files made by
+`labmq keygen`; the same options as the labmq CLI).
+
 Exit status 0 only if the sweep worked and no stream block was lost.
 """
 
@@ -22,6 +26,7 @@ import time
 
 import numpy as np
 import zmq
+import zmq.auth
 
 PROTOCOL = 1
 
@@ -77,9 +82,10 @@ class Client:
     (requests to different devices run in parallel), so each request gets an
     id and replies are matched by it."""
 
-    def __init__(self, ctx, endpoint, timeout_ms=2000):
+    def __init__(self, ctx, endpoint, timeout_ms=2000, curve=None):
         self.ctx = ctx
         self.endpoint = endpoint
+        self.curve = curve  # {socket option: key} for a daemon with keys
         self.timeout_ms = timeout_ms
         self.next_id = 1
         self.sock = None
@@ -94,6 +100,8 @@ class Client:
         # one that starts later.
         sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.setsockopt(zmq.SNDTIMEO, self.timeout_ms)
+        for opt, key in (self.curve or {}).items():
+            sock.setsockopt(opt, key)
         sock.connect(self.endpoint)
         self.sock = sock
 
@@ -169,10 +177,12 @@ class Subscription:
     restart bookkeeping of protocol 3: a seq gap within an epoch is lost
     blocks, a new epoch is a restart."""
 
-    def __init__(self, ctx, endpoint, topic):
+    def __init__(self, ctx, endpoint, topic, curve=None):
         self.topic = topic.encode()
         self.sock = ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.LINGER, 0)
+        for opt, key in (curve or {}).items():
+            self.sock.setsockopt(opt, key)
         self.sock.connect(endpoint)
         self.sock.setsockopt(zmq.SUBSCRIBE, self.topic)
         self.epoch = None
@@ -244,8 +254,8 @@ def sweep(psu, daq, args):
     return True
 
 
-def watch_stream(ctx, data_ep, topic, seconds):
-    sub = Subscription(ctx, data_ep, topic)
+def watch_stream(ctx, data_ep, topic, seconds, curve=None):
+    sub = Subscription(ctx, data_ep, topic, curve)
     try:
         # Start the window at the first block: the subscription takes a
         # moment to reach the daemon.
@@ -275,6 +285,24 @@ def watch_stream(ctx, data_ep, topic, seconds):
         sub.close()
 
 
+def load_curve(key_file, server_key):
+    """The CURVE socket options for --key and --server-key (a .pub file or
+    the 40-character Z85 key). Key files are CZMQ certificates, as labmq
+    keygen writes them."""
+    if not key_file and not server_key:
+        return None
+    if not key_file or not server_key:
+        raise LabmqError("ARG", "--key and --server-key go together")
+    if os.stat(key_file).st_mode & 0o077:
+        raise LabmqError("PERMISSION", f"{key_file} holds a secret key that other users may read: chmod 600 {key_file}")
+    public, secret = zmq.auth.load_certificate(key_file)
+    if not secret:
+        raise LabmqError("CONFIG", f"{key_file} holds no secret key (give the key pair, not the .pub file)")
+    server = server_key.encode() if len(server_key) == 40 and not os.path.exists(server_key) \
+        else zmq.auth.load_certificate(server_key)[0]
+    return {zmq.CURVE_SERVERKEY: server, zmq.CURVE_PUBLICKEY: public, zmq.CURVE_SECRETKEY: secret}
+
+
 def main():
     ap = argparse.ArgumentParser(description="I-V sweep through a labmq daemon (pyzmq + json + numpy only).")
     ap.add_argument("endpoint_pos", nargs="?", metavar="ENDPOINT", help="control endpoint (same as --endpoint)")
@@ -286,11 +314,18 @@ def main():
     ap.add_argument("--steps", type=int, default=15)
     ap.add_argument("--ilimit", type=float, default=0.05)
     ap.add_argument("--seconds", type=float, default=1.0)
+    ap.add_argument("--key", metavar="FILE", help="this client's key pair, for a daemon with keys")
+    ap.add_argument("--server-key", metavar="KEY", help="the daemon's public key: its .pub file or Z85 text")
     args = ap.parse_args()
     endpoint = args.endpoint or args.endpoint_pos or default_endpoint("control")
+    try:
+        curve = load_curve(args.key, args.server_key)
+    except (LabmqError, OSError, ValueError) as e:
+        print(f"iv_scan.py: keys: {e}", file=sys.stderr)
+        return 2
 
     ctx = zmq.Context()
-    client = Client(ctx, endpoint)
+    client = Client(ctx, endpoint, curve=curve)
     psu = Device(client, args.psu)
     daq = Device(client, args.daq)
     ok = False
@@ -307,7 +342,7 @@ def main():
         psu.set("output", True)
         print(f"sweep: {args.psu} 0..{args.vmax:g} V in {args.steps} steps, limit {args.ilimit:g} A, "
               f"current via {args.daq}/ai0")
-        ok = sweep(psu, daq, args) and watch_stream(ctx, data_ep, f"{args.daq}/wave", args.seconds)
+        ok = sweep(psu, daq, args) and watch_stream(ctx, data_ep, f"{args.daq}/wave", args.seconds, curve)
     except LabmqError as e:
         if e.code == "UNREACHABLE":
             print(f"iv_scan.py: {e.message}\n            start one first, e.g.: "

@@ -84,9 +84,16 @@ def main():
     ap.add_argument("--steps", type=int, default=15)
     ap.add_argument("--ilimit", type=float, default=0.05)
     ap.add_argument("--seconds", type=float, default=1.0)
+    ap.add_argument("--key", metavar="FILE", help="this client's key pair, for a daemon with keys")
+    ap.add_argument("--server-key", metavar="KEY", help="the daemon's public key: its .pub file or Z85 text")
     args = ap.parse_args()
 
-    lab = labmq.connect(args.endpoint or args.endpoint_pos, data=args.data)
+    try:
+        lab = labmq.connect(args.endpoint or args.endpoint_pos, data=args.data, key=args.key,
+                            server_key=args.server_key)
+    except labmq.Error as e:
+        print(f"iv_scan_pkg.py: keys: {e}", file=sys.stderr)
+        return 2
     psu, daq = lab.device(args.psu), lab.device(args.daq)
     ok = output_on = False
     range_before = None

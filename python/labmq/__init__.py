@@ -17,14 +17,16 @@ same API on asyncio. Errors are labmq.Error subclasses, one per status code.
 from ._version import __version__
 from ._wire import default_endpoint
 from .client import DEFAULT_TIMEOUT, Device, Lab, Method, Pending, connect
-from .errors import (ArgError, BusyError, ClosedError, ConfigError, DeviceError, Error, IOError, MemError,  # noqa: F401
-                     NotFoundError, PermissionError, ProtoError, RangeError, ReadOnlyError, SystemError,
-                     TimeoutError, UnreachableError)
+from .keys import Keys
+from .errors import (ArgError, BusyError, ClosedError, ConfigError, DeviceError, Error, IOError,  # noqa: F401
+                     LockedError, MemError, NotFoundError, OutcomeUnknownError, PermissionError, ProtoError,
+                     RangeError, ReadOnlyError, SystemError, TimeoutError, UnreachableError)
 from .stream import Block, Event, Events, FlowSubscription, Subscription
 
 # Not star-exported: the error classes whose names are also built-ins.
-__all__ = ["__version__", "connect", "default_endpoint", "Lab", "Device", "Method", "Pending", "Subscription",
+__all__ = ["__version__", "connect", "default_endpoint", "Lab", "Device", "Keys", "Method", "Pending", "Subscription",
            "FlowSubscription",
            "Block", "Events", "Event", "Error", "ArgError", "MemError", "DeviceError", "ClosedError", "ProtoError",
            "NotFoundError", "UnreachableError", "BusyError", "ConfigError", "RangeError", "ReadOnlyError",
+           "LockedError", "OutcomeUnknownError",
            "DEFAULT_TIMEOUT"]

@@ -26,6 +26,10 @@ import zmq
 from . import _process, _wire, errors
 
 
+_KEYS_HINT = ("; with keys: is this client's public key on the daemon's allow-list, and is the server key "
+              "the daemon's public key?")
+
+
 class _Slot:
     __slots__ = ("parts",)
 
@@ -34,12 +38,13 @@ class _Slot:
 
 
 class Channel:
-    def __init__(self, endpoint, timeout):
+    def __init__(self, endpoint, timeout, keys=None):
         if not isinstance(endpoint, str) or not endpoint:
             raise errors.ArgError(f"an endpoint is a non-empty string such as 'ipc:///path' or "
                                   f"'tcp://host:port', not {endpoint!r}")
         self.endpoint = endpoint
         self.timeout = check_timeout(timeout)
+        self.keys = keys  # labmq.Keys: every socket is a CURVE client
         self._pid = None
         self._lock = None
         self._sock = None
@@ -78,6 +83,8 @@ class Channel:
             sock.setsockopt(zmq.LINGER, 0)
             # Queue a request only on a live connection (protocol 2.5).
             sock.setsockopt(zmq.IMMEDIATE, 1)
+            if self.keys is not None:
+                self.keys.apply(sock)
             try:
                 sock.connect(self.endpoint)
             except zmq.ZMQError as e:
@@ -131,7 +138,8 @@ class Channel:
         except zmq.Again:
             # Never queued, so it cannot reach a daemon that starts later.
             raise errors.UnreachableError(
-                f"no labmqd answers at {self.endpoint} (no connection within {ms} ms)") from None
+                f"no labmqd answers at {self.endpoint} (no connection within {ms} ms"
+                f"{_KEYS_HINT if self.keys is not None else ''})") from None
         self._waiting[rid] = _Slot()
         return rid, self._gen
 

@@ -27,7 +27,8 @@ import zmq
 import zmq.asyncio
 
 from . import _process, _wire, errors
-from ._channel import check_timeout, describe_request, result_of
+from . import keys as _keys
+from ._channel import _KEYS_HINT, check_timeout, describe_request, result_of
 from .client import DEFAULT_TIMEOUT, describe_text, names_line
 from .stream import EVENTS_PREFIX, EventTracker, Tracker, check_topic, parse_block, parse_event
 
@@ -49,12 +50,13 @@ class _Channel:
     """Channel (labmq._channel) on asyncio: one reader task per socket hands
     each reply to the future of its id while any are awaited."""
 
-    def __init__(self, endpoint, timeout):
+    def __init__(self, endpoint, timeout, keys=None):
         if not isinstance(endpoint, str) or not endpoint:
             raise errors.ArgError(f"an endpoint is a non-empty string such as 'ipc:///path' or "
                                   f"'tcp://host:port', not {endpoint!r}")
         self.endpoint = endpoint
         self.timeout = check_timeout(timeout)
+        self.keys = keys
         self._owner = None  # (pid, loop) the socket belongs to
         self._sock = None
         self._sndtimeo = None
@@ -75,6 +77,8 @@ class _Channel:
             sock = _context().socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.IMMEDIATE, 1)
+            if self.keys is not None:
+                self.keys.apply(sock)
             try:
                 sock.connect(self.endpoint)
             except zmq.ZMQError as e:
@@ -127,7 +131,8 @@ class _Channel:
             await sock.send_multipart([data] + list(frames), copy=False)
         except zmq.Again:
             raise errors.UnreachableError(
-                f"no labmqd answers at {self.endpoint} (no connection within {ms} ms)") from None
+                f"no labmqd answers at {self.endpoint} (no connection within {ms} ms"
+                f"{_KEYS_HINT if self.keys is not None else ''})") from None
         fut = loop.create_future()
         waiting = self._waiting
         waiting[rid] = fut
@@ -150,14 +155,14 @@ class _Channel:
         self._replace_socket()
 
 
-def connect(endpoint=None, *, timeout=DEFAULT_TIMEOUT, data=None):
+def connect(endpoint=None, *, timeout=DEFAULT_TIMEOUT, data=None, key=None, server_key=None, keys=None):
     """labmq.connect on asyncio (no request is made here)."""
-    return Lab(endpoint, timeout=timeout, data=data)
+    return Lab(endpoint, timeout=timeout, data=data, keys=_keys.make(keys, key, server_key))
 
 
 class Lab:
-    def __init__(self, endpoint=None, *, timeout=DEFAULT_TIMEOUT, data=None):
-        self._channel = _Channel(endpoint or _wire.default_endpoint("control"), timeout)
+    def __init__(self, endpoint=None, *, timeout=DEFAULT_TIMEOUT, data=None, keys=None):
+        self._channel = _Channel(endpoint or _wire.default_endpoint("control"), timeout, _keys.make(keys))
         self._data = data
 
     endpoint = property(lambda self: self._channel.endpoint)
@@ -199,7 +204,7 @@ class Lab:
         return await self._channel.request({"op": "workers"})
 
     def device(self, name):
-        return Device(self.endpoint, name, self.timeout, _data=self._data)
+        return Device(self.endpoint, name, self.timeout, keys=self._channel.keys, _data=self._data)
 
     __getitem__ = device
 
@@ -211,11 +216,11 @@ class Lab:
     def subscribe(self, topic, *, timeout=None):
         """An async Subscription (the data endpoint is asked of the daemon on
         its first recv)."""
-        return Subscription(self.data_endpoint, topic, timeout=timeout)
+        return Subscription(self.data_endpoint, topic, timeout=timeout, keys=self._channel.keys)
 
     def events(self, device=None, *, timeout=None):
         """Change events of one device or of every device (async iterator)."""
-        return Events(self.data_endpoint, device, timeout=timeout)
+        return Events(self.data_endpoint, device, timeout=timeout, keys=self._channel.keys)
 
     def close(self):
         self._channel.close()
@@ -227,14 +232,14 @@ class Lab:
         self.close()
 
     def __reduce__(self):
-        return (_lab, (self.endpoint, self.timeout, self._data))
+        return (_lab, (self.endpoint, self.timeout, self._data, self._channel.keys))
 
     def __repr__(self):
         return f"labmq.aio.connect({self.endpoint!r})"
 
 
-def _lab(endpoint, timeout, data):
-    return Lab(endpoint, timeout=timeout, data=data)
+def _lab(endpoint, timeout, data, keys=None):
+    return Lab(endpoint, timeout=timeout, data=data, keys=keys)
 
 
 class Member:
@@ -260,14 +265,14 @@ class Member:
 class Device:
     """labmq.Device on asyncio."""
 
-    def __init__(self, uri, device=None, timeout=DEFAULT_TIMEOUT, *, _data=None):
+    def __init__(self, uri, device=None, timeout=DEFAULT_TIMEOUT, *, keys=None, _data=None):
         if device is None:
             endpoint, device = _wire.split_uri(uri)
         else:
             endpoint = uri
         if not isinstance(device, str) or not device:
             raise errors.ArgError(f"no device named in {uri!r}: a proxy URI is 'ENDPOINT#DEVICE'")
-        object.__setattr__(self, "_channel", _Channel(endpoint, timeout))
+        object.__setattr__(self, "_channel", _Channel(endpoint, timeout, _keys.make(keys)))
         object.__setattr__(self, "_name", device)
         object.__setattr__(self, "_table", None)
         object.__setattr__(self, "_data", _data)
@@ -314,10 +319,10 @@ class Device:
 
     def subscribe(self, stream, *, timeout=None):
         topic = stream if "/" in stream else f"{self._name}/{stream}"
-        return Subscription(self.data_endpoint, topic, timeout=timeout)
+        return Subscription(self.data_endpoint, topic, timeout=timeout, keys=self._channel.keys)
 
     def events(self, *, timeout=None):
-        return Events(self.data_endpoint, self._name, timeout=timeout)
+        return Events(self.data_endpoint, self._name, timeout=timeout, keys=self._channel.keys)
 
     def close(self):
         self._channel.close()
@@ -343,7 +348,7 @@ class Device:
         return sorted(names)
 
     def __reduce__(self):
-        return (Device, (self.uri, None, self.timeout))
+        return (_device, (self.uri, self.timeout, self._channel.keys))
 
     def __eq__(self, other):
         return isinstance(other, Device) and other.uri == self.uri
@@ -365,9 +370,10 @@ class _Receiver:
     """A SUB socket on a topic prefix, per process and event loop. The data
     endpoint is a string, or a coroutine function that finds it (ping)."""
 
-    def __init__(self, endpoint, prefix, timeout):
+    def __init__(self, endpoint, prefix, timeout, keys=None):
         self._endpoint = endpoint
         self.timeout = timeout
+        self.keys = keys
         self._prefix = prefix.encode()
         self._owner = None
         self._sock = None
@@ -392,6 +398,8 @@ class _Receiver:
                 self._endpoint = await self._endpoint()
             sock = _context().socket(zmq.SUB)
             sock.setsockopt(zmq.LINGER, 0)
+            if self.keys is not None:
+                self.keys.apply(sock)
             try:
                 sock.connect(self._endpoint)
             except zmq.ZMQError as e:
@@ -441,9 +449,9 @@ class Subscription(_Receiver):
     """labmq.Subscription on asyncio: `async for block in sub`, or
     `await sub.recv(timeout)`."""
 
-    def __init__(self, endpoint, topic, *, timeout=None):
+    def __init__(self, endpoint, topic, *, timeout=None, keys=None):
         self.topic = check_topic(topic)
-        super().__init__(endpoint, topic, timeout)
+        super().__init__(endpoint, topic, timeout, _keys.make(keys))
 
     def _reset(self):
         self._t = Tracker()
@@ -468,11 +476,11 @@ class Events(_Receiver):
     """labmq.Events on asyncio: `async for ev in events` (no callback thread:
     a task that iterates is the asyncio form)."""
 
-    def __init__(self, endpoint, device=None, *, timeout=None):
+    def __init__(self, endpoint, device=None, *, timeout=None, keys=None):
         if device is not None and (not isinstance(device, str) or not device or "/" in device):
             raise errors.ArgError(f"events: a device name, or None for every device, not {device!r}")
         self.device = device
-        super().__init__(endpoint, EVENTS_PREFIX + (device or ""), timeout)
+        super().__init__(endpoint, EVENTS_PREFIX + (device or ""), timeout, _keys.make(keys))
 
     def _reset(self):
         self._t = EventTracker()
@@ -491,3 +499,7 @@ class Events(_Receiver):
     def __repr__(self):
         return (f"<labmq.aio.Events {self.device or 'all devices'}: received {self.received}, lost {self.lost}, "
                 f"restarts {self.restarts}>")
+
+
+def _device(uri, timeout, keys):
+    return Device(uri, None, timeout, keys=keys)

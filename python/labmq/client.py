@@ -5,19 +5,23 @@ import keyword
 import os
 
 from . import _wire, errors
+from . import keys as _keys
 from ._channel import Channel, check_timeout, describe_request, result_of
 from .stream import Events, FlowSubscription, Subscription
 
 DEFAULT_TIMEOUT = 2.0  # seconds; LMQ_PROXY_DEFAULT_TIMEOUT_MS in the C library
 
 
-def connect(endpoint=None, *, timeout=DEFAULT_TIMEOUT, data=None):
+def connect(endpoint=None, *, timeout=DEFAULT_TIMEOUT, data=None, key=None, server_key=None, keys=None):
     """A Lab: the daemon at `endpoint` (default: the per-user ipc endpoint the
     C library and labmqd use, see default_endpoint()). Nothing is sent yet:
     an absent daemon shows up as UnreachableError on the first request.
     `timeout` (seconds) bounds every request; `data` overrides the data
-    endpoint the daemon reports in ping."""
-    return Lab(endpoint, timeout=timeout, data=data)
+    endpoint the daemon reports in ping. A daemon with keys (docs/security.md)
+    needs `key` (this client's key file) and `server_key` (the daemon's .pub
+    file or Z85 key), or `keys=labmq.Keys(...)`; its devices and
+    subscriptions use them too."""
+    return Lab(endpoint, timeout=timeout, data=data, keys=_keys.make(keys, key, server_key))
 
 
 class Lab:
@@ -25,8 +29,8 @@ class Lab:
     Pickles as its endpoint; usable in a forked child (which opens its own
     socket)."""
 
-    def __init__(self, endpoint=None, *, timeout=DEFAULT_TIMEOUT, data=None):
-        self._channel = Channel(endpoint or _wire.default_endpoint("control"), timeout)
+    def __init__(self, endpoint=None, *, timeout=DEFAULT_TIMEOUT, data=None, keys=None):
+        self._channel = Channel(endpoint or _wire.default_endpoint("control"), timeout, _keys.make(keys))
         self._data = data
 
     @property
@@ -51,12 +55,16 @@ class Lab:
         for key, value in fields.items():
             if key == "args" and isinstance(value, (list, tuple)):  # positional arguments, each a value
                 header[key] = [_wire.encode_value(a, frames, f"argument {i} of {op}") for i, a in enumerate(value, 1)]
+            elif key == "devices" and isinstance(value, (list, tuple)):  # lock/unlock: names, not an array
+                header[key] = [str(name) for name in value]
             else:
                 header[key] = _wire.encode_value(value, frames, f"{op} field {key!r}")
         return self._channel.request(header, frames, timeout)
 
     def ping(self):
-        """{"daemon", "version", "protocol", "control", "data", "uptime_s"}."""
+        """{"daemon", "version", "protocol", "control", "data", "uptime_s",
+        "config"}; config: {"generation", "loaded_ns", "last_reload",
+        "last_reload_ns"} (protocol 2.4)."""
         return self._channel.request({"op": "ping"})
 
     def devices(self):
@@ -82,7 +90,7 @@ class Lab:
 
     def device(self, name):
         """The proxy of device `name` (no request is made until it is used)."""
-        return Device(self.endpoint, name, self.timeout, _data=self._data)
+        return Device(self.endpoint, name, self.timeout, keys=self._channel.keys, _data=self._data)
 
     __getitem__ = device
 
@@ -101,12 +109,13 @@ class Lab:
         endpoint instead (protocol 3.2: credit, `window` blocks ahead, the
         daemon's memory bounded, drops counted)."""
         if mode is not None:
-            return FlowSubscription(self.endpoint, topic, mode, window=window, timeout=timeout)
-        return Subscription(self.data_endpoint(), topic, timeout=timeout)
+            return FlowSubscription(self.endpoint, topic, mode, window=window, timeout=timeout,
+                                    keys=self._channel.keys)
+        return Subscription(self.data_endpoint(), topic, timeout=timeout, keys=self._channel.keys)
 
     def events(self, device=None, *, timeout=None):
         """Change events (protocol 3.1) of one device, or of every device."""
-        return Events(self.data_endpoint(), device, timeout=timeout)
+        return Events(self.data_endpoint(), device, timeout=timeout, keys=self._channel.keys)
 
     def close(self):
         self._channel.close()
@@ -118,14 +127,14 @@ class Lab:
         self.close()
 
     def __reduce__(self):
-        return (_lab, (self.endpoint, self.timeout, self._data))
+        return (_lab, (self.endpoint, self.timeout, self._data, self._channel.keys))
 
     def __repr__(self):
         return f"labmq.connect({self.endpoint!r})"
 
 
-def _lab(endpoint, timeout, data):
-    return Lab(endpoint, timeout=timeout, data=data)
+def _lab(endpoint, timeout, data, keys=None):
+    return Lab(endpoint, timeout=timeout, data=data, keys=keys)
 
 
 class Pending:
@@ -228,14 +237,14 @@ class Device:
     is unpickled, and a forked child opens its own socket, so proxies can be
     handed to multiprocessing workers under spawn, fork and forkserver."""
 
-    def __init__(self, uri, device=None, timeout=DEFAULT_TIMEOUT, *, _data=None):
+    def __init__(self, uri, device=None, timeout=DEFAULT_TIMEOUT, *, keys=None, _data=None):
         if device is None:
             endpoint, device = _wire.split_uri(uri)
         else:
             endpoint = uri
         if not isinstance(device, str) or not device:
             raise errors.ArgError(f"no device named in {uri!r}: a proxy URI is 'ENDPOINT#DEVICE'")
-        object.__setattr__(self, "_channel", Channel(endpoint, timeout))
+        object.__setattr__(self, "_channel", Channel(endpoint, timeout, _keys.make(keys)))
         object.__setattr__(self, "_name", device)
         object.__setattr__(self, "_table", None)
         object.__setattr__(self, "_data", _data)
@@ -327,14 +336,15 @@ class Device:
         "daq1/wave"); with `mode`, a FlowSubscription (see Lab.subscribe)."""
         topic = stream if "/" in stream else f"{self._name}/{stream}"
         if mode is not None:
-            return FlowSubscription(self.endpoint, topic, mode, window=window, timeout=timeout)
-        return Subscription(self.data_endpoint(), topic, timeout=timeout)
+            return FlowSubscription(self.endpoint, topic, mode, window=window, timeout=timeout,
+                                    keys=self._channel.keys)
+        return Subscription(self.data_endpoint(), topic, timeout=timeout, keys=self._channel.keys)
 
     def events(self, *, timeout=None):
         """This device's change events (protocol 3.1): property changes (by any
         client's set, a restore, the driver) and state changes. Iterate, or
         .start(callback)."""
-        return Events(self.data_endpoint(), self._name, timeout=timeout)
+        return Events(self.data_endpoint(), self._name, timeout=timeout, keys=self._channel.keys)
 
     def close(self):
         """Closes this process's socket; the next request opens a new one."""
@@ -389,7 +399,7 @@ class Device:
     # -- processes and display ---------------------------------------------------------
 
     def __reduce__(self):
-        return (Device, (self.uri, None, self.timeout))
+        return (_device, (self.uri, self.timeout, self._channel.keys))
 
     def __eq__(self, other):
         return isinstance(other, Device) and other.uri == self.uri
@@ -473,3 +483,7 @@ def describe_text(device, table):
             lines.append(f"  {s.get('topic')}  {s.get('dtype')}{s.get('shape')}{unit_text(s.get('units'))}"
                          f" at {s.get('rate_hz', 0):g} Hz  {s.get('doc') or ''}".rstrip())
     return "\n".join(lines)
+
+
+def _device(uri, timeout, keys):
+    return Device(uri, None, timeout, keys=keys)

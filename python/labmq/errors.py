@@ -67,6 +67,9 @@ PermissionError = _make("PERMISSION", -14, "PermissionError",  # noqa: A001
                         "permission denied (by the operating system or the daemon)")
 SystemError = _make("SYSTEM", -15, "SystemError",  # noqa: A001
                     "the operating system refused a resource (thread, socket, process)")
+LockedError = _make("LOCKED", -16, "LockedError", "the device is locked by another client (the message names it)")
+OutcomeUnknownError = _make("OUTCOME_UNKNOWN", -17, "OutcomeUnknownError",
+                            "the request may or may not have run: its reply was lost; do not retry blindly")
 
 
 def from_reply(error):

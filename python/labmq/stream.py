@@ -19,6 +19,7 @@ import numpy as np
 import zmq
 
 from . import _process, _wire, errors
+from . import keys as _keys
 
 
 class Block(typing.NamedTuple):
@@ -97,9 +98,10 @@ def check_topic(topic):
 class _Receiver:
     """A SUB socket on one topic prefix of a data endpoint, per process."""
 
-    def __init__(self, endpoint, prefix, timeout):
+    def __init__(self, endpoint, prefix, timeout, keys=None):
         self.endpoint = endpoint
         self.timeout = timeout
+        self.keys = keys
         self._prefix = prefix.encode()
         self._pid = None
         self._sock = None
@@ -116,6 +118,8 @@ class _Receiver:
         if self._sock is None:
             sock = _process.context().socket(zmq.SUB)
             sock.setsockopt(zmq.LINGER, 0)
+            if self.keys is not None:
+                self.keys.apply(sock)
             try:
                 sock.connect(self.endpoint)
             except zmq.ZMQError as e:
@@ -178,9 +182,9 @@ class Subscription(_Receiver):
     goes on). In a forked child a subscription opens its own socket and
     starts afresh (counters at zero). Pickles as (endpoint, topic)."""
 
-    def __init__(self, endpoint, topic, *, timeout=None):
+    def __init__(self, endpoint, topic, *, timeout=None, keys=None):
         self.topic = check_topic(topic)
-        super().__init__(endpoint, topic, timeout)
+        super().__init__(endpoint, topic, timeout, _keys.make(keys))
 
     def _reset(self):
         self._t = Tracker()
@@ -197,7 +201,7 @@ class Subscription(_Receiver):
     restarts = property(lambda self: self._t.restarts)
 
     def __reduce__(self):
-        return (_subscription, (self.endpoint, self.topic, self.timeout))
+        return (_subscription, (self.endpoint, self.topic, self.timeout, self.keys))
 
     def __repr__(self):
         return (f"<labmq.Subscription {self.topic} at {self.endpoint}: received {self.received}, "
@@ -223,8 +227,9 @@ class FlowSubscription:
     is raised by recv(). Same interface and counters as Subscription; in a
     forked child it opens its own connection and starts afresh."""
 
-    def __init__(self, control_endpoint, topic, mode, *, window=None, timeout=None):
+    def __init__(self, control_endpoint, topic, mode, *, window=None, timeout=None, keys=None):
         self.topic = check_topic(topic)
+        self.keys = _keys.make(keys)
         if mode not in MODES:
             raise errors.ArgError(f"mode must be 'lossless' or 'lossy', not {mode!r}")
         window = DEFAULT_WINDOW if window is None else window
@@ -246,6 +251,8 @@ class FlowSubscription:
         if self._sock is None:
             sock = _process.context().socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
+            if self.keys is not None:
+                self.keys.apply(sock)
             try:
                 sock.connect(self.endpoint)
             except zmq.ZMQError as e:
@@ -387,15 +394,15 @@ class FlowSubscription:
         self.close()
 
     def __reduce__(self):
-        return (_flow_subscription, (self.endpoint, self.topic, self.mode, self.window, self.timeout))
+        return (_flow_subscription, (self.endpoint, self.topic, self.mode, self.window, self.timeout, self.keys))
 
     def __repr__(self):
         return (f"<labmq.FlowSubscription {self.topic} ({self.mode}) at {self.endpoint}: received "
                 f"{self.received}, lost {self.lost}, restarts {self.restarts}>")
 
 
-def _flow_subscription(endpoint, topic, mode, window, timeout):
-    return FlowSubscription(endpoint, topic, mode, window=window, timeout=timeout)
+def _flow_subscription(endpoint, topic, mode, window, timeout, keys=None):
+    return FlowSubscription(endpoint, topic, mode, window=window, timeout=timeout, keys=keys)
 
 
 class Event(typing.NamedTuple):
@@ -403,7 +410,8 @@ class Event(typing.NamedTuple):
     (arrays as numpy arrays) are the property's new value, `cause` is "set",
     "restore" or "driver". kind "state": `state` is the device's new state,
     `cause` why ("opened", "reconnected", "restored", "lost", "open failed",
-    "stopped"), `error` the reason when there is one. `lost_before` counts
+    "stuck" (to "fault"), "responding" (back from "fault"), "stopped"),
+    `error` the reason when there is one. `lost_before` counts
     this device's events missed just before this one."""
 
     device: str
@@ -486,11 +494,11 @@ class Events(_Receiver):
     not sent to it: open() (or `with`) subscribes before you act. Pickles as
     (endpoint, device); a forked child opens its own socket."""
 
-    def __init__(self, endpoint, device=None, *, timeout=None):
+    def __init__(self, endpoint, device=None, *, timeout=None, keys=None):
         if device is not None and (not isinstance(device, str) or not device or "/" in device):
             raise errors.ArgError(f"events: a device name, or None for every device, not {device!r}")
         self.device = device
-        super().__init__(endpoint, EVENTS_PREFIX + (device or ""), timeout)
+        super().__init__(endpoint, EVENTS_PREFIX + (device or ""), timeout, _keys.make(keys))
         self._thread = None
         self._stop = None
 
@@ -547,17 +555,17 @@ class Events(_Receiver):
         super().close()
 
     def __reduce__(self):
-        return (_events, (self.endpoint, self.device, self.timeout))
+        return (_events, (self.endpoint, self.device, self.timeout, self.keys))
 
     def __repr__(self):
         return (f"<labmq.Events {self.device or 'all devices'} at {self.endpoint}: received {self.received}, "
                 f"lost {self.lost}, restarts {self.restarts}>")
 
 
-def _events(endpoint, device, timeout):
-    return Events(endpoint, device, timeout=timeout)
+def _events(endpoint, device, timeout, keys=None):
+    return Events(endpoint, device, timeout=timeout, keys=keys)
 
 
-def _subscription(endpoint, topic, timeout):
-    return Subscription(endpoint, topic, timeout=timeout)
+def _subscription(endpoint, topic, timeout, keys=None):
+    return Subscription(endpoint, topic, timeout=timeout, keys=keys)
 

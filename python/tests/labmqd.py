@@ -50,7 +50,13 @@ def _request(sock, op, rid):
 
 
 class Daemon:
-    def __init__(self, yaml=LAB_YAML):
+    """curve: the socket options ({zmq.CURVE_SERVERKEY: ..., ...}) the readiness
+    check needs for a daemon with keys (its control endpoint then set by the
+    test, e.g. on loopback tcp)."""
+
+    def __init__(self, yaml=LAB_YAML, curve=None, log_level="warn"):
+        self.curve = curve
+        self.log_level = log_level
         self.dir = tempfile.mkdtemp(prefix="labmq-py-")
         self.config = os.path.join(self.dir, "lab.yaml")
         with open(self.config, "w") as f:
@@ -72,12 +78,10 @@ class Daemon:
         "opening" (start-up does not wait for instruments)."""
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([labmqd_path(), "--config", self.config, "--control", self.control,
-                                          "--data", self.data, "--log-level", "warn"],
+                                          "--data", self.data, "--log-level", self.log_level],
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         ctx = zmq.Context()
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(self.control)
+        sock = self._dealer(ctx)
         deadline = time.monotonic() + 20  # generous: sanitizers on a loaded machine
         rid = 0
         try:
@@ -95,13 +99,19 @@ class Daemon:
                     return self
                 if reply is None:  # not bound yet: try again on a fresh socket
                     sock.close(linger=0)
-                    sock = ctx.socket(zmq.DEALER)
-                    sock.setsockopt(zmq.LINGER, 0)
-                    sock.connect(self.control)
+                    sock = self._dealer(ctx)
                 time.sleep(0.02)
         finally:
             sock.close(linger=0)
             ctx.term()
+
+    def _dealer(self, ctx):
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        for opt, key in (self.curve or {}).items():
+            sock.setsockopt(opt, key)
+        sock.connect(self.control)
+        return sock
 
     def stop(self, sig=signal.SIGTERM):
         """Stops the daemon; returns its exit status (None if none ran)."""

@@ -51,6 +51,22 @@ def test_range_and_readonly(lab):
     expect(labmq.ReadOnlyError, lambda: lab.device("psu1").set("mode", "CV"), "psu1.mode is read-only")
 
 
+def test_locked_names_the_holder(lab, daemon):
+    import labmq as lm
+    with lm.connect(daemon.control, timeout=5) as holder:
+        locked = holder.request("lock", devices=["psu1"], lease_ms=5000, client="alice@bench pid 7")
+        assert locked["devices"] == ["psu1"] and locked["holder"] == "alice@bench pid 7"
+        try:
+            expect(labmq.LockedError, lambda: lab.device("psu1").set("voltage", 1.0),
+                   r"psu1 is locked by 'alice@bench pid 7'")
+            lab.device("psu1").get("voltage")  # reading stays open
+            entry = [d for d in lab.devices() if d["name"] == "psu1"][0]
+            assert entry["locked_by"]["holder"] == "alice@bench pid 7"
+        finally:
+            holder.request("unlock", client="alice@bench pid 7")
+    lab.device("psu1").set("voltage", 0.0)  # free again (and as the other tests expect it)
+
+
 def test_proto_from_malformed_requests(lab):
     expect(labmq.ProtoError, lambda: lab.request("bogus"), "unknown op 'bogus'")
     expect(labmq.ProtoError, lambda: lab.request("ping", colour="red"), "colour")

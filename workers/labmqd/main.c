@@ -1,7 +1,8 @@
 /* labmqd — the labmq acquisition daemon.
  *
  * A thin main() around lmq_daemon_t: read the YAML config, bind the control
- * and data endpoints, run until SIGINT or SIGTERM. It never forks (a process
+ * and data endpoints, run until SIGINT or SIGTERM; SIGHUP reloads the config
+ * (lmq_daemon_reload applies what changed). It never forks (a process
  * must not fork once it has a ZeroMQ context); supervisors such as systemd
  * keep it in the foreground. Signals are blocked in every thread and taken
  * synchronously in main with sigwait, so no handler runs inside a ZeroMQ or
@@ -18,6 +19,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <stddef.h>
+#include <time.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <zmq.h>
@@ -31,12 +33,20 @@ static void usage(FILE *out)
           "\n"
           "The labmq acquisition daemon: owns the instruments named in FILE (one thread\n"
           "per device) and serves them to clients over ZeroMQ. It stays in the\n"
-          "foreground and stops cleanly on SIGINT (Ctrl-C), SIGTERM or SIGHUP.\n"
+          "foreground and stops cleanly on SIGINT (Ctrl-C) or SIGTERM.\n"
+          "\n"
+          "SIGHUP reloads FILE: devices and workers that were added are started,\n"
+          "removed ones stopped, changed ones restarted; unchanged ones are not\n"
+          "touched. A new FILE with any error (or a changed control, data,\n"
+          "time_scale, fault_after or security) is refused as a whole and the running configuration stays;\n"
+          "`labmq ping` shows the outcome (config generation, last reload).\n"
+          "log_level and stop_grace are taken over on reload.\n"
           "\n"
           "Options:\n"
           "  -c, --config FILE      YAML lab configuration (required)\n"
-          "  -n, --check-config     parse and validate FILE, print the devices and\n"
-          "                         endpoints, and exit without starting anything\n"
+          "  -n, --check-config     parse and validate FILE (key files included), print\n"
+          "                         the devices, endpoints and allowed clients, and exit\n"
+          "                         without starting anything\n"
           "      --control EP       control endpoint (ROUTER), overrides the config\n"
           "      --data EP          data endpoint (XPUB), overrides the config\n"
           "  -l, --log-level LEVEL  error, warn, info, debug or trace (trace adds a hex\n"
@@ -54,8 +64,13 @@ static void usage(FILE *out)
           "Example configuration:\n"
           "  # lab.yaml\n"
           "  log_level: info                 # optional\n"
-          "  # control: tcp://*:5555         # optional, see Defaults\n"
-          "  # data: tcp://*:5556\n"
+          "  # control: tcp://*:5555         # optional, see Defaults; a tcp:// endpoint\n"
+          "  # data: tcp://*:5556            #   is served only with the security: keys\n"
+          "  # security:                     # CURVE encryption + an allow-list of clients\n"
+          "  #   key: labpc.key              #   (docs/security.md); keys: labmq keygen\n"
+          "  #   clients:\n"
+          "  #     - {name: alice, key: alice.key.pub, role: control}\n"
+          "  #     - {name: bob, key: bob.key.pub, role: observe}  # list, get, watch\n"
           "  devices:\n"
           "    - name: psu1                  # letters, digits, _ - .\n"
           "      driver: sim-psu\n"
@@ -78,11 +93,12 @@ static void usage(FILE *out)
           "Exit status:\n"
           "  0  stopped by a signal, or --check-config found no error\n"
           "  1  invalid configuration, endpoint already served by another labmqd,\n"
+          "     a tcp:// endpoint without security keys (and no `insecure: true`),\n"
           "     or another failure to start\n"
           "  2  invalid command line\n"
           "  3  stopped, but a device stayed stuck in its driver beyond the grace\n"
-          "     period (stop_grace in the config, default 5 s): named in the log,\n"
-          "     and not waited for\n",
+          "     period (stop_grace in the config, default 5 s), at shutdown or when\n"
+          "     a reload removed it: named in the log, and not waited for\n",
           out);
 }
 
@@ -108,6 +124,25 @@ static void notify_systemd(const char *state)
     close(fd);
 }
 
+/* Tells systemd a reload has begun. systemd 253 and later want the
+ * monotonic time with it (Type=notify-reload); older ones ignore it. */
+static void notify_reloading(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    char msg[96];
+    snprintf(msg, sizeof msg, "RELOADING=1\nMONOTONIC_USEC=%llu",
+             (unsigned long long)ts.tv_sec * 1000000ULL + (unsigned long long)ts.tv_nsec / 1000);
+    notify_systemd(msg);
+}
+
+static void notify_ready(size_t ndevices, const char *control)
+{
+    char ready[600];
+    snprintf(ready, sizeof ready, "READY=1\nSTATUS=serving %zu devices on %s", ndevices, control);
+    notify_systemd(ready);
+}
+
 static void print_summary(const char *path, const lmq_config_t *cfg, const char *control, const char *data,
                           const char *level)
 {
@@ -126,6 +161,16 @@ static void print_summary(const char *path, const lmq_config_t *cfg, const char 
             printf("  %s=%s", o[0], o[1]);
         putchar('\n');
     }
+    const char *server_key = lmq_config_server_public_key(cfg);
+    if (server_key) {
+        printf("security:  CURVE, server public key %s\n", server_key);
+        for (size_t i = 0; i < lmq_config_client_count(cfg); i++) {
+            const lmq_config_client_t *c = lmq_config_client(cfg, i);
+            printf("  %-16s %-8s %s\n", c->name, lmq_role_name(c->role), c->public_key);
+        }
+    } else {
+        printf("security:  none%s\n", lmq_config_insecure(cfg) ? " (insecure: true)" : "");
+    }
     size_t nw = lmq_config_worker_count(cfg);
     if (nw)
         printf("workers:   %zu\n", nw);
@@ -137,6 +182,12 @@ static void print_summary(const char *path, const lmq_config_t *cfg, const char 
         printf("  (restart: %s%s)\n", lmq_restart_name(w->restart), w->env ? ", own environment" : "");
     }
     fflush(stdout);
+}
+
+/* Anything but ipc:// and inproc:// reaches beyond this machine's users. */
+static bool is_network(const char *ep)
+{
+    return strncmp(ep, "ipc://", 6) != 0 && strncmp(ep, "inproc://", 9) != 0;
 }
 
 /* Fills ep with the default endpoint, explaining a failure on stderr. */
@@ -153,6 +204,65 @@ static int default_endpoint(char *ep, size_t size, const char *which, bool creat
             e == EPERM ? " (its directory must belong to you and have mode 0700)" : "");
     fprintf(stderr, "labmqd: fix the directory, or pass --control and --data\n");
     return rc;
+}
+
+/* What labmqd was started with; a reload reads the same file and applies
+ * the same command-line overrides. */
+typedef struct run {
+    const char *config_path, *control_arg, *data_arg, *level_arg;
+    const char *control, *data; /* in force */
+    void *zctx;
+    lmq_log_t *log;
+    lmq_daemon_t *d;
+    size_t ndevices;
+} run_t;
+
+/* SIGHUP: re-reads the config, checks all of it (declaring the devices runs
+ * their drivers' configure) and hands it to lmq_daemon_reload, or records
+ * why it was refused. */
+static void reload(run_t *r)
+{
+    notify_reloading();
+    lmq_log(r->log, LMQ_LOG_INFO, "labmqd", "SIGHUP received: reloading %s", r->config_path);
+    char *err = NULL;
+    lmq_daemon_t *next = NULL;
+    lmq_config_t *cfg = lmq_config_load(r->config_path, &err);
+    if (!cfg) {
+        lmq_daemon_reload_refused(r->d, err ? err : "cannot load the configuration (out of memory)");
+        goto done;
+    }
+    /* The effective endpoints of the new file, as at start; the daemon
+     * refuses a change. */
+    char control_buf[512], data_buf[512];
+    const char *control = r->control_arg ? r->control_arg : lmq_config_control(cfg);
+    const char *data = r->data_arg ? r->data_arg : lmq_config_data(cfg);
+    if (!control)
+        control =
+            lmq_default_endpoint(control_buf, sizeof control_buf, "control", false) == 0 ? control_buf : r->control;
+    if (!data)
+        data = lmq_default_endpoint(data_buf, sizeof data_buf, "data", false) == 0 ? data_buf : r->data;
+    next = lmq_daemon_new(r->zctx, control, data, NULL);
+    if (!next) {
+        lmq_daemon_reload_refused(r->d, "out of memory");
+        goto done;
+    }
+    if (lmq_config_apply(cfg, next, &err) != 0) {
+        char why[1024];
+        snprintf(why, sizeof why, "%s: %s", r->config_path, err ? err : "out of memory");
+        lmq_daemon_reload_refused(r->d, why);
+        goto done;
+    }
+    if (lmq_daemon_reload(r->d, &next) == 0) {
+        r->ndevices = lmq_config_device_count(cfg);
+        const char *level = lmq_config_log_level(cfg);
+        if (!r->level_arg)
+            lmq_log_set_level(r->log, (lmq_log_level_t)lmq_log_level_parse(level ? level : "info"));
+    }
+done:
+    free(err);
+    lmq_daemon_destroy(&next);
+    lmq_config_destroy(&cfg);
+    notify_ready(r->ndevices, r->control);
 }
 
 int main(int argc, char **argv)
@@ -243,8 +353,16 @@ int main(int argc, char **argv)
             return EXIT_FAIL;
         }
         print_summary(config_path, cfg, control, data, lmq_log_level_name(level));
+        /* What lmq_daemon_start would refuse, said without starting. */
+        const char *net = is_network(control) ? control : is_network(data) ? data : NULL;
+        bool refused = net && !lmq_config_server_public_key(cfg) && !lmq_config_insecure(cfg);
+        if (refused)
+            fprintf(stderr,
+                    "labmqd: %s: %s needs CURVE keys: add a security: block (docs/security.md), or "
+                    "`security: {insecure: true}` on an isolated network\n",
+                    config_path, net);
         lmq_config_destroy(&cfg);
-        return EXIT_OK;
+        return refused ? EXIT_FAIL : EXIT_OK;
     }
 
     /* Before any thread exists, so ZeroMQ's and the devices' threads inherit
@@ -288,21 +406,34 @@ int main(int argc, char **argv)
     fflush(stderr);
     /* Ready = clients can connect; instruments may still be opening (they
      * show as such), as start-up never waits for them. */
-    char ready[600];
-    snprintf(ready, sizeof ready, "READY=1\nSTATUS=serving %zu devices on %s", lmq_config_device_count(cfg),
-             control);
-    notify_systemd(ready);
+    run_t run = {.config_path = config_path,
+                 .control_arg = control_arg,
+                 .data_arg = data_arg,
+                 .level_arg = level_arg,
+                 .control = control,
+                 .data = data,
+                 .zctx = zctx,
+                 .log = log,
+                 .d = d,
+                 .ndevices = lmq_config_device_count(cfg)};
+    notify_ready(run.ndevices, control);
 
-    int sig = 0;
-    while ((rc = sigwait(&stop, &sig)) == EINTR)
-        ;
-    if (rc != 0) {
-        lmq_log(log, LMQ_LOG_ERROR, "labmqd", "sigwait: %s; shutting down", strerror(rc));
-        status = EXIT_FAIL;
-    } else {
-        lmq_log(log, LMQ_LOG_INFO, "labmqd", "%s received, shutting down",
-                sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "SIGHUP");
-        status = EXIT_OK;
+    for (;;) {
+        int sig = 0;
+        while ((rc = sigwait(&stop, &sig)) == EINTR)
+            ;
+        if (rc == 0 && sig == SIGHUP) {
+            reload(&run);
+            continue;
+        }
+        if (rc != 0) {
+            lmq_log(log, LMQ_LOG_ERROR, "labmqd", "sigwait: %s; shutting down", strerror(rc));
+            status = EXIT_FAIL;
+        } else {
+            lmq_log(log, LMQ_LOG_INFO, "labmqd", "%s received, shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+            status = EXIT_OK;
+        }
+        break;
     }
     notify_systemd("STOPPING=1");
     if (lmq_daemon_stop(d) == LMQ_ETIMEOUT) {

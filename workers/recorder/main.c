@@ -47,6 +47,9 @@ typedef struct opts {
     bool overwrite, quiet;
     const char **topics;
     size_t ntopics;
+    const char *key_file, *server_key; /* --key, --server-key */
+    lmq_client_keys_t keys;            /* loaded from them */
+    bool curve;                        /* both given */
 } opts_t;
 
 typedef struct stream {
@@ -108,6 +111,8 @@ static void print_help(void)
            "  -d, --data EP       accepted (the standard worker argv) and unused: blocks come over\n"
            "                      the control endpoint, as a lossless flow subscription\n"
            "  -t, --timeout MS    wait at most MS ms for each answer of the daemon (default %d)\n"
+           "      --key FILE      this client's key pair, for a daemon with keys (docs/security.md)\n"
+           "      --server-key K  the daemon's public key: its .pub file or the Z85 key\n"
            "  -n, --name NAME     name in messages (as a supervised worker)\n"
            "  -q, --quiet         no progress line on a terminal\n"
            "  -h, --help          show this help\n"
@@ -135,7 +140,8 @@ static const struct option long_opts[] = {
     {"control", required_argument, NULL, 'c'}, {"data", required_argument, NULL, 'd'},
     {"timeout", required_argument, NULL, 't'}, {"name", required_argument, NULL, 'n'},
     {"quiet", no_argument, NULL, 'q'},         {"help", no_argument, NULL, 'h'},
-    {"version", no_argument, NULL, 'V'},       {NULL, 0, NULL, 0},
+    {"version", no_argument, NULL, 'V'},       {"key", required_argument, NULL, 'K'},
+    {"server-key", required_argument, NULL, 'S'}, {NULL, 0, NULL, 0},
 };
 
 static bool valid_topic(const char *t)
@@ -181,6 +187,8 @@ static int parse_args(opts_t *o, int argc, char **argv)
             break;
         }
         case 'n': o->name = optarg; break;
+        case 'K': o->key_file = optarg; break;
+        case 'S': o->server_key = optarg; break;
         case 'q': o->quiet = true; break;
         case 'h': print_help(); return EXIT_DONE;
         case 'V': printf(PROG " %s (protocol %d)\n", LMQ_VERSION_STRING, LMQ_PROTOCOL_VERSION); return EXIT_DONE;
@@ -206,6 +214,14 @@ static int parse_args(opts_t *o, int argc, char **argv)
     }
     if (!o->control[0] && lmq_default_endpoint(o->control, sizeof o->control, "control", false) != 0)
         return fail(o, "cannot work out the default control endpoint; give one with --control");
+    if (!o->key_file != !o->server_key)
+        return usage("--key and --server-key go together");
+    if (o->key_file) {
+        char err[600];
+        if (lmq_client_keys_load(&o->keys, o->key_file, o->server_key, err, sizeof err) != 0)
+            return fail(o, "%s", err);
+        o->curve = true;
+    }
     return -1;
 }
 
@@ -213,7 +229,7 @@ static int parse_args(opts_t *o, int argc, char **argv)
 
 static int proxy_fail(const opts_t *o, const lmq_proxy_t *p, int rc, const char *what)
 {
-    if (rc == LMQ_EUNREACH)
+    if (rc == LMQ_EUNREACH && !o->curve)
         return fail(o, "no daemon answers at %s (is labmqd running?)", o->control);
     const char *msg = lmq_proxy_last_error(p);
     return fail(o, "%s: %s", what, msg && *msg ? msg : lmq_strerror(rc));
@@ -226,7 +242,7 @@ static int describe_stream(const opts_t *o, void *zctx, stream_t *st, rec_stream
     char dev[REC_TOPIC_MAX + 1];
     const char *slash = strchr(st->topic, '/');
     snprintf(dev, sizeof dev, "%.*s", (int)(slash - st->topic), st->topic);
-    lmq_proxy_t *p = lmq_proxy_new(zctx, o->control, dev);
+    lmq_proxy_t *p = lmq_proxy_new_keys(zctx, o->control, dev, o->curve ? &o->keys : NULL);
     if (!p)
         return fail(o, "cannot make a proxy for %s at %s", dev, o->control);
     lmq_proxy_set_timeout(p, o->timeout_ms);
@@ -370,7 +386,7 @@ static int record(opts_t *o, void *zctx, int sigfd, bool *hdf5_ok)
         st[i].topic = o->topics[i];
         rc = describe_stream(o, zctx, &st[i], &info[i]);
     }
-    const lmq_sub_opts_t lossless = {.mode = LMQ_SUB_LOSSLESS};
+    const lmq_sub_opts_t lossless = {.mode = LMQ_SUB_LOSSLESS, .keys = o->curve ? &o->keys : NULL};
     for (size_t i = 0; i < o->ntopics && rc == EXIT_DONE; i++) {
         st[i].sub = lmq_sub_new_opts(zctx, o->control, st[i].topic, &lossless);
         if (!st[i].sub)

@@ -4,6 +4,7 @@
  *   data: ipc:///run/user/1000/labmq/data         # optional
  *   log_level: info                               # optional
  *   stop_grace: 5                                 # optional: s to wait for devices at stop
+ *   fault_after: 3                                # optional: s in a driver before a device is "fault"
  *   time_scale: 1                                 # optional: simulated instruments run this much faster
  *   subscriber_memory: 67108864                   # optional: bytes the daemon holds per stream
  *                                                 #   subscriber at most (protocol 3.2; 64 MiB)
@@ -20,6 +21,13 @@
  *       env: [LANG=C, PATH=/usr/bin:/bin]         # optional: its whole environment
  *                                                 #   (absent: labmqd's environment)
  *       restart: on-failure                       # optional: always | on-failure (default) | never
+ *   security:                                     # optional (docs/security.md)
+ *     key: labpc.key                              # this daemon's key pair (labmq keygen), mode 0600
+ *     clients:                                    # the allow-list
+ *       - name: alice                             # in logs, audit lines and PERMISSION errors
+ *         key: alice.key.pub                      # a public key file, or the 40-character Z85 key
+ *         role: control                           # observe (default) | control
+ *     insecure: false                             # true: serve tcp:// without keys (a warning)
  *
  * Errors name the file, line and column (from libcyaml) or the device and
  * option at fault. A driver given by path is loaded (lmq_driver_load) when
@@ -55,6 +63,12 @@ typedef struct lmq_config_worker {
     lmq_restart_t restart;
 } lmq_config_worker_t;
 
+typedef struct lmq_config_client {
+    const char *name;
+    char public_key[LMQ_KEY_Z85_LEN + 1]; /* Z85 (read from the key file when one was named) */
+    lmq_role_t role;
+} lmq_config_client_t;
+
 /* Loads and validates a file. On failure returns NULL and, when err is not
  * NULL, *err receives a message (caller frees). */
 LMQ_EXPORT lmq_config_t *lmq_config_load(const char *path, char **err);
@@ -72,8 +86,16 @@ LMQ_EXPORT const lmq_config_device_t *lmq_config_device(const lmq_config_t *cfg,
 LMQ_EXPORT size_t lmq_config_worker_count(const lmq_config_t *cfg);
 LMQ_EXPORT const lmq_config_worker_t *lmq_config_worker(const lmq_config_t *cfg, size_t i);
 
-/* Adds every device to the daemon (lmq_daemon_add), and every worker
- * (lmq_daemon_add_worker). Returns 0 or the first
+/* security: the daemon's public key (Z85; NULL without security.key), the
+ * allow-list, and whether tcp:// without keys is allowed. */
+LMQ_EXPORT const char *lmq_config_server_public_key(const lmq_config_t *cfg);
+LMQ_EXPORT size_t lmq_config_client_count(const lmq_config_t *cfg);
+LMQ_EXPORT const lmq_config_client_t *lmq_config_client(const lmq_config_t *cfg, size_t i);
+LMQ_EXPORT bool lmq_config_insecure(const lmq_config_t *cfg);
+
+/* Adds every device to the daemon (lmq_daemon_add), every worker
+ * (lmq_daemon_add_worker), and the security settings (lmq_daemon_set_curve,
+ * lmq_daemon_allow, lmq_daemon_set_insecure). Returns 0 or the first
  * error, with the message in *err (caller frees). */
 LMQ_EXPORT int lmq_config_apply(const lmq_config_t *cfg, lmq_daemon_t *d, char **err);
 

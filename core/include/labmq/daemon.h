@@ -9,6 +9,7 @@
 #define LABMQ_DAEMON_H
 
 #include <stdbool.h>
+#include "labmq/auth.h"
 #include "labmq/driver.h"
 #include "labmq/export.h"
 #include "labmq/log.h"
@@ -62,16 +63,43 @@ LMQ_EXPORT int lmq_daemon_set_subscriber_memory(lmq_daemon_t *d, size_t bytes);
 LMQ_EXPORT int lmq_daemon_add_worker(lmq_daemon_t *d, const char *name, const char *program,
                                      const char *const *args, const char *const *envp, lmq_restart_t restart);
 
+/* Security (docs/security.md), before start. With a server secret key
+ * (Z85, from a key file: lmq_keypair_load) both endpoints are CURVE servers
+ * and accept only the clients allowed with lmq_daemon_allow, each with a
+ * role (labmq/auth.h); every other connection is refused and logged. Without
+ * keys, lmq_daemon_start refuses a network (tcp://...) endpoint unless
+ * lmq_daemon_set_insecure(d, true), and then logs a warning; ipc:// and
+ * inproc:// endpoints are then served to every local process that can open
+ * them. Return 0, or LMQ_EARG / LMQ_ECONFIG (a duplicate client name or key) /
+ * LMQ_ESYS (no CURVE in this libzmq) with the reason in lmq_daemon_last_error.
+ * One daemon with keys per ZeroMQ context: it runs the context's ZAP handler,
+ * which refuses clients of any other socket there that sets a ZAP domain. */
+LMQ_EXPORT int lmq_daemon_set_curve(lmq_daemon_t *d, const char *secret_z85);
+/* name: who the client is in logs, replies and audit lines
+ * (1 to 64 letters, digits, '_', '-', '.', '@'); public_z85: its public key. */
+LMQ_EXPORT int lmq_daemon_allow(lmq_daemon_t *d, const char *name, const char *public_z85, lmq_role_t role);
+LMQ_EXPORT void lmq_daemon_set_insecure(lmq_daemon_t *d, bool insecure);
+
 /* How long lmq_daemon_stop waits for devices to close (default 5000 ms);
  * the same grace is given to workers between SIGTERM and SIGKILL. */
 LMQ_EXPORT void lmq_daemon_set_stop_grace(lmq_daemon_t *d, int ms);
+
+/* A ready device whose driver has been busy (a request, a stream poll, a
+ * link check) for this long is shown as "fault" (list, describe, stats, and a
+ * state change event) until the driver returns; 0 never marks one. Before
+ * lmq_daemon_start only. The default, 3000 ms, marks a device hung under a
+ * client's default call timeout (LMQ_PROXY_DEFAULT_TIMEOUT_MS, 2000) within
+ * twice that timeout. */
+#define LMQ_DAEMON_DEFAULT_FAULT_AFTER_MS 3000
+LMQ_EXPORT void lmq_daemon_set_fault_after(lmq_daemon_t *d, int ms);
 
 /* Binds the endpoints and starts the broker and one thread per device, then
  * returns: it does not wait for instruments to open (each device opens on
  * its own thread; requests to it wait until it has, and `list` shows it as
  * "opening"). A device whose open fails does not stop the daemon: it is
  * reported as disconnected and retried with back-off. Returns LMQ_EBUSY when
- * another daemon already serves the control endpoint. */
+ * another daemon already serves the control endpoint, LMQ_ECONFIG for a
+ * network endpoint without keys (see lmq_daemon_set_curve). */
 LMQ_EXPORT int lmq_daemon_start(lmq_daemon_t *d);
 
 /* Waits until every device is past its first open attempt (open or
@@ -89,6 +117,36 @@ LMQ_EXPORT int lmq_daemon_wait_ready(lmq_daemon_t *d, int timeout_ms);
  * Returns 0 otherwise. Idempotent. */
 LMQ_EXPORT int lmq_daemon_stop(lmq_daemon_t *d);
 
+/* Reloads a running daemon: *next is a daemon declared like the first one
+ * (lmq_daemon_new with the same context and endpoints, then lmq_daemon_add,
+ * lmq_daemon_add_worker, ... -- lmq_config_apply does it from a file) but
+ * never started; declaring it has already checked every device (options,
+ * the driver's configure). The difference is applied:
+ *  - a device whose parsed configuration (driver, connection, option values,
+ *    restore) is unchanged is not touched: same thread, handle, epoch,
+ *    stream seq, queue and stats, no change event;
+ *  - a removed device is stopped as at shutdown (what it had not run is
+ *    answered CLOSED; a device stuck in its driver beyond the stop grace is
+ *    abandoned and logged, and lmq_daemon_stop then returns LMQ_ETIMEOUT);
+ *    requests naming it get NOTFOUND from then on;
+ *  - an added device starts (opening, then ready);
+ *  - a reconfigured device is stopped, then started anew with a new epoch
+ *    once the old instance has closed; requests meanwhile queue for the new;
+ *  - workers likewise: unchanged ones keep running, removed ones are
+ *    stopped (this call waits for them, at most the stop grace), added and
+ *    changed ones are (re)started;
+ *  - the stop grace is taken over.
+ * Refused with LMQ_ECONFIG, nothing changed, when the endpoints or the time
+ * scale differ (they cannot change under running clients and devices);
+ * lmq_daemon_last_error names the key. Call it from the thread that started
+ * the daemon. *next is consumed (destroyed, set to NULL) in every case. The
+ * outcome shows in `ping` and `stats` (docs/protocol.md: config). Returns 0,
+ * LMQ_EARG (d not running), LMQ_ECONFIG, LMQ_EMEM or LMQ_ESYS. */
+LMQ_EXPORT int lmq_daemon_reload(lmq_daemon_t *d, lmq_daemon_t **next);
+/* Records (for `ping` and `stats`) and logs a reload refused before
+ * lmq_daemon_reload could be called: a configuration that did not load.
+ * why: the reason, copied. */
+LMQ_EXPORT void lmq_daemon_reload_refused(lmq_daemon_t *d, const char *why);
 /* Stops (lmq_daemon_stop) if still running, and frees. */
 LMQ_EXPORT void lmq_daemon_destroy(lmq_daemon_t **d);
 

@@ -135,14 +135,25 @@ typedef struct lmq_driver {
      * (lmq_dev_opt_*). Return 0, or a negative status with lmq_dev_fail():
      * the message becomes the configuration error. */
     int (*configure)(lmq_dev_t *dev, lmq_tables_t *tables);
+    /* Optional (driver ABI 3): puts the instrument in a state that is safe
+     * to leave unattended (a supply's output off, a heater at zero). Runs on
+     * the device thread, while the device is open, when a client's lock on
+     * it expires (its holder stopped renewing it or disconnected: protocol
+     * 2.6), after the requests already queued. Return 0, 1 when this device
+     * has nothing to do (a driver whose configuration declares no safe
+     * state), or a negative status with lmq_dev_fail(): the failure is
+     * logged and announced. */
+    int (*safe_state)(lmq_dev_t *dev, void *state);
 } lmq_driver_t;
 
 /* Out-of-tree drivers: a shared object, built against the installed labmq
  * (find_package(labmq) or pkg-config), whose source ends with
  *     LMQ_DRIVER_EXPORT(my_driver)
  * and which a config names by path: `driver: ./libmydriver.so` (relative to
- * the config file). The ABI number is compared when it is loaded. */
-#define LMQ_DRIVER_ABI 2
+ * the config file). The ABI number is compared when it is loaded: a driver
+ * built for another ABI is refused and must be rebuilt. ABI 3 appended
+ * `safe_state` to lmq_driver_t (its source needs no change). */
+#define LMQ_DRIVER_ABI 3
 #define LMQ_DRIVER_ENTRY "lmq_driver_entry"
 #define LMQ_DRIVER_ABI_SYMBOL "lmq_driver_abi"
 #define LMQ_DRIVER_EXPORT(drv)                                                                                   \

@@ -8,6 +8,7 @@
 #define LMQ_VERSION_STRING "0.1.0"
 #define LMQ_PROTOCOL_VERSION 1
 
+#include "labmq/auth.h"
 #include "labmq/config.h"
 #include "labmq/daemon.h"
 #include "labmq/driver.h"

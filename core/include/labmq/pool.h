@@ -11,7 +11,11 @@
  * there; each worker connects a DEALER whose routing id is its --name, says
  * READY with its credit K (how many tasks it may hold at once: --option
  * credit=K, default 2) and then gets at most K tasks in flight, so a slow
- * worker is never flooded and a fast one is never idle for long.
+ * worker is never flooded and a fast one is never idle for long. Tasks
+ * travel in batches of up to K/2 per message (an idle worker gets a task at
+ * once; a busy one, while the caller is still submitting, full batches), and
+ * their results come back the same way: for tiny tasks give the workers a
+ * larger credit (32 or more) so that messages, not tasks, are what is paid for.
  *
  * Every task is tracked until its result arrives. A worker that dies (its
  * pidfd tells; it is reaped at once) has its tasks given to the others and

@@ -29,7 +29,9 @@ enum lmq_status {
     LMQ_ERANGE = -12,   /* value outside the property's or argument's limits */
     LMQ_EREADONLY = -13, /* property cannot be written */
     LMQ_EPERM = -14,     /* permission denied (by the operating system or the daemon) */
-    LMQ_ESYS = -15       /* the operating system refused a resource (thread, socket, process) */
+    LMQ_ESYS = -15,      /* the operating system refused a resource (thread, socket, process) */
+    LMQ_ELOCKED = -16,   /* the device is locked by another client (the message names it) */
+    LMQ_EOUTCOME = -17   /* the request may or may not have run: its reply was lost; do not retry blindly */
 };
 
 /* Human-readable text for a status (static storage, never NULL). */

@@ -27,6 +27,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include "labmq/auth.h"
 #include "labmq/export.h"
 #include "labmq/value.h"
 
@@ -52,6 +53,9 @@ typedef struct lmq_sub_opts {
      * also has at most this many blocks queued for it in the daemon, so a
      * small window keeps a slow display close to now (1: the newest only). */
     unsigned window;
+    /* A daemon with keys (docs/security.md): as lmq_proxy_new_keys; NULL:
+     * none. Borrowed for the constructor only. */
+    const lmq_client_keys_t *keys;
 } lmq_sub_opts_t;
 
 /* A flow subscription to topic ("device/stream", "$events/device") at the
@@ -67,6 +71,10 @@ typedef struct lmq_sub_opts {
 LMQ_EXPORT lmq_sub_t *lmq_sub_new_opts(void *zctx, const char *control_endpoint, const char *topic,
                                        const lmq_sub_opts_t *opts);
 LMQ_EXPORT void lmq_sub_destroy(lmq_sub_t **s);
+/* The same for a daemon with keys (docs/security.md), as lmq_proxy_new_keys.
+ * A refused key receives nothing (lmq_sub_recv times out). */
+LMQ_EXPORT lmq_sub_t *lmq_sub_new_keys(void *zctx, const char *data_endpoint, const char *topic,
+                                       const lmq_client_keys_t *keys);
 
 /* Waits up to timeout_ms (-1 = forever) for the next block. 0 and *frame set
  * (caller destroys), LMQ_ETIMEOUT, or LMQ_EPROTO for a malformed block (which

@@ -70,7 +70,8 @@ LMQ_EXPORT lmq_supervisor_t *lmq_supervisor_new(lmq_log_t *log);
 /* Stops (lmq_supervisor_stop) if running, and frees. */
 LMQ_EXPORT void lmq_supervisor_destroy(lmq_supervisor_t **s);
 
-/* Declares a worker before start. name: 1..63 of letters, digits, _ - .,
+/* Declares a worker, before start or while running (then the supervisor
+ * thread starts it at once; labmqd does so on a reload). name: 1..63 of letters, digits, _ - .,
  * unique. argv (argv[0] the program, searched in PATH when it has no '/') and
  * envp (NULL: an empty environment) are copied. Returns 0, LMQ_EARG (the
  * reason in lmq_supervisor_last_error) or LMQ_EMEM. */
