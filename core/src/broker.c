@@ -772,7 +772,7 @@ static bool handle_device(broker_t *b, lmq_dev_t *dev)
         size_t np = lmq__recv_rest(dev->broker_pipe, parts, MAX_PARTS);
         if (np > MAX_PARTS)
             np = MAX_PARTS;
-        lmq__flow_publish(b->flow, dev, parts, np);
+        lmq__flow_publish(b->flow, parts, np);
         if (lmq__flow_take_changed(b->flow))
             update_wanted(b);
         size_t payload = np >= 3 ? zmq_msg_size(&parts[2]) : 0;

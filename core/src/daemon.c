@@ -561,6 +561,13 @@ static int check_fixed_keys(lmq_daemon_t *d, const lmq_daemon_t *next)
                  d->time_scale, next->time_scale);
         return LMQ_ECONFIG;
     }
+    if (d->subscriber_memory != next->subscriber_memory) {
+        snprintf(d->err, sizeof d->err,
+                 "subscriber_memory: cannot change while labmqd runs (%zu bytes now, %zu in the new configuration): "
+                 "subscriptions were made with it; restart labmqd",
+                 d->subscriber_memory, next->subscriber_memory);
+        return LMQ_ECONFIG;
+    }
     if (d->fault_after_ns != next->fault_after_ns) {
         snprintf(d->err, sizeof d->err,
                  "fault_after: cannot change while labmqd runs (%g s now, %g s in the new configuration); restart "

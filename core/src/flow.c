@@ -19,9 +19,7 @@
 typedef struct fblock {
     struct fblock *next;
     size_t bytes, n;
-    lmq__stream_rt_t *stream; /* for its drop count; NULL for a change event */
-    lmq_dev_t *dev;
-    zmq_msg_t part[];
+    zmq_msg_t part[]; /* part[0]: the topic */
 } fblock_t;
 
 typedef struct fsub {
@@ -154,13 +152,38 @@ bool lmq__flow_take_changed(lmq__flow_t *f)
 
 /* ---- sending ---- */
 
-static void count_drop(fsub_t *s, fblock_t *b)
+/* The device and stream a topic belongs to, looked up when needed: a
+ * reload may remove a device while blocks of it still wait in queues. */
+static lmq_dev_t *topic_owner(const lmq__flow_t *f, const char *topic, size_t len, lmq__stream_rt_t **stream)
+{
+    const size_t plen = sizeof LMQ__EVENTS_PREFIX - 1;
+    bool event = len > plen && memcmp(topic, LMQ__EVENTS_PREFIX, plen) == 0;
+    *stream = NULL;
+    for (size_t i = 0; i < f->d->ndev; i++) {
+        lmq_dev_t *dev = f->d->devs[i];
+        if (event) {
+            if (strlen(dev->name) == len - plen && memcmp(dev->name, topic + plen, len - plen) == 0)
+                return dev;
+            continue;
+        }
+        for (size_t k = 0; k < dev->nstreams; k++)
+            if (strlen(dev->streams[k].topic) == len && memcmp(dev->streams[k].topic, topic, len) == 0) {
+                *stream = &dev->streams[k];
+                return dev;
+            }
+    }
+    return NULL;
+}
+
+static void count_drop(const lmq__flow_t *f, fsub_t *s, const zmq_msg_t *topic)
 {
     s->dropped++;
-    if (b->stream)
-        b->stream->subscriber_drops++;
-    else if (b->dev)
-        b->dev->events_subscriber_drops++;
+    lmq__stream_rt_t *stream;
+    lmq_dev_t *dev = topic_owner(f, zmq_msg_data((zmq_msg_t *)topic), zmq_msg_size((zmq_msg_t *)topic), &stream);
+    if (stream)
+        stream->subscriber_drops++;
+    else if (dev)
+        dev->events_subscriber_drops++;
 }
 
 /* Sends queued blocks while credit lasts. A full pipe leaves the block
@@ -201,7 +224,7 @@ static void pump(lmq__flow_t *f, fsub_t *s)
     }
 }
 
-static void drop_oldest(fsub_t *s)
+static void drop_oldest(const lmq__flow_t *f, fsub_t *s)
 {
     fblock_t *b = s->qh;
     s->qh = b->next;
@@ -209,7 +232,7 @@ static void drop_oldest(fsub_t *s)
         s->qt = NULL;
     s->qn--;
     s->qbytes -= b->bytes;
-    count_drop(s, b);
+    count_drop(f, s, &b->part[0]);
     block_free(b);
 }
 
@@ -228,7 +251,7 @@ static void reap(lmq__flow_t *f)
     }
 }
 
-void lmq__flow_publish(lmq__flow_t *f, lmq_dev_t *dev, zmq_msg_t *parts, size_t n)
+void lmq__flow_publish(lmq__flow_t *f, zmq_msg_t *parts, size_t n)
 {
     if (!f->subs || n < 2 || n > MAX_BLOCK_PARTS)
         return;
@@ -238,10 +261,6 @@ void lmq__flow_publish(lmq__flow_t *f, lmq_dev_t *dev, zmq_msg_t *parts, size_t 
     size_t tlen = zmq_msg_size(&parts[0]), bytes = LMQ__FLOW_BLOCK_OVERHEAD;
     for (size_t i = 0; i < n; i++)
         bytes += zmq_msg_size(&parts[i]);
-    lmq__stream_rt_t *stream = NULL;
-    for (size_t k = 0; k < dev->nstreams && !stream; k++)
-        if (strlen(dev->streams[k].topic) == tlen && memcmp(dev->streams[k].topic, topic, tlen) == 0)
-            stream = &dev->streams[k];
     bool any_dead = false;
     for (fsub_t *s = f->subs; s; s = s->next) {
         if (s->dead || !sub_wants(s, topic, tlen))
@@ -251,27 +270,24 @@ void lmq__flow_publish(lmq__flow_t *f, lmq_dev_t *dev, zmq_msg_t *parts, size_t 
             /* Lossy: the newest blocks win; at most `window` wait besides
              * those in flight, so a slow reader stays close to now. */
             while (s->qh && (held + bytes > f->memory || s->qn >= s->window)) {
-                drop_oldest(s);
+                drop_oldest(f, s);
                 held = s->qbytes + s->inflight_bytes;
             }
         }
-        fblock_t drop = {.stream = stream, .dev = dev};
         /* Beyond the bound the new block is dropped: for a lossless
          * subscriber that keeps what it got an unbroken prefix; for a lossy
          * one it happens only when everything held is already in flight. A
          * block is always taken when nothing is held, however large. */
         if (held > 0 && held + bytes > f->memory) {
-            count_drop(s, &drop);
+            count_drop(f, s, &parts[0]);
             continue;
         }
         fblock_t *b = malloc(sizeof *b + n * sizeof b->part[0]);
         if (!b) {
-            count_drop(s, &drop);
+            count_drop(f, s, &parts[0]);
             continue;
         }
         b->next = NULL;
-        b->stream = stream;
-        b->dev = dev;
         b->bytes = bytes;
         b->n = n;
         for (size_t i = 0; i < n; i++) {

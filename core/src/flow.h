@@ -46,10 +46,10 @@ int lmq__flow_request(lmq__flow_t *f, const zmq_msg_t *env, size_t nenv, const l
  * so that the reply comes before the blocks it releases. */
 void lmq__flow_pump(lmq__flow_t *f);
 
-/* A message dev published (topic, header, payload frames): a reference to
- * each part is queued for every subscription whose topics match, and sent
- * as credit allows. parts stay the caller's. */
-void lmq__flow_publish(lmq__flow_t *f, lmq_dev_t *dev, zmq_msg_t *parts, size_t n);
+/* A message a device published (topic, header, payload frames): a
+ * reference to each part is queued for every subscription whose topics
+ * match, and sent as credit allows. parts stay the caller's. */
+void lmq__flow_publish(lmq__flow_t *f, zmq_msg_t *parts, size_t n);
 
 /* Whether some flow subscription wants this stream topic. */
 bool lmq__flow_wants(const lmq__flow_t *f, const char *topic);
