@@ -5,7 +5,11 @@
  *   labmq  a daemon (lmq_daemon_new/lmq_daemon_add, ipc:// endpoints in a
  *          temp dir) runs the "bench-source" driver defined below, whose
  *          stream poll publishes blocks with lmq_dev_publish_take; the
- *          subscriber reads them with lmq_sub_recv.
+ *          subscriber reads them with lmq_sub_recv from a plain SUB socket
+ *          on the data endpoint (lmq_sub_new).
+ *   flow   the same daemon; the subscriber is a lossless flow subscription
+ *          on the control endpoint (lmq_sub_new_opts, protocol 3.2: credit,
+ *          the daemon's bounded queue), with the default window.
  *   raw    one thread publishes the same blocks (malloc'd, handed to
  *          zmq_msg_init_data) on a PUB socket as topic + 16-byte binary
  *          header (seq, t_ns) + payload; the subscriber is a SUB socket.
@@ -618,6 +622,12 @@ static int role_sub(const opts_t *o)
             fprintf(stderr, "streams: subscriber: connect %s failed\n", o->endpoint);
             goto out;
         }
+    } else if (strcmp(o->system, "flow") == 0) {
+        const lmq_sub_opts_t lossless = {.mode = LMQ_SUB_LOSSLESS};
+        if (!zctx || !(ls = lmq_sub_new_opts(zctx, o->endpoint, TOPIC, &lossless))) {
+            fprintf(stderr, "streams: subscriber: lmq_sub_new_opts(%s) failed\n", o->endpoint);
+            goto out;
+        }
     } else if (!zctx || !(ls = lmq_sub_new(zctx, o->endpoint, TOPIC))) {
         fprintf(stderr, "streams: subscriber: lmq_sub_new(%s) failed\n", o->endpoint);
         goto out;
@@ -701,8 +711,8 @@ typedef struct layout {
     int pub_cpu, sub_cpu;
 } layout_t;
 
-enum { SYS_LABMQ, SYS_RAW, NSYS };
-static const char *const sys_name[NSYS] = {"labmq", "raw"};
+enum { SYS_LABMQ, SYS_FLOW, SYS_RAW, NSYS };
+static const char *const sys_name[NSYS] = {"labmq", "flow", "raw"};
 
 typedef struct result {
     uint64_t blocks, bytes, lost, errors;
@@ -732,10 +742,11 @@ static long window_for(const opts_t *o, size_t size)
 static int run_once(bench_t *b, const layout_t *l, int sys, size_t size, double rate, result_t *r)
 {
     const opts_t *o = b->o;
-    char shm[128], raw_ep[128], data_ep[128], line[256];
+    char shm[128], raw_ep[128], data_ep[128], control_ep[128], line[256];
     snprintf(shm, sizeof shm, "%s/ctl-%d", b->dir, b->nrun++);
     snprintf(raw_ep, sizeof raw_ep, "ipc://%s/raw", b->dir);
     snprintf(data_ep, sizeof data_ep, "ipc://%s/data", b->dir);
+    snprintf(control_ep, sizeof control_ep, "ipc://%s/control", b->dir);
     ctl_t *c = ctl_map(shm, true);
     if (!c)
         return -1;
@@ -743,7 +754,7 @@ static int run_once(bench_t *b, const layout_t *l, int sys, size_t size, double 
     argvb_t a = {0};
     av_add(&a, b->self);
     av_add(&a, "--role");
-    av_add(&a, sys == SYS_LABMQ ? "labmq-pub" : "raw-pub");
+    av_add(&a, sys == SYS_RAW ? "raw-pub" : "labmq-pub");
     av_add(&a, "--cpu");
     av_add(&a, av_num(&a, "%.0f", l->pub_cpu));
     av_add(&a, "--dir");
@@ -771,7 +782,7 @@ static int run_once(bench_t *b, const layout_t *l, int sys, size_t size, double 
         av_add(&s, "--cpu");
         av_add(&s, av_num(&s, "%.0f", l->sub_cpu));
         av_add(&s, "--endpoint");
-        av_add(&s, sys == SYS_LABMQ ? data_ep : raw_ep);
+        av_add(&s, sys == SYS_LABMQ ? data_ep : sys == SYS_FLOW ? control_ep : raw_ep);
         av_add(&s, "--shm");
         av_add(&s, shm);
         av_add(&s, "--size");
@@ -848,7 +859,8 @@ static void usage(FILE *f)
             "               [--sizes B,B,...] [--window-bytes N]\n"
             "\n"
             "Blocks/s and MB/s of a stream from a device through a labmq daemon to a subscriber\n"
-            "process, next to raw libzmq PUB -> SUB (both over ipc://), for each block size, with\n"
+            "process (labmq: a plain SUB; flow: a lossless flow subscription), next to raw libzmq\n"
+            "PUB -> SUB (all over ipc://), for each block size, with\n"
             "publisher and subscriber on the same CPU, on separate CPUs, and unpinned.\n"
             "\n"
             "  --quick           short runs for a smoke test (about 20 s)\n"
@@ -883,7 +895,7 @@ static int orchestrate(const opts_t *o)
     printf("stream throughput, ipc://, %.1f s x %d per row after %.1f s warm-up; window %zu MiB (4..%d blocks)\n",
            o->duration_s, o->rounds, o->warmup_s, o->window_bytes >> 20, MAX_WINDOW);
     printf("%-6s %8s %-9s %10s %9s %6s %6s %8s %8s %8s %10s\n", "layout", "block", "system", "blocks/s", "MB/s", "lost",
-           "errors", "pub CPU%", "sub CPU%", "pub flt", "labmq/raw");
+           "errors", "pub CPU%", "sub CPU%", "pub flt", "x raw");
     fflush(stdout);
     for (size_t li = 0; li < sizeof layouts / sizeof layouts[0]; li++) {
         const layout_t *l = &layouts[li];
@@ -909,8 +921,8 @@ static int orchestrate(const opts_t *o)
             }
             for (int sys = 0; sys < NSYS; sys++) {
                 char ratio[24] = "";
-                if (sys == SYS_LABMQ && rate[SYS_RAW] > 0) {
-                    double q = rate[SYS_LABMQ] / rate[SYS_RAW];
+                if (sys != SYS_RAW && rate[SYS_RAW] > 0) {
+                    double q = rate[sys] / rate[SYS_RAW];
                     snprintf(ratio, sizeof ratio, "%.2f%s", q, size >= 65536 ? (q >= 0.8 ? " ok" : " MISS") : "");
                 }
                 print_row(l, size, sys_name[sys], &r[sys], ratio);
@@ -1090,7 +1102,7 @@ int main(int argc, char **argv)
         if (strcmp(o.role, "raw-pub") == 0 && o.endpoint)
             return role_raw_pub(&o);
         if (strcmp(o.role, "sub") == 0 && o.endpoint && o.system &&
-            (strcmp(o.system, "labmq") == 0 || strcmp(o.system, "raw") == 0))
+            (strcmp(o.system, "labmq") == 0 || strcmp(o.system, "flow") == 0 || strcmp(o.system, "raw") == 0))
             return role_sub(&o);
         fprintf(stderr, "streams: --role %s: unknown role or missing --dir/--endpoint/--system\n", o.role);
         return 2;

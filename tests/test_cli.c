@@ -400,7 +400,25 @@ START_TEST(test_ping_and_stats)
     ck_assert_contains(r.out, "DEVICE");
     ck_assert_contains(r.out, "P99");
     ck_assert_contains(r.out, "psu1");
+    ck_assert_msg(!strstr(r.out, "SUBSCRIPTION"), "a subscriber table without subscribers:\n%s", r.out);
     result_free(&r);
+
+    /* A flow subscription shows in its own table. */
+    void *ctx = zmq_ctx_new();
+    lmq_sub_opts_t o = {.mode = LMQ_SUB_LOSSLESS, .window = 16};
+    lmq_sub_t *sub = lmq_sub_new_opts(ctx, f.control, "daq1/wave", &o);
+    lmq_frame_t *fr = NULL;
+    ck_assert_int_eq(lmq_sub_recv(sub, &fr, 5000), 0);
+    lmq_frame_destroy(&fr);
+    r = run(&f, "stats", NULL);
+    ck_assert_exit(r, 0);
+    ck_assert_contains(r.out, "SUBSCRIPTION");
+    ck_assert_contains(r.out, "HELD BYTES");
+    ck_assert_contains(r.out, "lossless");
+    ck_assert_contains(r.out, "daq1/wave");
+    result_free(&r);
+    lmq_sub_destroy(&sub);
+    zmq_ctx_term(ctx);
     fx_fini(&f);
 }
 END_TEST

@@ -178,6 +178,18 @@ START_TEST(observe_role_reads_but_cannot_write)
     ck_assert_msg(rc == 0, "no block for an observer: %s", lmq_sub_last_error(s));
     lmq_frame_destroy(&f);
     lmq_sub_destroy(&s);
+    /* So is a flow subscription (protocol 3.2), on the control endpoint with
+     * the same keys: blocks arrive and credit flows, gap-free. */
+    lmq_sub_opts_t o = {.mode = LMQ_SUB_LOSSLESS, .window = 4, .keys = &bob};
+    s = lmq_sub_new_opts(l.ctx, l.d->bound_control, "daq1/wave", &o);
+    ck_assert_ptr_nonnull(s);
+    for (int i = 0; i < 12; i++) {
+        rc = lmq_sub_recv(s, &f, 10000);
+        ck_assert_msg(rc == 0, "no flow block for an observer: %s (%s)", lmq_strerror(rc), lmq_sub_last_error(s));
+        lmq_frame_destroy(&f);
+    }
+    ck_assert_uint_eq(lmq_sub_lost(s), 0);
+    lmq_sub_destroy(&s);
     lmq_proxy_destroy(&p);
     lab_stop(&l);
 }

@@ -147,7 +147,7 @@ START_TEST(config_worker_errors_have_positions)
                         "<config>:5:11: workers[0].args: expected a list, found a mapping");
     expect_config_error("devices: []\nworker: []\n",
                         "<config>:2:1: unknown key 'worker' (valid keys: control, data, log_level, stop_grace, "
-                        "fault_after, time_scale, devices, workers, security)");
+                        "fault_after, time_scale, subscriber_memory, devices, workers, security)");
 }
 END_TEST
 

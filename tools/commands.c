@@ -621,6 +621,44 @@ static void fmt_us(char *buf, size_t size, json_t *n)
     snprintf(buf, size, us < 100 ? "%.1f" : "%.0f", us);
 }
 
+/* The flow subscriptions (protocol 3.2), when there are any: who holds how
+ * much in the daemon, and what each has lost to its bound. */
+static int print_subscribers(cli_t *c, json_t *subs)
+{
+    if (json_array_size(subs) == 0)
+        return CLI_OK;
+    fputc('\n', c->out);
+    cli_table_t *t = cli_table_new(7);
+    for (size_t col = 3; col < 7; col++)
+        cli_table_align_right(t, col);
+    cli_table_row(t, "SUBSCRIPTION", "MODE", "TOPICS", "HELD BYTES", "QUEUED", "DELIVERED", "DROPPED");
+    size_t i;
+    json_t *s;
+    json_array_foreach(subs, i, s)
+    {
+        char id[32], held[32], queued[32], delivered[32], dropped[32], topics[256] = "";
+        fmt_count(id, sizeof id, json_object_get(s, "subscription"));
+        json_int_t bytes = json_integer_value(json_object_get(s, "queued_bytes")) +
+                           json_integer_value(json_object_get(s, "in_flight_bytes"));
+        snprintf(held, sizeof held, "%" JSON_INTEGER_FORMAT, bytes);
+        fmt_count(queued, sizeof queued, json_object_get(s, "queued_blocks"));
+        fmt_count(delivered, sizeof delivered, json_object_get(s, "delivered"));
+        fmt_count(dropped, sizeof dropped, json_object_get(s, "dropped"));
+        size_t k, len = 0;
+        json_t *topic;
+        json_array_foreach(json_object_get(s, "topics"), k, topic)
+        {
+            if (len < sizeof topics)
+                len += (size_t)snprintf(topics + len, sizeof topics - len, "%s%s", k ? "," : "",
+                                        json_string_value(topic) ? json_string_value(topic) : "?");
+        }
+        cli_table_row(t, id, jstr(s, "mode"), topics, held, queued, delivered, dropped);
+    }
+    int rc = cli_table_print(t, c->out, "") == 0 ? CLI_OK : cli_failf(c, LMQ_EMEM, "out of memory");
+    cli_table_destroy(&t);
+    return rc;
+}
+
 int cli_cmd_stats(cli_t *c, int argc, char **argv)
 {
     int rc;
@@ -655,6 +693,8 @@ int cli_cmd_stats(cli_t *c, int argc, char **argv)
     }
     rc = cli_table_print(t, c->out, "") == 0 ? CLI_OK : cli_failf(c, LMQ_EMEM, "out of memory");
     cli_table_destroy(&t);
+    if (rc == CLI_OK)
+        rc = print_subscribers(c, json_object_get(j, "subscribers"));
     json_decref(j);
     return rc;
 }

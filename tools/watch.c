@@ -22,6 +22,7 @@
 #define RATE_WINDOW_MS 2000 /* long enough to smooth block jitter, short enough to follow changes */
 #define RATE_SNAPSHOTS (RATE_WINDOW_MS / REFRESH_TTY_MS + 1)
 #define STALL_MS 2000 /* no block for this long: say so on the live line */
+#define WATCH_WINDOW 64 /* blocks in flight: enough for fast streams, and a lag of ~2x that at most */
 
 typedef struct snapshot {
     int64_t t_ns;
@@ -241,12 +242,12 @@ static int watch_loop(watch_t *w)
             }
             return 0;
         }
-        if (n > 0 && (items[0].revents & ZMQ_POLLIN)) {
-            int rc = drain(w);
-            if (rc != 0) {
-                cli_failf(c, rc, "%s", lmq_sub_last_error(w->sub));
-                return rc;
-            }
+        /* At every wake, readable or not: lmq_sub_recv also returns credit
+         * and renews the subscription's lease. */
+        int rc = drain(w);
+        if (rc != 0) {
+            cli_failf(c, rc, "%s", lmq_sub_last_error(w->sub));
+            return rc;
         }
         now = lmq_clock_mono_ns();
         if (now >= next) {
@@ -380,13 +381,13 @@ int cli_cmd_watch(cli_t *c, int argc, char **argv)
     }
     const char *units = json_string_value(json_object_get(st, "units"));
     snprintf(w.units, sizeof w.units, "%s", units ? units : "");
-    rc = cli_resolve_data(c, p);
     lmq_proxy_destroy(&p);
-    if (rc != CLI_OK)
-        goto out;
-    w.sub = lmq_sub_new_keys(c->zctx, c->data, topic, cli_keys(c));
+    /* Lossy: a display never holds up anything; when it falls behind, the
+     * daemon keeps the newest blocks for it (at most WATCH_WINDOW queued). */
+    const lmq_sub_opts_t lossy = {.mode = LMQ_SUB_LOSSY, .window = WATCH_WINDOW, .keys = cli_keys(c)};
+    w.sub = lmq_sub_new_opts(c->zctx, c->control, topic, &lossy);
     if (!w.sub) {
-        rc = cli_failf(c, LMQ_EARG, "cannot subscribe to %s at %s", topic, c->data);
+        rc = cli_failf(c, LMQ_EARG, "cannot subscribe to %s at %s", topic, c->control);
         goto out;
     }
 
@@ -400,7 +401,7 @@ int cli_cmd_watch(cli_t *c, int argc, char **argv)
     show_final(&w, lmq_clock_mono_ns());
     if (w.blocks == 0)
         rc = cli_failf(c, LMQ_ETIMEOUT, "no block on %s at %s (is the stream running? see 'labmq describe %s')",
-                       topic, c->data, dev);
+                       topic, c->control, dev);
 out:
     lmq_proxy_destroy(&p);
     lmq_frame_destroy(&w.last);

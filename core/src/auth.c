@@ -813,6 +813,9 @@ bool lmq__op_changes_state(lmq__op_t op)
     case LMQ__OP_GET:
     case LMQ__OP_STATS:
     case LMQ__OP_WORKERS:
+    case LMQ__OP_SUBSCRIBE: /* reading a stream, as a SUB socket on the data endpoint does */
+    case LMQ__OP_CREDIT:
+    case LMQ__OP_UNSUBSCRIBE:
         return false;
     default:
         return true; /* call, set, and any op added later until shown harmless */

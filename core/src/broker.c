@@ -13,6 +13,7 @@
 #include <unistd.h>
 #include "daemon_internal.h"
 #include "dedup.h"
+#include "flow.h"
 #include "labmq/labmq.h"
 #include "local.h"
 #include "locks.h"
@@ -67,6 +68,9 @@ typedef struct broker {
     const char *peer; /* who sent the request being handled (audit of refusals); NULL between requests */
     lmq__locks_t *locks;  /* who holds which device (locks.c) */
     lmq__dedup_t *dedup;  /* recent calls and sets of named clients (dedup.c) */
+    lmq__flow_t *flow; /* flow-controlled subscriptions on the control endpoint */
+    size_t largest_block; /* payload bytes, the largest published so far */
+    int plain_hwm;        /* the XPUB's SNDHWM now */
 } broker_t;
 
 static lmq__job_t *job_get(broker_t *b)
@@ -342,11 +346,12 @@ static json_t *device_stats(lmq_dev_t *dev)
     json_t *streams = json_array();
     for (size_t i = 0; i < dev->nstreams; i++) {
         lmq__stream_rt_t *st = &dev->streams[i];
-        json_array_append_new(streams, json_pack("{s:s, s:I, s:I, s:I, s:I}", "name", dev->stream_defs[i].name,
+        json_array_append_new(streams, json_pack("{s:s, s:I, s:I, s:I, s:I, s:I}", "name", dev->stream_defs[i].name,
                                                  "published", (json_int_t)atomic_load(&st->published), "dropped",
                                                  (json_int_t)atomic_load(&st->dropped), "skipped",
                                                  (json_int_t)atomic_load(&st->skipped), "errors",
-                                                 (json_int_t)atomic_load(&st->errors)));
+                                                 (json_int_t)atomic_load(&st->errors), "subscriber_drops",
+                                                 (json_int_t)st->subscriber_drops));
     }
     pthread_mutex_lock(&dev->mu);
     json_t *j =
@@ -356,10 +361,11 @@ static json_t *device_stats(lmq_dev_t *dev)
                   s->latency_max_us, "disconnects", (json_int_t)dev->disconnects, "reopens", (json_int_t)dev->reopens,
                   "restores", (json_int_t)dev->restores, "streams", streams);
     pthread_mutex_unlock(&dev->mu);
-    if (j)
+    if (j) {
         json_object_set_new(j, "events_dropped", json_integer((json_int_t)atomic_load(&dev->events_dropped)));
-    if (j)
+        json_object_set_new(j, "events_subscriber_drops", json_integer((json_int_t)dev->events_subscriber_drops));
         lmq__local_stats(dev, j); /* local channel: calls per path */
+    }
     return j;
 }
 
@@ -373,6 +379,43 @@ static void reply_no_device(broker_t *b, zmq_msg_t *env, size_t nenv, const lmq_
         len += (size_t)snprintf(names + len, sizeof names - len, "%s%s", i ? ", " : "", d->devs[i]->name);
     snprintf(msg, sizeof msg, "no device '%.64s' (devices: %s)", req->device, d->ndev ? names : "none");
     reply_error(b, env, nenv, req, LMQ_ENOTFOUND, msg, false);
+}
+
+/* The stream subscribers' part of stats (protocol 3.2). */
+static void flow_stats(broker_t *b, json_t *result)
+{
+    json_object_set_new(result, "subscriber_memory", json_integer((json_int_t)lmq__flow_memory(b->flow)));
+    json_object_set_new(result, "plain_subscriber_hwm", json_integer(b->plain_hwm));
+    json_object_set_new(result, "subscribers", lmq__flow_stats(b->flow));
+}
+
+static void update_wanted(broker_t *b);
+
+/* A plain SUB client that does not read makes the daemon hold at most about
+ * the flow subscribers' bound (protocol 3.2): the XPUB's high-water mark
+ * follows the largest block, as the shapes say (drivers set them when they
+ * open: each state event recomputes) and as blocks show. It applies to
+ * clients that connect afterwards. */
+static void update_plain_hwm(broker_t *b)
+{
+    int hwm = lmq__flow_plain_hwm(b->d, lmq__flow_memory(b->flow), b->largest_block);
+    if (hwm != b->plain_hwm && zmq_setsockopt(b->xpub, ZMQ_SNDHWM, &hwm, sizeof hwm) == 0)
+        b->plain_hwm = hwm;
+}
+
+/* subscribe, credit, unsubscribe: answered by the flow module. */
+static void handle_flow(broker_t *b, zmq_msg_t *env, size_t nenv, const lmq__request_t *req)
+{
+    json_t *result = NULL;
+    char err[700];
+    int rc = lmq__flow_request(b->flow, env, nenv, req, &result, err, sizeof err);
+    if (rc != 0)
+        reply_error(b, env, nenv, req, rc, err, false);
+    else
+        reply_ok(b, env, nenv, req, result);
+    lmq__flow_pump(b->flow);
+    if (lmq__flow_take_changed(b->flow))
+        update_wanted(b);
 }
 
 static void handle_local(broker_t *b, zmq_msg_t *env, size_t nenv, lmq__request_t *req)
@@ -416,6 +459,8 @@ static void handle_local(broker_t *b, zmq_msg_t *env, size_t nenv, lmq__request_
                            "errors", (json_int_t)d->errors, "replies_waiting", (json_int_t)b->npend, "replies_dropped",
                            (json_int_t)d->replies_dropped, "replies_undeliverable",
                            (json_int_t)d->replies_undeliverable, "devices", devs);
+        if (result)
+            flow_stats(b, result);
         break;
     }
     case LMQ__OP_WORKERS:
@@ -569,6 +614,10 @@ static bool handle_request(broker_t *b)
         reply_error(b, parts, nenv, &req, LMQ_EPERM, err, false);
         goto done;
     }
+    if (lmq__flow_op(req.op)) {
+        handle_flow(b, parts, nenv, &req);
+        goto done;
+    }
     if (req.op != LMQ__OP_CALL && req.op != LMQ__OP_GET && req.op != LMQ__OP_SET) {
         handle_local(b, parts, nenv, &req);
         goto done;
@@ -702,6 +751,31 @@ static void finish_job(broker_t *b, lmq__job_t *job)
     job_put(b, job);
 }
 
+/* Sends a published message (topic, header, payload frames) to the flow
+ * subscriptions (references) and to the data endpoint, without copying;
+ * takes the parts. Used for what devices publish and for the events the
+ * broker makes for them (a device stuck in its driver). */
+static void publish_parts(broker_t *b, zmq_msg_t *parts, size_t np)
+{
+    lmq__flow_publish(b->flow, parts, np);
+    if (lmq__flow_take_changed(b->flow))
+        update_wanted(b);
+    size_t payload = np >= 3 ? zmq_msg_size(&parts[2]) : 0;
+    if (payload > b->largest_block || (zmq_msg_size(&parts[0]) > sizeof LMQ__EVENTS_PREFIX - 1 &&
+                                       memcmp(zmq_msg_data(&parts[0]), LMQ__EVENTS_PREFIX,
+                                              sizeof LMQ__EVENTS_PREFIX - 1) == 0)) {
+        if (payload > b->largest_block)
+            b->largest_block = payload;
+        update_plain_hwm(b);
+    }
+    for (size_t i = 0; i < np; i++) {
+        zmq_msg_send(&parts[i], b->xpub, (i + 1 < np ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT);
+        zmq_msg_close(&parts[i]);
+    }
+}
+
+static void publish_cb(void *arg, zmq_msg_t *parts, size_t np) { publish_parts(arg, parts, np); }
+
 /* Reads one message from a device pipe: a finished job or a stream block;
  * false when none was waiting. */
 static bool handle_device(broker_t *b, lmq_dev_t *dev)
@@ -719,20 +793,15 @@ static bool handle_device(broker_t *b, lmq_dev_t *dev)
         memcpy(&job, p + 1, sizeof job);
         lmq__handoff_acquire(job);
         finish_job(b, job);
-    } else if (n == 1 && p[0] == LMQ__MSG_PUBLISH) {
+    } else if (n == 1 && p[0] == LMQ__MSG_PUBLISH && zmq_msg_more(&m)) {
         /* topic, header, payload frames (a stream block, or a change event
-         * with or without a value frame): forwarded without copying. */
-        for (bool more = zmq_msg_more(&m); more;) {
-            zmq_msg_t part;
-            zmq_msg_init(&part);
-            if (zmq_msg_recv(&part, dev->broker_pipe, 0) < 0) {
-                zmq_msg_close(&part);
-                break;
-            }
-            more = zmq_msg_more(&part);
-            zmq_msg_send(&part, b->xpub, (more ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT);
-            zmq_msg_close(&part);
-        }
+         * with or without a value frame): forwarded without copying, to the
+         * flow subscriptions (references) and to the data endpoint. */
+        zmq_msg_t parts[MAX_PARTS];
+        size_t np = lmq__recv_rest(dev->broker_pipe, parts, MAX_PARTS);
+        if (np > MAX_PARTS)
+            np = MAX_PARTS;
+        publish_parts(b, parts, np);
     }
     zmq_msg_close(&m);
     return true;
@@ -749,7 +818,7 @@ static void update_wanted(broker_t *b)
     for (size_t i = 0; i < d->ndev; i++)
         for (size_t k = 0; k < d->devs[i]->nstreams; k++) {
             lmq__stream_rt_t *st = &d->devs[i]->streams[k];
-            bool wanted = false;
+            bool wanted = b->flow && lmq__flow_wants(b->flow, st->topic);
             for (size_t p = 0; p < b->nprefixes && !wanted; p++)
                 wanted = strncmp(st->topic, b->prefixes[p], strlen(b->prefixes[p])) == 0;
             atomic_store(&st->wanted, wanted);
@@ -822,7 +891,7 @@ static int64_t watch_devices(broker_t *b, int64_t now)
 {
     int64_t next = INT64_MAX;
     for (size_t i = 0; i < b->d->ndev; i++) {
-        int64_t due = lmq__dev_watch(b->d->devs[i], now, b->d->fault_after_ns, b->xpub, drain_device, b);
+        int64_t due = lmq__dev_watch(b->d->devs[i], now, b->d->fault_after_ns, publish_cb, drain_device, b);
         if (due < next)
             next = due;
     }
@@ -1259,10 +1328,11 @@ void *lmq__broker_main(void *arg)
 
     b.router = make_socket(&b, ZMQ_ROUTER);
     b.xpub = make_socket(&b, ZMQ_XPUB);
+    b.flow = lmq__flow_new(d, b.router, d->subscriber_memory);
     char msg[560];
     size_t nitems = 3 + d->ndev;
     b.items = calloc(nitems, sizeof *b.items);
-    if (!b.router || !b.xpub || !b.items) {
+    if (!b.router || !b.xpub || !b.items || !b.flow) {
         report(&b, LMQ_ESYS, "cannot create the broker's sockets");
         goto out;
     }
@@ -1289,6 +1359,7 @@ void *lmq__broker_main(void *arg)
         report(&b, e == EADDRINUSE ? LMQ_EBUSY : LMQ_ECONFIG, msg);
         goto out;
     }
+    update_plain_hwm(&b);
     if (zmq_bind(b.xpub, d->data) != 0) {
         int e = zmq_errno();
         snprintf(msg, sizeof msg, "cannot bind data endpoint %s: %s", d->data, zmq_strerror(e));
@@ -1349,6 +1420,9 @@ void *lmq__broker_main(void *arg)
             if (watch_ms >= 0 && (timeout < 0 || watch_ms < timeout))
                 timeout = watch_ms;
         }
+        int flow_timeout = lmq__flow_timeout_ms(b.flow);
+        if (flow_timeout >= 0 && (timeout < 0 || flow_timeout < timeout))
+            timeout = flow_timeout;
         if (zmq_poll(b.items, (int)nitems, timeout) < 0) {
             if (zmq_errno() == EINTR)
                 continue;
@@ -1363,6 +1437,9 @@ void *lmq__broker_main(void *arg)
         }
         if (b.npend)
             flush_backlog(&b);
+        lmq__flow_tick(b.flow);
+        if (lmq__flow_take_changed(b.flow))
+            update_wanted(&b);
         /* Replies first: they finish work already accepted. */
         /* Bounded batches keep one busy client or device from starving the rest. */
         for (size_t i = 0; i < d->ndev; i++)
@@ -1387,6 +1464,7 @@ out:
     free_backlog(&b);
     lmq__locks_destroy(&b.locks);
     lmq__dedup_destroy(&b.dedup);
+    lmq__flow_destroy(&b.flow);
     for (size_t i = 0; i < b.nprefixes; i++)
         free(b.prefixes[i]);
     free(b.prefixes);

@@ -84,6 +84,7 @@ struct raw_config {
     double *stop_grace; /* seconds; NULL when absent */
     double *time_scale; /* simulated instruments' time scale; NULL when absent */
     double *fault_after; /* seconds; NULL when absent */
+    uint64_t *subscriber_memory; /* bytes held per stream subscriber; NULL when absent */
     struct raw_device *devices;
     unsigned devices_count;
     struct raw_worker *workers; /* NULL when absent */
@@ -99,7 +100,7 @@ struct lmq_config {
     cyaml_schema_field_t *opt_fields; /* n_opts + terminator; .key is the option name */
     cyaml_schema_field_t dev_fields[6];
     cyaml_schema_value_t dev_entry;
-    cyaml_schema_field_t top_fields[10];
+    cyaml_schema_field_t top_fields[11];
     cyaml_schema_field_t sec_fields[4];
     cyaml_schema_field_t cl_fields[4];
     cyaml_schema_value_t cl_entry;
@@ -550,7 +551,9 @@ static int build_schema(lmq_config_t *c)
         "security", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, struct raw_config, security, c->sec_fields);
     c->top_fields[8] = (cyaml_schema_field_t)CYAML_FIELD_FLOAT_PTR(
         "fault_after", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, struct raw_config, fault_after);
-    c->top_fields[9] = (cyaml_schema_field_t)CYAML_FIELD_END;
+    c->top_fields[9] = (cyaml_schema_field_t)CYAML_FIELD_UINT_PTR(
+        "subscriber_memory", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, struct raw_config, subscriber_memory);
+    c->top_fields[10] = (cyaml_schema_field_t)CYAML_FIELD_END;
     c->top = (cyaml_schema_value_t){CYAML_VALUE_MAPPING(CYAML_FLAG_POINTER, struct raw_config, c->top_fields)};
     return 0;
 }
@@ -705,7 +708,7 @@ static void cyaml_failure(loader_t *L, cyaml_err_t e)
     } else if (kind == K_UNKNOWN && ctx == CTX_TOP) {
         fail(L, line, col,
              "unknown key '%s' (valid keys: control, data, log_level, stop_grace, fault_after, time_scale, "
-             "devices, workers, security)",
+             "subscriber_memory, devices, workers, security)",
              key);
     } else if (kind == K_UNKNOWN && ctx == CTX_DEVICE) {
         fail(L, line, col, "%s: unknown key '%s' (valid keys: name, driver, connection, options, restore)", dev, key);
@@ -764,6 +767,12 @@ static void validate(loader_t *L)
     if (r->time_scale && !(*r->time_scale >= 1e-3 && *r->time_scale <= 1e6)) {
         top_pos(L, "time_scale", &line, &col);
         fail(L, line, col, "time_scale %g is outside 0.001..1000000", *r->time_scale);
+        return;
+    }
+    if (r->subscriber_memory && !(*r->subscriber_memory >= 1024 && *r->subscriber_memory <= (1ULL << 40))) {
+        top_pos(L, "subscriber_memory", &line, &col);
+        fail(L, line, col, "subscriber_memory %llu bytes is outside 1024..1099511627776 (1 KiB..1 TiB)",
+             (unsigned long long)*r->subscriber_memory);
         return;
     }
     if (r->log_level && lmq_log_level_parse(r->log_level) < 0) {
@@ -1407,6 +1416,11 @@ int lmq_config_apply(const lmq_config_t *cfg, lmq_daemon_t *d, char **err)
     if (cfg->raw->time_scale && lmq_daemon_set_time_scale(d, *cfg->raw->time_scale) != 0) {
         set_err(err, "time_scale %g cannot be set (outside 0.001..1000000, or the daemon has started)",
                 *cfg->raw->time_scale);
+        return LMQ_EARG;
+    }
+    if (cfg->raw->subscriber_memory && lmq_daemon_set_subscriber_memory(d, (size_t)*cfg->raw->subscriber_memory) != 0) {
+        set_err(err, "subscriber_memory %llu cannot be set (outside 1 KiB..1 TiB, or the daemon has started)",
+                (unsigned long long)*cfg->raw->subscriber_memory);
         return LMQ_EARG;
     }
     for (size_t i = 0; i < lmq_config_device_count(cfg); i++) {

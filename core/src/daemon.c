@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "daemon_internal.h"
+#include "flow.h"
 #include "labmq/status.h"
 #include "supervise_internal.h"
 
@@ -38,6 +39,7 @@ lmq_daemon_t *lmq_daemon_new(void *zctx, const char *control_endpoint, const cha
     d->stop_grace_ns = 5000LL * 1000000;
     d->fault_after_ns = (int64_t)LMQ_DAEMON_DEFAULT_FAULT_AFTER_MS * 1000000;
     d->time_scale = 1.0;
+    d->subscriber_memory = LMQ__FLOW_DEFAULT_MEMORY;
     return d;
 }
 
@@ -275,6 +277,14 @@ static int check_security(lmq_daemon_t *d)
             "INSECURE: serving %s without authentication or encryption (security: insecure: true); anyone who "
             "reaches it can drive the instruments",
             net);
+    return 0;
+}
+
+int lmq_daemon_set_subscriber_memory(lmq_daemon_t *d, size_t bytes)
+{
+    if (!d || d->running || bytes < LMQ__FLOW_MIN_MEMORY || bytes > LMQ__FLOW_MAX_MEMORY)
+        return LMQ_EARG;
+    d->subscriber_memory = bytes;
     return 0;
 }
 
@@ -549,6 +559,13 @@ static int check_fixed_keys(lmq_daemon_t *d, const lmq_daemon_t *next)
                  "time_scale: cannot change while labmqd runs (%g now, %g in the new configuration): it applies to "
                  "every simulated device; restart labmqd",
                  d->time_scale, next->time_scale);
+        return LMQ_ECONFIG;
+    }
+    if (d->subscriber_memory != next->subscriber_memory) {
+        snprintf(d->err, sizeof d->err,
+                 "subscriber_memory: cannot change while labmqd runs (%zu bytes now, %zu in the new configuration): "
+                 "subscriptions were made with it; restart labmqd",
+                 d->subscriber_memory, next->subscriber_memory);
         return LMQ_ECONFIG;
     }
     if (d->fault_after_ns != next->fault_after_ns) {

@@ -20,6 +20,7 @@ struct lmq_daemon {
     char pipe_endpoint[96];
     char err[512];
     double time_scale;
+    size_t subscriber_memory; /* bytes held per stream subscriber at most (protocol 3.2) */
     lmq__auth_t *auth; /* keys and allow-list: set before start, read-only after */
     bool insecure;     /* network endpoints without keys allowed */
 

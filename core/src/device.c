@@ -691,15 +691,16 @@ static void enter_driver(lmq_dev_t *dev, const char *what, const char *name, lmq
         driver_returned(dev);
 }
 
-/* Sends a change event (protocol 3.1) on sock, under ev_mu: the device
- * thread's go through the broker like a stream block (to_broker: the kind
- * frame first), never blocking the device thread; a refused event spends its
- * seq so subscribers see the gap. The broker's go out on its XPUB directly.
- * value and extra (more header keys, taken) may be NULL. */
-static void send_event(lmq_dev_t *dev, void *sock, bool to_broker, const char *kind, const char *name,
+/* Sends a change event (protocol 3.1), under ev_mu: the device thread's go
+ * to the broker on sock like a stream block (the kind frame first), never
+ * blocking the device thread; a refused event spends its seq so subscribers
+ * see the gap. The broker's own (publish, on its thread) go straight to its
+ * publishing path. value and extra (more header keys, taken) may be NULL. */
+static void send_event(lmq_dev_t *dev, void *sock, lmq__publish_fn publish, void *arg, const char *kind,
+                       const char *name,
                        const lmq_value_t *value, const char *cause, const char *state, const char *error, json_t *extra)
 {
-    if (!sock) {
+    if (!sock && !publish) {
         json_decref(extra);
         return;
     }
@@ -736,11 +737,24 @@ static void send_event(lmq_dev_t *dev, void *sock, bool to_broker, const char *k
         lmq__frames_close(&bin);
         return;
     }
-    zmq_msg_init_size(&kindm, 1);
-    *(char *)zmq_msg_data(&kindm) = LMQ__MSG_PUBLISH;
     zmq_msg_init_size(&topic, strlen(dev->ev_topic));
     memcpy(zmq_msg_data(&topic), dev->ev_topic, strlen(dev->ev_topic));
-    if (to_broker && zmq_msg_send(&kindm, sock, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+    if (publish) { /* the broker's own: topic, header, value frames, handed over */
+        zmq_msg_t parts[2 + LMQ__MAX_BINFRAMES];
+        size_t n = 0;
+        parts[n++] = topic;
+        parts[n++] = header;
+        for (size_t i = 0; i < bin.n && n < 2 + LMQ__MAX_BINFRAMES; i++) {
+            zmq_msg_init(&parts[n]);
+            zmq_msg_move(&parts[n++], &bin.msg[i]);
+        }
+        lmq__frames_close(&bin);
+        publish(arg, parts, n);
+        return;
+    }
+    zmq_msg_init_size(&kindm, 1);
+    *(char *)zmq_msg_data(&kindm) = LMQ__MSG_PUBLISH;
+    if (zmq_msg_send(&kindm, sock, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
         atomic_fetch_add(&dev->events_dropped, 1);
         zmq_msg_close(&kindm);
         zmq_msg_close(&topic);
@@ -748,13 +762,10 @@ static void send_event(lmq_dev_t *dev, void *sock, bool to_broker, const char *k
         lmq__frames_close(&bin);
         return;
     }
-    zmq_msg_close(&kindm);
-    /* XPUB never blocks: a slow subscriber loses the event (a gap in seq). */
-    int wait = to_broker ? 0 : ZMQ_DONTWAIT;
-    zmq_msg_send(&topic, sock, ZMQ_SNDMORE | wait);
-    zmq_msg_send(&header, sock, (bin.n ? ZMQ_SNDMORE : 0) | wait);
+    zmq_msg_send(&topic, sock, ZMQ_SNDMORE);
+    zmq_msg_send(&header, sock, bin.n ? ZMQ_SNDMORE : 0);
     for (size_t i = 0; i < bin.n; i++)
-        zmq_msg_send(&bin.msg[i], sock, (i + 1 < bin.n ? ZMQ_SNDMORE : 0) | wait);
+        zmq_msg_send(&bin.msg[i], sock, i + 1 < bin.n ? ZMQ_SNDMORE : 0);
     lmq__frames_close(&bin);
 }
 
@@ -762,7 +773,7 @@ static void emit_event_extra(lmq_dev_t *dev, const char *kind, const char *name,
                              const char *cause, const char *state, const char *error, json_t *extra)
 {
     pthread_mutex_lock(&dev->ev_mu);
-    send_event(dev, dev->pipe, true, kind, name, value, cause, state, error, extra);
+    send_event(dev, dev->pipe, NULL, NULL, kind, name, value, cause, state, error, extra);
     pthread_mutex_unlock(&dev->ev_mu);
 }
 
@@ -772,7 +783,7 @@ static void emit_event(lmq_dev_t *dev, const char *kind, const char *name, const
     emit_event_extra(dev, kind, name, value, cause, state, error, NULL);
 }
 
-int64_t lmq__dev_watch(lmq_dev_t *dev, int64_t now, int64_t fault_after_ns, void *xpub,
+int64_t lmq__dev_watch(lmq_dev_t *dev, int64_t now, int64_t fault_after_ns, lmq__publish_fn publish,
                        void (*drain)(void *arg, lmq_dev_t *dev), void *arg)
 {
     pthread_mutex_lock(&dev->mu);
@@ -797,7 +808,7 @@ int64_t lmq__dev_watch(lmq_dev_t *dev, int64_t now, int64_t fault_after_ns, void
     }
     pthread_mutex_unlock(&dev->mu);
     if (fault) {
-        send_event(dev, xpub, false, "state", NULL, NULL, "stuck", lmq__dev_state_name(LMQ__DEV_FAULT), error,
+        send_event(dev, NULL, publish, arg, "state", NULL, NULL, "stuck", lmq__dev_state_name(LMQ__DEV_FAULT), error,
                    NULL);
         lmq_log(dev->log, LMQ_LOG_WARN, dev->name, "FAULT: %s", error);
     }

@@ -33,6 +33,7 @@ typedef struct lmq__stream_rt {
     _Atomic uint64_t skipped;   /* blocks the driver declared lost (lmq_dev_stream_skip) */
     _Atomic uint64_t errors;    /* blocks refused as malformed, and failed polls */
     atomic_bool wanted;         /* a subscriber's prefix matches the topic (broker writes) */
+    uint64_t subscriber_drops;  /* broker: blocks flow subscriptions dropped at their bound */
 } lmq__stream_rt_t;
 
 #define LMQ__LAT_RING 1024
@@ -126,6 +127,7 @@ struct lmq_dev {
     void *broker_pipe;
     lmq__dev_stats_t stats;
     lmq__job_t *queue_head, *queue_tail; /* accepted jobs in order, oldest first */
+    uint64_t events_subscriber_drops;    /* change events flow subscriptions dropped at their bound */
 
     struct lmq__local *local; /* local.c: the device's local channel; NULL when it has none */
 };
@@ -221,12 +223,15 @@ json_t *lmq__describe(lmq_dev_t *dev);
 
 /* Broker thread: marks the device FAULT when it is ready and its driver has
  * been busy (a request, a stream poll, a link check) for fault_after_ns or
- * longer, and publishes that state event on xpub itself (the device thread
- * is the one that is stuck). drain(arg, dev) must forward everything the
- * device has sent on its pipe so far, so that its earlier events go out
- * first. The device thread makes it ready again when the driver returns.
- * Returns when (mono ns) to look at the device again. */
-int64_t lmq__dev_watch(lmq_dev_t *dev, int64_t now, int64_t fault_after_ns, void *xpub,
+ * longer, and publishes that state event itself through publish(arg, parts,
+ * n) (topic, header and value frames, taken: the broker's path to the data
+ * endpoint and the flow subscriptions), as the device thread is the one
+ * that is stuck. drain(arg, dev) must forward everything the device has
+ * sent on its pipe so far, so that its earlier events go out first. The
+ * device thread makes it ready again when the driver returns. Returns when
+ * (mono ns) to look at the device again. */
+typedef void (*lmq__publish_fn)(void *arg, zmq_msg_t *parts, size_t n);
+int64_t lmq__dev_watch(lmq_dev_t *dev, int64_t now, int64_t fault_after_ns, lmq__publish_fn publish,
                        void (*drain)(void *arg, lmq_dev_t *dev), void *arg);
 
 /* Wires (simulated signals), owned by the daemon. */

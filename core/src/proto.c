@@ -10,11 +10,23 @@
 #include "proto.h"
 #include "value_internal.h"
 
-static const char *const op_names[LMQ__OP_COUNT] = {"ping",  "list",    "describe", "call", "get",
-                                                    "set",   "stats",   "workers",  "lock", "unlock"};
+static const char *const op_names[LMQ__OP_COUNT] = {"ping",      "list",   "describe",    "call", "get",
+                                                    "set",       "stats",  "workers",     "subscribe",
+                                                    "credit",    "unsubscribe", "lock", "unlock"};
 
 /* Which keys each op takes (`client` and `deadline_ms` go with every op). */
-enum { K_DEVICE = 1, K_NAME = 2, K_ARGS = 4, K_VALUE = 8, K_DEVICES = 16, K_LEASE = 32 };
+enum {
+    K_DEVICE = 1,
+    K_NAME = 2,
+    K_ARGS = 4,
+    K_VALUE = 8,
+    K_DEVICES = 16,
+    K_LEASE = 32,
+    K_TOPICS = 64,
+    K_MODE = 128,
+    K_WINDOW = 256,
+    K_N = 512
+};
 static const struct {
     unsigned allowed, required;
 } op_keys[LMQ__OP_COUNT] = {
@@ -26,6 +38,9 @@ static const struct {
     [LMQ__OP_SET] = {K_DEVICE | K_NAME | K_VALUE, K_DEVICE | K_NAME | K_VALUE},
     [LMQ__OP_STATS] = {K_DEVICE, 0},
     [LMQ__OP_WORKERS] = {0, 0},
+    [LMQ__OP_SUBSCRIBE] = {K_TOPICS | K_MODE | K_WINDOW, K_TOPICS | K_MODE},
+    [LMQ__OP_CREDIT] = {K_N, K_N},
+    [LMQ__OP_UNSUBSCRIBE] = {0, 0},
     [LMQ__OP_LOCK] = {K_DEVICES | K_LEASE, K_DEVICES},
     [LMQ__OP_UNLOCK] = {K_DEVICES, 0},
 };
@@ -145,10 +160,32 @@ int lmq__request_parse(const void *data, size_t len, size_t nbin, lmq__request_t
                             LMQ__LEASE_MAX_MS);
             req->lease_ms = json_integer_value(val);
             seen |= K_LEASE;
+        } else if (!strcmp(key, "topics")) {
+            if (!json_is_array(val))
+                return fail(err, errlen, "'topics' must be an array of strings");
+            req->topics = val;
+            seen |= K_TOPICS;
+        } else if (!strcmp(key, "mode")) {
+            if (!json_is_string(val))
+                return fail(err, errlen, "'mode' must be a string");
+            req->mode = json_string_value(val);
+            seen |= K_MODE;
+        } else if (!strcmp(key, "window")) {
+            if (!json_is_integer(val))
+                return fail(err, errlen, "'window' must be an integer");
+            req->window = json_integer_value(val);
+            req->has_window = true;
+            seen |= K_WINDOW;
+        } else if (!strcmp(key, "n")) {
+            if (!json_is_integer(val))
+                return fail(err, errlen, "'n' must be an integer");
+            req->n = json_integer_value(val);
+            req->has_n = true;
+            seen |= K_N;
         } else
             return fail(err, errlen,
                         "unknown key '%s' (keys: v, id, op, device, name, args, value, client, deadline_ms, devices, "
-                        "lease_ms)",
+                        "lease_ms, topics, mode, window, n)",
                         key);
     }
     if (!jv)
@@ -170,11 +207,13 @@ int lmq__request_parse(const void *data, size_t len, size_t nbin, lmq__request_t
             found = i;
     if (found < 0)
         return fail(err, errlen,
-                    "unknown op '%.64s' (ops: ping, list, describe, call, get, set, stats, workers, lock, unlock)",
+                    "unknown op '%.64s' (ops: ping, list, describe, call, get, set, stats, workers, subscribe, credit, "
+                    "unsubscribe, lock, unlock)",
                     op);
     req->op = (lmq__op_t)found;
-    static const char *const key_names[] = {"device", "name", "args", "value", "devices", "lease_ms"};
-    for (int b = 0; b < 6; b++) {
+    static const char *const key_names[] = {"device", "name",   "args", "value",  "devices",
+                                            "lease_ms", "topics", "mode", "window", "n"};
+    for (int b = 0; b < 10; b++) {
         unsigned bit = 1u << b;
         if ((seen & bit) && !(op_keys[found].allowed & bit))
             return fail(err, errlen, "op '%s' takes no '%s'", op, key_names[b]);

@@ -31,6 +31,9 @@ typedef enum lmq__op {
     LMQ__OP_SET,
     LMQ__OP_STATS,
     LMQ__OP_WORKERS,
+    LMQ__OP_SUBSCRIBE,   /* flow subscriptions (protocol 3.2) */
+    LMQ__OP_CREDIT,
+    LMQ__OP_UNSUBSCRIBE,
     LMQ__OP_LOCK,
     LMQ__OP_UNLOCK,
     LMQ__OP_COUNT
@@ -57,6 +60,13 @@ typedef struct lmq__request {
     const char *name;
     json_t *args;
     json_t *value;
+    /* subscribe / credit (3.2): types checked, values judged by the broker */
+    json_t *topics;   /* array, or NULL */
+    const char *mode; /* NULL when absent */
+    bool has_window;
+    int64_t window;
+    bool has_n;
+    int64_t n;
     const char *client;  /* NULL when the request has none */
     int64_t deadline_ms; /* -1 when the request has none */
     json_t *devices;     /* lock/unlock: array of device names (checked), NULL when absent */

@@ -21,10 +21,11 @@ from .keys import Keys
 from .errors import (ArgError, BusyError, ClosedError, ConfigError, DeviceError, Error, IOError,  # noqa: F401
                      LockedError, MemError, NotFoundError, OutcomeUnknownError, PermissionError, ProtoError,
                      RangeError, ReadOnlyError, SystemError, TimeoutError, UnreachableError)
-from .stream import Block, Event, Events, Subscription
+from .stream import Block, Event, Events, FlowSubscription, Subscription
 
 # Not star-exported: the error classes whose names are also built-ins.
 __all__ = ["__version__", "connect", "default_endpoint", "Lab", "Device", "Keys", "Method", "Pending", "Subscription",
+           "FlowSubscription",
            "Block", "Events", "Event", "Error", "ArgError", "MemError", "DeviceError", "ClosedError", "ProtoError",
            "NotFoundError", "UnreachableError", "BusyError", "ConfigError", "RangeError", "ReadOnlyError",
            "LockedError", "OutcomeUnknownError",

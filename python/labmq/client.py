@@ -7,7 +7,7 @@ import os
 from . import _local, _wire, errors
 from . import keys as _keys
 from ._channel import Channel, check_timeout, describe_request, result_of
-from .stream import Events, Subscription
+from .stream import Events, FlowSubscription, Subscription
 
 DEFAULT_TIMEOUT = 2.0  # seconds; LMQ_PROXY_DEFAULT_TIMEOUT_MS in the C library
 
@@ -102,9 +102,15 @@ class Lab:
             self._data = _wire.connectable_data_endpoint(self.ping()["data"], self.endpoint)
         return self._data
 
-    def subscribe(self, topic, *, timeout=None):
+    def subscribe(self, topic, *, timeout=None, mode=None, window=None):
         """A Subscription to "DEVICE/STREAM": iterate it for Blocks.
-        `timeout` (seconds, None = wait for ever) bounds each wait."""
+        `timeout` (seconds, None = wait for ever) bounds each wait. With
+        `mode` "lossless" or "lossy", a FlowSubscription on the control
+        endpoint instead (protocol 3.2: credit, `window` blocks ahead, the
+        daemon's memory bounded, drops counted)."""
+        if mode is not None:
+            return FlowSubscription(self.endpoint, topic, mode, window=window, timeout=timeout,
+                                    keys=self._channel.keys)
         return Subscription(self.data_endpoint(), topic, timeout=timeout, keys=self._channel.keys)
 
     def events(self, device=None, *, timeout=None):
@@ -344,9 +350,13 @@ class Device:
             object.__setattr__(self, "_data", _wire.connectable_data_endpoint(ping["data"], self.endpoint))
         return self._data
 
-    def subscribe(self, stream, *, timeout=None):
-        """A Subscription to one of this device's streams ("wave" or "daq1/wave")."""
+    def subscribe(self, stream, *, timeout=None, mode=None, window=None):
+        """A Subscription to one of this device's streams ("wave" or
+        "daq1/wave"); with `mode`, a FlowSubscription (see Lab.subscribe)."""
         topic = stream if "/" in stream else f"{self._name}/{stream}"
+        if mode is not None:
+            return FlowSubscription(self.endpoint, topic, mode, window=window, timeout=timeout,
+                                    keys=self._channel.keys)
         return Subscription(self.data_endpoint(), topic, timeout=timeout, keys=self._channel.keys)
 
     def events(self, *, timeout=None):

@@ -207,6 +207,204 @@ class Subscription(_Receiver):
         return (f"<labmq.Subscription {self.topic} at {self.endpoint}: received {self.received}, "
                 f"lost {self.lost}, restarts {self.restarts}>")
 
+MODES = ("lossless", "lossy")
+DEFAULT_WINDOW = 256
+MAX_WINDOW = 1000
+
+
+class FlowSubscription:
+    """Blocks of one stream through a flow subscription on the control
+    endpoint (docs/protocol.md 3.2): the daemon sends at most `window` blocks
+    ahead and queues the rest, bounded in bytes; beyond the bound "lossless"
+    drops the newest block (what arrives is an unbroken prefix: for
+    recorders) and "lossy" the oldest (a slow reader sees the newest: for
+    displays). Drops are counted in the daemon's stats and seen here as seq
+    gaps (`lost`), like every loss.
+
+    recv() returns credit as blocks are consumed, renews the lease and
+    subscribes again after a daemon restart or an expired lease: call it at
+    least every 3 s. The daemon's refusal (an unknown stream: NotFoundError)
+    is raised by recv(). Same interface and counters as Subscription; in a
+    forked child it opens its own connection and starts afresh."""
+
+    def __init__(self, control_endpoint, topic, mode, *, window=None, timeout=None, keys=None):
+        self.topic = check_topic(topic)
+        self.keys = _keys.make(keys)
+        if mode not in MODES:
+            raise errors.ArgError(f"mode must be 'lossless' or 'lossy', not {mode!r}")
+        window = DEFAULT_WINDOW if window is None else window
+        if not isinstance(window, int) or isinstance(window, bool) or not 1 <= window <= MAX_WINDOW:
+            raise errors.ArgError(f"window must be an integer from 1 to {MAX_WINDOW} (blocks), not {window!r}")
+        self.endpoint, self.mode, self.window, self.timeout = control_endpoint, mode, window, timeout
+        self._topic = topic.encode()
+        self._pid = self._sock = None
+        self._t = Tracker()
+        self._lease = 10.0
+        self._limit, self._overhead = float("inf"), 0
+
+    def _socket(self):
+        if self._pid != os.getpid():
+            if self._sock is not None:
+                _process.abandon(self._sock)
+                self._t = Tracker()
+            self._sock, self._pid = None, os.getpid()
+        if self._sock is None:
+            sock = _process.context().socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            if self.keys is not None:
+                self.keys.apply(sock)
+            try:
+                sock.connect(self.endpoint)
+            except zmq.ZMQError as e:
+                sock.close(linger=0)
+                raise errors.ArgError(f"cannot connect to control endpoint {self.endpoint!r}: {e}") from None
+            self._sock = sock
+            self._next_id = 0
+            self._series = self._last_sub = 0
+            self._subscribe()
+        return self._sock
+
+    def _send(self, header):
+        self._next_id += 1
+        header = {"v": _wire.PROTOCOL, "id": self._next_id, **header}
+        self._sent = time.monotonic()
+        try:
+            self._sock.send(_wire.dumps(header), zmq.DONTWAIT)
+        except zmq.Again:
+            return None
+        return self._next_id
+
+    def _subscribe(self):
+        self._state, self._owed, self._owed_bytes = "subscribing", 0, 0
+        rid = self._send({"op": "subscribe", "topics": [self.topic], "mode": self.mode, "window": self.window})
+        if rid is not None:
+            self._series, self._last_sub = rid, rid
+
+    def _service(self):
+        """Credit, renewal and retries when due; seconds until next due."""
+        now = time.monotonic()
+        if self._state == "subscribing":
+            if now - self._sent >= self._lease:
+                self._subscribe()
+            return self._sent + self._lease - now
+        if self._state == "refused":
+            if now >= self._retry:
+                self._subscribe()
+                return self._lease
+            return self._retry - now
+        # Pipelined: half the window (or, with large blocks, a quarter of the
+        # daemon's bound) comes back while the rest is on its way.
+        if (self._owed >= max(1, self.window // 2) or (self._owed and self._owed_bytes >= self._limit / 4)
+                or now - self._sent >= self._lease / 3):
+            if self._send({"op": "credit", "n": self._owed}) is not None:
+                self._owed = self._owed_bytes = 0
+        return self._sent + self._lease / 3 - now
+
+    def _reply(self, parts):
+        try:
+            reply = json.loads(parts[0].bytes)
+            rid = reply["id"]
+        except (ValueError, KeyError, TypeError):
+            raise errors.ProtoError(f"malformed reply on {self.endpoint}: {parts[0].bytes!r:.200}") from None
+        if not isinstance(rid, int) or rid < self._series:
+            return  # about a subscription that is gone
+        ok = reply.get("ok") is True
+        if rid <= self._last_sub:
+            if self._state != "subscribing":
+                return  # a duplicate subscribe's answer
+            if ok:
+                self._state, self._owed, self._owed_bytes = "active", 0, 0
+                result = reply.get("result") or {}
+                lease, limit, overhead = result.get("lease_s"), result.get("memory_limit"), result.get("block_overhead")
+                if isinstance(lease, (int, float)) and 1 <= lease <= 3600:
+                    self._lease = float(lease)
+                self._limit = limit if isinstance(limit, int) and limit > 0 else float("inf")
+                self._overhead = overhead if isinstance(overhead, int) and overhead >= 0 else 0
+                return
+            self._state, self._retry = "refused", time.monotonic() + 1.0
+            raise errors.from_reply(reply.get("error"))
+        if not ok and self._state == "active":
+            err = reply.get("error") or {}
+            if err.get("code") == "NOTFOUND":
+                self._subscribe()  # the lease expired or the daemon restarted
+                return
+            raise errors.from_reply(err)
+
+    def open(self):
+        """Subscribes now (otherwise the first recv does)."""
+        self._socket()
+        return self
+
+    def recv(self, timeout=...):
+        """The next Block, waiting up to `timeout` seconds (default: the
+        subscription's; None = for ever); TimeoutError when none came."""
+        if timeout is ...:
+            timeout = self.timeout
+        sock = self._socket()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            due = self._service()
+            left = None if deadline is None else deadline - time.monotonic()
+            wait = due if left is None else min(due, left)
+            if not sock.poll(max(0, int(wait * 1000) + 1)):
+                if left is not None and left <= due:
+                    raise errors.TimeoutError(f"no block on {self.topic} within {timeout:g} s from {self.endpoint}")
+                continue
+            parts = sock.recv_multipart(copy=False)
+            if parts[0].bytes[:1] == b"{":
+                self._reply(parts)
+                continue
+            if self._state == "active":
+                self._owed += 1  # every block sent spends a credit
+                self._owed_bytes += self._overhead + sum(len(p) for p in parts)
+            got = parse_block(self._topic, parts)
+            if got is not None:
+                return self._t.block(self.topic, *got)
+
+    received = property(lambda self: self._t.received)
+    lost = property(lambda self: self._t.lost)
+    restarts = property(lambda self: self._t.restarts)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.recv()
+
+    def close(self):
+        """Unsubscribes (the daemon frees its queue at once) and closes."""
+        if self._sock is not None and self._pid == os.getpid():
+            rid = self._send({"op": "unsubscribe"}) if self._state == "active" else None
+            deadline = time.monotonic() + 0.2
+            while rid is not None and self._sock.poll(max(0, int((deadline - time.monotonic()) * 1000))):
+                head = self._sock.recv_multipart()[0]
+                try:
+                    reply = json.loads(head) if head[:1] == b"{" else None
+                except ValueError:
+                    reply = None
+                if isinstance(reply, dict) and reply.get("id") == rid:
+                    break
+            self._sock.close(linger=0)
+        self._sock = None
+
+    def __enter__(self):
+        return self.open()
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __reduce__(self):
+        return (_flow_subscription, (self.endpoint, self.topic, self.mode, self.window, self.timeout, self.keys))
+
+    def __repr__(self):
+        return (f"<labmq.FlowSubscription {self.topic} ({self.mode}) at {self.endpoint}: received "
+                f"{self.received}, lost {self.lost}, restarts {self.restarts}>")
+
+
+def _flow_subscription(endpoint, topic, mode, window, timeout, keys=None):
+    return FlowSubscription(endpoint, topic, mode, window=window, timeout=timeout, keys=keys)
+
+
 class Event(typing.NamedTuple):
     """A change event (protocol 3.1). kind "property": `name` and `value`
     (arrays as numpy arrays) are the property's new value, `cause` is "set",

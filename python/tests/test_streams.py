@@ -4,6 +4,7 @@ count after a forced gap, and a restart (new epoch) after a daemon restart."""
 import json
 import pickle
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -130,3 +131,52 @@ def test_wildcard_data_endpoint_uses_the_control_host():
     assert c("tcp://0.0.0.0:5556", "tcp://10.0.0.5:5555") == "tcp://10.0.0.5:5556"
     assert c("tcp://[::]:5556", "ipc:///x/control") == "tcp://127.0.0.1:5556"
     assert c("ipc:///x/data", "ipc:///x/control") == "ipc:///x/data"
+
+
+# ---- flow subscriptions (protocol 3.2) ----
+
+def _subscribers(lab):
+    return lab.stats()["subscribers"]
+
+
+def test_flow_lossless_is_gap_free_and_accounted(lab):
+    with lab.subscribe("daq1/wave", mode="lossless", window=4, timeout=5) as sub:
+        blocks = [b for _, b in zip(range(12), sub)]  # three windows' worth: credit flows
+        assert [b.seq for b in blocks] == list(range(blocks[0].seq, blocks[0].seq + 12))
+        assert isinstance(blocks[0].data, np.ndarray) and blocks[0].data.shape == (1000,)
+        assert sub.received == 12 and sub.lost == 0
+        (entry,) = _subscribers(lab)
+        assert entry["mode"] == "lossless" and entry["topics"] == ["daq1/wave"] and entry["window"] == 4
+        assert entry["dropped"] == 0 and entry["delivered"] >= 12
+    assert _subscribers(lab) == []  # close() unsubscribed
+
+
+def test_flow_lossy_reader_sees_the_newest(lab):
+    daq = lab.device("daq1")
+    with daq.subscribe("wave", mode="lossy", window=1, timeout=5) as sub:
+        sub.recv()
+        time.sleep(1.5)  # 15 blocks at 10 blocks/s: the daemon keeps the newest one for us
+        b = sub.recv()  # credit returned: the newest comes, the older ones were dropped
+        assert b.lost_before >= 8, b
+        (entry,) = _subscribers(lab)
+        assert entry["mode"] == "lossy" and entry["dropped"] >= sub.lost
+        stream_drops = lab.stats("daq1")["devices"][0]["streams"][0]["subscriber_drops"]
+        assert stream_drops >= entry["dropped"]
+
+
+def test_flow_refusals_and_bad_arguments(lab):
+    with pytest.raises(labmq.NotFoundError, match="daq1 has no stream 'nope'"):
+        lab.subscribe("daq1/nope", mode="lossless", timeout=5).recv()
+    with pytest.raises(labmq.ArgError, match="mode must be"):
+        lab.subscribe("daq1/wave", mode="fast")
+    with pytest.raises(labmq.ArgError, match="window must be"):
+        lab.subscribe("daq1/wave", mode="lossy", window=0)
+
+
+def test_flow_subscription_pickles(lab):
+    sub = lab.subscribe("cam1/frames", mode="lossy", window=2, timeout=5)
+    again = pickle.loads(pickle.dumps(sub))
+    assert isinstance(again, labmq.FlowSubscription)
+    assert (again.endpoint, again.topic, again.mode, again.window) == (lab.endpoint, "cam1/frames", "lossy", 2)
+    with again:
+        assert again.recv().data.shape == (48, 64)

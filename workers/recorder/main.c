@@ -1,10 +1,13 @@
 /* labmq-recorder — records data streams of a labmqd into an HDF5 file.
  *
  * main() reads the command line, asks the daemon what each stream is
- * (describe) and where its data endpoint is, creates the file (recfile.c),
- * then polls the subscriptions together with a signalfd: blocks are appended
- * as they come, the file is flushed for SWMR readers every FLUSH_MS, and
- * SIGINT/SIGTERM or --duration end the recording cleanly. */
+ * (describe), creates the file (recfile.c), then polls the subscriptions
+ * together with a signalfd: blocks are appended as they come, the file is
+ * flushed for SWMR readers every FLUSH_MS, and SIGINT/SIGTERM or --duration
+ * end the recording cleanly. The subscriptions are lossless flow
+ * subscriptions (docs/protocol.md 3.2): the daemon holds what the recorder has
+ * not taken yet, up to its subscriber_memory, and a slow display of the same
+ * stream cannot take blocks from the recording. */
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
@@ -54,6 +57,7 @@ typedef struct stream {
     char units[64];
     lmq_sub_t *sub;
     uint64_t malformed;
+    bool refused; /* the daemon refused the subscription; said once until it accepts */
 } stream_t;
 
 static const char *prog_name(const opts_t *o) { return o->name ? o->name : PROG; }
@@ -104,7 +108,8 @@ static void print_help(void)
            "      --duration S    stop after S seconds (default: until a signal)\n"
            "      --overwrite     replace FILE if it exists\n"
            "  -c, --control EP    the daemon's control endpoint (default %s)\n"
-           "  -d, --data EP       the data endpoint (default: asked of the daemon)\n"
+           "  -d, --data EP       accepted (the standard worker argv) and unused: blocks come over\n"
+           "                      the control endpoint, as a lossless flow subscription\n"
            "  -t, --timeout MS    wait at most MS ms for each answer of the daemon (default %d)\n"
            "      --key FILE      this client's key pair, for a daemon with keys (docs/security.md)\n"
            "      --server-key K  the daemon's public key: its .pub file or the Z85 key\n"
@@ -291,20 +296,6 @@ static int describe_stream(const opts_t *o, void *zctx, stream_t *st, rec_stream
     return rc;
 }
 
-static int resolve_data(opts_t *o, void *zctx)
-{
-    if (o->data[0])
-        return EXIT_DONE;
-    lmq_proxy_t *p = lmq_proxy_new_keys(zctx, o->control, NULL, o->curve ? &o->keys : NULL);
-    if (!p)
-        return fail(o, "cannot make a proxy for %s", o->control);
-    lmq_proxy_set_timeout(p, o->timeout_ms);
-    int rc = lmq_proxy_data_endpoint(p, o->data, sizeof o->data);
-    rc = rc ? proxy_fail(o, p, rc, "data endpoint") : EXIT_DONE;
-    lmq_proxy_destroy(&p);
-    return rc;
-}
-
 /* ---- the recording loop ---- */
 
 typedef struct progress {
@@ -362,8 +353,16 @@ static int drain(const opts_t *o, rec_file_t *f, stream_t *st, size_t index)
                         lmq_sub_last_error(st->sub));
             continue;
         }
-        if (rc != 0)
+        if (rc != 0) {
+            /* Refused (a daemon restarted without this stream): the
+             * subscription asks again by itself; what is missed meanwhile
+             * shows as a gap or a restart. */
+            if (!st->refused)
+                fprintf(stderr, "%s: %s: %s\n", prog_name(o), st->topic, lmq_sub_last_error(st->sub));
+            st->refused = true;
             return 0;
+        }
+        st->refused = false;
         rc = rec_file_append(f, index, fr);
         lmq_frame_destroy(&fr);
         if (rc != 0)
@@ -387,13 +386,11 @@ static int record(opts_t *o, void *zctx, int sigfd, bool *hdf5_ok)
         st[i].topic = o->topics[i];
         rc = describe_stream(o, zctx, &st[i], &info[i]);
     }
-    if (rc == EXIT_DONE)
-        rc = resolve_data(o, zctx);
+    const lmq_sub_opts_t lossless = {.mode = LMQ_SUB_LOSSLESS, .keys = o->curve ? &o->keys : NULL};
     for (size_t i = 0; i < o->ntopics && rc == EXIT_DONE; i++) {
-        st[i].sub = lmq_sub_new_keys(zctx, o->data, st[i].topic, o->curve ? &o->keys : NULL);
+        st[i].sub = lmq_sub_new_opts(zctx, o->control, st[i].topic, &lossless);
         if (!st[i].sub)
-            rc = fail(o, "%s: cannot subscribe at %s: %s", st[i].topic, o->data, zmq_strerror(errno));
-
+            rc = fail(o, "%s: cannot subscribe at %s: %s", st[i].topic, o->control, zmq_strerror(errno));
         items[i] = (zmq_pollitem_t){lmq_sub_socket(st[i].sub), 0, ZMQ_POLLIN, 0};
     }
     if (rc != EXIT_DONE)
@@ -407,7 +404,7 @@ static int record(opts_t *o, void *zctx, int sigfd, bool *hdf5_ok)
     items[o->ntopics] = (zmq_pollitem_t){NULL, sigfd, ZMQ_POLLIN, 0};
     progress_t pg = {.tty = !o->quiet && isatty(STDERR_FILENO) == 1, .t_start = lmq_clock_mono_ns()};
     fprintf(stderr, "%s: recording %zu stream%s from %s into %s\n", prog_name(o), o->ntopics,
-            o->ntopics == 1 ? "" : "s", o->data, o->output);
+            o->ntopics == 1 ? "" : "s", o->control, o->output);
     int64_t end = o->duration_s > 0 ? pg.t_start + (int64_t)(o->duration_s * 1e9) : INT64_MAX;
     int64_t next_flush = pg.t_start + FLUSH_MS * NS_PER_MS, next_progress = pg.t_start;
     const char *why = "stopped after --duration";
@@ -447,9 +444,10 @@ static int record(opts_t *o, void *zctx, int sigfd, bool *hdf5_ok)
                 break;
             }
         }
+        /* Every subscription at every wake (at least each FLUSH_MS), readable
+         * or not: lmq_sub_recv also returns credit and renews the lease. */
         for (size_t i = 0; i < o->ntopics && !failed; i++)
-            if (items[i].revents & ZMQ_POLLIN)
-                failed = drain(o, f, &st[i], i) != 0;
+            failed = drain(o, f, &st[i], i) != 0;
         if (failed)
             break;
     }

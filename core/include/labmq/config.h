@@ -6,6 +6,8 @@
  *   stop_grace: 5                                 # optional: s to wait for devices at stop
  *   fault_after: 3                                # optional: s in a driver before a device is "fault"
  *   time_scale: 1                                 # optional: simulated instruments run this much faster
+ *   subscriber_memory: 67108864                   # optional: bytes the daemon holds per stream
+ *                                                 #   subscriber at most (protocol 3.2; 64 MiB)
  *   devices:
  *     - name: psu1
  *       driver: sim-psu                           # or a path: ./libmydriver.so

@@ -43,6 +43,13 @@ LMQ_EXPORT int lmq_daemon_set_restore(lmq_daemon_t *d, const char *device, bool 
  * 0.001..1e6. Before start. LMQ_EARG outside. */
 LMQ_EXPORT int lmq_daemon_set_time_scale(lmq_daemon_t *d, double time_scale);
 
+/* The most a stream subscriber makes the daemon hold for it, in bytes
+ * (docs/protocol.md 3.2): blocks queued or sent and not yet credited back for
+ * a flow subscription; the data endpoint's per-subscriber high-water mark is
+ * derived from it for plain SUB clients. 64 MiB by default; 1 KiB..1 TiB.
+ * Before start; LMQ_EARG otherwise. */
+LMQ_EXPORT int lmq_daemon_set_subscriber_memory(lmq_daemon_t *d, size_t bytes);
+
 /* Declares a worker before start: a program the daemon starts once its
  * endpoints are bound, supervises (restart policy, back-off, crash budget:
  * labmq/supervise.h) and stops before it closes the devices. Its argv is the
