@@ -26,6 +26,11 @@
 #define STREAMS_MAX 128
 /* Blocks taken from one subscription before the others get their turn. */
 #define DRAIN_MAX 64
+/* Blocks the daemon may hold for one stream of labmq-web (a lossy flow
+ * subscription keeps the newest): enough for a tab's frame rate. */
+#define WEB_WINDOW 16
+/* How often each flow subscription is served at least (credit, lease). */
+#define RENEW_MS 250
 /* Elements of an array value shown in the page (it is not plotted). */
 #define ARRAY_HEAD 8
 
@@ -489,14 +494,16 @@ static void apply_subops(const web_hub_cfg_t *cfg, stream_t *streams, size_t *n)
         while (i < *n && strcmp(streams[i].topic, op->topic) != 0)
             i++;
         if (op->on && i == *n && *n < STREAMS_MAX) {
-            /* The subscription code lives here alone, so another kind of
-             * subscription (flow-controlled, lossy) replaces it in one place. */
-            streams[*n].sub = lmq_sub_new(cfg->zctx, cfg->data, op->topic);
+            /* Lossy flow subscriptions (protocol 3.2): the daemon keeps at
+             * most WEB_WINDOW blocks for labmq-web, the newest, and counts
+             * what it drops; the tabs' own rate limit comes after. */
+            const lmq_sub_opts_t lossy = {.mode = LMQ_SUB_LOSSY, .window = WEB_WINDOW};
+            streams[*n].sub = lmq_sub_new_opts(cfg->zctx, cfg->control, op->topic, &lossy);
             if (streams[*n].sub) {
                 memcpy(streams[*n].topic, op->topic, sizeof streams[*n].topic);
                 (*n)++;
             } else {
-                fprintf(stderr, "labmq-web: cannot subscribe to %s at %s\n", op->topic, cfg->data);
+                fprintf(stderr, "labmq-web: cannot subscribe to %s at %s\n", op->topic, cfg->control);
             }
         } else if (!op->on && i < *n) {
             lmq_sub_destroy(&streams[i].sub);
@@ -525,12 +532,12 @@ void *web_data_main(void *arg)
         items[1] = (zmq_pollitem_t){lmq_events_socket(events), 0, ZMQ_POLLIN, 0};
         for (size_t i = 0; i < n; i++)
             items[2 + i] = (zmq_pollitem_t){lmq_sub_socket(streams[i].sub), 0, ZMQ_POLLIN, 0};
-        if (zmq_poll(items, (int)n + 2, -1) < 0)
+        /* A flow subscription gives credit and renews its lease inside
+         * lmq_sub_recv: every stream gets a call at least every RENEW_MS. */
+        if (zmq_poll(items, (int)n + 2, RENEW_MS) < 0)
             continue;
         /* Blocks first: the items refer to the streams as they were polled. */
         for (size_t i = 0; i < n; i++) {
-            if (!(items[2 + i].revents & ZMQ_POLLIN))
-                continue;
             for (int k = 0; k < DRAIN_MAX; k++) {
                 lmq_frame_t *f = NULL;
                 int rc = lmq_sub_recv(streams[i].sub, &f, 0);
