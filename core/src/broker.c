@@ -900,6 +900,8 @@ static int64_t watch_devices(broker_t *b, int64_t now)
 
 /* ---- shutdown ---- */
 
+static void answer_queue_closed(broker_t *b, lmq_dev_t *dev, const char *why);
+
 /* Stops every device thread (at most the grace period), answers what the
  * devices finished, then answers CLOSED, in order, what they never got to.
  * A device stuck in its driver is named and left behind. */
@@ -943,39 +945,7 @@ static void shutdown_devices(broker_t *b)
          * the pipe; the job it holds now is still in the queue). */
         while (handle_device(b, dev))
             ;
-        lmq__job_t *running = NULL;
-        if (dev->abandoned) {
-            pthread_mutex_lock(&dev->mu);
-            running = dev->current;
-            pthread_mutex_unlock(&dev->mu);
-        }
-        while (dev->queue_head) {
-            lmq__job_t *job = dev->queue_head;
-            queue_remove(dev, job);
-            dev->stats.in_flight--;
-            char msg[300];
-            if (job == running)
-                snprintf(
-                    msg, sizeof msg,
-                    "%s: the daemon is shutting down and the device is stuck in this request; its outcome is unknown",
-                    dev->name);
-            else
-                snprintf(msg, sizeof msg, "%s: the daemon is shutting down", dev->name);
-            if (lmq__op_changes_state(job->req.op))
-                lmq__audit(d->log, job->peer, &job->req, LMQ_ECLOSED, msg, lmq_clock_mono_ns() - job->t_start);
-            if (job->tracked) {
-                /* retries waiting for it get the same answer (dedup.c) */
-                zmq_msg_t hdr;
-                if (lmq__reply_error(&hdr, true, job->req.id, LMQ_ECLOSED, msg) == 0) {
-                    lmq__dedup_finish(b->dedup, &job->req, &hdr, NULL, lmq_clock_mono_ns(), send_to_duplicate, b);
-                    zmq_msg_close(&hdr);
-                }
-            }
-            reply_error(b, job->envelope, job->nenvelope, &job->req, LMQ_ECLOSED, msg, true);
-            /* The stuck thread still holds the running job: never free it. */
-            if (job != running)
-                lmq__job_destroy(&job);
-        }
+        answer_queue_closed(b, dev, "the daemon is shutting down");
         zmq_close(dev->broker_pipe);
         dev->broker_pipe = NULL;
     }
@@ -1020,9 +990,10 @@ static int bind_device_pipe(broker_t *b, lmq_dev_t *dev)
     return 0;
 }
 
-/* Answers CLOSED, in order, every request a removed device accepted and
- * never finished (its thread has exited or been abandoned), as
- * shutdown_devices does at shutdown. why: "removed from the configuration". */
+/* Answers CLOSED, in order, every request a device accepted and never
+ * finished (its thread has exited or been abandoned): at shutdown, and for a
+ * device a reload removed. why: "the daemon is shutting down", "removed from
+ * the configuration by a reload". Audited; retries waiting get the same. */
 static void answer_queue_closed(broker_t *b, lmq_dev_t *dev, const char *why)
 {
     lmq__job_t *running = NULL;
@@ -1043,6 +1014,14 @@ static void answer_queue_closed(broker_t *b, lmq_dev_t *dev, const char *why)
             snprintf(msg, sizeof msg, "%s: %s", dev->name, why);
         if (lmq__op_changes_state(job->req.op))
             lmq__audit(b->d->log, job->peer, &job->req, LMQ_ECLOSED, msg, lmq_clock_mono_ns() - job->t_start);
+        if (job->tracked) {
+            /* retries waiting for it get the same answer (dedup.c) */
+            zmq_msg_t hdr;
+            if (lmq__reply_error(&hdr, true, job->req.id, LMQ_ECLOSED, msg) == 0) {
+                lmq__dedup_finish(b->dedup, &job->req, &hdr, NULL, lmq_clock_mono_ns(), send_to_duplicate, b);
+                zmq_msg_close(&hdr);
+            }
+        }
         reply_error(b, job->envelope, job->nenvelope, &job->req, LMQ_ECLOSED, msg, true);
         /* The stuck thread still holds the running job: never free it. */
         if (job != running)
