@@ -1070,6 +1070,9 @@ static void fill_items(broker_t *b, zmq_pollitem_t *items)
 
 static void reload_reply(broker_t *b, int status, const char *msg)
 {
+    /* The main thread goes on with the plan and the tables once it reads
+     * this (through ZeroMQ, which ThreadSanitizer does not see into). */
+    lmq__handoff_release(b->d);
     if (status == 0) {
         char ok = LMQ__MSG_READY;
         zmq_send(b->pipe, &ok, 1, 0);
@@ -1191,6 +1194,7 @@ static bool daemon_command(broker_t *b)
     if (reload) {
         lmq__reload_t *r;
         memcpy(&r, p + 1, sizeof r);
+        lmq__handoff_acquire(r); /* lmq__send_ptr released it */
         reload_apply(b, r);
     }
     zmq_msg_close(&m);

@@ -738,6 +738,7 @@ int lmq_daemon_reload(lmq_daemon_t *d, lmq_daemon_t **pnext)
     }
     char buf[600];
     int n = zmq_recv(d->pipe, buf, sizeof buf - 1, 0);
+    lmq__handoff_acquire(d); /* the broker's reload_reply released it */
     if (n < 1 || buf[0] != LMQ__MSG_READY) {
         /* Nothing changed: the added devices never started (next still
          * owns them, the broker has closed their pipes). */
