@@ -421,11 +421,11 @@ static void *supervisor_main(void *arg)
         s->w[i].fresh = false;
         spawn_worker(s, &s->w[i], now);
     }
+    size_t pfd_cap = s->n + 1; /* under mu: workers may be added meanwhile */
     pthread_mutex_unlock(&s->mu);
 
     bool stopping = false, killed = false;
     int64_t kill_at = 0;
-    size_t pfd_cap = s->n + 1;
     struct pollfd *pfd = calloc(pfd_cap, sizeof *pfd);
     for (;;) {
         pthread_mutex_lock(&s->mu);
