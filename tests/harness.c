@@ -295,6 +295,47 @@ char th_proc_state(pid_t pid, pid_t *ppid)
     return st;
 }
 
+/* The state letter of /proc/PID/task/TID/stat. */
+static char task_state(pid_t pid, const char *tid)
+{
+    char path[320], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/task/%.255s/stat", (int)pid, tid);
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')'), st = 0;
+    return p && sscanf(p + 1, " %c", &st) == 1 ? st : 0;
+}
+
+void th_stop_process(pid_t pid)
+{
+    ck_assert_int_eq(kill(pid, SIGSTOP), 0);
+    /* kill returns before every thread has stopped; under load a request
+     * sent at once could still be served. */
+    double end = th_now_ms() + 10000;
+    for (;;) {
+        char dir[64];
+        snprintf(dir, sizeof dir, "/proc/%d/task", (int)pid);
+        DIR *d = opendir(dir);
+        ck_assert_msg(d != NULL, "process %d is gone", (int)pid);
+        bool all = true;
+        for (struct dirent *e; all && (e = readdir(d));)
+            if (e->d_name[0] != '.') {
+                char st = task_state(pid, e->d_name);
+                all = st == 'T' || st == 't' || st == 0;
+            }
+        closedir(d);
+        if (all)
+            return;
+        ck_assert_msg(th_now_ms() < end, "process %d did not stop within 10 s", (int)pid);
+        struct timespec nap = {0, 1000000};
+        nanosleep(&nap, NULL);
+    }
+}
+
 const char *th_use_path(int path)
 {
     if (path == 0)

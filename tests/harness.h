@@ -61,6 +61,8 @@ const char *th_use_path(int path);
 /* The state letter of /proc/PID/stat ('R', 'S', 'Z', ...) and, when ppid is
  * not NULL, its parent; 0 when the process is gone. */
 char th_proc_state(pid_t pid, pid_t *ppid);
+/* SIGSTOPs pid and returns once every thread of it has stopped. */
+void th_stop_process(pid_t pid);
 
 /* Raw protocol clients (a DEALER socket the test owns): the next reply's
  * header as JSON, its binary frames dropped; NULL after timeout_ms. */

@@ -377,7 +377,7 @@ START_TEST(calls_to_a_stopped_daemon_fail_in_time)
     th_daemon_t d;
     th_daemon_start(&d, "devices:\n  - name: psu1\n    driver: sim-psu\n");
     void *ctx = zmq_ctx_new();
-    kill(d.pid, SIGSTOP);
+    th_stop_process(d.pid);
     calls_fail_in_time(ctx, d.control, "a stopped (SIGSTOP)", DEAD_CALLS, 8);
     kill(d.pid, SIGCONT);
     /* It serves again once it runs. */
