@@ -586,6 +586,7 @@ static int publish_msg(lmq_dev_t *dev, size_t index, int64_t t_ns, zmq_msg_t *pa
     /* Never block acquisition on a slow broker: a refused block is dropped,
      * but its seq is spent, so subscribers see the gap. The first part is
      * the one that can be refused; once it is accepted, the rest follow. */
+    dev->pipe_used = true;
     if (zmq_msg_send(&kind, dev->pipe, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
         uint64_t dropped = atomic_fetch_add(&s->dropped, 1) + 1;
         if (worth_logging(dropped))
@@ -774,6 +775,7 @@ static void emit_event_extra(lmq_dev_t *dev, const char *kind, const char *name,
 {
     pthread_mutex_lock(&dev->ev_mu);
     send_event(dev, dev->pipe, NULL, NULL, kind, name, value, cause, state, error, extra);
+    dev->pipe_used = true;
     pthread_mutex_unlock(&dev->ev_mu);
 }
 
@@ -1115,9 +1117,11 @@ static void *device_thread(void *arg)
         if (timeout > 100) /* wake now and then to notice `stopping` */
             timeout = 100;
         /* local channel: waits for the pipe and the channel's clients */
-        if (lmq__local_wait(dev, timeout) < 0)
+        int pipe_ready = lmq__local_wait(dev, timeout);
+        if (pipe_ready < 0)
             break;
-        for (int burst = 0; burst < LMQ__LOCAL_BUDGET && !atomic_load(&dev->stopping); burst++) {
+        for (int burst = 0; pipe_ready && burst < LMQ__LOCAL_BUDGET && !atomic_load(&dev->stopping); burst++) {
+            dev->pipe_used = true;
             zmq_msg_t msg;
             zmq_msg_init(&msg);
             if (zmq_msg_recv(&msg, dev->pipe, ZMQ_DONTWAIT) < 0) {

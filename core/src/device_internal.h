@@ -93,6 +93,7 @@ struct lmq_dev {
 
     /* device thread */
     void *pipe;
+    bool pipe_used; /* sent or received on the pipe since local.c last asked ZMQ_EVENTS */
     void *state;
     int64_t next_open_try;
     int64_t next_check; /* of the driver's link check */

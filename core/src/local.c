@@ -65,6 +65,7 @@ struct lmq__local {
     lclient_t **item_client;
     size_t items_cap;
     bool pipe_watched;
+    bool pipe_readable; /* ZMQ_EVENTS said POLLIN when last asked */
     bool accept_ready;
     char path[sizeof(((struct sockaddr_un *)NULL)->sun_path)];
     dev_t sock_dev; /* the socket file this channel made (unlink_own) */
@@ -765,10 +766,10 @@ int lmq__local_wait(lmq_dev_t *dev, long timeout_ms)
     local_t *L = dev->local;
     if (!L) {
         zmq_pollitem_t item = {dev->pipe, 0, ZMQ_POLLIN, 0};
-        return zmq_poll(&item, 1, timeout_ms) < 0 && zmq_errno() == ETERM ? -1 : 0;
+        return zmq_poll(&item, 1, timeout_ms) < 0 && zmq_errno() == ETERM ? -1 : 1;
     }
     if (L->use_zmq_poll)
-        return wait_zmq_poll(L, dev, timeout_ms);
+        return wait_zmq_poll(L, dev, timeout_ms) < 0 ? -1 : 1;
     if (!L->pipe_watched) {
         int zfd;
         size_t len = sizeof zfd;
@@ -777,14 +778,22 @@ int lmq__local_wait(lmq_dev_t *dev, long timeout_ms)
             L->pipe_watched = true;
         else
             timeout_ms = timeout_ms > 1 ? 1 : timeout_ms; /* cannot wait on the pipe: poll it */
+        dev->pipe_used = true;
     }
     /* ZMQ_FD is edge-triggered: what the pipe holds is known only from
-     * ZMQ_EVENTS, asked after every send and receive, i.e. here. */
-    int zev = 0;
-    size_t zlen = sizeof zev;
-    if (zmq_getsockopt(dev->pipe, ZMQ_EVENTS, &zev, &zlen) != 0 && zmq_errno() == ETERM)
-        return -1;
-    if ((zev & ZMQ_POLLIN) || L->fifo_head || L->accept_ready)
+     * ZMQ_EVENTS, asked after every send and receive and after the fd
+     * fired. Between those its answer cannot change (a message arriving
+     * fires the fd), so a turn that only served the channel skips the two
+     * system calls it costs. */
+    if (dev->pipe_used || !L->pipe_watched) {
+        int zev = 0;
+        size_t zlen = sizeof zev;
+        if (zmq_getsockopt(dev->pipe, ZMQ_EVENTS, &zev, &zlen) != 0 && zmq_errno() == ETERM)
+            return -1;
+        L->pipe_readable = zev & ZMQ_POLLIN;
+        dev->pipe_used = false;
+    }
+    if (L->pipe_readable || L->fifo_head || L->accept_ready)
         timeout_ms = 0;
     struct epoll_event evs[MAX_EVENTS];
     int n = epoll_wait(L->ep, evs, MAX_EVENTS, (int)timeout_ms);
@@ -800,9 +809,10 @@ int lmq__local_wait(lmq_dev_t *dev, long timeout_ms)
                 client_gone(L, dev, c, "hung up");
             else if (evs[i].events & EPOLLOUT)
                 flush_out(L, dev, c);
-        }
+        } else
+            L->pipe_readable = dev->pipe_used = true; /* the fd fired: receive, then ask again */
     }
-    return 0;
+    return L->pipe_readable || !L->pipe_watched;
 }
 
 /* Reads and admits requests, a batch per client per pass so that clients

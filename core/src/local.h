@@ -51,7 +51,10 @@ void lmq__local_describe(lmq_dev_t *dev, json_t *obj);
 void lmq__local_stats(lmq_dev_t *dev, json_t *obj);
 
 /* Device thread: waits for the pipe, the channel, or timeout_ms (the loop's
- * replacement for zmq_poll on the pipe). -1 when the ZeroMQ context is gone. */
+ * replacement for zmq_poll on the pipe). 1 when the pipe may hold messages,
+ * 0 when it holds none (the loop need not ask it), -1 when the ZeroMQ
+ * context is gone. The thread sets dev->pipe_used after every send or
+ * receive on the pipe: only then is the pipe's state asked again. */
 int lmq__local_wait(lmq_dev_t *dev, long timeout_ms);
 /* Device thread: one turn: accepts clients, reads and checks at most a
  * budget of requests, runs at most a budget of accepted ones, flushes
@@ -86,8 +89,10 @@ int lmq__lchan_fd(const lmq__lchan_t *ch);
 int lmq__lchan_send(lmq__lchan_t *ch, zmq_msg_t *hdr, const lmq__frames_t *bin, int timeout_ms);
 /* Receives one whole reply: its header into *hdr (initialised here, the
  * caller closes it) and its binary frames into bin (frames beyond the
- * protocol's limit are dropped). 0, LMQ_ETIMEOUT, LMQ_ECLOSED (the daemon
+ * protocol's limit are dropped). ready: the caller has seen the socket
+ * readable (the first receive needs no wait). 0, LMQ_ETIMEOUT, LMQ_ECLOSED (the daemon
  * closed the channel), or LMQ_EPROTO / LMQ_EMEM with the reason in err. */
-int lmq__lchan_recv(lmq__lchan_t *ch, int timeout_ms, zmq_msg_t *hdr, lmq__frames_t *bin, char *err, size_t errlen);
+int lmq__lchan_recv(lmq__lchan_t *ch, int timeout_ms, bool ready, zmq_msg_t *hdr, lmq__frames_t *bin, char *err,
+                    size_t errlen);
 
 #endif

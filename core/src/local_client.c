@@ -148,13 +148,15 @@ static int take_message(const unsigned char *msg, size_t len, zmq_msg_t *hdr, lm
     return 0;
 }
 
-int lmq__lchan_recv(lmq__lchan_t *ch, int timeout_ms, zmq_msg_t *hdr, lmq__frames_t *bin, char *err, size_t errlen)
+int lmq__lchan_recv(lmq__lchan_t *ch, int timeout_ms, bool ready, zmq_msg_t *hdr, lmq__frames_t *bin, char *err,
+                    size_t errlen)
 {
     int64_t deadline = lmq_clock_mono_ns() + (int64_t)timeout_ms * 1000000;
     zmq_msg_init(hdr);
-    /* Waiting first saves a receive that would only say EAGAIN: a reply is
-     * rarely there before the call has waited. */
-    if (wait_for(ch->fd, POLLIN, timeout_ms) != 0)
+    /* Unless the caller has seen it readable, waiting first saves a
+     * receive that would only say EAGAIN: a reply is rarely there before
+     * the call has waited. */
+    if (!ready && wait_for(ch->fd, POLLIN, timeout_ms) != 0)
         return LMQ_ETIMEOUT;
     for (;;) {
         ssize_t n = recv(ch->fd, ch->rbuf, LMQ__LOCAL_RECORD_MAX + 1, MSG_DONTWAIT | MSG_TRUNC);
