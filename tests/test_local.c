@@ -867,6 +867,27 @@ START_TEST(peer_credentials_are_known)
 }
 END_TEST
 
+/* LABMQ_LOCAL_SPIN_US: the default, 0, the bound, and a value that is no
+ * number of microseconds (the default, as unset); no spin with one CPU. */
+START_TEST(spin_setting)
+{
+    bool one_cpu = sysconf(_SC_NPROCESSORS_ONLN) < 2;
+    int64_t dflt = one_cpu ? 0 : LMQ__LOCAL_SPIN_US_DEFAULT * 1000LL;
+    unsetenv("LABMQ_LOCAL_SPIN_US");
+    ck_assert_int_eq(lmq__local_spin_ns(), dflt);
+    setenv("LABMQ_LOCAL_SPIN_US", "0", 1);
+    ck_assert_int_eq(lmq__local_spin_ns(), 0);
+    setenv("LABMQ_LOCAL_SPIN_US", "200", 1);
+    ck_assert_int_eq(lmq__local_spin_ns(), one_cpu ? 0 : 200000);
+    const char *bad[] = {"-1", "20000", "50us", "x", " 5"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        setenv("LABMQ_LOCAL_SPIN_US", bad[i], 1);
+        ck_assert_msg(lmq__local_spin_ns() == dflt, "LABMQ_LOCAL_SPIN_US=%s", bad[i]);
+    }
+    unsetenv("LABMQ_LOCAL_SPIN_US");
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("local");
@@ -887,6 +908,7 @@ int main(void)
     tcase_add_test(local, malformed_records_are_answered);
     tcase_add_test(local, peer_credentials_are_known);
     tcase_add_test(local, locks_and_deadlines_on_the_channel);
+    tcase_add_test(local, spin_setting);
     suite_add_tcase(s, local);
     return th_run_suite(s);
 }

@@ -11,6 +11,7 @@
 /* _GNU_SOURCE (accept4, struct ucred) comes from the build */
 #include "local.h"
 #include <errno.h>
+#include <sched.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -66,6 +67,9 @@ struct lmq__local {
     size_t items_cap;
     bool pipe_watched;
     bool pipe_readable; /* ZMQ_EVENTS said POLLIN when last asked */
+    int64_t spin_ns;        /* lmq__local_spin_ns() */
+    bool spin_on;           /* the last wait after a reply ended within spin_ns */
+    int64_t last_answer_ns; /* when the thread last answered a channel request */
     bool accept_ready;
     char path[sizeof(((struct sockaddr_un *)NULL)->sun_path)];
     dev_t sock_dev; /* the socket file this channel made (unlink_own) */
@@ -224,6 +228,8 @@ void lmq__local_bind(lmq_dev_t *dev, const char *control, lmq_log_t *log)
     }
     const char *how = getenv("LABMQ_LOCAL_POLL");
     L->use_zmq_poll = how && strcmp(how, "zmq") == 0;
+    L->spin_ns = lmq__local_spin_ns();
+    L->spin_on = true;
     atomic_store(&L->listening, true);
     dev->local = L;
     lmq_log(log, LMQ_LOG_INFO, dev->name, "local channel at %s%s", L->path, L->use_zmq_poll ? " (zmq_poll)" : "");
@@ -796,7 +802,24 @@ int lmq__local_wait(lmq_dev_t *dev, long timeout_ms)
     if (L->pipe_readable || L->fifo_head || L->accept_ready)
         timeout_ms = 0;
     struct epoll_event evs[MAX_EVENTS];
-    int n = epoll_wait(L->ep, evs, MAX_EVENTS, (int)timeout_ms);
+    int n = 0;
+    /* Right after an answer the client's next request is usually on its
+     * way: polling for it a little (lmq__local_spin_ns) saves the wake-up.
+     * Never longer than the loop's own timeout (a stream may be due). */
+    if (timeout_ms > 0 && L->spin_on && L->spin_ns > 0 && L->last_answer_ns) {
+        int64_t until = L->last_answer_ns + L->spin_ns, due = lmq_clock_mono_ns() + (int64_t)timeout_ms * 1000000;
+        if (until > due)
+            until = due;
+        while (lmq_clock_mono_ns() < until && (n = epoll_wait(L->ep, evs, MAX_EVENTS, 0)) == 0)
+            sched_yield();
+        if (n == 0)
+            L->spin_on = false; /* the client is slower than the window: sleep until it is not */
+    }
+    if (n == 0) {
+        n = epoll_wait(L->ep, evs, MAX_EVENTS, (int)timeout_ms);
+        if (n > 0 && !L->spin_on && L->spin_ns > 0)
+            L->spin_on = lmq_clock_mono_ns() - L->last_answer_ns < L->spin_ns;
+    }
     for (int i = 0; i < n; i++) {
         void *p = evs[i].data.ptr;
         if (p == L)
@@ -845,6 +868,7 @@ void lmq__local_serve(lmq_dev_t *dev)
         lmq__job_t *job = fifo_pop(L);
         lmq__dev_handle_job(dev, job);
         answer(L, dev, job);
+        L->last_answer_ns = lmq_clock_mono_ns();
     }
     /* What came while slow jobs ran is checked now, not after the pipe's
      * next turn: refusals are answered as soon as the thread is free. */

@@ -24,6 +24,20 @@
 /* Requests each source (the broker's pipe, the local clients) may have
  * served per turn of the device loop, so neither starves the other. */
 #define LMQ__LOCAL_BUDGET 32
+/* Both ends of the channel spin this long (LABMQ_LOCAL_SPIN_US) before
+ * they sleep: see lmq__local_spin_ns. */
+#define LMQ__LOCAL_SPIN_US_DEFAULT 50
+#define LMQ__LOCAL_SPIN_US_MAX 10000
+
+/* How long a waiting end of the channel polls (yielding the CPU between
+ * polls) before it sleeps, in ns: LABMQ_LOCAL_SPIN_US, default 50 µs, 0 to
+ * never spin; 0 on a machine with one CPU, where the other end cannot run
+ * while this one polls. On a VM a sleeping thread woken from another CPU
+ * costs 20-40 µs, more than the whole call; a thread that is still polling
+ * sees the message at once. Each end spins only while the other answers
+ * within the window (it stops after one miss and starts again after a quick
+ * answer), so sparse traffic costs no CPU. */
+int64_t lmq__local_spin_ns(void);
 
 /* ---- framing, shared by both sides ----
  * A message (header + binary frames) is: u32 nframes, nframes x u32 length

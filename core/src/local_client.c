@@ -14,6 +14,19 @@
 #include "local.h"
 
 #define MAX_FRAMES (1 + LMQ__MAX_BINFRAMES)
+
+int64_t lmq__local_spin_ns(void)
+{
+    const char *e = getenv("LABMQ_LOCAL_SPIN_US");
+    long us = LMQ__LOCAL_SPIN_US_DEFAULT;
+    if (e && *e >= '0' && *e <= '9') {
+        char *end;
+        long v = strtol(e, &end, 10);
+        if (*end == 0 && v >= 0 && v <= LMQ__LOCAL_SPIN_US_MAX)
+            us = v; /* anything else: the default, as for an unset variable */
+    }
+    return sysconf(_SC_NPROCESSORS_ONLN) > 1 ? (int64_t)us * 1000 : 0;
+}
 /* A reply may not be larger than the protocol allows a message to be. */
 #define MAX_MESSAGE ((size_t)LMQ__MAX_HEADER + LMQ__MAX_BINFRAMES * (size_t)LMQ__MAX_FRAME + 4096)
 
