@@ -99,3 +99,21 @@ def test_daemon_killed_mid_request_is_closed(own_daemon):
         psu.timeout = 5
         assert psu.get("voltage") == 0.0
         assert psu.last_path == "local"
+
+
+def test_spin_setting(monkeypatch):
+    """LABMQ_LOCAL_SPIN_US: default 50 µs, 0 never, junk is the default; and
+    a call still answers with polling off."""
+    from labmq import _local
+    import os
+    multi = os.sysconf("SC_NPROCESSORS_ONLN") > 1
+    for value, want in (("", 50e-6), ("0", 0.0), ("200", 200e-6), ("-1", 50e-6), ("20000", 50e-6), ("5us", 50e-6)):
+        monkeypatch.setenv("LABMQ_LOCAL_SPIN_US", value)
+        assert _local.spin_seconds() == (want if multi else 0.0), value
+
+
+def test_calls_without_polling(daemon, monkeypatch):
+    monkeypatch.setenv("LABMQ_LOCAL_SPIN_US", "0")
+    psu = labmq.connect(daemon.control, timeout=5).device("psu1")
+    psu.set("voltage", 0.5)
+    assert psu.get("voltage") == 0.5 and psu.last_path == "local"
