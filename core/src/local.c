@@ -11,8 +11,8 @@
 /* _GNU_SOURCE (accept4, struct ucred) comes from the build */
 #include "local.h"
 #include <errno.h>
-#include <sched.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
