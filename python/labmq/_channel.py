@@ -79,17 +79,7 @@ class Channel:
     def _socket(self):
         sock = self._sock
         if sock is None:
-            sock = _process.context().socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            # Queue a request only on a live connection (protocol 2.5).
-            sock.setsockopt(zmq.IMMEDIATE, 1)
-            if self.keys is not None:
-                self.keys.apply(sock)
-            try:
-                sock.connect(self.endpoint)
-            except zmq.ZMQError as e:
-                sock.close(linger=0)
-                raise errors.ArgError(f"cannot connect to endpoint {self.endpoint!r}: {e}") from None
+            sock = _process.connect(zmq.DEALER, self.endpoint, self.keys, "endpoint", immediate=True)
             self._sock = sock
             self._sndtimeo = None
         return sock

@@ -74,17 +74,9 @@ class _Channel:
                     _process.abandon(self._sock)  # the parent's: never touched
             self._sock, self._reader, self._waiting, self._owner = None, None, {}, owner
         if self._sock is None:
-            sock = _context().socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.IMMEDIATE, 1)
-            if self.keys is not None:
-                self.keys.apply(sock)
-            try:
-                sock.connect(self.endpoint)
-            except zmq.ZMQError as e:
-                sock.close(linger=0)
-                raise errors.ArgError(f"cannot connect to endpoint {self.endpoint!r}: {e}") from None
-            self._sock, self._sndtimeo = sock, None
+            self._sock = _process.connect(zmq.DEALER, self.endpoint, self.keys, "endpoint", ctx=_context(),
+                                          immediate=True)
+            self._sndtimeo = None
         return self._sock
 
     def _replace_socket(self):
@@ -396,17 +388,8 @@ class _Receiver:
         if self._sock is None:
             if not isinstance(self._endpoint, str):
                 self._endpoint = await self._endpoint()
-            sock = _context().socket(zmq.SUB)
-            sock.setsockopt(zmq.LINGER, 0)
-            if self.keys is not None:
-                self.keys.apply(sock)
-            try:
-                sock.connect(self._endpoint)
-            except zmq.ZMQError as e:
-                sock.close(linger=0)
-                raise errors.ArgError(f"cannot connect to data endpoint {self._endpoint!r}: {e}") from None
-            sock.setsockopt(zmq.SUBSCRIBE, self._prefix)
-            self._sock = sock
+            self._sock = _process.connect(zmq.SUB, self._endpoint, self.keys, "data endpoint", ctx=_context(),
+                                          subscribe=self._prefix)
         return self
 
     async def recv(self, timeout=...):

@@ -116,17 +116,8 @@ class _Receiver:
             self._sock = None
             self._pid = pid
         if self._sock is None:
-            sock = _process.context().socket(zmq.SUB)
-            sock.setsockopt(zmq.LINGER, 0)
-            if self.keys is not None:
-                self.keys.apply(sock)
-            try:
-                sock.connect(self.endpoint)
-            except zmq.ZMQError as e:
-                sock.close(linger=0)
-                raise errors.ArgError(f"cannot connect to data endpoint {self.endpoint!r}: {e}") from None
-            sock.setsockopt(zmq.SUBSCRIBE, self._prefix)
-            self._sock = sock
+            self._sock = _process.connect(zmq.SUB, self.endpoint, self.keys, "data endpoint",
+                                          subscribe=self._prefix)
         return self._sock
 
     def open(self):
@@ -249,16 +240,7 @@ class FlowSubscription:
                 self._t = Tracker()
             self._sock, self._pid = None, os.getpid()
         if self._sock is None:
-            sock = _process.context().socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            if self.keys is not None:
-                self.keys.apply(sock)
-            try:
-                sock.connect(self.endpoint)
-            except zmq.ZMQError as e:
-                sock.close(linger=0)
-                raise errors.ArgError(f"cannot connect to control endpoint {self.endpoint!r}: {e}") from None
-            self._sock = sock
+            self._sock = _process.connect(zmq.DEALER, self.endpoint, self.keys, "control endpoint")
             self._next_id = 0
             self._series = self._last_sub = 0
             self._subscribe()
