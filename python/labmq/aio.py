@@ -30,7 +30,7 @@ from . import _process, _wire, errors
 from . import keys as _keys
 from ._channel import _KEYS_HINT, check_timeout, describe_request, result_of
 from .client import DEFAULT_TIMEOUT, describe_text, names_line
-from .stream import EVENTS_PREFIX, EventTracker, Tracker, check_topic, parse_block, parse_event
+from .stream import _Blocks, _EventsOf
 
 _actx = None
 _actx_pid = None
@@ -428,56 +428,18 @@ class _Receiver:
         self.close()
 
 
-class Subscription(_Receiver):
+class Subscription(_Blocks, _Receiver):
     """labmq.Subscription on asyncio: `async for block in sub`, or
     `await sub.recv(timeout)`."""
-
-    def __init__(self, endpoint, topic, *, timeout=None, keys=None):
-        self.topic = check_topic(topic)
-        super().__init__(endpoint, topic, timeout, _keys.make(keys))
-
-    def _reset(self):
-        self._t = Tracker()
-
-    def _what(self):
-        return f"block on {self.topic}"
-
-    def _parse(self, parts):
-        got = parse_block(self._prefix, parts)
-        return None if got is None else self._t.block(self.topic, *got)
-
-    received = property(lambda self: self._t.received)
-    lost = property(lambda self: self._t.lost)
-    restarts = property(lambda self: self._t.restarts)
 
     def __repr__(self):
         return (f"<labmq.aio.Subscription {self.topic}: received {self.received}, lost {self.lost}, "
                 f"restarts {self.restarts}>")
 
 
-class Events(_Receiver):
+class Events(_EventsOf, _Receiver):
     """labmq.Events on asyncio: `async for ev in events` (no callback thread:
     a task that iterates is the asyncio form)."""
-
-    def __init__(self, endpoint, device=None, *, timeout=None, keys=None):
-        if device is not None and (not isinstance(device, str) or not device or "/" in device):
-            raise errors.ArgError(f"events: a device name, or None for every device, not {device!r}")
-        self.device = device
-        super().__init__(endpoint, EVENTS_PREFIX + (device or ""), timeout, _keys.make(keys))
-
-    def _reset(self):
-        self._t = EventTracker()
-
-    def _what(self):
-        return f"change event of {self.device}" if self.device else "change event"
-
-    def _parse(self, parts):
-        got = parse_event(self._prefix, self.device is not None, parts)
-        return None if got is None else self._t.event(*got)
-
-    received = property(lambda self: self._t.received)
-    lost = property(lambda self: self._t.lost)
-    restarts = property(lambda self: self._t.restarts)
 
     def __repr__(self):
         return (f"<labmq.aio.Events {self.device or 'all devices'}: received {self.received}, lost {self.lost}, "

@@ -95,7 +95,31 @@ def check_topic(topic):
     return topic
 
 
-class _Receiver:
+class _Counters:
+    """received, lost and restarts of the receiver's tracker (self._t)."""
+
+    received = property(lambda self: self._t.received)
+    lost = property(lambda self: self._t.lost)
+    restarts = property(lambda self: self._t.restarts)
+
+
+class _Iterates:
+    """Iteration and `with` in terms of the receiver's recv, open and close."""
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.recv()
+
+    def __enter__(self):
+        return self.open()
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class _Receiver(_Iterates):
     """A SUB socket on one topic prefix of a data endpoint, per process."""
 
     def __init__(self, endpoint, prefix, timeout, keys=None):
@@ -143,35 +167,15 @@ class _Receiver:
             if deadline is not None:
                 ms = max(0, int((deadline - time.monotonic()) * 1000))
 
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        return self.recv()
-
     def close(self):
         if self._sock is not None and self._pid == os.getpid():
             self._sock.close(linger=0)
         self._sock = None
 
-    def __enter__(self):
-        return self.open()
 
-    def __exit__(self, *exc):
-        self.close()
-
-
-class Subscription(_Receiver):
-    """Blocks of one stream: `for block in sub:` or `sub.recv(timeout)`.
-
-    `received`, `lost` and `restarts` count blocks, blocks missing from seq
-    gaps, and epoch changes. The first block sets the starting point: blocks
-    published before it are not lost. After a daemon restart ZeroMQ
-    reconnects by itself and the new epoch counts as a restart.
-
-    A malformed block raises ProtoError (and is skipped; the subscription
-    goes on). In a forked child a subscription opens its own socket and
-    starts afresh (counters at zero). Pickles as (endpoint, topic)."""
+class _Blocks(_Counters):
+    """What a Subscription is, whichever receiver (this module's or
+    labmq.aio's) brings its messages."""
 
     def __init__(self, endpoint, topic, *, timeout=None, keys=None):
         self.topic = check_topic(topic)
@@ -187,9 +191,18 @@ class Subscription(_Receiver):
         got = parse_block(self._prefix, parts)
         return None if got is None else self._t.block(self.topic, *got)
 
-    received = property(lambda self: self._t.received)
-    lost = property(lambda self: self._t.lost)
-    restarts = property(lambda self: self._t.restarts)
+
+class Subscription(_Blocks, _Receiver):
+    """Blocks of one stream: `for block in sub:` or `sub.recv(timeout)`.
+
+    `received`, `lost` and `restarts` count blocks, blocks missing from seq
+    gaps, and epoch changes. The first block sets the starting point: blocks
+    published before it are not lost. After a daemon restart ZeroMQ
+    reconnects by itself and the new epoch counts as a restart.
+
+    A malformed block raises ProtoError (and is skipped; the subscription
+    goes on). In a forked child a subscription opens its own socket and
+    starts afresh (counters at zero). Pickles as (endpoint, topic)."""
 
     def __reduce__(self):
         return (_subscription, (self.endpoint, self.topic, self.timeout, self.keys))
@@ -203,7 +216,7 @@ DEFAULT_WINDOW = 256
 MAX_WINDOW = 1000
 
 
-class FlowSubscription:
+class FlowSubscription(_Counters, _Iterates):
     """Blocks of one stream through a flow subscription on the control
     endpoint (docs/protocol.md 3.2): the daemon sends at most `window` blocks
     ahead and queues the rest, bounded in bytes; beyond the bound "lossless"
@@ -343,16 +356,6 @@ class FlowSubscription:
             if got is not None:
                 return self._t.block(self.topic, *got)
 
-    received = property(lambda self: self._t.received)
-    lost = property(lambda self: self._t.lost)
-    restarts = property(lambda self: self._t.restarts)
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        return self.recv()
-
     def close(self):
         """Unsubscribes (the daemon frees its queue at once) and closes."""
         if self._sock is not None and self._pid == os.getpid():
@@ -368,12 +371,6 @@ class FlowSubscription:
                     break
             self._sock.close(linger=0)
         self._sock = None
-
-    def __enter__(self):
-        return self.open()
-
-    def __exit__(self, *exc):
-        self.close()
 
     def __reduce__(self):
         return (_flow_subscription, (self.endpoint, self.topic, self.mode, self.window, self.timeout, self.keys))
@@ -465,7 +462,28 @@ class EventTracker:
                      h["seq"], h["epoch"], h["t_ns"], lost, restarted)
 
 
-class Events(_Receiver):
+class _EventsOf(_Counters):
+    """What Events is, whichever receiver (this module's or labmq.aio's)
+    brings its messages."""
+
+    def __init__(self, endpoint, device=None, *, timeout=None, keys=None):
+        if device is not None and (not isinstance(device, str) or not device or "/" in device):
+            raise errors.ArgError(f"events: a device name, or None for every device, not {device!r}")
+        self.device = device
+        super().__init__(endpoint, EVENTS_PREFIX + (device or ""), timeout, _keys.make(keys))
+
+    def _reset(self):
+        self._t = EventTracker()
+
+    def _what(self):
+        return f"change event of {self.device}" if self.device else "change event"
+
+    def _parse(self, parts):
+        got = parse_event(self._prefix, self.device is not None, parts)
+        return None if got is None else self._t.event(*got)
+
+
+class Events(_EventsOf, _Receiver):
     """Change events of one device (device="psu1") or of every device
     (device=None), as an iterator (`for ev in events:`), with recv(timeout),
     or handed to a callback on a thread (start(callback) ... stop()).
@@ -477,26 +495,9 @@ class Events(_Receiver):
     (endpoint, device); a forked child opens its own socket."""
 
     def __init__(self, endpoint, device=None, *, timeout=None, keys=None):
-        if device is not None and (not isinstance(device, str) or not device or "/" in device):
-            raise errors.ArgError(f"events: a device name, or None for every device, not {device!r}")
-        self.device = device
-        super().__init__(endpoint, EVENTS_PREFIX + (device or ""), timeout, _keys.make(keys))
+        super().__init__(endpoint, device, timeout=timeout, keys=keys)
         self._thread = None
         self._stop = None
-
-    def _reset(self):
-        self._t = EventTracker()
-
-    received = property(lambda self: self._t.received)
-    lost = property(lambda self: self._t.lost)
-    restarts = property(lambda self: self._t.restarts)
-
-    def _what(self):
-        return f"change event of {self.device}" if self.device else "change event"
-
-    def _parse(self, parts):
-        got = parse_event(self._prefix, self.device is not None, parts)
-        return None if got is None else self._t.event(*got)
 
     def start(self, callback, *, on_error=None):
         """Calls callback(event) for each event, on a thread of its own (which
