@@ -37,7 +37,20 @@ class Block(typing.NamedTuple):
     restarted: bool = False
 
 
-_HEADER_INTS = ("seq", "epoch", "t_ns")
+def _header(raw, what):
+    """The JSON header of a published message (block or event) with its
+    protocol and its seq, epoch and t_ns checked; `what` names it in the
+    ProtoError ("block header on daq1/wave")."""
+    try:
+        h = json.loads(raw)
+    except ValueError as e:
+        raise errors.ProtoError(f"{what} is not JSON: {e}") from None
+    if not isinstance(h, dict) or h.get("v") != _wire.PROTOCOL:
+        raise errors.ProtoError(f"{what} is not protocol {_wire.PROTOCOL}: {h!r:.200}")
+    for key in ("seq", "epoch", "t_ns"):
+        if not isinstance(h.get(key), int) or isinstance(h.get(key), bool) or h[key] < 0:
+            raise errors.ProtoError(f"{what}: {key} is not a non-negative integer")
+    return h
 
 
 def parse_block(topic, parts):
@@ -48,15 +61,7 @@ def parse_block(topic, parts):
         return None
     if len(parts) != 3:
         raise errors.ProtoError(f"block on {topic.decode()} has {len(parts)} frames, expected 3")
-    try:
-        h = json.loads(parts[1].bytes)
-    except ValueError as e:
-        raise errors.ProtoError(f"block header on {topic.decode()} is not JSON: {e}") from None
-    if not isinstance(h, dict) or h.get("v") != _wire.PROTOCOL:
-        raise errors.ProtoError(f"block header on {topic.decode()} is not protocol {_wire.PROTOCOL}: {h!r:.200}")
-    for key in _HEADER_INTS:
-        if not isinstance(h.get(key), int) or isinstance(h.get(key), bool) or h[key] < 0:
-            raise errors.ProtoError(f"block header on {topic.decode()}: {key} is not a non-negative integer")
+    h = _header(parts[1].bytes, f"block header on {topic.decode()}")
     if not isinstance(h.get("units"), str):
         raise errors.ProtoError(f"block header on {topic.decode()}: units is not a string")
     data = _wire.array_from_buffer(parts[2].buffer, h.get("dtype"), h.get("shape"), f"block on {topic.decode()}")
@@ -417,15 +422,7 @@ def parse_event(prefix, exact, parts):
     where = topic.decode(errors="replace")
     if len(parts) < 2:
         raise errors.ProtoError(f"event on {where} without a header")
-    try:
-        h = json.loads(parts[1].bytes)
-    except ValueError as e:
-        raise errors.ProtoError(f"event header on {where} is not JSON: {e}") from None
-    if not isinstance(h, dict) or h.get("v") != _wire.PROTOCOL:
-        raise errors.ProtoError(f"event header on {where} is not protocol {_wire.PROTOCOL}: {h!r:.200}")
-    for key in _HEADER_INTS:
-        if not isinstance(h.get(key), int) or isinstance(h.get(key), bool) or h[key] < 0:
-            raise errors.ProtoError(f"event header on {where}: {key} is not a non-negative integer")
+    h = _header(parts[1].bytes, f"event header on {where}")
     for key in ("device", "kind"):
         if not isinstance(h.get(key), str) or not h[key]:
             raise errors.ProtoError(f"event header on {where}: {key} is not a non-empty string")
