@@ -21,14 +21,13 @@ own. Writing a property by assignment is not possible with await: use
 import asyncio
 import json
 import os
-import random
 
 import zmq
 import zmq.asyncio
 
 from . import _process, _wire, errors
 from . import keys as _keys
-from ._channel import _KEYS_HINT, check_timeout, describe_request, result_of
+from ._channel import ChannelBase, check_timeout, describe_request, result_of
 from .client import DEFAULT_TIMEOUT, describe_text, names_line
 from .stream import _Blocks, _EventsOf
 
@@ -46,23 +45,14 @@ def _context():
     return _actx
 
 
-class _Channel:
+class _Channel(ChannelBase):
     """Channel (labmq._channel) on asyncio: one reader task per socket hands
     each reply to the future of its id while any are awaited."""
 
     def __init__(self, endpoint, timeout, keys=None):
-        if not isinstance(endpoint, str) or not endpoint:
-            raise errors.ArgError(f"an endpoint is a non-empty string such as 'ipc:///path' or "
-                                  f"'tcp://host:port', not {endpoint!r}")
-        self.endpoint = endpoint
-        self.timeout = check_timeout(timeout)
-        self.keys = keys
+        super().__init__(endpoint, timeout, keys)
         self._owner = None  # (pid, loop) the socket belongs to
-        self._sock = None
-        self._sndtimeo = None
-        self._waiting = {}
         self._reader = None
-        self._next_id = random.randrange(_wire.MAX_ID // 2)
 
     def _socket(self):
         owner = (os.getpid(), asyncio.get_running_loop())
@@ -105,26 +95,14 @@ class _Channel:
     async def request(self, header, frames=(), timeout=None):
         timeout = self.timeout if timeout is None else check_timeout(timeout)
         sock = self._socket()
-        ms = int(timeout * 1000)
-        if self._sndtimeo != ms:
-            sock.setsockopt(zmq.SNDTIMEO, ms)
-            self._sndtimeo = ms
-        rid = self._next_id
-        self._next_id = rid + 1 if rid + 1 < _wire.MAX_ID else 0
-        header["v"], header["id"] = _wire.PROTOCOL, rid
+        rid, data, ms = self._encode(sock, header, timeout)
         what = describe_request(header)
-        try:
-            data = _wire.dumps(header)
-        except (ValueError, TypeError) as e:
-            raise errors.ArgError(f"{what}: cannot encode the request: {e}") from None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         try:
             await sock.send_multipart([data] + list(frames), copy=False)
         except zmq.Again:
-            raise errors.UnreachableError(
-                f"no labmqd answers at {self.endpoint} (no connection within {ms} ms"
-                f"{_KEYS_HINT if self.keys is not None else ''})") from None
+            raise self._unreachable(ms) from None
         fut = loop.create_future()
         waiting = self._waiting
         waiting[rid] = fut
