@@ -28,7 +28,7 @@ import zmq.asyncio
 from . import _process, _wire, errors
 from . import keys as _keys
 from ._channel import ChannelBase, check_timeout, describe_request, result_of
-from .client import DEFAULT_TIMEOUT, describe_text, names_line
+from .client import DEFAULT_TIMEOUT, _DeviceBase, _LabBase, describe_text
 from .stream import _Blocks, _EventsOf
 
 _actx = None
@@ -130,30 +130,17 @@ def connect(endpoint=None, *, timeout=DEFAULT_TIMEOUT, data=None, key=None, serv
     return Lab(endpoint, timeout=timeout, data=data, keys=_keys.make(keys, key, server_key))
 
 
-class Lab:
-    def __init__(self, endpoint=None, *, timeout=DEFAULT_TIMEOUT, data=None, keys=None):
-        self._channel = _Channel(endpoint or _wire.default_endpoint("control"), timeout, _keys.make(keys))
-        self._data = data
+def _lab(endpoint, timeout, data, keys=None):
+    return Lab(endpoint, timeout=timeout, data=data, keys=keys)
 
-    endpoint = property(lambda self: self._channel.endpoint)
 
-    @property
-    def timeout(self):
-        return self._channel.timeout
-
-    @timeout.setter
-    def timeout(self, value):
-        self._channel.timeout = check_timeout(value)
+class Lab(_LabBase):
+    _channel_class = _Channel
+    _unpickle = staticmethod(_lab)
+    _package = "labmq.aio"
 
     async def request(self, op, *, timeout=None, **fields):
-        frames = []
-        header = {"op": op}
-        for key, value in fields.items():
-            if key == "args" and isinstance(value, (list, tuple)):  # positional arguments, each a value
-                header[key] = [_wire.encode_value(a, frames, f"argument {i} of {op}") for i, a in enumerate(value, 1)]
-            else:
-                header[key] = _wire.encode_value(value, frames, f"{op} field {key!r}")
-        return await self._channel.request(header, frames, timeout)
+        return await self._channel.request(*self._request_header(op, fields), timeout)
 
     async def ping(self):
         return await self._channel.request({"op": "ping"})
@@ -165,10 +152,7 @@ class Lab:
         return await self._channel.request({"op": "describe", "device": device})
 
     async def stats(self, device=None):
-        header = {"op": "stats"}
-        if device is not None:
-            header["device"] = device
-        return await self._channel.request(header)
+        return await self._channel.request(self._stats_header(device))
 
     async def workers(self):
         return await self._channel.request({"op": "workers"})
@@ -192,24 +176,11 @@ class Lab:
         """Change events of one device or of every device (async iterator)."""
         return Events(self.data_endpoint, device, timeout=timeout, keys=self._channel.keys)
 
-    def close(self):
-        self._channel.close()
-
     async def __aenter__(self):
         return self
 
     async def __aexit__(self, *exc):
         self.close()
-
-    def __reduce__(self):
-        return (_lab, (self.endpoint, self.timeout, self._data, self._channel.keys))
-
-    def __repr__(self):
-        return f"labmq.aio.connect({self.endpoint!r})"
-
-
-def _lab(endpoint, timeout, data, keys=None):
-    return Lab(endpoint, timeout=timeout, data=data, keys=keys)
 
 
 class Member:
@@ -232,49 +203,25 @@ class Member:
         return f"<labmq.aio member {self._device.name}.{self._name}: await it to get, call it to call>"
 
 
-class Device:
+def _device(uri, timeout, keys):
+    return Device(uri, None, timeout, keys=keys)
+
+
+class Device(_DeviceBase):
     """labmq.Device on asyncio."""
 
-    def __init__(self, uri, device=None, timeout=DEFAULT_TIMEOUT, *, keys=None, _data=None):
-        if device is None:
-            endpoint, device = _wire.split_uri(uri)
-        else:
-            endpoint = uri
-        if not isinstance(device, str) or not device:
-            raise errors.ArgError(f"no device named in {uri!r}: a proxy URI is 'ENDPOINT#DEVICE'")
-        object.__setattr__(self, "_channel", _Channel(endpoint, timeout, _keys.make(keys)))
-        object.__setattr__(self, "_name", device)
-        object.__setattr__(self, "_table", None)
-        object.__setattr__(self, "_data", _data)
-
-    name = property(lambda self: self._name)
-    endpoint = property(lambda self: self._channel.endpoint)
-    uri = property(lambda self: f"{self._channel.endpoint}#{self._name}")
-
-    @property
-    def timeout(self):
-        return self._channel.timeout
-
-    @timeout.setter
-    def timeout(self, value):
-        self._channel.timeout = check_timeout(value)
+    _channel_class = _Channel
+    _unpickle = staticmethod(_device)
+    _package = "labmq.aio"
 
     async def get(self, prop, *, timeout=None):
-        return await self._channel.request({"op": "get", "device": self._name, "name": prop}, (), timeout)
+        return await self._channel.request(*self._get_header(prop), timeout)
 
     async def set(self, prop, value, *, timeout=None):
-        frames = []
-        v = _wire.encode_value(value, frames, f"{self._name}.{prop}")
-        await self._channel.request({"op": "set", "device": self._name, "name": prop, "value": v}, frames, timeout)
+        await self._channel.request(*self._set_header(prop, value), timeout)
 
     async def call(self, method, *args, timeout=None):
-        if len(args) > _wire.MAX_ARGS:
-            raise errors.ArgError(f"{self._name}.{method}: at most {_wire.MAX_ARGS} arguments, got {len(args)}")
-        frames = []
-        enc = [_wire.encode_value(a, frames, f"argument {i} of {self._name}.{method}")
-               for i, a in enumerate(args, 1)]
-        return await self._channel.request({"op": "call", "device": self._name, "name": method, "args": enc},
-                                           frames, timeout)
+        return await self._channel.request(*self._call_header(method, args), timeout)
 
     async def describe(self):
         table = await self._channel.request({"op": "describe", "device": self._name})
@@ -288,8 +235,7 @@ class Device:
         return self._data
 
     def subscribe(self, stream, *, timeout=None):
-        topic = stream if "/" in stream else f"{self._name}/{stream}"
-        return Subscription(self.data_endpoint, topic, timeout=timeout, keys=self._channel.keys)
+        return Subscription(self.data_endpoint, self._topic(stream), timeout=timeout, keys=self._channel.keys)
 
     def events(self, *, timeout=None):
         return Events(self.data_endpoint, self._name, timeout=timeout, keys=self._channel.keys)
@@ -316,21 +262,6 @@ class Device:
                          + (self._table.get("methods") or []) if isinstance(x.get("name"), str)
                          and x.get("name").isidentifier())
         return sorted(names)
-
-    def __reduce__(self):
-        return (_device, (self.uri, self.timeout, self._channel.keys))
-
-    def __eq__(self, other):
-        return isinstance(other, Device) and other.uri == self.uri
-
-    def __hash__(self):
-        return hash(self.uri)
-
-    def __repr__(self):
-        text = f"labmq.aio.Device({self.uri!r})"
-        if self._table is not None:
-            text += f"  # {self._table.get('driver', '?')}: {names_line(self._table)}"
-        return text
 
     def _repr_pretty_(self, printer, cycle):
         printer.text(describe_text(self, self._table) if self._table is not None else repr(self))
@@ -423,6 +354,3 @@ class Events(_EventsOf, _Receiver):
         return (f"<labmq.aio.Events {self.device or 'all devices'}: received {self.received}, lost {self.lost}, "
                 f"restarts {self.restarts}>")
 
-
-def _device(uri, timeout, keys):
-    return Device(uri, None, timeout, keys=keys)
