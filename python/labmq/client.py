@@ -526,24 +526,26 @@ def names_line(table):
     return f"properties: {props}; methods: {methods}"
 
 
+def _property_line(p):
+    return (f"{p.get('name'):<18} {p.get('type', '?'):<6} {p.get('access', '?'):<2}"
+            f"{unit_text(p.get('unit'))}{limits_text(p)}  {p.get('doc') or ''}")
+
+
+def _method_line(m):
+    return f"{signature_line(m)}  {m.get('doc') or ''}"
+
+
+def _stream_line(s):
+    return (f"{s.get('topic')}  {s.get('dtype')}{s.get('shape')}{unit_text(s.get('units'))}"
+            f" at {s.get('rate_hz', 0):g} Hz  {s.get('doc') or ''}")
+
+
 def describe_text(device, table):
     lines = [f"{device.uri}  {table.get('driver', '?')}, {table.get('state', '?')}: {table.get('description', '')}"]
-    props = table.get("properties") or []
-    if props:
-        lines.append("properties:")
-        for p in props:
-            lines.append(f"  {p.get('name'):<18} {p.get('type', '?'):<6} {p.get('access', '?'):<2}"
-                         f"{unit_text(p.get('unit'))}{limits_text(p)}  {p.get('doc') or ''}".rstrip())
-    methods = table.get("methods") or []
-    if methods:
-        lines.append("methods:")
-        for m in methods:
-            lines.append(f"  {signature_line(m)}  {m.get('doc') or ''}".rstrip())
-    streams = table.get("streams") or []
-    if streams:
-        lines.append("streams:")
-        for s in streams:
-            lines.append(f"  {s.get('topic')}  {s.get('dtype')}{s.get('shape')}{unit_text(s.get('units'))}"
-                         f" at {s.get('rate_hz', 0):g} Hz  {s.get('doc') or ''}".rstrip())
+    for key, entry_line in (("properties", _property_line), ("methods", _method_line), ("streams", _stream_line)):
+        entries = table.get(key) or []
+        if entries:
+            lines.append(f"{key}:")
+            lines.extend(f"  {entry_line(e)}".rstrip() for e in entries)
     return "\n".join(lines)
 
