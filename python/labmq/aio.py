@@ -45,6 +45,17 @@ def _context():
     return _actx
 
 
+def _let_go(sock, was, now):
+    """Lets go of a socket made for owner `was` (pid, event loop) on behalf
+    of owner `now`: one of this process, made under another event loop, is
+    closed; a parent's is never touched (_process). True in a forked child."""
+    if was[0] == now[0]:
+        sock.close(linger=0)
+        return False
+    _process.abandon(sock)
+    return True
+
+
 class _Channel(ChannelBase):
     """Channel (labmq._channel) on asyncio: one reader task per socket hands
     each reply to the future of its id while any are awaited."""
@@ -58,10 +69,7 @@ class _Channel(ChannelBase):
         owner = (os.getpid(), asyncio.get_running_loop())
         if self._owner != owner:
             if self._sock is not None:
-                if self._owner[0] == owner[0]:
-                    self._sock.close(linger=0)  # ours, made under another event loop
-                else:
-                    _process.abandon(self._sock)  # the parent's: never touched
+                _let_go(self._sock, self._owner, owner)
             self._sock, self._reader, self._waiting, self._owner = None, None, {}, owner
         if self._sock is None:
             self._sock = _process.connect(zmq.DEALER, self.endpoint, self.keys, "endpoint", ctx=_context(),
@@ -287,12 +295,8 @@ class _Receiver:
     async def open(self):
         owner = (os.getpid(), asyncio.get_running_loop())
         if self._owner != owner:
-            if self._sock is not None:
-                if self._owner[0] == owner[0]:
-                    self._sock.close(linger=0)
-                else:
-                    _process.abandon(self._sock)
-                    self._reset()  # a forked child starts afresh
+            if self._sock is not None and _let_go(self._sock, self._owner, owner):
+                self._reset()  # a forked child starts afresh
             self._sock, self._owner = None, owner
         if self._sock is None:
             if not isinstance(self._endpoint, str):
