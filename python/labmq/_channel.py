@@ -37,7 +37,11 @@ class _Slot:
         self.parts = None
 
 
-class Channel:
+class ChannelBase:
+    """The half of a channel that does not wait, shared with labmq.aio's:
+    endpoint, timeout, keys, request ids, and a request's encoding and
+    send-timeout failure."""
+
     def __init__(self, endpoint, timeout, keys=None):
         if not isinstance(endpoint, str) or not endpoint:
             raise errors.ArgError(f"an endpoint is a non-empty string such as 'ipc:///path' or "
@@ -45,17 +49,46 @@ class Channel:
         self.endpoint = endpoint
         self.timeout = check_timeout(timeout)
         self.keys = keys  # labmq.Keys: every socket is a CURVE client
-        self._pid = None
-        self._lock = None
         self._sock = None
         self._sndtimeo = None
-        # Bumped whenever the socket is replaced: requests sent on an older
-        # socket can no longer be answered.
-        self._gen = 0
-        self._waiting = {}  # id -> _Slot of a request sent on this socket and not yet collected
+        self._waiting = {}  # id -> whoever awaits the reply to a request sent on this socket
         # Ids start at a random point, as lmq_proxy's do, so that replies meant
         # for an earlier client on a reused connection are not taken for ours.
         self._next_id = random.randrange(_wire.MAX_ID // 2)
+
+    def _encode(self, sock, header, timeout):
+        """(id, bytes, send timeout in ms) of a request about to go out on
+        sock: header (without v and id) gets both, and sock a send timeout of
+        the request's timeout."""
+        ms = int(timeout * 1000)
+        if self._sndtimeo != ms:
+            sock.setsockopt(zmq.SNDTIMEO, ms)
+            self._sndtimeo = ms
+        rid = self._next_id
+        self._next_id = rid + 1 if rid + 1 < _wire.MAX_ID else 0
+        header["v"] = _wire.PROTOCOL
+        header["id"] = rid
+        try:
+            data = _wire.dumps(header)
+        except (ValueError, TypeError) as e:
+            raise errors.ArgError(f"{describe_request(header)}: cannot encode the request: {e}") from None
+        return rid, data, ms
+
+    def _unreachable(self, ms):
+        """The error of a send that timed out: the request was never queued,
+        so it cannot reach a daemon that starts later."""
+        return errors.UnreachableError(f"no labmqd answers at {self.endpoint} (no connection within {ms} ms"
+                                       f"{_KEYS_HINT if self.keys is not None else ''})")
+
+
+class Channel(ChannelBase):
+    def __init__(self, endpoint, timeout, keys=None):
+        super().__init__(endpoint, timeout, keys)
+        self._pid = None
+        self._lock = None
+        # Bumped whenever the socket is replaced: requests sent on an older
+        # socket can no longer be answered.
+        self._gen = 0
 
     # -- process and socket ------------------------------------------------
 
@@ -79,17 +112,7 @@ class Channel:
     def _socket(self):
         sock = self._sock
         if sock is None:
-            sock = _process.context().socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            # Queue a request only on a live connection (protocol 2.5).
-            sock.setsockopt(zmq.IMMEDIATE, 1)
-            if self.keys is not None:
-                self.keys.apply(sock)
-            try:
-                sock.connect(self.endpoint)
-            except zmq.ZMQError as e:
-                sock.close(linger=0)
-                raise errors.ArgError(f"cannot connect to endpoint {self.endpoint!r}: {e}") from None
+            sock = _process.connect(zmq.DEALER, self.endpoint, self.keys, "endpoint", immediate=True)
             self._sock = sock
             self._sndtimeo = None
         return sock
@@ -118,28 +141,14 @@ class Channel:
         """Sends a request (header without v and id); returns (id, gen).
         Call with the lock held."""
         sock = self._socket()
-        ms = int(timeout * 1000)
-        if self._sndtimeo != ms:
-            sock.setsockopt(zmq.SNDTIMEO, ms)
-            self._sndtimeo = ms
-        rid = self._next_id
-        self._next_id = rid + 1 if rid + 1 < _wire.MAX_ID else 0
-        header["v"] = _wire.PROTOCOL
-        header["id"] = rid
-        try:
-            data = _wire.dumps(header)
-        except (ValueError, TypeError) as e:
-            raise errors.ArgError(f"{describe_request(header)}: cannot encode the request: {e}") from None
+        rid, data, ms = self._encode(sock, header, timeout)
         try:
             if frames:
                 sock.send_multipart([data] + frames, copy=False)
             else:
                 sock.send(data)
         except zmq.Again:
-            # Never queued, so it cannot reach a daemon that starts later.
-            raise errors.UnreachableError(
-                f"no labmqd answers at {self.endpoint} (no connection within {ms} ms"
-                f"{_KEYS_HINT if self.keys is not None else ''})") from None
+            raise self._unreachable(ms) from None
         self._waiting[rid] = _Slot()
         return rid, self._gen
 

@@ -13,6 +13,8 @@ import threading
 
 import zmq
 
+from . import errors
+
 _lock = threading.Lock()
 _ctx = None
 _ctx_pid = None
@@ -52,3 +54,25 @@ def context():
 def abandon(obj):
     """Keeps a parent's socket or context alive and untouched in a child."""
     _inherited.append(obj)
+
+
+def connect(kind, endpoint, keys, what, *, ctx=None, immediate=False, subscribe=None):
+    """A socket of `kind` connected to endpoint, on ctx (default: this
+    process's context); `what` names the endpoint in the error ("data
+    endpoint"). LINGER 0: a request or credit still queued must never hold up
+    close() or the process's exit."""
+    sock = (ctx or context()).socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    if immediate:
+        # Queue a request only on a live connection (protocol 2.5).
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+    if keys is not None:
+        keys.apply(sock)
+    try:
+        sock.connect(endpoint)
+    except zmq.ZMQError as e:
+        sock.close(linger=0)
+        raise errors.ArgError(f"cannot connect to {what} {endpoint!r}: {e}") from None
+    if subscribe is not None:
+        sock.setsockopt(zmq.SUBSCRIBE, subscribe)
+    return sock

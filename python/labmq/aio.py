@@ -21,16 +21,15 @@ own. Writing a property by assignment is not possible with await: use
 import asyncio
 import json
 import os
-import random
 
 import zmq
 import zmq.asyncio
 
 from . import _process, _wire, errors
 from . import keys as _keys
-from ._channel import _KEYS_HINT, check_timeout, describe_request, result_of
-from .client import DEFAULT_TIMEOUT, describe_text, names_line
-from .stream import EVENTS_PREFIX, EventTracker, Tracker, check_topic, parse_block, parse_event
+from ._channel import ChannelBase, check_timeout, describe_request, result_of
+from .client import DEFAULT_TIMEOUT, _DeviceBase, _LabBase, describe_text
+from .stream import _Blocks, _EventsOf
 
 _actx = None
 _actx_pid = None
@@ -46,45 +45,36 @@ def _context():
     return _actx
 
 
-class _Channel:
+def _let_go(sock, was, now):
+    """Lets go of a socket made for owner `was` (pid, event loop) on behalf
+    of owner `now`: one of this process, made under another event loop, is
+    closed; a parent's is never touched (_process). True in a forked child."""
+    if was[0] == now[0]:
+        sock.close(linger=0)
+        return False
+    _process.abandon(sock)
+    return True
+
+
+class _Channel(ChannelBase):
     """Channel (labmq._channel) on asyncio: one reader task per socket hands
     each reply to the future of its id while any are awaited."""
 
     def __init__(self, endpoint, timeout, keys=None):
-        if not isinstance(endpoint, str) or not endpoint:
-            raise errors.ArgError(f"an endpoint is a non-empty string such as 'ipc:///path' or "
-                                  f"'tcp://host:port', not {endpoint!r}")
-        self.endpoint = endpoint
-        self.timeout = check_timeout(timeout)
-        self.keys = keys
+        super().__init__(endpoint, timeout, keys)
         self._owner = None  # (pid, loop) the socket belongs to
-        self._sock = None
-        self._sndtimeo = None
-        self._waiting = {}
         self._reader = None
-        self._next_id = random.randrange(_wire.MAX_ID // 2)
 
     def _socket(self):
         owner = (os.getpid(), asyncio.get_running_loop())
         if self._owner != owner:
             if self._sock is not None:
-                if self._owner[0] == owner[0]:
-                    self._sock.close(linger=0)  # ours, made under another event loop
-                else:
-                    _process.abandon(self._sock)  # the parent's: never touched
+                _let_go(self._sock, self._owner, owner)
             self._sock, self._reader, self._waiting, self._owner = None, None, {}, owner
         if self._sock is None:
-            sock = _context().socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.IMMEDIATE, 1)
-            if self.keys is not None:
-                self.keys.apply(sock)
-            try:
-                sock.connect(self.endpoint)
-            except zmq.ZMQError as e:
-                sock.close(linger=0)
-                raise errors.ArgError(f"cannot connect to endpoint {self.endpoint!r}: {e}") from None
-            self._sock, self._sndtimeo = sock, None
+            self._sock = _process.connect(zmq.DEALER, self.endpoint, self.keys, "endpoint", ctx=_context(),
+                                          immediate=True)
+            self._sndtimeo = None
         return self._sock
 
     def _replace_socket(self):
@@ -113,26 +103,14 @@ class _Channel:
     async def request(self, header, frames=(), timeout=None):
         timeout = self.timeout if timeout is None else check_timeout(timeout)
         sock = self._socket()
-        ms = int(timeout * 1000)
-        if self._sndtimeo != ms:
-            sock.setsockopt(zmq.SNDTIMEO, ms)
-            self._sndtimeo = ms
-        rid = self._next_id
-        self._next_id = rid + 1 if rid + 1 < _wire.MAX_ID else 0
-        header["v"], header["id"] = _wire.PROTOCOL, rid
+        rid, data, ms = self._encode(sock, header, timeout)
         what = describe_request(header)
-        try:
-            data = _wire.dumps(header)
-        except (ValueError, TypeError) as e:
-            raise errors.ArgError(f"{what}: cannot encode the request: {e}") from None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         try:
             await sock.send_multipart([data] + list(frames), copy=False)
         except zmq.Again:
-            raise errors.UnreachableError(
-                f"no labmqd answers at {self.endpoint} (no connection within {ms} ms"
-                f"{_KEYS_HINT if self.keys is not None else ''})") from None
+            raise self._unreachable(ms) from None
         fut = loop.create_future()
         waiting = self._waiting
         waiting[rid] = fut
@@ -160,30 +138,17 @@ def connect(endpoint=None, *, timeout=DEFAULT_TIMEOUT, data=None, key=None, serv
     return Lab(endpoint, timeout=timeout, data=data, keys=_keys.make(keys, key, server_key))
 
 
-class Lab:
-    def __init__(self, endpoint=None, *, timeout=DEFAULT_TIMEOUT, data=None, keys=None):
-        self._channel = _Channel(endpoint or _wire.default_endpoint("control"), timeout, _keys.make(keys))
-        self._data = data
+def _lab(endpoint, timeout, data, keys=None):
+    return Lab(endpoint, timeout=timeout, data=data, keys=keys)
 
-    endpoint = property(lambda self: self._channel.endpoint)
 
-    @property
-    def timeout(self):
-        return self._channel.timeout
-
-    @timeout.setter
-    def timeout(self, value):
-        self._channel.timeout = check_timeout(value)
+class Lab(_LabBase):
+    _channel_class = _Channel
+    _unpickle = staticmethod(_lab)
+    _package = "labmq.aio"
 
     async def request(self, op, *, timeout=None, **fields):
-        frames = []
-        header = {"op": op}
-        for key, value in fields.items():
-            if key == "args" and isinstance(value, (list, tuple)):  # positional arguments, each a value
-                header[key] = [_wire.encode_value(a, frames, f"argument {i} of {op}") for i, a in enumerate(value, 1)]
-            else:
-                header[key] = _wire.encode_value(value, frames, f"{op} field {key!r}")
-        return await self._channel.request(header, frames, timeout)
+        return await self._channel.request(*self._request_header(op, fields), timeout)
 
     async def ping(self):
         return await self._channel.request({"op": "ping"})
@@ -195,10 +160,7 @@ class Lab:
         return await self._channel.request({"op": "describe", "device": device})
 
     async def stats(self, device=None):
-        header = {"op": "stats"}
-        if device is not None:
-            header["device"] = device
-        return await self._channel.request(header)
+        return await self._channel.request(self._stats_header(device))
 
     async def workers(self):
         return await self._channel.request({"op": "workers"})
@@ -222,24 +184,11 @@ class Lab:
         """Change events of one device or of every device (async iterator)."""
         return Events(self.data_endpoint, device, timeout=timeout, keys=self._channel.keys)
 
-    def close(self):
-        self._channel.close()
-
     async def __aenter__(self):
         return self
 
     async def __aexit__(self, *exc):
         self.close()
-
-    def __reduce__(self):
-        return (_lab, (self.endpoint, self.timeout, self._data, self._channel.keys))
-
-    def __repr__(self):
-        return f"labmq.aio.connect({self.endpoint!r})"
-
-
-def _lab(endpoint, timeout, data, keys=None):
-    return Lab(endpoint, timeout=timeout, data=data, keys=keys)
 
 
 class Member:
@@ -262,49 +211,25 @@ class Member:
         return f"<labmq.aio member {self._device.name}.{self._name}: await it to get, call it to call>"
 
 
-class Device:
+def _device(uri, timeout, keys):
+    return Device(uri, None, timeout, keys=keys)
+
+
+class Device(_DeviceBase):
     """labmq.Device on asyncio."""
 
-    def __init__(self, uri, device=None, timeout=DEFAULT_TIMEOUT, *, keys=None, _data=None):
-        if device is None:
-            endpoint, device = _wire.split_uri(uri)
-        else:
-            endpoint = uri
-        if not isinstance(device, str) or not device:
-            raise errors.ArgError(f"no device named in {uri!r}: a proxy URI is 'ENDPOINT#DEVICE'")
-        object.__setattr__(self, "_channel", _Channel(endpoint, timeout, _keys.make(keys)))
-        object.__setattr__(self, "_name", device)
-        object.__setattr__(self, "_table", None)
-        object.__setattr__(self, "_data", _data)
-
-    name = property(lambda self: self._name)
-    endpoint = property(lambda self: self._channel.endpoint)
-    uri = property(lambda self: f"{self._channel.endpoint}#{self._name}")
-
-    @property
-    def timeout(self):
-        return self._channel.timeout
-
-    @timeout.setter
-    def timeout(self, value):
-        self._channel.timeout = check_timeout(value)
+    _channel_class = _Channel
+    _unpickle = staticmethod(_device)
+    _package = "labmq.aio"
 
     async def get(self, prop, *, timeout=None):
-        return await self._channel.request({"op": "get", "device": self._name, "name": prop}, (), timeout)
+        return await self._channel.request(*self._get_header(prop), timeout)
 
     async def set(self, prop, value, *, timeout=None):
-        frames = []
-        v = _wire.encode_value(value, frames, f"{self._name}.{prop}")
-        await self._channel.request({"op": "set", "device": self._name, "name": prop, "value": v}, frames, timeout)
+        await self._channel.request(*self._set_header(prop, value), timeout)
 
     async def call(self, method, *args, timeout=None):
-        if len(args) > _wire.MAX_ARGS:
-            raise errors.ArgError(f"{self._name}.{method}: at most {_wire.MAX_ARGS} arguments, got {len(args)}")
-        frames = []
-        enc = [_wire.encode_value(a, frames, f"argument {i} of {self._name}.{method}")
-               for i, a in enumerate(args, 1)]
-        return await self._channel.request({"op": "call", "device": self._name, "name": method, "args": enc},
-                                           frames, timeout)
+        return await self._channel.request(*self._call_header(method, args), timeout)
 
     async def describe(self):
         table = await self._channel.request({"op": "describe", "device": self._name})
@@ -318,8 +243,7 @@ class Device:
         return self._data
 
     def subscribe(self, stream, *, timeout=None):
-        topic = stream if "/" in stream else f"{self._name}/{stream}"
-        return Subscription(self.data_endpoint, topic, timeout=timeout, keys=self._channel.keys)
+        return Subscription(self.data_endpoint, self._topic(stream), timeout=timeout, keys=self._channel.keys)
 
     def events(self, *, timeout=None):
         return Events(self.data_endpoint, self._name, timeout=timeout, keys=self._channel.keys)
@@ -347,21 +271,6 @@ class Device:
                          and x.get("name").isidentifier())
         return sorted(names)
 
-    def __reduce__(self):
-        return (_device, (self.uri, self.timeout, self._channel.keys))
-
-    def __eq__(self, other):
-        return isinstance(other, Device) and other.uri == self.uri
-
-    def __hash__(self):
-        return hash(self.uri)
-
-    def __repr__(self):
-        text = f"labmq.aio.Device({self.uri!r})"
-        if self._table is not None:
-            text += f"  # {self._table.get('driver', '?')}: {names_line(self._table)}"
-        return text
-
     def _repr_pretty_(self, printer, cycle):
         printer.text(describe_text(self, self._table) if self._table is not None else repr(self))
 
@@ -386,27 +295,14 @@ class _Receiver:
     async def open(self):
         owner = (os.getpid(), asyncio.get_running_loop())
         if self._owner != owner:
-            if self._sock is not None:
-                if self._owner[0] == owner[0]:
-                    self._sock.close(linger=0)
-                else:
-                    _process.abandon(self._sock)
-                    self._reset()  # a forked child starts afresh
+            if self._sock is not None and _let_go(self._sock, self._owner, owner):
+                self._reset()  # a forked child starts afresh
             self._sock, self._owner = None, owner
         if self._sock is None:
             if not isinstance(self._endpoint, str):
                 self._endpoint = await self._endpoint()
-            sock = _context().socket(zmq.SUB)
-            sock.setsockopt(zmq.LINGER, 0)
-            if self.keys is not None:
-                self.keys.apply(sock)
-            try:
-                sock.connect(self._endpoint)
-            except zmq.ZMQError as e:
-                sock.close(linger=0)
-                raise errors.ArgError(f"cannot connect to data endpoint {self._endpoint!r}: {e}") from None
-            sock.setsockopt(zmq.SUBSCRIBE, self._prefix)
-            self._sock = sock
+            self._sock = _process.connect(zmq.SUB, self._endpoint, self.keys, "data endpoint", ctx=_context(),
+                                          subscribe=self._prefix)
         return self
 
     async def recv(self, timeout=...):
@@ -445,61 +341,20 @@ class _Receiver:
         self.close()
 
 
-class Subscription(_Receiver):
+class Subscription(_Blocks, _Receiver):
     """labmq.Subscription on asyncio: `async for block in sub`, or
     `await sub.recv(timeout)`."""
-
-    def __init__(self, endpoint, topic, *, timeout=None, keys=None):
-        self.topic = check_topic(topic)
-        super().__init__(endpoint, topic, timeout, _keys.make(keys))
-
-    def _reset(self):
-        self._t = Tracker()
-
-    def _what(self):
-        return f"block on {self.topic}"
-
-    def _parse(self, parts):
-        got = parse_block(self._prefix, parts)
-        return None if got is None else self._t.block(self.topic, *got)
-
-    received = property(lambda self: self._t.received)
-    lost = property(lambda self: self._t.lost)
-    restarts = property(lambda self: self._t.restarts)
 
     def __repr__(self):
         return (f"<labmq.aio.Subscription {self.topic}: received {self.received}, lost {self.lost}, "
                 f"restarts {self.restarts}>")
 
 
-class Events(_Receiver):
+class Events(_EventsOf, _Receiver):
     """labmq.Events on asyncio: `async for ev in events` (no callback thread:
     a task that iterates is the asyncio form)."""
-
-    def __init__(self, endpoint, device=None, *, timeout=None, keys=None):
-        if device is not None and (not isinstance(device, str) or not device or "/" in device):
-            raise errors.ArgError(f"events: a device name, or None for every device, not {device!r}")
-        self.device = device
-        super().__init__(endpoint, EVENTS_PREFIX + (device or ""), timeout, _keys.make(keys))
-
-    def _reset(self):
-        self._t = EventTracker()
-
-    def _what(self):
-        return f"change event of {self.device}" if self.device else "change event"
-
-    def _parse(self, parts):
-        got = parse_event(self._prefix, self.device is not None, parts)
-        return None if got is None else self._t.event(*got)
-
-    received = property(lambda self: self._t.received)
-    lost = property(lambda self: self._t.lost)
-    restarts = property(lambda self: self._t.restarts)
 
     def __repr__(self):
         return (f"<labmq.aio.Events {self.device or 'all devices'}: received {self.received}, lost {self.lost}, "
                 f"restarts {self.restarts}>")
 
-
-def _device(uri, timeout, keys):
-    return Device(uri, None, timeout, keys=keys)

@@ -24,13 +24,18 @@ def connect(endpoint=None, *, timeout=DEFAULT_TIMEOUT, data=None, key=None, serv
     return Lab(endpoint, timeout=timeout, data=data, keys=_keys.make(keys, key, server_key))
 
 
-class Lab:
-    """A daemon: its devices, ping, stats, and subscriptions to its streams.
-    Pickles as its endpoint; usable in a forked child (which opens its own
-    socket)."""
+def _lab(endpoint, timeout, data, keys=None):
+    return Lab(endpoint, timeout=timeout, data=data, keys=keys)
+
+
+class _LabBase:
+    """What Lab and labmq.aio.Lab share: all but sending and waiting. A
+    subclass names its channel class, the function that unpickles it and
+    the package its repr names."""
 
     def __init__(self, endpoint=None, *, timeout=DEFAULT_TIMEOUT, data=None, keys=None):
-        self._channel = Channel(endpoint or _wire.default_endpoint("control"), timeout, _keys.make(keys))
+        self._channel = self._channel_class(endpoint or _wire.default_endpoint("control"), timeout,
+                                            _keys.make(keys))
         self._data = data
 
     @property
@@ -47,9 +52,9 @@ class Lab:
     def timeout(self, value):
         self._channel.timeout = check_timeout(value)
 
-    def request(self, op, *, timeout=None, **fields):
-        """A raw request: {"op": op, **fields} (protocol 2.1), for ops this
-        package has no method for. Returns the result; raises the error."""
+    @staticmethod
+    def _request_header(op, fields):
+        """The header of a raw request and its binary frames."""
         frames = []
         header = {"op": op}
         for key, value in fields.items():
@@ -59,7 +64,38 @@ class Lab:
                 header[key] = [str(name) for name in value]
             else:
                 header[key] = _wire.encode_value(value, frames, f"{op} field {key!r}")
-        return self._channel.request(header, frames, timeout)
+        return header, frames
+
+    @staticmethod
+    def _stats_header(device):
+        header = {"op": "stats"}
+        if device is not None:
+            header["device"] = device
+        return header
+
+    def close(self):
+        self._channel.close()
+
+    def __reduce__(self):
+        return (self._unpickle, (self.endpoint, self.timeout, self._data, self._channel.keys))
+
+    def __repr__(self):
+        return f"{self._package}.connect({self.endpoint!r})"
+
+
+class Lab(_LabBase):
+    """A daemon: its devices, ping, stats, and subscriptions to its streams.
+    Pickles as its endpoint; usable in a forked child (which opens its own
+    socket)."""
+
+    _channel_class = Channel
+    _unpickle = staticmethod(_lab)
+    _package = "labmq"
+
+    def request(self, op, *, timeout=None, **fields):
+        """A raw request: {"op": op, **fields} (protocol 2.1), for ops this
+        package has no method for. Returns the result; raises the error."""
+        return self._channel.request(*self._request_header(op, fields), timeout)
 
     def ping(self):
         """{"daemon", "version", "protocol", "control", "data", "uptime_s",
@@ -77,10 +113,7 @@ class Lab:
 
     def stats(self, device=None):
         """Requests, errors, latency and stream counters (protocol 2.4)."""
-        header = {"op": "stats"}
-        if device is not None:
-            header["device"] = device
-        return self._channel.request(header)
+        return self._channel.request(self._stats_header(device))
 
     def workers(self):
         """The worker processes the daemon supervises: a list of {"name",
@@ -117,24 +150,11 @@ class Lab:
         """Change events (protocol 3.1) of one device, or of every device."""
         return Events(self.data_endpoint(), device, timeout=timeout, keys=self._channel.keys)
 
-    def close(self):
-        self._channel.close()
-
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
-
-    def __reduce__(self):
-        return (_lab, (self.endpoint, self.timeout, self._data, self._channel.keys))
-
-    def __repr__(self):
-        return f"labmq.connect({self.endpoint!r})"
-
-
-def _lab(endpoint, timeout, data, keys=None):
-    return Lab(endpoint, timeout=timeout, data=data, keys=keys)
 
 
 class Pending:
@@ -223,19 +243,15 @@ class Method:
         return f"<labmq method {signature_line(self._spec, self._device.name)}>"
 
 
-class Device:
-    """A proxy: a device name at a daemon's endpoint, e.g.
-    Device("ipc:///run/user/1000/labmq/control#psu1") or lab.device("psu1").
+def _device(uri, timeout, keys):
+    return Device(uri, None, timeout, keys=keys)
 
-    Properties and methods from `describe` are attributes: `psu.voltage`
-    reads, `psu.voltage = 2.5` writes, `psu.sweep(0, 3, 16)` calls, and
-    dir()/tab completion lists them. get/set/call do the same by name (also
-    for names the proxy's own attributes hide). Arrays arrive as numpy
-    arrays on the received message's own memory (no copy).
 
-    A Device pickles as its URI (and timeout) and connects lazily wherever it
-    is unpickled, and a forked child opens its own socket, so proxies can be
-    handed to multiprocessing workers under spawn, fork and forkserver."""
+class _DeviceBase:
+    """What Device and labmq.aio.Device share: identity, the headers of get,
+    set and call, pickling and repr; all but sending and waiting. A subclass
+    names its channel class, the function that unpickles it and the package
+    its repr names."""
 
     def __init__(self, uri, device=None, timeout=DEFAULT_TIMEOUT, *, keys=None, _data=None):
         if device is None:
@@ -244,13 +260,10 @@ class Device:
             endpoint = uri
         if not isinstance(device, str) or not device:
             raise errors.ArgError(f"no device named in {uri!r}: a proxy URI is 'ENDPOINT#DEVICE'")
-        object.__setattr__(self, "_channel", Channel(endpoint, timeout, _keys.make(keys)))
+        object.__setattr__(self, "_channel", self._channel_class(endpoint, timeout, _keys.make(keys)))
         object.__setattr__(self, "_name", device)
-        object.__setattr__(self, "_lane", _local.Lane(endpoint, device))
         object.__setattr__(self, "_table", None)
         object.__setattr__(self, "_data", _data)
-
-    # -- identity --------------------------------------------------------------
 
     @property
     def name(self):
@@ -274,19 +287,75 @@ class Device:
     def timeout(self, value):
         self._channel.timeout = check_timeout(value)
 
+    def _get_header(self, prop):
+        return {"op": "get", "device": self._name, "name": prop}, []
+
+    def _set_header(self, prop, value):
+        frames = []
+        v = _wire.encode_value(value, frames, f"{self._name}.{prop}")
+        return {"op": "set", "device": self._name, "name": prop, "value": v}, frames
+
+    def _call_header(self, method, args):
+        if len(args) > _wire.MAX_ARGS:
+            raise errors.ArgError(f"{self._name}.{method}: at most {_wire.MAX_ARGS} arguments, got {len(args)}")
+        frames = []
+        enc = [_wire.encode_value(a, frames, f"argument {i} of {self._name}.{method}")
+               for i, a in enumerate(args, 1)]
+        return {"op": "call", "device": self._name, "name": method, "args": enc}, frames
+
+    def _topic(self, stream):
+        return stream if "/" in stream else f"{self._name}/{stream}"
+
+    def __reduce__(self):
+        return (self._unpickle, (self.uri, self.timeout, self._channel.keys))
+
+    def __eq__(self, other):
+        # A proxy of the same package (sync or asyncio) on the same URI.
+        return isinstance(other, _DeviceBase) and other._package == self._package and other.uri == self.uri
+
+    def __hash__(self):
+        return hash(self.uri)
+
+    def __repr__(self):
+        # No request here: a repr must work with no daemon and in any process.
+        text = f"{self._package}.Device({self.uri!r})"
+        if self._table is not None:
+            text += f"  # {self._table.get('driver', '?')}: {names_line(self._table)}"
+        return text
+
+
+class Device(_DeviceBase):
+    """A proxy: a device name at a daemon's endpoint, e.g.
+    Device("ipc:///run/user/1000/labmq/control#psu1") or lab.device("psu1").
+
+    Properties and methods from `describe` are attributes: `psu.voltage`
+    reads, `psu.voltage = 2.5` writes, `psu.sweep(0, 3, 16)` calls, and
+    dir()/tab completion lists them. get/set/call do the same by name (also
+    for names the proxy's own attributes hide). Arrays arrive as numpy
+    arrays on the received message's own memory (no copy).
+
+    A Device pickles as its URI (and timeout) and connects lazily wherever it
+    is unpickled, and a forked child opens its own socket, so proxies can be
+    handed to multiprocessing workers under spawn, fork and forkserver."""
+
+    _channel_class = Channel
+    _unpickle = staticmethod(_device)
+    _package = "labmq"
+
+    def __init__(self, uri, device=None, timeout=DEFAULT_TIMEOUT, *, keys=None, _data=None):
+        super().__init__(uri, device, timeout, keys=keys, _data=_data)
+        object.__setattr__(self, "_lane", _local.Lane(self.endpoint, self._name))
+
     # -- operations --------------------------------------------------------------
 
     def get(self, prop, *, timeout=None):
-        return self._request({"op": "get", "device": self._name, "name": prop}, (), timeout)
+        return self._request(*self._get_header(prop), timeout)
 
     def set(self, prop, value, *, timeout=None):
-        frames = []
-        v = _wire.encode_value(value, frames, f"{self._name}.{prop}")
-        self._request({"op": "set", "device": self._name, "name": prop, "value": v}, frames, timeout)
+        self._request(*self._set_header(prop, value), timeout)
 
     def call(self, method, *args, timeout=None):
-        header, frames = self._call_header(method, args)
-        return self._request(header, frames, timeout)
+        return self._request(*self._call_header(method, args), timeout)
 
     def _request(self, header, frames, timeout):
         """A get/set/call over the device's local channel when the daemon
@@ -306,24 +375,14 @@ class Device:
         channel), "zmq", or "" before the first."""
         return self._lane.last_path
 
-    def _call_header(self, method, args):
-        if len(args) > _wire.MAX_ARGS:
-            raise errors.ArgError(f"{self._name}.{method}: at most {_wire.MAX_ARGS} arguments, got {len(args)}")
-        frames = []
-        enc = [_wire.encode_value(a, frames, f"argument {i} of {self._name}.{method}")
-               for i, a in enumerate(args, 1)]
-        return {"op": "call", "device": self._name, "name": method, "args": enc}, frames
-
     def submit(self, op, name, *args, timeout=None):
         """Sends a get, set or call without waiting for its reply, and returns
         a Pending: `[psu.submit("get", "voltage") for _ in range(16)]` keeps 16
         requests in flight. Then collect each with .result()."""
         if op == "get" and not args:
-            header, frames = {"op": "get", "device": self._name, "name": name}, []
+            header, frames = self._get_header(name)
         elif op == "set" and len(args) == 1:
-            frames = []
-            header = {"op": "set", "device": self._name, "name": name,
-                      "value": _wire.encode_value(args[0], frames, f"{self._name}.{name}")}
+            header, frames = self._set_header(name, args[0])
         elif op == "call":
             header, frames = self._call_header(name, args)
         else:
@@ -353,7 +412,7 @@ class Device:
     def subscribe(self, stream, *, timeout=None, mode=None, window=None):
         """A Subscription to one of this device's streams ("wave" or
         "daq1/wave"); with `mode`, a FlowSubscription (see Lab.subscribe)."""
-        topic = stream if "/" in stream else f"{self._name}/{stream}"
+        topic = self._topic(stream)
         if mode is not None:
             return FlowSubscription(self.endpoint, topic, mode, window=window, timeout=timeout,
                                     keys=self._channel.keys)
@@ -416,23 +475,7 @@ class Device:
                      and not keyword.iskeyword(x.get("name")))
         return sorted(names)
 
-    # -- processes and display ---------------------------------------------------------
-
-    def __reduce__(self):
-        return (_device, (self.uri, self.timeout, self._channel.keys))
-
-    def __eq__(self, other):
-        return isinstance(other, Device) and other.uri == self.uri
-
-    def __hash__(self):
-        return hash(self.uri)
-
-    def __repr__(self):
-        # No request here: a repr must work with no daemon and in any process.
-        text = f"labmq.Device({self.uri!r})"
-        if self._table is not None:
-            text += f"  # {self._table.get('driver', '?')}: {names_line(self._table)}"
-        return text
+    # -- display ---------------------------------------------------------
 
     def _repr_pretty_(self, printer, cycle):
         """IPython/Jupyter display: the description, as a table."""
@@ -483,27 +526,26 @@ def names_line(table):
     return f"properties: {props}; methods: {methods}"
 
 
+def _property_line(p):
+    return (f"{p.get('name'):<18} {p.get('type', '?'):<6} {p.get('access', '?'):<2}"
+            f"{unit_text(p.get('unit'))}{limits_text(p)}  {p.get('doc') or ''}")
+
+
+def _method_line(m):
+    return f"{signature_line(m)}  {m.get('doc') or ''}"
+
+
+def _stream_line(s):
+    return (f"{s.get('topic')}  {s.get('dtype')}{s.get('shape')}{unit_text(s.get('units'))}"
+            f" at {s.get('rate_hz', 0):g} Hz  {s.get('doc') or ''}")
+
+
 def describe_text(device, table):
     lines = [f"{device.uri}  {table.get('driver', '?')}, {table.get('state', '?')}: {table.get('description', '')}"]
-    props = table.get("properties") or []
-    if props:
-        lines.append("properties:")
-        for p in props:
-            lines.append(f"  {p.get('name'):<18} {p.get('type', '?'):<6} {p.get('access', '?'):<2}"
-                         f"{unit_text(p.get('unit'))}{limits_text(p)}  {p.get('doc') or ''}".rstrip())
-    methods = table.get("methods") or []
-    if methods:
-        lines.append("methods:")
-        for m in methods:
-            lines.append(f"  {signature_line(m)}  {m.get('doc') or ''}".rstrip())
-    streams = table.get("streams") or []
-    if streams:
-        lines.append("streams:")
-        for s in streams:
-            lines.append(f"  {s.get('topic')}  {s.get('dtype')}{s.get('shape')}{unit_text(s.get('units'))}"
-                         f" at {s.get('rate_hz', 0):g} Hz  {s.get('doc') or ''}".rstrip())
+    for key, entry_line in (("properties", _property_line), ("methods", _method_line), ("streams", _stream_line)):
+        entries = table.get(key) or []
+        if entries:
+            lines.append(f"{key}:")
+            lines.extend(f"  {entry_line(e)}".rstrip() for e in entries)
     return "\n".join(lines)
 
-
-def _device(uri, timeout, keys):
-    return Device(uri, None, timeout, keys=keys)

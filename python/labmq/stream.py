@@ -37,7 +37,20 @@ class Block(typing.NamedTuple):
     restarted: bool = False
 
 
-_HEADER_INTS = ("seq", "epoch", "t_ns")
+def _header(raw, what):
+    """The JSON header of a published message (block or event) with its
+    protocol and its seq, epoch and t_ns checked; `what` names it in the
+    ProtoError ("block header on daq1/wave")."""
+    try:
+        h = json.loads(raw)
+    except ValueError as e:
+        raise errors.ProtoError(f"{what} is not JSON: {e}") from None
+    if not isinstance(h, dict) or h.get("v") != _wire.PROTOCOL:
+        raise errors.ProtoError(f"{what} is not protocol {_wire.PROTOCOL}: {h!r:.200}")
+    for key in ("seq", "epoch", "t_ns"):
+        if not isinstance(h.get(key), int) or isinstance(h.get(key), bool) or h[key] < 0:
+            raise errors.ProtoError(f"{what}: {key} is not a non-negative integer")
+    return h
 
 
 def parse_block(topic, parts):
@@ -48,15 +61,7 @@ def parse_block(topic, parts):
         return None
     if len(parts) != 3:
         raise errors.ProtoError(f"block on {topic.decode()} has {len(parts)} frames, expected 3")
-    try:
-        h = json.loads(parts[1].bytes)
-    except ValueError as e:
-        raise errors.ProtoError(f"block header on {topic.decode()} is not JSON: {e}") from None
-    if not isinstance(h, dict) or h.get("v") != _wire.PROTOCOL:
-        raise errors.ProtoError(f"block header on {topic.decode()} is not protocol {_wire.PROTOCOL}: {h!r:.200}")
-    for key in _HEADER_INTS:
-        if not isinstance(h.get(key), int) or isinstance(h.get(key), bool) or h[key] < 0:
-            raise errors.ProtoError(f"block header on {topic.decode()}: {key} is not a non-negative integer")
+    h = _header(parts[1].bytes, f"block header on {topic.decode()}")
     if not isinstance(h.get("units"), str):
         raise errors.ProtoError(f"block header on {topic.decode()}: units is not a string")
     data = _wire.array_from_buffer(parts[2].buffer, h.get("dtype"), h.get("shape"), f"block on {topic.decode()}")
@@ -95,7 +100,31 @@ def check_topic(topic):
     return topic
 
 
-class _Receiver:
+class _Counters:
+    """received, lost and restarts of the receiver's tracker (self._t)."""
+
+    received = property(lambda self: self._t.received)
+    lost = property(lambda self: self._t.lost)
+    restarts = property(lambda self: self._t.restarts)
+
+
+class _Iterates:
+    """Iteration and `with` in terms of the receiver's recv, open and close."""
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.recv()
+
+    def __enter__(self):
+        return self.open()
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class _Receiver(_Iterates):
     """A SUB socket on one topic prefix of a data endpoint, per process."""
 
     def __init__(self, endpoint, prefix, timeout, keys=None):
@@ -116,17 +145,8 @@ class _Receiver:
             self._sock = None
             self._pid = pid
         if self._sock is None:
-            sock = _process.context().socket(zmq.SUB)
-            sock.setsockopt(zmq.LINGER, 0)
-            if self.keys is not None:
-                self.keys.apply(sock)
-            try:
-                sock.connect(self.endpoint)
-            except zmq.ZMQError as e:
-                sock.close(linger=0)
-                raise errors.ArgError(f"cannot connect to data endpoint {self.endpoint!r}: {e}") from None
-            sock.setsockopt(zmq.SUBSCRIBE, self._prefix)
-            self._sock = sock
+            self._sock = _process.connect(zmq.SUB, self.endpoint, self.keys, "data endpoint",
+                                          subscribe=self._prefix)
         return self._sock
 
     def open(self):
@@ -152,35 +172,15 @@ class _Receiver:
             if deadline is not None:
                 ms = max(0, int((deadline - time.monotonic()) * 1000))
 
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        return self.recv()
-
     def close(self):
         if self._sock is not None and self._pid == os.getpid():
             self._sock.close(linger=0)
         self._sock = None
 
-    def __enter__(self):
-        return self.open()
 
-    def __exit__(self, *exc):
-        self.close()
-
-
-class Subscription(_Receiver):
-    """Blocks of one stream: `for block in sub:` or `sub.recv(timeout)`.
-
-    `received`, `lost` and `restarts` count blocks, blocks missing from seq
-    gaps, and epoch changes. The first block sets the starting point: blocks
-    published before it are not lost. After a daemon restart ZeroMQ
-    reconnects by itself and the new epoch counts as a restart.
-
-    A malformed block raises ProtoError (and is skipped; the subscription
-    goes on). In a forked child a subscription opens its own socket and
-    starts afresh (counters at zero). Pickles as (endpoint, topic)."""
+class _Blocks(_Counters):
+    """What a Subscription is, whichever receiver (this module's or
+    labmq.aio's) brings its messages."""
 
     def __init__(self, endpoint, topic, *, timeout=None, keys=None):
         self.topic = check_topic(topic)
@@ -196,9 +196,18 @@ class Subscription(_Receiver):
         got = parse_block(self._prefix, parts)
         return None if got is None else self._t.block(self.topic, *got)
 
-    received = property(lambda self: self._t.received)
-    lost = property(lambda self: self._t.lost)
-    restarts = property(lambda self: self._t.restarts)
+
+class Subscription(_Blocks, _Receiver):
+    """Blocks of one stream: `for block in sub:` or `sub.recv(timeout)`.
+
+    `received`, `lost` and `restarts` count blocks, blocks missing from seq
+    gaps, and epoch changes. The first block sets the starting point: blocks
+    published before it are not lost. After a daemon restart ZeroMQ
+    reconnects by itself and the new epoch counts as a restart.
+
+    A malformed block raises ProtoError (and is skipped; the subscription
+    goes on). In a forked child a subscription opens its own socket and
+    starts afresh (counters at zero). Pickles as (endpoint, topic)."""
 
     def __reduce__(self):
         return (_subscription, (self.endpoint, self.topic, self.timeout, self.keys))
@@ -212,7 +221,7 @@ DEFAULT_WINDOW = 256
 MAX_WINDOW = 1000
 
 
-class FlowSubscription:
+class FlowSubscription(_Counters, _Iterates):
     """Blocks of one stream through a flow subscription on the control
     endpoint (docs/protocol.md 3.2): the daemon sends at most `window` blocks
     ahead and queues the rest, bounded in bytes; beyond the bound "lossless"
@@ -249,16 +258,7 @@ class FlowSubscription:
                 self._t = Tracker()
             self._sock, self._pid = None, os.getpid()
         if self._sock is None:
-            sock = _process.context().socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            if self.keys is not None:
-                self.keys.apply(sock)
-            try:
-                sock.connect(self.endpoint)
-            except zmq.ZMQError as e:
-                sock.close(linger=0)
-                raise errors.ArgError(f"cannot connect to control endpoint {self.endpoint!r}: {e}") from None
-            self._sock = sock
+            self._sock = _process.connect(zmq.DEALER, self.endpoint, self.keys, "control endpoint")
             self._next_id = 0
             self._series = self._last_sub = 0
             self._subscribe()
@@ -361,16 +361,6 @@ class FlowSubscription:
             if got is not None:
                 return self._t.block(self.topic, *got)
 
-    received = property(lambda self: self._t.received)
-    lost = property(lambda self: self._t.lost)
-    restarts = property(lambda self: self._t.restarts)
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        return self.recv()
-
     def close(self):
         """Unsubscribes (the daemon frees its queue at once) and closes."""
         if self._sock is not None and self._pid == os.getpid():
@@ -386,12 +376,6 @@ class FlowSubscription:
                     break
             self._sock.close(linger=0)
         self._sock = None
-
-    def __enter__(self):
-        return self.open()
-
-    def __exit__(self, *exc):
-        self.close()
 
     def __reduce__(self):
         return (_flow_subscription, (self.endpoint, self.topic, self.mode, self.window, self.timeout, self.keys))
@@ -438,15 +422,7 @@ def parse_event(prefix, exact, parts):
     where = topic.decode(errors="replace")
     if len(parts) < 2:
         raise errors.ProtoError(f"event on {where} without a header")
-    try:
-        h = json.loads(parts[1].bytes)
-    except ValueError as e:
-        raise errors.ProtoError(f"event header on {where} is not JSON: {e}") from None
-    if not isinstance(h, dict) or h.get("v") != _wire.PROTOCOL:
-        raise errors.ProtoError(f"event header on {where} is not protocol {_wire.PROTOCOL}: {h!r:.200}")
-    for key in _HEADER_INTS:
-        if not isinstance(h.get(key), int) or isinstance(h.get(key), bool) or h[key] < 0:
-            raise errors.ProtoError(f"event header on {where}: {key} is not a non-negative integer")
+    h = _header(parts[1].bytes, f"event header on {where}")
     for key in ("device", "kind"):
         if not isinstance(h.get(key), str) or not h[key]:
             raise errors.ProtoError(f"event header on {where}: {key} is not a non-empty string")
@@ -483,7 +459,28 @@ class EventTracker:
                      h["seq"], h["epoch"], h["t_ns"], lost, restarted)
 
 
-class Events(_Receiver):
+class _EventsOf(_Counters):
+    """What Events is, whichever receiver (this module's or labmq.aio's)
+    brings its messages."""
+
+    def __init__(self, endpoint, device=None, *, timeout=None, keys=None):
+        if device is not None and (not isinstance(device, str) or not device or "/" in device):
+            raise errors.ArgError(f"events: a device name, or None for every device, not {device!r}")
+        self.device = device
+        super().__init__(endpoint, EVENTS_PREFIX + (device or ""), timeout, _keys.make(keys))
+
+    def _reset(self):
+        self._t = EventTracker()
+
+    def _what(self):
+        return f"change event of {self.device}" if self.device else "change event"
+
+    def _parse(self, parts):
+        got = parse_event(self._prefix, self.device is not None, parts)
+        return None if got is None else self._t.event(*got)
+
+
+class Events(_EventsOf, _Receiver):
     """Change events of one device (device="psu1") or of every device
     (device=None), as an iterator (`for ev in events:`), with recv(timeout),
     or handed to a callback on a thread (start(callback) ... stop()).
@@ -495,26 +492,9 @@ class Events(_Receiver):
     (endpoint, device); a forked child opens its own socket."""
 
     def __init__(self, endpoint, device=None, *, timeout=None, keys=None):
-        if device is not None and (not isinstance(device, str) or not device or "/" in device):
-            raise errors.ArgError(f"events: a device name, or None for every device, not {device!r}")
-        self.device = device
-        super().__init__(endpoint, EVENTS_PREFIX + (device or ""), timeout, _keys.make(keys))
+        super().__init__(endpoint, device, timeout=timeout, keys=keys)
         self._thread = None
         self._stop = None
-
-    def _reset(self):
-        self._t = EventTracker()
-
-    received = property(lambda self: self._t.received)
-    lost = property(lambda self: self._t.lost)
-    restarts = property(lambda self: self._t.restarts)
-
-    def _what(self):
-        return f"change event of {self.device}" if self.device else "change event"
-
-    def _parse(self, parts):
-        got = parse_event(self._prefix, self.device is not None, parts)
-        return None if got is None else self._t.event(*got)
 
     def start(self, callback, *, on_error=None):
         """Calls callback(event) for each event, on a thread of its own (which

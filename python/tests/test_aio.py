@@ -70,6 +70,19 @@ def test_errors(daemon):
     run(main())
 
 
+def test_raw_request_sends_lock_device_names(daemon):
+    # lab.request builds its header as labmq.Lab.request does: `devices` are names, not an array.
+    async def main():
+        lab = aio.connect(daemon.control, timeout=5)
+        locked = await lab.request("lock", devices=["psu1"], lease_ms=5000, client="aio test")
+        try:
+            assert locked["devices"] == ["psu1"] and locked["holder"] == "aio test"
+        finally:
+            await lab.request("unlock", client="aio test")
+        lab.close()
+    run(main())
+
+
 def test_unreachable_within_timeout(dead_endpoint):
     async def main():
         psu = aio.Device(dead_endpoint + "#psu1", timeout=0.2)
