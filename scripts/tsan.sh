@@ -8,7 +8,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${LMQ_TSAN_BUILD:-$root/build-tsan}
-tests=(device daemon labmqd events workers supervise pool proto)
+tests=(device daemon labmqd events workers supervise pool proto local locks liveness flow)
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 if ! { CC=clang-14 cmake -S "$root" -B "$build" -DLMQ_TSAN=ON >"$log" 2>&1 &&

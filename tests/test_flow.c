@@ -13,6 +13,7 @@
 #include <zmq.h>
 #include "harness.h"
 #include "labmq/labmq.h"
+#include "proto.h"
 
 /* ---- a source whose blocks the test publishes itself, exactly ---- */
 
@@ -175,6 +176,8 @@ static bool next_msg(void *sock, int timeout_ms, msg_t *m)
         more = zmq_msg_more(&part);
         const char *data = zmq_msg_data(&part);
         size_t size = zmq_msg_size(&part);
+        if (m->parts == 0)
+            lmq__handoff_acquire(zmq_msg_data(&part)); /* a reply the broker released in send_reply */
         if (m->parts == 0 && size && data[0] == '{') {
             m->reply = true;
             m->json = json_loadb(data, size, 0, NULL);

@@ -256,6 +256,7 @@ static void send_reply(broker_t *b, const zmq_msg_t *env, size_t nenv, zmq_msg_t
         zmq_msg_init(&parts[n]);
         zmq_msg_copy(&parts[n++], (zmq_msg_t *)&env[i]);
     }
+    lmq__handoff_release(zmq_msg_data(hdr)); /* a client over inproc reads it in place */
     zmq_msg_init(&parts[n]);
     zmq_msg_move(&parts[n++], hdr);
     for (size_t i = 0; bin && i < bin->n; i++) {

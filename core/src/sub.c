@@ -241,7 +241,9 @@ static void flow_close(lmq_sub_t *s)
             break;
         zmq_msg_t m;
         zmq_msg_init(&m);
-        if (zmq_msg_recv(&m, s->sock, ZMQ_DONTWAIT) >= 0 && zmq_msg_size(&m) && *(char *)zmq_msg_data(&m) == '{') {
+        int got = zmq_msg_recv(&m, s->sock, ZMQ_DONTWAIT);
+        lmq__handoff_acquire(zmq_msg_data(&m)); /* a reply is read in place, as in lmq_sub_recv */
+        if (got >= 0 && zmq_msg_size(&m) && *(char *)zmq_msg_data(&m) == '{') {
             lmq__reply_t rep;
             char perr[64];
             if (lmq__reply_parse(zmq_msg_data(&m), zmq_msg_size(&m), &rep, perr, sizeof perr) == 0 && rep.has_id &&
@@ -398,6 +400,8 @@ int lmq_sub_recv(lmq_sub_t *s, lmq_frame_t **frame, int timeout_ms)
             }
         }
         s->heard = true;
+        if (s->flow) /* a reply over inproc is read in place; the broker's send_reply released it */
+            lmq__handoff_acquire(zmq_msg_data(&topic));
         if (s->flow && zmq_msg_size(&topic) > 0 && *(const char *)zmq_msg_data(&topic) == '{') {
             /* A reply: its first frame is JSON, a topic never starts with '{'. */
             if (zmq_msg_more(&topic)) {
