@@ -12,7 +12,6 @@
 #include "local.h"
 #include <errno.h>
 #include <poll.h>
-#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,8 +66,7 @@ struct lmq__local {
     size_t items_cap;
     bool pipe_watched;
     bool pipe_readable; /* ZMQ_EVENTS said POLLIN when last asked */
-    int64_t spin_ns;        /* lmq__local_spin_ns() */
-    bool spin_on;           /* the last wait after a reply ended within spin_ns */
+    lmq__spin_t spin;       /* polling for the next request before sleeping */
     int64_t last_answer_ns; /* when the thread last answered a channel request */
     bool accept_ready;
     char path[sizeof(((struct sockaddr_un *)NULL)->sun_path)];
@@ -228,8 +226,7 @@ void lmq__local_bind(lmq_dev_t *dev, const char *control, lmq_log_t *log)
     }
     const char *how = getenv("LABMQ_LOCAL_POLL");
     L->use_zmq_poll = how && strcmp(how, "zmq") == 0;
-    L->spin_ns = lmq__local_spin_ns();
-    L->spin_on = true;
+    lmq__spin_init(&L->spin);
     atomic_store(&L->listening, true);
     dev->local = L;
     lmq_log(log, LMQ_LOG_INFO, dev->name, "local channel at %s%s", L->path, L->use_zmq_poll ? " (zmq_poll)" : "");
@@ -805,20 +802,18 @@ int lmq__local_wait(lmq_dev_t *dev, long timeout_ms)
     int n = 0;
     /* Right after an answer the client's next request is usually on its
      * way: polling for it a little (lmq__local_spin_ns) saves the wake-up.
-     * Never longer than the loop's own timeout (a stream may be due). */
-    if (timeout_ms > 0 && L->spin_on && L->spin_ns > 0 && L->last_answer_ns) {
-        int64_t until = L->last_answer_ns + L->spin_ns, due = lmq_clock_mono_ns() + (int64_t)timeout_ms * 1000000;
-        if (until > due)
-            until = due;
-        while (lmq_clock_mono_ns() < until && (n = epoll_wait(L->ep, evs, MAX_EVENTS, 0)) == 0)
-            sched_yield();
-        if (n == 0)
-            L->spin_on = false; /* the client is slower than the window: sleep until it is not */
+     * Never past the loop's own timeout (a stream may be due). */
+    if (timeout_ms > 0 && L->last_answer_ns && lmq__spin_allowed(&L->spin)) {
+        int64_t due = lmq_clock_mono_ns() + (int64_t)timeout_ms * 1000000;
+        while ((n = epoll_wait(L->ep, evs, MAX_EVENTS, 0)) == 0 && lmq__spin_yield(&L->spin, L->last_answer_ns) &&
+               lmq_clock_mono_ns() < due)
+            ;
+        n = n > 0 ? n : 0;
     }
     if (n == 0) {
         n = epoll_wait(L->ep, evs, MAX_EVENTS, (int)timeout_ms);
-        if (n > 0 && !L->spin_on && L->spin_ns > 0)
-            L->spin_on = lmq_clock_mono_ns() - L->last_answer_ns < L->spin_ns;
+        if (n > 0 && L->last_answer_ns)
+            lmq__spin_slept(&L->spin, lmq_clock_mono_ns() - L->last_answer_ns);
     }
     for (int i = 0; i < n; i++) {
         void *p = evs[i].data.ptr;

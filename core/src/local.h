@@ -39,6 +39,27 @@
  * answer), so sparse traffic costs no CPU. */
 int64_t lmq__local_spin_ns(void);
 
+/* One end's polling state. A wait polls (lmq__spin_allowed) while the other
+ * end answered within the window the time before; it stops after a miss and
+ * starts again after a wait that slept less than the window. A yield that
+ * took long means the CPU is busy with other work, which a yield hands a
+ * whole time slice (milliseconds) while a sleeping thread would be woken
+ * ahead of it: then no polling at all for LMQ__SPIN_HOLD_NS. */
+typedef struct {
+    int64_t window_ns;  /* lmq__local_spin_ns() */
+    int64_t hold_until; /* mono ns: no polling before (the CPU was busy) */
+    bool on;
+} lmq__spin_t;
+#define LMQ__SPIN_BUSY_NS (200 * 1000LL)
+#define LMQ__SPIN_HOLD_NS (100 * 1000000LL)
+void lmq__spin_init(lmq__spin_t *s);
+bool lmq__spin_allowed(const lmq__spin_t *s);
+/* Yields the CPU between two polls of a wait that began at start: false
+ * when polling must stop (the window is over, or the CPU was busy). */
+bool lmq__spin_yield(lmq__spin_t *s, int64_t start);
+/* A wait slept waited_ns until its event. */
+void lmq__spin_slept(lmq__spin_t *s, int64_t waited_ns);
+
 /* ---- framing, shared by both sides ----
  * A message (header + binary frames) is: u32 nframes, nframes x u32 length
  * (little-endian), then the frames back to back. It travels as one or more

@@ -3,6 +3,7 @@
  * come as one or more records (reassembled here). Used by lmq_proxy. */
 #include <errno.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,33 @@ int64_t lmq__local_spin_ns(void)
             us = v; /* anything else: the default, as for an unset variable */
     }
     return sysconf(_SC_NPROCESSORS_ONLN) > 1 ? (int64_t)us * 1000 : 0;
+}
+
+void lmq__spin_init(lmq__spin_t *s) { *s = (lmq__spin_t){.window_ns = lmq__local_spin_ns(), .on = true}; }
+
+bool lmq__spin_allowed(const lmq__spin_t *s) { return s->on && s->window_ns > 0; }
+
+bool lmq__spin_yield(lmq__spin_t *s, int64_t start)
+{
+    int64_t t0 = lmq_clock_mono_ns();
+    sched_yield();
+    int64_t t1 = lmq_clock_mono_ns();
+    if (t1 - t0 > LMQ__SPIN_BUSY_NS) {
+        s->on = false;
+        s->hold_until = t1 + LMQ__SPIN_HOLD_NS;
+        return false;
+    }
+    if (t1 - start >= s->window_ns) {
+        s->on = false;
+        return false;
+    }
+    return true;
+}
+
+void lmq__spin_slept(lmq__spin_t *s, int64_t waited_ns)
+{
+    if (!s->on && s->window_ns > 0 && waited_ns < s->window_ns && lmq_clock_mono_ns() >= s->hold_until)
+        s->on = true;
 }
 /* A reply may not be larger than the protocol allows a message to be. */
 #define MAX_MESSAGE ((size_t)LMQ__MAX_HEADER + LMQ__MAX_BINFRAMES * (size_t)LMQ__MAX_FRAME + 4096)

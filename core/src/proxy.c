@@ -6,7 +6,6 @@
  * the retry memory know the proxy by its client name (protocol 2.5, 2.6). */
 #include <errno.h>
 #include <poll.h>
-#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,8 +49,7 @@ struct lmq_proxy {
     char *local_path;
     size_t local_max;
     unsigned pend_local, pend_zmq; /* pipelined requests in flight per path */
-    int64_t spin_ns;               /* lmq__local_spin_ns(): polling for a reply before sleeping */
-    bool spin_on;                  /* the last reply came within spin_ns */
+    lmq__spin_t spin;              /* polling for a channel reply before sleeping */
     const char *last_path;
     bool local_wanted; /* lmq_proxy_set_local's choice */
     bool locking;      /* holds (or may hold) a lock: the channel stays off (protocol 6) */
@@ -209,8 +207,7 @@ lmq_proxy_t *lmq_proxy_new_keys(void *zctx, const char *endpoint, const char *de
         lmq_proxy_destroy(&p);
         return NULL;
     }
-    p->spin_ns = lmq__local_spin_ns();
-    p->spin_on = true;
+    lmq__spin_init(&p->spin);
     lmq_proxy_set_local(p, true);
     return p;
 }
@@ -464,20 +461,17 @@ static int send_pipelined(lmq_proxy_t *p, lmq__op_t op, const char *name, const 
 
 #define LOST 1 /* recv_reply: the connection to the daemon was lost */
 
-/* Polls the channel for up to spin_ns, yielding the CPU between polls
+/* Polls the channel for a while before the caller sleeps on it
  * (lmq__local_spin_ns says why): true when a reply is there. */
 static bool local_spin(lmq_proxy_t *p, struct pollfd *pf, int64_t start)
 {
-    if (!p->spin_on || p->spin_ns <= 0)
+    if (!lmq__spin_allowed(&p->spin))
         return false;
-    while (poll(pf, 1, 0) <= 0) {
-        if (lmq_clock_mono_ns() - start >= p->spin_ns) {
-            p->spin_on = false; /* this device answers slower than that: sleep until it does not */
-            return false;
-        }
-        sched_yield();
-    }
-    return true;
+    do
+        if (poll(pf, 1, 0) > 0)
+            return true;
+    while (lmq__spin_yield(&p->spin, start));
+    return false;
 }
 
 /* Receives one reply into rep (+ its binary frames), from one path or
@@ -511,8 +505,8 @@ static int recv_reply(lmq_proxy_t *p, int timeout_ms, int from, lmq__reply_t *re
         ready = local_spin(p, &pf, start);
         if (!ready) {
             ready = poll(&pf, 1, timeout_ms < 0 || timeout_ms > LOCAL_QUIET_MS ? LOCAL_QUIET_MS : timeout_ms) > 0;
-            if (ready && !p->spin_on && p->spin_ns > 0)
-                p->spin_on = lmq_clock_mono_ns() - start < p->spin_ns;
+            if (ready)
+                lmq__spin_slept(&p->spin, lmq_clock_mono_ns() - start);
         }
         zmq_pollitem_t it[2] = {{NULL, lmq__lchan_fd(p->lch), ZMQ_POLLIN, 0}, {p->mon, 0, ZMQ_POLLIN, 0}};
         for (; !ready;) {

@@ -26,6 +26,8 @@ from . import _wire, errors
 
 MORE = 0x01
 RETRY_S = 2.0
+SPIN_BUSY_S = 200e-6  # a yield this long: the CPU is busy with other work
+SPIN_HOLD_S = 0.1     # then no polling for this long
 # Used when a request cannot go this way: the caller sends it by ZeroMQ.
 FALLBACK = object()
 
@@ -91,24 +93,37 @@ class Lane:
         self.last_path = ""
         self.spin = spin_seconds()
         self.spin_on = True  # the last reply came within the spin window
+        self.spin_hold = 0.0  # no polling before (the CPU was busy with other work)
 
     def _poll_reply(self, sock, n):
-        """Polls for a reply for up to self.spin seconds (yielding the CPU):
-        the record, or None (then the caller sleeps on the socket). Stops
-        polling after a miss until a reply comes quickly again."""
+        """Polls for a reply for up to self.spin seconds, yielding the CPU
+        between polls: the record, or None (the caller then sleeps on the
+        socket). As the C proxy (core/src/local.h, lmq__spin_t): polling
+        stops after a miss until a reply comes quickly again, and for 0.1 s
+        after a yield that took long (the CPU is busy with other work, which
+        a yield hands a whole time slice)."""
         if not self.spin_on or self.spin <= 0:
             return None
         sock.settimeout(0.0)
-        end = time.monotonic() + self.spin
+        start = time.monotonic()
         while True:
             try:
                 return sock.recv(n)
             except (BlockingIOError, InterruptedError):
                 pass
-            if time.monotonic() >= end:
+            t0 = time.monotonic()
+            os.sched_yield()
+            t1 = time.monotonic()
+            if t1 - t0 > SPIN_BUSY_S:
+                self.spin_on, self.spin_hold = False, t1 + SPIN_HOLD_S
+                return None
+            if t1 - start >= self.spin:
                 self.spin_on = False
                 return None
-            os.sched_yield()
+
+    def _slept(self, waited):
+        if not self.spin_on and self.spin > 0 and waited < self.spin and time.monotonic() >= self.spin_hold:
+            self.spin_on = True
 
     def close(self):
         if self.sock is not None and self.pid == os.getpid():
@@ -199,8 +214,7 @@ class Lane:
                         raise socket.timeout
                     sock.settimeout(left)
                     rec = sock.recv(self.record_max + 1)
-                    if not self.spin_on and self.spin > 0:
-                        self.spin_on = time.monotonic() - start < self.spin
+                    self._slept(time.monotonic() - start)
             except socket.timeout:
                 self._drop("connect")  # a fresh connection: the late reply is never read
                 raise errors.TimeoutError(f"{header['op']} {self.device}.{header.get('name', '')}: no reply within "
