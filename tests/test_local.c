@@ -888,6 +888,39 @@ START_TEST(spin_setting)
 }
 END_TEST
 
+/* The polling state's rules (lmq__spin_t): on at first; off after a wait
+ * whose window ran out; on again after a wait that slept less than the
+ * window, unless a busy CPU put it on hold. */
+START_TEST(spin_state)
+{
+    setenv("LABMQ_LOCAL_SPIN_US", "50", 1);
+    lmq__spin_t s;
+    lmq__spin_init(&s);
+    unsetenv("LABMQ_LOCAL_SPIN_US");
+    if (s.window_ns == 0) /* one CPU: never polls */
+        return;
+    ck_assert(lmq__spin_allowed(&s));
+    int64_t now = lmq_clock_mono_ns();
+    ck_assert(!lmq__spin_yield(&s, now - 1000000)); /* began 1 ms ago: the window is over */
+    ck_assert(!lmq__spin_allowed(&s));
+    lmq__spin_slept(&s, 2 * s.window_ns); /* a slow answer keeps it off */
+    ck_assert(!lmq__spin_allowed(&s));
+    lmq__spin_slept(&s, s.window_ns / 2); /* a quick one turns it on */
+    ck_assert(lmq__spin_allowed(&s));
+    s.on = false;
+    s.hold_until = lmq_clock_mono_ns() + LMQ__SPIN_HOLD_NS; /* as after a long yield */
+    lmq__spin_slept(&s, s.window_ns / 2);
+    ck_assert(!lmq__spin_allowed(&s));
+    s.hold_until = lmq_clock_mono_ns() - 1;
+    lmq__spin_slept(&s, s.window_ns / 2);
+    ck_assert(lmq__spin_allowed(&s));
+    /* Within the window a yield keeps polling, unless the yield itself took
+     * long: either way the answer is consistent with the state. */
+    bool more = lmq__spin_yield(&s, lmq_clock_mono_ns());
+    ck_assert(more == lmq__spin_allowed(&s));
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("local");
@@ -909,6 +942,7 @@ int main(void)
     tcase_add_test(local, peer_credentials_are_known);
     tcase_add_test(local, locks_and_deadlines_on_the_channel);
     tcase_add_test(local, spin_setting);
+    tcase_add_test(local, spin_state);
     suite_add_tcase(s, local);
     return th_run_suite(s);
 }
