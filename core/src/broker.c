@@ -303,19 +303,6 @@ static lmq_dev_t *find_device(lmq_daemon_t *d, const char *name)
     return NULL;
 }
 
-/* "a, b, c" of a table's names, for error messages that show what exists. */
-static void name_list(char *buf, size_t size, const void *table, size_t stride, size_t n)
-{
-    size_t len = 0;
-    buf[0] = 0;
-    for (size_t i = 0; i < n && len < size; i++) {
-        const char *name = *(const char *const *)((const char *)table + i * stride);
-        len += (size_t)snprintf(buf + len, size - len, "%s%s", i ? ", " : "", name);
-    }
-    if (n == 0)
-        snprintf(buf, size, "none");
-}
-
 static int cmp_u32(const void *a, const void *b)
 {
     uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
@@ -628,24 +615,12 @@ static bool handle_request(broker_t *b)
         reply_no_device(b, parts, nenv, &req);
         goto done;
     }
-    const lmq_method_t *method = NULL;
-    const lmq_property_t *prop = NULL;
-    char names[400];
-    if (req.op == LMQ__OP_CALL) {
-        if (!(method = lmq__dev_method(dev, req.name))) {
-            name_list(names, sizeof names, dev->methods, sizeof(lmq_method_t), dev->nmethods);
-            snprintf(err, sizeof err, "%s has no method '%.64s' (methods: %s)", dev->name, req.name, names);
-            reply_error(b, parts, nenv, &req, LMQ_ENOTFOUND, err, false);
-            goto done;
-        }
-    } else if (!(prop = lmq__dev_property(dev, req.name))) {
-        name_list(names, sizeof names, dev->props, sizeof(lmq_property_t), dev->nprops);
-        snprintf(err, sizeof err, "%s has no property '%.64s' (properties: %s)", dev->name, req.name, names);
-        reply_error(b, parts, nenv, &req, LMQ_ENOTFOUND, err, false);
-        goto done;
-    } else if (req.op == LMQ__OP_SET && !prop->set) {
-        snprintf(err, sizeof err, "%s.%s is read-only", dev->name, prop->name);
-        reply_error(b, parts, nenv, &req, LMQ_EREADONLY, err, false);
+    const lmq_method_t *method;
+    const lmq_property_t *prop;
+    int target = lmq__dev_target(dev, req.op == LMQ__OP_CALL, req.op == LMQ__OP_SET, req.name, &method, &prop, err,
+                                 sizeof err);
+    if (target != 0) {
+        reply_error(b, parts, nenv, &req, target, err, false);
         goto done;
     }
     size_t dev_index = 0;

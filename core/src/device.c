@@ -374,6 +374,44 @@ const lmq_property_t *lmq__dev_property(const lmq_dev_t *dev, const char *name)
     return NULL;
 }
 
+/* "a, b, c" of a table's names, for error messages that show what exists. */
+static void name_list(char *buf, size_t size, const void *table, size_t stride, size_t n)
+{
+    size_t len = 0;
+    buf[0] = 0;
+    for (size_t i = 0; i < n && len < size; i++) {
+        const char *name = *(const char *const *)((const char *)table + i * stride);
+        len += (size_t)snprintf(buf + len, size - len, "%s%s", i ? ", " : "", name);
+    }
+    if (n == 0)
+        snprintf(buf, size, "none");
+}
+
+int lmq__dev_target(const lmq_dev_t *dev, bool call, bool set, const char *name, const lmq_method_t **method,
+                    const lmq_property_t **prop, char *err, size_t errlen)
+{
+    char names[400];
+    *method = NULL;
+    *prop = NULL;
+    if (call) {
+        if ((*method = lmq__dev_method(dev, name)))
+            return 0;
+        name_list(names, sizeof names, dev->methods, sizeof(lmq_method_t), dev->nmethods);
+        snprintf(err, errlen, "%s has no method '%.64s' (methods: %s)", dev->name, name, names);
+        return LMQ_ENOTFOUND;
+    }
+    if (!(*prop = lmq__dev_property(dev, name))) {
+        name_list(names, sizeof names, dev->props, sizeof(lmq_property_t), dev->nprops);
+        snprintf(err, errlen, "%s has no property '%.64s' (properties: %s)", dev->name, name, names);
+        return LMQ_ENOTFOUND;
+    }
+    if (set && !(*prop)->set) {
+        snprintf(err, errlen, "%s.%s is read-only", dev->name, (*prop)->name);
+        return LMQ_EREADONLY;
+    }
+    return 0;
+}
+
 void lmq__dev_limits(lmq_dev_t *dev, const lmq_property_t *p, double *min, double *max)
 {
     size_t i = (size_t)(p - dev->props);

@@ -216,6 +216,12 @@ int lmq__check_request(lmq_dev_t *dev, lmq__job_t *job, const lmq__frames_t *bin
 /* Looks up a method / property / stream by name; NULL when unknown. */
 const lmq_method_t *lmq__dev_method(const lmq_dev_t *dev, const char *name);
 const lmq_property_t *lmq__dev_property(const lmq_dev_t *dev, const char *name);
+/* What a call (a method) or a get/set (a property) names, checked as the
+ * protocol says (2.2): 0, or LMQ_ENOTFOUND (the message lists what exists)
+ * or LMQ_EREADONLY with the reason in err. One check for both paths, the
+ * broker's and the local channel's. */
+int lmq__dev_target(const lmq_dev_t *dev, bool call, bool set, const char *name, const lmq_method_t **method,
+                    const lmq_property_t **prop, char *err, size_t errlen);
 /* The limits in force for property `p` of this device (under mu). */
 void lmq__dev_limits(lmq_dev_t *dev, const lmq_property_t *p, double *min, double *max);
 

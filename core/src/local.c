@@ -495,26 +495,13 @@ static void reply_error(local_t *L, lmq_dev_t *dev, lclient_t *c, const lmq__req
     zmq_msg_close(&hdr);
 }
 
-/* "a, b, c" of a table's names, as the broker names them. */
-static void name_list(char *buf, size_t size, const void *table, size_t stride, size_t n)
-{
-    size_t len = 0;
-    buf[0] = 0;
-    for (size_t i = 0; i < n && len < size; i++) {
-        const char *name = *(const char *const *)((const char *)table + i * stride);
-        len += (size_t)snprintf(buf + len, size - len, "%s%s", i ? ", " : "", name);
-    }
-    if (n == 0)
-        snprintf(buf, size, "none");
-}
-
 /* Checks one request as the broker does (protocol 2.1, 2.2, 2.5) and
  * queues it, or answers the failure at once. */
 static void admit(local_t *L, lmq_dev_t *dev, lclient_t *c, const unsigned char **frame, const size_t *flen,
                   size_t nframes)
 {
     lmq__request_t req = {0};
-    char err[700], names[400];
+    char err[700];
     size_t nbin = nframes - 1;
     if (lmq__request_parse(frame[0], flen[0], nbin, &req, err, sizeof err) != 0) {
         reply_error(L, dev, c, &req, LMQ_EPROTO, err);
@@ -535,23 +522,12 @@ static void admit(local_t *L, lmq_dev_t *dev, lclient_t *c, const unsigned char 
         reply_error(L, dev, c, &req, LMQ_ENOTFOUND, err);
         goto done;
     }
-    const lmq_method_t *method = NULL;
-    const lmq_property_t *prop = NULL;
-    if (req.op == LMQ__OP_CALL) {
-        if (!(method = lmq__dev_method(dev, req.name))) {
-            name_list(names, sizeof names, dev->methods, sizeof(lmq_method_t), dev->nmethods);
-            snprintf(err, sizeof err, "%s has no method '%.64s' (methods: %s)", dev->name, req.name, names);
-            reply_error(L, dev, c, &req, LMQ_ENOTFOUND, err);
-            goto done;
-        }
-    } else if (!(prop = lmq__dev_property(dev, req.name))) {
-        name_list(names, sizeof names, dev->props, sizeof(lmq_property_t), dev->nprops);
-        snprintf(err, sizeof err, "%s has no property '%.64s' (properties: %s)", dev->name, req.name, names);
-        reply_error(L, dev, c, &req, LMQ_ENOTFOUND, err);
-        goto done;
-    } else if (req.op == LMQ__OP_SET && !prop->set) {
-        snprintf(err, sizeof err, "%s.%s is read-only", dev->name, prop->name);
-        reply_error(L, dev, c, &req, LMQ_EREADONLY, err);
+    const lmq_method_t *method;
+    const lmq_property_t *prop;
+    int target = lmq__dev_target(dev, req.op == LMQ__OP_CALL, req.op == LMQ__OP_SET, req.name, &method, &prop, err,
+                                 sizeof err);
+    if (target != 0) {
+        reply_error(L, dev, c, &req, target, err);
         goto done;
     }
     /* Locks and their leases are the broker's (protocol 2.6): a locked
