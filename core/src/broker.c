@@ -946,18 +946,14 @@ static void shutdown_devices(broker_t *b)
  * and launches its reconfigured replacement, which thus never opens the
  * instrument while the old instance still holds it. */
 
-/* Creates and binds the broker's end of an added device's pipe at
- * dev->pipe_endpoint, with the options lmq__broker_main gives those of the
- * devices it starts with. */
+/* Creates and binds the broker's end of a device's pipe at
+ * dev->pipe_endpoint (at start-up and for a device a reload adds). */
 static int bind_device_pipe(broker_t *b, lmq_dev_t *dev)
 {
     dev->broker_pipe = make_socket(b, ZMQ_PAIR);
     if (!dev->broker_pipe)
         return LMQ_ESYS;
-    int hwm = 10000, linger = 0;
-    zmq_setsockopt(dev->broker_pipe, ZMQ_SNDHWM, &hwm, sizeof hwm);
-    zmq_setsockopt(dev->broker_pipe, ZMQ_RCVHWM, &hwm, sizeof hwm);
-    zmq_setsockopt(dev->broker_pipe, ZMQ_LINGER, &linger, sizeof linger);
+    lmq__pipe_options(dev->broker_pipe);
     if (zmq_bind(dev->broker_pipe, dev->pipe_endpoint) != 0) {
         zmq_close(dev->broker_pipe);
         dev->broker_pipe = NULL;
@@ -1335,16 +1331,7 @@ void *lmq__broker_main(void *arg)
     for (size_t i = 0; i < d->ndev; i++) {
         lmq_dev_t *dev = d->devs[i];
         snprintf(dev->pipe_endpoint, sizeof dev->pipe_endpoint, "inproc://lmq-%p-dev-%zu", (void *)d, i);
-        dev->broker_pipe = make_socket(&b, ZMQ_PAIR);
-        int hwm = 10000, linger = 0;
-        int rc = dev->broker_pipe ? 0 : LMQ_ESYS;
-        if (rc == 0) {
-            zmq_setsockopt(dev->broker_pipe, ZMQ_SNDHWM, &hwm, sizeof hwm);
-            zmq_setsockopt(dev->broker_pipe, ZMQ_RCVHWM, &hwm, sizeof hwm);
-            zmq_setsockopt(dev->broker_pipe, ZMQ_LINGER, &linger, sizeof linger);
-            if (zmq_bind(dev->broker_pipe, dev->pipe_endpoint) != 0)
-                rc = LMQ_ESYS;
-        }
+        int rc = bind_device_pipe(&b, dev);
         if (rc == 0) {
             lmq__local_bind(dev, d->bound_control, d->log); /* local channel (none: logged, not fatal) */
             rc = lmq__dev_start(dev, d->zctx, d->log, d->wires, d->epoch + i);

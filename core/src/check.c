@@ -9,16 +9,6 @@
 #include "device_internal.h"
 #include "labmq/status.h"
 
-static int failf(char *err, size_t errlen, int status, const char *fmt, ...) LMQ_PRINTF(4, 5);
-static int failf(char *err, size_t errlen, int status, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return status;
-}
-
 /* An int is promoted where a float is wanted; LMQ_NONE accepts anything. */
 static int check_type(lmq_value_t *v, lmq_type_t want, const char *what, char *err, size_t errlen)
 {
@@ -28,7 +18,7 @@ static int check_type(lmq_value_t *v, lmq_type_t want, const char *what, char *e
         *v = lmq_float((double)v->u.i);
         return 0;
     }
-    return failf(err, errlen, LMQ_EARG, "%s must be %s, got %s", what, lmq_type_name(want), lmq_type_name(v->type));
+    return lmq__failf(err, errlen, LMQ_EARG, "%s must be %s, got %s", what, lmq_type_name(want), lmq_type_name(v->type));
 }
 
 static int check_limits(const lmq_value_t *v, double lo, double hi, const char *unit, const char *what, char *err,
@@ -38,7 +28,7 @@ static int check_limits(const lmq_value_t *v, double lo, double hi, const char *
     if (lmq_value_to_double(v, &d) != 0 || (d >= lo && d <= hi))
         return 0;
     unit = unit ? unit : "";
-    return failf(err, errlen, LMQ_ERANGE, "%s = %g%s%s is outside %g..%g%s%s", what, d, *unit ? " " : "", unit, lo, hi,
+    return lmq__failf(err, errlen, LMQ_ERANGE, "%s = %g%s%s is outside %g..%g%s%s", what, d, *unit ? " " : "", unit, lo, hi,
                  *unit ? " " : "", unit);
 }
 
@@ -49,9 +39,9 @@ static int convert(const json_t *j, const lmq__frames_t *bin, unsigned *used, lm
     char why[300];
     int rc = lmq__value_from_json_used(j, bin, used, out, why, sizeof why);
     if (rc == LMQ_EMEM)
-        return failf(err, errlen, rc, "%s: out of memory", what);
+        return lmq__failf(err, errlen, rc, "%s: out of memory", what);
     if (rc != 0)
-        return failf(err, errlen, rc, "%s: %s", what, why);
+        return lmq__failf(err, errlen, rc, "%s: %s", what, why);
     return 0;
 }
 
@@ -76,7 +66,7 @@ int lmq__check_request(lmq_dev_t *dev, lmq__job_t *job, const lmq__frames_t *bin
             size_t len = 0;
             for (size_t i = 0; i < want && len < sizeof names; i++)
                 len += (size_t)snprintf(names + len, sizeof names - len, "%s%s", i ? ", " : "", m->args[i].name);
-            return failf(err, errlen, LMQ_EARG, "%s.%s takes %zu argument%s%s%s%s, got %zu", dev->name, m->name, want,
+            return lmq__failf(err, errlen, LMQ_EARG, "%s.%s takes %zu argument%s%s%s%s, got %zu", dev->name, m->name, want,
                          want == 1 ? "" : "s", want ? " (" : "", names, want ? ")" : "", got);
         }
         for (size_t i = 0; i < got && rc == 0; i++) {
@@ -95,7 +85,7 @@ int lmq__check_request(lmq_dev_t *dev, lmq__job_t *job, const lmq__frames_t *bin
     size_t nbin = bin ? bin->n : 0;
     for (size_t k = 0; k < nbin; k++)
         if (!(used & (1u << k)))
-            return failf(err, errlen, LMQ_EPROTO, "binary frame %zu is not referenced by the header", k + 1);
+            return lmq__failf(err, errlen, LMQ_EPROTO, "binary frame %zu is not referenced by the header", k + 1);
     if (req->op == LMQ__OP_CALL) {
         for (size_t i = 0; i < got && rc == 0; i++) {
             const lmq_arg_t *a = &m->args[i];

@@ -374,6 +374,14 @@ const lmq_property_t *lmq__dev_property(const lmq_dev_t *dev, const char *name)
     return NULL;
 }
 
+void lmq__pipe_options(void *sock)
+{
+    int linger = 0, hwm = 10000;
+    zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(sock, ZMQ_RCVHWM, &hwm, sizeof hwm);
+}
+
 /* "a, b, c" of a table's names, for error messages that show what exists. */
 static void name_list(char *buf, size_t size, const void *table, size_t stride, size_t n)
 {
@@ -1228,10 +1236,7 @@ int lmq__dev_connect(lmq_dev_t *dev, void *zctx, lmq_log_t *log, lmq__wires_t *w
     dev->pipe = zmq_socket(zctx, ZMQ_PAIR);
     if (!dev->pipe)
         return LMQ_ESYS;
-    int linger = 0, hwm = 10000;
-    zmq_setsockopt(dev->pipe, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_setsockopt(dev->pipe, ZMQ_SNDHWM, &hwm, sizeof hwm);
-    zmq_setsockopt(dev->pipe, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    lmq__pipe_options(dev->pipe);
     if (zmq_connect(dev->pipe, dev->pipe_endpoint) != 0) {
         zmq_close(dev->pipe);
         dev->pipe = NULL;

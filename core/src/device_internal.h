@@ -189,6 +189,10 @@ int lmq__options_parse(const lmq_driver_t *drv, const char *const *options, lmq_
 lmq_dev_t *lmq__dev_new(const char *name, const lmq_driver_t *drv, const char *connection,
                         const char *const *options, char *err, size_t errlen);
 void lmq__dev_destroy(lmq_dev_t **dev);
+/* The options both ends of a device's inproc pipe take (broker and device
+ * thread): no linger, a high-water mark above the queue bound. */
+void lmq__pipe_options(void *sock);
+
 /* Starts the device thread; it connects to dev->pipe_endpoint (bound by the broker). */
 int lmq__dev_start(lmq_dev_t *dev, void *zctx, lmq_log_t *log, lmq__wires_t *wires, uint64_t epoch);
 /* lmq__dev_start in two steps, for a device that must wait before it opens

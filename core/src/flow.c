@@ -351,16 +351,6 @@ void lmq__flow_tick(lmq__flow_t *f)
 
 /* ---- requests ---- */
 
-static int failf(char *err, size_t errlen, int status, const char *fmt, ...) LMQ_PRINTF(4, 5);
-static int failf(char *err, size_t errlen, int status, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return status;
-}
-
 static lmq_dev_t *find_device(lmq_daemon_t *d, const char *name, size_t len)
 {
     for (size_t i = 0; i < d->ndev; i++)
@@ -376,7 +366,7 @@ static int no_device(lmq_daemon_t *d, const char *topic, const char *name, size_
     names[0] = 0;
     for (size_t i = 0; i < d->ndev && n < sizeof names; i++)
         n += (size_t)snprintf(names + n, sizeof names - n, "%s%s", i ? ", " : "", d->devs[i]->name);
-    return failf(err, errlen, LMQ_ENOTFOUND, "topic '%.80s': no device '%.*s' (devices: %s)", topic, (int)len, name,
+    return lmq__failf(err, errlen, LMQ_ENOTFOUND, "topic '%.80s': no device '%.*s' (devices: %s)", topic, (int)len, name,
                  d->ndev ? names : "none");
 }
 
@@ -392,7 +382,7 @@ static int check_topic(lmq_daemon_t *d, const char *t, char *err, size_t errlen)
     }
     const char *slash = strchr(t, '/');
     if (!slash || slash == t || !slash[1])
-        return failf(err, errlen, LMQ_EARG,
+        return lmq__failf(err, errlen, LMQ_EARG,
                      "topic '%.80s' is not DEVICE/STREAM, $events/DEVICE or $events/ (a flow subscription names "
                      "whole topics, not prefixes)",
                      t);
@@ -408,7 +398,7 @@ static int check_topic(lmq_daemon_t *d, const char *t, char *err, size_t errlen)
         if (n < sizeof names)
             n += (size_t)snprintf(names + n, sizeof names - n, "%s%s", k ? ", " : "", dev->stream_defs[k].name);
     }
-    return failf(err, errlen, LMQ_ENOTFOUND, "%s has no stream '%.64s' (streams: %s)", dev->name, slash + 1,
+    return lmq__failf(err, errlen, LMQ_ENOTFOUND, "%s has no stream '%.64s' (streams: %s)", dev->name, slash + 1,
                  dev->nstreams ? names : "none");
 }
 
@@ -425,26 +415,26 @@ static int subscribe(lmq__flow_t *f, const zmq_msg_t *env, size_t nenv, const lm
 {
     lmq_daemon_t *d = f->d;
     if (nenv != 1)
-        return failf(err, errlen, LMQ_EPROTO,
+        return lmq__failf(err, errlen, LMQ_EPROTO,
                      "subscribe needs a DEALER socket: blocks follow the reply, and a REQ socket takes one reply only");
     fsub_t *old = find_sub(f, &env[0]);
     if (old)
-        return failf(err, errlen, LMQ_EPROTO,
+        return lmq__failf(err, errlen, LMQ_EPROTO,
                      "this connection already has flow subscription %llu: unsubscribe first, or subscribe on "
                      "another connection",
                      (unsigned long long)old->id);
     size_t nt = json_array_size(req->topics);
     if (nt == 0)
-        return failf(err, errlen, LMQ_EARG, "'topics' is empty: name at least one DEVICE/STREAM or $events/DEVICE");
+        return lmq__failf(err, errlen, LMQ_EARG, "'topics' is empty: name at least one DEVICE/STREAM or $events/DEVICE");
     if (nt > LMQ__FLOW_MAX_TOPICS)
-        return failf(err, errlen, LMQ_EARG, "%zu topics; at most %d per subscription", nt, LMQ__FLOW_MAX_TOPICS);
+        return lmq__failf(err, errlen, LMQ_EARG, "%zu topics; at most %d per subscription", nt, LMQ__FLOW_MAX_TOPICS);
     for (size_t i = 0; i < nt; i++) {
         const char *t = json_string_value(json_array_get(req->topics, i));
         if (!t)
-            return failf(err, errlen, LMQ_EPROTO, "'topics' must be an array of strings (item %zu is not)", i);
+            return lmq__failf(err, errlen, LMQ_EPROTO, "'topics' must be an array of strings (item %zu is not)", i);
         for (size_t k = 0; k < i; k++)
             if (strcmp(t, json_string_value(json_array_get(req->topics, k))) == 0)
-                return failf(err, errlen, LMQ_EARG, "topic '%.80s' is given twice", t);
+                return lmq__failf(err, errlen, LMQ_EARG, "topic '%.80s' is given twice", t);
         int rc = check_topic(d, t, err, errlen);
         if (rc != 0)
             return rc;
@@ -455,10 +445,10 @@ static int subscribe(lmq__flow_t *f, const zmq_msg_t *env, size_t nenv, const lm
     else if (strcmp(req->mode, "lossy") == 0)
         lossless = false;
     else
-        return failf(err, errlen, LMQ_EARG, "mode must be \"lossless\" or \"lossy\", not \"%.40s\"", req->mode);
+        return lmq__failf(err, errlen, LMQ_EARG, "mode must be \"lossless\" or \"lossy\", not \"%.40s\"", req->mode);
     int64_t window = req->has_window ? req->window : LMQ__FLOW_DEFAULT_WINDOW;
     if (window < 1 || window > LMQ__FLOW_MAX_WINDOW)
-        return failf(err, errlen, LMQ_ERANGE, "window %lld is outside 1..%d blocks", (long long)window,
+        return lmq__failf(err, errlen, LMQ_ERANGE, "window %lld is outside 1..%d blocks", (long long)window,
                      LMQ__FLOW_MAX_WINDOW);
     fsub_t *s = calloc(1, sizeof *s);
     if (s) {
@@ -471,7 +461,7 @@ static int subscribe(lmq__flow_t *f, const zmq_msg_t *env, size_t nenv, const lm
             free(s->topics);
         }
         free(s);
-        return failf(err, errlen, LMQ_EMEM, "out of memory");
+        return lmq__failf(err, errlen, LMQ_EMEM, "out of memory");
     }
     zmq_msg_init(&s->peer);
     zmq_msg_copy(&s->peer, (zmq_msg_t *)&env[0]);
@@ -492,7 +482,7 @@ static int subscribe(lmq__flow_t *f, const zmq_msg_t *env, size_t nenv, const lm
     }
     if (!r) {
         sub_free(s);
-        return failf(err, errlen, LMQ_EMEM, "out of memory");
+        return lmq__failf(err, errlen, LMQ_EMEM, "out of memory");
     }
     f->next_id++;
     s->next = f->subs;
@@ -508,7 +498,7 @@ static int subscribe(lmq__flow_t *f, const zmq_msg_t *env, size_t nenv, const lm
 static int credit(fsub_t *s, const lmq__request_t *req, json_t **result, char *err, size_t errlen)
 {
     if (req->n < 0 || (uint64_t)req->n > s->window - s->credit)
-        return failf(err, errlen, LMQ_ERANGE,
+        return lmq__failf(err, errlen, LMQ_ERANGE,
                      "credit %lld is outside 0..%u: the window is %u blocks and %u are not yet sent (credit returns "
                      "blocks consumed, at most those in flight)",
                      (long long)req->n, s->window - s->credit, s->window, s->credit);
@@ -522,7 +512,7 @@ static int credit(fsub_t *s, const lmq__request_t *req, json_t **result, char *e
     s->lease_until = now_ms() + LMQ__FLOW_LEASE_MS;
     /* The blocks this releases go out after the reply (lmq__flow_pump). */
     *result = json_pack("{s:I}", "credit", (json_int_t)s->credit);
-    return *result ? 0 : failf(err, errlen, LMQ_EMEM, "out of memory");
+    return *result ? 0 : lmq__failf(err, errlen, LMQ_EMEM, "out of memory");
 }
 
 int lmq__flow_request(lmq__flow_t *f, const zmq_msg_t *env, size_t nenv, const lmq__request_t *req, json_t **result,
@@ -533,14 +523,14 @@ int lmq__flow_request(lmq__flow_t *f, const zmq_msg_t *env, size_t nenv, const l
         return subscribe(f, env, nenv, req, result, err, errlen);
     fsub_t *s = find_sub(f, &env[0]);
     if (!s)
-        return failf(err, errlen, LMQ_ENOTFOUND,
+        return lmq__failf(err, errlen, LMQ_ENOTFOUND,
                      "no flow subscription on this connection (never made, ended, or its lease of %d s expired)",
                      LMQ__FLOW_LEASE_MS / 1000);
     if (req->op == LMQ__OP_CREDIT)
         return credit(s, req, result, err, errlen);
     *result = json_pack("{s:I, s:I}", "delivered", (json_int_t)s->delivered, "dropped", (json_int_t)s->dropped);
     if (!*result)
-        return failf(err, errlen, LMQ_EMEM, "out of memory");
+        return lmq__failf(err, errlen, LMQ_EMEM, "out of memory");
     s->dead = true;
     reap(f);
     return 0;

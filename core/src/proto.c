@@ -56,15 +56,17 @@ void lmq__frames_close(lmq__frames_t *f)
     f->n = 0;
 }
 
-static int fail(char *err, size_t errlen, const char *fmt, ...) LMQ_PRINTF(3, 4);
-static int fail(char *err, size_t errlen, const char *fmt, ...)
+int lmq__failf(char *err, size_t errlen, int status, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(err, errlen, fmt, ap);
     va_end(ap);
-    return LMQ_EPROTO;
+    return status;
 }
+
+/* A malformed message: PROTO with the reason. */
+#define fail(err, errlen, ...) lmq__failf(err, errlen, LMQ_EPROTO, __VA_ARGS__)
 
 static bool read_id(const json_t *j, uint64_t *id)
 {

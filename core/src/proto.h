@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <zmq.h>
+#include "labmq/export.h"
 #include "labmq/value.h"
 
 #define LMQ__PROTOCOL 1
@@ -46,6 +47,10 @@ typedef struct lmq__frames {
     zmq_msg_t msg[LMQ__MAX_BINFRAMES];
     size_t n;
 } lmq__frames_t;
+
+/* Writes the reason into err (printf-style) and returns status: the one
+ * way the checks of requests, values and subscriptions fail. */
+int lmq__failf(char *err, size_t errlen, int status, const char *fmt, ...) LMQ_PRINTF(4, 5);
 
 void lmq__frames_init(lmq__frames_t *f);
 void lmq__frames_close(lmq__frames_t *f);
